@@ -1,0 +1,52 @@
+# idhub — the two commands of the Quick start: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 5000
+
+.PHONY: run test install install-test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+# The demo: SQLite under instance/, mail to instance/outbox, no other service.
+run: export IDHUB_COOKIE_SECURE ?= false
+run: export IDHUB_BASE_URL ?= http://$(HOST):$(PORT)
+run: install
+	@mkdir -p instance
+	$(BIN)/idhub db upgrade
+	$(BIN)/idhub apply config/demo.yaml
+	@echo ""
+	@echo "  idhub demo:  $(IDHUB_BASE_URL)/w/demo/login"
+	@echo "  sign in as   alice@demo.test  /  S3cure-Example!"
+	@echo "  (admin:      admin@demo.test  /  Adm1n-Example!)   mail goes to instance/outbox/"
+	@echo ""
+	$(BIN)/idhub serve --host $(HOST) --port $(PORT) --workers 2
+
+lint: install-test
+	$(BIN)/ruff check .
+
+# The whole suite: unit, contract (SQLite, PostgreSQL, Redis), integration and browser tests.
+# Needs PostgreSQL on 127.0.0.1:5432, Redis on 127.0.0.1:6379 and Debian's chromium (see .ci/run).
+test: install-test
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: install-test
+	$(BIN)/python bench/signin.py
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache

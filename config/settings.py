@@ -1,0 +1,133 @@
+"""Settings: defaults, then ``IDHUB_*`` environment variables, then ``*_FILE`` secrets.
+
+Plain Python, no Flask. ``load_settings()`` fails fast with a clear message on a malformed value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///instance/idhub.db"
+    redis_url: str | None = None
+    base_url: str = "http://127.0.0.1:5000"
+    secret_key: str = ""
+    smtp_url: str | None = None
+    sms_webhook_url: str | None = None
+    outbox_dir: str = "instance/outbox"
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    cookie_secure: bool = True
+    mail_from: str = "idhub <no-reply@idhub.local>"
+    geoip_db: str | None = None
+    log_level: str = "INFO"
+    # Hub-wide session defaults; a workspace's policy can only make them stricter.
+    session_idle_timeout: int = 30 * 24 * 3600
+    session_max_lifetime: int = 90 * 24 * 3600
+    extra: dict = field(default_factory=dict)
+
+    def with_(self, **kw) -> Settings:
+        return replace(self, **kw)
+
+
+def _read(env: dict, name: str) -> str | None:
+    """The value of ``name``, or the contents of the file named by ``name_FILE``."""
+    if env.get(name):
+        return env[name]
+    path = env.get(name + "_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise SettingsError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc
+    return None
+
+
+def _bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}: expected true or false, got {value!r}")
+
+
+def parse_cidrs(name: str, value: str) -> tuple:
+    nets = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(part, strict=True))
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {part!r} is not a valid CIDR ({exc})") from exc
+    return tuple(nets)
+
+
+def _url(name: str, value: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise SettingsError(f"{name}: expected a {'/'.join(schemes)} URL, got {value!r}")
+    return value
+
+
+def load_settings(env: dict | None = None, **overrides) -> Settings:
+    env = dict(os.environ if env is None else env)
+    kw: dict = {}
+    if v := _read(env, "IDHUB_DATABASE_URL"):
+        kw["database_url"] = v
+    if v := _read(env, "IDHUB_REDIS_URL"):
+        kw["redis_url"] = _url("IDHUB_REDIS_URL", v, ("redis", "rediss", "unix"))
+    if v := _read(env, "IDHUB_BASE_URL"):
+        kw["base_url"] = _url("IDHUB_BASE_URL", v, ("http", "https")).rstrip("/")
+    if v := _read(env, "IDHUB_SECRET_KEY"):
+        kw["secret_key"] = v
+    if v := _read(env, "IDHUB_SMTP_URL"):
+        kw["smtp_url"] = _url("IDHUB_SMTP_URL", v, ("smtp", "smtps"))
+    if v := _read(env, "IDHUB_SMS_WEBHOOK_URL"):
+        kw["sms_webhook_url"] = _url("IDHUB_SMS_WEBHOOK_URL", v, ("http", "https"))
+    if v := _read(env, "IDHUB_OUTBOX_DIR"):
+        kw["outbox_dir"] = v
+    if v := _read(env, "IDHUB_TRUSTED_PROXIES"):
+        kw["trusted_proxies"] = parse_cidrs("IDHUB_TRUSTED_PROXIES", v)
+    if v := _read(env, "IDHUB_COOKIE_SECURE"):
+        kw["cookie_secure"] = _bool("IDHUB_COOKIE_SECURE", v)
+    if v := _read(env, "IDHUB_MAIL_FROM"):
+        kw["mail_from"] = v
+    if v := _read(env, "IDHUB_GEOIP_DB"):
+        kw["geoip_db"] = v
+    if v := _read(env, "IDHUB_LOG_LEVEL"):
+        kw["log_level"] = v.upper()
+    kw.update(overrides)
+    s = Settings(**kw)
+    if not s.secret_key:
+        s = s.with_(secret_key=_instance_secret())
+    if len(s.secret_key) < 32:
+        raise SettingsError("IDHUB_SECRET_KEY: must be at least 32 characters")
+    return s
+
+
+def _instance_secret() -> str:
+    """The secret kept under ``instance/`` for the demo; created on first use (mode 0600)."""
+    path = Path("instance") / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
