@@ -1,0 +1,325 @@
+"""Redis stores (redis-py). Every key lives under a prefix (default ``idhub:``).
+
+One-time values, throttles and flows fail closed: a Redis outage raises ``StoreUnavailable``.
+Sessions are different: the database is the source of truth and Redis only a cache in front of it
+(``CachedSessionStore``), so an outage slows sign-ins down but never signs anyone out or forgets a
+revocation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from idp.storage.base import Backoff, SessionData, StoreUnavailable, ThrottleState
+from idp.storage.memory import TOUCH_WRITE_INTERVAL, as_utc, check_ttl, window_start
+from idp.storage.sql import SqlSessionStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "idhub:"
+SESSION_CACHE_TTL = 300
+T = TypeVar("T")
+_OUTAGE = (RedisConnectionError, RedisTimeoutError)
+
+
+def _text(v: bytes | str | None) -> str | None:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _micros(dt: datetime) -> int:
+    """Exact integer microseconds since the epoch (Lua numbers hold them without loss)."""
+    delta = as_utc(dt) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _from_micros(us: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+
+
+def _glob_escape(s: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in s)
+
+
+@contextmanager
+def redis_guard(what: str) -> Iterator[None]:
+    try:
+        yield
+    except _OUTAGE as exc:
+        log.warning("redis unavailable (%s): %s", what, type(exc).__name__)
+        raise StoreUnavailable(f"redis unavailable ({type(exc).__name__})") from None
+
+
+class _RedisStore:
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
+        self._r = client
+        self._prefix = prefix
+
+
+class RedisOneTimeStore(_RedisStore):
+    """``SET NX EX`` for ``add``, ``GETDEL`` for ``consume``: atomic in Redis itself."""
+
+    def _k(self, key: str) -> str:
+        return f"{self._prefix}ot:{key}"
+
+    def put(self, key: str, value: str, ttl: int) -> None:
+        with redis_guard("one-time put"):
+            self._r.set(self._k(key), value, ex=check_ttl(ttl))
+
+    def add(self, key: str, value: str, ttl: int) -> bool:
+        with redis_guard("one-time add"):
+            return bool(self._r.set(self._k(key), value, ex=check_ttl(ttl), nx=True))
+
+    def get(self, key: str) -> str | None:
+        with redis_guard("one-time get"):
+            return _text(self._r.get(self._k(key)))
+
+    def consume(self, key: str) -> str | None:
+        with redis_guard("one-time consume"):
+            return _text(self._r.getdel(self._k(key)))
+
+    def delete(self, key: str) -> None:
+        with redis_guard("one-time delete"):
+            self._r.delete(self._k(key))
+
+
+# Hash fields: n = failures, forget = microseconds at which they are forgotten, delay = seconds blocked
+# after the last failure, last = microseconds of the last failure.
+_RECORD_FAILURE = """
+local now = tonumber(ARGV[1])
+local n = 0
+local forget = tonumber(redis.call('HGET', KEYS[1], 'forget') or '0')
+if forget > now then n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0') end
+n = n + 1
+local free, base, cap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local delay = 0
+if n > free then delay = math.min(cap, base * 2 ^ math.min(n - free - 1, 30)) end
+redis.call('HSET', KEYS[1], 'n', n, 'last', ARGV[1], 'forget', now + tonumber(ARGV[2]) * 1000000,
+           'delay', delay)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]) + delay + 60)
+return n
+"""
+
+_HIT = """
+local c = redis.call('INCR', KEYS[1])
+if c == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return c
+"""
+
+
+class RedisThrottleStore(_RedisStore):
+    """Failure counting and blocking in one Lua script; fixed windows with INCR + EXPIRE."""
+
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
+        super().__init__(client, prefix)
+        self._record = client.register_script(_RECORD_FAILURE)
+        self._hit = client.register_script(_HIT)
+
+    def _k(self, key: str) -> str:
+        return f"{self._prefix}thr:{key}"
+
+    def state(self, key: str, now: datetime) -> ThrottleState:
+        with redis_guard("throttle state"):
+            n, last, forget, delay = self._r.hmget(self._k(key), ["n", "last", "forget", "delay"])
+        if n is None or int(float(forget)) <= _micros(now):
+            return ThrottleState(0, None)
+        delay = int(float(delay))
+        blocked = _from_micros(int(last)) + timedelta(seconds=delay) if delay else None
+        return ThrottleState(int(n), blocked)
+
+    def record_failure(self, key: str, now: datetime, backoff: Backoff) -> ThrottleState:
+        now = as_utc(now)
+        args = [_micros(now), backoff.window, backoff.free, backoff.base, backoff.cap]
+        with redis_guard("throttle record_failure"):
+            failures = int(self._record(keys=[self._k(key)], args=args))
+        delay = backoff.delay(failures)
+        return ThrottleState(failures, now + timedelta(seconds=delay) if delay else None)
+
+    def reset(self, key: str) -> None:
+        with redis_guard("throttle reset"):
+            self._r.delete(self._k(key))
+
+    def hit(self, key: str, limit: int, window: int, now: datetime) -> bool:
+        start = window_start(now, window)
+        with redis_guard("throttle hit"):
+            hits = int(self._hit(keys=[f"{self._prefix}rate:{key}:{start}"], args=[window + 60]))
+        return hits <= limit
+
+
+class RedisFlowStore(_RedisStore):
+    """Flows as JSON strings with ``EX``; ``update`` uses ``SET XX`` so a gone flow stays gone."""
+
+    def _k(self, flow_id: str) -> str:
+        return f"{self._prefix}flow:{flow_id}"
+
+    def create(self, flow_id: str, data: dict, ttl: int) -> None:
+        with redis_guard("flow create"):
+            self._r.set(self._k(flow_id), json.dumps(data), ex=check_ttl(ttl))
+
+    def get(self, flow_id: str) -> dict | None:
+        with redis_guard("flow get"):
+            raw = self._r.get(self._k(flow_id))
+        return json.loads(raw) if raw is not None else None
+
+    def update(self, flow_id: str, data: dict, ttl: int) -> bool:
+        with redis_guard("flow update"):
+            return bool(self._r.set(self._k(flow_id), json.dumps(data), ex=check_ttl(ttl), xx=True))
+
+    def delete(self, flow_id: str) -> None:
+        with redis_guard("flow delete"):
+            self._r.delete(self._k(flow_id))
+
+
+# Cached sessions are hashes: data = SessionData JSON, la = last activity (µs), db = last activity the
+# database is known to hold (µs), exp = absolute expiry (µs), idle = idle timeout (s).
+# A revocation replaces the hash by a tombstone {tomb = 1}: readers then go to the database, and a fill
+# racing with the revocation cannot put the old state back (fills only write absent keys).
+_FILL = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'data', ARGV[1], 'la', ARGV[2], 'db', ARGV[2], 'exp', ARGV[3], 'idle', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+# Returns -1 when not cached (or a tombstone), -2 when the cached session is no longer active,
+# 1 when the database should be written, 0 when the database write can wait.
+_TOUCH = """
+local v = redis.call('HMGET', KEYS[1], 'la', 'db', 'exp', 'idle')
+if not v[1] then return -1 end
+local now, la, db = tonumber(ARGV[1]), tonumber(v[1]), tonumber(v[2])
+if now >= tonumber(v[3]) or now >= la + tonumber(v[4]) * 1000000 then return -2 end
+if now > la then redis.call('HSET', KEYS[1], 'la', ARGV[1]) end
+if now - db >= tonumber(ARGV[2]) * 1000000 then
+  redis.call('HSET', KEYS[1], 'db', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+class CachedSessionStore:
+    """Sessions in SQL with a Redis read cache. Redis errors fall back to SQL and mark the cache dirty;
+    a dirty cache is emptied (its whole key prefix) at the next successful contact before it is trusted.
+    """
+
+    def __init__(
+        self,
+        sql: SqlSessionStore,
+        client: redis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        ttl: int = SESSION_CACHE_TTL,
+    ) -> None:
+        self.sql = sql
+        self._r = client
+        self._prefix = prefix
+        self._ttl = ttl
+        self._fill = client.register_script(_FILL)
+        self._touch = client.register_script(_TOUCH)
+        self._lock = threading.Lock()
+        self._dirty = False
+
+    def _k(self, session_id: str) -> str:
+        return f"{self._prefix}session:{session_id}"
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    def _flush(self) -> None:
+        pattern = _glob_escape(self._prefix) + "session:*"
+        batch: list = []
+        for key in self._r.scan_iter(match=pattern, count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                self._r.delete(*batch)
+                batch = []
+        if batch:
+            self._r.delete(*batch)
+
+    def _cache(self, what: str, fn: Callable[[], T]) -> tuple[bool, T | None]:
+        """Run ``fn`` against Redis; (False, None) on an outage, which marks the cache dirty."""
+        try:
+            if self._dirty:
+                with self._lock:
+                    if self._dirty:
+                        self._flush()
+                        self._dirty = False
+                        log.info("session cache flushed after a redis outage")
+            return True, fn()
+        except _OUTAGE as exc:
+            self._dirty = True
+            log.warning("session cache unavailable (%s), using the database: %s", what, type(exc).__name__)
+            return False, None
+
+    def _put(self, data: SessionData) -> None:
+        args = [
+            json.dumps(data.to_dict()),
+            _micros(data.last_active_at),
+            _micros(data.expires_at),
+            data.idle_timeout,
+            self._ttl,
+        ]
+        self._cache("fill", lambda: self._fill(keys=[self._k(data.id)], args=args))
+
+    def _tombstone(self, ids: list[str]) -> None:
+        if not ids:
+            return
+
+        def write() -> None:
+            pipe = self._r.pipeline(transaction=True)
+            for sid in ids:
+                pipe.delete(self._k(sid))
+                pipe.hset(self._k(sid), "tomb", "1")
+                pipe.expire(self._k(sid), self._ttl)
+            pipe.execute()
+
+        self._cache("revoke", write)
+
+    def create(self, data: SessionData) -> None:
+        self.sql.create(data)
+        self._put(data)
+
+    def get(self, session_id: str) -> SessionData | None:
+        ok, cached = self._cache("get", lambda: self._r.hgetall(self._k(session_id)))
+        if ok and cached:
+            cached = {_text(k): _text(v) for k, v in cached.items()}
+            if "data" in cached:
+                data = SessionData.from_dict(json.loads(cached["data"]))
+                data.last_active_at = _from_micros(int(cached["la"]))
+                return data
+            return self.sql.get(session_id)  # tombstone: the database has the revocation
+        data = self.sql.get(session_id)
+        if data is not None and ok:
+            self._put(data)
+        return data
+
+    def touch(self, session_id: str, now: datetime) -> None:
+        args = [_micros(now), TOUCH_WRITE_INTERVAL]
+        ok, result = self._cache("touch", lambda: self._touch(keys=[self._k(session_id)], args=args))
+        if not ok or int(result) in (-1, 1):
+            self.sql.touch(session_id, now)
+
+    def revoke(self, session_id: str, reason: str) -> bool:
+        was_active = self.sql.revoke(session_id, reason)
+        self._tombstone([session_id])
+        return was_active
+
+    def revoke_user(self, user_id: str, reason: str, except_id: str | None = None) -> list[str]:
+        ended, revoked = self.sql.revoke_user_all(user_id, reason, except_id)
+        self._tombstone(revoked)
+        return ended
+
+    def list_user(self, user_id: str, now: datetime | None = None) -> list[SessionData]:
+        return self.sql.list_user(user_id, now)
+
+    def get_public(self, user_id: str, public_id: str) -> SessionData | None:
+        return self.sql.get_public(user_id, public_id)

@@ -1,0 +1,398 @@
+"""SQLAlchemy 2.0 stores, shared by every worker process. Atomic on SQLite (>= 3.35) and PostgreSQL.
+
+Every read-modify-write is a single statement: ``DELETE … RETURNING`` for ``consume``, an upsert with a
+conditional ``DO UPDATE`` for ``add``, failure counters and fixed windows. Connection failures become
+``StoreUnavailable``; their messages never carry statement parameters (which may be secrets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import JSON, Integer, String, Text, case, delete, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+
+from idp.db import Base
+from idp.models import SessionRow, UTCDateTime
+from idp.storage.base import Backoff, SessionData, StoreUnavailable, ThrottleState
+from idp.storage.memory import TOUCH_WRITE_INTERVAL, as_utc, check_ttl, window_start
+
+log = logging.getLogger(__name__)
+
+KEY_LEN = 255
+NOSYNC = {"synchronize_session": False}  # bulk statements; no ORM objects to keep in step
+
+
+class OneTimeValue(Base):
+    __tablename__ = "one_time_values"
+    key: Mapped[str] = mapped_column(String(KEY_LEN), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class Throttle(Base):
+    """Failure counters. ``expires_at`` = last failure + the backoff window: after it the row counts as 0."""
+
+    __tablename__ = "throttles"
+    key: Mapped[str] = mapped_column(String(KEY_LEN), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class RateCounter(Base):
+    """Fixed-window event counters (``ThrottleStore.hit``)."""
+
+    __tablename__ = "rate_counters"
+    key: Mapped[str] = mapped_column(String(KEY_LEN), primary_key=True)
+    window_start: Mapped[int] = mapped_column(Integer)  # epoch seconds
+    hits: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class LoginFlow(Base):
+    __tablename__ = "login_flows"
+    id: Mapped[str] = mapped_column(String(KEY_LEN), primary_key=True)
+    data: Mapped[dict] = mapped_column(JSON)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+def _key(key: str) -> str:
+    """Keys longer than the column (long e-mail addresses in throttle keys) are stored hashed."""
+    if len(key) <= KEY_LEN:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _SqlStore:
+    """Shared plumbing: a session per call, one transaction, connection errors → StoreUnavailable."""
+
+    def __init__(self, sessionmaker: sessionmaker) -> None:
+        self._sm = sessionmaker
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        try:
+            with self._sm() as s, s.begin():
+                yield s
+        except (OperationalError, InterfaceError) as exc:
+            raise _unavailable(exc) from None
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise _unavailable(exc) from None
+            raise
+
+    def _insert(self, s: Session, table):
+        name = s.get_bind().dialect.name
+        if name == "postgresql":
+            return postgresql.insert(table)
+        if name == "sqlite":
+            return sqlite.insert(table)
+        raise NotImplementedError(f"no upsert for dialect {name}")
+
+
+def _unavailable(exc: DBAPIError) -> StoreUnavailable:
+    # The driver's first line only: SQLAlchemy's own message carries the statement and its parameters.
+    detail = str(exc.orig).strip().splitlines()[0][:200] if exc.orig is not None else ""
+    log.warning("database unavailable: %s: %s", type(exc.orig).__name__, detail)
+    return StoreUnavailable(f"database unavailable ({type(exc.orig).__name__}: {detail})")
+
+
+_SESSION_FIELDS = [f.name for f in fields(SessionData)]
+
+
+def _to_data(row: SessionRow) -> SessionData:
+    d = {name: getattr(row, name) for name in _SESSION_FIELDS}
+    d["amr"] = list(d["amr"] or [])
+    return SessionData(**d)
+
+
+def _is_active(last_active_at: datetime, idle_timeout: int, expires_at: datetime, now: datetime) -> bool:
+    return now < expires_at and now < last_active_at + timedelta(seconds=idle_timeout)
+
+
+class SqlSessionStore(_SqlStore):
+    """Sessions in ``idp.models.SessionRow``: the source of truth."""
+
+    def create(self, data: SessionData) -> None:
+        values = {name: getattr(data, name) for name in _SESSION_FIELDS}
+        for k, v in values.items():
+            if isinstance(v, datetime):
+                values[k] = as_utc(v)
+        values["amr"] = list(data.amr)
+        if values["auth_time"] is None:
+            values["auth_time"] = values["created_at"]
+        with self._tx() as s:
+            s.add(SessionRow(**values))
+
+    def get(self, session_id: str) -> SessionData | None:
+        with self._tx() as s:
+            row = s.get(SessionRow, session_id)
+            return _to_data(row) if row is not None else None
+
+    def touch(self, session_id: str, now: datetime) -> None:
+        """Write ``last_active_at`` only when the stored value is at least a minute old (one UPDATE)."""
+        now = as_utc(now)
+        stale = now - timedelta(seconds=TOUCH_WRITE_INTERVAL)
+        with self._tx() as s:
+            s.execute(
+                update(SessionRow)
+                .where(
+                    SessionRow.id == session_id,
+                    SessionRow.revoked_at.is_(None),
+                    SessionRow.expires_at > now,
+                    SessionRow.last_active_at <= stale,
+                )
+                .values(last_active_at=now)
+                .execution_options(**NOSYNC)
+            )
+
+    def revoke(self, session_id: str, reason: str) -> bool:
+        now = _now()
+        with self._tx() as s:
+            row = s.execute(
+                update(SessionRow)
+                .where(SessionRow.id == session_id, SessionRow.revoked_at.is_(None))
+                .values(revoked_at=now, revoked_reason=reason)
+                .returning(SessionRow.last_active_at, SessionRow.idle_timeout, SessionRow.expires_at)
+                .execution_options(**NOSYNC)
+            ).first()
+        return row is not None and _is_active(row[0], row[1], row[2], now)
+
+    def revoke_user_all(self, user_id: str, reason: str, except_id: str | None = None) -> tuple[list[str], list[str]]:
+        """Revoke every unrevoked session of a user; returns (ids that were active, every id revoked)."""
+        now = _now()
+        cond = [SessionRow.user_id == user_id, SessionRow.revoked_at.is_(None)]
+        if except_id is not None:
+            cond.append(SessionRow.id != except_id)
+        with self._tx() as s:
+            rows = s.execute(
+                update(SessionRow)
+                .where(*cond)
+                .values(revoked_at=now, revoked_reason=reason)
+                .returning(SessionRow.id, SessionRow.last_active_at, SessionRow.idle_timeout, SessionRow.expires_at)
+                .execution_options(**NOSYNC)
+            ).all()
+        active = [r[0] for r in rows if _is_active(r[1], r[2], r[3], now)]
+        return active, [r[0] for r in rows]
+
+    def revoke_user(self, user_id: str, reason: str, except_id: str | None = None) -> list[str]:
+        return self.revoke_user_all(user_id, reason, except_id)[0]
+
+    def list_user(self, user_id: str, now: datetime | None = None) -> list[SessionData]:
+        now = as_utc(now or _now())
+        with self._tx() as s:
+            rows = s.scalars(
+                select(SessionRow)
+                .where(
+                    SessionRow.user_id == user_id,
+                    SessionRow.revoked_at.is_(None),
+                    SessionRow.expires_at > now,
+                )
+                .order_by(SessionRow.last_active_at.desc(), SessionRow.created_at.desc(), SessionRow.id.desc())
+            ).all()
+            found = [_to_data(r) for r in rows]
+        return [d for d in found if d.is_active(now)]
+
+    def get_public(self, user_id: str, public_id: str) -> SessionData | None:
+        with self._tx() as s:
+            row = s.scalars(
+                select(SessionRow).where(SessionRow.public_id == public_id, SessionRow.user_id == user_id)
+            ).first()
+            return _to_data(row) if row is not None else None
+
+    def purge_expired(self, now: datetime | None = None) -> int:
+        """Delete sessions past their absolute lifetime; returns how many."""
+        now = as_utc(now or _now())
+        with self._tx() as s:
+            return s.execute(
+                delete(SessionRow).where(SessionRow.expires_at <= now).execution_options(**NOSYNC)
+            ).rowcount
+
+
+class SqlOneTimeStore(_SqlStore):
+    def put(self, key: str, value: str, ttl: int) -> None:
+        expires_at = _now() + timedelta(seconds=check_ttl(ttl))
+        with self._tx() as s:
+            stmt = self._insert(s, OneTimeValue).values(key=_key(key), value=value, expires_at=expires_at)
+            s.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[OneTimeValue.key],
+                    set_={"value": stmt.excluded.value, "expires_at": stmt.excluded.expires_at},
+                )
+            )
+
+    def add(self, key: str, value: str, ttl: int) -> bool:
+        """One upsert that only overwrites an expired row; RETURNING tells whether we wrote."""
+        now = _now()
+        expires_at = now + timedelta(seconds=check_ttl(ttl))
+        with self._tx() as s:
+            stmt = self._insert(s, OneTimeValue).values(key=_key(key), value=value, expires_at=expires_at)
+            row = s.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[OneTimeValue.key],
+                    set_={"value": stmt.excluded.value, "expires_at": stmt.excluded.expires_at},
+                    where=OneTimeValue.expires_at <= now,
+                ).returning(OneTimeValue.key)
+            ).first()
+        return row is not None
+
+    def get(self, key: str) -> str | None:
+        with self._tx() as s:
+            return s.scalar(
+                select(OneTimeValue.value).where(OneTimeValue.key == _key(key), OneTimeValue.expires_at > _now())
+            )
+
+    def consume(self, key: str) -> str | None:
+        with self._tx() as s:
+            row = s.execute(
+                delete(OneTimeValue)
+                .where(OneTimeValue.key == _key(key))
+                .returning(OneTimeValue.value, OneTimeValue.expires_at)
+                .execution_options(**NOSYNC)
+            ).first()
+        if row is None or row[1] <= _now():
+            return None
+        return row[0]
+
+    def delete(self, key: str) -> None:
+        with self._tx() as s:
+            s.execute(delete(OneTimeValue).where(OneTimeValue.key == _key(key)).execution_options(**NOSYNC))
+
+    def purge_expired(self, now: datetime | None = None) -> int:
+        now = as_utc(now or _now())
+        with self._tx() as s:
+            return s.execute(
+                delete(OneTimeValue).where(OneTimeValue.expires_at <= now).execution_options(**NOSYNC)
+            ).rowcount
+
+
+class SqlThrottleStore(_SqlStore):
+    def state(self, key: str, now: datetime) -> ThrottleState:
+        now = as_utc(now)
+        with self._tx() as s:
+            row = s.execute(
+                select(Throttle.failures, Throttle.blocked_until).where(
+                    Throttle.key == _key(key), Throttle.expires_at > now
+                )
+            ).first()
+        return ThrottleState(row[0], row[1]) if row is not None else ThrottleState(0, None)
+
+    def record_failure(self, key: str, now: datetime, backoff: Backoff) -> ThrottleState:
+        """Count with one upsert (restarting at 1 once the window passed), then set ``blocked_until``.
+
+        Both statements run in one transaction that holds the row's write lock, so concurrent failures
+        serialise: no count is lost and the block always matches the count.
+        """
+        now = as_utc(now)
+        forget_at = now + timedelta(seconds=backoff.window)
+        k = _key(key)
+        with self._tx() as s:
+            stmt = self._insert(s, Throttle).values(
+                key=k, failures=1, blocked_until=None, last_failure_at=now, expires_at=forget_at
+            )
+            failures = s.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[Throttle.key],
+                    set_={
+                        "failures": case((Throttle.expires_at > now, Throttle.failures + 1), else_=1),
+                        "last_failure_at": now,
+                        "expires_at": forget_at,
+                    },
+                ).returning(Throttle.failures)
+            ).scalar_one()
+            delay = backoff.delay(failures)
+            blocked_until = now + timedelta(seconds=delay) if delay else None
+            s.execute(
+                update(Throttle)
+                .where(Throttle.key == k)
+                .values(blocked_until=blocked_until)
+                .execution_options(**NOSYNC)
+            )
+        return ThrottleState(failures, blocked_until)
+
+    def reset(self, key: str) -> None:
+        with self._tx() as s:
+            s.execute(delete(Throttle).where(Throttle.key == _key(key)).execution_options(**NOSYNC))
+
+    def hit(self, key: str, limit: int, window: int, now: datetime) -> bool:
+        start = window_start(now, window)
+        ends = datetime.fromtimestamp(start + window, UTC)
+        with self._tx() as s:
+            stmt = self._insert(s, RateCounter).values(key=_key(key), window_start=start, hits=1, expires_at=ends)
+            hits = s.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[RateCounter.key],
+                    set_={
+                        "hits": case((RateCounter.window_start == start, RateCounter.hits + 1), else_=1),
+                        "window_start": start,
+                        "expires_at": ends,
+                    },
+                ).returning(RateCounter.hits)
+            ).scalar_one()
+        return hits <= limit
+
+    def purge_expired(self, now: datetime | None = None) -> int:
+        now = as_utc(now or _now())
+        with self._tx() as s:
+            n = s.execute(delete(Throttle).where(Throttle.expires_at <= now).execution_options(**NOSYNC)).rowcount
+            n += s.execute(
+                delete(RateCounter).where(RateCounter.expires_at <= now).execution_options(**NOSYNC)
+            ).rowcount
+        return n
+
+
+class SqlFlowStore(_SqlStore):
+    def create(self, flow_id: str, data: dict, ttl: int) -> None:
+        expires_at = _now() + timedelta(seconds=check_ttl(ttl))
+        with self._tx() as s:
+            stmt = self._insert(s, LoginFlow).values(id=flow_id, data=data, expires_at=expires_at)
+            s.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[LoginFlow.id],
+                    set_={"data": stmt.excluded.data, "expires_at": stmt.excluded.expires_at},
+                )
+            )
+
+    def get(self, flow_id: str) -> dict | None:
+        with self._tx() as s:
+            return s.scalar(select(LoginFlow.data).where(LoginFlow.id == flow_id, LoginFlow.expires_at > _now()))
+
+    def update(self, flow_id: str, data: dict, ttl: int) -> bool:
+        now = _now()
+        expires_at = now + timedelta(seconds=check_ttl(ttl))
+        with self._tx() as s:
+            result = s.execute(
+                update(LoginFlow)
+                .where(LoginFlow.id == flow_id, LoginFlow.expires_at > now)
+                .values(data=data, expires_at=expires_at)
+                .execution_options(**NOSYNC)
+            )
+            return result.rowcount == 1
+
+    def delete(self, flow_id: str) -> None:
+        with self._tx() as s:
+            s.execute(delete(LoginFlow).where(LoginFlow.id == flow_id).execution_options(**NOSYNC))
+
+    def purge_expired(self, now: datetime | None = None) -> int:
+        now = as_utc(now or _now())
+        with self._tx() as s:
+            return s.execute(delete(LoginFlow).where(LoginFlow.expires_at <= now).execution_options(**NOSYNC)).rowcount
+
+
+def db_ping(sm: sessionmaker) -> None:
+    """``SELECT 1``; raises StoreUnavailable when the database cannot be reached."""
+    with _SqlStore(sm)._tx() as s:
+        s.execute(text("SELECT 1"))
