@@ -1,0 +1,58 @@
+"""Workspaces, users and groups: look-ups and the rules for e-mail addresses. Plain Python."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from idp.models import Group, GroupMember, User, Workspace
+
+SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# Deliberately simple: one @, a dot in the domain, no spaces or control characters.
+EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
+MAX_EMAIL = 254
+PLANS = ("free", "pro", "enterprise")
+ROLES = ("member", "admin")
+
+
+class InvalidEmail(ValueError):
+    pass
+
+
+def normalise_email(email: str) -> str:
+    """NFKC, trimmed, case-folded: the key that makes an address unique in a workspace."""
+    value = unicodedata.normalize("NFKC", email or "").strip()
+    if len(value) > MAX_EMAIL or not EMAIL_RE.match(value):
+        raise InvalidEmail("Enter a valid email address.")
+    return value.casefold()
+
+
+def clean_email(email: str) -> str:
+    """The address as typed, NFKC-normalised and trimmed (for display and for sending mail)."""
+    value = unicodedata.normalize("NFKC", email or "").strip()
+    normalise_email(value)
+    return value
+
+
+def workspace_by_slug(db: Session, slug: str) -> Workspace | None:
+    if not slug or not SLUG_RE.match(slug):
+        return None
+    return db.scalar(select(Workspace).where(Workspace.slug == slug))
+
+
+def user_by_email(db: Session, workspace_id: str, email: str) -> User | None:
+    try:
+        key = normalise_email(email)
+    except InvalidEmail:
+        return None
+    return db.scalar(select(User).where(User.workspace_id == workspace_id, User.email_normalized == key))
+
+
+def user_groups(db: Session, user_id: str) -> list[str]:
+    rows = db.scalars(
+        select(Group.name).join(GroupMember, GroupMember.group_id == Group.id).where(GroupMember.user_id == user_id)
+    )
+    return sorted(rows)
