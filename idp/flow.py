@@ -1,0 +1,145 @@
+"""The login flow: a server-side object that carries one sign-in through its steps.
+
+    identify ──► password ──► done
+       ▲            │
+       └────────────┘  ("Use another account")
+
+Each step returns ``Render``, ``Redirect`` or ``Done``; the web layer only turns those into responses.
+The browser holds only the flow id, and the flow is bound to the browser that started it (the hash of
+its CSRF cookie), so a flow id sent to someone else is useless (no login CSRF through shared links).
+Later issues add states (second factor, upstream IdP, LDAP) by extending ``TRANSITIONS``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+from idp.accounts import InvalidEmail, clean_email, normalise_email
+
+FLOW_TTL = 15 * 60
+
+TRANSITIONS: dict[str, set[str]] = {
+    "identify": {"password"},
+    "password": {"identify", "done"},
+    "done": set(),
+}
+
+
+class FlowError(Exception):
+    """The flow is missing, expired, bound to another browser, or asked for an illegal transition."""
+
+
+@dataclass
+class LoginFlow:
+    id: str
+    workspace_id: str
+    binding: str
+    state: str = "identify"
+    next: str = ""
+    email: str = ""
+    amr: list[str] = field(default_factory=list)
+    created_at: str = ""
+
+    def move(self, state: str) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise FlowError(f"illegal transition {self.state} -> {state}")
+        self.state = state
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoginFlow:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass(frozen=True)
+class Render:
+    template: str
+    context: dict
+    status: int = 200
+
+
+@dataclass(frozen=True)
+class Redirect:
+    url: str
+
+
+@dataclass(frozen=True)
+class AuthnResult:
+    """What a finished sign-in hands back to whoever asked (security page, OIDC, SAML)."""
+
+    workspace_id: str
+    user_id: str
+    amr: tuple[str, ...]
+    auth_time: datetime
+    next: str = ""
+
+
+@dataclass(frozen=True)
+class Done:
+    result: AuthnResult
+
+
+@dataclass(frozen=True)
+class Client:
+    ip: str
+    user_agent: str
+    request_id: str = ""
+
+
+class FlowManager:
+    def __init__(self, store, clock=lambda: datetime.now(UTC)):
+        self.store = store
+        self.clock = clock
+
+    def start(self, workspace_id: str, binding: str, next_url: str = "", *, email: str = "",
+              state: str = "identify") -> LoginFlow:
+        """A new flow; ``email``/``state`` let the identifier step create it already moved on (one write)."""
+        flow = LoginFlow(
+            id=secrets.token_urlsafe(24),
+            workspace_id=workspace_id,
+            binding=binding,
+            next=next_url,
+            created_at=self.clock().isoformat(),
+        )
+        if state != "identify":
+            flow.move(state)
+        flow.email = email
+        self.store.create(flow.id, flow.to_dict(), FLOW_TTL)
+        return flow
+
+    def load(self, flow_id: str | None, workspace_id: str, binding: str) -> LoginFlow:
+        if not flow_id or len(flow_id) > 64:
+            raise FlowError("no flow")
+        data = self.store.get(flow_id)
+        if not data:
+            raise FlowError("flow expired")
+        flow = LoginFlow.from_dict(data)
+        if flow.workspace_id != workspace_id or not hmac.compare_digest(flow.binding, binding):
+            raise FlowError("flow belongs to another browser or workspace")
+        return flow
+
+    def save(self, flow: LoginFlow) -> None:
+        if not self.store.update(flow.id, flow.to_dict(), FLOW_TTL):
+            raise FlowError("flow expired")
+
+    def finish(self, flow: LoginFlow) -> None:
+        self.store.delete(flow.id)
+
+
+def identify(flow: LoginFlow, email: str) -> tuple[str | None, str]:
+    """Validate the identifier step. Returns (error, cleaned email).
+
+    The answer never depends on whether the account exists (no user enumeration); home-realm
+    discovery (upstream IdPs, LDAP) hooks in here once connections exist.
+    """
+    try:
+        cleaned = clean_email(email)
+        normalise_email(cleaned)
+    except InvalidEmail as exc:
+        return str(exc), (email or "")[:254]
+    return None, cleaned

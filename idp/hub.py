@@ -1,0 +1,344 @@
+"""The hub's domain services, wired together once by ``create_app`` (or a CLI command, or a test).
+
+Everything here is plain Python: it takes its stores, clock, mailer and audit log as arguments and
+knows nothing about Flask requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import sessionmaker
+
+from config.settings import Settings
+from idp import passwords
+from idp.accounts import normalise_email, user_by_email
+from idp.flow import AuthnResult, Client
+from idp.models import KnownDevice, PasswordResetToken, User, Workspace, utcnow
+from idp.sessions import SessionManager, effective_lifetimes, new_secret_token, token_hash
+from idp.storage.base import Backoff, SessionData, Stores
+
+log = logging.getLogger("idhub.hub")
+
+RESET_TTL = timedelta(hours=24)
+NOT_ME_MAX_AGE = 14 * 24 * 3600
+ACCOUNT_BACKOFF = Backoff(free=5, base=1, cap=900, window=3600)
+ADDRESS_BACKOFF = Backoff(free=30, base=1, cap=3600, window=3600)
+FAILED_ALERT_EVERY = 5
+RESET_REQUESTS_PER_HOUR = 5
+
+
+@dataclass(frozen=True)
+class PasswordOutcome:
+    ok: bool
+    error: str | None = None
+    retry_after: int = 0
+    result: AuthnResult | None = None
+
+
+class Hub:
+    def __init__(
+        self,
+        settings: Settings,
+        db: sessionmaker,
+        stores: Stores,
+        hasher: passwords.Hasher,
+        audit,
+        mailer,
+        geo,
+        describe_ua,
+        fingerprints,
+        clock=lambda: datetime.now(UTC),
+    ):
+        self.settings = settings
+        self.db = db
+        self.stores = stores
+        self.hasher = hasher
+        self.audit = audit
+        self.mailer = mailer
+        self.geo = geo
+        self.describe_ua = describe_ua
+        self.device_fp, self.location_fp = fingerprints
+        self.clock = clock
+        self.sessions = SessionManager(stores.sessions, lambda: self.clock())
+        self._signer = URLSafeTimedSerializer(settings.secret_key, salt="idhub.not-me")
+
+    # ---- helpers -------------------------------------------------------------------------
+    def url(self, path: str) -> str:
+        return self.settings.base_url + path
+
+    def _event(self, type_: str, ws_id: str | None, client: Client | None, **kw) -> None:
+        self.audit.record(
+            type_,
+            workspace_id=ws_id,
+            ip=client.ip if client else None,
+            user_agent=(client.user_agent[:512] if client else None),
+            request_id=client.request_id if client else None,
+            **kw,
+        )
+
+    def _mail(self, to: str, subject: str, template: str, context: dict, *, ws_id: str, user_id: str) -> bool:
+        try:
+            self.mailer.send(to, subject, template, context)
+        except Exception as exc:  # a mail failure must not break sign-in; it is logged and audited
+            log.warning("mail not sent", extra={"template": template, "error": type(exc).__name__})
+            self.audit.record("alert.failed", workspace_id=ws_id, subject_id=user_id, data={"template": template})
+            return False
+        self.audit.record("alert.sent", workspace_id=ws_id, subject_id=user_id, data={"template": template})
+        return True
+
+    # ---- sign-in -----------------------------------------------------------------------------
+    def check_password(self, ws: Workspace, email: str, password: str, client: Client, next_url: str = ""
+                       ) -> PasswordOutcome:
+        now = self.clock()
+        key_email = normalise_email(email)
+        acct_key = f"pw:{ws.id}:{key_email}"
+        addr_key = f"pwip:{client.ip}"
+        throttle = self.stores.throttle
+        acct = throttle.state(acct_key, now)
+        wait = max(acct.retry_after(now), throttle.state(addr_key, now).retry_after(now))
+        if wait:
+            self._event("auth.signin.throttled", ws.id, client, actor_email=key_email, data={"retry_after": wait})
+            return PasswordOutcome(False, f"Too many attempts. Try again in {wait} seconds.", retry_after=wait)
+        with self.db() as db:
+            user = user_by_email(db, ws.id, email)
+            ok = self.hasher.verify(user.password_hash if user else None, password)
+            if ok and user and user.active and not user.password_reset_required:
+                if self.hasher.needs_rehash(user.password_hash):
+                    user.password_hash = self.hasher.hash(password)
+                    db.commit()
+                if acct.failures:
+                    throttle.reset(acct_key)
+                return PasswordOutcome(True, result=AuthnResult(ws.id, user.id, ("pwd",), now, next_url))
+            if ok and user and user.password_reset_required:
+                self._event("auth.signin.failure", ws.id, client, actor_id=user.id, actor_email=key_email,
+                            data={"reason": "password_reset_required"})
+                return PasswordOutcome(False, "For your security, this account's password must be reset. "
+                                              "Use “Forgot password?” to choose a new one.")
+            state = throttle.record_failure(acct_key, now, ACCOUNT_BACKOFF)
+            throttle.record_failure(addr_key, now, ADDRESS_BACKOFF)
+            reason = "inactive" if (ok and user) else ("unknown_user" if not user else "bad_password")
+            self._event("auth.signin.failure", ws.id, client, actor_id=user.id if user else None,
+                        actor_email=key_email, data={"reason": reason, "failures": state.failures})
+            if user and state.failures and state.failures % FAILED_ALERT_EVERY == 0:
+                self._alert(user, ws, "alert_failed_signins", "Failed sign-in attempts on your account", client,
+                            attempts=state.failures)
+        return PasswordOutcome(False, "Incorrect email or password.")
+
+    def complete_signin(self, ws: Workspace, result: AuthnResult, client: Client) -> tuple[str, SessionData]:
+        """Create the session for a finished sign-in, raise new-device/location alerts, audit it."""
+        info = self.describe_ua(client.user_agent)
+        loc = self.geo.locate(client.ip)
+        lifetimes = effective_lifetimes(self.settings.session_idle_timeout, self.settings.session_max_lifetime,
+                                        ws.policies)
+        token, data = self.sessions.start(
+            workspace_id=ws.id, user_id=result.user_id, lifetimes=lifetimes, ip=client.ip,
+            user_agent=client.user_agent, browser=info.browser, os=info.os, device=info.device,
+            country=loc.country, city=loc.city, amr=list(result.amr),
+        )
+        with self.db() as db:
+            user = db.get(User, result.user_id)
+            self._event("auth.signin.success", ws.id, client, actor_id=user.id, actor_email=user.email,
+                        data={"amr": list(result.amr), "session": data.public_id})
+            self._remember_device(db, user, ws, info, loc, client)
+        return token, data
+
+    def _remember_device(self, db, user: User, ws: Workspace, info, loc, client: Client) -> None:
+        known = {(k.kind, k.fingerprint) for k in db.scalars(select(KnownDevice).where(KnownDevice.user_id == user.id))}
+        first_ever = not known
+        dev_fp = self.device_fp(info)
+        alerts = []
+        if ("device", dev_fp) not in known:
+            db.add(KnownDevice(user_id=user.id, kind="device", fingerprint=dev_fp, label=info.label))
+            if not first_ever:
+                alerts.append(("alert_new_device", "New sign-in to your account from a new device or browser"))
+        if loc.country and loc.country != "unknown":
+            loc_fp = self.location_fp(loc)
+            if ("location", loc_fp) not in known:
+                db.add(KnownDevice(user_id=user.id, kind="location", fingerprint=loc_fp, label=_loc_label(loc)))
+                if any(kind == "location" for kind, _ in known):
+                    alerts.append(("alert_new_location", "New sign-in to your account from a new location"))
+        db.commit()
+        for template, subject in alerts:
+            self._alert(user, ws, template, subject, client, device=info.label, location=_loc_label(loc))
+
+    def _alert(self, user: User, ws: Workspace, template: str, subject: str, client: Client | None, **extra):
+        info = self.describe_ua(client.user_agent) if client else None
+        loc = self.geo.locate(client.ip) if client else None
+        ctx = {
+            "workspace_name": ws.name,
+            "user_name": user.name or user.email,
+            "user_email": user.email,
+            "when": self.clock().strftime("%d %b %Y, %H:%M UTC"),
+            "ip": client.ip if client else "",
+            "location": _loc_label(loc) if loc else "Unknown location",
+            "device": info.label if info else "Unknown browser",
+            "security_url": self.url(f"/w/{ws.slug}/settings/security"),
+            "wasnt_me_url": self.url(f"/w/{ws.slug}/security/not-me/{self.not_me_token(user)}"),
+        }
+        ctx.update(extra)
+        self._mail(user.email, subject, template, ctx, ws_id=ws.id, user_id=user.id)
+
+    # ---- sessions ------------------------------------------------------------------------------
+    def sign_out(self, ws: Workspace, session: SessionData, client: Client) -> None:
+        self.sessions.end(session.id, "signed_out")
+        self._event("auth.signout", ws.id, client, actor_id=session.user_id, data={"session": session.public_id})
+
+    def end_session(self, ws: Workspace, current: SessionData, public_id: str, client: Client) -> bool:
+        target = self.sessions.by_public_id(current.user_id, public_id)
+        if target is None or target.id == current.id:
+            return False
+        self.sessions.end(target.id, "ended_by_user")
+        self._event("session.ended", ws.id, client, actor_id=current.user_id, data={"session": target.public_id})
+        return True
+
+    def end_other_sessions(self, ws: Workspace, current: SessionData, client: Client) -> int:
+        ended = self.sessions.end_all(current.user_id, "ended_by_user", except_id=current.id)
+        self._event("session.ended_all", ws.id, client, actor_id=current.user_id, data={"count": len(ended)})
+        return len(ended)
+
+    # ---- passwords -------------------------------------------------------------------------------
+    def change_password(self, ws: Workspace, session: SessionData, current: str, new: str, confirm: str,
+                        client: Client) -> list[str]:
+        """Errors (empty on success). All other sessions end; reset links die."""
+        with self.db() as db:
+            user = db.get(User, session.user_id)
+            if not self.hasher.verify(user.password_hash, current):
+                self._event("password.change.failed", ws.id, client, actor_id=user.id, data={"reason": "bad_current"})
+                return ["Your current password is incorrect."]
+            errors = _new_password_errors(new, confirm, user.email)
+            if errors:
+                return errors
+            self._set_password(db, user, new)
+            db.commit()
+        ended = self.sessions.end_all(user.id, "password_changed", except_id=session.id)
+        self._event("password.changed", ws.id, client, actor_id=user.id, data={"sessions_ended": len(ended)})
+        self._alert(user, ws, "alert_password_changed", "Your password was changed", client)
+        return []
+
+    def _set_password(self, db, user: User, new: str) -> None:
+        user.password_hash = self.hasher.hash(new)
+        user.password_changed_at = self.clock()
+        user.password_reset_required = False
+        db.execute(delete(PasswordResetToken).where(PasswordResetToken.user_id == user.id))
+
+    def request_reset(self, ws: Workspace, email: str, client: Client) -> None:
+        """Same outcome whether or not the address exists; a new link kills older ones."""
+        now = self.clock()
+        try:
+            key = normalise_email(email)
+        except ValueError:
+            return
+        if not self.stores.throttle.hit(f"reset:{ws.id}:{key}", RESET_REQUESTS_PER_HOUR, 3600, now):
+            self._event("password.reset.throttled", ws.id, client, actor_email=key)
+            return
+        with self.db() as db:
+            user = user_by_email(db, ws.id, email)
+            if user is None or not user.active:
+                self._event("password.reset.requested", ws.id, client, actor_email=key, data={"known": False})
+                return
+            token, hashed = new_secret_token()
+            db.execute(delete(PasswordResetToken).where(PasswordResetToken.user_id == user.id))
+            db.add(PasswordResetToken(token_hash=hashed, user_id=user.id, created_at=now, expires_at=now + RESET_TTL))
+            db.commit()
+            self._event("password.reset.requested", ws.id, client, actor_id=user.id, data={"known": True})
+            self._mail(user.email, "Reset your password", "password_reset", {
+                "workspace_name": ws.name, "user_name": user.name or user.email,
+                "reset_url": self.url(f"/w/{ws.slug}/password/reset/{token}"), "expires_hours": 24,
+            }, ws_id=ws.id, user_id=user.id)
+
+    def reset_user(self, ws: Workspace, token: str) -> User | None:
+        """The user a still-valid reset link belongs to (no side effects)."""
+        if not token or len(token) > 128:
+            return None
+        with self.db() as db:
+            row = db.get(PasswordResetToken, token_hash(token))
+            if row is None or row.used_at is not None or row.expires_at <= self.clock():
+                return None
+            user = db.get(User, row.user_id)
+            return user if user and user.workspace_id == ws.id and user.active else None
+
+    def complete_reset(self, ws: Workspace, token: str, new: str, confirm: str, client: Client) -> list[str]:
+        user = self.reset_user(ws, token)
+        if user is None:
+            return ["This reset link is invalid or has expired."]
+        errors = _new_password_errors(new, confirm, user.email)
+        if errors:
+            return errors
+        now = self.clock()
+        with self.db() as db:
+            # Consume the link atomically: of two parallel submissions exactly one wins.
+            res = db.execute(
+                update(PasswordResetToken)
+                .where(PasswordResetToken.token_hash == token_hash(token), PasswordResetToken.used_at.is_(None),
+                       PasswordResetToken.expires_at > now)
+                .values(used_at=now)
+            )
+            if res.rowcount != 1:
+                db.rollback()
+                return ["This reset link is invalid or has expired."]
+            user = db.get(User, user.id)
+            self._set_password(db, user, new)
+            db.commit()
+        ended = self.sessions.end_all(user.id, "password_reset")
+        self.stores.throttle.reset(f"pw:{ws.id}:{user.email_normalized}")
+        self._event("password.reset.completed", ws.id, client, actor_id=user.id, data={"sessions_ended": len(ended)})
+        self._alert(user, ws, "alert_password_changed", "Your password was changed", client)
+        return []
+
+    # ---- "This wasn't me" ------------------------------------------------------------------------
+    def not_me_token(self, user: User) -> str:
+        return self._signer.dumps({"u": user.id, "w": user.workspace_id})
+
+    def not_me_user(self, ws: Workspace, token: str) -> User | None:
+        if not token or len(token) > 512:
+            return None
+        try:
+            data = self._signer.loads(token, max_age=NOT_ME_MAX_AGE)
+        except BadSignature:
+            return None
+        if not isinstance(data, dict) or data.get("w") != ws.id:
+            return None
+        with self.db() as db:
+            return db.get(User, data.get("u"))
+
+    def secure_account(self, ws: Workspace, token: str, client: Client) -> bool:
+        """End every session, require a password reset, mail a reset link."""
+        user = self.not_me_user(ws, token)
+        if user is None:
+            return False
+        with self.db() as db:
+            db.execute(update(User).where(User.id == user.id).values(password_reset_required=True,
+                                                                     updated_at=utcnow()))
+            db.commit()
+        ended = self.sessions.end_all(user.id, "compromise_reported")
+        self._event("account.compromise_reported", ws.id, client, subject_id=user.id,
+                    data={"sessions_ended": len(ended)})
+        now = self.clock()
+        tok, hashed = new_secret_token()
+        with self.db() as db:
+            db.execute(delete(PasswordResetToken).where(PasswordResetToken.user_id == user.id))
+            db.add(PasswordResetToken(token_hash=hashed, user_id=user.id, created_at=now, expires_at=now + RESET_TTL))
+            db.commit()
+        self._mail(user.email, "Your account has been secured", "account_secured", {
+            "workspace_name": ws.name, "user_name": user.name or user.email,
+            "reset_url": self.url(f"/w/{ws.slug}/password/reset/{tok}"), "expires_hours": 24,
+        }, ws_id=ws.id, user_id=user.id)
+        return True
+
+
+def _new_password_errors(new: str, confirm: str, email: str) -> list[str]:
+    if new != confirm:
+        return ["The new passwords do not match."]
+    broken = passwords.check(new, email=email)
+    return [f"Password rule not met: {r.text}." for r in broken]
+
+
+def _loc_label(loc) -> str:
+    if loc is None or not loc.country or loc.country == "unknown":
+        return "Unknown location"
+    return f"{loc.city}, {loc.country}" if loc.city else loc.country

@@ -1,0 +1,110 @@
+"""Browser sessions: creation, look-up from the cookie, ending. Plain Python over a SessionStore.
+
+The cookie carries a 256-bit random token; the store keys sessions by its SHA-256, so a leaked
+database or cache does not leak usable session ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from idp.storage.base import SessionData, SessionStore
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    idle: int
+    absolute: int
+
+
+def effective_lifetimes(hub_idle: int, hub_max: int, policy: dict | None) -> Lifetimes:
+    """A workspace's policy can only make the hub's limits stricter, never looser."""
+    policy = policy or {}
+    idle = min(hub_idle, int(policy.get("session_idle_timeout") or hub_idle))
+    absolute = min(hub_max, int(policy.get("session_max_lifetime") or hub_max))
+    return Lifetimes(idle=max(60, idle), absolute=max(60, absolute))
+
+
+class SessionManager:
+    def __init__(self, store: SessionStore, clock=lambda: datetime.now(UTC)):
+        self.store = store
+        self.clock = clock
+
+    def start(
+        self,
+        *,
+        workspace_id: str,
+        user_id: str,
+        lifetimes: Lifetimes,
+        ip: str,
+        user_agent: str,
+        browser: str = "",
+        os: str = "",
+        device: str = "",
+        country: str = "",
+        city: str = "",
+        amr: list[str] | None = None,
+    ) -> tuple[str, SessionData]:
+        """A new session; returns (cookie token, data). A fresh id at every sign-in (no fixation)."""
+        now = self.clock()
+        token = secrets.token_urlsafe(32)
+        data = SessionData(
+            id=token_hash(token),
+            public_id=secrets.token_urlsafe(12),
+            workspace_id=workspace_id,
+            user_id=user_id,
+            created_at=now,
+            last_active_at=now,
+            expires_at=now + timedelta(seconds=lifetimes.absolute),
+            idle_timeout=lifetimes.idle,
+            ip=ip,
+            user_agent=user_agent[:512],
+            browser=browser[:100],
+            os=os[:100],
+            device=device[:100],
+            country=country[:100],
+            city=city[:100],
+            amr=list(amr or []),
+            auth_time=now,
+        )
+        self.store.create(data)
+        return token, data
+
+    def load(self, token: str | None, workspace_id: str) -> SessionData | None:
+        """The active session behind a cookie, or None (unknown, ended, expired, other workspace)."""
+        if not token or len(token) > 128:
+            return None
+        data = self.store.get(token_hash(token))
+        now = self.clock()
+        if data is None or data.workspace_id != workspace_id or not data.is_active(now):
+            return None
+        self.store.touch(data.id, now)
+        return data
+
+    def end(self, session_id: str, reason: str) -> bool:
+        return self.store.revoke(session_id, reason)
+
+    def end_all(self, user_id: str, reason: str, except_id: str | None = None) -> list[str]:
+        return self.store.revoke_user(user_id, reason, except_id=except_id)
+
+    def list(self, user_id: str) -> list[SessionData]:
+        return self.store.list_user(user_id, self.clock())
+
+    def by_public_id(self, user_id: str, public_id: str) -> SessionData | None:
+        if not public_id or len(public_id) > 64:
+            return None
+        data = self.store.get_public(user_id, public_id)
+        return data if data and data.is_active(self.clock()) else None
+
+
+def new_secret_token() -> tuple[str, str]:
+    """(token for the user, hash to store) for links such as password resets: 256 bits."""
+    token = secrets.token_urlsafe(32)
+    return token, token_hash(token)
