@@ -1,0 +1,388 @@
+"""The config file (`idhub apply`): validate everything first, name each error by its path, then apply
+all of it in one transaction — or nothing. Plain Python."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import yaml
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from idp import passwords
+from idp.accounts import PLANS, ROLES, SLUG_RE, InvalidEmail, clean_email, normalise_email
+from idp.models import Group, GroupMember, User, Workspace
+
+MFA_METHODS = ("totp", "sms", "backup_codes")
+DURATION_RE = re.compile(r"^(\d{1,9})([smhdw]?)$")
+UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_FILE = 5 * 1024 * 1024
+
+
+class ConfigError(Exception):
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass
+class Validator:
+    errors: list[str] = field(default_factory=list)
+
+    def err(self, path: str, msg: str) -> None:
+        self.errors.append(f"{path}: {msg}")
+
+    def mapping(self, value, path: str, allowed: set[str], required: tuple[str, ...] = ()) -> dict | None:
+        if not isinstance(value, dict):
+            self.err(path, "must be a mapping")
+            return None
+        for k in value:
+            if k not in allowed:
+                self.err(f"{path}.{k}", "unknown key")
+        for k in required:
+            if k not in value or value[k] in (None, ""):
+                self.err(f"{path}.{k}", "required")
+        return value
+
+    def seq(self, value, path: str) -> list:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.err(path, "must be a list")
+            return []
+        return value
+
+    def string(self, value, path: str, max_len: int = 200) -> str | None:
+        if not isinstance(value, str):
+            self.err(path, "must be a string")
+            return None
+        if len(value) > max_len:
+            self.err(path, f"longer than {max_len} characters")
+            return None
+        if any(ord(c) < 0x20 and c not in "\t" for c in value):
+            self.err(path, "contains control characters")
+            return None
+        return value
+
+    def boolean(self, value, path: str) -> bool | None:
+        if not isinstance(value, bool):
+            self.err(path, "must be true or false")
+            return None
+        return value
+
+    def url(self, value, path: str, schemes=("http", "https")) -> str | None:
+        s = self.string(value, path, 2048)
+        if s is None:
+            return None
+        parts = urlsplit(s)
+        if parts.scheme not in schemes or not parts.netloc:
+            self.err(path, "not an absolute URL")
+            return None
+        if parts.fragment:
+            self.err(path, "must not contain a fragment")
+            return None
+        return s
+
+    def duration(self, value, path: str) -> int | None:
+        if isinstance(value, bool):
+            self.err(path, "must be a duration such as 30d, 12h or 900s")
+            return None
+        if isinstance(value, int):
+            seconds = value
+        else:
+            m = DURATION_RE.match(str(value).strip()) if isinstance(value, str) else None
+            if not m:
+                self.err(path, "must be a duration such as 30d, 12h or 900s")
+                return None
+            seconds = int(m.group(1)) * UNITS[m.group(2)]
+        if seconds < 60 or seconds > 400 * 86400:
+            self.err(path, "must be between 1 minute and 400 days")
+            return None
+        return seconds
+
+
+def validate_cidr(v: Validator, value, path: str) -> str | None:
+    s = v.string(value, path, 64)
+    if s is None:
+        return None
+    try:
+        net = ipaddress.ip_network(s.strip(), strict=True)
+    except ValueError as exc:
+        msg = "has host bits set (use the network address)" if "host bits" in str(exc) else "not a valid CIDR"
+        v.err(path, msg)
+        return None
+    if net.prefixlen == 0:
+        v.err(path, "over-broad: /0 allows every address; leave the list empty for no restriction")
+        return None
+    if net.version == 6 and net.prefixlen < 16 or net.version == 4 and net.prefixlen < 8:
+        v.err(path, "over-broad: shorter than /8 (IPv4) or /16 (IPv6)")
+        return None
+    return str(net)
+
+
+def _policies(v: Validator, raw, path: str, plan: str | None) -> dict:
+    raw = v.mapping(raw or {}, path, {"require_mfa", "mfa_methods", "ip_allowlist", "session_idle_timeout",
+                                      "session_max_lifetime"})
+    if raw is None:
+        return {}
+    out: dict = {}
+    if "require_mfa" in raw:
+        out["require_mfa"] = v.boolean(raw["require_mfa"], f"{path}.require_mfa")
+    if "mfa_methods" in raw:
+        methods = v.seq(raw["mfa_methods"], f"{path}.mfa_methods")
+        for i, m in enumerate(methods):
+            if m not in MFA_METHODS:
+                v.err(f"{path}.mfa_methods[{i}]", f"must be one of {', '.join(MFA_METHODS)}")
+        if isinstance(raw["mfa_methods"], list) and not methods:
+            v.err(f"{path}.mfa_methods", "must allow at least one method")
+        out["mfa_methods"] = list(dict.fromkeys(methods))
+    if "ip_allowlist" in raw:
+        nets = [validate_cidr(v, c, f"{path}.ip_allowlist[{i}]")
+                for i, c in enumerate(v.seq(raw["ip_allowlist"], f"{path}.ip_allowlist"))]
+        if nets and plan != "enterprise":
+            v.err(f"{path}.ip_allowlist", "IP allowlisting needs the enterprise plan")
+        out["ip_allowlist"] = [n for n in nets if n]
+    for key in ("session_idle_timeout", "session_max_lifetime"):
+        if key in raw:
+            out[key] = v.duration(raw[key], f"{path}.{key}")
+    if out.get("session_idle_timeout") and out.get("session_max_lifetime") and \
+            out["session_idle_timeout"] > out["session_max_lifetime"]:
+        v.err(f"{path}.session_idle_timeout", "must not be longer than session_max_lifetime")
+    return out
+
+
+APP_KEYS = {"slug", "name", "protocol", "client_id", "client_secret", "redirect_uris", "post_logout_redirect_uris",
+            "backchannel_logout_uri", "grant_types", "metadata_xml", "metadata_file", "metadata_url",
+            "nameid_format", "attributes", "entity_id", "acs_url", "certificate", "scopes",
+            "token_endpoint_auth_method", "require_mfa", "idp_initiated"}
+CONNECTION_KEYS = {"slug", "name", "protocol", "preset", "metadata_file", "metadata_url", "metadata_xml", "domains",
+                   "issuer", "client_id", "client_secret", "url", "bind_dn", "bind_password", "user_search_base",
+                   "user_filter", "group_search_base", "trust_mfa", "attribute_mapping", "allowed_tenants",
+                   "start_tls", "allow_unsolicited"}
+
+
+def _apps(v: Validator, raw, path: str) -> list[dict]:
+    out = []
+    slugs = set()
+    for i, app in enumerate(v.seq(raw, path)):
+        p = f"{path}[{i}]"
+        app = v.mapping(app, p, APP_KEYS, ("slug", "name", "protocol"))
+        if app is None:
+            continue
+        slug = app.get("slug")
+        if isinstance(slug, str) and not SLUG_RE.match(slug):
+            v.err(f"{p}.slug", "must match [a-z0-9-]+")
+        if slug in slugs:
+            v.err(f"{p}.slug", "duplicate")
+        slugs.add(slug)
+        proto = app.get("protocol")
+        if proto not in ("oidc", "saml"):
+            v.err(f"{p}.protocol", "must be oidc or saml")
+        if proto == "oidc":
+            if not app.get("client_id"):
+                v.err(f"{p}.client_id", "required")
+            for key in ("redirect_uris", "post_logout_redirect_uris"):
+                for j, u in enumerate(v.seq(app.get(key), f"{p}.{key}")):
+                    v.url(u, f"{p}.{key}[{j}]")
+            if app.get("backchannel_logout_uri") is not None:
+                v.url(app["backchannel_logout_uri"], f"{p}.backchannel_logout_uri")
+            for j, gt in enumerate(v.seq(app.get("grant_types"), f"{p}.grant_types")):
+                if gt not in ("authorization_code", "refresh_token", "client_credentials"):
+                    v.err(f"{p}.grant_types[{j}]", "must be authorization_code, refresh_token or client_credentials")
+        if proto == "saml":
+            if not any(app.get(k) for k in ("metadata_xml", "metadata_file", "metadata_url", "entity_id")):
+                v.err(p, "needs metadata_xml, metadata_file, metadata_url, or entity_id with acs_url")
+            if app.get("metadata_url") is not None:
+                v.url(app["metadata_url"], f"{p}.metadata_url")
+        out.append(app)
+    return out
+
+
+def _connections(v: Validator, raw, path: str, plan: str | None) -> list[dict]:
+    out = []
+    slugs = set()
+    for i, c in enumerate(v.seq(raw, path)):
+        p = f"{path}[{i}]"
+        c = v.mapping(c, p, CONNECTION_KEYS, ("slug", "name", "protocol"))
+        if c is None:
+            continue
+        if c.get("slug") in slugs:
+            v.err(f"{p}.slug", "duplicate")
+        slugs.add(c.get("slug"))
+        proto = c.get("protocol")
+        if proto not in ("saml", "oidc", "ldap"):
+            v.err(f"{p}.protocol", "must be saml, oidc or ldap")
+        if c.get("preset", "generic") not in ("okta", "azure_ad", "generic"):
+            v.err(f"{p}.preset", "must be okta, azure_ad or generic")
+        if proto == "oidc" and c.get("issuer") is not None:
+            v.url(c["issuer"], f"{p}.issuer")
+        if proto == "ldap" and c.get("url") is not None:
+            v.url(c["url"], f"{p}.url", schemes=("ldap", "ldaps"))
+        if plan != "enterprise":
+            v.err(p, "single sign-on connections need the enterprise plan")
+        out.append(c)
+    return out
+
+
+def validate(doc) -> list[dict]:
+    """Validate a whole config document; raise ConfigError listing every problem by path."""
+    v = Validator()
+    doc = v.mapping(doc, "(root)", {"workspaces"}, ("workspaces",))
+    workspaces = []
+    seen_slugs: set[str] = set()
+    for i, raw in enumerate(v.seq(doc.get("workspaces") if doc else None, "workspaces")):
+        p = f"workspaces[{i}]"
+        ws = v.mapping(raw, p, {"slug", "name", "plan", "domains", "policies", "groups", "users", "apps",
+                                "connections", "scim_tokens"}, ("slug", "name"))
+        if ws is None:
+            continue
+        slug = v.string(ws.get("slug"), f"{p}.slug", 63) if ws.get("slug") is not None else None
+        if slug is not None and not SLUG_RE.match(slug):
+            v.err(f"{p}.slug", "must match [a-z0-9-]+ (1-63 characters, no leading or trailing '-')")
+        if slug in seen_slugs:
+            v.err(f"{p}.slug", "duplicate workspace slug")
+        seen_slugs.add(slug)
+        name = v.string(ws.get("name"), f"{p}.name") if ws.get("name") is not None else None
+        plan = ws.get("plan", "free")
+        if plan not in PLANS:
+            v.err(f"{p}.plan", f"must be one of {', '.join(PLANS)}")
+        domains = []
+        for j, d in enumerate(v.seq(ws.get("domains"), f"{p}.domains")):
+            d = v.string(d, f"{p}.domains[{j}]", 253)
+            if d is not None and not re.match(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$",
+                                               d.lower()):
+                v.err(f"{p}.domains[{j}]", "not a domain name")
+            elif d is not None:
+                domains.append(d.lower())
+        policies = _policies(v, ws.get("policies"), f"{p}.policies", plan)
+        groups = []
+        for j, g in enumerate(v.seq(ws.get("groups"), f"{p}.groups")):
+            g = v.mapping(g, f"{p}.groups[{j}]", {"name"}, ("name",))
+            if g and v.string(g.get("name"), f"{p}.groups[{j}].name") is not None:
+                groups.append(g["name"])
+        if len(set(groups)) != len(groups):
+            v.err(f"{p}.groups", "duplicate group names")
+        users = []
+        emails: set[str] = set()
+        for j, u in enumerate(v.seq(ws.get("users"), f"{p}.users")):
+            up = f"{p}.users[{j}]"
+            u = v.mapping(u, up, {"email", "name", "password", "password_hash", "groups", "role", "active"},
+                          ("email",))
+            if u is None:
+                continue
+            try:
+                email = clean_email(u.get("email") or "")
+                key = normalise_email(email)
+                if key in emails:
+                    v.err(f"{up}.email", "duplicate (addresses are compared case-insensitively)")
+                emails.add(key)
+            except InvalidEmail:
+                v.err(f"{up}.email", "not a valid email address")
+                email = None
+            if u.get("name") is not None:
+                v.string(u["name"], f"{up}.name")
+            if u.get("password") is not None and u.get("password_hash") is not None:
+                v.err(up, "give password or password_hash, not both")
+            if u.get("password") is not None:
+                pw = v.string(u["password"], f"{up}.password", passwords.MAX_LENGTH)
+                if pw is not None:
+                    for rule in passwords.check(pw, email=email):
+                        v.err(f"{up}.password", f"breaks a password rule: {rule.text}")
+            if u.get("password_hash") is not None:
+                h = v.string(u["password_hash"], f"{up}.password_hash", 255)
+                if h is not None and not h.startswith("$argon2id$"):
+                    v.err(f"{up}.password_hash", "must be an argon2id hash ($argon2id$…)")
+            if u.get("role", "member") not in ROLES:
+                v.err(f"{up}.role", f"must be one of {', '.join(ROLES)}")
+            if "active" in u:
+                v.boolean(u["active"], f"{up}.active")
+            for k, gname in enumerate(v.seq(u.get("groups"), f"{up}.groups")):
+                if gname not in groups:
+                    v.err(f"{up}.groups[{k}]", f"unknown group {gname!r} (declare it under groups)")
+            users.append({**u, "email": email})
+        apps = _apps(v, ws.get("apps"), f"{p}.apps")
+        connections = _connections(v, ws.get("connections"), f"{p}.connections", plan)
+        for j, t in enumerate(v.seq(ws.get("scim_tokens"), f"{p}.scim_tokens")):
+            t = v.mapping(t, f"{p}.scim_tokens[{j}]", {"name", "token", "token_env", "read_only"}, ("name",))
+            if t and not (t.get("token") or t.get("token_env")):
+                v.err(f"{p}.scim_tokens[{j}]", "needs token or token_env")
+            if t and plan != "enterprise":
+                v.err(f"{p}.scim_tokens[{j}]", "SCIM provisioning needs the enterprise plan")
+        workspaces.append({"slug": slug, "name": name, "plan": plan, "domains": domains, "policies": policies,
+                           "groups": groups, "users": users, "apps": apps, "connections": connections})
+    if v.errors:
+        raise ConfigError(v.errors)
+    return workspaces
+
+
+def load_file(path: str) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE + 1)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
+    if len(data) > MAX_FILE:
+        raise ConfigError([f"{path}: larger than {MAX_FILE // (1024 * 1024)} MiB"])
+    try:
+        return yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError([f"{path}: not valid YAML{where}"]) from exc
+
+
+@dataclass
+class ApplyReport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+
+
+def apply(db: Session, workspaces: list[dict], hasher: passwords.Hasher) -> ApplyReport:
+    """Upsert validated workspaces. Idempotent; ``password`` is an initial password, set only on accounts that
+    have none (a user's own change is never overwritten by re-applying the file)."""
+    report = ApplyReport()
+    for w in workspaces:
+        ws = db.scalar(select(Workspace).where(Workspace.slug == w["slug"]))
+        if ws is None:
+            ws = Workspace(slug=w["slug"])
+            db.add(ws)
+            report.created.append(f"workspace {w['slug']}")
+        ws.name, ws.plan, ws.domains, ws.policies = w["name"], w["plan"], w["domains"], w["policies"]
+        db.flush()
+        groups = {g.name: g for g in db.scalars(select(Group).where(Group.workspace_id == ws.id))}
+        for name in w["groups"]:
+            if name not in groups:
+                groups[name] = Group(workspace_id=ws.id, name=name)
+                db.add(groups[name])
+                report.created.append(f"group {w['slug']}/{name}")
+        db.flush()
+        for u in w["users"]:
+            key = normalise_email(u["email"])
+            user = db.scalar(select(User).where(User.workspace_id == ws.id, User.email_normalized == key))
+            if user is None:
+                user = User(workspace_id=ws.id, email=u["email"], email_normalized=key)
+                db.add(user)
+                report.created.append(f"user {w['slug']}/{key}")
+            user.email = u["email"]
+            user.name = u.get("name") or user.name or ""
+            user.role = u.get("role", "member")
+            user.active = u.get("active", True)
+            if user.password_hash is None:
+                if u.get("password") is not None:
+                    user.password_hash = hasher.hash(u["password"])
+                elif u.get("password_hash") is not None:
+                    user.password_hash = u["password_hash"]
+            db.flush()
+            wanted = {groups[g].id for g in u.get("groups") or []}
+            have = set(db.scalars(select(GroupMember.group_id).join(Group, Group.id == GroupMember.group_id)
+                                  .where(GroupMember.user_id == user.id, Group.workspace_id == ws.id)))
+            for gid in wanted - have:
+                db.add(GroupMember(group_id=gid, user_id=user.id))
+            if have - wanted:
+                db.execute(delete(GroupMember).where(GroupMember.user_id == user.id,
+                                                     GroupMember.group_id.in_(have - wanted)))
+        report.updated.append(f"workspace {w['slug']}")
+    return report
