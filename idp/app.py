@@ -1,0 +1,156 @@
+"""``create_app()``: the one place that builds stores, services and blueprints."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from pathlib import Path
+
+from flask import Flask, g, get_flashed_messages, request
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException
+
+from config.settings import Settings, load_settings
+from idp import logs
+from idp.db import make_engine, make_sessionmaker
+from idp.hub import Hub
+from idp.metrics import LATENCY, REQUESTS
+from idp.passwords import Hasher
+from idp.storage.base import StoreUnavailable
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("idhub")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
+)
+
+try:  # redis is optional at run time (no IDHUB_REDIS_URL), but installed
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    UNAVAILABLE = (StoreUnavailable, OperationalError, RedisConnectionError, RedisTimeoutError)
+except ImportError:  # pragma: no cover
+    UNAVAILABLE = (StoreUnavailable, OperationalError)
+
+
+def build_hub(settings: Settings, *, hasher: Hasher | None = None) -> Hub:
+    from idp.audit import AuditLog
+    from idp.devices import GeoLocator, describe_user_agent, fingerprint, location_fingerprint
+    from idp.mail import make_mailer
+    from idp.storage.factory import build_stores
+
+    engine = make_engine(settings.database_url)
+    sm = make_sessionmaker(engine)
+    stores = build_stores(settings, sm)
+    hub = Hub(
+        settings,
+        sm,
+        stores,
+        hasher or Hasher(),
+        AuditLog(sm),
+        make_mailer(settings),
+        GeoLocator(settings.geoip_db),
+        describe_user_agent,
+        (fingerprint, location_fingerprint),
+    )
+    hub.engine = engine
+    return hub
+
+
+def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flask:
+    settings = settings or (hub.settings if hub else load_settings())
+    logs.configure(settings.log_level)
+    app = Flask(
+        "idhub",
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(Path(__file__).resolve().parent / "static"),
+    )
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        SESSION_COOKIE_NAME=("__Host-" if settings.cookie_secure else "") + "idhub_flash",
+        SESSION_COOKIE_SECURE=settings.cookie_secure,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        MAX_CONTENT_LENGTH=256 * 1024,
+        MAX_FORM_MEMORY_SIZE=256 * 1024,
+        MAX_FORM_PARTS=100,
+        TRAP_HTTP_EXCEPTIONS=False,
+    )
+    app.extensions["idhub"] = hub or build_hub(settings)
+
+    from idp.web import auth, ops, security
+    from idp.web.common import csrf_token, error_page, new_error_id
+
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(security.bp)
+
+    from idp.passwords import RULES
+
+    app.jinja_env.globals.update(csrf_token=csrf_token, get_flashed_messages=get_flashed_messages,
+                                 PASSWORD_RULES=RULES)
+
+    @app.before_request
+    def _start():
+        rid = request.headers.get("X-Request-Id", "")
+        g.request_id = rid if REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
+        logs.request_id_var.set(g.request_id)
+        g.t0 = time.perf_counter()
+
+    @app.after_request
+    def _finish(resp):
+        from idp.web.common import cookie_name, set_cookie
+
+        if g.get("csrf_new"):
+            set_cookie(resp, cookie_name("idhub_csrf"), g.csrf_cookie, max_age=30 * 24 * 3600)
+        h = resp.headers
+        h.setdefault("Content-Security-Policy", CSP)
+        h["X-Frame-Options"] = "DENY"
+        h["X-Content-Type-Options"] = "nosniff"
+        h["Referrer-Policy"] = "no-referrer"
+        h["Cross-Origin-Opener-Policy"] = "same-origin"
+        h["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), payment=()"
+        if settings.base_url.startswith("https://"):
+            h["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+        if resp.mimetype == "text/html":
+            h["Cache-Control"] = "no-store"
+        h["X-Request-Id"] = g.get("request_id", "")
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        REQUESTS.labels(request.method, endpoint, str(resp.status_code)).inc()
+        if "t0" in g:
+            dt = time.perf_counter() - g.t0
+            LATENCY.labels(endpoint).observe(dt)
+            log.info("request", extra={"method": request.method, "route": endpoint, "status": resp.status_code,
+                                       "ms": round(dt * 1000, 1), "ip": request.remote_addr})
+        return resp
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        titles = {400: "Bad request", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
+                  413: "Request too large", 429: "Too many requests"}
+        message = exc.description if exc.code in (400, 403, 404) and exc.description else {
+            404: "The page you asked for does not exist.",
+            405: "That action is not available here.",
+            413: "What you sent is too large. Shorten it and try again.",
+        }.get(exc.code, "The request could not be processed.")
+        return error_page(exc.code or 500, titles.get(exc.code, exc.name), message)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        error_id = new_error_id()
+        if isinstance(exc, UNAVAILABLE) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+            log.error("store unavailable", extra={"error_id": error_id, "error": type(exc).__name__})
+            resp = error_page(503, "Temporarily unavailable",
+                              "idhub cannot reach its database or cache right now. Nothing was changed. "
+                              "Please try again in a minute.", error_id)
+            return resp[0], 503, {"Retry-After": "30"}
+        log.exception("unhandled error", extra={"error_id": error_id})
+        return error_page(500, "Something went wrong", "An unexpected error occurred. Nothing was changed. "
+                          "If it happens again, give this error id to your IT team.", error_id)
+
+    return app

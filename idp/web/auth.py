@@ -1,0 +1,167 @@
+"""Sign-in, sign-out, forgotten passwords and "This wasn't me": turns login-flow steps into responses."""
+
+from __future__ import annotations
+
+from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+
+from idp.flow import FlowError, FlowManager, identify
+from idp.metrics import SIGNINS
+from idp.web.common import (
+    browser_binding,
+    check_csrf,
+    current_client,
+    delete_cookie,
+    hub,
+    load_session,
+    load_workspace,
+    rotate_csrf,
+    safe_next,
+    session_cookie,
+    set_cookie,
+)
+
+bp = Blueprint("auth", __name__)
+
+MAX_FIELD = 1024
+
+
+def _field(name: str) -> str:
+    value = request.form.get(name, "")
+    return value if len(value) <= MAX_FIELD else value[: MAX_FIELD + 1]
+
+
+def _flows() -> FlowManager:
+    return FlowManager(hub().stores.flows, hub().clock)
+
+
+@bp.route("/")
+def home():
+    slug = request.args.get("workspace", "").strip().lower()
+    if slug:
+        return redirect(url_for("auth.login", ws_slug=slug))
+    return render_template("home.html")
+
+
+@bp.route("/w/<ws_slug>/")
+def workspace_home(ws_slug):
+    return redirect(url_for("security.page", ws_slug=ws_slug))
+
+
+@bp.route("/w/<ws_slug>/login", methods=["GET", "POST"])
+def login(ws_slug):
+    ws = load_workspace(ws_slug)
+    nxt = safe_next(request.values.get("next"), ws.slug)
+    if request.method == "GET":
+        if load_session(ws) is not None and not request.args.get("ended"):
+            return redirect(nxt)
+        notice = None
+        if request.args.get("ended"):
+            notice = "Your session has ended. Please sign in again."
+        return render_template("login.html", ws=ws, next=nxt, email=request.args.get("email", "")[:254],
+                               notice=notice)
+    check_csrf()
+    email = _field("email")
+    error, cleaned = identify(None, email)
+    if error:
+        return render_template("login.html", ws=ws, next=nxt, email=cleaned, error=error), 400
+    flow = _flows().start(ws.id, browser_binding(), nxt, email=cleaned, state="password")
+    return redirect(url_for("auth.password", ws_slug=ws.slug, flow=flow.id))
+
+
+@bp.route("/w/<ws_slug>/login/password", methods=["GET", "POST"])
+def password(ws_slug):
+    ws = load_workspace(ws_slug)
+    flows = _flows()
+    flow_id = request.values.get("flow", "")
+    try:
+        flow = flows.load(flow_id, ws.id, browser_binding())
+        if flow.state != "password":
+            raise FlowError("wrong step")
+    except FlowError:
+        flash("Your sign-in took too long or was started in another browser. Please start again.", "error")
+        return redirect(url_for("auth.login", ws_slug=ws.slug))
+    if request.method == "GET":
+        return render_template("password.html", ws=ws, flow=flow)
+    check_csrf()
+    client = current_client()
+    outcome = hub().check_password(ws, flow.email, _field("password"), client, flow.next)
+    if not outcome.ok:
+        SIGNINS.labels(outcome="throttled" if outcome.retry_after else "failure").inc()
+        status = 429 if outcome.retry_after else 401
+        resp = render_template("password.html", ws=ws, flow=flow, error=outcome.error)
+        headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else {}
+        return resp, status, headers
+    flows.finish(flow)
+    token, data = hub().complete_signin(ws, outcome.result, client)
+    SIGNINS.labels(outcome="success").inc()
+    rotate_csrf()
+    resp = redirect(flow.next or url_for("security.page", ws_slug=ws.slug))
+    set_cookie(resp, session_cookie(ws.slug), token, max_age=int((data.expires_at - data.created_at).total_seconds()))
+    return resp
+
+
+@bp.route("/w/<ws_slug>/login/restart")
+def restart(ws_slug):
+    ws = load_workspace(ws_slug)
+    return redirect(url_for("auth.login", ws_slug=ws.slug))
+
+
+@bp.route("/w/<ws_slug>/logout", methods=["POST"])
+def logout(ws_slug):
+    ws = load_workspace(ws_slug)
+    sess = load_session(ws)
+    check_csrf()
+    if sess is not None:
+        hub().sign_out(ws, sess, current_client())
+    rotate_csrf()
+    flash("You have signed out.", "status")
+    resp = redirect(url_for("auth.login", ws_slug=ws.slug))
+    delete_cookie(resp, session_cookie(ws.slug))
+    return resp
+
+
+@bp.route("/w/<ws_slug>/password/forgot", methods=["GET", "POST"])
+def forgot(ws_slug):
+    ws = load_workspace(ws_slug)
+    if request.method == "GET":
+        return render_template("forgot.html", ws=ws, email=request.args.get("email", "")[:254])
+    check_csrf()
+    email = _field("email")
+    error, cleaned = identify(None, email)
+    if error:
+        return render_template("forgot.html", ws=ws, email=cleaned, error=error), 400
+    hub().request_reset(ws, cleaned, current_client())
+    return render_template("forgot.html", ws=ws, sent=True)
+
+
+@bp.route("/w/<ws_slug>/password/reset/<token>", methods=["GET", "POST"])
+def reset(ws_slug, token):
+    ws = load_workspace(ws_slug)
+    user = hub().reset_user(ws, token)
+    if user is None:
+        return render_template("reset.html", ws=ws, invalid=True), 400
+    if request.method == "GET":
+        return render_template("reset.html", ws=ws, token=token, email=user.email)
+    check_csrf()
+    errors = hub().complete_reset(ws, token, _field("new_password"), _field("confirm_password"), current_client())
+    if errors:
+        invalid = errors == ["This reset link is invalid or has expired."]
+        return render_template("reset.html", ws=ws, token=token, email=user.email, form_errors=errors,
+                               invalid=invalid), 400
+    flash("Your password has been reset. Sign in with your new password.", "status")
+    return redirect(url_for("auth.login", ws_slug=ws.slug, email=user.email))
+
+
+@bp.route("/w/<ws_slug>/security/not-me/<token>", methods=["GET", "POST"])
+def not_me(ws_slug, token):
+    ws = load_workspace(ws_slug)
+    user = hub().not_me_user(ws, token)
+    if user is None:
+        return render_template("not_me.html", ws=ws, invalid=True), 400
+    if request.method == "GET":
+        return render_template("not_me.html", ws=ws, token=token, email=user.email)
+    check_csrf()
+    hub().secure_account(ws, token, current_client())
+    g.session = None
+    resp = render_template("not_me.html", ws=ws, done=True, email=user.email)
+    return resp

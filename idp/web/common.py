@@ -1,0 +1,146 @@
+"""What every page shares: the current workspace and session, CSRF, client address, cookies, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import uuid
+from functools import wraps
+
+from flask import abort, current_app, g, redirect, render_template, request, url_for
+
+from idp.accounts import workspace_by_slug
+from idp.clientip import UntrustedAddress, client_ip
+from idp.flow import Client
+
+log = logging.getLogger("idhub.web")
+
+CSRF_FIELD = "csrf_token"
+
+
+def hub():
+    return current_app.extensions["idhub"]
+
+
+def _secure() -> bool:
+    return hub().settings.cookie_secure
+
+
+def cookie_name(base: str) -> str:
+    return ("__Host-" if _secure() else "") + base
+
+
+def session_cookie(slug: str) -> str:
+    return cookie_name(f"idhub_session_{slug}")
+
+
+def set_cookie(resp, name: str, value: str, max_age: int | None = None) -> None:
+    resp.set_cookie(name, value, max_age=max_age, path="/", secure=_secure(), httponly=True, samesite="Lax")
+
+
+def delete_cookie(resp, name: str) -> None:
+    resp.delete_cookie(name, path="/", secure=_secure(), httponly=True, samesite="Lax")
+
+
+# ---- client ------------------------------------------------------------------------------------
+def current_client() -> Client:
+    if "client" not in g:
+        try:
+            ip = client_ip(request.remote_addr, request.headers.get("X-Forwarded-For"),
+                           hub().settings.trusted_proxies)
+        except UntrustedAddress:
+            log.warning("unparsable forwarding header from a trusted proxy")
+            abort(400, description="Your request came through a proxy whose forwarding header could not be read.")
+        ua = request.headers.get("User-Agent", "")[:512]
+        g.client = Client(ip=ip, user_agent=ua, request_id=g.get("request_id", ""))
+    return g.client
+
+
+# ---- CSRF (a random cookie; the form token is an HMAC of it and of the session) ---------------------
+def csrf_cookie_value() -> str:
+    if "csrf_cookie" not in g:
+        value = request.cookies.get(cookie_name("idhub_csrf"), "")
+        if len(value) != 43:
+            value = secrets.token_urlsafe(32)
+            g.csrf_new = True
+        g.csrf_cookie = value
+    return g.csrf_cookie
+
+
+def browser_binding() -> str:
+    """A stable secret of this browser, for binding login flows to it."""
+    return hashlib.sha256(("flow|" + csrf_cookie_value()).encode()).hexdigest()
+
+
+def csrf_token() -> str:
+    sess = g.get("session")
+    msg = f"csrf|{csrf_cookie_value()}|{sess.id if sess else ''}".encode()
+    return hmac.new(hub().settings.secret_key.encode(), msg, hashlib.sha256).hexdigest()
+
+
+def check_csrf() -> None:
+    sent = request.form.get(CSRF_FIELD, "")
+    if not sent or not hmac.compare_digest(sent.encode(), csrf_token().encode()):
+        abort(400, description="Your form expired or came from another site. Go back, reload the page and try again.")
+
+
+def rotate_csrf() -> None:
+    """A new CSRF secret at sign-in and sign-out."""
+    g.csrf_cookie = secrets.token_urlsafe(32)
+    g.csrf_new = True
+
+
+# ---- workspace and session -------------------------------------------------------------------------
+def load_workspace(slug: str):
+    with hub().db() as db:
+        ws = workspace_by_slug(db, slug)
+    if ws is None:
+        abort(404, description="There is no workspace at this address.")
+    g.workspace = ws
+    return ws
+
+
+def load_session(ws):
+    token = request.cookies.get(session_cookie(ws.slug))
+    sess = hub().sessions.load(token, ws.id) if token else None
+    g.session = sess
+    g.session_cookie_stale = bool(token) and sess is None
+    return sess
+
+
+def login_required(view):
+    @wraps(view)
+    def wrapper(ws_slug, *a, **kw):
+        ws = load_workspace(ws_slug)
+        sess = load_session(ws)
+        if sess is None:
+            target = url_for("auth.login", ws_slug=ws.slug, next=request.full_path.rstrip("?"))
+            if g.session_cookie_stale:
+                target = url_for("auth.login", ws_slug=ws.slug, ended=1, next=request.full_path.rstrip("?"))
+            return redirect(target)
+        return view(ws, sess, *a, **kw)
+
+    return wrapper
+
+
+def safe_next(value: str | None, ws_slug: str) -> str:
+    """Only same-origin paths inside the workspace; anything else falls back to the security page."""
+    default = f"/w/{ws_slug}/settings/security"
+    if not value or len(value) > 1024:
+        return default
+    if not value.startswith(f"/w/{ws_slug}/") or value.startswith("//") or "\\" in value:
+        return default
+    if any(ord(c) < 0x20 for c in value):
+        return default
+    return value
+
+
+def new_error_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def error_page(status: int, title: str, message: str, error_id: str | None = None):
+    return render_template("error.html", status=status, title=title, message=message,
+                           error_id=error_id or g.get("request_id") or new_error_id()), status
