@@ -1,6 +1,7 @@
 """Alembic environment: the URL comes from the caller (``idhub db upgrade``) or IDHUB_DATABASE_URL."""
 
 from alembic import context
+
 from idp.db import Base, make_engine
 from idp.schema import import_all_models
 
