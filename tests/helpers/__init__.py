@@ -1,0 +1,1 @@
+"""Test helpers shared by the browser and integration suites (a real hub process, a real SMTP sink)."""

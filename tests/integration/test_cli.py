@@ -1,0 +1,89 @@
+"""The ``idhub`` command as operators run it (a real subprocess)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import BASE_CONFIG
+
+IDHUB = str(Path(sys.executable).parent / "idhub")
+
+
+def run(args, tmp_path, **kw):
+    env = {**os.environ, "IDHUB_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db",
+           "IDHUB_SECRET_KEY": "k" * 48, "IDHUB_OUTBOX_DIR": str(tmp_path / "outbox"), "IDHUB_LOG_LEVEL": "WARNING"}
+    env.update(kw.pop("env", {}))
+    return subprocess.run([IDHUB, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, **kw)
+
+
+def write(tmp_path, name, doc):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(doc) if not isinstance(doc, str) else doc)
+    return str(p)
+
+
+def test_upgrade_apply_export_verify(tmp_path):
+    assert run(["db", "upgrade"], tmp_path).returncode == 0
+    good = write(tmp_path, "good.yaml", BASE_CONFIG)
+    r = run(["apply", good], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "applied 2 workspace(s)" in r.stdout
+    r = run(["apply", good], tmp_path)  # idempotent
+    assert r.returncode == 0 and "created" not in r.stdout
+    r = run(["audit", "export", "--workspace", "acme", "--format", "json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    events = json.loads(r.stdout)
+    assert [e["type"] for e in events] == ["admin.config.applied", "admin.config.applied"]
+    r = run(["audit", "export", "--workspace", "acme", "--format", "csv", "--since", "2000-01-01T00:00:00Z"],
+            tmp_path)
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert len(rows) == 2 and rows[0]["type"] == "admin.config.applied"
+    r = run(["audit", "verify"], tmp_path)
+    assert r.returncode == 0 and "intact" in r.stdout
+
+
+def test_invalid_file_names_each_error_and_applies_nothing(tmp_path):
+    assert run(["db", "upgrade"], tmp_path).returncode == 0
+    bad = {"workspaces": [
+        {"slug": "ok", "name": "Fine"},
+        {"slug": "acme", "name": "Acme", "apps": [
+            {"slug": "a", "name": "A", "protocol": "oidc", "client_id": "a", "redirect_uris": ["http://x/cb"]},
+            {"slug": "b", "name": "B", "protocol": "oidc", "client_id": "b", "redirect_uris": ["not-a-url"]}]},
+    ]}
+    r = run(["apply", write(tmp_path, "bad.yaml", bad)], tmp_path)
+    assert r.returncode == 2
+    assert "workspaces[1].apps[1].redirect_uris[0]: not an absolute URL" in r.stderr
+    assert "nothing was applied" in r.stderr
+    r = run(["audit", "export", "--workspace", "ok"], tmp_path)
+    assert r.returncode == 2 and "no workspace 'ok'" in r.stderr
+
+
+def test_unparsable_yaml_and_missing_file(tmp_path):
+    run(["db", "upgrade"], tmp_path)
+    r = run(["apply", write(tmp_path, "broken.yaml", "workspaces: [ {slug: a\n")], tmp_path)
+    assert r.returncode == 2 and "not valid YAML" in r.stderr and "Traceback" not in r.stderr
+    r = run(["apply", str(tmp_path / "missing.yaml")], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    huge = "workspaces:\n" + "  - {slug: a, name: " + "x" * (6 * 1024 * 1024) + "}\n"
+    r = run(["apply", write(tmp_path, "huge.yaml", huge)], tmp_path)
+    assert r.returncode == 2 and "larger than" in r.stderr
+
+
+def test_bad_environment_fails_fast(tmp_path):
+    r = run(["db", "upgrade"], tmp_path, env={"IDHUB_SECRET_KEY": "short"})
+    assert r.returncode == 2 and "IDHUB_SECRET_KEY" in r.stderr and "Traceback" not in r.stderr
+    r = run(["db", "upgrade"], tmp_path, env={"IDHUB_TRUSTED_PROXIES": "10.0.0.1/8"})
+    assert r.returncode == 2 and "IDHUB_TRUSTED_PROXIES" in r.stderr
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(secrets.token_urlsafe(48))
+    env = {"IDHUB_SECRET_KEY": "", "IDHUB_SECRET_KEY_FILE": str(secret_file)}
+    assert run(["db", "upgrade"], tmp_path, env=env).returncode == 0
