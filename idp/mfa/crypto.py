@@ -1,0 +1,64 @@
+"""Encryption of secrets at rest (TOTP seeds): AES-256-GCM with a per-purpose key derived by HKDF-SHA256."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+VERSION = "v1"
+NONCE_LEN = 12  # 96 bits, the GCM standard
+TAG_LEN = 16
+_SALT = b"idhub-secretbox-v1"
+
+
+class SecretBox:
+    """AES-256-GCM (cryptography's AESGCM) with a key derived by HKDF-SHA256 from the master secret and a purpose label.
+
+    Tokens look like ``v1:<urlsafe-b64(nonce || ciphertext+tag)>``; the purpose is the associated data, so a
+    token made for one purpose never decrypts under another (even with the same master secret).
+    """
+
+    def __init__(self, master_key: str, purpose: str) -> None:
+        if not master_key:
+            raise ValueError("SecretBox needs a non-empty master key")
+        if not purpose:
+            raise ValueError("SecretBox needs a purpose label")
+        self.purpose = purpose
+        self._aad = purpose.encode()
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=b"idhub:" + self._aad).derive(
+            master_key.encode()
+        )
+        self._aead = AESGCM(key)
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"SecretBox(purpose={self.purpose!r})"
+
+    def encrypt(self, plaintext: str) -> str:
+        nonce = os.urandom(NONCE_LEN)
+        sealed = self._aead.encrypt(nonce, plaintext.encode(), self._aad)
+        return f"{VERSION}:" + base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
+
+    def decrypt(self, token: str) -> str:
+        """The plaintext; ``ValueError`` (without details) on tampering, a wrong key or an unknown version."""
+        if not isinstance(token, str):
+            raise ValueError("not an encrypted value")
+        version, sep, body = token.partition(":")
+        if not sep or version != VERSION:
+            raise ValueError("unknown encryption version")
+        try:
+            raw = base64.urlsafe_b64decode(body.encode("ascii"))
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            raise ValueError("malformed encrypted value") from None
+        if len(raw) < NONCE_LEN + TAG_LEN:
+            raise ValueError("malformed encrypted value")
+        try:
+            plain = self._aead.decrypt(raw[:NONCE_LEN], raw[NONCE_LEN:], self._aad)
+        except InvalidTag:
+            raise ValueError("cannot decrypt: wrong key or tampered value") from None
+        return plain.decode()
