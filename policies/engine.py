@@ -1,0 +1,166 @@
+"""The policy engine: a ``PolicyContext`` in, a ``Decision`` out. Plain Python.
+
+Every entry point (local sign-in today; upstream SSO, OIDC, SAML, SCIM and the admin API later) asks the
+same engine. It fails closed: a rule that raises denies, and an engine with no rules denies.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+log = logging.getLogger("idhub.policies")
+
+ALLOW, DENY, MFA, ENROLL = "allow", "deny", "mfa", "enroll"
+ALL_METHODS = ("totp", "sms", "backup_codes")
+SECOND_FACTORS = frozenset({"totp", "sms", "backup_codes", "upstream_mfa"})
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    workspace_id: str
+    plan: str
+    policies: dict
+    client_ip: str
+    stage: str = "signin"  # "signin" (a new authentication) or "session" (a request of an existing session)
+    user_id: str | None = None
+    user_active: bool = True
+    app: str | None = None
+    app_policies: dict = field(default_factory=dict)
+    methods: tuple[str, ...] = ()  # authentication methods used so far ("pwd", "totp", "sms", …)
+    enrolled: tuple[str, ...] = ()  # second-factor methods the user has set up
+    upstream_mfa_trusted: bool = False  # an upstream IdP did MFA and the workspace trusts it
+
+
+@dataclass(frozen=True)
+class Decision:
+    effect: str  # allow | deny | mfa (ask for a second factor) | enroll (set one up first)
+    rule: str
+    reason: str = ""
+    methods: tuple[str, ...] = ()  # for mfa/enroll: the methods the user may use
+
+    @property
+    def allowed(self) -> bool:
+        return self.effect == ALLOW
+
+
+class Rule(Protocol):
+    name: str
+
+    def evaluate(self, ctx: PolicyContext) -> Decision | None:
+        """A decision, or None for "no objection"."""
+
+
+class AccountActive:
+    name = "account_active"
+
+    def evaluate(self, ctx: PolicyContext) -> Decision | None:
+        if ctx.user_id is not None and not ctx.user_active:
+            return Decision(DENY, self.name, "This account is disabled. Contact your IT team.")
+        return None
+
+
+def parse_allowlist(cidrs: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(c, strict=True) for c in cidrs]
+
+
+class IpAllowlist:
+    """The workspace's and the app's lists must both admit the address (an app can only narrow access)."""
+
+    name = "ip_allowlist"
+
+    def evaluate(self, ctx: PolicyContext) -> Decision | None:
+        lists = [lst for lst in (ctx.policies.get("ip_allowlist"), ctx.app_policies.get("ip_allowlist")) if lst]
+        if not lists:
+            return None
+        try:
+            ip = ipaddress.ip_address(ctx.client_ip)
+        except ValueError:
+            return Decision(DENY, self.name, "Your network address could not be determined.")
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        for lst in lists:
+            nets = parse_allowlist(lst)
+            if not any(ip.version == n.version and ip in n for n in nets):
+                return Decision(DENY, self.name, f"Access is limited to your organisation's networks, and your "
+                                                 f"address {ip} is not one of them. Connect to your company "
+                                                 f"network or VPN and try again.")
+        return None
+
+
+def allowed_methods(ctx: PolicyContext) -> tuple[str, ...]:
+    allowed = [m for m in ALL_METHODS if m in (ctx.policies.get("mfa_methods") or ALL_METHODS)]
+    app_methods = ctx.app_policies.get("mfa_methods")
+    if app_methods:
+        allowed = [m for m in allowed if m in app_methods]
+    return tuple(allowed)
+
+
+class SecondFactor:
+    """A second factor when the workspace or app requires it, or when the user has turned 2FA on.
+
+    Backup codes alone are not an enrolment (they are a fallback), and a method the policy forbids does not
+    count: a user with only a forbidden method is led through enrolment of an allowed one.
+    """
+
+    name = "second_factor"
+
+    def evaluate(self, ctx: PolicyContext) -> Decision | None:
+        if ctx.stage != "signin" or ctx.user_id is None:
+            return None
+        required = bool(ctx.policies.get("require_mfa")) or bool(ctx.app_policies.get("require_mfa"))
+        allowed = allowed_methods(ctx)
+        usable = tuple(m for m in ctx.enrolled if m in allowed)
+        primary = tuple(m for m in usable if m != "backup_codes")
+        satisfied = bool(SECOND_FACTORS.intersection(ctx.methods)) or ctx.upstream_mfa_trusted
+        if satisfied:
+            return None
+        if primary:
+            return Decision(MFA, self.name, "A second step is needed to sign in.", usable)
+        if required:
+            choices = tuple(m for m in allowed if m != "backup_codes") or allowed
+            return Decision(ENROLL, self.name, "Your organisation requires two-factor authentication. "
+                                               "Set it up to continue.", choices)
+        if any(m != "backup_codes" for m in ctx.enrolled):
+            # 2FA is on, but only with methods the policy forbids: it must be replaced, not skipped
+            choices = tuple(m for m in allowed if m != "backup_codes") or allowed
+            return Decision(ENROLL, self.name, "Your organisation no longer allows the two-factor method you "
+                                               "use. Set up another one to continue.", choices)
+        return None
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (AccountActive(), IpAllowlist(), SecondFactor())
+
+
+class PolicyEngine:
+    def __init__(self, rules: Sequence[Rule] = DEFAULT_RULES, record: Callable[..., object] | None = None):
+        self.rules = tuple(rules)
+        self.record = record  # audit hook: record(decision, ctx)
+
+    def evaluate(self, ctx: PolicyContext) -> Decision:
+        decision = self._decide(ctx)
+        if self.record is not None and (ctx.stage == "signin" or decision.effect == DENY):
+            self.record(decision, ctx)
+        return decision
+
+    def _decide(self, ctx: PolicyContext) -> Decision:
+        if not self.rules:
+            return Decision(DENY, "engine", "No access policy is configured.")
+        step_up: Decision | None = None
+        for rule in self.rules:
+            try:
+                d = rule.evaluate(ctx)
+            except Exception:  # a broken policy denies (fail closed)
+                log.exception("policy rule failed", extra={"rule": getattr(rule, "name", repr(rule))})
+                return Decision(DENY, getattr(rule, "name", "unknown"), "Access could not be checked. "
+                                                                        "Try again or contact your IT team.")
+            if d is None or d.effect == ALLOW:
+                continue
+            if d.effect == DENY:
+                return d
+            if step_up is None or (step_up.effect == MFA and d.effect == ENROLL):
+                step_up = d
+        return step_up or Decision(ALLOW, "all", "")

@@ -1,0 +1,111 @@
+import pytest
+
+from policies.engine import (
+    ALLOW,
+    DENY,
+    ENROLL,
+    MFA,
+    AccountActive,
+    IpAllowlist,
+    PolicyContext,
+    PolicyEngine,
+    SecondFactor,
+)
+
+
+def ctx(**kw):
+    base = dict(workspace_id="w", plan="enterprise", policies={}, client_ip="198.51.100.7", user_id="u",
+                methods=("pwd",))
+    base.update(kw)
+    return PolicyContext(**base)
+
+
+def test_no_policy_allows_a_password_sign_in():
+    assert PolicyEngine().evaluate(ctx()).effect == ALLOW
+
+
+def test_engine_without_rules_denies():
+    assert PolicyEngine(rules=[]).evaluate(ctx()).effect == DENY
+
+
+def test_a_failing_rule_denies():
+    class Broken:
+        name = "broken"
+
+        def evaluate(self, c):
+            raise RuntimeError("bug")
+
+    d = PolicyEngine(rules=[Broken(), AccountActive()]).evaluate(ctx())
+    assert d.effect == DENY and d.rule == "broken"
+
+
+def test_disabled_account_is_denied():
+    d = PolicyEngine().evaluate(ctx(user_active=False))
+    assert d.effect == DENY and d.rule == "account_active"
+
+
+@pytest.mark.parametrize("ip,effect", [
+    ("192.0.2.10", ALLOW), ("198.51.100.7", DENY), ("2001:db8::1", ALLOW), ("2001:db9::1", DENY),
+    ("::ffff:192.0.2.10", ALLOW), ("garbage", DENY), ("", DENY),
+])
+def test_ip_allowlist(ip, effect):
+    policies = {"ip_allowlist": ["192.0.2.0/24", "2001:db8::/32"]}
+    assert PolicyEngine().evaluate(ctx(policies=policies, client_ip=ip)).effect == effect
+
+
+def test_app_allowlist_can_only_narrow():
+    policies = {"ip_allowlist": ["192.0.2.0/24"]}
+    app = {"ip_allowlist": ["198.51.100.0/24"]}  # disjoint: nobody gets in, never both networks
+    for ip in ("192.0.2.10", "198.51.100.7"):
+        assert PolicyEngine().evaluate(ctx(policies=policies, app_policies=app, client_ip=ip)).effect == DENY
+
+
+def test_enrolled_user_needs_a_second_factor_even_without_a_policy():
+    d = PolicyEngine().evaluate(ctx(enrolled=("totp", "backup_codes")))
+    assert d.effect == MFA and d.methods == ("totp", "backup_codes")
+    assert PolicyEngine().evaluate(ctx(enrolled=("totp",), methods=("pwd", "totp"))).effect == ALLOW
+
+
+def test_require_mfa_leads_to_enrolment():
+    d = PolicyEngine().evaluate(ctx(policies={"require_mfa": True}))
+    assert d.effect == ENROLL and d.methods == ("totp", "sms")
+    d = PolicyEngine().evaluate(ctx(policies={"require_mfa": True, "mfa_methods": ["totp", "backup_codes"]}))
+    assert d.methods == ("totp",)
+
+
+def test_backup_codes_alone_are_not_an_enrolment():
+    d = PolicyEngine().evaluate(ctx(policies={"require_mfa": True}, enrolled=("backup_codes",)))
+    assert d.effect == ENROLL
+
+
+def test_forbidden_method_does_not_count():
+    d = PolicyEngine().evaluate(ctx(policies={"mfa_methods": ["totp", "backup_codes"]}, enrolled=("sms",)))
+    assert d.effect == ENROLL and d.methods == ("totp",)
+    # and a code from a forbidden method does not satisfy the policy either: only allowed methods are offered
+    d = PolicyEngine().evaluate(ctx(policies={"mfa_methods": ["totp"]}, enrolled=("sms", "totp")))
+    assert d.effect == MFA and d.methods == ("totp",)
+
+
+def test_trusted_upstream_mfa_satisfies_the_requirement():
+    assert PolicyEngine().evaluate(ctx(policies={"require_mfa": True}, upstream_mfa_trusted=True)).effect == ALLOW
+
+
+def test_deny_wins_over_step_up_and_is_recorded_with_its_rule():
+    seen = []
+    engine = PolicyEngine(record=lambda d, c: seen.append((d.effect, d.rule, c.stage)))
+    d = engine.evaluate(ctx(policies={"require_mfa": True, "ip_allowlist": ["192.0.2.0/24"]}))
+    assert d.effect == DENY and d.rule == "ip_allowlist"
+    assert seen == [("deny", "ip_allowlist", "signin")]
+
+
+def test_session_stage_records_only_denials():
+    seen = []
+    engine = PolicyEngine(record=lambda d, c: seen.append(d.effect))
+    engine.evaluate(ctx(stage="session"))
+    engine.evaluate(ctx(stage="session", policies={"ip_allowlist": ["192.0.2.0/24"]}))
+    assert seen == ["deny"]
+
+
+def test_rules_are_independent_objects():
+    assert IpAllowlist().evaluate(ctx()) is None
+    assert SecondFactor().evaluate(ctx(stage="session", policies={"require_mfa": True})) is None
