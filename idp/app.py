@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
 import time
@@ -38,10 +40,18 @@ except ImportError:  # pragma: no cover
     UNAVAILABLE = (StoreUnavailable, OperationalError)
 
 
+def derive_key(master: str, purpose: str) -> str:
+    """A separate key per purpose, so that no two uses share the master secret."""
+    return hmac.new(master.encode(), f"idhub|{purpose}".encode(), hashlib.sha256).hexdigest()
+
+
 def build_hub(settings: Settings, *, hasher: Hasher | None = None) -> Hub:
     from idp.audit import AuditLog
     from idp.devices import GeoLocator, describe_user_agent, fingerprint, location_fingerprint
     from idp.mail import make_mailer
+    from idp.mfa.crypto import SecretBox
+    from idp.mfa.service import MfaService
+    from idp.sms import make_sms_sender
     from idp.storage.factory import build_stores
 
     engine = make_engine(settings.database_url)
@@ -58,6 +68,9 @@ def build_hub(settings: Settings, *, hasher: Hasher | None = None) -> Hub:
         describe_user_agent,
         (fingerprint, location_fingerprint),
     )
+    hub.mfa = MfaService(sm, SecretBox(settings.secret_key, "mfa-totp"), stores.one_time, stores.throttle,
+                         make_sms_sender(settings), hmac_key=derive_key(settings.secret_key, "mfa-backup-codes"),
+                         clock=lambda: hub.clock())
     hub.engine = engine
     return hub
 
@@ -83,12 +96,13 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
     )
     app.extensions["idhub"] = hub or build_hub(settings)
 
-    from idp.web import auth, ops, security
+    from idp.web import auth, mfa, ops, security
     from idp.web.common import csrf_token, error_page, new_error_id
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(security.bp)
+    app.register_blueprint(mfa.bp)
 
     from idp.passwords import RULES
 

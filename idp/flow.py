@@ -1,8 +1,9 @@
 """The login flow: a server-side object that carries one sign-in through its steps.
 
-    identify ──► password ──► done
-       ▲            │
-       └────────────┘  ("Use another account")
+    identify ──► password ──┬──────────────────────────────► done
+       ▲            │       ├─► mfa (second factor) ──────────► done
+       └────────────┘       └─► enroll (2FA required) ─► backup_codes ─► done
+   ("Use another account")
 
 Each step returns ``Render``, ``Redirect`` or ``Done``; the web layer only turns those into responses.
 The browser holds only the flow id, and the flow is bound to the browser that started it (the hash of
@@ -23,7 +24,10 @@ FLOW_TTL = 15 * 60
 
 TRANSITIONS: dict[str, set[str]] = {
     "identify": {"password"},
-    "password": {"identify", "done"},
+    "password": {"identify", "mfa", "enroll", "done"},
+    "mfa": {"identify", "done"},
+    "enroll": {"identify", "backup_codes", "done"},
+    "backup_codes": {"done"},
     "done": set(),
 }
 
@@ -42,6 +46,10 @@ class LoginFlow:
     email: str = ""
     amr: list[str] = field(default_factory=list)
     created_at: str = ""
+    user_id: str = ""
+    choices: list[str] = field(default_factory=list)  # second-factor methods the policy offers
+    method: str = ""  # the method chosen at the mfa/enroll step
+    sms_sent: bool = False
 
     def move(self, state: str) -> None:
         if state not in TRANSITIONS[self.state]:

@@ -21,6 +21,7 @@ from idp.flow import AuthnResult, Client
 from idp.models import KnownDevice, PasswordResetToken, User, Workspace, utcnow
 from idp.sessions import SessionManager, effective_lifetimes, new_secret_token, token_hash
 from idp.storage.base import Backoff, SessionData, Stores
+from policies.engine import Decision, PolicyContext, PolicyEngine
 
 log = logging.getLogger("idhub.hub")
 
@@ -53,6 +54,7 @@ class Hub:
         describe_ua,
         fingerprints,
         clock=lambda: datetime.now(UTC),
+        mfa=None,
     ):
         self.settings = settings
         self.db = db
@@ -65,6 +67,8 @@ class Hub:
         self.device_fp, self.location_fp = fingerprints
         self.clock = clock
         self.sessions = SessionManager(stores.sessions, lambda: self.clock())
+        self.mfa = mfa
+        self.policy = PolicyEngine(record=self._record_decision)
         self._signer = URLSafeTimedSerializer(settings.secret_key, salt="idhub.not-me")
 
     # ---- helpers -------------------------------------------------------------------------
@@ -90,6 +94,33 @@ class Hub:
             return False
         self.audit.record("alert.sent", workspace_id=ws_id, subject_id=user_id, data={"template": template})
         return True
+
+    # ---- policies ---------------------------------------------------------------------------
+    def _record_decision(self, decision: Decision, ctx: PolicyContext) -> None:
+        self.audit.record("policy.decision", workspace_id=ctx.workspace_id, actor_id=ctx.user_id, ip=ctx.client_ip,
+                          data={"effect": decision.effect, "rule": decision.rule, "stage": ctx.stage,
+                                "app": ctx.app, "methods": list(ctx.methods), "reason": decision.reason[:200]})
+
+    def decide(self, ws: Workspace, client: Client, *, user_id: str | None = None, methods=(),
+               stage: str = "signin", app: str | None = None, app_policies: dict | None = None) -> Decision:
+        """Ask the policy engine about this workspace, user and address (the user's 2FA enrolment included)."""
+        active, enrolled = True, ()
+        if user_id is not None:
+            with self.db() as db:
+                user = db.get(User, user_id)
+                active = bool(user and user.active)
+            if self.mfa is not None and stage == "signin":
+                enrolled = tuple(self.mfa.enrolled(user_id).methods())
+        ctx = PolicyContext(workspace_id=ws.id, plan=ws.plan, policies=ws.policies or {}, client_ip=client.ip,
+                            stage=stage, user_id=user_id, user_active=active, app=app,
+                            app_policies=app_policies or {}, methods=tuple(methods), enrolled=enrolled)
+        return self.policy.evaluate(ctx)
+
+    def session_allowed(self, ws: Workspace, session: SessionData, client: Client) -> Decision:
+        """The per-request check of an existing session (IP allowlist): cheap, no database access."""
+        ctx = PolicyContext(workspace_id=ws.id, plan=ws.plan, policies=ws.policies or {}, client_ip=client.ip,
+                            stage="session", user_id=session.user_id, methods=tuple(session.amr))
+        return self.policy.evaluate(ctx)
 
     # ---- sign-in -----------------------------------------------------------------------------
     def check_password(self, ws: Workspace, email: str, password: str, client: Client, next_url: str = ""
@@ -182,6 +213,36 @@ class Hub:
         }
         ctx.update(extra)
         self._mail(user.email, subject, template, ctx, ws_id=ws.id, user_id=user.id)
+
+    # ---- second factor ---------------------------------------------------------------------------
+    def verify_second_factor(self, ws: Workspace, user_id: str, method: str, code: str, client: Client,
+                             binding: str | None = None) -> str | None:
+        """None when the code is right; otherwise the message to show. Throttled across the whole account."""
+        wait = self.mfa.mfa_retry_after(user_id)
+        if wait:
+            self._event("auth.mfa.throttled", ws.id, client, actor_id=user_id, data={"method": method})
+            return f"Too many attempts. Try again in {wait} seconds."
+        code = (code or "").strip()[:64]
+        if not code:
+            return "Enter the code."
+        if self.mfa.verify(user_id, method, code, binding=binding):
+            self._event("auth.mfa.success", ws.id, client, actor_id=user_id, data={"method": method})
+            return None
+        self._event("auth.mfa.failure", ws.id, client, actor_id=user_id, data={"method": method})
+        wait = self.mfa.mfa_retry_after(user_id)
+        if wait:
+            return f"That code is not valid. Too many attempts: try again in {wait} seconds."
+        return "That code is not valid. Check it and try again."
+
+    def mfa_changed(self, ws: Workspace, user_id: str, change: str, event: str, client: Client,
+                    current: SessionData | None) -> None:
+        """Audit, end the user's other sessions, and send the 2FA-changed alert."""
+        ended = self.sessions.end_all(user_id, "mfa_changed", except_id=current.id if current else None)
+        self._event(event, ws.id, client, actor_id=user_id, data={"change": change, "sessions_ended": len(ended)})
+        with self.db() as db:
+            user = db.get(User, user_id)
+        self._alert(user, ws, "alert_mfa_changed", "Two-factor authentication settings changed", client,
+                    change=change)
 
     # ---- sessions ------------------------------------------------------------------------------
     def sign_out(self, ws: Workspace, session: SessionData, client: Client) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 
-from idp.flow import FlowError, FlowManager, identify
+from idp.flow import AuthnResult, FlowError, FlowManager, LoginFlow, identify
 from idp.metrics import SIGNINS
 from idp.web.common import (
     browser_binding,
@@ -64,21 +64,31 @@ def login(ws_slug):
     error, cleaned = identify(None, email)
     if error:
         return render_template("login.html", ws=ws, next=nxt, email=cleaned, error=error), 400
+    early = hub().decide(ws, current_client())  # e.g. the IP allowlist, before any password is tried
+    if early.effect == "deny":
+        return render_template("denied.html", ws=ws, reason=early.reason), 403
     flow = _flows().start(ws.id, browser_binding(), nxt, email=cleaned, state="password")
     return redirect(url_for("auth.password", ws_slug=ws.slug, flow=flow.id))
+
+
+def load_flow(ws, *states):
+    """(flows, flow) for the flow named in the request, in one of ``states``; (flows, None) otherwise."""
+    flows = _flows()
+    try:
+        flow = flows.load(request.values.get("flow", ""), ws.id, browser_binding())
+        if flow.state not in states:
+            raise FlowError("wrong step")
+    except FlowError:
+        flash("Your sign-in took too long or was started in another browser. Please start again.", "error")
+        return flows, None
+    return flows, flow
 
 
 @bp.route("/w/<ws_slug>/login/password", methods=["GET", "POST"])
 def password(ws_slug):
     ws = load_workspace(ws_slug)
-    flows = _flows()
-    flow_id = request.values.get("flow", "")
-    try:
-        flow = flows.load(flow_id, ws.id, browser_binding())
-        if flow.state != "password":
-            raise FlowError("wrong step")
-    except FlowError:
-        flash("Your sign-in took too long or was started in another browser. Please start again.", "error")
+    flows, flow = load_flow(ws, "password")
+    if flow is None:
         return redirect(url_for("auth.login", ws_slug=ws.slug))
     if request.method == "GET":
         return render_template("password.html", ws=ws, flow=flow)
@@ -91,8 +101,29 @@ def password(ws_slug):
         resp = render_template("password.html", ws=ws, flow=flow, error=outcome.error)
         headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else {}
         return resp, status, headers
+    flow.user_id = outcome.result.user_id
+    flow.amr = list(outcome.result.amr)
+    return continue_signin(ws, flows, flow, client)
+
+
+def continue_signin(ws, flows: FlowManager, flow: LoginFlow, client):
+    """Ask the policy engine what the flow needs next: a second factor, enrolment, a denial, or the session."""
+    decision = hub().decide(ws, client, user_id=flow.user_id, methods=flow.amr)
+    if decision.effect == "deny":
+        flows.finish(flow)
+        SIGNINS.labels(outcome="denied").inc()
+        return render_template("denied.html", ws=ws, reason=decision.reason), 403
+    if decision.effect in ("mfa", "enroll"):
+        flow.move(decision.effect)
+        flow.choices = list(decision.methods)
+        flow.method = flow.method if flow.method in flow.choices else flow.choices[0]
+        flows.save(flow)
+        endpoint = "mfa.second_factor" if decision.effect == "mfa" else "mfa.enroll"
+        return redirect(url_for(endpoint, ws_slug=ws.slug, flow=flow.id))
+    flow.move("done")
     flows.finish(flow)
-    token, data = hub().complete_signin(ws, outcome.result, client)
+    result = AuthnResult(ws.id, flow.user_id, tuple(flow.amr), hub().clock(), flow.next)
+    token, data = hub().complete_signin(ws, result, client)
     SIGNINS.labels(outcome="success").inc()
     rotate_csrf()
     resp = redirect(flow.next or url_for("security.page", ws_slug=ws.slug))

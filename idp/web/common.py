@@ -99,6 +99,7 @@ def load_workspace(slug: str):
     if ws is None:
         abort(404, description="There is no workspace at this address.")
     g.workspace = ws
+    current_client()  # an unreadable forwarding header from a trusted proxy denies every workspace page
     return ws
 
 
@@ -120,6 +121,11 @@ def login_required(view):
             if g.session_cookie_stale:
                 target = url_for("auth.login", ws_slug=ws.slug, ended=1, next=request.full_path.rstrip("?"))
             return redirect(target)
+        # Policies hold on every request of a session, not only at sign-in (e.g. the IP allowlist).
+        decision = hub().session_allowed(ws, sess, current_client())
+        if decision.effect == "deny":
+            g.session = None
+            return render_template("denied.html", ws=ws, reason=decision.reason), 403
         return view(ws, sess, *a, **kw)
 
     return wrapper

@@ -19,8 +19,9 @@ def _render(ws, sess, status=200, **extra):
         groups = user_groups(db, user.id)
     sessions = h.sessions.list(user.id)
     sessions.sort(key=lambda s: (s.id != sess.id, -s.last_active_at.timestamp()))
+    enrolled = h.mfa.enrolled(user.id)
     return render_template("security.html", ws=ws, user=user, groups=groups, current=sess, sessions=sessions,
-                           rules=passwords.RULES, **extra), status
+                           rules=passwords.RULES, enrolled=enrolled, **extra), status
 
 
 @bp.route("/w/<ws_slug>/settings/security")

@@ -1,0 +1,265 @@
+"""Two-factor authentication pages: the second step of sign-in, forced enrolment, and the self-service
+settings (enable with an authenticator app or SMS, backup codes, disable)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+
+from idp.models import User
+from idp.web.auth import continue_signin, load_flow
+from idp.web.common import check_csrf, current_client, hub, login_required
+
+bp = Blueprint("mfa", __name__)
+
+REAUTH_TTL = 600
+METHOD_NAMES = {"totp": "Authenticator app", "sms": "Text message (SMS)", "backup_codes": "Backup code"}
+CODE_LABELS = {"totp": "Code from your authenticator app", "sms": "Code from the text message",
+               "backup_codes": "Backup code"}
+
+
+def _field(name: str, limit: int = 64) -> str:
+    return request.form.get(name, "")[:limit]
+
+
+def _user(user_id: str) -> User:
+    with hub().db() as db:
+        return db.get(User, user_id)
+
+
+def _ctx(**kw):
+    return {"method_names": METHOD_NAMES, "code_labels": CODE_LABELS, **kw}
+
+
+# ---- sign-in: the second step --------------------------------------------------------------------------
+@bp.route("/w/<ws_slug>/login/mfa", methods=["GET", "POST"])
+def second_factor(ws_slug):
+    from idp.web.common import load_workspace
+
+    ws = load_workspace(ws_slug)
+    flows, flow = load_flow(ws, "mfa")
+    if flow is None:
+        return redirect(url_for("auth.login", ws_slug=ws.slug))
+    choice = request.values.get("method", flow.method)
+    if choice in flow.choices and choice != flow.method:
+        flow.method, flow.sms_sent = choice, False
+        flows.save(flow)
+    client = current_client()
+    error = notice = None
+    status = 200
+    if request.method == "POST":
+        check_csrf()
+        if request.form.get("action") == "send" and flow.method == "sms":
+            res = hub().mfa.sms_send_signin_code(flow.user_id, flow.id, client_ip=client.ip)
+            if res.ok:
+                flow.sms_sent = True
+                flows.save(flow)
+                notice = f"We sent a code to {hub().mfa.enrolled(flow.user_id).phone_masked}."
+            else:
+                error, status = res.error, 429 if res.retry_after else 503
+        else:
+            error = hub().verify_second_factor(ws, flow.user_id, flow.method, _field("code"), client, binding=flow.id)
+            if error is None:
+                flow.amr = [*flow.amr, flow.method]
+                return continue_signin(ws, flows, flow, client)
+            status = 429 if "Too many" in error else 401
+    enrolled = hub().mfa.enrolled(flow.user_id)
+    return render_template("mfa.html", **_ctx(ws=ws, flow=flow, error=error, notice=notice, enrolled=enrolled)), status
+
+
+# ---- sign-in: enrolment required by policy ----------------------------------------------------------------
+@bp.route("/w/<ws_slug>/login/enroll", methods=["GET", "POST"])
+def enroll(ws_slug):
+    from idp.web.common import load_workspace
+
+    ws = load_workspace(ws_slug)
+    flows, flow = load_flow(ws, "enroll", "backup_codes")
+    if flow is None:
+        return redirect(url_for("auth.login", ws_slug=ws.slug))
+    client = current_client()
+    if flow.state == "backup_codes":
+        if request.method == "POST":
+            check_csrf()
+            return continue_signin(ws, flows, flow, client)
+        return redirect(url_for("mfa.enroll", ws_slug=ws.slug, flow=flow.id))
+    choice = request.values.get("method", flow.method)
+    if choice in flow.choices and choice != flow.method:
+        flow.method = choice
+        flows.save(flow)
+    user = _user(flow.user_id)
+    action = url_for("mfa.enroll", ws_slug=ws.slug, flow=flow.id)
+    outcome = _enrolment_step(ws, user, flow.method, action, client, current=None)
+    if outcome == "done":
+        flow.amr = [*flow.amr, flow.method]
+        flow.move("backup_codes")
+        flows.save(flow)
+        codes = hub().mfa.backup_generate(user.id)
+        return render_template("backup_codes.html", **_ctx(ws=ws, codes=codes, flow=flow, signing_in=True,
+                                                           action=action))
+    template, ctx, status = outcome
+    return render_template(template, **_ctx(ws=ws, flow=flow, choices=flow.choices, action=action,
+                                            signing_in=True, **ctx)), status
+
+
+def _enrolment_step(ws, user: User, method: str, action: str, client, current):
+    """One step of setting up TOTP or SMS (shared by sign-in enrolment and the settings page).
+
+    Returns "done" once the method is confirmed, else (template, context, status)."""
+    mfa = hub().mfa
+    if method == "totp":
+        if request.method == "POST" and request.form.get("action") == "verify":
+            check_csrf()
+            if mfa.totp_confirm(user.id, _field("code")):
+                hub().mfa_changed(ws, user.id, "An authenticator app was added.", "mfa.totp.enabled", client, current)
+                return "done"
+            return "totp_setup.html", {"setup": _pending_setup(user), "method": method,
+                                       "error": "That code is not valid. Check the time on your phone and try "
+                                                "again with the newest code."}, 400
+        return "totp_setup.html", {"setup": _pending_setup(user), "method": method}, 200
+    if method == "sms":
+        if request.method == "POST" and request.form.get("action") == "send":
+            check_csrf()
+            try:
+                phone = mfa.normalise_phone(_field("phone", 40))
+            except ValueError as exc:
+                return "sms_setup.html", {"method": method, "error": str(exc), "phone": _field("phone", 40)}, 400
+            res = mfa.sms_begin(user.id, phone, client_ip=client.ip)
+            if not res.ok:
+                return "sms_setup.html", {"method": method, "error": res.error, "phone": phone}, \
+                    429 if res.retry_after else 503
+            return "sms_setup.html", {"method": method, "sent": True, "phone": phone}, 200
+        if request.method == "POST" and request.form.get("action") == "verify":
+            check_csrf()
+            if mfa.sms_confirm(user.id, _field("code")):
+                hub().mfa_changed(ws, user.id, "A phone number was added for text-message codes.", "mfa.sms.enabled",
+                                  client, current)
+                return "done"
+            return "sms_setup.html", {"method": method, "sent": True, "phone": _field("phone", 40),
+                                      "error": "That code is not valid or has expired."}, 400
+        return "sms_setup.html", {"method": method}, 200
+    return "error.html", {"status": 400, "title": "Unknown method", "message": "Choose a listed method.",
+                          "error_id": g.get("request_id", "")}, 400
+
+
+def _pending_setup(user: User):
+    """The secret being set up (the same one on every reload, so a scanned QR code stays valid)."""
+    mfa = hub().mfa
+    return mfa.totp_pending(user.id, user.email) or mfa.totp_begin(user.id, user.email)
+
+
+# ---- settings ----------------------------------------------------------------------------------------------
+def _reauth_key(sess) -> str:
+    return f"reauth:{sess.id}"
+
+
+def _require_reauth(ws, sess):
+    """A redirect to confirm the password, unless the user did so in the last 10 minutes."""
+    if hub().stores.one_time.get(_reauth_key(sess)):
+        return None
+    return redirect(url_for("mfa.reauth", ws_slug=ws.slug, next=request.path))
+
+
+@bp.route("/w/<ws_slug>/settings/security/reauth", methods=["GET", "POST"])
+@login_required
+def reauth(ws, sess):
+    from idp.web.common import safe_next
+
+    nxt = safe_next(request.values.get("next"), ws.slug)
+    error = None
+    if request.method == "POST":
+        check_csrf()
+        user = _user(sess.user_id)
+        outcome = hub().check_password(ws, user.email, request.form.get("password", "")[:1025], current_client())
+        if outcome.ok:
+            hub().stores.one_time.put(_reauth_key(sess), "1", REAUTH_TTL)
+            return redirect(nxt)
+        error = outcome.error
+    return render_template("reauth.html", ws=ws, next=nxt, error=error), 401 if error else 200
+
+
+@bp.route("/w/<ws_slug>/settings/security/2fa")
+@login_required
+def choose(ws, sess):
+    if (r := _require_reauth(ws, sess)) is not None:
+        return r
+    enrolled = hub().mfa.enrolled(sess.user_id)
+    return render_template("twofactor_choose.html", **_ctx(ws=ws, enrolled=enrolled, allowed=_allowed(ws)))
+
+
+def _allowed(ws) -> list[str]:
+    from policies.engine import ALL_METHODS
+
+    return [m for m in ALL_METHODS if m in ((ws.policies or {}).get("mfa_methods") or ALL_METHODS)]
+
+
+@bp.route("/w/<ws_slug>/settings/security/2fa/<method>", methods=["GET", "POST"])
+@login_required
+def setup(ws, sess, method):
+    if method not in ("totp", "sms") or method not in _allowed(ws):
+        return render_template("error.html", status=404, title="Not available",
+                               message="Your organisation does not allow this method.", error_id=g.request_id), 404
+    if (r := _require_reauth(ws, sess)) is not None:
+        return r
+    user = _user(sess.user_id)
+    action = url_for("mfa.setup", ws_slug=ws.slug, method=method)
+    outcome = _enrolment_step(ws, user, method, action, current_client(), current=sess)
+    if outcome == "done":
+        if hub().mfa.backup_remaining(user.id) == 0:
+            codes = hub().mfa.backup_generate(user.id)
+            return render_template("backup_codes.html", **_ctx(ws=ws, codes=codes, signing_in=False))
+        flash("Two-factor authentication is on.", "status")
+        return redirect(url_for("security.page", ws_slug=ws.slug) + "#two-factor")
+    template, ctx, status = outcome
+    return render_template(template, **_ctx(ws=ws, action=action, signing_in=False, **ctx)), status
+
+
+@bp.route("/w/<ws_slug>/settings/security/2fa/backup-codes", methods=["GET", "POST"])
+@login_required
+def regenerate(ws, sess):
+    if (r := _require_reauth(ws, sess)) is not None:
+        return r
+    enrolled = hub().mfa.enrolled(sess.user_id)
+    if not enrolled.any:
+        flash("Turn on two-factor authentication first.", "error")
+        return redirect(url_for("security.page", ws_slug=ws.slug) + "#two-factor")
+    if request.method == "GET":
+        return render_template("regenerate_codes.html", ws=ws, enrolled=enrolled)
+    check_csrf()
+    codes = hub().mfa.backup_generate(sess.user_id)
+    hub().mfa_changed(ws, sess.user_id, "New backup codes were generated; the old ones no longer work.",
+                      "mfa.backup_codes.regenerated", current_client(), sess)
+    return render_template("backup_codes.html", **_ctx(ws=ws, codes=codes, signing_in=False))
+
+
+@bp.route("/w/<ws_slug>/settings/security/2fa/disable", methods=["GET", "POST"])
+@login_required
+def disable(ws, sess):
+    if (r := _require_reauth(ws, sess)) is not None:
+        return r
+    mfa = hub().mfa
+    enrolled = mfa.enrolled(sess.user_id)
+    if not enrolled.any:
+        return redirect(url_for("security.page", ws_slug=ws.slug) + "#two-factor")
+    methods = enrolled.methods()
+    method = request.values.get("method", methods[0])
+    method = method if method in methods else methods[0]
+    error = notice = None
+    status = 200
+    if request.method == "POST":
+        check_csrf()
+        client = current_client()
+        if request.form.get("action") == "send" and method == "sms":
+            res = mfa.sms_send_signin_code(sess.user_id, f"disable:{sess.id}", client_ip=client.ip)
+            notice = f"We sent a code to {enrolled.phone_masked}." if res.ok else None
+            error = None if res.ok else res.error
+        else:
+            error = hub().verify_second_factor(ws, sess.user_id, method, _field("code"), client,
+                                               binding=f"disable:{sess.id}")
+            if error is None:
+                mfa.disable_all(sess.user_id)
+                hub().mfa_changed(ws, sess.user_id, "Two-factor authentication was turned off.", "mfa.disabled",
+                                  client, sess)
+                flash("Two-factor authentication is off. We recommend turning it back on soon.", "status")
+                return redirect(url_for("security.page", ws_slug=ws.slug) + "#two-factor")
+            status = 400
+    return render_template("disable_2fa.html", **_ctx(ws=ws, enrolled=enrolled, method=method, methods=methods,
+                                                      error=error, notice=notice)), status
