@@ -49,6 +49,7 @@ class LoginFlow:
     user_id: str = ""
     choices: list[str] = field(default_factory=list)  # second-factor methods the policy offers
     method: str = ""  # the method chosen at the mfa/enroll step
+    app: str = ""  # the downstream app that asked for this sign-in (its policies apply), if any
     sms_sent: bool = False
 
     def move(self, state: str) -> None:
@@ -105,7 +106,7 @@ class FlowManager:
         self.clock = clock
 
     def start(self, workspace_id: str, binding: str, next_url: str = "", *, email: str = "",
-              state: str = "identify") -> LoginFlow:
+              state: str = "identify", app: str = "") -> LoginFlow:
         """A new flow; ``email``/``state`` let the identifier step create it already moved on (one write)."""
         flow = LoginFlow(
             id=secrets.token_urlsafe(24),
@@ -117,6 +118,7 @@ class FlowManager:
         if state != "identify":
             flow.move(state)
         flow.email = email
+        flow.app = app
         self.store.create(flow.id, flow.to_dict(), FLOW_TTL)
         return flow
 

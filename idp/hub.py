@@ -69,6 +69,8 @@ class Hub:
         self.sessions = SessionManager(stores.sessions, lambda: self.clock())
         self.mfa = mfa
         self.policy = PolicyEngine(record=self._record_decision)
+        # Downstream apps register a look-up of their per-app policies (OIDC clients, SAML SPs).
+        self.app_policy_lookups: list = []
         self._signer = URLSafeTimedSerializer(settings.secret_key, salt="idhub.not-me")
 
     # ---- helpers -------------------------------------------------------------------------
@@ -115,6 +117,16 @@ class Hub:
                             stage=stage, user_id=user_id, user_active=active, app=app,
                             app_policies=app_policies or {}, methods=tuple(methods), enrolled=enrolled)
         return self.policy.evaluate(ctx)
+
+    def app_policies(self, ws: Workspace, app: str | None) -> dict:
+        """The per-app policy overrides of a downstream app (stricter than the workspace's, never looser)."""
+        if not app:
+            return {}
+        for lookup in self.app_policy_lookups:
+            found = lookup(ws, app)
+            if found is not None:
+                return found
+        return {}
 
     def session_allowed(self, ws: Workspace, session: SessionData, client: Client) -> Decision:
         """The per-request check of an existing session (IP allowlist): cheap, no database access."""

@@ -51,24 +51,34 @@ def workspace_home(ws_slug):
 def login(ws_slug):
     ws = load_workspace(ws_slug)
     nxt = safe_next(request.values.get("next"), ws.slug)
+    app = _app_param()
     if request.method == "GET":
-        if load_session(ws) is not None and not request.args.get("ended"):
+        # prompt=login (OIDC) or ForceAuthn (SAML): sign in again even with a session
+        force = request.args.get("prompt") == "login"
+        if load_session(ws) is not None and not request.args.get("ended") and not force:
             return redirect(nxt)
         notice = None
         if request.args.get("ended"):
             notice = "Your session has ended. Please sign in again."
         return render_template("login.html", ws=ws, next=nxt, email=request.args.get("email", "")[:254],
-                               notice=notice)
+                               notice=notice, app=app)
     check_csrf()
     email = _field("email")
     error, cleaned = identify(None, email)
     if error:
-        return render_template("login.html", ws=ws, next=nxt, email=cleaned, error=error), 400
-    early = hub().decide(ws, current_client())  # e.g. the IP allowlist, before any password is tried
+        return render_template("login.html", ws=ws, next=nxt, email=cleaned, error=error, app=app), 400
+    # e.g. the IP allowlist, before any password is tried
+    early = hub().decide(ws, current_client(), app=app or None, app_policies=hub().app_policies(ws, app))
     if early.effect == "deny":
         return render_template("denied.html", ws=ws, reason=early.reason), 403
-    flow = _flows().start(ws.id, browser_binding(), nxt, email=cleaned, state="password")
+    flow = _flows().start(ws.id, browser_binding(), nxt, email=cleaned, state="password", app=app)
     return redirect(url_for("auth.password", ws_slug=ws.slug, flow=flow.id))
+
+
+def _app_param() -> str:
+    """The downstream app a sign-in is for (its policies apply); a client id or slug, or empty."""
+    value = request.values.get("app", "")
+    return value if len(value) <= 128 and value.replace("-", "").replace("_", "").replace(".", "").isalnum() else ""
 
 
 def load_flow(ws, *states):
@@ -108,7 +118,8 @@ def password(ws_slug):
 
 def continue_signin(ws, flows: FlowManager, flow: LoginFlow, client):
     """Ask the policy engine what the flow needs next: a second factor, enrolment, a denial, or the session."""
-    decision = hub().decide(ws, client, user_id=flow.user_id, methods=flow.amr)
+    decision = hub().decide(ws, client, user_id=flow.user_id, methods=flow.amr, app=flow.app or None,
+                            app_policies=hub().app_policies(ws, flow.app))
     if decision.effect == "deny":
         flows.finish(flow)
         SIGNINS.labels(outcome="denied").inc()

@@ -134,7 +134,7 @@ def login_required(view):
 def safe_next(value: str | None, ws_slug: str) -> str:
     """Only same-origin paths inside the workspace; anything else falls back to the security page."""
     default = f"/w/{ws_slug}/settings/security"
-    if not value or len(value) > 1024:
+    if not value or len(value) > 2048:
         return default
     if not value.startswith(f"/w/{ws_slug}/") or value.startswith("//") or "\\" in value:
         return default
