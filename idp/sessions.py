@@ -7,11 +7,14 @@ database or cache does not leak usable session ids.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from idp.storage.base import SessionData, SessionStore
+
+log = logging.getLogger("idhub.sessions")
 
 
 def token_hash(token: str) -> str:
@@ -36,6 +39,16 @@ class SessionManager:
     def __init__(self, store: SessionStore, clock=lambda: datetime.now(UTC)):
         self.store = store
         self.clock = clock
+        # Called with (ended session ids, reason) after sessions end: downstream protocols log the apps out
+        # (OIDC back-channel logout, SAML single logout). A failing listener never un-ends a session.
+        self.end_listeners: list = []
+
+    def _notify(self, ids: list[str], reason: str) -> None:
+        for listener in self.end_listeners:
+            try:
+                listener(ids, reason)
+            except Exception:  # logged; the session is ended regardless
+                log.exception("session-end listener failed", extra={"reason": reason})
 
     def start(
         self,
@@ -89,10 +102,16 @@ class SessionManager:
         return data
 
     def end(self, session_id: str, reason: str) -> bool:
-        return self.store.revoke(session_id, reason)
+        ended = self.store.revoke(session_id, reason)
+        if ended:
+            self._notify([session_id], reason)
+        return ended
 
     def end_all(self, user_id: str, reason: str, except_id: str | None = None) -> list[str]:
-        return self.store.revoke_user(user_id, reason, except_id=except_id)
+        ids = self.store.revoke_user(user_id, reason, except_id=except_id)
+        if ids:
+            self._notify(ids, reason)
+        return ids
 
     def list(self, user_id: str) -> list[SessionData]:
         return self.store.list_user(user_id, self.clock())
