@@ -35,9 +35,31 @@ try:  # redis is optional at run time (no IDHUB_REDIS_URL), but installed
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    UNAVAILABLE = (StoreUnavailable, OperationalError, RedisConnectionError, RedisTimeoutError)
+    REDIS_ERRORS: tuple = (RedisConnectionError, RedisTimeoutError)
 except ImportError:  # pragma: no cover
-    UNAVAILABLE = (StoreUnavailable, OperationalError)
+    REDIS_ERRORS = ()
+
+
+_CONNECTION_HINTS = ("could not connect", "connection", "server closed", "timeout", "timed out", "refused",
+                     "database is locked", "unable to open database", "terminating", "too many clients")
+
+
+def _first_line(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [""])[0][:200]
+
+
+def _is_unavailable(exc: Exception) -> bool:
+    """A backend that cannot be reached (503), as opposed to a bug such as a missing table (500)."""
+    if isinstance(exc, (StoreUnavailable, *REDIS_ERRORS)):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        if isinstance(exc, OperationalError):
+            text = _first_line(exc).lower()
+            return any(h in text for h in _CONNECTION_HINTS)
+    return False
 
 
 def derive_key(master: str, purpose: str) -> str:
@@ -103,6 +125,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
     app.register_blueprint(auth.bp)
     app.register_blueprint(security.bp)
     app.register_blueprint(mfa.bp)
+    from oidc.web import bp as oidc_bp
+    app.register_blueprint(oidc_bp)
 
     from idp.passwords import RULES
 
@@ -157,8 +181,9 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         error_id = new_error_id()
-        if isinstance(exc, UNAVAILABLE) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
-            log.error("store unavailable", extra={"error_id": error_id, "error": type(exc).__name__})
+        if _is_unavailable(exc):
+            log.error("store unavailable", extra={"error_id": error_id, "error": type(exc).__name__,
+                                                  "detail": _first_line(exc)})
             resp = error_page(503, "Temporarily unavailable",
                               "idhub cannot reach its database or cache right now. Nothing was changed. "
                               "Please try again in a minute.", error_id)

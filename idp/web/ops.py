@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, redirect, url_for
 
 from idp import metrics
 from idp.storage.base import StoreUnavailable
@@ -26,6 +26,11 @@ def readyz():
     except Exception:  # any failure to check is "not ready" (fail closed)
         return jsonify(status="unavailable", reason="check failed"), 503
     return jsonify(status="ok")
+
+
+@bp.route("/favicon.ico")
+def favicon():
+    return redirect(url_for("static", filename="favicon.svg"), code=301)
 
 
 @bp.route("/metrics")

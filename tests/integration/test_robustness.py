@@ -145,3 +145,16 @@ def test_redis_down_fails_closed(tmp_path):
     r = b.post("/w/acme/login", {"email": ALICE, "csrf_token": b.csrf()})
     assert r.status_code == 503 and "Nothing was changed" in r.get_data(as_text=True)
     assert b.get("/readyz").status_code == 503
+
+
+def test_a_bug_is_a_500_not_an_outage(tmp_path):
+    """A missing table is a defect to fix, not 'the database is down': 500, logged with its traceback."""
+    from sqlalchemy.exc import OperationalError
+
+    from idp.app import _is_unavailable
+
+    bug = OperationalError("SELECT 1", {}, Exception("no such table: mfa_totp"))
+    down = OperationalError("SELECT 1", {}, Exception('connection to server at "127.0.0.1", port 1 failed: '
+                                                     "Connection refused"))
+    assert not _is_unavailable(bug)
+    assert _is_unavailable(down)
