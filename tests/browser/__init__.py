@@ -1,0 +1,1 @@
+"""End-to-end tests: a real idhub process, real SMTP, headless Chromium (marker ``browser``)."""
