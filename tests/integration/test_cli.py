@@ -87,3 +87,29 @@ def test_bad_environment_fails_fast(tmp_path):
     secret_file.write_text(secrets.token_urlsafe(48))
     env = {"IDHUB_SECRET_KEY": "", "IDHUB_SECRET_KEY_FILE": str(secret_file)}
     assert run(["db", "upgrade"], tmp_path, env=env).returncode == 0
+
+
+def test_audit_commands_reject_bad_arguments(tmp_path):
+    assert run(["db", "upgrade"], tmp_path).returncode == 0
+    run(["apply", write(tmp_path, "good.yaml", BASE_CONFIG)], tmp_path)
+    for args in (["audit", "export", "--workspace", "acme", "--since", "yesterday"],
+                 ["audit", "export", "--workspace", "acme", "--format", "xml"],
+                 ["audit", "export", "--workspace", "x" * 100_000],
+                 ["audit", "export", "--workspace", ""],
+                 ["audit", "verify", "--workspace", "../../etc"]):
+        r = run(args, tmp_path)
+        assert r.returncode == 2, (args[:4], r.returncode, r.stderr[-300:])
+        assert "Traceback" not in r.stderr
+
+
+def test_tampering_is_detected_by_verify(tmp_path):
+    import sqlite3
+
+    assert run(["db", "upgrade"], tmp_path).returncode == 0
+    run(["apply", write(tmp_path, "good.yaml", BASE_CONFIG)], tmp_path)
+    con = sqlite3.connect(tmp_path / "cli.db")
+    con.execute("UPDATE audit_events SET actor_email = 'someone-else' WHERE seq = 1")
+    con.commit()
+    con.close()
+    r = run(["audit", "verify"], tmp_path)
+    assert r.returncode == 1 and "TAMPERED" in r.stderr
