@@ -9,17 +9,16 @@ import email.utils
 import logging
 import os
 import re
-import secrets
 import smtplib
 import ssl
-import tempfile
-import time
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import jinja2
+
+from idp.outbox import write_message
 
 log = logging.getLogger("idhub.mail")
 
@@ -86,23 +85,10 @@ class OutboxTransport:
         return f"OutboxTransport({str(self.directory)!r})"
 
     def deliver(self, msg: EmailMessage) -> Path:
-        name = f"{time.time_ns():020d}-{secrets.token_hex(4)}.eml"
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".eml", dir=self.directory)  # mode 0600
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(msg.as_bytes())
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                final = self.directory / name
-                os.replace(tmp, final)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            return write_message(self.directory, ".eml", msg.as_bytes())
         except OSError as exc:
             raise MailError(f"cannot write to the outbox {self.directory} ({type(exc).__name__})") from None
-        return final
 
 
 class Mailer:

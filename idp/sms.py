@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
+
+from idp.outbox import write_message
 
 log = logging.getLogger("idhub.sms")
 
@@ -85,24 +84,11 @@ class OutboxSms:
         return f"OutboxSms({str(self.directory)!r})"
 
     def send(self, to: str, message: str) -> Path:
-        name = f"{time.time_ns():020d}-{secrets.token_hex(4)}.sms.json"
         data = json.dumps({"to": to, "message": message}).encode()
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".sms", dir=self.directory)  # mode 0600
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                final = self.directory / name
-                os.replace(tmp, final)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            return write_message(self.directory, ".sms.json", data)
         except OSError as exc:
             raise SmsError(f"cannot write to the outbox {self.directory} ({type(exc).__name__})") from None
-        return final
 
 
 def make_sms_sender(settings: Any) -> WebhookSms | OutboxSms:

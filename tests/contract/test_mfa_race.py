@@ -4,7 +4,6 @@ submissions of one TOTP code, exactly one succeeds (each is a single conditional
 from __future__ import annotations
 
 import re
-import threading
 import uuid
 from datetime import UTC, datetime
 
@@ -17,33 +16,13 @@ from idp.mfa import MfaService, SecretBox
 from idp.mfa.models import MfaTotp
 from idp.models import User, Workspace
 from idp.storage.sql import SqlOneTimeStore, SqlThrottleStore
+from tests.helpers.concurrency import parallel
 from tests.services import drop_postgres, postgres_url
 
 THREADS = 16
 NOW = datetime(2030, 1, 1, 12, 0, 10, tzinfo=UTC)
 
 
-def parallel(n: int, fn) -> list:
-    """Run ``fn()`` in ``n`` threads released together; returns the results (re-raises errors)."""
-    barrier = threading.Barrier(n)
-    results: list = [None] * n
-    errors: list = []
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = fn()
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    if errors:
-        raise errors[0]
-    return results
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

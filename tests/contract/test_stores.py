@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -17,33 +16,10 @@ from idp.storage import factory
 from idp.storage.base import Backoff, SessionData, StoreUnavailable
 from idp.storage.redis_store import CachedSessionStore, RedisFlowStore, RedisOneTimeStore, RedisThrottleStore
 from idp.storage.sql import SqlFlowStore, SqlOneTimeStore, SqlSessionStore, SqlThrottleStore
+from tests.helpers.concurrency import parallel
 from tests.services import free_port, start_private_redis
 
 from .conftest import make_session_backend
-
-
-def parallel(n: int, fn) -> list:
-    """Run ``fn()`` in ``n`` threads released together; returns the results (re-raises errors)."""
-    barrier = threading.Barrier(n)
-    results: list = [None] * n
-    errors: list = []
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = fn()
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    if errors:
-        raise errors[0]
-    return results
-
 
 # --- one-time values ---------------------------------------------------------------------------
 
