@@ -141,7 +141,7 @@ class FlowManager:
         self.store.delete(flow.id)
 
 
-def identify(flow: LoginFlow, email: str) -> tuple[str | None, str]:
+def identify(email: str) -> tuple[str | None, str]:
     """Validate the identifier step. Returns (error, cleaned email).
 
     The answer never depends on whether the account exists (no user enumeration); home-realm

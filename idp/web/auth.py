@@ -64,7 +64,7 @@ def login(ws_slug):
                                notice=notice, app=app)
     check_csrf()
     email = _field("email")
-    error, cleaned = identify(None, email)
+    error, cleaned = identify(email)
     if error:
         return render_template("login.html", ws=ws, next=nxt, email=cleaned, error=error, app=app), 400
     # e.g. the IP allowlist, before any password is tried
@@ -169,7 +169,7 @@ def forgot(ws_slug):
         return render_template("forgot.html", ws=ws, email=request.args.get("email", "")[:254])
     check_csrf()
     email = _field("email")
-    error, cleaned = identify(None, email)
+    error, cleaned = identify(email)
     if error:
         return render_template("forgot.html", ws=ws, email=cleaned, error=error), 400
     hub().request_reset(ws, cleaned, current_client())
@@ -205,5 +205,4 @@ def not_me(ws_slug, token):
     check_csrf()
     hub().secure_account(ws, token, current_client())
     g.session = None
-    resp = render_template("not_me.html", ws=ws, done=True, email=user.email)
-    return resp
+    return render_template("not_me.html", ws=ws, done=True, email=user.email)
