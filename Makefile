@@ -45,8 +45,11 @@ test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# Sign-in vs argon2id (bench/signin.py) and policy/TOTP vs one hash (bench/policy_totp.py); see bench/README.md.
+# Needs PostgreSQL on 127.0.0.1:5432 for the TOTP row; BENCH_ARGS are passed to bench/signin.py.
 bench: install-test
-	$(BIN)/python bench/signin.py
+	$(BIN)/python bench/signin.py $(BENCH_ARGS)
+	$(BIN)/python bench/policy_totp.py
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

@@ -109,3 +109,19 @@ def test_session_stage_records_only_denials():
 def test_rules_are_independent_objects():
     assert IpAllowlist().evaluate(ctx()) is None
     assert SecondFactor().evaluate(ctx(stage="session", policies={"require_mfa": True})) is None
+
+
+def test_address_check_before_the_user_is_known_records_only_denials():
+    seen = []
+    engine = PolicyEngine(record=lambda d, c: seen.append(d.effect))
+    engine.evaluate(ctx(user_id=None))
+    engine.evaluate(ctx(user_id=None, policies={"ip_allowlist": ["192.0.2.0/24"]}))
+    engine.evaluate(ctx())
+    assert seen == ["deny", "allow"]
+
+
+def test_allowlist_parsing_is_cached_but_lists_stay_independent():
+    from policies.engine import parse_allowlist
+
+    assert parse_allowlist(["192.0.2.0/24"]) is parse_allowlist(["192.0.2.0/24"])
+    assert parse_allowlist(["198.51.100.0/24"]) != parse_allowlist(["192.0.2.0/24"])
