@@ -18,7 +18,7 @@ from idp.audit import AuditEvent
 from tests.conftest import ALICE, ALICE_PW, BASE_CONFIG, Browser, make_app, make_settings
 
 FIREFOX = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Firefox/128.0"
-SECRET_RE = re.compile(r"data-secret>([A-Z2-7]+)<")
+SECRET_RE = re.compile(r"data-secret>([A-Z2-7 ]+)<")
 CODE_RE = re.compile(r"<li><code>([^<]+)</code></li>")
 
 
@@ -49,7 +49,7 @@ def enable_totp(b: Browser, hub) -> tuple[pyotp.TOTP, list[str]]:
     assert r.status_code == 200
     page = text(r)
     assert "<svg" in page and "Verification code" in page
-    secret = SECRET_RE.search(page)[1]
+    secret = SECRET_RE.search(page)[1].replace(" ", "")
     totp = pyotp.TOTP(secret)
     r = b.post("/w/acme/settings/security/2fa/totp", {"action": "verify", "code": totp.at(hub.clock()),
                                                       "csrf_token": b.csrf(page)})
@@ -243,7 +243,7 @@ def test_require_mfa_forces_enrolment_before_anything_else(tmp_path):
     assert "/login/enroll" in r.headers["Location"]
     assert b.security().status_code == 302  # not signed in yet
     page = text(b.get(r.headers["Location"]))
-    secret = SECRET_RE.search(page)[1]
+    secret = SECRET_RE.search(page)[1].replace(" ", "")
     loc = r.headers["Location"]
     r = b.post(loc, {"action": "verify", "code": pyotp.TOTP(secret).at(hub.clock()), "csrf_token": b.csrf(page)})
     assert r.status_code == 200 and len(CODE_RE.findall(text(r))) == 10
