@@ -189,6 +189,17 @@ def _apps(v: Validator, raw, path: str) -> list[dict]:
                     v.url(u, f"{p}.{key}[{j}]")
             if app.get("backchannel_logout_uri") is not None:
                 v.url(app["backchannel_logout_uri"], f"{p}.backchannel_logout_uri")
+            method = app.get("token_endpoint_auth_method")
+            if method is not None and method not in ("client_secret_basic", "client_secret_post", "none"):
+                v.err(f"{p}.token_endpoint_auth_method", "must be client_secret_basic, client_secret_post or none")
+            if method == "none" and app.get("client_secret"):
+                v.err(f"{p}.client_secret", "a public client (token_endpoint_auth_method: none) has no secret")
+            for j, sc in enumerate(v.seq(app.get("scopes"), f"{p}.scopes")):
+                if sc not in ("openid", "profile", "email", "groups", "offline_access"):
+                    v.err(f"{p}.scopes[{j}]", "must be one of openid, profile, email, groups, offline_access")
+            secret = app.get("client_secret")
+            if secret is not None and (not isinstance(secret, str) or len(secret) < 32):
+                v.err(f"{p}.client_secret", "must be a string of at least 32 characters (use a random value)")
             for j, gt in enumerate(v.seq(app.get("grant_types"), f"{p}.grant_types")):
                 if gt not in ("authorization_code", "refresh_token", "client_credentials"):
                     v.err(f"{p}.grant_types[{j}]", "must be authorization_code, refresh_token or client_credentials")
@@ -384,5 +395,8 @@ def apply(db: Session, workspaces: list[dict], hasher: passwords.Hasher) -> Appl
             if have - wanted:
                 db.execute(delete(GroupMember).where(GroupMember.user_id == user.id,
                                                      GroupMember.group_id.in_(have - wanted)))
+        from oidc.config import apply_oidc_apps
+
+        apply_oidc_apps(db, ws, w["apps"])
         report.updated.append(f"workspace {w['slug']}")
     return report

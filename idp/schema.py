@@ -16,6 +16,7 @@ def import_all_models() -> None:
     import idp.mfa.models  # noqa: F401
     import idp.models  # noqa: F401
     import idp.storage.sql  # noqa: F401
+    import oidc.models  # noqa: F401
 
 
 def alembic_config(url: str) -> Config:

@@ -1,0 +1,23 @@
+"""OpenID Connect: the downstream provider (``oidc.provider``, ``oidc.web``) for the workspace's apps."""
+
+from __future__ import annotations
+
+
+def install(hub):
+    """Give the hub its OIDC service, the per-app policy look-up and the back-channel logout listener. Idempotent."""
+    if getattr(hub, "oidc", None) is not None:
+        return hub.oidc
+    from idp.app import derive_key
+    from idp.mfa.crypto import SecretBox
+    from oidc.backchannel import BackchannelLogout
+    from oidc.backchannel import install as install_backchannel
+    from oidc.config import app_policy_lookup
+    from oidc.provider import OidcService
+
+    svc = OidcService(hub, SecretBox(hub.settings.secret_key, "oidc-keys"),
+                      derive_key(hub.settings.secret_key, "oidc-sid"))
+    hub.oidc = svc
+    hub.app_policy_lookups.append(app_policy_lookup(hub))
+    svc.backchannel = BackchannelLogout(svc)
+    install_backchannel(hub, svc.backchannel)
+    return svc

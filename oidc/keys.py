@@ -1,0 +1,103 @@
+"""Signing keys of the OIDC provider, per workspace: created on first use, private keys sealed at rest,
+rotated with an overlap during which the old public key stays in the JWKS."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+from joserfc import jwk
+from joserfc.jwk import ECKey, KeySet, RSAKey
+from sqlalchemy import or_, select
+
+from oidc.models import OidcKey
+
+ALGORITHMS = ("RS256", "ES256")  # the only algorithms we sign with and accept
+DEFAULT_ALG = "RS256"
+DEFAULT_OVERLAP = timedelta(days=2)  # longer than any token we sign lives (id_token 1 h, logout token 2 min)
+
+
+def _generate(alg: str):
+    if alg == "RS256":
+        return RSAKey.generate_key(2048, private=True, auto_kid=True)
+    if alg == "ES256":
+        return ECKey.generate_key("P-256", private=True, auto_kid=True)
+    raise ValueError(f"unsupported signing algorithm {alg!r}")
+
+
+class KeyStore:
+    """Reads and creates keys through a sessionmaker; imported private keys are cached per kid."""
+
+    def __init__(self, db, box, clock):
+        self.db = db
+        self.box = box
+        self.clock = clock
+        self._private: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    # ---- public side ------------------------------------------------------------------------------
+    def published(self, workspace_id: str) -> list[OidcKey]:
+        now = self.clock()
+        with self.db() as db:
+            rows = db.scalars(select(OidcKey).where(
+                OidcKey.workspace_id == workspace_id,
+                or_(OidcKey.expires_at.is_(None), OidcKey.expires_at > now),
+            ).order_by(OidcKey.created_at.desc())).all()
+        return list(rows)
+
+    def jwks(self, workspace_id: str) -> dict:
+        self.signing_key(workspace_id)  # the JWKS is never empty: the first key is made on first use
+        keys = []
+        for row in self.published(workspace_id):
+            d = dict(row.public_jwk)
+            d.update({"kid": row.kid, "alg": row.alg, "use": "sig"})
+            keys.append(d)
+        return {"keys": keys}
+
+    def verification_keys(self, workspace_id: str) -> KeySet:
+        """The workspace's published public keys (never a symmetric key: HS256 with them cannot verify)."""
+        return KeySet([jwk.import_key({**row.public_jwk, "kid": row.kid}) for row in self.published(workspace_id)])
+
+    # ---- private side -----------------------------------------------------------------------------
+    def signing_key(self, workspace_id: str, alg: str = DEFAULT_ALG):
+        """(kid, private key) of the newest non-retired key of ``alg``; one is created on first use."""
+        now = self.clock()
+        with self.db() as db:
+            row = db.scalars(select(OidcKey).where(
+                OidcKey.workspace_id == workspace_id, OidcKey.alg == alg, OidcKey.retired_at.is_(None),
+            ).order_by(OidcKey.created_at.desc()).limit(1)).first()
+            if row is None:
+                row = self._create(db, workspace_id, alg, now)
+                db.commit()
+        return row.kid, self._load_private(row)
+
+    def _create(self, db, workspace_id: str, alg: str, now: datetime) -> OidcKey:
+        key = _generate(alg)
+        kid = key.kid or key.thumbprint()
+        row = OidcKey(kid=kid, workspace_id=workspace_id, alg=alg, public_jwk=key.as_dict(private=False),
+                      private_enc=self.box.encrypt(key.as_pem(private=True).decode()), created_at=now)
+        db.add(row)
+        db.flush()
+        self._private[kid] = key
+        return row
+
+    def _load_private(self, row: OidcKey):
+        with self._lock:
+            key = self._private.get(row.kid)
+            if key is None:
+                pem = self.box.decrypt(row.private_enc)
+                key = jwk.import_key(pem, "RSA" if row.alg == "RS256" else "EC", {"kid": row.kid})
+                self._private[row.kid] = key
+        return key
+
+    def rotate(self, workspace_id: str, alg: str = DEFAULT_ALG, overlap: timedelta = DEFAULT_OVERLAP) -> str:
+        """Make a new signing key; older keys of ``alg`` stop signing now and leave the JWKS after ``overlap``."""
+        now = self.clock()
+        with self.db() as db:
+            for old in db.scalars(select(OidcKey).where(OidcKey.workspace_id == workspace_id, OidcKey.alg == alg,
+                                                        OidcKey.retired_at.is_(None))):
+                old.retired_at = now
+                old.expires_at = now + overlap
+            row = self._create(db, workspace_id, alg, now + timedelta(microseconds=1))
+            db.commit()
+        return row.kid

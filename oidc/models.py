@@ -1,0 +1,116 @@
+"""Tables of the downstream OpenID Connect provider: clients, signing keys, codes, tokens."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from idp.db import Base
+from idp.models import UTCDateTime, new_id, utcnow
+
+
+class OidcClient(Base):
+    """A downstream app (``apps`` entry with ``protocol: oidc``). The secret is stored only as its SHA-256."""
+
+    __tablename__ = "oidc_clients"
+    __table_args__ = (UniqueConstraint("workspace_id", "client_id", name="uq_oidc_clients_workspace_client"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    client_id: Mapped[str] = mapped_column(String(128))
+    slug: Mapped[str] = mapped_column(String(63), default="")
+    name: Mapped[str] = mapped_column(String(200), default="")
+    secret_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    token_endpoint_auth_method: Mapped[str] = mapped_column(String(40), default="none")
+    redirect_uris: Mapped[list] = mapped_column(JSON, default=list)
+    post_logout_redirect_uris: Mapped[list] = mapped_column(JSON, default=list)
+    backchannel_logout_uri: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    grant_types: Mapped[list] = mapped_column(JSON, default=list)
+    scopes: Mapped[list] = mapped_column(JSON, default=list)
+    require_mfa: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class OidcKey(Base):
+    """A signing key of a workspace. ``private_enc`` is the PEM private key sealed with SecretBox("oidc-keys").
+
+    A key signs until ``retired_at``; it stays in the JWKS until ``expires_at`` (the rotation overlap).
+    """
+
+    __tablename__ = "oidc_keys"
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    alg: Mapped[str] = mapped_column(String(10))
+    public_jwk: Mapped[dict] = mapped_column(JSON)
+    private_enc: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class OidcCode(Base):
+    """An authorization code: 256 random bits, stored as SHA-256, single use (``used_at``), 60 seconds."""
+
+    __tablename__ = "oidc_codes"
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    client_id: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(String(64))
+    redirect_uri: Mapped[str] = mapped_column(String(2048))
+    scope: Mapped[str] = mapped_column(String(1000), default="")
+    nonce: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    code_challenge_method: Mapped[str] = mapped_column(String(10), default="S256")
+    auth_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    amr: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    def get_redirect_uri(self) -> str:  # authlib's AuthorizationCodeMixin
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.scope
+
+
+class OidcRefreshToken(Base):
+    """An opaque refresh token (stored as SHA-256). Rotation: each use marks it used and issues the next one of
+    the same ``family_id``; presenting a used one again revokes the whole family."""
+
+    __tablename__ = "oidc_refresh_tokens"
+    __table_args__ = (Index("ix_oidc_refresh_tokens_family", "family_id"),)
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    family_id: Mapped[str] = mapped_column(String(64))  # the hash of the code that started the grant
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    client_id: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    scope: Mapped[str] = mapped_column(String(1000), default="")
+    auth_time: Mapped[datetime] = mapped_column(UTCDateTime())
+    amr: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class OidcAccessToken(Base):
+    """The ``jti`` of every JWT access token issued, so that it can be revoked and introspected.
+
+    ``family_id`` is the grant it belongs to (the code's hash for the first issue, then the refresh family)."""
+
+    __tablename__ = "oidc_access_tokens"
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    family_id: Mapped[str] = mapped_column(String(64), index=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    client_id: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    session_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    scope: Mapped[str] = mapped_column(String(1000), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

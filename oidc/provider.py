@@ -1,0 +1,919 @@
+"""The downstream OpenID Connect provider: authlib's authorization server, grants and endpoints, in plain Python.
+
+The web layer (``oidc/web.py``) turns a Flask request into an ``HttpRequest`` and the answers of this module
+into responses; nothing here imports Flask. One ``OidcService`` lives on the hub; an authlib ``Provider`` is
+made per request, bound to the workspace whose URL was called (so a client id never leaks across workspaces).
+
+Choices (see docs in the module docstrings below and the report):
+- PKCE S256 is required of every client at the authorization endpoint; ``plain`` and a missing method are refused.
+- Codes: 256-bit, SHA-256 at rest, 60 s, consumed by one conditional UPDATE; a reused code revokes its tokens.
+- Access tokens: RFC 9068 JWTs (5 minutes) whose ``jti`` is recorded (revocation, introspection).
+- Refresh tokens: opaque, SHA-256 at rest, rotated at every use; a replayed one revokes its whole family.
+  They are bound to the idhub browser session that signed the user in (``offline_access`` included): when the
+  session ends (sign-out, End, password or 2FA change, "This wasn't me"), the app's refresh stops working.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from urllib.parse import urlencode, urlsplit
+
+from authlib.oauth2.rfc6749 import AuthorizationServer, ClientMixin, OAuth2Payload, OAuth2Request
+from authlib.oauth2.rfc6749 import grants as oauth_grants
+from authlib.oauth2.rfc6749.errors import (
+    AccessDeniedError,
+    InvalidClientError,
+    InvalidGrantError,
+    InvalidRequestError,
+    InvalidScopeError,
+    OAuth2Error,
+    UnauthorizedClientError,
+)
+from authlib.oauth2.rfc6749.util import scope_to_list
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from joserfc import jwt
+from joserfc.errors import JoseError
+from sqlalchemy import select, update
+
+from idp.models import Group, GroupMember, User
+from oidc.config import SCOPES, check_secret, find_client
+from oidc.keys import ALGORITHMS, KeyStore
+from oidc.models import OidcAccessToken, OidcClient, OidcCode, OidcRefreshToken
+
+log = logging.getLogger("idhub.oidc")
+
+CODE_TTL = 60
+ACCESS_TTL = 300
+ID_TOKEN_TTL = 3600
+REFRESH_TTL = 30 * 24 * 3600
+MAX_PARAM = 2048
+MAX_TOKEN = 8192
+CHALLENGE_RE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+VERIFIER_RE = CHALLENGE_RE
+AMR_MAP = {"pwd": "pwd", "totp": "otp", "sms": "sms", "backup_codes": "otp", "upstream_mfa": "mfa"}
+SECOND_FACTORS = {"totp", "sms", "backup_codes", "upstream_mfa"}
+ACR_MFA = "urn:idhub:acr:mfa"
+ACR_PWD = "urn:idhub:acr:pwd"
+BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+
+
+def sha256_hex(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def half_hash(value: str) -> str:
+    """``at_hash``: the left half of SHA-256, base64url without padding (RS256/ES256 both use SHA-256)."""
+    digest = hashlib.sha256(value.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
+
+
+def amr_claim(methods) -> list[str]:
+    out = list(dict.fromkeys(AMR_MAP[m] for m in methods if m in AMR_MAP))
+    if SECOND_FACTORS.intersection(methods) and "mfa" not in out:
+        out.append("mfa")
+    return out
+
+
+def acr_claim(methods) -> str:
+    return ACR_MFA if SECOND_FACTORS.intersection(methods) else ACR_PWD
+
+
+def _ts(dt: datetime) -> int:
+    return int(dt.timestamp())
+
+
+# ---- requests --------------------------------------------------------------------------------------------
+@dataclass
+class HttpRequest:
+    """What the provider needs of an HTTP request (the web layer fills it in)."""
+
+    method: str
+    path: str  # path + query string, as received (for the sign-in ``next``)
+    args: object  # MultiDict-like: .get, .getlist, iteration over keys
+    form: object
+    headers: dict = field(default_factory=dict)
+
+
+@dataclass
+class Answer:
+    """An HTTP answer: JSON ``body`` (dict), a ``location`` to redirect to, or an HTML error ``page``."""
+
+    status: int
+    body: dict | None = None
+    headers: list = field(default_factory=list)
+    location: str | None = None
+    page: tuple[str, str] | None = None  # (title, message) for an error page: nothing trusted to redirect to
+
+
+class _Payload(OAuth2Payload):
+    def __init__(self, values):
+        self._values = values
+
+    @property
+    def data(self):
+        return {k: self._values.get(k) for k in self._values}
+
+    @property
+    def datalist(self):
+        return {k: list(self._values.getlist(k)) for k in self._values}
+
+
+class _Request(OAuth2Request):
+    def __init__(self, req: HttpRequest, uri: str):
+        super().__init__(method=req.method, uri=uri, headers=req.headers)
+        self._req = req
+        self.payload = _Payload(req.form if req.method == "POST" else req.args)
+        self.idhub: dict = {}
+
+    @property
+    def args(self):
+        return self._req.args
+
+    @property
+    def form(self):
+        return self._req.form
+
+
+# ---- the client model -------------------------------------------------------------------------------------
+class Client(ClientMixin):
+    def __init__(self, row: OidcClient):
+        self.row = row
+        self.client_id = row.client_id
+
+    def get_client_id(self):
+        return self.row.client_id
+
+    def get_default_redirect_uri(self):
+        return None  # redirect_uri is always required: never guess where to send a code or an error
+
+    def get_allowed_scope(self, scope):
+        if not scope:
+            return ""
+        allowed = set(self.row.scopes or SCOPES)
+        return " ".join(s for s in scope_to_list(scope) if s in allowed)
+
+    def check_redirect_uri(self, redirect_uri):
+        # Exact string equality, no normalisation at all (no case folding, no trailing-slash or port games).
+        return isinstance(redirect_uri, str) and any(
+            hmac.compare_digest(redirect_uri.encode("utf-8", "surrogatepass"), u.encode()) for u in
+            (self.row.redirect_uris or []))
+
+    def check_post_logout_redirect_uri(self, uri: str) -> bool:
+        return isinstance(uri, str) and uri in (self.row.post_logout_redirect_uris or [])
+
+    def check_client_secret(self, client_secret):
+        return check_secret(self.row.secret_hash, client_secret)
+
+    def check_endpoint_auth_method(self, method, endpoint):
+        if endpoint == "introspection" and method == "none":
+            return False
+        return method in self.row.token_endpoint_auth_method.split(",")
+
+    def check_response_type(self, response_type):
+        return response_type == "code" and "authorization_code" in (self.row.grant_types or [])
+
+    def check_grant_type(self, grant_type):
+        return grant_type in (self.row.grant_types or [])
+
+
+# ---- PKCE: S256 only, always required ---------------------------------------------------------------------
+class StrictPKCE:
+    """Replaces authlib's ``CodeChallenge`` whose defaults are unsafe (optional PKCE, ``plain``, missing = plain)."""
+
+    def __call__(self, grant):
+        grant.register_hook("after_validate_authorization_request_payload", self.validate_code_challenge)
+        grant.register_hook("after_validate_token_request", self.validate_code_verifier)
+
+    @staticmethod
+    def validate_code_challenge(grant, redirect_uri):
+        datalist = grant.request.payload.datalist
+        for name in ("code_challenge", "code_challenge_method", "nonce", "prompt", "max_age"):
+            if len(datalist.get(name, [])) > 1:
+                raise InvalidRequestError(f"Multiple '{name}' in request.")
+        data = grant.request.payload.data
+        challenge, method = data.get("code_challenge"), data.get("code_challenge_method")
+        if not challenge:
+            raise InvalidRequestError("PKCE is required: send code_challenge with code_challenge_method=S256.")
+        if method != "S256":
+            raise InvalidRequestError("Only code_challenge_method=S256 is supported.")
+        if not CHALLENGE_RE.match(challenge):
+            raise InvalidRequestError("Invalid 'code_challenge'.")
+
+    @staticmethod
+    def validate_code_verifier(grant, result):
+        verifier = grant.request.form.get("code_verifier")
+        code: OidcCode = grant.request.authorization_code
+        if not verifier or not isinstance(verifier, str) or not VERIFIER_RE.match(verifier):
+            raise InvalidGrantError("Missing or invalid 'code_verifier'.")
+        expected = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        if code.code_challenge_method != "S256" or not hmac.compare_digest(expected, code.code_challenge):
+            raise InvalidGrantError("Code verifier does not match the code challenge.")
+
+
+# ---- grants -----------------------------------------------------------------------------------------------
+CLIENT_AUTH = ["client_secret_basic", "client_secret_post", "none"]
+
+
+class AuthorizationCodeGrant(oauth_grants.AuthorizationCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH
+
+    def generate_authorization_code(self):
+        return secrets.token_urlsafe(32)  # 256 bits
+
+    def save_authorization_code(self, code, request):
+        svc: OidcService = self.server.svc
+        info = request.idhub
+        now = svc.hub.clock()
+        data = request.payload.data
+        with svc.hub.db() as db:
+            db.add(OidcCode(code_hash=sha256_hex(code), workspace_id=self.server.ws.id,
+                            client_id=request.client.client_id, user_id=info["user_id"],
+                            session_id=info["session_id"], redirect_uri=request.payload.redirect_uri,
+                            scope=request.scope or "", nonce=data.get("nonce") or None,
+                            code_challenge=data["code_challenge"], code_challenge_method="S256",
+                            auth_time=info["auth_time"], amr=list(info["amr"]), created_at=now,
+                            expires_at=now + timedelta(seconds=CODE_TTL)))
+            db.commit()
+
+    def query_authorization_code(self, code, client):
+        """Consume the code atomically: of parallel redemptions exactly one wins; a replay revokes its tokens."""
+        if not isinstance(code, str) or len(code) > 256:
+            return None
+        svc: OidcService = self.server.svc
+        h = sha256_hex(code)
+        now = svc.hub.clock()
+        ws_id = self.server.ws.id
+        with svc.hub.db() as db:
+            res = db.execute(update(OidcCode).where(
+                OidcCode.code_hash == h, OidcCode.workspace_id == ws_id, OidcCode.client_id == client.client_id,
+                OidcCode.used_at.is_(None), OidcCode.expires_at > now,
+            ).values(used_at=now))
+            if res.rowcount == 1:
+                db.commit()
+                return db.get(OidcCode, h)
+            db.rollback()
+            row = db.get(OidcCode, h)
+        if row is not None and row.workspace_id == ws_id and row.client_id == client.client_id \
+                and row.used_at is not None:
+            svc.revoke_family(ws_id, h, reason="code_reuse")
+            svc.audit("oidc.code.reused", ws_id, actor_id=row.user_id, client_id=client.client_id)
+        return None
+
+    def delete_authorization_code(self, authorization_code):
+        pass  # consumed in query_authorization_code
+
+    def authenticate_user(self, authorization_code):
+        return self.server.svc.active_user(authorization_code.user_id, authorization_code.session_id,
+                                           self.server.ws.id)
+
+    def create_token_response(self):
+        code: OidcCode = self.request.authorization_code
+        client: Client = self.request.client
+        user = self.authenticate_user(code)
+        if user is None:
+            raise InvalidGrantError("The sign-in behind this code has ended.")
+        token = self.server.svc.issue(
+            self.server.ws, client, user, code.scope, family_id=code.code_hash, session_id=code.session_id,
+            auth_time=code.auth_time, amr=code.amr, nonce=code.nonce,
+            refresh="offline_access" in scope_to_list(code.scope) and client.check_grant_type("refresh_token"),
+        )
+        return 200, token, self.TOKEN_RESPONSE_HEADER
+
+
+class RefreshTokenGrant(oauth_grants.RefreshTokenGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def validate_token_request(self):
+        client = self.authenticate_token_endpoint_client()
+        if not client.check_grant_type(self.GRANT_TYPE):
+            raise UnauthorizedClientError("The client is not allowed to use grant_type=refresh_token.")
+        self.request.client = client
+        presented = self.request.form.get("refresh_token")
+        if not presented or not isinstance(presented, str) or len(presented) > 256:
+            raise InvalidRequestError("Missing 'refresh_token' in request.")
+        svc: OidcService = self.server.svc
+        self.request.refresh_token = svc.consume_refresh(self.server.ws.id, client.client_id, presented)
+        row = self.request.refresh_token
+        scope = self.request.payload.scope
+        if scope and not set(scope_to_list(scope)).issubset(scope_to_list(row.scope)):
+            raise InvalidScopeError()
+        self.request.idhub["scope"] = scope or row.scope
+
+    def create_token_response(self):
+        svc: OidcService = self.server.svc
+        row: OidcRefreshToken = self.request.refresh_token
+        client: Client = self.request.client
+        ws = self.server.ws
+        user = svc.active_user(row.user_id, row.session_id, ws.id)
+        if user is None:
+            svc.revoke_family(ws.id, row.family_id, reason="session_ended")
+            raise InvalidGrantError("The sign-in behind this token has ended.")
+        decision = svc.hub.decide(ws, self.server.http_client, user_id=user.id, methods=row.amr,
+                                  app=client.client_id, app_policies=svc.hub.app_policies(ws, client.client_id))
+        if decision.effect != "allow":
+            raise InvalidGrantError("Access is not allowed by the workspace's policies. Sign in again.")
+        token = svc.issue(ws, client, user, self.request.idhub["scope"], family_id=row.family_id,
+                          session_id=row.session_id, auth_time=row.auth_time, amr=row.amr, nonce=None,
+                          refresh=True)
+        return 200, token, self.TOKEN_RESPONSE_HEADER
+
+
+class ClientCredentialsGrant(oauth_grants.ClientCredentialsGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def create_token_response(self):
+        client: Client = self.request.client
+        scope = " ".join(s for s in scope_to_list(self.request.payload.scope or "")
+                         if s not in ("openid", "offline_access", "profile", "email", "groups"))
+        token = self.server.svc.issue(self.server.ws, client, None, scope, family_id="cc:" + uuid.uuid4().hex,
+                                      session_id=None, auth_time=None, amr=(), nonce=None, refresh=False)
+        return 200, token, self.TOKEN_RESPONSE_HEADER
+
+
+# ---- revocation and introspection ---------------------------------------------------------------------------
+@dataclass
+class TokenRef:
+    kind: str  # access_token | refresh_token
+    client_id: str
+    family_id: str
+    expires_at: datetime
+    revoked: bool
+    key: str  # jti or refresh hash
+    claims: dict = field(default_factory=dict)
+    now: datetime | None = None
+    user_id: str | None = None
+    scope: str = ""
+
+    def check_client(self, client):
+        return hmac.compare_digest(self.client_id.encode(), client.client_id.encode())
+
+    def is_expired(self):
+        return self.expires_at <= self.now
+
+    def is_revoked(self):
+        return self.revoked
+
+
+class Revocation(RevocationEndpoint):
+    CLIENT_AUTH_METHODS = CLIENT_AUTH
+
+    def query_token(self, token_string, token_type_hint):
+        return self.server.svc.find_token(self.server.ws.id, token_string, token_type_hint)
+
+    def authenticate_token(self, request, client):
+        self.check_params(request, client)
+        token = self.query_token(request.form["token"], request.form.get("token_type_hint"))
+        # A token of another client is not revealed: answered like an unknown one (RFC 7009 2.2).
+        return token if token and token.check_client(client) else None
+
+    def revoke_token(self, token: TokenRef, request):
+        svc: OidcService = self.server.svc
+        if token.kind == "refresh_token":
+            svc.revoke_family(self.server.ws.id, token.family_id, reason="revoked_by_client")
+        else:
+            with svc.hub.db() as db:
+                db.execute(update(OidcAccessToken).where(OidcAccessToken.jti == token.key,
+                                                         OidcAccessToken.revoked_at.is_(None))
+                           .values(revoked_at=svc.hub.clock()))
+                db.commit()
+
+
+class Introspection(IntrospectionEndpoint):
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def query_token(self, token_string, token_type_hint):
+        return self.server.svc.find_token(self.server.ws.id, token_string, token_type_hint)
+
+    def authenticate_token(self, request, client):
+        self.check_params(request, client)
+        token = self.query_token(request.form["token"], request.form.get("token_type_hint"))
+        # Only the client a token was issued to may introspect it; others learn nothing ("active": false).
+        return token if token and self.check_permission(token, client, request) else None
+
+    def check_permission(self, token, client, request):
+        return token.check_client(client)
+
+    def introspect_token(self, token: TokenRef):
+        svc: OidcService = self.server.svc
+        if token.user_id and not svc.token_user_active(token, self.server.ws.id):
+            return {"active": False}
+        out = {"active": True, "client_id": token.client_id, "token_type": token.kind, "scope": token.scope,
+               "exp": _ts(token.expires_at), "iss": svc.issuer(self.server.ws)}
+        if token.user_id:
+            out["sub"] = token.user_id
+        if token.kind == "access_token":
+            out.update({k: token.claims[k] for k in ("iat", "jti", "aud", "sid") if k in token.claims})
+            out["token_type"] = "Bearer"
+        return out
+
+
+# ---- the authorization server ---------------------------------------------------------------------------------
+class Provider(AuthorizationServer):
+    def __init__(self, svc: OidcService, ws, http_client):
+        super().__init__(scopes_supported=list(SCOPES))
+        self.svc = svc
+        self.ws = ws
+        self.http_client = http_client
+        self.register_grant(AuthorizationCodeGrant, [StrictPKCE()])
+        self.register_grant(RefreshTokenGrant)
+        self.register_grant(ClientCredentialsGrant)
+        self.register_endpoint(Revocation)
+        self.register_endpoint(Introspection)
+
+    def query_client(self, client_id):
+        if not isinstance(client_id, str) or not client_id or len(client_id) > 128:
+            return None
+        with self.svc.hub.db() as db:
+            row = find_client(db, self.ws.id, client_id)
+        return Client(row) if row else None
+
+    def save_token(self, token, request):
+        raise NotImplementedError  # every grant issues through OidcService.issue
+
+    def send_signal(self, name, *args, **kwargs):
+        pass
+
+    def create_oauth2_request(self, request):
+        return request
+
+    def handle_response(self, status, body, headers):
+        return Answer(status, body if isinstance(body, dict) else ({} if not body else {"body": body}),
+                      list(headers or []))
+
+
+# ---- the service ----------------------------------------------------------------------------------------------
+class OidcService:
+    def __init__(self, hub, box, sid_key: str):
+        self.hub = hub
+        self.keys = KeyStore(hub.db, box, lambda: hub.clock())
+        self._sid_key = sid_key.encode()
+
+    # -- names and metadata --
+    def issuer(self, ws) -> str:
+        return self.hub.url(f"/w/{ws.slug}")
+
+    def endpoint(self, ws, name: str) -> str:
+        return self.hub.url(f"/w/{ws.slug}/oauth2/{name}")
+
+    def sid(self, session_id: str) -> str:
+        """The OIDC ``sid`` of an idhub session: an HMAC of its (hashed) id, so it reveals nothing."""
+        return hmac.new(self._sid_key, session_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def discovery(self, ws) -> dict:
+        return {
+            "issuer": self.issuer(ws),
+            "authorization_endpoint": self.endpoint(ws, "authorize"),
+            "token_endpoint": self.endpoint(ws, "token"),
+            "userinfo_endpoint": self.endpoint(ws, "userinfo"),
+            "jwks_uri": self.endpoint(ws, "jwks"),
+            "revocation_endpoint": self.endpoint(ws, "revoke"),
+            "introspection_endpoint": self.endpoint(ws, "introspect"),
+            "end_session_endpoint": self.endpoint(ws, "logout"),
+            "scopes_supported": list(SCOPES),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": list(ALGORITHMS),
+            "token_endpoint_auth_methods_supported": list(CLIENT_AUTH),
+            "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH),
+            "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "code_challenge_methods_supported": ["S256"],
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid",
+                                 "azp", "at_hash", "email", "email_verified", "name", "groups"],
+            "acr_values_supported": [ACR_MFA, ACR_PWD],
+            "prompt_values_supported": ["none", "login", "consent", "select_account"],
+            "authorization_response_iss_parameter_supported": True,
+            "backchannel_logout_supported": True,
+            "backchannel_logout_session_supported": True,
+            "frontchannel_logout_supported": False,
+            "request_parameter_supported": False,
+            "request_uri_parameter_supported": False,
+            "claims_parameter_supported": False,
+        }
+
+    def audit(self, type_: str, ws_id: str, actor_id: str | None = None, client_id: str | None = None, **data):
+        self.hub.audit.record(type_, workspace_id=ws_id, actor_id=actor_id, data={"client": client_id, **data})
+
+    # -- signing and verifying --
+    def sign(self, ws, claims: dict, typ: str = "JWT") -> str:
+        kid, key = self.keys.signing_key(ws.id)
+        return jwt.encode({"alg": "RS256", "kid": kid, "typ": typ}, claims, key, algorithms=["RS256"])
+
+    def verify(self, ws, token: str, typ: str | None = None) -> dict | None:
+        """Claims of a JWT we signed for this workspace, or None. Explicit algorithm allowlist: no ``none``,
+        no HS256 (a symmetric key made of our public key is never a candidate), no embedded ``jwk``/``jku``."""
+        if not isinstance(token, str) or len(token) > MAX_TOKEN or token.count(".") != 2:
+            return None
+        try:
+            header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "==="))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(header, dict) or header.get("alg") not in ALGORITHMS or \
+                {"jwk", "jku", "x5u", "x5c", "crit"} & set(header):
+            return None
+        if typ is not None and str(header.get("typ", "")).lower() != typ:
+            return None
+        try:
+            tok = jwt.decode(token, self.keys.verification_keys(ws.id), algorithms=list(ALGORITHMS))
+        except (JoseError, ValueError, TypeError, KeyError):
+            return None
+        claims = tok.claims
+        if claims.get("iss") != self.issuer(ws):
+            return None
+        return claims
+
+    # -- users --
+    def active_user(self, user_id: str | None, session_id: str | None, ws_id: str) -> User | None:
+        """The user, if active, in this workspace, and (for user tokens) the idhub session still active."""
+        if session_id is not None:
+            sess = self.hub.stores.sessions.get(session_id)
+            if sess is None or sess.workspace_id != ws_id or sess.user_id != user_id \
+                    or not sess.is_active(self.hub.clock()):
+                return None
+        with self.hub.db() as db:
+            user = db.get(User, user_id) if user_id else None
+            if user is None or not user.active or user.workspace_id != ws_id:
+                return None
+            return user
+
+    def token_user_active(self, token: TokenRef, ws_id: str) -> bool:
+        session_id = token.claims.get("_session_id")
+        return self.active_user(token.user_id, session_id, ws_id) is not None
+
+    def user_claims(self, user: User, scopes: list[str]) -> dict:
+        out: dict = {}
+        if "email" in scopes:
+            # Accounts are provisioned by the workspace's administrators (config file, SCIM) for their domains.
+            out.update({"email": user.email, "email_verified": True})
+        if "profile" in scopes:
+            out["name"] = user.name or user.email
+        if "groups" in scopes:
+            with self.hub.db() as db:
+                out["groups"] = sorted(db.scalars(select(Group.name).join(GroupMember, GroupMember.group_id ==
+                                                                           Group.id)
+                                                  .where(GroupMember.user_id == user.id)))
+        return out
+
+    # -- issuing --
+    def issue(self, ws, client: Client, user: User | None, scope: str, *, family_id: str, session_id: str | None,
+              auth_time: datetime | None, amr, nonce: str | None, refresh: bool) -> dict:
+        now = self.hub.clock()
+        iss = self.issuer(ws)
+        jti = secrets.token_urlsafe(24)
+        scopes = scope_to_list(scope) or []
+        sub = user.id if user else client.client_id
+        at_claims = {"iss": iss, "sub": sub, "aud": client.client_id, "client_id": client.client_id,
+                     "iat": _ts(now), "exp": _ts(now) + ACCESS_TTL, "jti": jti, "scope": " ".join(scopes)}
+        if user is not None:
+            at_claims.update({"auth_time": _ts(auth_time), "acr": acr_claim(amr), "amr": amr_claim(amr),
+                              "sid": self.sid(session_id)})
+        access = self.sign(ws, at_claims, typ="at+jwt")
+        token = {"access_token": access, "token_type": "Bearer", "expires_in": ACCESS_TTL}
+        if scopes:
+            token["scope"] = " ".join(scopes)
+        with self.hub.db() as db:
+            db.add(OidcAccessToken(jti=jti, family_id=family_id, workspace_id=ws.id, client_id=client.client_id,
+                                   user_id=user.id if user else None, session_id=session_id, scope=" ".join(scopes),
+                                   created_at=now, expires_at=now + timedelta(seconds=ACCESS_TTL)))
+            if refresh and user is not None:
+                rt = secrets.token_urlsafe(32)
+                db.add(OidcRefreshToken(token_hash=sha256_hex(rt), family_id=family_id, workspace_id=ws.id,
+                                        client_id=client.client_id, user_id=user.id, session_id=session_id,
+                                        scope=" ".join(scopes), auth_time=auth_time, amr=list(amr), created_at=now,
+                                        expires_at=now + timedelta(seconds=REFRESH_TTL)))
+                token["refresh_token"] = rt
+            db.commit()
+        if user is not None and "openid" in scopes:
+            id_claims = {"iss": iss, "sub": user.id, "aud": client.client_id, "azp": client.client_id,
+                         "iat": _ts(now), "exp": _ts(now) + ID_TOKEN_TTL, "auth_time": _ts(auth_time),
+                         "acr": acr_claim(amr), "amr": amr_claim(amr), "sid": self.sid(session_id),
+                         "at_hash": half_hash(access)}
+            if nonce:
+                id_claims["nonce"] = nonce
+            id_claims.update(self.user_claims(user, scopes))
+            token["id_token"] = self.sign(ws, id_claims)
+        self.audit("oidc.token.issued", ws.id, actor_id=user.id if user else None, client_id=client.client_id,
+                   refresh=bool(token.get("refresh_token")), scope=" ".join(scopes))
+        return token
+
+    def consume_refresh(self, ws_id: str, client_id: str, presented: str) -> OidcRefreshToken:
+        """Rotate: mark the token used in one conditional UPDATE. A used (or lost-race) token revokes its family."""
+        h = sha256_hex(presented)
+        now = self.hub.clock()
+        with self.hub.db() as db:
+            row = db.get(OidcRefreshToken, h)
+            if row is None or row.workspace_id != ws_id or row.client_id != client_id:
+                raise InvalidGrantError("Invalid refresh token.")
+            if row.revoked_at is not None or row.expires_at <= now:
+                raise InvalidGrantError("Invalid refresh token.")
+            res = db.execute(update(OidcRefreshToken).where(OidcRefreshToken.token_hash == h,
+                                                            OidcRefreshToken.used_at.is_(None),
+                                                            OidcRefreshToken.revoked_at.is_(None))
+                             .values(used_at=now))
+            if res.rowcount == 1:
+                db.commit()
+                return row
+            family_id, user_id = row.family_id, row.user_id
+            db.rollback()
+        self.revoke_family(ws_id, family_id, reason="refresh_reuse")
+        self.audit("oidc.refresh.reused", ws_id, actor_id=user_id, client_id=client_id)
+        raise InvalidGrantError("Invalid refresh token.")
+
+    def revoke_family(self, ws_id: str, family_id: str, reason: str) -> None:
+        """Revoke every refresh and access token of a grant (``family_id`` is a refresh family or a code hash)."""
+        now = self.hub.clock()
+        with self.hub.db() as db:
+            fams = {family_id}
+            db.execute(update(OidcRefreshToken).where(OidcRefreshToken.workspace_id == ws_id,
+                                                      OidcRefreshToken.family_id.in_(fams),
+                                                      OidcRefreshToken.revoked_at.is_(None)).values(revoked_at=now))
+            db.execute(update(OidcAccessToken).where(OidcAccessToken.workspace_id == ws_id,
+                                                     OidcAccessToken.family_id.in_(fams),
+                                                     OidcAccessToken.revoked_at.is_(None)).values(revoked_at=now))
+            db.commit()
+        log.info("oidc tokens revoked", extra={"reason": reason})
+
+    def revoke_session(self, session_id: str) -> None:
+        now = self.hub.clock()
+        with self.hub.db() as db:
+            db.execute(update(OidcRefreshToken).where(OidcRefreshToken.session_id == session_id,
+                                                      OidcRefreshToken.revoked_at.is_(None)).values(revoked_at=now))
+            db.execute(update(OidcAccessToken).where(OidcAccessToken.session_id == session_id,
+                                                     OidcAccessToken.revoked_at.is_(None)).values(revoked_at=now))
+            db.commit()
+
+    def find_token(self, ws_id: str, value, hint) -> TokenRef | None:
+        if not isinstance(value, str) or not value or len(value) > MAX_TOKEN:
+            return None
+        now = self.hub.clock()
+        if value.count(".") == 2:
+            with self.hub.db() as db:
+                from idp.models import Workspace
+
+                ws = db.get(Workspace, ws_id)
+            claims = self.verify(ws, value, typ="at+jwt")
+            if claims is None or not isinstance(claims.get("jti"), str):
+                return None
+            with self.hub.db() as db:
+                row = db.get(OidcAccessToken, claims["jti"])
+            if row is None or row.workspace_id != ws_id:
+                return None
+            claims = {**claims, "_session_id": row.session_id}
+            return TokenRef("access_token", row.client_id, row.family_id, row.expires_at, row.revoked_at is not None,
+                            row.jti, claims, now, row.user_id, row.scope)
+        if len(value) > 256:
+            return None
+        with self.hub.db() as db:
+            row = db.get(OidcRefreshToken, sha256_hex(value))
+        if row is None or row.workspace_id != ws_id:
+            return None
+        return TokenRef("refresh_token", row.client_id, row.family_id, row.expires_at,
+                        row.revoked_at is not None or row.used_at is not None, row.token_hash,
+                        {"_session_id": row.session_id}, now, row.user_id, row.scope)
+
+    # -- the authorization endpoint --
+    def authorize(self, ws, req: HttpRequest, session, http_client) -> Answer:
+        """Validate, then: a redirect with a code, an OAuth error at the (registered) redirect_uri, the sign-in
+        page, or an HTML error page when nothing trustworthy can be redirected to."""
+        for key in req.args:
+            values = req.args.getlist(key)
+            if len(key) > 64 or any(len(v) > MAX_PARAM for v in values):
+                return Answer(400, page=("Bad request", "The sign-in request is too large."))
+            if len(values) > 1:  # RFC 6749 3.1: parameters MUST NOT be repeated (which client_id would count?)
+                return Answer(400, page=("This sign-in link is not valid",
+                                         "The app sent a parameter more than once. Nothing was sent back to it."))
+        server = Provider(self, ws, http_client)
+        try:
+            oreq = _Request(req, self.endpoint(ws, "authorize"))
+            grant = server.get_consent_grant(oreq)
+            redirect_uri = grant.redirect_uri
+        except OAuth2Error as err:
+            if err.redirect_uri:  # only set by authlib after the client's redirect_uri matched exactly
+                return self._error_redirect(ws, err, req.args.get("state"))
+            return Answer(400, page=("This sign-in link is not valid",
+                                     f"The app sent an invalid request ({err.error}: "
+                                     f"{(err.description or '')[:200]}). Nothing was sent back to it."))
+        except (ValueError, UnicodeError, TypeError):
+            return Answer(400, page=("Bad request", "The sign-in request could not be read."))
+        client: Client = oreq.client
+        args = req.args
+        state = args.get("state")
+
+        def fail(cls, desc):
+            return self._error_redirect(ws, cls(desc, redirect_uri=redirect_uri), state)
+
+        for unsupported in ("request", "request_uri"):
+            if args.get(unsupported) is not None:
+                return fail(InvalidRequestError, f"'{unsupported}' is not supported.")
+        if args.get("response_mode") not in (None, "query"):
+            return fail(InvalidRequestError, "Only response_mode=query is supported.")
+        prompt = set((args.get("prompt") or "").split())
+        if "none" in prompt and len(prompt) > 1:
+            return fail(InvalidRequestError, "prompt=none cannot be combined with other values.")
+        max_age = args.get("max_age")
+        if max_age is not None:
+            if not max_age.isdigit() or len(max_age) > 9:
+                return fail(InvalidRequestError, "Invalid 'max_age'.")
+            max_age = int(max_age)
+        now = self.hub.clock()
+        reauth = "login" in prompt or (
+            session is not None and max_age is not None and
+            (session.auth_time or session.created_at) + timedelta(seconds=max_age) < now)
+        if session is None or reauth:
+            if "none" in prompt:
+                return self._error_redirect(ws, _LoginRequired(redirect_uri=redirect_uri), state)
+            return Answer(302, location=self._login_url(ws, client, req, force=session is not None))
+        decision = self.hub.decide(ws, http_client, user_id=session.user_id, methods=session.amr,
+                                   app=client.client_id, app_policies=self.hub.app_policies(ws, client.client_id))
+        if decision.effect == "deny":
+            self.audit("oidc.authorize.denied", ws.id, actor_id=session.user_id, client_id=client.client_id,
+                       rule=decision.rule)
+            return fail(AccessDeniedError, "Access is not allowed by the workspace's policies.")
+        if decision.effect in ("mfa", "enroll"):
+            if "none" in prompt:
+                return self._error_redirect(ws, _InteractionRequired(redirect_uri=redirect_uri), state)
+            return Answer(302, location=self._login_url(ws, client, req, force=True))
+        user = self.active_user(session.user_id, session.id, ws.id)
+        if user is None:
+            return fail(AccessDeniedError, "The account is not active.")
+        oreq.idhub = {"user_id": user.id, "session_id": session.id, "amr": list(session.amr),
+                      "auth_time": session.auth_time or session.created_at}
+        try:
+            status, _body, headers = grant.create_authorization_response(redirect_uri, user)
+        except OAuth2Error as err:
+            return self._error_redirect(ws, err, state)
+        location = dict(headers)["Location"]
+        self.audit("oidc.authorize", ws.id, actor_id=user.id, client_id=client.client_id)
+        return Answer(302, location=_add_param(location, "iss", self.issuer(ws)))
+
+    def _login_url(self, ws, client: Client, req: HttpRequest, force: bool) -> str:
+        # Come back to this very request, minus what asked for the new sign-in (else it would loop).
+        kept = [(k, v) for k in req.args for v in req.args.getlist(k) if k not in ("prompt", "max_age")]
+        # Back through the resume page: after the sign-in form's POST, a chain of redirects ending at the app
+        # would be blocked by Chrome (CSP form-action 'self' applies to the redirects of a form submission).
+        back = f"/w/{ws.slug}/oauth2/resume?" + urlencode(kept)
+        params = {"next": back, "app": client.client_id}
+        if force:
+            params["prompt"] = "login"
+        return f"/w/{ws.slug}/login?" + urlencode(params)
+
+    def _error_redirect(self, ws, err: OAuth2Error, state) -> Answer:
+        params = [("error", err.error)]
+        if err.description:
+            params.append(("error_description", err.description[:200]))
+        if state and isinstance(state, str):
+            params.append(("state", state))
+        params.append(("iss", self.issuer(ws)))
+        loc = err.redirect_uri
+        for k, v in params:
+            loc = _add_param(loc, k, v)
+        return Answer(302, location=loc)
+
+    # -- the token, revocation and introspection endpoints --
+    def _oauth_request(self, ws, req: HttpRequest, name: str) -> _Request | Answer:
+        if req.method != "POST":
+            return Answer(405, {"error": "invalid_request", "error_description": "Use POST."})
+        for key in req.form:
+            if len(key) > 64 or any(len(v) > MAX_TOKEN for v in req.form.getlist(key)):
+                return Answer(400, {"error": "invalid_request", "error_description": "Parameter too large."})
+            if len(req.form.getlist(key)) > 1:
+                return Answer(400, {"error": "invalid_request", "error_description": f"Repeated '{key[:64]}'."})
+        auth = req.headers.get("Authorization") or ""
+        if auth and (req.form.get("client_secret") is not None or req.form.get("client_assertion") is not None):
+            return Answer(400, {"error": "invalid_request",
+                                "error_description": "Use exactly one client authentication method."})
+        if auth and not auth.lower().startswith("basic "):
+            return Answer(401, {"error": "invalid_client"}, [("WWW-Authenticate", 'Basic realm="idhub"')])
+        if req.form.get("client_assertion") is not None:
+            return Answer(401, {"error": "invalid_client",
+                                "error_description": "private_key_jwt is not supported."})
+        return _Request(req, self.endpoint(ws, name))
+
+    def _run(self, fn) -> Answer:
+        try:
+            ans = fn()
+        except OAuth2Error as err:
+            status, body, headers = err()
+            ans = Answer(status, dict(body) if not isinstance(body, dict) else body, list(headers or []))
+        except (ValueError, UnicodeError, TypeError, KeyError):
+            ans = Answer(400, {"error": "invalid_request", "error_description": "The request could not be read."})
+        if ans.status == 401 and not any(k.lower() == "www-authenticate" for k, _ in ans.headers):
+            ans.headers.append(("WWW-Authenticate", 'Basic realm="idhub"'))
+        ans.headers = [(k, v) for k, v in ans.headers if k.lower() not in ("content-type",)]
+        ans.headers += [("Cache-Control", "no-store"), ("Pragma", "no-cache")]
+        return ans
+
+    def token(self, ws, req: HttpRequest, http_client) -> Answer:
+        oreq = self._oauth_request(ws, req, "token")
+        if isinstance(oreq, Answer):
+            return self._run(lambda: oreq)
+        server = Provider(self, ws, http_client)
+        return self._run(lambda: server.create_token_response(oreq))
+
+    def revoke(self, ws, req: HttpRequest, http_client) -> Answer:
+        oreq = self._oauth_request(ws, req, "revoke")
+        if isinstance(oreq, Answer):
+            return self._run(lambda: oreq)
+        server = Provider(self, ws, http_client)
+        return self._run(lambda: server.create_endpoint_response("revocation", oreq))
+
+    def introspect(self, ws, req: HttpRequest, http_client) -> Answer:
+        oreq = self._oauth_request(ws, req, "introspect")
+        if isinstance(oreq, Answer):
+            return self._run(lambda: oreq)
+        server = Provider(self, ws, http_client)
+        return self._run(lambda: server.create_endpoint_response("introspection", oreq))
+
+    # -- userinfo --
+    def userinfo(self, ws, req: HttpRequest) -> Answer:
+        auth = req.headers.get("Authorization") or ""
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return Answer(401, {"error": "invalid_token"}, [("WWW-Authenticate", 'Bearer realm="idhub"')])
+        ref = self.find_token(ws.id, value.strip(), "access_token")
+        if ref is None or ref.kind != "access_token" or ref.is_expired() or ref.is_revoked() or not ref.user_id:
+            return Answer(401, {"error": "invalid_token"},
+                          [("WWW-Authenticate", 'Bearer realm="idhub", error="invalid_token"')])
+        user = self.active_user(ref.user_id, ref.claims.get("_session_id"), ws.id)
+        if user is None:
+            return Answer(401, {"error": "invalid_token"},
+                          [("WWW-Authenticate", 'Bearer realm="idhub", error="invalid_token"')])
+        scopes = scope_to_list(ref.scope) or []
+        if "openid" not in scopes:
+            return Answer(403, {"error": "insufficient_scope"},
+                          [("WWW-Authenticate", 'Bearer realm="idhub", error="insufficient_scope"')])
+        return Answer(200, {"sub": user.id, **self.user_claims(user, scopes)}, [("Cache-Control", "no-store")])
+
+    # -- RP-initiated logout --
+    def end_session(self, ws, req: HttpRequest, session) -> tuple[Answer, bool]:
+        """(answer, end the browser's session?) for the end-session endpoint."""
+        values = req.form if req.method == "POST" else req.args
+        for key in values:
+            if len(values.getlist(key)) > 1 or any(len(v) > MAX_TOKEN for v in values.getlist(key)):
+                return Answer(400, page=("Bad request", "The sign-out request is not valid.")), False
+        hint = values.get("id_token_hint")
+        client_id = values.get("client_id")
+        post_logout = values.get("post_logout_redirect_uri")
+        state = values.get("state")
+        claims = None
+        if hint:
+            claims = self.verify(ws, hint)
+            if claims is None or claims.get("typ") == "at+jwt":
+                return Answer(400, page=("This sign-out link is not valid",
+                                         "The app's sign-out request carried an invalid token.")), False
+            aud = claims.get("aud")
+            auds = aud if isinstance(aud, list) else [aud]
+            if client_id and client_id not in auds:
+                return Answer(400, page=("This sign-out link is not valid",
+                                         "The app's sign-out request is inconsistent.")), False
+            client_id = client_id or (auds[0] if len(auds) == 1 else None)
+        client = None
+        if client_id:
+            with self.hub.db() as db:
+                row = find_client(db, ws.id, client_id)
+            client = Client(row) if row else None
+        if post_logout is not None and (client is None or not client.check_post_logout_redirect_uri(post_logout)):
+            return Answer(400, page=("This sign-out link is not valid",
+                                     "The app asked to return to an address it has not registered. "
+                                     "You are still signed in.")), False
+        end = False
+        if session is not None:
+            if claims is None:
+                # Without a hint any site could sign users out: refuse, and point to the Sign out button.
+                return Answer(400, page=("Sign out from your account page",
+                                         "To sign out, use the Sign out button on your account page.")), False
+            end = claims.get("sid") == self.sid(session.id) or claims.get("sub") == session.user_id
+        if post_logout:
+            loc = _add_param(post_logout, "state", state) if state else post_logout
+            return Answer(302, location=loc), end
+        return Answer(200, page=("Signed out", "You have signed out.")), end
+
+
+class _LoginRequired(OAuth2Error):
+    error = "login_required"
+
+
+class _InteractionRequired(OAuth2Error):
+    error = "interaction_required"
+
+
+def _add_param(uri: str, key: str, value: str) -> str:
+    parts = urlsplit(uri)
+    sep = "&" if parts.query else ""
+    query = parts.query + sep + urlencode({key: value})
+    return parts._replace(query=query).geturl()
+
+
+__all__ = ["Answer", "HttpRequest", "OidcService", "InvalidClientError"]

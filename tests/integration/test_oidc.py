@@ -1,0 +1,699 @@
+"""The downstream OpenID Connect provider through the Flask test client and the real sign-in pages."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+
+import pytest
+from authlib.jose import JsonWebKey, JsonWebToken
+
+from tests.conftest import ALICE, BOB, BOB_PW, Browser
+from tests.interop.oidc_support import (
+    OTHER_SECRET,
+    POST_SECRET,
+    SPA_CB,
+    WIKI_CB,
+    WIKI_HOME,
+    WIKI_SECRET,
+    authorize_path,
+    browser_authorize,
+    make_oidc_app,
+    oidc_config,
+    pkce,
+    query,
+)
+
+ISS = "http://localhost/w/acme"
+
+
+def basic(client_id: str, secret: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
+
+
+WIKI_AUTH = basic("wiki", WIKI_SECRET)
+
+
+@pytest.fixture
+def app(settings):
+    return make_oidc_app(settings)
+
+
+@pytest.fixture
+def hub(app):
+    return app.extensions["idhub"]
+
+
+@pytest.fixture
+def browser(app):
+    return Browser(app)
+
+
+@pytest.fixture
+def api(app):
+    return app.test_client()
+
+
+def code_flow(browser, client_id="wiki", redirect_uri=WIKI_CB, scope="openid profile email groups offline_access",
+              **kw):
+    verifier, challenge = pkce()
+    path = authorize_path(client_id=client_id, redirect_uri=redirect_uri, scope=scope, challenge=challenge,
+                          state="s-123", nonce="n-456", **kw)
+    cb = browser_authorize(browser, path)
+    assert cb.startswith(redirect_uri + "?"), cb
+    q = query(cb)
+    assert q["state"] == "s-123" and q["iss"] == ISS, q
+    return q["code"], verifier
+
+
+def redeem(api, code, verifier, auth=WIKI_AUTH, redirect_uri=WIKI_CB, **extra):
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+            "code_verifier": verifier, **extra}
+    return api.post("/w/acme/oauth2/token", data=data, headers=auth)
+
+
+def jwks(api, ws="acme"):
+    return JsonWebKey.import_key_set(api.get(f"/w/{ws}/oauth2/jwks").get_json())
+
+
+def decode_id_token(api, token, nonce="n-456", aud="wiki"):
+    options = {"iss": {"essential": True, "value": ISS}, "aud": {"essential": True, "value": aud},
+               "exp": {"essential": True}}
+    if nonce is not None:
+        options["nonce"] = {"essential": True, "value": nonce}
+    claims = JsonWebToken(["RS256"]).decode(token, jwks(api), claims_options=options)
+    claims.validate(leeway=5)
+    return claims
+
+
+def test_discovery_and_jwks(api):
+    d = api.get("/w/acme/.well-known/openid-configuration").get_json()
+    assert d["issuer"] == ISS
+    assert d["authorization_endpoint"] == ISS + "/oauth2/authorize"
+    assert d["token_endpoint"] == ISS + "/oauth2/token"
+    assert d["jwks_uri"] == ISS + "/oauth2/jwks"
+    assert d["code_challenge_methods_supported"] == ["S256"]
+    assert d["response_types_supported"] == ["code"]
+    assert "implicit" not in d["grant_types_supported"] and "password" not in d["grant_types_supported"]
+    assert d["authorization_response_iss_parameter_supported"] is True
+    assert set(d["scopes_supported"]) == {"openid", "profile", "email", "groups", "offline_access"}
+    assert d["end_session_endpoint"] and d["revocation_endpoint"] and d["introspection_endpoint"]
+    # the issuer comes from settings, never from the Host header
+    d2 = api.get("/w/acme/.well-known/openid-configuration", headers={"Host": "evil.example",
+                                                                       "X-Forwarded-Host": "evil.example"}).get_json()
+    assert d2["issuer"] == ISS
+    keys = api.get("/w/acme/oauth2/jwks").get_json()["keys"]
+    assert len(keys) == 1 and keys[0]["kty"] == "RSA" and keys[0]["alg"] == "RS256" and keys[0]["use"] == "sig"
+    assert "d" not in keys[0] and "p" not in keys[0]
+    other = api.get("/w/other/oauth2/jwks").get_json()["keys"]
+    assert other[0]["kid"] != keys[0]["kid"]
+    assert api.get("/w/nope/.well-known/openid-configuration").status_code == 404
+
+
+def test_private_key_encrypted_at_rest(hub, api):
+    from oidc.models import OidcKey
+
+    api.get("/w/acme/oauth2/jwks")
+    with hub.db() as db:
+        row = db.query(OidcKey).first()
+    assert row.private_enc.startswith("v1:") and "PRIVATE KEY" not in row.private_enc
+
+
+def test_full_code_flow_with_pkce(browser, api, hub):
+    code, verifier = code_flow(browser)
+    r = redeem(api, code, verifier)
+    assert r.status_code == 200, r.get_json()
+    tok = r.get_json()
+    assert tok["token_type"] == "Bearer" and tok["refresh_token"] and tok["expires_in"] <= 600
+    assert r.headers["Cache-Control"] == "no-store"
+    claims = decode_id_token(api, tok["id_token"])
+    with hub.db() as db:
+        from idp.accounts import user_by_email
+        from idp.models import Workspace
+
+        ws = db.query(Workspace).filter_by(slug="acme").one()
+        alice = user_by_email(db, ws.id, ALICE)
+    assert claims["sub"] == alice.id
+    assert claims["email"] == ALICE and claims["email_verified"] is True and claims["name"] == "Alice Example"
+    assert claims["groups"] == ["engineering"]
+    assert claims["amr"] == ["pwd"] and claims["acr"] == "urn:idhub:acr:pwd"
+    assert claims["auth_time"] <= time.time() and claims["sid"]
+    # at_hash binds the id_token to the access token
+    from oidc.provider import half_hash
+
+    assert claims["at_hash"] == half_hash(tok["access_token"])
+    # the access token is an RFC 9068 JWT
+    at = JsonWebToken(["RS256"]).decode(tok["access_token"], jwks(api))
+    assert at.header["typ"] == "at+jwt" and at["jti"] and at["client_id"] == "wiki" and at["iss"] == ISS
+    assert at["exp"] - at["iat"] <= 600
+    # userinfo
+    r = api.get("/w/acme/oauth2/userinfo", headers={"Authorization": "Bearer " + tok["access_token"]})
+    assert r.status_code == 200
+    assert r.get_json() == {"sub": alice.id, "email": ALICE, "email_verified": True, "name": "Alice Example",
+                            "groups": ["engineering"]}
+    assert api.get("/w/acme/oauth2/userinfo").status_code == 401
+    assert api.get("/w/acme/oauth2/userinfo", headers={"Authorization": "Bearer x.y.z"}).status_code == 401
+    # a second authorization reuses the idhub session (no sign-in page)
+    verifier2, challenge2 = pkce()
+    r = browser.get(authorize_path(challenge=challenge2))
+    assert r.status_code == 302 and r.headers["Location"].startswith(WIKI_CB + "?code=")
+
+
+def test_public_client_pkce_only(browser, api):
+    code, verifier = code_flow(browser, client_id="spa", redirect_uri=SPA_CB)
+    r = redeem(api, code, verifier, auth={}, redirect_uri=SPA_CB, client_id="spa")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["refresh_token"]
+    # a public client cannot use client credentials
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "client_credentials", "client_id": "spa"})
+    assert r.status_code in (400, 401)
+
+
+def test_default_confidential_client_accepts_basic_or_post(browser, api):
+    code, verifier = code_flow(browser)
+    r = redeem(api, code, verifier, auth={}, client_id="wiki", client_secret=WIKI_SECRET)
+    assert r.status_code == 200, r.get_json()
+
+
+def test_client_secret_post(browser, api):
+    code, verifier = code_flow(browser, client_id="poster", redirect_uri="https://poster.example/cb",
+                               scope="openid email")
+    # basic is not this client's method
+    r = redeem(api, code, verifier, auth=basic("poster", POST_SECRET), redirect_uri="https://poster.example/cb")
+    assert r.status_code == 401 and r.get_json()["error"] == "invalid_client"
+    code, verifier = code_flow(browser, client_id="poster", redirect_uri="https://poster.example/cb",
+                               scope="openid email")
+    r = redeem(api, code, verifier, auth={}, redirect_uri="https://poster.example/cb", client_id="poster",
+               client_secret=POST_SECRET)
+    assert r.status_code == 200, r.get_json()
+    assert "refresh_token" not in r.get_json()  # no refresh_token grant for this app
+
+
+def test_refresh_rotation_and_reuse_revokes_family(browser, api):
+    code, verifier = code_flow(browser)
+    tok = redeem(api, code, verifier).get_json()
+    rt1 = tok["refresh_token"]
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": rt1},
+                 headers=WIKI_AUTH)
+    assert r.status_code == 200, r.get_json()
+    tok2 = r.get_json()
+    rt2 = tok2["refresh_token"]
+    assert rt2 != rt1
+    first, again = decode_id_token(api, tok["id_token"]), decode_id_token(api, tok2["id_token"], nonce=None)
+    assert again["sub"] == first["sub"] and again["auth_time"] == first["auth_time"] and "nonce" not in again
+    # replaying the used refresh token: refused, and the whole family dies (rt2 and its access token)
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": rt1},
+                 headers=WIKI_AUTH)
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": rt2},
+                 headers=WIKI_AUTH)
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
+    r = api.get("/w/acme/oauth2/userinfo", headers={"Authorization": "Bearer " + tok2["access_token"]})
+    assert r.status_code == 401
+    r = api.get("/w/acme/oauth2/userinfo", headers={"Authorization": "Bearer " + tok["access_token"]})
+    assert r.status_code == 401
+
+
+def test_refresh_token_of_another_client_refused(browser, api):
+    code, verifier = code_flow(browser)
+    rt = redeem(api, code, verifier).get_json()["refresh_token"]
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": rt,
+                                               "client_id": "spa"})
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
+
+
+def test_session_end_stops_refresh(browser, api, hub):
+    code, verifier = code_flow(browser)
+    tok = redeem(api, code, verifier).get_json()
+    sent = []
+    hub.oidc.backchannel.post = lambda url, token: sent.append((url, token))
+    hub.oidc.backchannel.dispatch = lambda fn: fn()
+    browser.get("/w/acme/settings/security")
+    r = browser.post("/w/acme/logout", {"csrf_token": browser.csrf()})
+    assert r.status_code == 302
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+                 headers=WIKI_AUTH)
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
+    r = api.get("/w/acme/oauth2/userinfo", headers={"Authorization": "Bearer " + tok["access_token"]})
+    assert r.status_code == 401
+    # back-channel logout token to the app
+    assert len(sent) == 1 and sent[0][0] == "http://127.0.0.1:8081/backchannel-logout"
+    lt = JsonWebToken(["RS256"]).decode(sent[0][1], jwks(api))
+    assert lt.header["typ"] == "logout+jwt"
+    assert lt["iss"] == ISS and lt["aud"] == "wiki" and "nonce" not in lt
+    assert "http://schemas.openid.net/event/backchannel-logout" in lt["events"]
+    idt = decode_id_token(api, tok["id_token"])
+    assert lt["sid"] == idt["sid"] and lt["sub"] == idt["sub"]
+
+
+def test_client_credentials(api):
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "client_credentials"}, headers=WIKI_AUTH)
+    assert r.status_code == 200, r.get_json()
+    tok = r.get_json()
+    assert "refresh_token" not in tok and "id_token" not in tok
+    at = JsonWebToken(["RS256"]).decode(tok["access_token"], jwks(api))
+    assert at["sub"] == "wiki" and at["client_id"] == "wiki"
+    # no user behind it: userinfo refuses
+    assert api.get("/w/acme/oauth2/userinfo", headers={"Authorization": "Bearer " + tok["access_token"]}
+                   ).status_code == 401
+    r = api.post("/w/acme/oauth2/introspect", data={"token": tok["access_token"]}, headers=WIKI_AUTH)
+    assert r.get_json()["active"] is True and r.get_json()["client_id"] == "wiki"
+    # strict has no client_credentials grant
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "client_credentials"}, headers=basic("strict", "x" * 40))
+    assert r.status_code == 400 and r.get_json()["error"] == "unauthorized_client"
+
+
+def test_no_implicit_or_password_grant(api, browser):
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "password", "username": ALICE, "password": "x"},
+                 headers=WIKI_AUTH)
+    assert r.status_code == 400 and r.get_json()["error"] == "unsupported_grant_type"
+    _, challenge = pkce()
+    browser.get("/w/acme/login")
+    r = browser.get(authorize_path(challenge=challenge, response_type="token"))
+    assert r.status_code == 302 and query(r.headers["Location"])["error"] == "unsupported_response_type"
+    assert r.headers["Location"].startswith(WIKI_CB + "?")
+
+
+def test_revocation(browser, api):
+    code, verifier = code_flow(browser)
+    tok = redeem(api, code, verifier).get_json()
+    # access token revocation
+    r = api.post("/w/acme/oauth2/revoke", data={"token": tok["access_token"], "token_type_hint": "access_token"},
+                 headers=WIKI_AUTH)
+    assert r.status_code == 200
+    assert api.get("/w/acme/oauth2/userinfo", headers={"Authorization": "Bearer " + tok["access_token"]}
+                   ).status_code == 401
+    # refresh token revocation
+    r = api.post("/w/acme/oauth2/revoke", data={"token": tok["refresh_token"]}, headers=WIKI_AUTH)
+    assert r.status_code == 200
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+                 headers=WIKI_AUTH)
+    assert r.status_code == 400
+    # unknown token: 200 (RFC 7009); no client auth: 401
+    assert api.post("/w/acme/oauth2/revoke", data={"token": "nope"}, headers=WIKI_AUTH).status_code == 200
+    assert api.post("/w/acme/oauth2/revoke", data={"token": "nope"}).status_code in (400, 401)
+
+
+def test_revocation_by_another_client_does_nothing(browser, api):
+    code, verifier = code_flow(browser)
+    tok = redeem(api, code, verifier).get_json()
+    r = api.post("/w/acme/oauth2/revoke", data={"token": tok["refresh_token"]}, headers=basic("strict", "x" * 40))
+    assert r.status_code == 200
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+                 headers=WIKI_AUTH)
+    assert r.status_code == 200
+
+
+def test_introspection(browser, api):
+    code, verifier = code_flow(browser)
+    tok = redeem(api, code, verifier).get_json()
+    r = api.post("/w/acme/oauth2/introspect", data={"token": tok["access_token"]}, headers=WIKI_AUTH)
+    body = r.get_json()
+    assert r.status_code == 200 and body["active"] is True and body["client_id"] == "wiki"
+    assert body["sub"] and "openid" in body["scope"] and body["iss"] == ISS
+    r = api.post("/w/acme/oauth2/introspect", data={"token": tok["refresh_token"]}, headers=WIKI_AUTH)
+    assert r.get_json()["active"] is True
+    # another client learns nothing
+    r = api.post("/w/acme/oauth2/introspect", data={"token": tok["access_token"]}, headers=basic("strict", "x" * 40))
+    assert r.get_json() == {"active": False}
+    # client authentication is required; a public client cannot introspect
+    assert api.post("/w/acme/oauth2/introspect", data={"token": tok["access_token"]}).status_code == 401
+    r = api.post("/w/acme/oauth2/introspect", data={"token": tok["access_token"], "client_id": "spa"})
+    assert r.status_code in (400, 401)
+    assert api.post("/w/acme/oauth2/introspect", data={"token": "garbage"}, headers=WIKI_AUTH
+                    ).get_json() == {"active": False}
+
+
+def test_end_session(browser, api, hub):
+    code, verifier = code_flow(browser)
+    tok = redeem(api, code, verifier).get_json()
+    hub.oidc.backchannel.dispatch = lambda fn: None
+    # an unregistered post_logout_redirect_uri: error page, no redirect, still signed in
+    r = browser.get("/w/acme/oauth2/logout?" + _qs(id_token_hint=tok["id_token"],
+                                                   post_logout_redirect_uri=WIKI_HOME + "x"))
+    assert r.status_code == 400 and "Location" not in r.headers
+    r = browser.get("/w/acme/oauth2/logout?" + _qs(id_token_hint=tok["id_token"],
+                                                   post_logout_redirect_uri=WIKI_HOME.rstrip("/")))
+    assert r.status_code == 400
+    assert browser.get("/w/acme/settings/security").status_code == 200
+    # without a hint: not signed out (logout CSRF)
+    r = browser.get("/w/acme/oauth2/logout?" + _qs(client_id="wiki", post_logout_redirect_uri=WIKI_HOME))
+    assert r.status_code == 400
+    assert browser.get("/w/acme/settings/security").status_code == 200
+    # a valid request: signed out, back to the app with its state
+    r = browser.get("/w/acme/oauth2/logout?" + _qs(id_token_hint=tok["id_token"],
+                                                   post_logout_redirect_uri=WIKI_HOME, state="bye"))
+    assert r.status_code == 302 and r.headers["Location"] == WIKI_HOME + "?state=bye"
+    assert browser.get("/w/acme/settings/security").status_code == 302
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+                 headers=WIKI_AUTH)
+    assert r.status_code == 400
+
+
+def _qs(**kw) -> str:
+    from urllib.parse import urlencode
+
+    return urlencode(kw)
+
+
+def _b64(obj) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+
+def test_forged_id_token_hints_refused(browser, api, hub):
+    code, verifier = code_flow(browser)
+    tok = redeem(api, code, verifier).get_json()
+    real = decode_id_token(api, tok["id_token"])
+    claims = dict(real)
+    # alg none
+    none_token = _b64({"alg": "none", "typ": "JWT"}) + "." + _b64(claims) + "."
+    # HS256 signed with our public key (alg confusion)
+    import hashlib
+    import hmac
+
+    pub_pem = JsonWebKey.import_key(api.get("/w/acme/oauth2/jwks").get_json()["keys"][0]).as_pem()
+    signing_input = _b64({"alg": "HS256", "typ": "JWT"}) + "." + _b64(claims)
+    sig = base64.urlsafe_b64encode(hmac.new(pub_pem, signing_input.encode(), hashlib.sha256).digest()).rstrip(b"=")
+    hs_token = signing_input + "." + sig.decode()
+    # a token signed by another workspace's key
+    other_key = hub.oidc.keys.signing_key(_ws(hub, "other").id)[1]
+    from joserfc import jwt as jose_jwt
+
+    foreign = jose_jwt.encode({"alg": "RS256"}, claims, other_key)
+    for bad in (none_token, hs_token, foreign, tok["id_token"][:-4] + "AAAA"):
+        r = browser.get("/w/acme/oauth2/logout?" + _qs(id_token_hint=bad, post_logout_redirect_uri=WIKI_HOME))
+        assert r.status_code == 400 and "Location" not in r.headers, bad
+        assert hub.oidc.verify(_ws(hub, "acme"), bad) is None
+    assert browser.get("/w/acme/settings/security").status_code == 200  # still signed in
+    # and the same forgeries as bearer tokens
+    for bad in (none_token, hs_token, foreign):
+        assert api.get("/w/acme/oauth2/userinfo", headers={"Authorization": "Bearer " + bad}).status_code == 401
+
+
+def _ws(hub, slug):
+    from idp.accounts import workspace_by_slug
+
+    with hub.db() as db:
+        return workspace_by_slug(db, slug)
+
+
+BAD_REDIRECTS = [
+    WIKI_CB + "/",
+    "http://127.0.0.1:8081/Callback",
+    "HTTP://127.0.0.1:8081/callback",
+    "http://127.0.0.1:8081/callback/../callback",
+    "http://127.0.0.1:8081/x/../callback",
+    "http://evil.example@127.0.0.1:8081/callback",
+    "http://127.0.0.1:8081@evil.example/callback",
+    "http://127.0.0.1:8081.evil.example/callback",
+    "http://evil127.0.0.1:8081/callback",
+    WIKI_CB + "?x=1",
+    WIKI_CB + "#frag",
+    WIKI_CB + "%20",
+    "http://127.0.0.1:80810/callback",
+    "javascript:alert(1)//http://127.0.0.1:8081/callback",
+    "",
+    "https://evil.example/callback",
+]
+
+
+@pytest.mark.parametrize("redirect_uri", BAD_REDIRECTS)
+def test_bad_redirect_uri_never_redirected_to(browser, redirect_uri):
+    browser.get("/w/acme/login")
+    _, challenge = pkce()
+    for signed_in in (False, True):
+        if signed_in:
+            from tests.conftest import ALICE_PW
+
+            browser.login("acme", ALICE, ALICE_PW)
+        r = browser.get(authorize_path(redirect_uri=redirect_uri, challenge=challenge))
+        assert r.status_code == 400, (redirect_uri, r.status_code, r.headers.get("Location"))
+        assert "Location" not in r.headers
+        assert "error" in r.get_data(as_text=True).lower() or "not valid" in r.get_data(as_text=True)
+
+
+def test_unknown_client_never_redirected_to(browser):
+    _, challenge = pkce()
+    r = browser.get(authorize_path(client_id="nope", challenge=challenge))
+    assert r.status_code == 400 and "Location" not in r.headers
+    r = browser.get(authorize_path(ws="other", client_id="spa", redirect_uri=SPA_CB, challenge=challenge))
+    assert r.status_code == 400 and "Location" not in r.headers
+
+
+@pytest.mark.parametrize("method", [None, "plain", "s256", "S512"])
+def test_pkce_required_s256_only(browser, method):
+    verifier, challenge = pkce()
+    browser.login("acme", ALICE, __import__("tests.conftest").conftest.ALICE_PW)
+    if method is None:
+        paths = [authorize_path(challenge=None), authorize_path(challenge=challenge, method=None)]
+    else:
+        paths = [authorize_path(challenge=challenge if method != "plain" else verifier, method=method)]
+    for path in paths:
+        r = browser.get(path)
+        assert r.status_code == 302
+        q = query(r.headers["Location"])
+        assert r.headers["Location"].startswith(WIKI_CB + "?")
+        assert q["error"] == "invalid_request" and "code" not in q and q["iss"] == ISS
+
+
+def test_pkce_verifier_checked(browser, api):
+    code, verifier = code_flow(browser)
+    r = redeem(api, code, pkce()[0])
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
+    code, verifier = code_flow(browser)
+    r = redeem(api, code, "")
+    assert r.status_code == 400
+
+
+def test_code_reuse_revokes_tokens(browser, api):
+    code, verifier = code_flow(browser)
+    tok = redeem(api, code, verifier).get_json()
+    r = redeem(api, code, verifier)
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
+    assert api.get("/w/acme/oauth2/userinfo", headers={"Authorization": "Bearer " + tok["access_token"]}
+                   ).status_code == 401
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+                 headers=WIKI_AUTH)
+    assert r.status_code == 400
+
+
+def test_code_bound_to_client_and_redirect_uri(browser, api):
+    code, verifier = code_flow(browser)
+    r = redeem(api, code, verifier, auth=basic("strict", "x" * 40))
+    assert r.status_code == 400 and r.get_json()["error"] in ("invalid_grant", "unauthorized_client")
+    r = redeem(api, code, verifier, redirect_uri=WIKI_CB + "/")
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
+
+
+def test_parallel_code_redemption_exactly_one_wins(browser, app):
+    code, verifier = code_flow(browser)
+    results = []
+    barrier = threading.Barrier(16)
+
+    def worker():
+        client = app.test_client()
+        barrier.wait()
+        r = redeem(client, code, verifier)
+        results.append(r.status_code)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [200] + [400] * 15, results
+
+
+def test_wrong_client_authentication(browser, api):
+    code, verifier = code_flow(browser)
+    for auth in (basic("wiki", "wrong"), basic("wiki", ""), basic("nope", "x"), {"Authorization": "Basic !!!"},
+                 {"Authorization": "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode()},
+                 {"Authorization": "Bearer abc"}, {}):
+        r = redeem(api, code, verifier, auth=auth)
+        assert r.status_code in (400, 401) and r.get_json()["error"] in ("invalid_client", "invalid_request"), auth
+    # two methods at once
+    r = redeem(api, code, verifier, client_secret=WIKI_SECRET)
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_request"
+    # the confidential client cannot pretend to be public
+    r = redeem(api, code, verifier, auth={}, client_id="wiki")
+    assert r.status_code == 401
+    # after all these failures, the code is still good for the real client
+    assert redeem(api, code, verifier).status_code == 200
+
+
+def test_tokens_of_one_workspace_refused_by_another(browser, api):
+    code, verifier = code_flow(browser)
+    tok = redeem(api, code, verifier).get_json()
+    other = basic("wiki", OTHER_SECRET)
+    assert api.get("/w/other/oauth2/userinfo", headers={"Authorization": "Bearer " + tok["access_token"]}
+                   ).status_code == 401
+    r = api.post("/w/other/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+                 headers=other)
+    assert r.status_code == 400
+    r = api.post("/w/other/oauth2/introspect", data={"token": tok["access_token"]}, headers=other)
+    assert r.get_json() == {"active": False}
+    # the acme secret is not the other workspace's
+    r = api.post("/w/other/oauth2/token", data={"grant_type": "client_credentials"}, headers=WIKI_AUTH)
+    assert r.status_code == 401
+    # a code of acme at other's token endpoint
+    code, verifier = code_flow(browser)
+    assert redeem_at(api, "other", code, verifier, other).status_code == 400
+    assert redeem(api, code, verifier).status_code == 200
+
+
+def redeem_at(api, ws, code, verifier, auth):
+    return api.post(f"/w/{ws}/oauth2/token", data={"grant_type": "authorization_code", "code": code,
+                                                   "redirect_uri": WIKI_CB, "code_verifier": verifier}, headers=auth)
+
+
+def test_prompt_none_and_login(browser):
+    _, challenge = pkce()
+    browser.get("/w/acme/login")
+    r = browser.get(authorize_path(challenge=challenge, prompt="none", state="abc"))
+    q = query(r.headers["Location"])
+    assert r.headers["Location"].startswith(WIKI_CB) and q["error"] == "login_required" and q["state"] == "abc"
+    code, _ = code_flow(browser)
+    r = browser.get(authorize_path(challenge=challenge, prompt="none"))
+    assert "code" in query(r.headers["Location"])
+    # prompt=login sends a signed-in browser back to the sign-in page
+    r = browser.get(authorize_path(challenge=challenge, prompt="login"))
+    assert r.status_code == 302 and r.headers["Location"].startswith("/w/acme/login?")
+    q = query(r.headers["Location"])
+    assert q["prompt"] == "login" and q["app"] == "wiki" and "prompt" not in query(q["next"])
+    # max_age=0 too
+    r = browser.get(authorize_path(challenge=challenge, max_age="0"))
+    assert r.headers["Location"].startswith("/w/acme/login?")
+    r = browser.get(authorize_path(challenge=challenge, max_age="3600"))
+    assert r.headers["Location"].startswith(WIKI_CB)
+    r = browser.get(authorize_path(challenge=challenge, max_age="-1"))
+    assert query(r.headers["Location"])["error"] == "invalid_request"
+
+
+def test_app_requiring_mfa_steps_up(browser):
+    code, _ = code_flow(browser)  # signed in with a password only
+    _, challenge = pkce()
+    r = browser.get(authorize_path(client_id="strict", redirect_uri="https://strict.example/cb", challenge=challenge))
+    assert r.status_code == 302 and r.headers["Location"].startswith("/w/acme/login?")
+    q = query(r.headers["Location"])
+    assert q["app"] == "strict" and q["prompt"] == "login" and q["next"].startswith("/w/acme/oauth2/resume?")
+    r = browser.get(authorize_path(client_id="strict", redirect_uri="https://strict.example/cb", challenge=challenge,
+                                   prompt="none"))
+    assert query(r.headers["Location"])["error"] == "interaction_required"
+
+
+def test_policy_deny_ip_allowlist(settings):
+    app = make_oidc_app(settings, oidc_config({"ip_allowlist": ["10.0.0.0/8"]}))
+    inside = Browser(app, ip="10.1.2.3")
+    code, verifier = code_flow(inside)
+    # the same session from outside the allowlist
+    inside.ip = "192.0.2.7"
+    _, challenge = pkce()
+    r = inside.get(authorize_path(challenge=challenge, state="zz"))
+    assert r.status_code == 302
+    q = query(r.headers["Location"])
+    assert r.headers["Location"].startswith(WIKI_CB + "?") and q["error"] == "access_denied" and q["state"] == "zz"
+    assert "code" not in q
+
+
+def test_disabled_user_cannot_refresh(browser, api, hub):
+    code, verifier = code_flow(browser)
+    tok = redeem(api, code, verifier).get_json()
+    from sqlalchemy import update
+
+    from idp.models import User
+
+    with hub.db() as db:
+        db.execute(update(User).where(User.email == ALICE).values(active=False))
+        db.commit()
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+                 headers=WIKI_AUTH)
+    assert r.status_code == 400
+
+
+def test_hostile_input_never_500(browser, api):
+    browser.login("acme", BOB, BOB_PW)
+    huge = "a" * 5000
+    for path in ("/w/acme/oauth2/authorize?client_id=" + huge,
+                 "/w/acme/oauth2/authorize?client_id=wiki&client_id=spa&redirect_uri=" + WIKI_CB,
+                 "/w/acme/oauth2/authorize?response_type=code&client_id=wiki&redirect_uri=" + WIKI_CB
+                 + "&redirect_uri=" + WIKI_CB,
+                 "/w/acme/oauth2/authorize?%00=%ff&client_id=%ff%fe",
+                 "/w/acme/oauth2/authorize",
+                 "/w/acme/oauth2/logout?id_token_hint=" + huge,
+                 "/w/acme/oauth2/logout?id_token_hint=a.b.c&post_logout_redirect_uri=javascript:alert(1)",
+                 "/w/acme/oauth2/logout?id_token_hint=eyJhbGciOiJub25lIn0.e30.&client_id=wiki"):
+        r = browser.get(path)
+        assert r.status_code == 400 and "Location" not in r.headers, (path, r.status_code)
+    for data in ({"grant_type": "authorization_code", "code": huge},
+                 "grant_type=authorization_code&code=%ff%fe%00&redirect_uri=%ED%A0%80&code_verifier=%c0",
+                 {"grant_type": ["refresh_token", "client_credentials"]},
+                 {"grant_type": "refresh_token", "refresh_token": huge},
+                 {"grant_type": "refresh_token"},
+                 {"grant_type": "authorization_code"},
+                 {"grant_type": huge},
+                 {}):
+        kw = {"content_type": "application/x-www-form-urlencoded"} if isinstance(data, str) else {}
+        r = api.post("/w/acme/oauth2/token", data=data, headers=WIKI_AUTH, **kw)
+        assert 400 <= r.status_code < 500 and r.is_json and "error" in r.get_json(), (data, r.status_code)
+    r = api.post("/w/acme/oauth2/token", data="{not json", content_type="application/json", headers=WIKI_AUTH)
+    assert 400 <= r.status_code < 500 and r.get_json()["error"]
+    r = api.post("/w/acme/oauth2/token", data={"x": "y" * 300_000}, headers=WIKI_AUTH)
+    assert r.status_code == 413 and r.get_json()["error"]
+    assert api.get("/w/acme/oauth2/token").status_code == 405
+    for ep in ("revoke", "introspect"):
+        r = api.post(f"/w/acme/oauth2/{ep}", data={"token": huge}, headers=WIKI_AUTH)
+        assert r.status_code in (200, 400), r.status_code
+        r = api.post(f"/w/acme/oauth2/{ep}", data={}, headers=WIKI_AUTH)
+        assert r.status_code == 400 and r.get_json()["error"] == "invalid_request"
+    r = api.get("/w/acme/oauth2/userinfo", headers={"Authorization": "Bearer " + huge})
+    assert r.status_code == 401
+
+
+def test_key_rotation_keeps_old_key_published(browser, api, hub):
+    code, verifier = code_flow(browser)
+    tok = redeem(api, code, verifier).get_json()
+    old_kid = api.get("/w/acme/oauth2/jwks").get_json()["keys"][0]["kid"]
+    ws = _ws(hub, "acme")
+    new_kid = hub.oidc.keys.rotate(ws.id)
+    kids = [k["kid"] for k in api.get("/w/acme/oauth2/jwks").get_json()["keys"]]
+    assert kids == [new_kid, old_kid]
+    # old tokens still verify; new ones are signed with the new key
+    assert api.get("/w/acme/oauth2/userinfo", headers={"Authorization": "Bearer " + tok["access_token"]}
+                   ).status_code == 200
+    code, verifier = code_flow(browser)
+    tok2 = redeem(api, code, verifier).get_json()
+    assert JsonWebToken(["RS256"]).decode(tok2["id_token"], jwks(api)).header["kid"] == new_kid
+    # after the overlap the old key leaves the JWKS
+    from datetime import timedelta
+
+    real = hub.clock
+    later = real() + timedelta(days=3)
+    hub.clock = lambda: later
+    try:
+        assert [k["kid"] for k in hub.oidc.keys.jwks(ws.id)["keys"]] == [new_kid]
+    finally:
+        hub.clock = real
+
+
+def test_apply_oidc_apps_upserts(hub):
+    from sqlalchemy import select
+
+    from oidc.config import apply_oidc_apps, check_secret
+    from oidc.models import OidcClient
+
+    ws = _ws(hub, "acme")
+    with hub.db() as db:
+        apply_oidc_apps(db, ws, [{"slug": "wiki", "name": "Wiki 2", "protocol": "oidc", "client_id": "wiki",
+                                  "client_secret": "new-" + "n" * 40, "redirect_uris": ["https://w/cb"]}])
+        db.commit()
+        rows = {r.client_id: r for r in db.scalars(select(OidcClient).where(OidcClient.workspace_id == ws.id))}
+    assert set(rows) == {"wiki", "spa", "poster", "strict"}  # removed apps are left alone
+    wiki = rows["wiki"]
+    assert wiki.name == "Wiki 2" and wiki.redirect_uris == ["https://w/cb"]
+    assert check_secret(wiki.secret_hash, "new-" + "n" * 40) and not check_secret(wiki.secret_hash, WIKI_SECRET)
+    assert "n" * 40 not in (wiki.secret_hash or "")
+    assert rows["spa"].secret_hash is None and rows["spa"].token_endpoint_auth_method == "none"
+    assert hub.app_policies(ws, "strict") == {"require_mfa": True}
+    assert hub.app_policies(ws, "wiki") == {}

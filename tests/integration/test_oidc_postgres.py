@@ -1,0 +1,55 @@
+"""The one-shot guarantees of the OIDC provider on PostgreSQL (with Redis sessions), under real concurrency."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.conftest import Browser, make_settings
+from tests.integration.test_oidc import WIKI_AUTH, code_flow, redeem
+from tests.interop.oidc_support import make_oidc_app
+from tests.services import drop_postgres, postgres_url, redis_url
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture
+def pg_app(tmp_path):
+    url = postgres_url()
+    redis, _prefix = redis_url()
+    app = make_oidc_app(make_settings(tmp_path, database_url=url, redis_url=redis))
+    try:
+        yield app
+    finally:
+        app.extensions["idhub"].engine.dispose()
+        drop_postgres(url)
+
+
+def race(app, n, fn):
+    results, barrier = [], threading.Barrier(n)
+
+    def worker():
+        client = app.test_client()
+        barrier.wait()
+        results.append(fn(client).status_code)
+
+    threads = [threading.Thread(target=worker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(results)
+
+
+def test_parallel_code_redemption_postgres(pg_app):
+    code, verifier = code_flow(Browser(pg_app))
+    assert race(pg_app, 16, lambda c: redeem(c, code, verifier)) == [200] + [400] * 15
+
+
+def test_parallel_refresh_postgres(pg_app):
+    code, verifier = code_flow(Browser(pg_app))
+    rt = redeem(pg_app.test_client(), code, verifier).get_json()["refresh_token"]
+    results = race(pg_app, 8, lambda c: c.post("/w/acme/oauth2/token", headers=WIKI_AUTH,
+                                               data={"grant_type": "refresh_token", "refresh_token": rt}))
+    assert results.count(200) <= 1 and results.count(400) >= 7, results

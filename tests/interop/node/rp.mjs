@@ -1,0 +1,81 @@
+// A relying party built on openid-client (v6), driven by tests/interop/test_oidc_node.py.
+//   node rp.mjs start  '{"issuer":…,"client_id":…,"client_secret":…,"redirect_uri":…}'
+//       → {"url", "state", "nonce", "verifier"}           (discovery + authorization URL with S256 PKCE)
+//   node rp.mjs finish '{…, "callback", "state", "nonce", "verifier", "post_logout_redirect_uri"}'
+//       → the results of authorizationCodeGrant, fetchUserInfo, refreshTokenGrant, revocation, end-session URL
+import * as client from 'openid-client'
+
+const [, , phase, raw] = process.argv
+const args = JSON.parse(raw)
+
+async function configure() {
+  return client.discovery(new URL(args.issuer), args.client_id, args.client_secret, undefined, {
+    execute: [client.allowInsecureRequests], // the LiveHub serves plain http on 127.0.0.1
+  })
+}
+
+async function start() {
+  const config = await configure()
+  const verifier = client.randomPKCECodeVerifier()
+  const challenge = await client.calculatePKCECodeChallenge(verifier)
+  const state = client.randomState()
+  const nonce = client.randomNonce()
+  const url = client.buildAuthorizationUrl(config, {
+    redirect_uri: args.redirect_uri,
+    scope: 'openid profile email groups offline_access',
+    code_challenge: challenge,
+    code_challenge_method: 'S256',
+    state,
+    nonce,
+  })
+  return { url: url.href, state, nonce, verifier, server: config.serverMetadata() }
+}
+
+async function finish() {
+  const config = await configure()
+  const out = {}
+  const tokens = await client.authorizationCodeGrant(config, new URL(args.callback), {
+    pkceCodeVerifier: args.verifier,
+    expectedState: args.state,
+    expectedNonce: args.nonce,
+    idTokenExpected: true,
+  })
+  const claims = tokens.claims()
+  out.claims = claims
+  out.token_type = tokens.token_type
+  out.userinfo = await client.fetchUserInfo(config, tokens.access_token, claims.sub)
+  const refreshed = await client.refreshTokenGrant(config, tokens.refresh_token)
+  out.refreshed = { rotated: refreshed.refresh_token !== tokens.refresh_token, claims: refreshed.claims() ?? null }
+  // the old refresh token was rotated away: replaying it must fail (and revoke the family)
+  try {
+    await client.refreshTokenGrant(config, tokens.refresh_token)
+    out.replay = 'accepted'
+  } catch (err) {
+    out.replay = err.error ?? err.code ?? String(err)
+  }
+  const fresh = await client.refreshTokenGrant(config, refreshed.refresh_token).then(
+    () => 'accepted', (err) => err.error ?? err.code ?? String(err))
+  out.after_replay = fresh
+  // a new sign-in's tokens are revoked through the revocation endpoint
+  await client.tokenRevocation(config, tokens.access_token, { token_type_hint: 'access_token' })
+  try {
+    await client.fetchUserInfo(config, tokens.access_token, claims.sub)
+    out.userinfo_after_revocation = 'accepted'
+  } catch (err) {
+    out.userinfo_after_revocation = err.status ?? err.code ?? String(err)
+  }
+  out.end_session_url = client.buildEndSessionUrl(config, {
+    id_token_hint: tokens.id_token,
+    post_logout_redirect_uri: args.post_logout_redirect_uri,
+    state: 'bye',
+  }).href
+  return out
+}
+
+try {
+  const result = phase === 'start' ? await start() : await finish()
+  process.stdout.write(JSON.stringify(result))
+} catch (err) {
+  process.stdout.write(JSON.stringify({ failure: String(err), code: err.code, error: err.error, cause: String(err.cause ?? '') }))
+  process.exit(1)
+}

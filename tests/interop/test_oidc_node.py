@@ -1,0 +1,117 @@
+"""Interoperability: the openid-client (Node, v6) relying party against a real ``idhub serve``.
+
+It performs discovery, builds the authorization URL (S256 PKCE, state, nonce); this test signs in through the
+real pages with ``requests``; then openid-client redeems the code (checking ``iss`` per RFC 9207, the id_token
+signature, nonce and claims), fetches userinfo, refreshes (rotation), replays the old refresh token, revokes,
+and builds the end-session URL, which the browser then follows.
+
+The test installs the Node peer into tests/interop/node/node_modules when it is missing, and FAILS (not skips)
+when node or npm are missing: interoperability is part of the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import pytest
+import requests
+
+from tests.conftest import ALICE, ALICE_PW
+from tests.interop.oidc_support import (
+    WIKI_CB,
+    WIKI_HOME,
+    WIKI_SECRET,
+    hidden_fields,
+    live_oidc_hub,
+    resume_target,
+)
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+
+
+def node_peer() -> str:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        pytest.fail("node and npm are required for the OIDC interoperability test (Node 20+)")
+    if not (NODE_DIR / "node_modules" / "openid-client").is_dir():
+        cmd = [npm, "ci" if (NODE_DIR / "package-lock.json").exists() else "install", "--no-audit", "--no-fund"]
+        res = subprocess.run(cmd, cwd=NODE_DIR, capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            pytest.fail(f"`{' '.join(cmd)}` failed:\n{res.stdout}\n{res.stderr}")
+    return node
+
+
+def run_rp(node: str, phase: str, args: dict) -> dict:
+    res = subprocess.run([node, "rp.mjs", phase, json.dumps(args)], cwd=NODE_DIR, capture_output=True, text=True,
+                         timeout=60)
+    try:
+        out = json.loads(res.stdout)
+    except ValueError:
+        out = {"failure": res.stdout}
+    assert res.returncode == 0, f"rp.mjs {phase} failed: {out}\n{res.stderr}"
+    return out
+
+
+@pytest.fixture
+def live():
+    with live_oidc_hub() as hub:
+        yield hub
+
+
+def sign_in(session: requests.Session, url: str, base: str) -> str:
+    """Follow idhub's redirects and sign-in forms until it redirects to the app; return that URL."""
+    r = session.get(url, allow_redirects=False, timeout=10)
+    for _ in range(8):
+        assert r.status_code == 302, (r.status_code, r.text[:500])
+        loc = urljoin(r.url, r.headers["Location"])
+        if not loc.startswith(base):
+            return loc
+        path = urlsplit(loc).path
+        if path.endswith("/login"):
+            page = session.get(loc, timeout=10)
+            r = session.post(urljoin(base, path), data={**hidden_fields(page.text), "email": ALICE},
+                             allow_redirects=False, timeout=10)
+            page = session.get(urljoin(base, r.headers["Location"]), timeout=10)
+            r = session.post(urljoin(base, "/w/acme/login/password"),
+                             data={**hidden_fields(page.text), "password": ALICE_PW}, allow_redirects=False,
+                             timeout=10)
+            continue
+        r = session.get(loc, allow_redirects=False, timeout=10)
+        if r.status_code == 200 and path.endswith("/oauth2/resume"):
+            r = session.get(urljoin(base, resume_target(r.text)), allow_redirects=False, timeout=10)
+    raise AssertionError("too many redirects")
+
+
+def test_openid_client_interop(live):
+    node = node_peer()
+    issuer = live.url("/w/acme")
+    args = {"issuer": issuer, "client_id": "wiki", "client_secret": WIKI_SECRET, "redirect_uri": WIKI_CB,
+            "post_logout_redirect_uri": WIKI_HOME}
+    started = run_rp(node, "start", args)
+    assert started["server"]["issuer"] == issuer
+    assert started["url"].startswith(issuer + "/oauth2/authorize?")
+    browser = requests.Session()
+    callback = sign_in(browser, started["url"], live.base_url)
+    assert callback.startswith(WIKI_CB + "?")
+    assert parse_qs(urlsplit(callback).query)["iss"] == [issuer]
+    out = run_rp(node, "finish", {**args, **{k: started[k] for k in ("state", "nonce", "verifier")},
+                                   "callback": callback})
+    claims = out["claims"]
+    assert claims["iss"] == issuer and claims["aud"] == "wiki" and claims["nonce"] == started["nonce"]
+    assert claims["email"] == ALICE and claims["amr"] == ["pwd"] and claims["sid"]
+    assert out["userinfo"]["sub"] == claims["sub"] and out["userinfo"]["groups"] == ["engineering"]
+    assert out["refreshed"]["rotated"] is True and out["refreshed"]["claims"]["sub"] == claims["sub"]
+    assert out["replay"] == "invalid_grant"
+    assert out["after_replay"] == "invalid_grant"  # the replay revoked the whole family
+    assert out["userinfo_after_revocation"] != "accepted"
+    # RP-initiated logout with the id_token_hint: signed out, back to the registered URI with the state
+    end = out["end_session_url"]
+    assert end.startswith(issuer + "/oauth2/logout?")
+    r = browser.get(end, allow_redirects=False, timeout=10)
+    assert r.status_code == 302 and r.headers["Location"] == WIKI_HOME + "?state=bye"
+    r = browser.get(live.url("/w/acme/settings/security"), allow_redirects=False, timeout=10)
+    assert r.status_code == 302 and "/login" in r.headers["Location"]
