@@ -127,6 +127,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
     app.register_blueprint(mfa.bp)
     from oidc.web import bp as oidc_bp
     app.register_blueprint(oidc_bp)
+    from scim.web import bp as scim_bp
+    app.register_blueprint(scim_bp)
 
     from idp.passwords import RULES
 

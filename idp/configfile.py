@@ -316,14 +316,17 @@ def validate(doc) -> list[dict]:
             users.append({**u, "email": email})
         apps = _apps(v, ws.get("apps"), f"{p}.apps")
         connections = _connections(v, ws.get("connections"), f"{p}.connections", plan)
-        for j, t in enumerate(v.seq(ws.get("scim_tokens"), f"{p}.scim_tokens")):
-            t = v.mapping(t, f"{p}.scim_tokens[{j}]", {"name", "token", "token_env", "read_only"}, ("name",))
-            if t and not (t.get("token") or t.get("token_env")):
-                v.err(f"{p}.scim_tokens[{j}]", "needs token or token_env")
-            if t and plan != "enterprise":
-                v.err(f"{p}.scim_tokens[{j}]", "SCIM provisioning needs the enterprise plan")
+        from scim.config import validate_scim_tokens
+
+        scim_tokens = v.seq(ws.get("scim_tokens"), f"{p}.scim_tokens")
+        for j, t in enumerate(scim_tokens):
+            v.mapping(t, f"{p}.scim_tokens[{j}]", {"name", "token", "token_env", "read_only"}, ("name",))
+        v.errors.extend(validate_scim_tokens(scim_tokens, f"{p}.scim_tokens"))
+        if scim_tokens and plan != "enterprise":
+            v.err(f"{p}.scim_tokens", "SCIM provisioning needs the enterprise plan")
         workspaces.append({"slug": slug, "name": name, "plan": plan, "domains": domains, "policies": policies,
-                           "groups": groups, "users": users, "apps": apps, "connections": connections})
+                           "groups": groups, "users": users, "apps": apps, "connections": connections,
+                           "scim_tokens": scim_tokens})
     if v.errors:
         raise ConfigError(v.errors)
     return workspaces
@@ -396,7 +399,9 @@ def apply(db: Session, workspaces: list[dict], hasher: passwords.Hasher) -> Appl
                 db.execute(delete(GroupMember).where(GroupMember.user_id == user.id,
                                                      GroupMember.group_id.in_(have - wanted)))
         from oidc.config import apply_oidc_apps
+        from scim.config import apply_scim_tokens
 
         apply_oidc_apps(db, ws, w["apps"])
+        apply_scim_tokens(db, ws, w["scim_tokens"])
         report.updated.append(f"workspace {w['slug']}")
     return report

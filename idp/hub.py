@@ -314,6 +314,11 @@ class Hub:
             if user is None or not user.active:
                 self._event("password.reset.requested", ws.id, client, actor_email=key, data={"known": False})
                 return
+            if user.external_id:
+                # Provisioned by an HR system or IdP over SCIM: its password is managed there (same answer).
+                self._event("password.reset.requested", ws.id, client, actor_id=user.id,
+                            data={"known": True, "sent": False, "reason": "externally_managed"})
+                return
             token, hashed = new_secret_token()
             db.execute(delete(PasswordResetToken).where(PasswordResetToken.user_id == user.id))
             db.add(PasswordResetToken(token_hash=hashed, user_id=user.id, created_at=now, expires_at=now + RESET_TTL))

@@ -76,6 +76,12 @@ class User(Base):
     password_reset_required: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    # SCIM provisioning (scim/): the attributes clients filter and sort on, the rest as JSON.
+    external_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    given_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    family_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    display_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    scim: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
     workspace: Mapped[Workspace] = relationship(lazy="joined")
 
@@ -87,6 +93,9 @@ class Group(Base):
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # SCIM provisioning (scim/)
+    external_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class GroupMember(Base):

@@ -261,3 +261,13 @@ def test_workspace_policy_can_only_shorten_sessions(tmp_path):
         assert b.security().status_code == 302
     finally:
         hub.clock = real
+
+
+def test_no_reset_link_for_an_externally_managed_account(browser_factory, outbox, hub):
+    from sqlalchemy import update
+
+    with hub.db() as db:
+        db.execute(update(User).where(User.email == ALICE).values(external_id="workday-1234"))
+        db.commit()
+    request_reset(browser_factory, ALICE)  # the same neutral answer …
+    assert outbox.find(to=ALICE, subject="Reset your password") == []  # … and no link

@@ -96,3 +96,26 @@ def test_apply_is_idempotent_and_keeps_user_changed_passwords(tmp_path):
         assert db.scalar(select(func.count()).select_from(GroupMember)) == 1
         alice = db.scalar(select(User).where(User.email == "alice@acme.test"))
         assert hasher.verify(alice.password_hash, "Changed-By-Alice-1!")
+
+
+def test_scim_tokens_are_validated_and_applied(tmp_path, monkeypatch):
+    from scim.models import ScimToken
+
+    doc = copy.deepcopy(BASE_CONFIG)
+    doc["workspaces"][0]["scim_tokens"] = [{"name": "workday", "token": "short"}]
+    assert any(e.startswith("workspaces[0].scim_tokens[0].token: at least") for e in errors_of(doc))
+    doc["workspaces"][1]["scim_tokens"] = [{"name": "okta", "token": "t" * 40}]
+    assert "workspaces[1].scim_tokens: SCIM provisioning needs the enterprise plan" in errors_of(doc)
+    monkeypatch.setenv("IDHUB_TEST_SCIM_TOKEN", "w" * 48)
+    doc = copy.deepcopy(BASE_CONFIG)
+    doc["workspaces"][0]["scim_tokens"] = [{"name": "workday", "token_env": "IDHUB_TEST_SCIM_TOKEN"}]
+    url = f"sqlite:///{tmp_path}/t.db"
+    upgrade(url)
+    sm = make_sessionmaker(make_engine(url))
+    with sm() as db:
+        apply(db, validate(doc), fast_hasher())
+        db.commit()
+    with sm() as db:
+        tokens = list(db.scalars(select(ScimToken)))
+        assert [t.name for t in tokens] == ["workday"]
+        assert all("w" * 48 not in str(v) for t in tokens for v in vars(t).values())  # stored hashed

@@ -1,0 +1,778 @@
+"""The SCIM 2.0 service (RFC 7643/7644): authentication, Users, Groups, discovery. Plain Python.
+
+``ScimService.handle(ws_slug, ScimRequest) -> ScimResponse`` (status, body, headers); ``scim.web`` only converts
+Flask requests and responses. Every query is restricted to the caller's workspace outside any parsed filter."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import asc, delete, desc, exists, func, select
+from sqlalchemy.exc import IntegrityError
+
+from idp import passwords
+from idp.accounts import InvalidEmail, clean_email, normalise_email, workspace_by_slug
+from idp.models import Group, GroupMember, User, utcnow
+from scim import errors as E
+from scim.config import hash_token, same_hash
+from scim.filters import Column, Translator, compare_column, parse_filter, parse_path
+from scim.models import ScimToken, ScimValue
+from scim.patch import Patcher
+from scim.schemas import (
+    ENTERPRISE_SCHEMA,
+    GROUP,
+    LIST_SCHEMA,
+    MAX_STRING,
+    PATCH_SCHEMA,
+    USER,
+    Attr,
+    ResourceType,
+    check_schemas,
+    clean_resource,
+    resource_type_documents,
+    schema_documents,
+    service_provider_config,
+)
+
+log = logging.getLogger("idhub.scim")
+
+MAX_BODY = 1024 * 1024
+MAX_RESULTS = 200
+DEFAULT_COUNT = 100
+MAX_START = 10**9
+SEARCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
+USER_COLUMNS_ATTRS = {"userName", "externalId", "displayName", "active", "password", "id"}
+
+
+@dataclass(frozen=True)
+class ScimRequest:
+    method: str
+    path: str  # after /scim/v2, e.g. "/Users/abc"
+    query: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes = b""
+
+
+@dataclass
+class ScimResponse:
+    status: int
+    body: dict | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Caller:
+    workspace_id: str
+    workspace_slug: str
+    token_name: str
+    read_only: bool
+
+    @property
+    def actor(self) -> str:
+        return f"scim:{self.token_name}"
+
+
+def iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def fold(s: str) -> str:
+    return unicodedata.normalize("NFKC", s).casefold()
+
+
+def version_of(body: dict) -> str:
+    payload = {k: v for k, v in body.items() if k != "meta"}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return f'W/"{digest}"'
+
+
+def _etag_matches(header: str, version: str) -> bool:
+    tags = [t.strip() for t in header.split(",") if t.strip()]
+    weak = version.removeprefix("W/")
+    return any(t == "*" or t.removeprefix("W/") == weak for t in tags)
+
+
+def _find(d: dict, name: str):
+    low = name.lower()
+    return next((k for k in d if isinstance(k, str) and k.lower() == low), None)
+
+
+# ---- projection (attributes / excludedAttributes) -------------------------------------------------------------
+def _split_attr_list(raw) -> list[str]:
+    if raw is None:
+        return []
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    out = [str(i).strip() for i in items if str(i).strip()]
+    if len(out) > 100 or any(len(i) > 300 for i in out):
+        raise E.InvalidValue("too many or too long attribute names")
+    return out
+
+
+def _locate(body: dict, rt: ResourceType, raw: str) -> tuple[dict, str, str | None] | None:
+    """(container, key, sub key) of an attribute path in a rendered resource, or None."""
+    uri = rt.ext_uri(raw)
+    if uri is not None:
+        return (body, uri, None) if uri in body else None
+    try:
+        p = parse_path(raw)
+    except E.InvalidFilter:
+        return None
+    container = body
+    if p.uri:
+        uri = rt.ext_uri(p.uri)
+        if uri is None:
+            if p.uri.lower() != rt.schema.lower():
+                return None
+        else:
+            container = body.get(uri)
+            if not isinstance(container, dict):
+                return None
+    key = _find(container, p.attr)
+    if key is None:
+        return None
+    return container, key, p.sub
+
+
+def project(body: dict, rt: ResourceType, attributes: list[str], excluded: list[str]) -> dict:
+    if attributes:
+        out: dict = {"schemas": body["schemas"], "id": body["id"]}
+        for raw in attributes:
+            loc = _locate(body, rt, raw)
+            if loc is None:
+                continue
+            container, key, sub = loc
+            target = out
+            if container is not body:
+                uri = next(u for u in rt.extensions if body.get(u) is container)
+                target = out.setdefault(uri, {})
+            value = container[key]
+            if sub is None:
+                target[key] = value
+            elif isinstance(value, dict):
+                sk = _find(value, sub)
+                if sk is not None:
+                    target.setdefault(key, {})[sk] = value[sk]
+            elif isinstance(value, list):
+                picked = []
+                for e in value:
+                    sk = _find(e, sub) if isinstance(e, dict) else None
+                    picked.append({sk: e[sk]} if sk else {})
+                have = target.get(key)
+                if isinstance(have, list) and len(have) == len(picked):
+                    for h, p in zip(have, picked, strict=True):
+                        h.update(p)
+                else:
+                    target[key] = picked
+        return out
+    if excluded:
+        out = json.loads(json.dumps(body))
+        for raw in excluded:
+            loc = _locate(out, rt, raw)
+            if loc is None:
+                continue
+            container, key, sub = loc
+            if container is out and key in ("id", "schemas"):
+                continue
+            if sub is None:
+                container.pop(key, None)
+            elif isinstance(container[key], dict):
+                sk = _find(container[key], sub)
+                if sk:
+                    container[key].pop(sk)
+            elif isinstance(container[key], list):
+                for e in container[key]:
+                    if isinstance(e, dict) and _find(e, sub):
+                        e.pop(_find(e, sub))
+        return out
+    return body
+
+
+# ---- the service ----------------------------------------------------------------------------------------------
+class ScimService:
+    def __init__(self, hub):
+        self.hub = hub
+
+    # -- URLs
+    def base(self, slug: str) -> str:
+        return self.hub.url(f"/w/{slug}/scim/v2")
+
+    # -- entry point
+    def handle(self, ws_slug: str, req: ScimRequest) -> ScimResponse:
+        try:
+            caller = self.authenticate(ws_slug, req)
+            return self.dispatch(caller, req)
+        except E.ScimError as exc:
+            return ScimResponse(exc.status, exc.to_error(), dict(exc.headers))
+
+    def authenticate(self, ws_slug: str, req: ScimRequest) -> Caller:
+        if any(k.lower() in ("access_token", "token", "bearer") for k in req.query):
+            raise E.Unauthorized("Send the bearer token in the Authorization header, never in the URL.")
+        scheme, _, token = req.headers.get("authorization", "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or len(token) > 512:
+            raise E.Unauthorized()
+        hashed = hash_token(token)
+        with self.hub.db() as db:
+            ws = workspace_by_slug(db, ws_slug)
+            if ws is None:
+                raise E.NotFound("There is no workspace at this address.")
+            row = db.scalar(select(ScimToken).where(ScimToken.token_hash == hashed))
+        if row is None or row.revoked_at is not None or not same_hash(row.token_hash, hashed):
+            raise E.Unauthorized("The bearer token is not valid.")
+        if row.workspace_id != ws.id:
+            raise E.NotFound("There is no workspace at this address.")
+        if ws.plan != "enterprise":
+            raise E.Forbidden("SCIM provisioning needs the enterprise plan.")
+        return Caller(ws.id, ws.slug, row.name, row.read_only)
+
+    def dispatch(self, caller: Caller, req: ScimRequest) -> ScimResponse:
+        parts = [p for p in req.path.split("/") if p]
+        method = req.method.upper()
+        if method not in ("GET", "HEAD") and caller.read_only:
+            if not (len(parts) == 2 and parts[1] == ".search" and method == "POST"):
+                raise E.Forbidden("This token is read-only.")
+        if not parts:
+            raise E.NotFound("Unknown SCIM endpoint.")
+        head = parts[0]
+        base = self.base(caller.workspace_slug)
+        if head in ("ServiceProviderConfig", "Schemas", "ResourceTypes"):
+            if method != "GET":
+                raise E.MethodNotAllowed()
+            return self._discovery(base, parts)
+        if head == ".search":
+            raise E.NotImplementedScim("Search one resource type at a time (/Users/.search, /Groups/.search).")
+        if head == "Bulk":
+            raise E.NotImplementedScim("Bulk operations are not supported.")
+        if head == "Me":
+            raise E.NotImplementedScim("/Me is not supported (tokens do not belong to users).")
+        if head not in ("Users", "Groups") or len(parts) > 2:
+            raise E.NotFound("Unknown SCIM endpoint.")
+        rt = USER if head == "Users" else GROUP
+        if len(parts) == 1:
+            if method == "GET":
+                return self.list(caller, rt, req.query)
+            if method == "POST":
+                return self.create(caller, rt, self._json(req), req.query)
+            raise E.MethodNotAllowed()
+        rid = parts[1]
+        if rid == ".search":
+            if method != "POST":
+                raise E.MethodNotAllowed()
+            return self.search(caller, rt, self._json(req))
+        if method == "GET":
+            return self.get(caller, rt, rid, req)
+        if method == "PUT":
+            return self.replace(caller, rt, rid, self._json(req), req)
+        if method == "PATCH":
+            return self.patch(caller, rt, rid, self._json(req), req)
+        if method == "DELETE":
+            return self.delete(caller, rt, rid, req)
+        raise E.MethodNotAllowed()
+
+    @staticmethod
+    def _json(req: ScimRequest) -> dict:
+        if len(req.body) > MAX_BODY:
+            raise E.PayloadTooLarge(f"The body is larger than {MAX_BODY // 1024} KiB.")
+        ctype = req.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype and ctype not in ("application/scim+json", "application/json"):
+            raise E.UnsupportedMediaType()
+        try:
+            body = json.loads(req.body.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise E.InvalidSyntax("The body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise E.InvalidSyntax("The body must be a JSON object.")
+        return body
+
+    # -- discovery
+    def _discovery(self, base: str, parts: list[str]) -> ScimResponse:
+        head = parts[0]
+        if head == "ServiceProviderConfig":
+            if len(parts) > 1:
+                raise E.NotFound()
+            return ScimResponse(200, service_provider_config(base, MAX_RESULTS, MAX_BODY))
+        docs = schema_documents(base) if head == "Schemas" else resource_type_documents(base)
+        if len(parts) == 2:
+            doc = next((d for d in docs if d["id"].lower() == parts[1].lower()), None)
+            if doc is None:
+                raise E.NotFound(f"Unknown {head[:-1].lower()}.")
+            return ScimResponse(200, doc)
+        if len(parts) > 2:
+            raise E.NotFound()
+        return ScimResponse(200, {"schemas": [LIST_SCHEMA], "totalResults": len(docs), "startIndex": 1,
+                                  "itemsPerPage": len(docs), "Resources": docs})
+
+    # -- translation helpers
+    def _translator(self, rt: ResourceType, caller: Caller) -> Translator:
+        if rt is USER:
+            columns = {
+                "id": Column(User.id, case_exact=True),
+                "externalid": Column(User.external_id, case_exact=True),
+                "username": Column(User.email_normalized, "folded"),
+                "displayname": Column(User.display_name),
+                "name.givenname": Column(User.given_name),
+                "name.familyname": Column(User.family_name),
+                "active": Column(User.active, "bool"),
+                "meta.created": Column(User.created_at, "datetime"),
+                "meta.lastmodified": Column(User.updated_at, "datetime"),
+            }
+
+            def groups_value(op, value):
+                gm = select(GroupMember.user_id).where(GroupMember.user_id == User.id)
+                return exists(gm.where(compare_column(Column(GroupMember.group_id, case_exact=True), op, value)))
+
+            def groups_display(op, value):
+                gm = (select(GroupMember.user_id).join(Group, Group.id == GroupMember.group_id)
+                      .where(GroupMember.user_id == User.id))
+                return exists(gm.where(compare_column(Column(Group.name), op, value)))
+
+            return Translator(USER, columns, User.id, ScimValue,
+                              {"groups.value": groups_value, "groups.display": groups_display})
+        columns = {
+            "id": Column(Group.id, case_exact=True),
+            "externalid": Column(Group.external_id, case_exact=True),
+            "displayname": Column(Group.name),
+            "meta.created": Column(Group.created_at, "datetime"),
+            "meta.lastmodified": Column(func.coalesce(Group.updated_at, Group.created_at), "datetime"),
+        }
+
+        def members_value(op, value):
+            if op == "ne":
+                raise E.InvalidFilter("members.value supports eq, co, sw, ew and pr")
+            gm = select(GroupMember.group_id).where(GroupMember.group_id == Group.id)
+            if op == "pr":
+                return exists(gm)
+            return exists(gm.where(compare_column(Column(GroupMember.user_id, case_exact=True), op, value)))
+
+        return Translator(GROUP, columns, Group.id, None, {"members": members_value, "members.value": members_value})
+
+    # -- list / search
+    def search(self, caller: Caller, rt: ResourceType, body: dict) -> ScimResponse:
+        schemas = body.get("schemas")
+        if isinstance(schemas, list) and schemas and SEARCH_SCHEMA not in schemas:
+            raise E.InvalidSyntax(f"'schemas' must be [{SEARCH_SCHEMA}]")
+        query = {}
+        for k in ("filter", "startIndex", "count", "sortBy", "sortOrder", "attributes", "excludedAttributes"):
+            if body.get(k) is not None:
+                v = body[k]
+                query[k] = ",".join(map(str, v)) if isinstance(v, list) else str(v)
+        return self.list(caller, rt, query)
+
+    @staticmethod
+    def _int_param(query: dict, name: str, default: int) -> int:
+        raw = query.get(name)
+        if raw is None or raw == "":
+            return default
+        raw = str(raw).strip()
+        if len(raw) > 20 or not raw.lstrip("-").isdigit():
+            raise E.InvalidValue(f"{name} must be an integer")
+        return int(raw)
+
+    def list(self, caller: Caller, rt: ResourceType, query: dict) -> ScimResponse:
+        q = {k.lower(): v for k, v in query.items()}
+        start = min(max(self._int_param(q, "startindex", 1), 1), MAX_START)
+        count = min(max(self._int_param(q, "count", DEFAULT_COUNT), 0), MAX_RESULTS)
+        attributes = _split_attr_list(q.get("attributes"))
+        excluded = _split_attr_list(q.get("excludedattributes"))
+        tr = self._translator(rt, caller)
+        model = User if rt is USER else Group
+        conds = [model.workspace_id == caller.workspace_id]  # outside the parsed filter, always
+        if q.get("filter") not in (None, ""):
+            conds.append(tr.condition(parse_filter(q["filter"])))
+        order = [model.id]
+        if q.get("sortby"):
+            col = tr.order_column(q["sortby"])
+            if col is None:
+                raise E.InvalidValue(f"cannot sort by {q['sortby'][:100]!r}")
+            direction = desc if str(q.get("sortorder", "ascending")).lower() == "descending" else asc
+            order = [direction(col), model.id]
+        with self.hub.db() as db:
+            total = db.scalar(select(func.count()).select_from(model).where(*conds))
+            rows = list(db.scalars(select(model).where(*conds).order_by(*order).offset(start - 1).limit(count))) \
+                if count else []
+            want_members = rt is GROUP and not _excludes(excluded, attributes, "members")
+            bodies = self._render_many(db, caller, rt, rows, want_members=want_members)
+        resources = [project(b, rt, attributes, excluded) for b in bodies]
+        return ScimResponse(200, {"schemas": [LIST_SCHEMA], "totalResults": total, "startIndex": start,
+                                  "itemsPerPage": len(resources), "Resources": resources})
+
+    # -- rendering
+    def _render_many(self, db, caller: Caller, rt: ResourceType, rows: list, want_members: bool = True) -> list[dict]:
+        base = self.base(caller.workspace_slug)
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        if rt is USER:
+            groups: dict[str, list] = {}
+            for uid, gid, gname in db.execute(
+                select(GroupMember.user_id, Group.id, Group.name).join(Group, Group.id == GroupMember.group_id)
+                .where(GroupMember.user_id.in_(ids)).order_by(Group.name)
+            ):
+                groups.setdefault(uid, []).append({"value": gid, "$ref": f"{base}/Groups/{gid}", "display": gname,
+                                                   "type": "direct"})
+            return [render_user(u, groups.get(u.id, []), base) for u in rows]
+        members: dict[str, list] = {}
+        if want_members:
+            for gid, uid in db.execute(
+                select(GroupMember.group_id, GroupMember.user_id).where(GroupMember.group_id.in_(ids))
+                .order_by(GroupMember.user_id)
+            ):
+                members.setdefault(gid, []).append({"value": uid, "$ref": f"{base}/Users/{uid}", "type": "User"})
+        return [render_group(g, members.get(g.id, []), base, with_members=want_members) for g in rows]
+
+    def _load(self, db, caller: Caller, rt: ResourceType, rid: str, lock: bool = False):
+        if not rid or len(rid) > 64:
+            raise E.NotFound(f"{rt.name} {rid[:64]!r} not found.")
+        model = User if rt is USER else Group
+        stmt = select(model).where(model.id == rid, model.workspace_id == caller.workspace_id)
+        if lock:
+            stmt = stmt.with_for_update(of=model)
+        row = db.scalar(stmt)
+        if row is None:
+            raise E.NotFound(f"{rt.name} {rid[:64]!r} not found.")
+        return row
+
+    def _respond(self, status: int, rt: ResourceType, body: dict, query: dict, extra: dict | None = None
+                 ) -> ScimResponse:
+        q = {k.lower(): v for k, v in (query or {}).items()}
+        shown = project(body, rt, _split_attr_list(q.get("attributes")), _split_attr_list(q.get("excludedattributes")))
+        headers = {"ETag": body["meta"]["version"], **(extra or {})}
+        return ScimResponse(status, shown, headers)
+
+    # -- get
+    def get(self, caller: Caller, rt: ResourceType, rid: str, req: ScimRequest) -> ScimResponse:
+        q = {k.lower(): v for k, v in req.query.items()}
+        excluded = _split_attr_list(q.get("excludedattributes"))
+        with self.hub.db() as db:
+            row = self._load(db, caller, rt, rid)
+            want = rt is USER or not _excludes(excluded, _split_attr_list(q.get("attributes")), "members")
+            body = self._render_many(db, caller, rt, [row], want_members=want)[0]
+        inm = req.headers.get("if-none-match")
+        if inm and _etag_matches(inm, body["meta"]["version"]):
+            return ScimResponse(304, None, {"ETag": body["meta"]["version"]})
+        return self._respond(200, rt, body, req.query)
+
+    # -- writes
+    def create(self, caller: Caller, rt: ResourceType, body: dict, query: dict) -> ScimResponse:
+        check_schemas(body, rt)
+        data = clean_resource(body, rt)
+        data.pop("id", None)  # read-only: ignored on create (RFC 7643 §2.2)
+        if rt is USER:
+            return self._create_user(caller, data, query)
+        return self._create_group(caller, data, query)
+
+    def replace(self, caller: Caller, rt: ResourceType, rid: str, body: dict, req: ScimRequest) -> ScimResponse:
+        check_schemas(body, rt)
+        data = clean_resource(body, rt)
+        if "id" in data and data.pop("id") != rid:
+            raise E.Mutability("id is read-only and must match the resource")
+        return self._write(caller, rt, rid, req, lambda current: data)
+
+    def patch(self, caller: Caller, rt: ResourceType, rid: str, body: dict, req: ScimRequest) -> ScimResponse:
+        schemas = body.get("schemas")
+        if not isinstance(schemas, list) or PATCH_SCHEMA not in schemas:
+            raise E.InvalidSyntax(f"'schemas' must be [{PATCH_SCHEMA}]")
+
+        def change(current: dict) -> dict:
+            doc = clean_resource(current, rt)
+            doc.pop("id", None)
+            result = Patcher(rt, doc).apply(body)
+            return clean_resource({**result, "schemas": current["schemas"]}, rt)
+
+        return self._write(caller, rt, rid, req, change)
+
+    def _write(self, caller: Caller, rt: ResourceType, rid: str, req: ScimRequest, change) -> ScimResponse:
+        ended_user = None
+        with self.hub.db() as db:
+            row = self._load(db, caller, rt, rid, lock=True)
+            current = self._render_many(db, caller, rt, [row])[0]
+            im = req.headers.get("if-match")
+            if im and not _etag_matches(im, current["meta"]["version"]):
+                raise E.PreconditionFailed()
+            data = change(current)
+            if rt is USER:
+                was_active = row.active
+                password_set = self._apply_user(db, row, data, replace=True)
+                self._flush_unique(db, "userName")
+                self._index_user(db, row)
+                if was_active and not row.active:
+                    ended_user = row.id
+            else:
+                self._apply_group(db, caller, row, data, replace=True)
+                self._flush_unique(db, "displayName")
+                password_set = False
+            new = self._render_many(db, caller, rt, [row])[0]
+            self._commit(db, "userName" if rt is USER else "displayName")
+        changed = _changed(current, new) + (["password"] if password_set else [])
+        sessions = 0
+        if ended_user:
+            sessions = len(self.hub.sessions.end_all(ended_user, "deprovisioned"))
+        kind = "user" if rt is USER else "group"
+        event = f"scim.{kind}.deactivated" if ended_user else f"scim.{kind}.updated"
+        data_out = {"changed": changed, **({"sessions_ended": sessions} if ended_user else {})}
+        self.hub.audit.record(event, workspace_id=caller.workspace_id, actor_email=caller.actor, subject_id=rid,
+                              data=data_out)
+        return self._respond(200, rt, new, req.query)
+
+    def delete(self, caller: Caller, rt: ResourceType, rid: str, req: ScimRequest) -> ScimResponse:
+        with self.hub.db() as db:
+            row = self._load(db, caller, rt, rid, lock=True)
+            im = req.headers.get("if-match")
+            if im:
+                current = self._render_many(db, caller, rt, [row])[0]
+                if not _etag_matches(im, current["meta"]["version"]):
+                    raise E.PreconditionFailed()
+            if rt is USER:
+                db.execute(delete(ScimValue).where(ScimValue.owner_id == rid))
+                db.execute(delete(GroupMember).where(GroupMember.user_id == rid))
+                db.execute(delete(User).where(User.id == rid, User.workspace_id == caller.workspace_id))
+            else:
+                db.execute(delete(GroupMember).where(GroupMember.group_id == rid))
+                db.execute(delete(Group).where(Group.id == rid, Group.workspace_id == caller.workspace_id))
+            db.commit()
+        data: dict = {}
+        if rt is USER:
+            data["sessions_ended"] = len(self.hub.sessions.end_all(rid, "deprovisioned"))
+        self.hub.audit.record(f"scim.{'user' if rt is USER else 'group'}.deleted", workspace_id=caller.workspace_id,
+                              actor_email=caller.actor, subject_id=rid, data=data)
+        return ScimResponse(204)
+
+    # -- users
+    def _create_user(self, caller: Caller, data: dict, query: dict) -> ScimResponse:
+        with self.hub.db() as db:
+            now = utcnow()
+            user = User(workspace_id=caller.workspace_id, role="member", active=True, created_at=now)
+            password_set = self._apply_user(db, user, data, replace=True)
+            db.add(user)
+            self._flush_unique(db, "userName")
+            self._index_user(db, user)
+            body = self._render_many(db, caller, USER, [user])[0]
+            self._commit(db, "userName")
+        changed = sorted(k for k in body if k not in ("schemas", "id", "meta", "groups"))
+        self.hub.audit.record("scim.user.created", workspace_id=caller.workspace_id, actor_email=caller.actor,
+                              subject_id=user.id, data={"changed": changed + (["password"] if password_set else [])})
+        return self._respond(201, USER, body, query, {"Location": body["meta"]["location"]})
+
+    def _apply_user(self, db, user: User, data: dict, *, replace: bool) -> bool:
+        """Set a user from cleaned SCIM data (a full replacement). Returns whether a password was set.
+        ``role`` and other hub-only columns are never touched: SCIM cannot make anyone an admin."""
+        username = data.get("userName")
+        if not isinstance(username, str) or not username.strip():
+            raise E.InvalidValue("userName is required")
+        try:
+            email = clean_email(username)
+            key = normalise_email(email)
+        except InvalidEmail:
+            raise E.InvalidValue("userName must be an e-mail address") from None
+        if key != user.email_normalized:
+            taken = db.scalar(select(User.id).where(User.workspace_id == user.workspace_id,
+                                                    User.email_normalized == key))
+            if taken is not None and taken != user.id:
+                raise E.Uniqueness("userName is already in use in this workspace")
+        user.email, user.email_normalized = email, key
+        user.external_id = data.get("externalId")
+        user.display_name = _clip(data.get("displayName"), 200)
+        name = dict(data.get("name") or {})
+        user.given_name = _clip(name.pop("givenName", None), 200)
+        user.family_name = _clip(name.pop("familyName", None), 200)
+        if "active" in data:
+            user.active = bool(data["active"])
+        rest = {k: v for k, v in data.items() if k not in USER_COLUMNS_ATTRS and k != "name"}
+        if name:
+            rest["name"] = name
+        user.scim = rest or None
+        user.name = _clip(user.display_name or name.get("formatted")
+                          or " ".join(p for p in (user.given_name, user.family_name) if p) or user.name or "", 200)
+        user.updated_at = utcnow()
+        password = data.get("password")
+        if password is not None:
+            if not isinstance(password, str):
+                raise E.InvalidValue("password must be a string")
+            broken = passwords.check(password, email=email)
+            if broken:
+                raise E.InvalidValue("password does not meet the policy: " + "; ".join(r.text for r in broken))
+            user.password_hash = self.hub.hasher.hash(password)
+            user.password_changed_at = utcnow()
+            user.password_reset_required = False
+            return True
+        return False
+
+    def _index_user(self, db, user: User) -> None:
+        db.execute(delete(ScimValue).where(ScimValue.owner_id == user.id))
+        rows = []
+        scim = user.scim or {}
+
+        def add(attr: str, idx: int, sub: str, value) -> None:
+            if value is None or isinstance(value, dict | list):
+                return
+            s = ("true" if value else "false") if isinstance(value, bool) else str(value)[:MAX_STRING]
+            rows.append(ScimValue(owner_id=user.id, attr=attr, idx=idx, sub=sub, value=s, folded=fold(s)[:MAX_STRING]))
+
+        def walk(attrs: tuple[Attr, ...], container: dict, prefix: str) -> None:
+            for a in attrs:
+                value = container.get(a.name)
+                if value is None:
+                    continue
+                label = prefix + a.name
+                if a.multi:
+                    for i, e in enumerate(value):
+                        if isinstance(e, dict):
+                            for k, v in e.items():
+                                add(label, i, k, v)
+                        else:
+                            add(label, i, "", e)
+                elif isinstance(value, dict):
+                    for k, v in value.items():
+                        add(label, 0, k, v)
+                else:
+                    add(label, 0, "", value)
+
+        walk(USER.attrs, scim, "")
+        for uri, attrs in USER.extensions.items():
+            walk(attrs, scim.get(uri) or {}, f"{uri}:")
+        db.add_all(rows)
+
+    # -- groups
+    def _create_group(self, caller: Caller, data: dict, query: dict) -> ScimResponse:
+        with self.hub.db() as db:
+            group = Group(workspace_id=caller.workspace_id, created_at=utcnow())
+            self._apply_group(db, caller, group, data, replace=True)
+            self._flush_unique(db, "displayName")
+            body = self._render_many(db, caller, GROUP, [group])[0]
+            self._commit(db, "displayName")
+        self.hub.audit.record("scim.group.created", workspace_id=caller.workspace_id, actor_email=caller.actor,
+                              subject_id=group.id, data={"changed": sorted(k for k in body if k not in
+                                                                            ("schemas", "id", "meta")),
+                                                         "members": len(body.get("members", []))})
+        return self._respond(201, GROUP, body, query, {"Location": body["meta"]["location"]})
+
+    def _apply_group(self, db, caller: Caller, group: Group, data: dict, *, replace: bool) -> None:
+        name = data.get("displayName")
+        if not isinstance(name, str) or not name.strip():
+            raise E.InvalidValue("displayName is required")
+        if len(name) > 200:
+            raise E.InvalidValue("displayName: at most 200 characters")
+        taken = db.scalar(select(Group.id).where(Group.workspace_id == caller.workspace_id, Group.name == name))
+        if taken is not None and taken != group.id:
+            raise E.Uniqueness("displayName is already in use in this workspace")
+        group.name = name
+        group.external_id = data.get("externalId")
+        group.updated_at = utcnow()
+        if group not in db:
+            db.add(group)
+        self._flush_unique(db, "displayName")
+        wanted: set[str] = set()
+        for i, m in enumerate(data.get("members") or []):
+            value = m.get("value") if isinstance(m, dict) else None
+            if not isinstance(value, str) or not value:
+                raise E.InvalidValue(f"members[{i}].value is required")
+            if isinstance(m.get("type"), str) and m["type"].lower() == "group":
+                raise E.InvalidValue("nested groups are not supported")
+            wanted.add(value)
+        if wanted:
+            found = set()
+            ids = list(wanted)
+            for chunk in range(0, len(ids), 500):
+                found |= set(db.scalars(select(User.id).where(User.workspace_id == caller.workspace_id,
+                                                             User.id.in_(ids[chunk:chunk + 500]))))
+            missing = wanted - found
+            if missing:
+                raise E.InvalidValue(f"members: no user {sorted(missing)[0][:64]!r} in this workspace")
+        have = set(db.scalars(select(GroupMember.user_id).where(GroupMember.group_id == group.id)))
+        for uid in wanted - have:
+            db.add(GroupMember(group_id=group.id, user_id=uid))
+        gone = have - wanted
+        if gone:
+            db.execute(delete(GroupMember).where(GroupMember.group_id == group.id,
+                                                 GroupMember.user_id.in_(list(gone))))
+
+    # -- transactions
+    @staticmethod
+    def _flush_unique(db, attr: str) -> None:
+        try:
+            db.flush()
+        except IntegrityError:
+            db.rollback()
+            raise E.Uniqueness(f"{attr} is already in use in this workspace") from None
+
+    @staticmethod
+    def _commit(db, attr: str) -> None:
+        try:
+            db.commit()
+        except IntegrityError:
+            db.rollback()
+            raise E.Uniqueness(f"{attr} is already in use in this workspace") from None
+
+
+def _clip(value, n: int):
+    return value[:n] if isinstance(value, str) else value
+
+
+def _excludes(excluded: list[str], attributes: list[str], name: str) -> bool:
+    if attributes:
+        return not any(a.lower() == name or a.lower().startswith(name + ".") for a in attributes)
+    return any(a.lower() == name for a in excluded)
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if k in ("meta", "schemas"):
+            continue
+        if k == ENTERPRISE_SCHEMA:
+            a, b = old.get(k) or {}, new.get(k) or {}
+            out += [f"{k}:{s}" for s in sorted(set(a) | set(b)) if a.get(s) != b.get(s)]
+        elif old.get(k) != new.get(k):
+            out.append(k)
+    return out
+
+
+def render_user(u: User, groups: list[dict], base: str) -> dict:
+    scim = dict(u.scim or {})
+    name = dict(scim.pop("name", None) or {})
+    if u.given_name:
+        name["givenName"] = u.given_name
+    if u.family_name:
+        name["familyName"] = u.family_name
+    ext = scim.pop(ENTERPRISE_SCHEMA, None)
+    body: dict = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"] + ([ENTERPRISE_SCHEMA] if ext else []),
+                  "id": u.id}
+    if u.external_id:
+        body["externalId"] = u.external_id
+    body["userName"] = u.email
+    if name:
+        body["name"] = name
+    if u.display_name:
+        body["displayName"] = u.display_name
+    body["active"] = bool(u.active)
+    body.update(scim)
+    if ext:
+        body[ENTERPRISE_SCHEMA] = ext
+    if groups:
+        body["groups"] = groups
+    body["meta"] = {"resourceType": "User", "created": iso(u.created_at), "lastModified": iso(u.updated_at),
+                    "location": f"{base}/Users/{u.id}"}
+    body["meta"]["version"] = version_of(body)
+    return body
+
+
+def render_group(g: Group, members: list[dict], base: str, with_members: bool = True) -> dict:
+    body: dict = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "id": g.id}
+    if g.external_id:
+        body["externalId"] = g.external_id
+    body["displayName"] = g.name
+    if members:
+        body["members"] = members
+    body["meta"] = {"resourceType": "Group", "created": iso(g.created_at),
+                    "lastModified": iso(g.updated_at or g.created_at), "location": f"{base}/Groups/{g.id}"}
+    # From the group's own columns (every write sets updated_at), so that listings without members agree.
+    stamp = f"{g.id}|{g.name}|{g.external_id}|{iso(g.updated_at or g.created_at)}"
+    body["meta"]["version"] = f'W/"{hashlib.sha256(stamp.encode()).hexdigest()[:20]}"'
+    return body
