@@ -4,6 +4,7 @@ test client that follows idhub's forms, and the mail outbox."""
 from __future__ import annotations
 
 import email
+import os
 import re
 import secrets
 from email.message import EmailMessage
@@ -183,3 +184,37 @@ def browser_factory(app):
         return Browser(app, **kw)
 
     return make
+
+
+# ---- real Chromium, one Playwright for the whole run ---------------------------------------------------------
+# Playwright's sync API cannot be started twice in one process while the first is alive, so every suite (browser,
+# interop) shares this session-scoped browser.
+CHROMIUM = os.environ.get("IDHUB_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: the browser tests need it (apt install chromium, "
+                    "or set IDHUB_TEST_CHROMIUM)", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    pw = sync_playwright().start()
+    try:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    except Exception as exc:
+        pw.stop()
+        pytest.fail(f"Chromium at {CHROMIUM} did not start: {exc}", pytrace=False)
+    yield b
+    b.close()
+    pw.stop()

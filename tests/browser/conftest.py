@@ -4,7 +4,7 @@
 - ``hub``: a fresh idhub process per test (own database), with workspace ``acme`` and users alice and bob.
   ``hub_factory(config)`` starts one with another config. $IDHUB_TEST_DATABASE_URL (a PostgreSQL server URL)
   gives each hub a throwaway database there instead of SQLite; $IDHUB_TEST_REDIS_URL sets IDHUB_REDIS_URL.
-- ``browser``: headless Chromium (/usr/bin/chromium, or $IDHUB_TEST_CHROMIUM). Missing Chromium FAILS.
+- ``browser``: headless Chromium, shared with every suite (tests/conftest.py). Missing Chromium FAILS.
 - ``new_context(**options)`` / ``new_page(**options)``: a fresh browser context each time, i.e. a separate
   cookie jar = a separate device. On failure every open page is saved to tests/browser/artifacts/.
 - ``ui``: page actions and expectations written against docs/pages.md (labels, buttons, messages).
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
 try:  # tests/ is on sys.path when tests/ is not a package (pytest's rootdir-less "prepend" import mode)
     from helpers.live import LiveHub, fresh_postgres_database
@@ -30,17 +30,6 @@ except ImportError:  # tests/ is a package
 HERE = Path(__file__).resolve().parent
 ARTIFACTS = HERE / "artifacts"
 
-CHROMIUM = os.environ.get("IDHUB_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-]
 TIMEOUT_MS = int(os.environ.get("IDHUB_TEST_TIMEOUT_MS", "15000"))
 
 # User agents: each context can look like a different device in the Sessions table.
@@ -153,25 +142,6 @@ def hub(hub_factory) -> LiveHub:
 
 # ----------------------------------------------------------------------------------------------------------
 # browser
-@pytest.fixture(scope="session")
-def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(
-            f"Chromium not found at {CHROMIUM}: the browser tests need it (apt install chromium, "
-            "or set IDHUB_TEST_CHROMIUM)",
-            pytrace=False,
-        )
-    pw = sync_playwright().start()
-    try:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-    except Exception as exc:
-        pw.stop()
-        pytest.fail(f"Chromium at {CHROMIUM} did not start: {exc}", pytrace=False)
-    yield b
-    b.close()
-    pw.stop()
-
-
 @pytest.fixture
 def new_context(request, browser: Browser):
     contexts: list[BrowserContext] = []

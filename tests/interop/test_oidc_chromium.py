@@ -3,8 +3,6 @@ redirect chain to the app, which Chrome blocks under CSP ``form-action 'self'`` 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -12,20 +10,14 @@ import pytest
 from tests.conftest import ALICE, ALICE_PW
 from tests.interop.oidc_support import authorize_path, live_oidc_hub, pkce
 
-CHROMIUM = os.environ.get("IDHUB_TEST_CHROMIUM", "/usr/bin/chromium")
 pytestmark = pytest.mark.browser
 
 
-def test_code_reaches_the_app_in_chromium():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium not found at {CHROMIUM} (apt install chromium, or set IDHUB_TEST_CHROMIUM)")
-    from playwright.sync_api import sync_playwright
-
-    with live_oidc_hub() as hub, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--headless=new", "--no-sandbox", "--disable-gpu"])
+def test_code_reaches_the_app_in_chromium(browser):
+    with live_oidc_hub() as hub:
+        context = browser.new_context()
         try:
-            page = browser.new_page()
+            page = context.new_page()
             hits, console = [], []
             page.route("http://127.0.0.1:8081/**",
                        lambda route: (hits.append(route.request.url), route.fulfill(status=200, body="app")))
@@ -45,4 +37,4 @@ def test_code_reaches_the_app_in_chromium():
             assert q["state"] == ["chrome"] and q["code"] and q["iss"] == [hub.url("/w/acme")]
             assert not [m for m in console if "Content Security Policy" in m], console
         finally:
-            browser.close()
+            context.close()
