@@ -125,6 +125,8 @@ def apply_cmd(files):
     with hub.db() as session:
         report = apply(session, workspaces, hub.hasher)
         session.commit()
+    for user_id in report.deactivated:  # a disabled account keeps no session (and its apps are logged out)
+        hub.sessions.end_all(user_id, "deactivated")
     from idp.accounts import workspace_by_slug
 
     with hub.db() as session:

@@ -352,6 +352,7 @@ def load_file(path: str) -> dict:
 class ApplyReport:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
+    deactivated: list[str] = field(default_factory=list)  # user ids whose sessions must end
 
 
 def apply(db: Session, workspaces: list[dict], hasher: passwords.Hasher) -> ApplyReport:
@@ -383,7 +384,10 @@ def apply(db: Session, workspaces: list[dict], hasher: passwords.Hasher) -> Appl
             user.email = u["email"]
             user.name = u.get("name") or user.name or ""
             user.role = u.get("role", "member")
-            user.active = u.get("active", True)
+            active = u.get("active", True)
+            if user.active and not active and user.id:
+                report.deactivated.append(user.id)
+            user.active = active
             if user.password_hash is None:
                 if u.get("password") is not None:
                     user.password_hash = hasher.hash(u["password"])

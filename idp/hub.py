@@ -135,6 +135,24 @@ class Hub:
         return self.policy.evaluate(ctx)
 
     # ---- sign-in -----------------------------------------------------------------------------
+    def _reserve_attempt(self, acct_key: str, addr_key: str | None, now) -> tuple[int, int]:
+        """(wait, failures so far): refuse while blocked, else count this attempt *before* checking it.
+
+        Counting first closes the race where N parallel guesses all read "not blocked" and all get checked:
+        only the attempt that moved the counter from the value it read goes on. A success resets the counter.
+        """
+        throttle = self.stores.throttle
+        before = throttle.state(acct_key, now)
+        wait = before.retry_after(now)
+        if addr_key:
+            wait = max(wait, throttle.state(addr_key, now).retry_after(now))
+        if wait:
+            return wait, before.failures
+        reserved = throttle.record_failure(acct_key, now, ACCOUNT_BACKOFF)
+        if reserved.failures != before.failures + 1:  # other attempts got in between: this one is not checked
+            return max(1, reserved.retry_after(now)), reserved.failures
+        return 0, reserved.failures
+
     def check_password(self, ws: Workspace, email: str, password: str, client: Client, next_url: str = ""
                        ) -> PasswordOutcome:
         now = self.clock()
@@ -142,8 +160,7 @@ class Hub:
         acct_key = f"pw:{ws.id}:{key_email}"
         addr_key = f"pwip:{client.ip}"
         throttle = self.stores.throttle
-        acct = throttle.state(acct_key, now)
-        wait = max(acct.retry_after(now), throttle.state(addr_key, now).retry_after(now))
+        wait, failures = self._reserve_attempt(acct_key, addr_key, now)
         if wait:
             self._event("auth.signin.throttled", ws.id, client, actor_email=key_email, data={"retry_after": wait})
             return PasswordOutcome(False, f"Too many attempts. Try again in {wait} seconds.", retry_after=wait)
@@ -154,22 +171,21 @@ class Hub:
                 if self.hasher.needs_rehash(user.password_hash):
                     user.password_hash = self.hasher.hash(password)
                     db.commit()
-                if acct.failures:
-                    throttle.reset(acct_key)
+                throttle.reset(acct_key)
                 return PasswordOutcome(True, result=AuthnResult(ws.id, user.id, ("pwd",), now, next_url))
             if ok and user and user.password_reset_required:
+                throttle.reset(acct_key)
                 self._event("auth.signin.failure", ws.id, client, actor_id=user.id, actor_email=key_email,
                             data={"reason": "password_reset_required"})
                 return PasswordOutcome(False, "For your security, this account's password must be reset. "
                                               "Use “Forgot password?” to choose a new one.")
-            state = throttle.record_failure(acct_key, now, ACCOUNT_BACKOFF)
             throttle.record_failure(addr_key, now, ADDRESS_BACKOFF)
             reason = "inactive" if (ok and user) else ("unknown_user" if not user else "bad_password")
             self._event("auth.signin.failure", ws.id, client, actor_id=user.id if user else None,
-                        actor_email=key_email, data={"reason": reason, "failures": state.failures})
-            if user and state.failures and state.failures % FAILED_ALERT_EVERY == 0:
+                        actor_email=key_email, data={"reason": reason, "failures": failures})
+            if user and failures and failures % FAILED_ALERT_EVERY == 0:
                 self._alert(user, ws, "alert_failed_signins", "Failed sign-in attempts on your account", client,
-                            attempts=state.failures)
+                            attempts=failures)
         return PasswordOutcome(False, "Incorrect email or password.")
 
     def complete_signin(self, ws: Workspace, result: AuthnResult, client: Client) -> tuple[str, SessionData]:
@@ -280,9 +296,15 @@ class Hub:
         """Errors (empty on success). All other sessions end; reset links die."""
         with self.db() as db:
             user = db.get(User, session.user_id)
+            # the same per-account throttle as sign-in: a stolen session must not become a password oracle
+            acct_key = f"pw:{ws.id}:{user.email_normalized}"
+            wait, _ = self._reserve_attempt(acct_key, None, self.clock())
+            if wait:
+                return [f"Too many attempts. Try again in {wait} seconds."]
             if not self.hasher.verify(user.password_hash, current):
                 self._event("password.change.failed", ws.id, client, actor_id=user.id, data={"reason": "bad_current"})
                 return ["Your current password is incorrect."]
+            self.stores.throttle.reset(acct_key)
             errors = _new_password_errors(new, confirm, user.email)
             if errors:
                 return errors

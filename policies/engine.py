@@ -109,33 +109,35 @@ def allowed_methods(ctx: PolicyContext) -> tuple[str, ...]:
 class SecondFactor:
     """A second factor when the workspace or app requires it, or when the user has turned 2FA on.
 
-    Backup codes alone are not an enrolment (they are a fallback), and a method the policy forbids does not
-    count: a user with only a forbidden method is led through enrolment of an allowed one.
+    Only an *allowed* method satisfies the policy. A user who has factors must prove one of them before anything
+    else — even a factor the policy now forbids — so a password alone can never enrol a new factor in place of
+    the user's own (the attacker would otherwise plant theirs). Backup codes alone are not an enrolment.
     """
 
     name = "second_factor"
 
     def evaluate(self, ctx: PolicyContext) -> Decision | None:
-        if ctx.stage != "signin" or ctx.user_id is None:
+        if ctx.stage != "signin" or ctx.user_id is None or ctx.upstream_mfa_trusted:
             return None
         required = bool(ctx.policies.get("require_mfa")) or bool(ctx.app_policies.get("require_mfa"))
         allowed = allowed_methods(ctx)
-        usable = tuple(m for m in ctx.enrolled if m in allowed)
-        primary = tuple(m for m in usable if m != "backup_codes")
-        satisfied = bool(SECOND_FACTORS.intersection(ctx.methods)) or ctx.upstream_mfa_trusted
-        if satisfied:
+        used = SECOND_FACTORS.intersection(ctx.methods)
+        if used.intersection(allowed):
             return None
-        if primary:
-            return Decision(MFA, self.name, "A second step is needed to sign in.", usable)
-        if required:
+        enrolled_primary = tuple(m for m in ctx.enrolled if m != "backup_codes")
+        if enrolled_primary and not used.intersection(ctx.enrolled):
+            usable = tuple(m for m in ctx.enrolled if m in allowed)
+            if any(m != "backup_codes" for m in usable):
+                return Decision(MFA, self.name, "A second step is needed to sign in.", usable)
+            # only forbidden factors: prove one of them (or a backup code), then set up an allowed one
+            return Decision(MFA, self.name, "Confirm it's you with your current method; your organisation then "
+                                            "asks you to set up another one.", tuple(ctx.enrolled))
+        if required or enrolled_primary:
             choices = tuple(m for m in allowed if m != "backup_codes") or allowed
-            return Decision(ENROLL, self.name, "Your organisation requires two-factor authentication. "
-                                               "Set it up to continue.", choices)
-        if any(m != "backup_codes" for m in ctx.enrolled):
-            # 2FA is on, but only with methods the policy forbids: it must be replaced, not skipped
-            choices = tuple(m for m in allowed if m != "backup_codes") or allowed
-            return Decision(ENROLL, self.name, "Your organisation no longer allows the two-factor method you "
-                                               "use. Set up another one to continue.", choices)
+            reason = ("Your organisation requires two-factor authentication. Set it up to continue." if
+                      not enrolled_primary else "Your organisation no longer allows the two-factor method you "
+                                                "use. Set up another one to continue.")
+            return Decision(ENROLL, self.name, reason, choices)
         return None
 
 

@@ -62,6 +62,7 @@ def login(ws_slug):
             notice = "Your session has ended. Please sign in again."
         return render_template("login.html", ws=ws, next=nxt, email=request.args.get("email", "")[:254],
                                notice=notice, app=app)
+    load_session(ws)  # the form's CSRF token is bound to the session a signed-in browser (prompt=login) has
     check_csrf()
     email = _field("email")
     error, cleaned = identify(email)

@@ -80,7 +80,10 @@ def enroll(ws_slug):
         if request.method == "POST":
             check_csrf()
             return continue_signin(ws, flows, flow, client)
-        return redirect(url_for("mfa.enroll", ws_slug=ws.slug, flow=flow.id))
+        # a reload: the codes were shown once and are stored only as hashes; offer to continue
+        return render_template("backup_codes.html", **_ctx(ws=ws, codes=None, flow=flow, signing_in=True,
+                                                           action=url_for("mfa.enroll", ws_slug=ws.slug,
+                                                                          flow=flow.id)))
     choice = request.values.get("method", flow.method)
     if choice in flow.choices and choice != flow.method:
         flow.method = choice
@@ -151,9 +154,15 @@ def _reauth_key(sess) -> str:
     return f"reauth:{sess.id}"
 
 
-def _require_reauth(ws, sess):
-    """A redirect to confirm the password, unless the user did so in the last 10 minutes."""
-    if hub().stores.one_time.get(_reauth_key(sess)):
+def _require_reauth(ws, sess, *, second_factor: bool = True):
+    """A redirect to confirm it's the user, unless they did so in the last 10 minutes.
+
+    Confirming means the password, and — when 2FA is on and ``second_factor`` — a current code too: otherwise a
+    stolen session plus the password could replace the user's authenticator or phone, which amounts to
+    disabling 2FA. (The disable page asks for its own code.)
+    """
+    level = hub().stores.one_time.get(_reauth_key(sess))
+    if level == "mfa" or (level == "pwd" and not (second_factor and hub().mfa.enrolled(sess.user_id).any)):
         return None
     return redirect(url_for("mfa.reauth", ws_slug=ws.slug, next=request.path))
 
@@ -164,16 +173,33 @@ def reauth(ws, sess):
     from idp.web.common import safe_next
 
     nxt = safe_next(request.values.get("next"), ws.slug)
-    error = None
+    enrolled = hub().mfa.enrolled(sess.user_id)
+    # a current code too when 2FA is on — except on the way to the disable page, which asks for one itself
+    need_code = enrolled.any and not nxt.endswith("/settings/security/2fa/disable")
+    methods = enrolled.methods() if need_code else []
+    method = request.values.get("method", methods[0] if methods else "")
+    method = method if method in methods else (methods[0] if methods else "")
+    error = notice = None
+    client = current_client()
     if request.method == "POST":
         check_csrf()
-        user = _user(sess.user_id)
-        outcome = hub().check_password(ws, user.email, request.form.get("password", "")[:1025], current_client())
-        if outcome.ok:
-            hub().stores.one_time.put(_reauth_key(sess), "1", REAUTH_TTL)
-            return redirect(nxt)
-        error = outcome.error
-    return render_template("reauth.html", ws=ws, next=nxt, error=error), 401 if error else 200
+        if request.form.get("action") == "send" and method == "sms":
+            res = hub().mfa.sms_send_signin_code(sess.user_id, f"reauth:{sess.id}", client_ip=client.ip)
+            notice = f"We sent a code to {enrolled.phone_masked}." if res.ok else None
+            error = None if res.ok else res.error
+        else:
+            user = _user(sess.user_id)
+            outcome = hub().check_password(ws, user.email, request.form.get("password", "")[:1025], client)
+            error = outcome.error
+            if outcome.ok and methods:
+                error = hub().verify_second_factor(ws, sess.user_id, method, _field("code"), client,
+                                                   binding=f"reauth:{sess.id}")
+            if error is None:
+                hub().stores.one_time.put(_reauth_key(sess), "mfa" if methods else "pwd", REAUTH_TTL)
+                return redirect(nxt)
+    status = 401 if error else 200
+    return render_template("reauth.html", **_ctx(ws=ws, next=nxt, error=error, notice=notice, methods=methods,
+                                                  method=method, enrolled=enrolled)), status
 
 
 @bp.route("/w/<ws_slug>/settings/security/2fa")
@@ -233,7 +259,7 @@ def regenerate(ws, sess):
 @bp.route("/w/<ws_slug>/settings/security/2fa/disable", methods=["GET", "POST"])
 @login_required
 def disable(ws, sess):
-    if (r := _require_reauth(ws, sess)) is not None:
+    if (r := _require_reauth(ws, sess, second_factor=False)) is not None:
         return r
     mfa = hub().mfa
     enrolled = mfa.enrolled(sess.user_id)

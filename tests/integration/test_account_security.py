@@ -271,3 +271,22 @@ def test_no_reset_link_for_an_externally_managed_account(browser_factory, outbox
         db.commit()
     request_reset(browser_factory, ALICE)  # the same neutral answer …
     assert outbox.find(to=ALICE, subject="Reset your password") == []  # … and no link
+
+
+def test_deactivating_a_user_in_the_config_ends_their_sessions(browser_factory, hub):
+    import copy
+
+    from idp.configfile import apply, validate
+    from tests.conftest import BASE_CONFIG
+
+    b = signed_in(browser_factory)
+    cfg = copy.deepcopy(BASE_CONFIG)
+    cfg["workspaces"][0]["users"][0]["active"] = False
+    with hub.db() as db:
+        report = apply(db, validate(cfg), hub.hasher)
+        db.commit()
+    assert len(report.deactivated) == 1
+    for uid in report.deactivated:  # what `idhub apply` does after committing
+        hub.sessions.end_all(uid, "deactivated")
+    assert b.security().status_code == 302
+    assert browser_factory().login("acme", ALICE, ALICE_PW).status_code in (401, 403)

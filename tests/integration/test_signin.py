@@ -217,3 +217,57 @@ def test_password_page_shows_the_email_and_a_way_back(browser_factory):
     loc = b.start_login("acme", ALICE)
     html = b.get(loc).get_data(as_text=True)
     assert ALICE in html and "Use another account" in html and FLOW_RE.search(html)
+
+
+def test_a_signed_in_browser_can_sign_in_again_with_prompt_login(browser_factory):
+    """Step-up and prompt=login: the form a signed-in browser gets must be accepted when posted."""
+    b = browser_factory()
+    b.login("acme", ALICE, ALICE_PW)
+    first = b.client.get_cookie("idhub_session_acme").value
+    r = b.get("/w/acme/login?prompt=login")
+    assert r.status_code == 200 and ">Email</label>" in r.get_data(as_text=True)
+    r = b.post("/w/acme/login", {"email": ALICE, "csrf_token": b.csrf()})
+    assert r.status_code == 302 and "/login/password" in r.headers["Location"]
+    page = b.get(r.headers["Location"])
+    html = page.get_data(as_text=True)
+    r = b.post("/w/acme/login/password", {"flow": FLOW_RE.search(html).group(1), "password": ALICE_PW,
+                                          "csrf_token": b.csrf(html)})
+    assert r.status_code == 302 and b.client.get_cookie("idhub_session_acme").value != first
+
+
+def test_parallel_guesses_cannot_exceed_the_free_allowance(hub):
+    """N guesses fired together all read 'not blocked'; only those that move the counter in turn are checked."""
+    from idp.flow import Client
+    from tests.helpers.concurrency import parallel
+
+    with hub.db() as db:
+        from idp.accounts import workspace_by_slug
+
+        ws = workspace_by_slug(db, "acme")
+    checked = []
+    real_verify = hub.hasher.verify
+
+    def counting_verify(stored, password):
+        checked.append(1)
+        return real_verify(stored, password)
+
+    hub.hasher.verify = counting_verify
+    try:
+        results = parallel(14, lambda: hub.check_password(ws, BOB, "Wrong-Password-1!", Client("203.0.113.5", "t")))
+    finally:
+        hub.hasher.verify = real_verify
+    assert not any(r.ok for r in results)
+    assert len(checked) <= 6, len(checked)  # at most the free allowance (5) plus one
+
+
+def test_changing_the_password_is_throttled_like_sign_in(browser_factory):
+    b = browser_factory()
+    b.login("acme", ALICE, ALICE_PW)
+    statuses = []
+    for _ in range(8):
+        html = b.security().get_data(as_text=True)
+        r = b.post("/w/acme/settings/security/password", {
+            "current_password": "Wrong-Guess-1!", "new_password": "N3w-Harder-Pass!",
+            "confirm_password": "N3w-Harder-Pass!", "csrf_token": b.csrf(html)})
+        statuses.append("Too many attempts" in r.get_data(as_text=True))
+    assert statuses[-1] is True

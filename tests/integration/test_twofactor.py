@@ -304,3 +304,71 @@ def _nets(s):
     from config.settings import parse_cidrs
 
     return parse_cidrs("test", s)
+
+
+def test_password_alone_cannot_replace_a_forbidden_factor(tmp_path, gateway):
+    """The attack: SMS is retired by policy; someone with only the password must not reach enrolment."""
+    cfg = copy.deepcopy(BASE_CONFIG)
+    app = make_app(make_settings(tmp_path, sms_webhook_url=gateway.url), cfg)
+    b = signed_in(app)
+    r = reauth(b, "/w/acme/settings/security/2fa/sms")
+    r = b.post("/w/acme/settings/security/2fa/sms", {"action": "send", "phone": "+12025550143",
+                                                    "csrf_token": b.csrf(text(r))})
+    code = gateway.last_code("+12025550143")
+    b.post("/w/acme/settings/security/2fa/sms", {"action": "verify", "phone": "+12025550143", "code": code,
+                                                "csrf_token": b.csrf(text(r))})
+    hub = app.extensions["idhub"]
+    cfg["workspaces"][0]["policies"] = {"mfa_methods": ["totp", "backup_codes"]}
+    from idp.configfile import apply, validate
+
+    with hub.db() as db:
+        apply(db, validate(cfg), hub.hasher)
+        db.commit()
+    attacker = Browser(app)
+    r = attacker.login("acme", ALICE, ALICE_PW)
+    assert "/login/mfa" in r.headers["Location"], r.headers["Location"]  # prove the old factor first
+    assert attacker.get(r.headers["Location"].replace("/login/mfa", "/login/enroll")).status_code == 302
+
+
+def test_replacing_the_authenticator_needs_a_current_code(app, hub, clock_hub):
+    b = signed_in(app)
+    totp, _ = enable_totp(b, hub)
+    clock_hub()
+    other = signed_in_with_code(app, hub, totp)
+    r = other.get("/w/acme/settings/security/2fa/totp")
+    assert "/reauth" in r.headers["Location"]
+    page = other.get(r.headers["Location"])
+    html = text(page)
+    assert "Code from your authenticator app" in html
+    nxt = re.search(r'name="next" value="([^"]+)"', html)[1]
+    # the password alone is not enough any more
+    r = other.post("/w/acme/settings/security/reauth?method=totp", {"password": ALICE_PW, "next": nxt,
+                                                                  "code": "000000", "csrf_token": other.csrf(html)})
+    assert r.status_code == 401
+    assert other.get("/w/acme/settings/security/2fa/totp").status_code == 302
+    clock_hub()
+    r = other.post("/w/acme/settings/security/reauth?method=totp", {"password": ALICE_PW, "next": nxt,
+                                                                  "code": totp.at(hub.clock()),
+                                                                  "csrf_token": other.csrf(html)})
+    assert r.status_code == 302 and other.get("/w/acme/settings/security/2fa/totp").status_code == 200
+
+
+def signed_in_with_code(app, hub, totp) -> Browser:
+    c, loc = password_step(app)
+    r = submit_code(c, loc, totp.at(hub.clock()))
+    assert r.status_code == 302
+    return c
+
+
+def test_reloading_the_backup_codes_page_during_enrolment_does_not_loop(tmp_path):
+    app = workspace_app(tmp_path, {"require_mfa": True})
+    hub = app.extensions["idhub"]
+    b = Browser(app)
+    loc = b.login("acme", ALICE, ALICE_PW).headers["Location"]
+    page = text(b.get(loc))
+    secret = SECRET_RE.search(page)[1].replace(" ", "")
+    b.post(loc, {"action": "verify", "code": pyotp.TOTP(secret).at(hub.clock()), "csrf_token": b.csrf(page)})
+    r = b.get(loc)
+    assert r.status_code == 200 and "not shown again" in text(r)
+    r = b.post(loc, {"csrf_token": b.csrf(text(r))})
+    assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security")

@@ -79,8 +79,17 @@ def test_backup_codes_alone_are_not_an_enrolment():
 
 
 def test_forbidden_method_does_not_count():
-    d = PolicyEngine().evaluate(ctx(policies={"mfa_methods": ["totp", "backup_codes"]}, enrolled=("sms",)))
+    policies = {"mfa_methods": ["totp", "backup_codes"]}
+    # a password alone never reaches enrolment: the user first proves the factor they have, even a forbidden one
+    d = PolicyEngine().evaluate(ctx(policies=policies, enrolled=("sms", "backup_codes")))
+    assert d.effect == MFA and d.methods == ("sms", "backup_codes")
+    # then they must replace it with an allowed one
+    d = PolicyEngine().evaluate(ctx(policies=policies, enrolled=("sms",), methods=("pwd", "sms")))
     assert d.effect == ENROLL and d.methods == ("totp",)
+    # a backup code (allowed) proves the user and satisfies the policy
+    d = PolicyEngine().evaluate(ctx(policies=policies, enrolled=("sms", "backup_codes"),
+                                    methods=("pwd", "backup_codes")))
+    assert d.effect == ALLOW
     # and a code from a forbidden method does not satisfy the policy either: only allowed methods are offered
     d = PolicyEngine().evaluate(ctx(policies={"mfa_methods": ["totp"]}, enrolled=("sms", "totp")))
     assert d.effect == MFA and d.methods == ("totp",)
