@@ -45,11 +45,13 @@ test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# Sign-in vs argon2id (bench/signin.py) and policy/TOTP vs one hash (bench/policy_totp.py); see bench/README.md.
-# Needs PostgreSQL on 127.0.0.1:5432 for the TOTP row; BENCH_ARGS are passed to bench/signin.py.
+# Sign-in vs argon2id (bench/signin.py), policy/TOTP vs one hash (bench/policy_totp.py) and SCIM at 100,000 users
+# vs scim2-server (bench/scim.py); see bench/README.md. Needs PostgreSQL on 127.0.0.1:5432 for the TOTP and SCIM
+# rows; BENCH_ARGS are passed to bench/signin.py, SCIM_BENCH_ARGS to bench/scim.py.
 bench: install-test
 	$(BIN)/python bench/signin.py $(BENCH_ARGS)
 	$(BIN)/python bench/policy_totp.py
+	$(BIN)/python bench/scim.py $(SCIM_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

@@ -62,7 +62,9 @@ class Workspace(Base):
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = (UniqueConstraint("workspace_id", "email_normalized", name="uq_users_workspace_email"),)
+    __table_args__ = (UniqueConstraint("workspace_id", "email_normalized", name="uq_users_workspace_email"),
+                      # SCIM listing: WHERE workspace_id = ? ORDER BY id OFFSET … LIMIT … walks this index
+                      Index("ix_users_workspace_id_id", "workspace_id", "id"))
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
     email: Mapped[str] = mapped_column(String(320))

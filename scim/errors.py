@@ -112,6 +112,22 @@ class PayloadTooLarge(ScimError):
     default_detail = "The request body is too large."
 
 
+class BulkTooMany(ScimError):
+    """More bulk operations than ``maxOperations`` (RFC 7644 §3.7.4: 413)."""
+
+    status = 413
+    scim_type = "tooMany"
+    default_detail = "The bulk request has more operations than maxOperations."
+
+
+class CircularReference(ScimError):
+    """``bulkId`` references that depend on each other (RFC 7644 §3.7.1)."""
+
+    status = 409
+    scim_type = "invalidSyntax"
+    default_detail = "The bulk request has circular bulkId references."
+
+
 class UnsupportedMediaType(ScimError):
     status = 415
     default_detail = "Send application/scim+json or application/json."

@@ -206,12 +206,13 @@ def resource_type_documents(base: str) -> list[dict]:
     return out
 
 
-def service_provider_config(base: str, max_results: int, max_payload: int) -> dict:
+def service_provider_config(base: str, max_results: int, max_payload: int, max_operations: int = 0) -> dict:
     return {
         "schemas": [SPC_SCHEMA],
         "documentationUri": "https://github.com/idhub/idhub/blob/main/docs/scim.md",
         "patch": {"supported": True},
-        "bulk": {"supported": False, "maxOperations": 0, "maxPayloadSize": 0},
+        "bulk": {"supported": max_operations > 0, "maxOperations": max_operations,
+                 "maxPayloadSize": max_payload if max_operations > 0 else 0},
         "filter": {"supported": True, "maxResults": max_results},
         "changePassword": {"supported": True},
         "sort": {"supported": True},

@@ -8,7 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import unicodedata
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -16,8 +19,8 @@ from sqlalchemy import asc, delete, desc, exists, func, select
 from sqlalchemy.exc import IntegrityError
 
 from idp import passwords
-from idp.accounts import InvalidEmail, clean_email, normalise_email, workspace_by_slug
-from idp.models import Group, GroupMember, User, utcnow
+from idp.accounts import SLUG_RE, InvalidEmail, clean_email, normalise_email
+from idp.models import Group, GroupMember, User, Workspace, utcnow
 from scim import errors as E
 from scim.config import hash_token, same_hash
 from scim.filters import Column, Translator, compare_column, parse_filter, parse_path
@@ -45,6 +48,12 @@ MAX_BODY = 1024 * 1024
 MAX_RESULTS = 200
 DEFAULT_COUNT = 100
 MAX_START = 10**9
+_REQUEST_DB: ContextVar = ContextVar("scim_request_db", default=None)
+MAX_OPERATIONS = 1000  # per /Bulk request; its payload is limited by MAX_BODY like any other request
+BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+BULK_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
+BULK_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+BULK_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,100}$")
 SEARCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
 USER_COLUMNS_ATTRS = {"userName", "externalId", "displayName", "active", "password", "id"}
 
@@ -205,11 +214,37 @@ class ScimService:
 
     # -- entry point
     def handle(self, ws_slug: str, req: ScimRequest) -> ScimResponse:
+        with self.hub.db() as db:  # one session (one pooled connection) per request, see _db
+            token = _REQUEST_DB.set(db)
+            try:
+                caller = self.authenticate(ws_slug, req)
+                return self.dispatch(caller, req)
+            except E.ScimError as exc:
+                return ScimResponse(exc.status, exc.to_error(), dict(exc.headers))
+            finally:
+                _REQUEST_DB.reset(token)
+
+    @contextmanager
+    def _db(self, end: bool = True):
+        """The request's session (a new one outside ``handle``). Each block leaves it clean: on an error its
+        transaction is rolled back; otherwise (unless ``end`` is false, so that authentication and the query
+        after it share one transaction) an uncommitted read transaction is ended and the identity map emptied,
+        so that the next block (the next operation of a bulk) reads fresh rows."""
+        shared = _REQUEST_DB.get()
+        if shared is None:
+            with self.hub.db() as db:
+                yield db
+            return
         try:
-            caller = self.authenticate(ws_slug, req)
-            return self.dispatch(caller, req)
-        except E.ScimError as exc:
-            return ScimResponse(exc.status, exc.to_error(), dict(exc.headers))
+            yield shared
+        except BaseException:
+            shared.rollback()
+            shared.expunge_all()
+            raise
+        if end:
+            shared.expunge_all()
+            if shared.in_transaction():
+                shared.rollback()
 
     def authenticate(self, ws_slug: str, req: ScimRequest) -> Caller:
         if any(k.lower() in ("access_token", "token", "bearer") for k in req.query):
@@ -219,11 +254,16 @@ class ScimService:
         if scheme.lower() != "bearer" or not token or len(token) > 512:
             raise E.Unauthorized()
         hashed = hash_token(token)
-        with self.hub.db() as db:
-            ws = workspace_by_slug(db, ws_slug)
-            if ws is None:
+        if not SLUG_RE.match(ws_slug or ""):
+            raise E.NotFound("There is no workspace at this address.")
+        with self._db(end=False) as db:  # one round trip: the workspace and (outer-joined) the token
+            found = db.execute(
+                select(Workspace, ScimToken).outerjoin(ScimToken, ScimToken.token_hash == hashed)
+                .where(Workspace.slug == ws_slug)
+            ).first()
+            if found is None:
                 raise E.NotFound("There is no workspace at this address.")
-            row = db.scalar(select(ScimToken).where(ScimToken.token_hash == hashed))
+            ws, row = found
         if row is None or row.revoked_at is not None or not same_hash(row.token_hash, hashed):
             raise E.Unauthorized("The bearer token is not valid.")
         if row.workspace_id != ws.id:
@@ -249,7 +289,11 @@ class ScimService:
         if head == ".search":
             raise E.NotImplementedScim("Search one resource type at a time (/Users/.search, /Groups/.search).")
         if head == "Bulk":
-            raise E.NotImplementedScim("Bulk operations are not supported.")
+            if len(parts) > 1:
+                raise E.NotFound("Unknown SCIM endpoint.")
+            if method != "POST":
+                raise E.MethodNotAllowed()
+            return self.bulk(caller, self._json(req))
         if head == "Me":
             raise E.NotImplementedScim("/Me is not supported (tokens do not belong to users).")
         if head not in ("Users", "Groups") or len(parts) > 2:
@@ -297,7 +341,7 @@ class ScimService:
         if head == "ServiceProviderConfig":
             if len(parts) > 1:
                 raise E.NotFound()
-            return ScimResponse(200, service_provider_config(base, MAX_RESULTS, MAX_BODY))
+            return ScimResponse(200, service_provider_config(base, MAX_RESULTS, MAX_BODY, MAX_OPERATIONS))
         docs = schema_documents(base) if head == "Schemas" else resource_type_documents(base)
         if len(parts) == 2:
             doc = next((d for d in docs if d["id"].lower() == parts[1].lower()), None)
@@ -353,6 +397,105 @@ class ScimService:
 
         return Translator(GROUP, columns, Group.id, None, {"members": members_value, "members.value": members_value})
 
+    # -- bulk (RFC 7644 §3.7)
+    def bulk(self, caller: Caller, body: dict) -> ScimResponse:
+        """Run the operations one by one through ``dispatch`` (the same checks, audit events and errors as single
+        requests), each in its own transaction. ``bulkId:x`` in a path or anywhere in ``data`` becomes the id of
+        the resource that the POST with ``bulkId`` x created; an operation runs after those it refers to, and
+        a cycle refuses the whole request before anything is written."""
+        schemas = body.get("schemas")
+        if not isinstance(schemas, list) or BULK_REQUEST not in schemas:
+            raise E.InvalidSyntax(f"'schemas' must be [{BULK_REQUEST}]")
+        ops = body.get("Operations")
+        if not isinstance(ops, list) or not ops:
+            raise E.InvalidSyntax("'Operations' must be a non-empty list")
+        if len(ops) > MAX_OPERATIONS:
+            raise E.BulkTooMany(f"The bulk request has {len(ops)} operations; maxOperations is {MAX_OPERATIONS}.")
+        fail_on = body.get("failOnErrors")
+        if fail_on is not None and (isinstance(fail_on, bool) or not isinstance(fail_on, int) or fail_on < 1):
+            raise E.InvalidValue("failOnErrors must be a positive integer")
+        defined: dict[str, int] = {}
+        for i, op in enumerate(ops):
+            if not isinstance(op, dict):
+                raise E.InvalidSyntax(f"Operations[{i}] must be an object")
+            bid = op.get("bulkId")
+            if bid is None:
+                continue
+            if not isinstance(bid, str) or not BULK_ID_RE.match(bid):
+                raise E.InvalidValue(f"Operations[{i}].bulkId: 1-100 letters, digits, '.', '_', '~' or '-'")
+            if bid in defined:
+                raise E.InvalidSyntax(f"Operations[{i}].bulkId {bid!r} is used twice")
+            if str(op.get("method", "")).upper() == "POST":
+                defined[bid] = i
+        deps = [_bulk_refs(op.get("path")) | _bulk_refs(op.get("data")) for op in ops]
+        order = _bulk_order(ops, deps, defined)
+        created: dict[str, str | None] = {}  # bulkId → id (None: its operation failed)
+        results: list[dict] = []
+        errors = 0
+        for i in order:
+            result = self._bulk_one(caller, ops[i], deps[i], defined, created)
+            results.append(result)
+            if not result["status"].startswith("2"):
+                errors += 1
+                if fail_on is not None and errors >= fail_on:
+                    break
+        self.hub.audit.record("scim.bulk", workspace_id=caller.workspace_id, actor_email=caller.actor,
+                              data={"operations": len(ops), "done": len(results), "errors": errors})
+        return ScimResponse(200, {"schemas": [BULK_RESPONSE], "Operations": results})
+
+    def _bulk_one(self, caller: Caller, op: dict, refs: set[str], defined: dict[str, int],
+                  created: dict[str, str | None]) -> dict:
+        method = str(op.get("method", "")).upper()
+        out: dict = {"method": method or op.get("method")}
+        bid = op.get("bulkId")
+        if bid is not None:
+            out["bulkId"] = bid
+        try:
+            if method not in BULK_METHODS:
+                raise E.InvalidSyntax("method must be POST, PUT, PATCH or DELETE")
+            if method == "POST" and bid is None:
+                raise E.InvalidSyntax("bulkId is required with POST")
+            path = op.get("path")
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise E.InvalidSyntax("path must be a resource path such as /Users or /Users/{id}")
+            for ref in refs:
+                if ref not in defined:
+                    raise E.InvalidValue(f"bulkId {ref!r} is not defined by a POST of this request")
+                if created.get(ref) is None:
+                    raise E.InvalidValue(f"the operation with bulkId {ref!r} did not succeed")
+            ids = {k: v for k, v in created.items() if v is not None}
+            path = _bulk_replace(path, ids)
+            parts = [p for p in path.split("?")[0].split("/") if p]
+            if not parts or parts[0] not in ("Users", "Groups") or len(parts) != (1 if method == "POST" else 2) \
+                    or (len(parts) == 2 and parts[1] == ".search"):
+                raise E.InvalidSyntax(f"path {path[:100]!r} is not valid for {method}")
+            headers = {"content-type": "application/scim+json"}
+            if isinstance(op.get("version"), str):
+                headers["if-match"] = op["version"]
+            data = op.get("data")
+            raw = b""
+            if method != "DELETE":
+                if not isinstance(data, dict):
+                    raise E.InvalidSyntax("data must be an object")
+                raw = json.dumps(_bulk_replace(data, ids)).encode()
+            resp = self.dispatch(caller, ScimRequest(method=method, path=path, headers=headers, body=raw))
+        except E.ScimError as exc:
+            if bid is not None:
+                created[bid] = None
+            out["status"] = str(exc.status)
+            out["response"] = exc.to_error()
+            return out
+        out["status"] = str(resp.status)
+        if resp.body is not None and isinstance(resp.body.get("meta"), dict):
+            out["location"] = resp.body["meta"].get("location")
+            if method == "POST" and bid is not None:
+                created[bid] = resp.body.get("id")
+        elif method == "DELETE":
+            out["location"] = f"{self.base(caller.workspace_slug)}{path}"
+        if resp.headers.get("ETag"):
+            out["version"] = resp.headers["ETag"]
+        return out
+
     # -- list / search
     def search(self, caller: Caller, rt: ResourceType, body: dict) -> ScimResponse:
         schemas = body.get("schemas")
@@ -393,10 +536,15 @@ class ScimService:
                 raise E.InvalidValue(f"cannot sort by {q['sortby'][:100]!r}")
             direction = desc if str(q.get("sortorder", "ascending")).lower() == "descending" else asc
             order = [direction(col), model.id]
-        with self.hub.db() as db:
-            total = db.scalar(select(func.count()).select_from(model).where(*conds))
-            rows = list(db.scalars(select(model).where(*conds).order_by(*order).offset(start - 1).limit(count))) \
-                if count else []
+        with self._db() as db:
+            # Deferred join: the page's ids come from the (workspace_id, id) index alone, and only those 100 rows
+            # are read whole; a plain OFFSET reads (and joins) every skipped row.
+            page = select(model.id).where(*conds).order_by(*order).offset(start - 1).limit(count)
+            rows = list(db.scalars(select(model).where(model.id.in_(page)).order_by(*order))) if count else []
+            if start == 1 and len(rows) < count:
+                total = len(rows)  # the whole result is on this page (a userName lookup): no COUNT needed
+            else:
+                total = db.scalar(select(func.count()).select_from(model).where(*conds))
             want_members = rt is GROUP and not _excludes(excluded, attributes, "members")
             bodies = self._render_many(db, caller, rt, rows, want_members=want_members)
         resources = [project(b, rt, attributes, excluded) for b in bodies]
@@ -450,7 +598,7 @@ class ScimService:
     def get(self, caller: Caller, rt: ResourceType, rid: str, req: ScimRequest) -> ScimResponse:
         q = {k.lower(): v for k, v in req.query.items()}
         excluded = _split_attr_list(q.get("excludedattributes"))
-        with self.hub.db() as db:
+        with self._db() as db:
             row = self._load(db, caller, rt, rid)
             want = rt is USER or not _excludes(excluded, _split_attr_list(q.get("attributes")), "members")
             body = self._render_many(db, caller, rt, [row], want_members=want)[0]
@@ -490,7 +638,7 @@ class ScimService:
 
     def _write(self, caller: Caller, rt: ResourceType, rid: str, req: ScimRequest, change) -> ScimResponse:
         ended_user = None
-        with self.hub.db() as db:
+        with self._db() as db:
             row = self._load(db, caller, rt, rid, lock=True)
             current = self._render_many(db, caller, rt, [row])[0]
             im = req.headers.get("if-match")
@@ -522,7 +670,7 @@ class ScimService:
         return self._respond(200, rt, new, req.query)
 
     def delete(self, caller: Caller, rt: ResourceType, rid: str, req: ScimRequest) -> ScimResponse:
-        with self.hub.db() as db:
+        with self._db() as db:
             row = self._load(db, caller, rt, rid, lock=True)
             im = req.headers.get("if-match")
             if im:
@@ -546,14 +694,14 @@ class ScimService:
 
     # -- users
     def _create_user(self, caller: Caller, data: dict, query: dict) -> ScimResponse:
-        with self.hub.db() as db:
+        with self._db() as db:
             now = utcnow()
             user = User(workspace_id=caller.workspace_id, role="member", active=True, created_at=now)
             password_set = self._apply_user(db, user, data, replace=True)
             db.add(user)
-            self._flush_unique(db, "userName")
-            self._index_user(db, user)
-            body = self._render_many(db, caller, USER, [user])[0]
+            self._flush_unique(db, "userName")  # the unique constraint decides (no SELECT first)
+            self._index_user(db, user, new=True)
+            body = render_user(user, [], self.base(caller.workspace_slug))  # a new user is in no group
             self._commit(db, "userName")
         changed = sorted(k for k in body if k not in ("schemas", "id", "meta", "groups"))
         self.hub.audit.record("scim.user.created", workspace_id=caller.workspace_id, actor_email=caller.actor,
@@ -571,7 +719,7 @@ class ScimService:
             key = normalise_email(email)
         except InvalidEmail:
             raise E.InvalidValue("userName must be an e-mail address") from None
-        if key != user.email_normalized:
+        if key != user.email_normalized and user.id is not None:  # a new user: the flush checks
             taken = db.scalar(select(User.id).where(User.workspace_id == user.workspace_id,
                                                     User.email_normalized == key))
             if taken is not None and taken != user.id:
@@ -604,8 +752,9 @@ class ScimService:
             return True
         return False
 
-    def _index_user(self, db, user: User) -> None:
-        db.execute(delete(ScimValue).where(ScimValue.owner_id == user.id))
+    def _index_user(self, db, user: User, new: bool = False) -> None:
+        if not new:
+            db.execute(delete(ScimValue).where(ScimValue.owner_id == user.id))
         rows = []
         scim = user.scim or {}
 
@@ -641,7 +790,7 @@ class ScimService:
 
     # -- groups
     def _create_group(self, caller: Caller, data: dict, query: dict) -> ScimResponse:
-        with self.hub.db() as db:
+        with self._db() as db:
             group = Group(workspace_id=caller.workspace_id, created_at=utcnow())
             self._apply_group(db, caller, group, data, replace=True)
             self._flush_unique(db, "displayName")
@@ -709,6 +858,76 @@ class ScimService:
         except IntegrityError:
             db.rollback()
             raise E.Uniqueness(f"{attr} is already in use in this workspace") from None
+
+
+def _bulk_refs(value) -> set[str]:
+    """The bulkIds that a path or a data value refers to (``bulkId:x`` strings, and path segments)."""
+    out: set[str] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if "bulkId:" in v:
+                for seg in v.split("/"):
+                    if seg.startswith("bulkId:"):
+                        out.add(seg.removeprefix("bulkId:").split("?")[0])
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return out
+
+
+def _bulk_replace(value, ids: dict[str, str]):
+    if isinstance(value, str):
+        if "bulkId:" not in value:
+            return value
+        return "/".join(ids.get(seg.removeprefix("bulkId:"), seg) if seg.startswith("bulkId:") else seg
+                        for seg in value.split("/"))
+    if isinstance(value, dict):
+        return {k: _bulk_replace(v, ids) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_bulk_replace(v, ids) for v in value]
+    return value
+
+
+def _bulk_order(ops: list, deps: list[set[str]], defined: dict[str, int]) -> list[int]:
+    """Request order, except that an operation runs after the POSTs whose bulkIds it refers to. Raises
+    ``CircularReference`` naming the cycle (nothing has been written yet). Iterative: a chain of
+    ``MAX_OPERATIONS`` references (each user's manager the previous one) needs no deep recursion."""
+    order: list[int] = []
+    state: dict[int, int] = {}  # 1: on the current path, 2: placed
+
+    def name(j: int) -> str:
+        return str(ops[j].get("bulkId") or f"Operations[{j}]")
+
+    for root in range(len(ops)):
+        if state.get(root) == 2:
+            continue
+        state[root] = 1
+        path = [root]
+        stack = [iter(sorted(deps[root]))]
+        while stack:
+            i = path[-1]
+            for ref in stack[-1]:
+                j = defined.get(ref)
+                if j is None or state.get(j) == 2:
+                    continue
+                if j == i:
+                    raise E.CircularReference(f"Operation {name(i)!r} refers to its own bulkId. Nothing was changed.")
+                if state.get(j) == 1:
+                    cycle = path[path.index(j):] + [j]
+                    raise E.CircularReference("Circular bulkId references: " + " → ".join(map(name, cycle))
+                                              + ". Nothing was changed.")
+                state[j] = 1
+                path.append(j)
+                stack.append(iter(sorted(deps[j])))
+                break
+            else:
+                stack.pop()
+                state[path.pop()] = 2
+                order.append(i)
+    return order
 
 
 def _clip(value, n: int):
