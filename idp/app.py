@@ -129,6 +129,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
     app.register_blueprint(oidc_bp)
     from scim.web import bp as scim_bp
     app.register_blueprint(scim_bp)
+    from saml.web import bp as saml_bp
+    app.register_blueprint(saml_bp)
 
     from idp.passwords import RULES
 

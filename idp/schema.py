@@ -17,6 +17,7 @@ def import_all_models() -> None:
     import idp.models  # noqa: F401
     import idp.storage.sql  # noqa: F401
     import oidc.models  # noqa: F401
+    import saml.models  # noqa: F401
     import scim.models  # noqa: F401
 
 

@@ -1,0 +1,19 @@
+"""SAML 2.0 identity provider for the workspace's downstream apps (``apps`` entries with ``protocol: saml``).
+
+This package is the only one that imports ``lxml`` and ``xmlsec``; idhub never shells out to ``xmlsec1``.
+"""
+
+from __future__ import annotations
+
+
+def install(hub):
+    """Give the hub its SAML service and the per-app policy look-up. Idempotent."""
+    if getattr(hub, "saml", None) is not None:
+        return hub.saml
+    from saml.config import app_policy_lookup
+    from saml.idp import SamlIdp
+
+    svc = SamlIdp(hub)
+    hub.saml = svc
+    hub.app_policy_lookups.append(app_policy_lookup(hub))
+    return svc
