@@ -106,7 +106,7 @@ def apply_cmd(files):
     workspaces: list[dict] = []
     for f in files:
         try:
-            ws = validate(load_file(f))
+            ws = validate(load_file(f), base_dir=os.path.dirname(os.path.abspath(f)))
             workspaces.extend(ws)
         except ConfigError as exc:
             prefix = f"{f}: " if len(files) > 1 else ""

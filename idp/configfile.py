@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
@@ -157,7 +158,8 @@ def _policies(v: Validator, raw, path: str, plan: str | None) -> dict:
 APP_KEYS = {"slug", "name", "protocol", "client_id", "client_secret", "redirect_uris", "post_logout_redirect_uris",
             "backchannel_logout_uri", "grant_types", "metadata_xml", "metadata_file", "metadata_url",
             "nameid_format", "attributes", "entity_id", "acs_url", "certificate", "scopes",
-            "token_endpoint_auth_method", "require_mfa", "idp_initiated"}
+            "token_endpoint_auth_method", "require_mfa", "idp_initiated", "jwks", "jwks_uri",
+            "require_signed_requests", "sign_response", "sign_assertion", "slo_url"}
 CONNECTION_KEYS = {"slug", "name", "protocol", "preset", "metadata_file", "metadata_url", "metadata_xml", "domains",
                    "issuer", "client_id", "client_secret", "url", "bind_dn", "bind_password", "user_search_base",
                    "user_filter", "group_search_base", "trust_mfa", "attribute_mapping", "allowed_tenants",
@@ -165,6 +167,33 @@ CONNECTION_KEYS = {"slug", "name", "protocol", "preset", "metadata_file", "metad
 
 
 def _apps(v: Validator, raw, path: str) -> list[dict]:
+    def _client_jwks(jwks, path: str) -> None:
+        """An app's inline JWKS (private_key_jwt): public RSA or P-256 keys only, usable with RS256 or ES256."""
+        keys = jwks.get("keys") if isinstance(jwks, dict) else None
+        if not isinstance(keys, list) or not keys:
+            v.err(path, "must be a JWKS: a mapping with a non-empty list of keys")
+            return
+        for j, k in enumerate(keys):
+            kp = f"{path}.keys[{j}]"
+            if not isinstance(k, dict):
+                v.err(kp, "must be a mapping (a JWK)")
+                continue
+            if {"d", "p", "q", "dp", "dq", "qi", "oth", "k"} & set(k):
+                v.err(kp, "must be a public key (no private or symmetric key material)")
+                continue
+            if k.get("kty") not in ("RSA", "EC") or (k.get("kty") == "EC" and k.get("crv") != "P-256"):
+                v.err(kp, "must be an RSA or an EC P-256 public key")
+                continue
+            if k.get("alg") not in (None, "RS256", "ES256") or k.get("use") not in (None, "sig"):
+                v.err(kp, "alg must be RS256 or ES256 and use sig")
+                continue
+            try:
+                from joserfc import jwk
+
+                jwk.import_key(k)
+            except Exception:
+                v.err(kp, "is not a valid JWK")
+
     out = []
     slugs = set()
     for i, app in enumerate(v.seq(raw, path)):
@@ -190,10 +219,23 @@ def _apps(v: Validator, raw, path: str) -> list[dict]:
             if app.get("backchannel_logout_uri") is not None:
                 v.url(app["backchannel_logout_uri"], f"{p}.backchannel_logout_uri")
             method = app.get("token_endpoint_auth_method")
-            if method is not None and method not in ("client_secret_basic", "client_secret_post", "none"):
-                v.err(f"{p}.token_endpoint_auth_method", "must be client_secret_basic, client_secret_post or none")
+            if method is not None and method not in ("client_secret_basic", "client_secret_post", "private_key_jwt",
+                                                     "none"):
+                v.err(f"{p}.token_endpoint_auth_method",
+                      "must be client_secret_basic, client_secret_post, private_key_jwt or none")
             if method == "none" and app.get("client_secret"):
                 v.err(f"{p}.client_secret", "a public client (token_endpoint_auth_method: none) has no secret")
+            if method == "private_key_jwt":
+                if app.get("client_secret") is not None:
+                    v.err(f"{p}.client_secret", "a private_key_jwt client has no secret (it signs with its key)")
+                if (app.get("jwks") is None) == (app.get("jwks_uri") is None):
+                    v.err(p, "a private_key_jwt client needs exactly one of jwks or jwks_uri")
+                if app.get("jwks") is not None:
+                    _client_jwks(app["jwks"], f"{p}.jwks")
+                if app.get("jwks_uri") is not None:
+                    v.url(app["jwks_uri"], f"{p}.jwks_uri")
+            elif app.get("jwks") is not None or app.get("jwks_uri") is not None:
+                v.err(p, "jwks and jwks_uri are for token_endpoint_auth_method: private_key_jwt")
             for j, sc in enumerate(v.seq(app.get("scopes"), f"{p}.scopes")):
                 if sc not in ("openid", "profile", "email", "groups", "offline_access"):
                     v.err(f"{p}.scopes[{j}]", "must be one of openid, profile, email, groups, offline_access")
@@ -238,7 +280,7 @@ def _connections(v: Validator, raw, path: str, plan: str | None) -> list[dict]:
     return out
 
 
-def validate(doc) -> list[dict]:
+def validate(doc, base_dir: str | None = None) -> list[dict]:
     """Validate a whole config document; raise ConfigError listing every problem by path."""
     v = Validator()
     doc = v.mapping(doc, "(root)", {"workspaces"}, ("workspaces",))
@@ -315,6 +357,11 @@ def validate(doc) -> list[dict]:
                     v.err(f"{up}.groups[{k}]", f"unknown group {gname!r} (declare it under groups)")
             users.append({**u, "email": email})
         apps = _apps(v, ws.get("apps"), f"{p}.apps")
+        from saml.config import saml_app_errors
+
+        for j, app in enumerate(apps):
+            for problem in saml_app_errors(app, Path(base_dir) if base_dir else None):
+                v.err(f"{p}.apps[{j}]", problem)
         connections = _connections(v, ws.get("connections"), f"{p}.connections", plan)
         from scim.config import validate_scim_tokens
 
@@ -326,7 +373,7 @@ def validate(doc) -> list[dict]:
             v.err(f"{p}.scim_tokens", "SCIM provisioning needs the enterprise plan")
         workspaces.append({"slug": slug, "name": name, "plan": plan, "domains": domains, "policies": policies,
                            "groups": groups, "users": users, "apps": apps, "connections": connections,
-                           "scim_tokens": scim_tokens})
+                           "scim_tokens": scim_tokens, "base_dir": base_dir})
     if v.errors:
         raise ConfigError(v.errors)
     return workspaces
@@ -406,6 +453,9 @@ def apply(db: Session, workspaces: list[dict], hasher: passwords.Hasher) -> Appl
         from scim.config import apply_scim_tokens
 
         apply_oidc_apps(db, ws, w["apps"])
+        from saml.config import apply_saml_apps
+
+        apply_saml_apps(db, ws, w["apps"], base_dir=Path(w["base_dir"]) if w.get("base_dir") else None)
         apply_scim_tokens(db, ws, w["scim_tokens"])
         report.updated.append(f"workspace {w['slug']}")
     return report

@@ -7,11 +7,11 @@ import hmac
 
 from sqlalchemy import select
 
-from oidc.models import OidcClient
+from oidc.models import OidcClient, OidcClientJwks
 
 SCOPES = ("openid", "profile", "email", "groups", "offline_access")
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
-AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 DEFAULT_CONFIDENTIAL = "client_secret_basic,client_secret_post"
 
 
@@ -44,7 +44,9 @@ def apply_oidc_apps(db, workspace, apps: list[dict]) -> None:
         row.name = app.get("name") or ""
         row.secret_hash = secret_hash(str(secret)) if secret else None
         method = app.get("token_endpoint_auth_method")
-        if not secret:
+        if method == "private_key_jwt":
+            row.secret_hash = None  # RFC 7523: the client proves itself with a signed assertion, never a secret
+        elif not secret:
             method = "none"  # a public client: PKCE only
         elif method not in ("client_secret_basic", "client_secret_post"):
             method = DEFAULT_CONFIDENTIAL  # not named in the file: either, but still one per request
@@ -53,13 +55,28 @@ def apply_oidc_apps(db, workspace, apps: list[dict]) -> None:
         row.post_logout_redirect_uris = list(app.get("post_logout_redirect_uris") or [])
         row.backchannel_logout_uri = app.get("backchannel_logout_uri") or None
         grants = [g for g in (app.get("grant_types") or ["authorization_code"]) if g in GRANT_TYPES]
-        if not secret:
+        if method == "none":
             grants = [g for g in grants if g != "client_credentials"]  # a public client cannot authenticate
         row.grant_types = grants
         scopes = app.get("scopes")
         row.scopes = [s for s in scopes if isinstance(s, str)] if isinstance(scopes, list) else list(SCOPES)
         row.require_mfa = bool(app.get("require_mfa"))
+        if method == "private_key_jwt":
+            db.flush()  # the row's id
+            keys = db.get(OidcClientJwks, row.id)
+            if keys is None:
+                keys = OidcClientJwks(client_pk=row.id)
+                db.add(keys)
+            keys.jwks = app.get("jwks") if isinstance(app.get("jwks"), dict) else None
+            keys.jwks_uri = app.get("jwks_uri") or None
     db.flush()
+
+
+def client_jwks(db, client: OidcClient) -> OidcClientJwks | None:
+    """The registered keys of a ``private_key_jwt`` client (None for any other client)."""
+    if client.token_endpoint_auth_method != "private_key_jwt":
+        return None
+    return db.get(OidcClientJwks, client.id)
 
 
 def find_client(db, workspace_id: str, client_id: str | None) -> OidcClient | None:

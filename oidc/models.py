@@ -33,6 +33,18 @@ class OidcClient(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
+class OidcClientJwks(Base):
+    """The public keys of a ``private_key_jwt`` client (RFC 7523): an inline JWKS or the URL it is fetched from.
+
+    A table of its own (not columns of ``oidc_clients``): only clients that use private_key_jwt touch it."""
+
+    __tablename__ = "oidc_client_jwks"
+    client_pk: Mapped[str] = mapped_column(ForeignKey("oidc_clients.id", ondelete="CASCADE"), primary_key=True)
+    jwks: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    jwks_uri: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
 class OidcKey(Base):
     """A signing key of a workspace. ``private_enc`` is the PEM private key sealed with SecretBox("oidc-keys").
 

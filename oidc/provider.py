@@ -22,6 +22,9 @@ import json
 import logging
 import re
 import secrets
+import threading
+import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,12 +44,12 @@ from authlib.oauth2.rfc6749.errors import (
 from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
-from joserfc import jwt
+from joserfc import jwk, jwt
 from joserfc.errors import JoseError
 from sqlalchemy import select, update
 
 from idp.models import Group, GroupMember, User
-from oidc.config import SCOPES, check_secret, find_client
+from oidc.config import SCOPES, check_secret, client_jwks, find_client
 from oidc.keys import ALGORITHMS, KeyStore
 from oidc.models import OidcAccessToken, OidcClient, OidcCode, OidcRefreshToken
 
@@ -65,6 +68,14 @@ SECOND_FACTORS = {"totp", "sms", "backup_codes", "upstream_mfa"}
 ACR_MFA = "urn:idhub:acr:mfa"
 ACR_PWD = "urn:idhub:acr:pwd"
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_ALGORITHMS = ("RS256", "ES256")  # private_key_jwt: asymmetric only, never none or HS256
+ASSERTION_MAX_LIFETIME = 300  # a client assertion's exp must be within 5 minutes
+CLOCK_SKEW = 10
+FORBIDDEN_HEADERS = {"jwk", "jku", "x5u", "x5c", "crit"}  # keys come from the registration, never the token
+PRIVATE_JWK_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+JWKS_CACHE_TTL = 300
+JWKS_MAX_BYTES = 65536
 
 
 def sha256_hex(value: str) -> str:
@@ -221,7 +232,8 @@ class StrictPKCE:
 
 
 # ---- grants -----------------------------------------------------------------------------------------------
-CLIENT_AUTH = ["client_secret_basic", "client_secret_post", "none"]
+CLIENT_AUTH = ["private_key_jwt", "client_secret_basic", "client_secret_post", "none"]
+CONFIDENTIAL_AUTH = ["private_key_jwt", "client_secret_basic", "client_secret_post"]
 
 
 class AuthorizationCodeGrant(oauth_grants.AuthorizationCodeGrant):
@@ -330,7 +342,7 @@ class RefreshTokenGrant(oauth_grants.RefreshTokenGrant):
 
 
 class ClientCredentialsGrant(oauth_grants.ClientCredentialsGrant):
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_AUTH
 
     def create_token_response(self):
         client: Client = self.request.client
@@ -390,7 +402,7 @@ class Revocation(RevocationEndpoint):
 
 
 class Introspection(IntrospectionEndpoint):
-    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    CLIENT_AUTH_METHODS = CONFIDENTIAL_AUTH
 
     def query_token(self, token_string, token_type_hint):
         return self.server.svc.find_token(self.server.ws.id, token_string, token_type_hint)
@@ -430,6 +442,8 @@ class Provider(AuthorizationServer):
         self.register_grant(ClientCredentialsGrant)
         self.register_endpoint(Revocation)
         self.register_endpoint(Introspection)
+        self.register_client_auth_method(
+            "private_key_jwt", lambda query_client, request: svc.authenticate_assertion(ws, request, query_client))
 
     def query_client(self, client_id):
         if not isinstance(client_id, str) or not client_id or len(client_id) > 128:
@@ -458,6 +472,8 @@ class OidcService:
         self.hub = hub
         self.keys = KeyStore(hub.db, box, lambda: hub.clock())
         self._sid_key = sid_key.encode()
+        self._jwks_cache: dict[str, tuple[float, dict]] = {}
+        self._jwks_lock = threading.Lock()
 
     # -- names and metadata --
     def issuer(self, ws) -> str:
@@ -487,8 +503,11 @@ class OidcService:
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": list(ALGORITHMS),
             "token_endpoint_auth_methods_supported": list(CLIENT_AUTH),
+            "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
             "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH),
-            "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
+            "introspection_endpoint_auth_methods_supported": list(CONFIDENTIAL_AUTH),
+            "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
             "code_challenge_methods_supported": ["S256"],
             "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid",
                                  "azp", "at_hash", "email", "email_verified", "name", "groups"],
@@ -533,6 +552,111 @@ class OidcService:
         if claims.get("iss") != self.issuer(ws):
             return None
         return claims
+
+    # -- private_key_jwt client authentication (RFC 7523 section 2.2, OIDC Core section 9) --
+    def authenticate_assertion(self, ws, request, query_client):
+        """The client of a valid ``client_assertion``; None when there is none; InvalidClientError otherwise.
+
+        Keys come only from the client's registration (inline ``jwks`` or ``jwks_uri``), never from the token's
+        header; algorithms are an explicit allowlist (RS256, ES256); ``jti`` is single use until ``exp``."""
+        form = request.form
+        assertion = form.get("client_assertion")
+        if assertion is None:
+            return None
+
+        def refuse(reason: str):
+            log.info("client assertion refused", extra={"reason": reason})
+            raise InvalidClientError(status_code=401, description="Invalid client assertion.")
+
+        if form.get("client_assertion_type") != JWT_BEARER:
+            refuse("assertion_type")
+        if not isinstance(assertion, str) or len(assertion) > MAX_TOKEN or assertion.count(".") != 2:
+            refuse("format")
+        head, body, _sig = assertion.split(".")
+        try:
+            header, unverified = _b64_json(head), _b64_json(body)
+        except (ValueError, UnicodeError):
+            header = unverified = None
+        if header is None or unverified is None:
+            refuse("format")
+        alg = header.get("alg")
+        if alg not in ASSERTION_ALGORITHMS:
+            refuse("alg")
+        if FORBIDDEN_HEADERS & set(header):
+            refuse("header")
+        client_id = unverified.get("iss")
+        if not isinstance(client_id, str) or unverified.get("sub") != client_id:
+            refuse("iss_sub")
+        if form.get("client_id") is not None and form.get("client_id") != client_id:
+            refuse("client_id")
+        client = query_client(client_id)
+        if client is None or client.row.token_endpoint_auth_method != "private_key_jwt":
+            refuse("client")
+        key = self._assertion_key(client.row, header)
+        if key is None:
+            refuse("key")
+        try:
+            claims = jwt.decode(assertion, key, algorithms=[alg]).claims
+        except (JoseError, ValueError, TypeError, KeyError):
+            refuse("signature")
+        if claims.get("iss") != client_id or claims.get("sub") != client_id:
+            refuse("iss_sub")
+        aud = claims.get("aud")
+        auds = aud if isinstance(aud, list) else [aud]
+        allowed = {self.issuer(ws), self.endpoint(ws, "token"), request.uri}
+        if not any(isinstance(a, str) and a in allowed for a in auds):
+            refuse("aud")
+        now = _ts(self.hub.clock())
+        exp = claims.get("exp")
+        if not _is_int(exp) or exp <= now or exp > now + ASSERTION_MAX_LIFETIME + CLOCK_SKEW:
+            refuse("exp")
+        for name in ("iat", "nbf"):
+            if name in claims and (not _is_int(claims[name]) or claims[name] > now + CLOCK_SKEW):
+                refuse(name)
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not 0 < len(jti) <= 256:
+            refuse("jti")
+        key_name = f"oidc-jti:{ws.id}:{sha256_hex(client_id)}:{sha256_hex(jti)}"
+        if not self.hub.stores.one_time.add(key_name, "1", exp - now + CLOCK_SKEW):
+            self.audit("oidc.client_assertion.replayed", ws.id, client_id=client_id)
+            refuse("replay")
+        return client
+
+    def _assertion_key(self, row: OidcClient, header: dict):
+        with self.hub.db() as db:
+            reg = client_jwks(db, row)
+        if reg is None:
+            return None
+        if reg.jwks:
+            return _pick_key(reg.jwks, header)
+        if not reg.jwks_uri:
+            return None
+        key = _pick_key(self._fetch_jwks(reg.jwks_uri), header)
+        if key is None:  # perhaps a new key of the client: fetch again (at most every CLOCK_SKEW seconds)
+            key = _pick_key(self._fetch_jwks(reg.jwks_uri, force=True), header)
+        return key
+
+    def _fetch_jwks(self, uri: str, force: bool = False) -> dict:
+        now = time.monotonic()
+        with self._jwks_lock:
+            hit = self._jwks_cache.get(uri)
+        if hit and now - hit[0] < (CLOCK_SKEW if force else JWKS_CACHE_TTL):
+            return hit[1]
+        try:
+            req = urllib.request.Request(uri, headers={"Accept": "application/json"})  # noqa: S310 (admin's URL)
+            with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+                raw = resp.read(JWKS_MAX_BYTES + 1)
+            if len(raw) > JWKS_MAX_BYTES:
+                raise ValueError("JWKS too large")
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("JWKS is not an object")
+        except Exception as exc:  # the client's key server is down: keep what we had
+            log.warning("client jwks_uri fetch failed", extra={"error": type(exc).__name__})
+            return hit[1] if hit else {}
+        with self._jwks_lock:
+            self._jwks_cache[uri] = (now, data)
+        return data
 
     # -- users --
     def active_user(self, user_id: str | None, session_id: str | None, ws_id: str) -> User | None:
@@ -796,9 +920,9 @@ class OidcService:
                                 "error_description": "Use exactly one client authentication method."})
         if auth and not auth.lower().startswith("basic "):
             return Answer(401, {"error": "invalid_client"}, [("WWW-Authenticate", 'Basic realm="idhub"')])
-        if req.form.get("client_assertion") is not None:
-            return Answer(401, {"error": "invalid_client",
-                                "error_description": "private_key_jwt is not supported."})
+        if req.form.get("client_assertion") is not None and req.form.get("client_secret") is not None:
+            return Answer(400, {"error": "invalid_request",
+                                "error_description": "Use exactly one client authentication method."})
         return _Request(req, self.endpoint(ws, name))
 
     def _run(self, fn) -> Answer:
@@ -907,6 +1031,39 @@ class _LoginRequired(OAuth2Error):
 
 class _InteractionRequired(OAuth2Error):
     error = "interaction_required"
+
+
+def _b64_json(segment: str) -> dict | None:
+    value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    return value if isinstance(value, dict) else None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _pick_key(jwks: dict, header: dict):
+    """The one registered public key that fits the assertion's ``alg`` (and ``kid``, when it names one)."""
+    alg, kid = header.get("alg"), header.get("kid")
+    kty = {"RS256": "RSA", "ES256": "EC"}.get(alg)
+    keys = jwks.get("keys") if isinstance(jwks, dict) else None
+    found = []
+    for k in keys if isinstance(keys, list) else []:
+        if not isinstance(k, dict) or k.get("kty") != kty or PRIVATE_JWK_MEMBERS & set(k):
+            continue
+        if k.get("use") not in (None, "sig") or k.get("alg") not in (None, alg):
+            continue
+        if kty == "EC" and k.get("crv") != "P-256":
+            continue
+        if kid is not None and k.get("kid") != kid:
+            continue
+        found.append(k)
+    if len(found) != 1:
+        return None
+    try:
+        return jwk.import_key(found[0])
+    except (JoseError, ValueError, TypeError, KeyError):
+        return None
 
 
 def _add_param(uri: str, key: str, value: str) -> str:

@@ -119,3 +119,11 @@ def test_scim_tokens_are_validated_and_applied(tmp_path, monkeypatch):
         tokens = list(db.scalars(select(ScimToken)))
         assert [t.name for t in tokens] == ["workday"]
         assert all("w" * 48 not in str(v) for t in tokens for v in vars(t).values())  # stored hashed
+
+
+def test_saml_apps_are_validated_with_the_other_errors():
+    doc = copy.deepcopy(BASE_CONFIG)
+    doc["workspaces"][0]["apps"] = [{"slug": "payroll", "name": "Payroll", "protocol": "saml",
+                                     "metadata_xml": "<md:EntityDescriptor not xml"}]
+    errs = errors_of(doc)
+    assert errs and all(e.startswith("workspaces[0].apps[0]") for e in errs), errs
