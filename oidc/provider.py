@@ -993,8 +993,8 @@ class OidcService:
         state = values.get("state")
         claims = None
         if hint:
-            claims = self.verify(ws, hint)
-            if claims is None or claims.get("typ") == "at+jwt":
+            claims = self.verify(ws, hint, typ="jwt")  # an ID token: not an access or logout token (header typ)
+            if claims is None:
                 return Answer(400, page=("This sign-out link is not valid",
                                          "The app's sign-out request carried an invalid token.")), False
             aud = claims.get("aud")

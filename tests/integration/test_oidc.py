@@ -338,6 +338,11 @@ def test_end_session(browser, api, hub):
                                                    post_logout_redirect_uri=WIKI_HOME.rstrip("/")))
     assert r.status_code == 400
     assert browser.get("/w/acme/settings/security").status_code == 200
+    # an access token is not an ID token: whoever holds one (a resource server) cannot sign the user out
+    r = browser.get("/w/acme/oauth2/logout?" + _qs(id_token_hint=tok["access_token"],
+                                                   post_logout_redirect_uri=WIKI_HOME))
+    assert r.status_code == 400 and "Location" not in r.headers
+    assert browser.get("/w/acme/settings/security").status_code == 200
     # without a hint: not signed out (logout CSRF)
     r = browser.get("/w/acme/oauth2/logout?" + _qs(client_id="wiki", post_logout_redirect_uri=WIKI_HOME))
     assert r.status_code == 400
