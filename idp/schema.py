@@ -12,6 +12,8 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 def import_all_models() -> None:
     """Every module that defines tables, so that ``Base.metadata`` is complete."""
+    import admin.models  # noqa: F401
+    import federation.models  # noqa: F401
     import idp.audit  # noqa: F401
     import idp.mfa.models  # noqa: F401
     import idp.models  # noqa: F401

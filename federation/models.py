@@ -1,0 +1,1 @@
+"""Tables of upstream connections and the identities they vouch for."""
