@@ -17,7 +17,9 @@ import hashlib
 import io
 import json
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -85,6 +87,10 @@ class AuditEvent(Base):
     data: Mapped[dict] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+_COLUMNS = ("chain", "seq", "workspace_id", "occurred_at", "type", "actor_id", "actor_email", "subject_id", "ip",
+            "user_agent", "request_id", "data", "prev_hash", "hash")
 
 
 class AuditChainHead(Base):
@@ -181,7 +187,9 @@ class AuditLog:
 
     def __init__(self, sessionmaker: sessionmaker, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self._sm = sessionmaker
+        self._engine = sessionmaker.kw["bind"]
         self._clock = clock
+        self._local = threading.local()
 
     # ---- writing ----------------------------------------------------------------------------------------
     def record(
@@ -197,50 +205,83 @@ class AuditLog:
         request_id: str | None = None,
         data: dict | None = None,
     ) -> AuditEvent:
-        """Append one event to its workspace's chain (secrets in ``data`` redacted) and return it."""
+        """Append one event to its workspace's chain (secrets in ``data`` redacted) and return it.
+
+        Inside ``deferred()`` the event is kept and written with the others when the block ends (one
+        transaction for all of them); the returned object then has no ``seq``/``hash`` yet.
+        """
         if not isinstance(type, str) or len(type) > 64 or not TYPE_RE.match(type):
             raise ValueError(f"invalid audit event type {type!r}")
         # Round-trip through JSON so that what is hashed is exactly what the database gives back.
         clean = json.loads(json.dumps(redact(data or {}), default=str))
-        chain = chain_for(workspace_id)
-        fields = {
-            "actor_id": _clip("actor_id", actor_id),
-            "actor_email": _clip("actor_email", actor_email),
-            "subject_id": _clip("subject_id", subject_id),
-            "ip": _clip("ip", ip),
-            "user_agent": _clip("user_agent", user_agent),
-            "request_id": _clip("request_id", request_id),
-        }
-        for _attempt in range(3):
-            with self._sm() as db:
-                row = db.execute(
-                    update(AuditChainHead)
-                    .where(AuditChainHead.chain == chain)
-                    .values(seq=AuditChainHead.seq + 1)
-                    .returning(AuditChainHead.seq, AuditChainHead.hash)
-                ).first()
-                if row is None:
-                    db.rollback()
-                    self._create_head(chain)
-                    continue
-                seq, prev_hash = row
-                ev = AuditEvent(
-                    chain=chain,
-                    seq=seq,
-                    workspace_id=workspace_id,
-                    occurred_at=_utc(self._clock()),
-                    type=type,
-                    data=clean,
-                    prev_hash=prev_hash,
-                    **fields,
-                )
-                ev.hash = compute_hash(ev)
-                db.add(ev)
-                db.flush()
-                db.execute(update(AuditChainHead).where(AuditChainHead.chain == chain).values(hash=ev.hash))
-                db.commit()
-                return ev
-        raise RuntimeError(f"could not create the audit chain head for {chain!r}")  # pragma: no cover
+        ev = AuditEvent(
+            chain=chain_for(workspace_id),
+            workspace_id=workspace_id,
+            occurred_at=_utc(self._clock()),
+            type=type,
+            data=clean,
+            actor_id=_clip("actor_id", actor_id),
+            actor_email=_clip("actor_email", actor_email),
+            subject_id=_clip("subject_id", subject_id),
+            ip=_clip("ip", ip),
+            user_agent=_clip("user_agent", user_agent),
+            request_id=_clip("request_id", request_id),
+        )
+        pending = getattr(self._local, "pending", None)
+        if pending is not None:
+            pending.append(ev)
+            return ev
+        self._append([ev])
+        return ev
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Collect the events recorded in this thread inside the block and append them in one transaction
+        when it ends — also when it ends with an exception, so that no security event is lost. Nested
+        blocks join the outermost one."""
+        if getattr(self._local, "pending", None) is not None:
+            yield
+            return
+        self._local.pending = []
+        try:
+            yield
+        finally:
+            events, self._local.pending = self._local.pending, None
+            if events:
+                self._append(events)
+
+    def _append(self, events: list[AuditEvent]) -> None:
+        """Chain ``events`` (in order) onto their chains: per chain, one UPDATE that reserves the sequence
+        numbers and reads the previous hash, one INSERT of the rows, one UPDATE of the head's hash — all in
+        one transaction, so the head's row lock orders concurrent writers."""
+        by_chain: dict[str, list[AuditEvent]] = {}
+        for ev in events:
+            by_chain.setdefault(ev.chain, []).append(ev)
+        for chain, evs in by_chain.items():
+            for _attempt in range(3):
+                with self._engine.begin() as conn:
+                    row = conn.execute(
+                        update(AuditChainHead)
+                        .where(AuditChainHead.chain == chain)
+                        .values(seq=AuditChainHead.seq + len(evs))
+                        .returning(AuditChainHead.seq, AuditChainHead.hash)
+                    ).first()
+                    if row is not None:
+                        last_seq, prev_hash = row
+                        rows = []
+                        for i, ev in enumerate(evs):
+                            ev.seq = last_seq - len(evs) + 1 + i
+                            ev.prev_hash = prev_hash
+                            ev.hash = prev_hash = compute_hash(ev)
+                            rows.append({c: getattr(ev, c) for c in _COLUMNS})
+                        conn.execute(insert(AuditEvent), rows)
+                        conn.execute(update(AuditChainHead).where(AuditChainHead.chain == chain)
+                                     .values(hash=prev_hash))
+                if row is not None:
+                    break
+                self._create_head(chain)  # a new chain (nothing was written above): create its head, retry
+            else:  # pragma: no cover
+                raise RuntimeError(f"could not create the audit chain head for {chain!r}")
 
     def _create_head(self, chain: str) -> None:
         """Insert the chain's head row; losing the race to another writer is fine."""

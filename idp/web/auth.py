@@ -105,6 +105,11 @@ def password(ws_slug):
         return render_template("password.html", ws=ws, flow=flow)
     check_csrf()
     client = current_client()
+    with hub().audit.deferred():  # this step's audit events (outcome, policy decision, sign-in) in one transaction
+        return _password_step(ws, flows, flow, client)
+
+
+def _password_step(ws, flows: FlowManager, flow: LoginFlow, client):
     outcome = hub().check_password(ws, flow.email, _field("password"), client, flow.next)
     if not outcome.ok:
         SIGNINS.labels(outcome="throttled" if outcome.retry_after else "failure").inc()

@@ -101,6 +101,40 @@ def fill(log: AuditLog, clock: Clock, n: int, ws: str = "ws-1") -> list[AuditEve
 
 
 # ---- appending ----------------------------------------------------------------------------------------------
+def test_deferred_events_are_written_together_at_the_end_of_the_block(log, engine):
+    log.record("auth.signout", workspace_id="ws-a")
+    with log.deferred():
+        e1 = log.record("policy.decision", workspace_id="ws-a", data={"effect": "allow"})
+        e2 = log.record("auth.signin.success", workspace_id="ws-a", actor_id="u1")
+        e3 = log.record("auth.signin.success", workspace_id="ws-b", actor_id="u2")
+        with log.deferred():  # nested blocks join the outer one
+            e4 = log.record("session.ended", workspace_id="ws-a")
+        assert len(rows(engine, "ws-a")) == 1  # nothing written yet
+    assert [r.seq for r in rows(engine, "ws-a")] == [1, 2, 3, 4]
+    assert [r.type for r in rows(engine, "ws-a")][1:] == ["policy.decision", "auth.signin.success", "session.ended"]
+    assert (e1.seq, e2.seq, e4.seq, e3.seq) == (2, 3, 4, 1)
+    assert e2.prev_hash == e1.hash and e4.prev_hash == e2.hash
+    assert log.verify().ok and log.verify().checked == 5
+
+
+def test_deferred_events_survive_an_exception_in_the_block(log, engine):
+    with pytest.raises(RuntimeError), log.deferred():
+        log.record("auth.signin.failure", workspace_id="ws-a", data={"reason": "bad_password"})
+        raise RuntimeError("the request failed after the event")
+    assert [r.type for r in rows(engine, "ws-a")] == ["auth.signin.failure"]
+    assert log.verify().ok
+
+
+def test_deferral_is_per_thread(log, engine):
+    seen = []
+    with log.deferred():
+        t = threading.Thread(target=lambda: seen.append(log.record("auth.signout", workspace_id="ws-a")))
+        t.start()
+        t.join()
+        assert len(rows(engine, "ws-a")) == 1  # the other thread's event was written at once
+    assert seen[0].seq == 1
+
+
 def test_events_are_chained_per_workspace(log, clock, engine):
     a1 = log.record("auth.signin.success", workspace_id="ws-a", actor_id="u1", data={"amr": ["pwd"]})
     b1 = log.record("auth.signout", workspace_id="ws-b", actor_id="u2")
