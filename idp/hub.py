@@ -6,6 +6,7 @@ knows nothing about Flask requests.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -395,6 +396,7 @@ class Hub:
         return self._signer.dumps({"u": user.id, "w": user.workspace_id})
 
     def not_me_user(self, ws: Workspace, token: str) -> User | None:
+        """The account a "This wasn't me" link is for; None when it is forged, expired or already used."""
         if not token or len(token) > 512:
             return None
         try:
@@ -403,14 +405,22 @@ class Hub:
             return None
         if not isinstance(data, dict) or data.get("w") != ws.id:
             return None
+        if self.stores.one_time.get(_not_me_key(token)) is not None:
+            return None
         with self.db() as db:
             return db.get(User, data.get("u"))
 
+    def not_me_used(self, token: str) -> bool:
+        return bool(token) and len(token) <= 512 and self.stores.one_time.get(_not_me_key(token)) is not None
+
     def secure_account(self, ws: Workspace, token: str, client: Client) -> bool:
-        """End every session, require a password reset, mail a reset link."""
+        """End every session, require a password reset, mail a reset link. Each link works once: whoever
+        else holds the alert mail cannot use it to lock the owner out again after the reset."""
         user = self.not_me_user(ws, token)
         if user is None:
             return False
+        if not self.stores.one_time.add(_not_me_key(token), user.id, NOT_ME_MAX_AGE + 3600):
+            return False  # used in parallel by another request
         with self.db() as db:
             db.execute(update(User).where(User.id == user.id).values(password_reset_required=True,
                                                                      updated_at=utcnow()))
@@ -429,6 +439,10 @@ class Hub:
             "reset_url": self.url(f"/w/{ws.slug}/password/reset/{tok}"), "expires_hours": 24,
         }, ws_id=ws.id, user_id=user.id)
         return True
+
+
+def _not_me_key(token: str) -> str:
+    return "notme:" + hashlib.sha256(token.encode()).hexdigest()
 
 
 def _new_password_errors(new: str, confirm: str, email: str) -> list[str]:

@@ -205,10 +205,11 @@ def not_me(ws_slug, token):
     ws = load_workspace(ws_slug)
     user = hub().not_me_user(ws, token)
     if user is None:
-        return render_template("not_me.html", ws=ws, invalid=True), 400
+        return render_template("not_me.html", ws=ws, invalid=True, used=hub().not_me_used(token)), 400
     if request.method == "GET":
         return render_template("not_me.html", ws=ws, token=token, email=user.email)
     check_csrf()
-    hub().secure_account(ws, token, current_client())
+    if not hub().secure_account(ws, token, current_client()):
+        return render_template("not_me.html", ws=ws, invalid=True, used=True), 400
     g.session = None
     return render_template("not_me.html", ws=ws, done=True, email=user.email)

@@ -228,6 +228,36 @@ def test_new_device_alert_and_this_wasnt_me(browser_factory, outbox, hub):
         assert db.scalar(select(AuditEvent).where(AuditEvent.type == "account.compromise_reported"))
 
 
+def test_this_wasnt_me_link_works_once(browser_factory, outbox):
+    """Whoever gets hold of an alert mail must not be able to lock the account again and again with it."""
+    signed_in(browser_factory)
+    signed_in(browser_factory, user_agent=FIREFOX)
+    alert = outbox.find(to=ALICE, subject="new device")[0]
+    path = outbox.link(alert, r"http://localhost/w/acme/security/not-me/[A-Za-z0-9._-]+").removeprefix(
+        "http://localhost")
+    b = browser_factory()
+    b.get(path)
+    assert "Your account is secured" in b.post(path, {"csrf_token": b.csrf()}).get_data(as_text=True)
+    # the owner resets the password and signs in again
+    reset = outbox.link(outbox.find(to=ALICE, subject="Your account has been secured")[0],
+                        r"http://localhost/w/acme/password/reset/[A-Za-z0-9_-]+").removeprefix("http://localhost")
+    owner = browser_factory()
+    owner.get(reset)
+    r = owner.post(reset, {"csrf_token": owner.csrf(), "new_password": NEW_PW, "confirm_password": NEW_PW})
+    assert r.status_code == 302
+    victim = browser_factory()
+    assert victim.login("acme", ALICE, NEW_PW).status_code == 302
+    # the same link again: refused, nothing changes
+    again = browser_factory()
+    r = again.get(path)
+    assert r.status_code == 400 and "already been used" in r.get_data(as_text=True)
+    again.get("/w/acme/login")
+    r = again.post(path, {"csrf_token": again.csrf()})
+    assert r.status_code == 400 and "already been used" in r.get_data(as_text=True)
+    assert victim.security().status_code == 200
+    assert browser_factory().login("acme", ALICE, NEW_PW).status_code == 302
+
+
 def test_tampered_not_me_link_is_refused(browser_factory):
     r = browser_factory().get("/w/acme/security/not-me/eyJ1IjoiYWRtaW4ifQ.forged.sig")
     assert r.status_code == 400 and "invalid or has expired" in r.get_data(as_text=True)
