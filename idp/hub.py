@@ -7,7 +7,9 @@ knows nothing about Flask requests.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -30,6 +32,7 @@ RESET_TTL = timedelta(hours=24)
 NOT_ME_MAX_AGE = 14 * 24 * 3600
 ACCOUNT_BACKOFF = Backoff(free=5, base=1, cap=900, window=3600)
 ADDRESS_BACKOFF = Backoff(free=30, base=1, cap=3600, window=3600)
+DEVICE_MAX_AGE = 365 * 24 * 3600  # a browser stays known for a year after its last sign-in
 FAILED_ALERT_EVERY = 5
 RESET_REQUESTS_PER_HOUR = 5
 
@@ -73,6 +76,7 @@ class Hub:
         # Downstream apps register a look-up of their per-app policies (OIDC clients, SAML SPs).
         self.app_policy_lookups: list = []
         self._signer = URLSafeTimedSerializer(settings.secret_key, salt="idhub.not-me")
+        self._devices = URLSafeTimedSerializer(settings.secret_key, salt="idhub.device-cookie")
 
     # ---- helpers -------------------------------------------------------------------------
     def url(self, path: str) -> str:
@@ -154,11 +158,31 @@ class Hub:
             return max(1, reserved.retry_after(now)), reserved.failures
         return 0, reserved.failures
 
-    def check_password(self, ws: Workspace, email: str, password: str, client: Client, next_url: str = ""
-                       ) -> PasswordOutcome:
+    # ---- device cookies (OWASP: "Slow down online guessing attacks with device cookies") ------------------
+    def device_token(self, ws: Workspace, email: str) -> str:
+        """The value of the device cookie a browser gets when it completes a sign-in to ``email``."""
+        return self._devices.dumps({"w": ws.id, "e": _email_digest(ws.id, normalise_email(email)),
+                                    "n": secrets.token_urlsafe(12)})
+
+    def _device_key(self, ws: Workspace, key_email: str, device: str | None) -> str | None:
+        if not device or len(device) > 512:
+            return None
+        try:
+            data = self._devices.loads(device, max_age=DEVICE_MAX_AGE)
+        except BadSignature:
+            return None
+        if (not isinstance(data, dict) or data.get("w") != ws.id or not isinstance(data.get("n"), str)
+                or not hmac.compare_digest(str(data.get("e", "")), _email_digest(ws.id, key_email))):
+            return None
+        return f"pwdev:{ws.id}:{data['n']}"
+
+    def check_password(self, ws: Workspace, email: str, password: str, client: Client, next_url: str = "",
+                       device: str | None = None) -> PasswordOutcome:
         now = self.clock()
         key_email = normalise_email(email)
-        acct_key = f"pw:{ws.id}:{key_email}"
+        # A browser that signed in to this account before (a valid device cookie) is throttled on its own key:
+        # someone else's guesses, which lock the account for every other browser, do not lock the owner out.
+        acct_key = self._device_key(ws, key_email, device) or f"pw:{ws.id}:{key_email}"
         addr_key = f"pwip:{client.ip}"
         throttle = self.stores.throttle
         wait, failures = self._reserve_attempt(acct_key, addr_key, now)
@@ -439,6 +463,10 @@ class Hub:
             "reset_url": self.url(f"/w/{ws.slug}/password/reset/{tok}"), "expires_hours": 24,
         }, ws_id=ws.id, user_id=user.id)
         return True
+
+
+def _email_digest(ws_id: str, key_email: str) -> str:
+    return hashlib.sha256(f"{ws_id}:{key_email}".encode()).hexdigest()[:32]
 
 
 def _not_me_key(token: str) -> str:

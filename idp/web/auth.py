@@ -5,12 +5,14 @@ from __future__ import annotations
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 
 from idp.flow import AuthnResult, FlowError, FlowManager, LoginFlow, identify
+from idp.hub import DEVICE_MAX_AGE
 from idp.metrics import SIGNINS
 from idp.web.common import (
     browser_binding,
     check_csrf,
     current_client,
     delete_cookie,
+    device_cookie,
     hub,
     load_session,
     load_workspace,
@@ -110,7 +112,8 @@ def password(ws_slug):
 
 
 def _password_step(ws, flows: FlowManager, flow: LoginFlow, client):
-    outcome = hub().check_password(ws, flow.email, _field("password"), client, flow.next)
+    outcome = hub().check_password(ws, flow.email, _field("password"), client, flow.next,
+                                   device=request.cookies.get(device_cookie(ws.slug)))
     if not outcome.ok:
         SIGNINS.labels(outcome="throttled" if outcome.retry_after else "failure").inc()
         status = 429 if outcome.retry_after else 401
@@ -145,6 +148,8 @@ def continue_signin(ws, flows: FlowManager, flow: LoginFlow, client):
     rotate_csrf()
     resp = redirect(flow.next or url_for("security.page", ws_slug=ws.slug))
     set_cookie(resp, session_cookie(ws.slug), token, max_age=int((data.expires_at - data.created_at).total_seconds()))
+    if "pwd" in flow.amr:  # this browser now knows the password: its own throttle from here on
+        set_cookie(resp, device_cookie(ws.slug), hub().device_token(ws, flow.email), max_age=DEVICE_MAX_AGE)
     return resp
 
 

@@ -36,6 +36,11 @@ def session_cookie(slug: str) -> str:
     return cookie_name(f"idhub_session_{slug}")
 
 
+def device_cookie(slug: str) -> str:
+    """Marks a browser that completed a password sign-in (see ``Hub.device_token``)."""
+    return cookie_name(f"idhub_device_{slug}")
+
+
 def set_cookie(resp, name: str, value: str, max_age: int | None = None) -> None:
     resp.set_cookie(name, value, max_age=max_age, path="/", secure=_secure(), httponly=True, samesite="Lax")
 

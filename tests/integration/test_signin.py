@@ -147,6 +147,48 @@ def test_throttle_grows_and_blocks_even_the_right_password(browser_factory, hub)
     assert browser_factory().login("acme", ALICE, ALICE_PW).status_code == 302
 
 
+def _signed_out_known_browser(browser_factory, email, password):
+    """A browser that signed in to ``email`` before (so it holds a device cookie) and then signed out."""
+    b = browser_factory()
+    assert b.login("acme", email, password).status_code == 302
+    b.client.delete_cookie("idhub_session_acme")
+    return b
+
+
+def test_someone_elses_guesses_do_not_lock_out_a_known_browser(browser_factory, hub):
+    """OWASP's device cookies: the account-wide delay stops guessing, not the owner's own browser."""
+    owner = _signed_out_known_browser(browser_factory, BOB, "B0b-Example-Pass!")
+    attacker = browser_factory(ip="203.0.113.9")
+    for _ in range(8):
+        attacker.login("acme", BOB, "Wrong-Password-1!")
+    assert attacker.login("acme", BOB, "B0b-Example-Pass!").status_code == 429
+    assert browser_factory().login("acme", BOB, "B0b-Example-Pass!").status_code == 429  # an unknown browser
+    assert owner.login("acme", BOB, "B0b-Example-Pass!").status_code == 302
+
+
+def test_a_device_cookie_is_bound_to_its_account_and_cannot_be_forged(browser_factory, hub):
+    alice_browser = _signed_out_known_browser(browser_factory, ALICE, ALICE_PW)
+    attacker = browser_factory(ip="203.0.113.9")
+    for _ in range(8):
+        attacker.login("acme", BOB, "Wrong-Password-1!")
+    # Alice's device cookie does not lift Bob's lock
+    assert alice_browser.login("acme", BOB, "B0b-Example-Pass!").status_code == 429
+    # nor does a made-up one
+    forged = browser_factory()
+    forged.client.set_cookie("idhub_device_acme", "eyJ3IjoiYWNtZSJ9.forged.sig")
+    assert forged.login("acme", BOB, "B0b-Example-Pass!").status_code == 429
+
+
+def test_guesses_from_a_known_browser_are_throttled_on_their_own(browser_factory, hub):
+    """A stolen device cookie buys an attacker a separate, equally strict budget, nothing more."""
+    known = _signed_out_known_browser(browser_factory, BOB, "B0b-Example-Pass!")
+    for _ in range(6):
+        assert known.login("acme", BOB, "Wrong-Password-1!").status_code == 401
+    assert known.login("acme", BOB, "B0b-Example-Pass!").status_code == 429
+    # the account-wide budget was not spent by them
+    assert browser_factory().login("acme", BOB, "B0b-Example-Pass!").status_code == 302
+
+
 def test_throttle_is_temporary(browser_factory, hub):
     """An attacker cannot lock the victim out for long: the delay is bounded and expires."""
     from datetime import UTC, datetime, timedelta
