@@ -346,8 +346,12 @@ class Hub:
         user.password_reset_required = False
         db.execute(delete(PasswordResetToken).where(PasswordResetToken.user_id == user.id))
 
-    def request_reset(self, ws: Workspace, email: str, client: Client) -> None:
-        """Same outcome whether or not the address exists; a new link kills older ones."""
+    def request_reset(self, ws: Workspace, email: str, client: Client, later=None) -> None:
+        """Same outcome whether or not the address exists; a new link kills older ones.
+
+        ``later(fn)``, when given, runs the mail delivery after the response has gone out (the web layer
+        passes the response's close hook), so the answer takes as long for an unknown address as for a known
+        one: no account enumeration through the SMTP round trip."""
         now = self.clock()
         try:
             key = normalise_email(email)
@@ -371,10 +375,15 @@ class Hub:
             db.add(PasswordResetToken(token_hash=hashed, user_id=user.id, created_at=now, expires_at=now + RESET_TTL))
             db.commit()
             self._event("password.reset.requested", ws.id, client, actor_id=user.id, data={"known": True})
-            self._mail(user.email, "Reset your password", "password_reset", {
-                "workspace_name": ws.name, "user_name": user.name or user.email,
+            to, name, uid = user.email, user.name or user.email, user.id
+
+        def deliver():
+            self._mail(to, "Reset your password", "password_reset", {
+                "workspace_name": ws.name, "user_name": name,
                 "reset_url": self.url(f"/w/{ws.slug}/password/reset/{token}"), "expires_hours": 24,
-            }, ws_id=ws.id, user_id=user.id)
+            }, ws_id=ws.id, user_id=uid)
+
+        (later or (lambda fn: fn()))(deliver)
 
     def reset_user(self, ws: Workspace, token: str) -> User | None:
         """The user a still-valid reset link belongs to (no side effects)."""

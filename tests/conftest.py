@@ -139,6 +139,7 @@ class Browser:
         headers.setdefault("User-Agent", self.ua)
         kw["headers"] = headers
         kw.setdefault("environ_base", {"REMOTE_ADDR": self.ip})
+        kw.setdefault("buffered", True)  # read the body and close the response, as a WSGI server does
         return kw
 
     def get(self, url, **kw):

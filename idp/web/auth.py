@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, flash, g, make_response, redirect, render_template, request, url_for
 
 from idp.flow import AuthnResult, FlowError, FlowManager, LoginFlow, identify
 from idp.hub import DEVICE_MAX_AGE
@@ -183,8 +183,12 @@ def forgot(ws_slug):
     error, cleaned = identify(email)
     if error:
         return render_template("forgot.html", ws=ws, email=cleaned, error=error), 400
-    hub().request_reset(ws, cleaned, current_client())
-    return render_template("forgot.html", ws=ws, sent=True)
+    later = []
+    hub().request_reset(ws, cleaned, current_client(), later=later.append)
+    resp = make_response(render_template("forgot.html", ws=ws, sent=True))
+    for fn in later:  # the mail goes out once the answer has been sent (same timing for unknown addresses)
+        resp.call_on_close(fn)
+    return resp
 
 
 @bp.route("/w/<ws_slug>/password/reset/<token>", methods=["GET", "POST"])

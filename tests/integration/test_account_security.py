@@ -187,6 +187,28 @@ def test_password_change_kills_outstanding_reset_links(browser_factory, outbox):
     assert browser_factory().get(path).status_code == 400
 
 
+def test_reset_mail_goes_out_after_the_answer(browser_factory, outbox, hub):
+    """The SMTP round trip happens once the page has been sent, so a known address is not answered more slowly
+    than an unknown one (account enumeration by timing)."""
+    import flask
+
+    seen = []
+    real = hub.mailer.send
+
+    def spy(*a, **kw):
+        seen.append(flask.has_request_context())
+        return real(*a, **kw)
+
+    hub.mailer.send = spy
+    try:
+        request_reset(browser_factory, ALICE)
+        request_reset(browser_factory, "nobody@acme.test")
+    finally:
+        hub.mailer.send = real
+    assert seen == [False]  # one mail, sent outside the request
+    assert len(outbox.find(to=ALICE, subject="Reset your password")) == 1
+
+
 def test_reset_requests_are_rate_limited_per_address(browser_factory, outbox):
     for _ in range(7):
         request_reset(browser_factory, BOB)
