@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -27,7 +28,8 @@ from idp.storage.sql import SqlSessionStore
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "idhub:"
-SESSION_CACHE_TTL = 300
+SESSION_CACHE_TTL = 300  # also bounds how long a revocation that could not reach Redis can be missed
+REPAIR_MAX_DELAY = 5.0
 T = TypeVar("T")
 _OUTAGE = (RedisConnectionError, RedisTimeoutError)
 
@@ -226,6 +228,7 @@ class CachedSessionStore:
         self._touch = client.register_script(_TOUCH)
         self._lock = threading.Lock()
         self._dirty = False
+        self._repairing = False
 
     def _k(self, session_id: str) -> str:
         return f"{self._prefix}session:{session_id}"
@@ -245,20 +248,46 @@ class CachedSessionStore:
         if batch:
             self._r.delete(*batch)
 
+    def _clean(self) -> None:
+        if self._dirty:
+            with self._lock:
+                if self._dirty:
+                    self._flush()
+                    self._dirty = False
+                    log.info("session cache flushed after a redis outage")
+
     def _cache(self, what: str, fn: Callable[[], T]) -> tuple[bool, T | None]:
         """Run ``fn`` against Redis; (False, None) on an outage, which marks the cache dirty."""
         try:
-            if self._dirty:
-                with self._lock:
-                    if self._dirty:
-                        self._flush()
-                        self._dirty = False
-                        log.info("session cache flushed after a redis outage")
+            self._clean()
             return True, fn()
         except _OUTAGE as exc:
             self._dirty = True
             log.warning("session cache unavailable (%s), using the database: %s", what, type(exc).__name__)
             return False, None
+
+    def _repair_soon(self) -> None:
+        """A revocation could not reach the cache, so other processes may still find the session there. Do not
+        wait for this process's next request: retry the flush in the background until Redis answers."""
+        with self._lock:
+            if self._repairing:
+                return
+            self._repairing = True
+
+        def run() -> None:
+            delay = 0.2
+            try:
+                while self._dirty:
+                    try:
+                        self._clean()
+                    except _OUTAGE:
+                        time.sleep(delay)
+                        delay = min(delay * 2, REPAIR_MAX_DELAY)
+            finally:
+                with self._lock:
+                    self._repairing = False
+
+        threading.Thread(target=run, name="idhub-session-cache-repair", daemon=True).start()
 
     def _put(self, data: SessionData) -> None:
         args = [
@@ -282,7 +311,9 @@ class CachedSessionStore:
                 pipe.expire(self._k(sid), self._ttl)
             pipe.execute()
 
-        self._cache("revoke", write)
+        ok, _ = self._cache("revoke", write)
+        if not ok:
+            self._repair_soon()
 
     def create(self, data: SessionData) -> None:
         self.sql.create(data)

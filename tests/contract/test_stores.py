@@ -408,6 +408,33 @@ def test_cache_outage_falls_back_to_the_database(private_cache):
     assert not store.dirty
 
 
+def test_a_revocation_that_missed_the_cache_is_repaired_without_further_requests(private_cache):
+    """Another process reads the shared cache: a stale entry left by a failed tombstone must not wait for this
+    process's next request to be flushed."""
+    server, client, store, backend = private_cache
+    ws, user = backend.new_user()
+    revoked = new_session(ws, user)
+    store.create(revoked)
+    assert store.get(revoked.id).is_active()
+    stale = client.dump(store._k(revoked.id))
+    server.stop()
+    assert store.revoke(revoked.id, "ended_by_user") is True  # the tombstone cannot be written
+    server.start()
+    raw = redis.Redis.from_url(server.url)
+    raw.restore(store._k(revoked.id), 0, stale, replace=True)  # a split, not a restart: the cache kept it
+    try:
+        deadline = time.monotonic() + 15
+        while raw.exists(store._k(revoked.id)) and time.monotonic() < deadline:
+            time.sleep(0.1)  # no call into ``store`` here: only its background repair may act
+        assert not raw.exists(store._k(revoked.id))
+        other_process = CachedSessionStore(store.sql,
+                                           factory.redis_client(server.url, timeout=0.5), "idhub-outage:")
+        assert not other_process.get(revoked.id).is_active()
+    finally:
+        raw.close()
+    assert not store.dirty
+
+
 def test_cache_restart_keeps_revocations(private_cache):
     server, _client, store, backend = private_cache
     ws, user = backend.new_user()
