@@ -33,6 +33,12 @@ class Settings:
     mail_from: str = "idhub <no-reply@idhub.local>"
     geoip_db: str | None = None
     log_level: str = "INFO"
+    # /metrics: who may scrape it. Loopback and private networks by default (the Internet, seen through a trusted
+    # proxy's X-Forwarded-For, is refused); a bearer token lets a scraper in from anywhere.
+    metrics_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(
+        ipaddress.ip_network(n) for n in ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                          "fc00::/7"))
+    metrics_token: str | None = None
     # Hub-wide session defaults; a workspace's policy can only make them stricter.
     session_idle_timeout: int = 30 * 24 * 3600
     session_max_lifetime: int = 90 * 24 * 3600
@@ -109,6 +115,12 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         kw["mail_from"] = v
     if v := _read(env, "IDHUB_GEOIP_DB"):
         kw["geoip_db"] = v
+    if v := _read(env, "IDHUB_METRICS_ALLOW"):
+        kw["metrics_networks"] = () if v.strip() == "none" else parse_cidrs("IDHUB_METRICS_ALLOW", v)
+    if v := _read(env, "IDHUB_METRICS_TOKEN"):
+        if len(v) < 32:
+            raise SettingsError("IDHUB_METRICS_TOKEN: must be at least 32 characters")
+        kw["metrics_token"] = v
     if v := _read(env, "IDHUB_LOG_LEVEL"):
         kw["log_level"] = v.upper()
     kw.update(overrides)

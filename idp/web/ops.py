@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, redirect, url_for
+import hmac
+import ipaddress
+
+from flask import Blueprint, Response, jsonify, redirect, request, url_for
 
 from idp import metrics
 from idp.storage.base import StoreUnavailable
-from idp.web.common import hub
+from idp.web.common import current_client, hub
 
 bp = Blueprint("ops", __name__)
 
@@ -35,5 +38,19 @@ def favicon():
 
 @bp.route("/metrics")
 def prometheus():
+    """Prometheus text format, for scrapers on the operator's networks (or holding the metrics token): sign-in
+    counts and latencies are operational data, not for the Internet."""
+    settings = hub().settings
+    try:
+        ip = ipaddress.ip_address(current_client().ip)
+        allowed = any(ip in net for net in settings.metrics_networks)
+    except ValueError:  # no usable address: only the token can let it in
+        allowed = False
+    if not allowed and settings.metrics_token:
+        auth = request.headers.get("Authorization", "")
+        allowed = auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip().encode(),
+                                                                     settings.metrics_token.encode())
+    if not allowed:
+        return Response("metrics are not available to this client\n", status=403, content_type="text/plain")
     body, ctype = metrics.render()
     return Response(body, content_type=ctype)
