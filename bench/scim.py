@@ -1,43 +1,49 @@
 """SCIM at 100,000 users: idhub (PostgreSQL and SQLite) against the scim2-server reference server (issue 7).
 
-    .venv/bin/python bench/scim.py [--users 100000] [--lookups 500] [--pages 200] [--creates 300] [--no-sqlite]
+    .venv/bin/python bench/scim.py [--users 100000] [--lookups 500] [--pages 200] [--creates 300]
+                                   [--workers 2] [--threads 4] [--concurrency 4] [--no-sqlite] [--no-peer] [--profile]
 
-Everything runs on this machine in one run, one after the other, over HTTP with one keep-alive client:
-- idhub: a real ``idhub serve`` (tests.helpers.live.LiveHub, 2 workers) on a fresh PostgreSQL database
+Everything runs on this machine in one run, one server after the other, both under gunicorn with the same
+settings (gthread, ``--workers`` × ``--threads``), driven by the same client: ``--concurrency`` threads, each with
+one persistent keep-alive ``http.client`` connection, after a warm-up.
+- idhub: a real ``idhub serve`` (tests.helpers.live.LiveHub) on a fresh PostgreSQL database
   (tests.services.postgres_url) and on SQLite. The users are bulk-inserted through SQLAlchemy core in the shape
-  ``ScimService`` writes: a ``users`` row (``scim`` JSON holding emails and title) and its ``scim_values`` rows;
-  then ``VACUUM ANALYZE``. The bearer token is the config's ``scim_tokens`` entry.
-- scim2-server (PyPI): ``scim2-server --hostname 127.0.0.1 --port P --bearer-token T`` (in-memory), loaded with
-  the same users through its own ``/v2/Bulk`` endpoint, 1,000 POST operations per request.
+  ``ScimService`` writes (a ``users`` row and its ``scim_values`` rows); then ``VACUUM ANALYZE``.
+- scim2-server (PyPI): its WSGI application as its ``scim2-server`` command builds it (in-memory storage, a static
+  bearer token), under gunicorn with ``preload_app``: the master loads the users through the application's own
+  creation path before forking (``--serve-peer``, a subprocess of this script).
 Measured: ``filter=userName eq "…"`` latency (random existing users, p50/p99), list pages per second
-(``startIndex`` random in the whole set, ``count=100``) and creates per second (POST /Users). Prints the ratios
-(idhub ÷ peer for rates, peer ÷ idhub for latencies: above 1 means idhub is better), the load average, and
-PostgreSQL's EXPLAIN ANALYZE of the filter, the page and the count queries as the service issues them.
+(``startIndex`` random in the whole set, ``count=100``), creates per second (POST /Users), and the server's CPU
+per request (gunicorn processes, plus PostgreSQL's backends for idhub/PostgreSQL). Prints the ratios (idhub ÷ peer
+for rates, peer ÷ idhub for latencies: above 1 means idhub is better), the load average, and PostgreSQL's EXPLAIN
+ANALYZE of the statements the service issues.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 # This file is named like the ``scim`` package: keep bench/ off the path so that ``import scim`` is the package.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
-import requests  # noqa: E402
 from sqlalchemy import create_engine, insert, select, text  # noqa: E402
 
-from bench._common import REPO, loadavg, pct  # noqa: E402
+from bench._common import REPO, cpu_delta, loadavg, pct, proc_cpu, tree_cpu  # noqa: E402
 
 TOKEN = "bench-scim-token-0123456789abcdefghijklmnopqrstuv"
 WS = "bench"
@@ -96,11 +102,13 @@ def load_idhub(url: str, n: int) -> float:
 
 
 def explain(url: str, n: int) -> list[tuple[str, str]]:
-    """EXPLAIN ANALYZE of the statements ScimService.list issues (compiled from its own translator)."""
+    """EXPLAIN ANALYZE of the statements ScimService.list issues (built by its own translator and statement
+    builder, with a cached caller's token re-check), for userName, externalId and emails filters and a deep page."""
     from sqlalchemy import func
 
     from idp.models import User, Workspace
     from scim.filters import parse_filter
+    from scim.models import ScimToken
     from scim.schemas import USER
     from scim.service import Caller, ScimService
 
@@ -108,15 +116,29 @@ def explain(url: str, n: int) -> list[tuple[str, str]]:
     out = []
     with engine.connect() as conn:
         ws_id = conn.scalar(select(Workspace.id).where(Workspace.slug == WS))
-        tr = ScimService(None)._translator(USER, Caller(ws_id, WS, "bench", False))
-        cond = [User.workspace_id == ws_id, tr.condition(parse_filter(f'userName eq "user{n // 2:06d}@bench.test"'))]
-        base = [User.workspace_id == ws_id]
+        token_id = conn.scalar(select(ScimToken.id).where(ScimToken.workspace_id == ws_id))
+        caller = Caller(ws_id, WS, "bench", False, token_id, cached=True)
+        tr = ScimService(None)._translator(USER, caller)
+        base = [User.workspace_id == ws_id, ScimService._still_valid(caller)]
+        order = [User.id]
+
+        def lookup(flt: str):
+            cond = [*base, tr.condition(parse_filter(flt))]
+            return ScimService.user_statement(User.id.in_(select(User.id).where(*cond).order_by(*order).limit(100)),
+                                              order)
+
+        i = n // 2
+        params = {"ws": ws_id, "tid": token_id, "slug": WS, "lim": 100}
         stmts = {
-            "filter userName eq": select(User).where(*cond).order_by(User.id).offset(0).limit(100),
-            "filter count": select(func.count()).select_from(User).where(*cond),
-            "page startIndex=n/2": select(User).where(User.id.in_(
-                select(User.id).where(*base).order_by(User.id).offset(n // 2).limit(100))).order_by(User.id),
-            "page count": select(func.count()).select_from(User).where(*base),
+            "filter userName eq (the prebuilt lookup statement: the whole request's one query)":
+                ScimService._lookup_statement("username").params(v=f"user{i:06d}@bench.test", **params),
+            "filter externalId eq (prebuilt)": ScimService._lookup_statement("externalid").params(v=f"ext-{i}",
+                                                                                                 **params),
+            "filter userName co (the translator's statement)": lookup(f'userName co "user{i:06d}@"'),
+            "filter emails.value eq": lookup(f'emails.value eq "user{i:06d}@bench.test"'),
+            "page startIndex=n/2": ScimService.user_statement(User.id.in_(
+                select(User.id).where(*base).order_by(*order).offset(n // 2).limit(100)), order),
+            "page count (totalResults)": select(func.count()).select_from(User).where(*base),
         }
         for label, stmt in stmts.items():
             sql = stmt.compile(engine, compile_kwargs={"literal_binds": True})
@@ -126,38 +148,143 @@ def explain(url: str, n: int) -> list[tuple[str, str]]:
     return out
 
 
-# ---- the measurements --------------------------------------------------------------------------------------
-def measure(base: str, n: int, lookups: int, pages: int, creates: int, tag: str) -> dict:
-    s = requests.Session()
-    s.headers.update({"Authorization": f"Bearer {TOKEN}", "Accept": "application/scim+json",
-                      "Content-Type": "application/scim+json"})
+# ---- the client ---------------------------------------------------------------------------------------------
+class Client:
+    """One persistent keep-alive HTTP/1.1 connection (``http.client``), as a provisioning client keeps one."""
+
+    def __init__(self, base: str):
+        u = urlsplit(base)
+        self.prefix = u.path
+        self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        self.headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/scim+json",
+                        "Content-Type": "application/scim+json"}
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        self.conn.request(method, self.prefix + path, body=body, headers=self.headers)
+        resp = self.conn.getresponse()
+        return resp.status, resp.read()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _lookup_path(i: int) -> str:
+    return "/Users?" + urlencode({"filter": f'userName eq "user{i:06d}@bench.test"'})
+
+
+def _parallel(base: str, jobs: list, concurrency: int, check) -> tuple[list[float], float]:
+    """Run ``jobs`` (method, path, body) over ``concurrency`` connections; per-request latencies and wall time."""
+    lat: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    chunks = [jobs[k::concurrency] for k in range(concurrency)]
+    clients = [Client(base) for _ in chunks]
+    barrier = threading.Barrier(len(chunks) + 1)
+
+    def work(client: Client, mine: list) -> None:
+        local = []
+        barrier.wait()
+        try:
+            for method, path, body in mine:
+                t0 = time.perf_counter()
+                status, raw = client.request(method, path, body)
+                local.append(time.perf_counter() - t0)
+                problem = check(status, raw)
+                if problem:
+                    errors.append(problem)
+                    return
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+        finally:
+            with lock:
+                lat.extend(local)
+
+    threads = [threading.Thread(target=work, args=(c, m)) for c, m in zip(clients, chunks, strict=True)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    for c in clients:
+        c.close()
+    if errors:
+        raise AssertionError(errors[:3])
+    return lat, wall
+
+
+def _db_backends(dbname: str | None) -> list[int]:
+    """PostgreSQL backend processes serving ``dbname`` (their process title names the database)."""
+    if not dbname:
+        return []
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cmd = Path(f"/proc/{d}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith("postgres: ") and f" {dbname} " in cmd:
+                out.append(int(d))
+    return out
+
+
+class CpuMeter:
+    """CPU seconds of the server: the gunicorn arbiter, its workers and (PostgreSQL) the database's backends."""
+
+    def __init__(self, pid: int, dbname: str | None = None):
+        self.pid, self.dbname = pid, dbname
+
+    def snapshot(self) -> dict[int, float]:
+        snap = tree_cpu(self.pid)
+        snap.update({p: proc_cpu(p) for p in _db_backends(self.dbname)})
+        return snap
+
+
+def measure(base: str, n: int, args, tag: str, meter: CpuMeter | None = None) -> dict:
     rnd = random.Random(7)
-    for _ in range(20):  # warm-up: connections, caches, imports
-        s.get(f"{base}/Users", params={"filter": f'userName eq "user{rnd.randrange(n):06d}@bench.test"'})
-    lat = []
-    for _ in range(lookups):
-        i = rnd.randrange(n)
-        t0 = time.perf_counter()
-        r = s.get(f"{base}/Users", params={"filter": f'userName eq "user{i:06d}@bench.test"'})
-        lat.append(time.perf_counter() - t0)
-        body = r.json()
-        assert r.status_code == 200 and body["totalResults"] == 1, (tag, r.status_code, r.text[:300])
-    t0 = time.perf_counter()
-    for _ in range(pages):
-        start = rnd.randrange(1, n - 100)
-        r = s.get(f"{base}/Users", params={"startIndex": start, "count": 100})
-        assert r.status_code == 200 and len(r.json()["Resources"]) == 100, (tag, r.status_code, r.text[:300])
-    page_rate = pages / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for k in range(creates):
+    conc = args.concurrency
+    cpu: dict[str, float] = {}
+
+    def timed(name: str, jobs: list, check) -> tuple[list[float], float]:
+        before = meter.snapshot() if meter else {}
+        out = _parallel(base, jobs, conc, check)
+        if meter and jobs:
+            cpu[name] = cpu_delta(before, meter.snapshot()) / len(jobs) * 1000
+        return out
+
+    def one_user(status, raw):
+        if status != 200 or json.loads(raw)["totalResults"] != 1:
+            return f"{tag}: lookup {status} {raw[:300]!r}"
+        return None
+
+    def full_page(status, raw):
+        if status != 200 or len(json.loads(raw)["Resources"]) != 100:
+            return f"{tag}: page {status} {raw[:300]!r}"
+        return None
+
+    def created(status, raw):
+        return None if status == 201 else f"{tag}: create {status} {raw[:300]!r}"
+
+    # warm-up: every connection, every worker, the code paths of all three measurements
+    warm = [("GET", _lookup_path(rnd.randrange(n)), None) for _ in range(50 * conc)]
+    warm += [("GET", f"/Users?startIndex={rnd.randrange(1, n - 100)}&count=100", None) for _ in range(2 * conc)]
+    _parallel(base, warm, conc, lambda status, _raw: None if status == 200 else f"warm-up {status}")
+    lookups = [("GET", _lookup_path(rnd.randrange(n)), None) for _ in range(args.lookups)]
+    lat, _ = timed("lookup", lookups, one_user)
+    pages = [("GET", f"/Users?startIndex={rnd.randrange(1, n - 100)}&count=100", None) for _ in range(args.pages)]
+    _, wall = timed("page", pages, full_page)
+    page_rate = args.pages / wall
+    docs = []
+    for k in range(args.creates):
         d = user_doc(n + k)
         d["userName"] = d["emails"][0]["value"] = f"new{k:05d}-{tag}@bench.test"
-        r = s.post(f"{base}/Users", data=json.dumps(d))
-        assert r.status_code == 201, (tag, r.status_code, r.text[:300])
-    create_rate = creates / (time.perf_counter() - t0)
-    s.close()
+        docs.append(("POST", "/Users", json.dumps(d).encode()))
+    _, wall = timed("create", docs, created)
+    create_rate = args.creates / wall
     return {"p50": pct(lat, 50) * 1000, "p99": pct(lat, 99) * 1000, "pages": page_rate, "creates": create_rate,
-            "load": loadavg()}
+            "load": loadavg(), "cpu": cpu}
 
 
 def run_idhub(url: str, n: int, args, label: str) -> dict:
@@ -170,24 +297,103 @@ def run_idhub(url: str, n: int, args, label: str) -> dict:
         secs = load_idhub(url, n)
         print(f"  {label}: {n} users bulk-inserted (users + scim_values, ANALYZE) in {secs:.1f} s", flush=True)
         hub._serve()
-        res = measure(hub.url(f"/w/{WS}/scim/v2"), n, args.lookups, args.pages, args.creates, label)
+        if args.profile:
+            _profile(hub.proc.pid, label)
+        dbname = None if url.startswith("sqlite") else urlsplit(url).path.lstrip("/")
+        res = measure(hub.url(f"/w/{WS}/scim/v2"), n, args, label, CpuMeter(hub.proc.pid, dbname))
         res["load_s"] = secs
         return res
     finally:
+        _stop_profile()
         hub.cleanup()
+
+
+_PROFILERS: list[subprocess.Popen] = []
+
+
+def _profile(pid: int, label: str) -> None:
+    """py-spy on every gunicorn worker of ``pid`` while the measurements run (collapsed stacks under /tmp)."""
+    from bench._common import children
+
+    time.sleep(1)
+    for w in children(pid):
+        out = f"/tmp/idhub-scim-{label}-{w}.txt"  # collapsed stacks (flamegraph.pl / speedscope input)
+        _PROFILERS.append(subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(w),
+                                            "-o", out, "-f", "raw", "-r", "200", "--nonblocking"],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        print(f"  profiling worker {w} → {out}", flush=True)
+
+
+def _stop_profile() -> None:
+    while _PROFILERS:
+        p = _PROFILERS.pop()
+        p.send_signal(2)
+        p.wait(30)
+
+
+# ---- the peer ------------------------------------------------------------------------------------------------
+def serve_peer(port: int, n: int, workers: int, threads: int) -> None:
+    """scim2-server's own WSGI application (as its ``scim2-server`` command builds it: in-memory storage, the
+    RFC 7643 schemas, a static bearer token) under gunicorn with idhub's worker settings (``gthread``,
+    ``workers`` × ``threads``). ``preload_app``: the master loads the ``n`` users through the application's own
+    creation path (``read_creation`` + ``storage.create``, what POST /Users does) before forking, so every worker
+    holds all of them (copy-on-write)."""
+    import secrets
+
+    from gunicorn.app.base import BaseApplication
+    from scim2_models import ScimProvider
+    from scim2_server.memory import InMemoryStorage
+    from scim2_server.service import ScimService as PeerService
+    from scim2_server.testserver.application import BEARER_TOKEN_SCHEME, BearerTokenApplication
+    from scim2_server.utils import (
+        load_default_resource_types,
+        load_default_schemas,
+        load_default_service_provider_config,
+    )
+
+    cfg = load_default_service_provider_config()
+    cfg.authentication_schemes = [*(cfg.authentication_schemes or []), BEARER_TOKEN_SCHEME]
+    provider = ScimProvider.from_discovery(load_default_schemas().values(), load_default_resource_types().values(),
+                                           config=cfg)
+    service = PeerService(provider, secret=secrets.token_urlsafe(32))
+    storage = InMemoryStorage()
+    app = BearerTokenApplication(storage, provider, service=service, bearer_tokens=[TOKEN])
+    t0 = time.perf_counter()
+    with service.provider:
+        rt = service.resource_type_at("/Users")
+        for i in range(n):
+            resource = service.read_creation(rt, json.dumps(user_doc(i)).encode(), "application/scim+json")
+            with storage.operation():
+                storage.create(rt, resource)
+    print(f"peer loaded {n} users in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    class Server(BaseApplication):
+        def load_config(self):
+            for key, value in {"bind": f"127.0.0.1:{port}", "workers": workers, "threads": threads,
+                               "worker_class": "gthread", "preload_app": True, "timeout": 60, "graceful_timeout": 5,
+                               "accesslog": None,
+                               "errorlog": "-", "loglevel": "warning",
+                               "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None}.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return app
+
+    Server().run()
 
 
 def run_peer(n: int, args) -> dict:
     from tests.helpers.smtp import free_port
 
     port = free_port()
-    exe = str(Path(sys.executable).parent / "scim2-server")
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([exe, "--hostname", "127.0.0.1", "--port", str(port), "--bearer-token", TOKEN],
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-peer", str(port),
+                             "--users", str(n), "--workers", str(args.workers), "--threads", str(args.threads)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}/v2"
+    t0 = time.perf_counter()
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 900
         while True:
             try:
                 req = urllib.request.Request(f"{base}/ServiceProviderConfig",
@@ -197,28 +403,30 @@ def run_peer(n: int, args) -> dict:
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     log.seek(0)
-                    raise RuntimeError("scim2-server did not start:\n" + log.read().decode(errors="replace"))
-                time.sleep(0.2)
-        t0 = time.perf_counter()
-        s = requests.Session()
-        s.headers.update({"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/scim+json"})
-        for start in range(0, n, 1000):
-            ops = [{"method": "POST", "path": "/Users", "bulkId": f"u{i}", "data": user_doc(i)}
-                   for i in range(start, min(n, start + 1000))]
-            r = s.post(f"{base}/Bulk", data=json.dumps({"schemas": [BULK_SCHEMA], "Operations": ops}))
-            assert r.status_code == 200, r.text[:500]
-            bad = [o for o in r.json()["Operations"] if not str(o.get("status", "")).startswith("201")]
-            assert not bad, bad[:3]
+                    raise RuntimeError("scim2-server did not start:\n" + log.read().decode(errors="replace")) \
+                        from None
+                time.sleep(0.5)
         secs = time.perf_counter() - t0
-        s.close()
-        print(f"  scim2-server: {n} users loaded through /v2/Bulk (1000 ops per request) in {secs:.1f} s", flush=True)
-        res = measure(base, n, args.lookups, args.pages, args.creates, "peer")
+        print(f"  scim2-server: {n} users loaded in-process (its POST /Users path), {args.workers} gunicorn workers "
+              f"× {args.threads} threads, ready in {secs:.1f} s", flush=True)
+        if args.profile:
+            _profile(proc.pid, "peer")
+        res = measure(base, n, args, "peer", CpuMeter(proc.pid))
         res["load_s"] = secs
         return res
     finally:
+        _stop_profile()
         os.killpg(proc.pid, 15)
-        proc.wait(10)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(10)
         log.close()
+
+
+def _cpu(r: dict) -> str:
+    return "  ".join(f"{k} {v:.2f}" for k, v in r.get("cpu", {}).items())
 
 
 def main() -> None:
@@ -229,26 +437,46 @@ def main() -> None:
     ap.add_argument("--creates", type=int, default=300)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-sqlite", action="store_true")
+    ap.add_argument("--threads", type=int, default=4, help="per worker (idhub serve's default is 4)")
+    ap.add_argument("--concurrency", type=int, default=4, help="client connections, each keep-alive")
     ap.add_argument("--no-explain", action="store_true")
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--no-postgres", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="py-spy flame graphs of the server workers under /tmp")
+    ap.add_argument("--serve-peer", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_peer:
+        serve_peer(args.serve_peer, args.users, args.workers, args.threads)
+        return
     os.chdir(REPO)
     from tests.services import drop_postgres, postgres_url
 
     n = args.users
     print(f"SCIM benchmark: {n} users, {args.lookups} lookups, {args.pages} pages, {args.creates} creates; "
           f"load {loadavg()}, {os.cpu_count()} CPUs", flush=True)
+    print(f"servers: {args.workers} gunicorn workers × {args.threads} threads each; client: {args.concurrency} "
+          "keep-alive connections (http.client), one thread each", flush=True)
     results = {}
-    pg = postgres_url()
-    try:
-        results["idhub/PostgreSQL"] = run_idhub(pg, n, args, "pg")
-        if not args.no_explain:
-            for label, plan in explain(pg, n):
-                print(f"\n-- EXPLAIN ANALYZE: {label}\n{plan}")
-    finally:
-        drop_postgres(pg)
+    if not args.no_postgres:
+        pg = postgres_url()
+        try:
+            results["idhub/PostgreSQL"] = run_idhub(pg, n, args, "pg")
+            if not args.no_explain:
+                for label, plan in explain(pg, n):
+                    print(f"\n-- EXPLAIN ANALYZE: {label}\n{plan}")
+        finally:
+            drop_postgres(pg)
     if not args.no_sqlite:
         with tempfile.TemporaryDirectory(prefix="idhub-bench-") as d:
             results["idhub/SQLite"] = run_idhub(f"sqlite:///{d}/bench.db", n, args, "sqlite")
+    if args.no_peer:
+        for name, r in results.items():
+            print(f"{name:18} p50 {r['p50']:.2f}ms p99 {r['p99']:.2f}ms pages/s {r['pages']:.1f} "
+                  f"creates/s {r['creates']:.1f}  load {r['load']}  server CPU ms/request {_cpu(r)}")
+        return
+    for name, r in results.items():  # as soon as measured, should the peer's run fail
+        print(f"{name:18} p50 {r['p50']:.2f}ms p99 {r['p99']:.2f}ms pages/s {r['pages']:.1f} "
+              f"creates/s {r['creates']:.1f}  load {r['load']}  server CPU ms/request {_cpu(r)}", flush=True)
     results["scim2-server"] = run_peer(n, args)
     peer = results["scim2-server"]
     print(f"\n{'server':18} {'lookup p50':>11} {'lookup p99':>11} {'pages/s':>9} {'creates/s':>10}  load (1/5/15)")
@@ -265,6 +493,9 @@ def main() -> None:
         ok &= met
         print(f"{name:18} " + "  ".join(f"{k} {v:6.2f}x" for k, v in ratios.items())
               + f"  {'goal met' if met else 'GOAL NOT MET'}")
+    print("\nserver CPU per request (gunicorn arbiter + workers, + PostgreSQL backends for idhub/PostgreSQL), ms:")
+    for name, r in results.items():
+        print(f"{name:18} {_cpu(r)}")
     print(f"load average at the end: {loadavg()}")
     print("all goals met" if ok else "some goals not met (see above)")
 

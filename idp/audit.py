@@ -204,11 +204,15 @@ class AuditLog:
         user_agent: str | None = None,
         request_id: str | None = None,
         data: dict | None = None,
+        connection: Any = None,
     ) -> AuditEvent:
         """Append one event to its workspace's chain (secrets in ``data`` redacted) and return it.
 
         Inside ``deferred()`` the event is kept and written with the others when the block ends (one
         transaction for all of them); the returned object then has no ``seq``/``hash`` yet.
+        ``connection``: append in the caller's open transaction (a SQLAlchemy ``Connection``, e.g. a session's
+        ``db.connection()``), so that the change and its event commit together, with one commit; the chain's
+        head stays locked until that commit, so call it last, just before committing.
         """
         if not isinstance(type, str) or len(type) > 64 or not TYPE_RE.match(type):
             raise ValueError(f"invalid audit event type {type!r}")
@@ -227,6 +231,12 @@ class AuditLog:
             user_agent=_clip("user_agent", user_agent),
             request_id=_clip("request_id", request_id),
         )
+        if connection is not None:
+            if not self._append_chain(connection, ev.chain, [ev]):
+                self._create_head_in(connection, ev.chain)
+                if not self._append_chain(connection, ev.chain, [ev]):  # pragma: no cover
+                    raise RuntimeError(f"could not create the audit chain head for {ev.chain!r}")
+            return ev
         pending = getattr(self._local, "pending", None)
         if pending is not None:
             pending.append(ev)
@@ -260,28 +270,48 @@ class AuditLog:
         for chain, evs in by_chain.items():
             for _attempt in range(3):
                 with self._engine.begin() as conn:
-                    row = conn.execute(
-                        update(AuditChainHead)
-                        .where(AuditChainHead.chain == chain)
-                        .values(seq=AuditChainHead.seq + len(evs))
-                        .returning(AuditChainHead.seq, AuditChainHead.hash)
-                    ).first()
-                    if row is not None:
-                        last_seq, prev_hash = row
-                        rows = []
-                        for i, ev in enumerate(evs):
-                            ev.seq = last_seq - len(evs) + 1 + i
-                            ev.prev_hash = prev_hash
-                            ev.hash = prev_hash = compute_hash(ev)
-                            rows.append({c: getattr(ev, c) for c in _COLUMNS})
-                        conn.execute(insert(AuditEvent), rows)
-                        conn.execute(update(AuditChainHead).where(AuditChainHead.chain == chain)
-                                     .values(hash=prev_hash))
-                if row is not None:
+                    done = self._append_chain(conn, chain, evs)
+                if done:
                     break
                 self._create_head(chain)  # a new chain (nothing was written above): create its head, retry
             else:  # pragma: no cover
                 raise RuntimeError(f"could not create the audit chain head for {chain!r}")
+
+    @staticmethod
+    def _append_chain(conn, chain: str, evs: list[AuditEvent]) -> bool:
+        """Chain ``evs`` onto ``chain`` in ``conn``'s transaction; False (nothing written) if it has no head."""
+        row = conn.execute(
+            update(AuditChainHead)
+            .where(AuditChainHead.chain == chain)
+            .values(seq=AuditChainHead.seq + len(evs))
+            .returning(AuditChainHead.seq, AuditChainHead.hash)
+        ).first()
+        if row is None:
+            return False
+        last_seq, prev_hash = row
+        rows = []
+        for i, ev in enumerate(evs):
+            ev.seq = last_seq - len(evs) + 1 + i
+            ev.prev_hash = prev_hash
+            ev.hash = prev_hash = compute_hash(ev)
+            rows.append({c: getattr(ev, c) for c in _COLUMNS})
+        conn.execute(insert(AuditEvent), rows)
+        conn.execute(update(AuditChainHead).where(AuditChainHead.chain == chain).values(hash=prev_hash))
+        return True
+
+    @staticmethod
+    def _create_head_in(conn, chain: str) -> None:
+        """A new chain's head inside the caller's transaction (a savepoint, so that losing the race to another
+        writer leaves the transaction usable; SQLite serialises writers, so it needs none)."""
+        values = dict(chain=chain, seq=0, hash=GENESIS_HASH, pruned_through_seq=0, anchor_hash=GENESIS_HASH)
+        if conn.dialect.name == "sqlite":
+            conn.execute(insert(AuditChainHead).values(**values))
+            return
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(AuditChainHead).values(**values))
+        except IntegrityError:
+            pass
 
     def _create_head(self, chain: str) -> None:
         """Insert the chain's head row; losing the race to another writer is fine."""

@@ -374,6 +374,10 @@ def compare_column(col: Column, op: str, value):
     return {"gt": e > v, "lt": e < v, "ge": e >= v, "le": e <= v}[op]
 
 
+class UnknownAttribute(InvalidFilter):
+    """A filter names an attribute that the resource type's schemas do not have."""
+
+
 class Translator:
     """Turns a parsed filter into a SQLAlchemy condition on one resource type.
 
@@ -390,6 +394,9 @@ class Translator:
         self.index = index
         self.special = special or {}
         self.forbidden = forbidden
+        # None: an unknown attribute is invalidFilter. A set (the root /.search, across resource types): a
+        # comparison on an attribute this type lacks is false for its resources, and the path is added here.
+        self.unknown: set[str] | None = None
 
     # -- resolution
     def _resolve(self, path: Path) -> tuple[str, Attr, Attr | None]:
@@ -397,7 +404,7 @@ class Translator:
         if path.uri:
             uri = self.rt.ext_uri(path.uri)
             if uri is None and path.uri.lower() != self.rt.schema.lower():
-                raise InvalidFilter(f"unknown schema in {str(path)[:100]!r}")
+                raise UnknownAttribute(f"unknown schema in {str(path)[:100]!r}")
             if uri:
                 attr = next((a for a in self.rt.extensions[uri] if a.key == path.attr.lower()), None)
                 name = f"{uri}:{attr.name}" if attr else ""
@@ -414,7 +421,7 @@ class Translator:
                         name = f"{uri}:{attr.name}"
                         break
         if attr is None:
-            raise InvalidFilter(f"unknown attribute {str(path)[:100]!r}")
+            raise UnknownAttribute(f"unknown attribute {str(path)[:100]!r}")
         if attr.key in self.forbidden or attr.returned == "never" or attr.mutability == "writeOnly":
             raise InvalidFilter(f"{attr.name} cannot be used in a filter")
         sub = None
@@ -438,8 +445,20 @@ class Translator:
             return self._value_path(node)
         return self._compare(node)
 
+    def _resolve_or_absent(self, path: Path):
+        try:
+            return self._resolve(path)
+        except UnknownAttribute:
+            if self.unknown is None:
+                raise
+            self.unknown.add(str(path).lower())
+            return None
+
     def _compare(self, node: Compare):
-        name, attr, sub = self._resolve(node.path)
+        found = self._resolve_or_absent(node.path)
+        if found is None:
+            return false()
+        name, attr, sub = found
         key = self._key(name, sub)
         if attr.type == "complex" and sub is None:
             sub = attr.subattr("value")
@@ -474,7 +493,10 @@ class Translator:
         return compare_column(col, op, value)
 
     def _value_path(self, node: ValuePath):
-        name, attr, sub = self._resolve(node.path)
+        found = self._resolve_or_absent(node.path)
+        if found is None:
+            return false()
+        name, attr, sub = found
         if attr.type != "complex" or sub is not None:
             raise InvalidFilter(f"{attr.name} is not a complex attribute")
         key = name.lower()

@@ -8,7 +8,11 @@ from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstr
 from sqlalchemy.orm import Mapped, mapped_column
 
 from idp.db import Base
-from idp.models import UTCDateTime, new_id, utcnow
+from idp.models import Group, User, UTCDateTime, new_id, utcnow
+
+# externalId filters (Azure AD looks users and groups up by it) are served by an index, like userName's unique one.
+Index("ix_users_workspace_external_id", User.workspace_id, User.external_id)
+Index("ix_groups_workspace_external_id", Group.workspace_id, Group.external_id)
 
 
 class ScimToken(Base):

@@ -9,13 +9,27 @@ import hashlib
 import json
 import logging
 import re
+import threading
+import time
 import unicodedata
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from sqlalchemy import asc, delete, desc, exists, func, select
+from sqlalchemy import (
+    Integer,
+    asc,
+    bindparam,
+    delete,
+    desc,
+    exists,
+    func,
+    literal_column,
+    null,
+    select,
+    union_all,
+)
 from sqlalchemy.exc import IntegrityError
 
 from idp import passwords
@@ -23,7 +37,7 @@ from idp.accounts import SLUG_RE, InvalidEmail, clean_email, normalise_email
 from idp.models import Group, GroupMember, User, Workspace, utcnow
 from scim import errors as E
 from scim.config import hash_token, same_hash
-from scim.filters import Column, Translator, compare_column, parse_filter, parse_path
+from scim.filters import Column, Compare, Translator, compare_column, parse_filter, parse_path
 from scim.models import ScimToken, ScimValue
 from scim.patch import Patcher
 from scim.schemas import (
@@ -80,10 +94,23 @@ class Caller:
     workspace_slug: str
     token_name: str
     read_only: bool
+    token_id: str = ""
+    cached: bool = False  # from the token cache: every query must also check the token (``_still_valid``)
 
     @property
     def actor(self) -> str:
         return f"scim:{self.token_name}"
+
+
+def _is_listing(req: ScimRequest) -> bool:
+    """GET /Users, GET /Groups, POST /Users/.search, /Groups/.search and /.search: reads that may use a cached
+    caller (they re-check the token in their own query)."""
+    parts = [p for p in req.path.split("/") if p]
+    if req.method in ("GET", "HEAD"):
+        return len(parts) == 1 and parts[0] in ("Users", "Groups")
+    if req.method == "POST":
+        return parts in ([".search"], ["Users", ".search"], ["Groups", ".search"])
+    return False
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -204,9 +231,18 @@ def project(body: dict, rt: ResourceType, attributes: list[str], excluded: list[
 
 
 # ---- the service ----------------------------------------------------------------------------------------------
+CALLER_TTL = 30.0  # seconds a validated token is remembered (reads re-check it in their own query anyway)
+CALLER_CACHE_MAX = 1024
+
+
 class ScimService:
-    def __init__(self, hub):
+    def __init__(self, hub, clock=time.monotonic):
         self.hub = hub
+        self._clock = clock
+        # (workspace slug, SHA-256 of the token) → (Caller, expiry). Only tokens that authenticated are added, so
+        # wrong tokens cannot fill it; the slug is part of the key and every read re-checks the token's workspace.
+        self._callers: dict[tuple[str, str], tuple[Caller, float]] = {}
+        self._callers_lock = threading.Lock()
 
     # -- URLs
     def base(self, slug: str) -> str:
@@ -217,7 +253,11 @@ class ScimService:
         with self.hub.db() as db:  # one session (one pooled connection) per request, see _db
             token = _REQUEST_DB.set(db)
             try:
-                caller = self.authenticate(ws_slug, req)
+                fast = _is_listing(req)
+                if fast:
+                    # A listing is a single read: autocommit spares the BEGIN and ROLLBACK round trips.
+                    db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+                caller = self.authenticate(ws_slug, req, cached=fast)
                 return self.dispatch(caller, req)
             except E.ScimError as exc:
                 return ScimResponse(exc.status, exc.to_error(), dict(exc.headers))
@@ -246,7 +286,11 @@ class ScimService:
             if shared.in_transaction():
                 shared.rollback()
 
-    def authenticate(self, ws_slug: str, req: ScimRequest) -> Caller:
+    def authenticate(self, ws_slug: str, req: ScimRequest, cached: bool = False) -> Caller:
+        """The caller of a request. ``cached``: a token that authenticated in the last ``CALLER_TTL`` seconds for
+        this workspace is taken from memory, marked ``cached``; the listing then checks it again in its own query
+        (``_still_valid``) and calls ``recheck`` when that query finds nothing, so that a revoked token, a token
+        moved to another workspace or a plan change is refused at once, without an extra round trip."""
         if any(k.lower() in ("access_token", "token", "bearer") for k in req.query):
             raise E.Unauthorized("Send the bearer token in the Authorization header, never in the URL.")
         scheme, _, token = req.headers.get("authorization", "").strip().partition(" ")
@@ -256,6 +300,60 @@ class ScimService:
         hashed = hash_token(token)
         if not SLUG_RE.match(ws_slug or ""):
             raise E.NotFound("There is no workspace at this address.")
+        key = (ws_slug, hashed)
+        if cached:
+            hit = self._callers.get(key)
+            if hit is not None and hit[1] > self._clock():
+                return hit[0]
+        caller = self._authenticate_db(ws_slug, hashed)
+        with self._callers_lock:
+            if len(self._callers) >= CALLER_CACHE_MAX:
+                now = self._clock()
+                for k in [k for k, (_c, exp) in self._callers.items() if exp <= now] or list(self._callers)[:64]:
+                    self._callers.pop(k, None)
+            self._callers[key] = (replace(caller, cached=True), self._clock() + CALLER_TTL)
+        return caller
+
+    def forget_tokens(self) -> None:
+        """Empty the token cache (reads re-check tokens anyway; this is for tests and operators)."""
+        with self._callers_lock:
+            self._callers.clear()
+
+    def recheck(self, caller: Caller) -> None:
+        """Raise the authentication error of a cached caller whose token no longer authenticates (its entry is
+        dropped); nothing when it still does."""
+        if not caller.cached:
+            return
+        with self._db(end=False) as db:
+            ok = db.scalar(select(self._still_valid(caller)))
+        if not ok:
+            with self._callers_lock:
+                for k in [k for k, (c, _e) in self._callers.items() if c.token_id == caller.token_id]:
+                    self._callers.pop(k, None)
+            # the full check names the reason (401 revoked or unknown, 404 elsewhere, 403 plan)
+            raise self._auth_error(caller)
+
+    def _auth_error(self, caller: Caller) -> E.ScimError:
+        with self._db(end=False) as db:
+            row = db.execute(select(ScimToken.revoked_at, ScimToken.workspace_id, Workspace.plan, Workspace.slug)
+                             .join(Workspace, Workspace.id == ScimToken.workspace_id)
+                             .where(ScimToken.id == caller.token_id)).first()
+        if row is None or row.revoked_at is not None:
+            return E.Unauthorized("The bearer token is not valid.")
+        if row.workspace_id != caller.workspace_id or row.slug != caller.workspace_slug:
+            return E.NotFound("There is no workspace at this address.")
+        return E.Forbidden("SCIM provisioning needs the enterprise plan.")
+
+    @staticmethod
+    def _still_valid(caller: Caller):
+        """A condition that is true while the caller's token is unrevoked, of its workspace, on the enterprise
+        plan (an uncorrelated EXISTS: evaluated once per statement)."""
+        return exists(select(ScimToken.id).join(Workspace, Workspace.id == ScimToken.workspace_id).where(
+            ScimToken.id == caller.token_id, ScimToken.revoked_at.is_(None),
+            ScimToken.workspace_id == caller.workspace_id, Workspace.slug == caller.workspace_slug,
+            Workspace.plan == "enterprise"))
+
+    def _authenticate_db(self, ws_slug: str, hashed: str) -> Caller:
         with self._db(end=False) as db:  # one round trip: the workspace and (outer-joined) the token
             found = db.execute(
                 select(Workspace, ScimToken).outerjoin(ScimToken, ScimToken.token_hash == hashed)
@@ -270,13 +368,18 @@ class ScimService:
             raise E.NotFound("There is no workspace at this address.")
         if ws.plan != "enterprise":
             raise E.Forbidden("SCIM provisioning needs the enterprise plan.")
-        return Caller(ws.id, ws.slug, row.name, row.read_only)
+        return Caller(ws.id, ws.slug, row.name, row.read_only, row.id)
 
     def dispatch(self, caller: Caller, req: ScimRequest) -> ScimResponse:
         parts = [p for p in req.path.split("/") if p]
         method = req.method.upper()
+        if parts and parts[0] == "Me":
+            # RFC 7644 §3.11: /Me is optional. Every SCIM token is a provisioning client's credential (Okta,
+            # Azure AD, an HR system), never a user's, so there is no "authenticated subject" to alias.
+            raise E.NotImplementedScim("/Me is not supported: SCIM bearer tokens belong to provisioning clients, "
+                                       "not to users.")
         if method not in ("GET", "HEAD") and caller.read_only:
-            if not (len(parts) == 2 and parts[1] == ".search" and method == "POST"):
+            if not (parts and parts[-1] == ".search" and len(parts) <= 2 and method == "POST"):
                 raise E.Forbidden("This token is read-only.")
         if not parts:
             raise E.NotFound("Unknown SCIM endpoint.")
@@ -287,15 +390,17 @@ class ScimService:
                 raise E.MethodNotAllowed()
             return self._discovery(base, parts)
         if head == ".search":
-            raise E.NotImplementedScim("Search one resource type at a time (/Users/.search, /Groups/.search).")
+            if len(parts) > 1:
+                raise E.NotFound("Unknown SCIM endpoint.")
+            if method != "POST":
+                raise E.MethodNotAllowed()
+            return self.search_all(caller, self._json(req))
         if head == "Bulk":
             if len(parts) > 1:
                 raise E.NotFound("Unknown SCIM endpoint.")
             if method != "POST":
                 raise E.MethodNotAllowed()
             return self.bulk(caller, self._json(req))
-        if head == "Me":
-            raise E.NotImplementedScim("/Me is not supported (tokens do not belong to users).")
         if head not in ("Users", "Groups") or len(parts) > 2:
             raise E.NotFound("Unknown SCIM endpoint.")
         rt = USER if head == "Users" else GROUP
@@ -497,7 +602,9 @@ class ScimService:
         return out
 
     # -- list / search
-    def search(self, caller: Caller, rt: ResourceType, body: dict) -> ScimResponse:
+    @staticmethod
+    def _search_query(body: dict) -> dict:
+        """A SearchRequest body (RFC 7644 §3.4.3) as the query parameters of a GET."""
         schemas = body.get("schemas")
         if isinstance(schemas, list) and schemas and SEARCH_SCHEMA not in schemas:
             raise E.InvalidSyntax(f"'schemas' must be [{SEARCH_SCHEMA}]")
@@ -505,8 +612,73 @@ class ScimService:
         for k in ("filter", "startIndex", "count", "sortBy", "sortOrder", "attributes", "excludedAttributes"):
             if body.get(k) is not None:
                 v = body[k]
+                if isinstance(v, dict) or (isinstance(v, list) and any(isinstance(i, dict | list) for i in v)):
+                    raise E.InvalidValue(f"{k} must be a string")
                 query[k] = ",".join(map(str, v)) if isinstance(v, list) else str(v)
-        return self.list(caller, rt, query)
+        return query
+
+    def search(self, caller: Caller, rt: ResourceType, body: dict) -> ScimResponse:
+        return self.list(caller, rt, self._search_query(body))
+
+    def search_all(self, caller: Caller, body: dict) -> ScimResponse:
+        """``POST /.search``: Users and Groups as one result set. The filter is translated per resource type: a
+        comparison on an attribute that a type's schemas lack is false for that type's resources (as for any
+        absent value), and an attribute that no type knows is ``invalidFilter``. One ``UNION ALL`` of (type,
+        id, sort key) pages the combined set: by ``sortBy`` (resources without the attribute last when
+        ascending, first when descending: RFC 7644 §3.4.2.3), then Users before Groups, then id;
+        ``totalResults`` is the sum of both counts."""
+        q = {k.lower(): v for k, v in self._search_query(body).items()}
+        start = min(max(self._int_param(q, "startindex", 1), 1), MAX_START)
+        count = min(max(self._int_param(q, "count", DEFAULT_COUNT), 0), MAX_RESULTS)
+        attributes = _split_attr_list(q.get("attributes"))
+        excluded = _split_attr_list(q.get("excludedattributes"))
+        node = parse_filter(q["filter"]) if q.get("filter") not in (None, "") else None
+        parts, unknown = [], []
+        for i, (rt, model) in enumerate(((USER, User), (GROUP, Group))):
+            tr = self._translator(rt, caller)
+            conds = [model.workspace_id == caller.workspace_id]  # outside the parsed filter, always
+            if caller.cached:
+                conds.append(self._still_valid(caller))
+            if node is not None:
+                tr.unknown = set()
+                conds.append(tr.condition(node))
+                unknown.append(tr.unknown)
+            key = tr.order_column(q["sortby"]) if q.get("sortby") else None
+            parts.append((i, rt, model, conds, key))
+        nowhere = set.intersection(*unknown) if unknown else set()
+        if nowhere:
+            raise E.InvalidFilter(f"unknown attribute {sorted(nowhere)[0][:100]!r}")
+        sort = bool(q.get("sortby"))
+        if sort and all(p[4] is None for p in parts):
+            raise E.InvalidValue(f"cannot sort by {q['sortby'][:100]!r}")
+        branches = [select(literal_column(str(i)).label("t"), model.id.label("id"),
+                           (key if key is not None else null()).label("k")).where(*conds)
+                    for i, _rt, model, conds, key in parts]
+        u = (union_all(*branches) if len(branches) > 1 else branches[0]).subquery()
+        order = []
+        if sort:
+            descending = str(q.get("sortorder", "ascending")).lower() == "descending"
+            order.append(u.c.k.desc().nulls_first() if descending else u.c.k.asc().nulls_last())
+        order += [u.c.t, u.c.id]
+        with self._db() as db:
+            picked = list(db.execute(select(u.c.t, u.c.id).order_by(*order).offset(start - 1).limit(count))) \
+                if count else []
+            total = sum(db.scalar(select(func.count()).select_from(model).where(*conds))
+                        for _i, _rt, model, conds, _key in parts)
+            if total == 0:
+                self.recheck(caller)
+            rendered: dict[tuple[int, str], dict] = {}
+            for i, rt, model, _conds, _key in parts:
+                ids = [rid for t, rid in picked if t == i]
+                if not ids:
+                    continue
+                rows = list(db.scalars(select(model).where(model.id.in_(ids))))
+                want = rt is USER or not _excludes(excluded, attributes, "members")
+                for row, b in zip(rows, self._render_many(db, caller, rt, rows, want_members=want), strict=True):
+                    rendered[(i, row.id)] = project(b, rt, attributes, excluded)
+        resources = [rendered[(t, rid)] for t, rid in picked if (t, rid) in rendered]
+        return ScimResponse(200, {"schemas": [LIST_SCHEMA], "totalResults": total, "startIndex": start,
+                                  "itemsPerPage": len(resources), "Resources": resources})
 
     @staticmethod
     def _int_param(query: dict, name: str, default: int) -> int:
@@ -524,11 +696,19 @@ class ScimService:
         count = min(max(self._int_param(q, "count", DEFAULT_COUNT), 0), MAX_RESULTS)
         attributes = _split_attr_list(q.get("attributes"))
         excluded = _split_attr_list(q.get("excludedattributes"))
+        if rt is USER and start == 1 and count and not q.get("sortby") and q.get("filter"):
+            bodies = self._lookup(caller, parse_filter(q["filter"]), count)
+            if bodies is not None:
+                resources = [project(b, USER, attributes, excluded) for b in bodies]
+                return ScimResponse(200, {"schemas": [LIST_SCHEMA], "totalResults": len(resources), "startIndex": 1,
+                                          "itemsPerPage": len(resources), "Resources": resources})
         tr = self._translator(rt, caller)
         model = User if rt is USER else Group
         conds = [model.workspace_id == caller.workspace_id]  # outside the parsed filter, always
         if q.get("filter") not in (None, ""):
             conds.append(tr.condition(parse_filter(q["filter"])))
+        if caller.cached:
+            conds.append(self._still_valid(caller))
         order = [model.id]
         if q.get("sortby"):
             col = tr.order_column(q["sortby"])
@@ -540,18 +720,92 @@ class ScimService:
             # Deferred join: the page's ids come from the (workspace_id, id) index alone, and only those 100 rows
             # are read whole; a plain OFFSET reads (and joins) every skipped row.
             page = select(model.id).where(*conds).order_by(*order).offset(start - 1).limit(count)
-            rows = list(db.scalars(select(model).where(model.id.in_(page)).order_by(*order))) if count else []
-            if start == 1 and len(rows) < count:
-                total = len(rows)  # the whole result is on this page (a userName lookup): no COUNT needed
+            if rt is USER:  # Core, and each user's groups in the same statement: one round trip for a lookup
+                bodies = self._user_bodies(db, caller, self.user_statement(model.id.in_(page), order)) if count else []
+                found = len(bodies)
+            else:
+                rows = list(db.scalars(select(model).where(model.id.in_(page)).order_by(*order))) if count else []
+                want_members = not _excludes(excluded, attributes, "members")
+                bodies = self._render_many(db, caller, rt, rows, want_members=want_members)
+                found = len(rows)
+            if start == 1 and found < count:
+                total = found  # the whole result is on this page (a userName lookup): no COUNT needed
             else:
                 total = db.scalar(select(func.count()).select_from(model).where(*conds))
-            want_members = rt is GROUP and not _excludes(excluded, attributes, "members")
-            bodies = self._render_many(db, caller, rt, rows, want_members=want_members)
+            if total == 0:
+                self.recheck(caller)  # nothing found: perhaps because the cached token was revoked
         resources = [project(b, rt, attributes, excluded) for b in bodies]
         return ScimResponse(200, {"schemas": [LIST_SCHEMA], "totalResults": total, "startIndex": start,
                                   "itemsPerPage": len(resources), "Resources": resources})
 
+    # -- the lookup fast path: userName / externalId / id eq "…" (what Okta and Azure AD send before every write)
+    _LOOKUP_KEYS = {"username": "folded", "externalid": "exact", "id": "exact"}
+    _lookup_statements: dict[str, object] = {}
+
+    @classmethod
+    def _lookup_statement(cls, key: str):
+        """The whole lookup as one prebuilt statement with bound parameters (built once per process: no SQL
+        expression building, cache-key computation or compilation per request). The same conditions as the
+        translator's ``eq`` on that column, the caller's workspace, and the token re-check of ``_still_valid``."""
+        stmt = cls._lookup_statements.get(key)
+        if stmt is None:
+            col = {"username": User.email_normalized, "externalid": User.external_id, "id": User.id}[key]
+            valid = exists(select(ScimToken.id).join(Workspace, Workspace.id == ScimToken.workspace_id).where(
+                ScimToken.id == bindparam("tid"), ScimToken.revoked_at.is_(None),
+                ScimToken.workspace_id == bindparam("ws"), Workspace.slug == bindparam("slug"),
+                Workspace.plan == "enterprise"))
+            page = (select(User.id).where(User.workspace_id == bindparam("ws"), col == bindparam("v"), valid)
+                    .order_by(User.id).limit(bindparam("lim", type_=Integer)))
+            stmt = cls._lookup_statements[key] = cls.user_statement(User.id.in_(page), [User.id])
+        return stmt
+
+    def _lookup(self, caller: Caller, node, count: int) -> list[dict] | None:
+        """The rendered users of a single ``eq`` on userName, externalId or id, when the whole result fits on
+        the first page; None for any other filter (the translator serves it)."""
+        if not (isinstance(node, Compare) and node.op == "eq" and node.path.sub is None
+                and (node.path.uri is None or node.path.uri.lower() == USER.schema.lower())
+                and node.path.attr.lower() in self._LOOKUP_KEYS and isinstance(node.value, str)
+                and len(node.value) <= 1024):
+            return None
+        key = node.path.attr.lower()
+        value = fold(node.value) if self._LOOKUP_KEYS[key] == "folded" else node.value
+        params = {"ws": caller.workspace_id, "v": value, "tid": caller.token_id, "slug": caller.workspace_slug,
+                  "lim": count}
+        with self._db() as db:
+            bodies = self._user_bodies(db, caller, self._lookup_statement(key), params)
+            if not bodies:
+                self.recheck(caller)  # nothing found: perhaps because the cached token was revoked
+        return bodies if len(bodies) < count else None  # a full page: totalResults needs the COUNT
+
     # -- rendering
+    _USER_COLUMNS = (User.id, User.email, User.external_id, User.display_name, User.given_name, User.family_name,
+                     User.active, User.created_at, User.updated_at, User.scim)
+
+    @classmethod
+    def user_statement(cls, where, order: list):
+        return (select(*cls._USER_COLUMNS, Group.id.label("gid"), Group.name.label("gname"))
+                .outerjoin(GroupMember, GroupMember.user_id == User.id)
+                .outerjoin(Group, Group.id == GroupMember.group_id)
+                .where(where).order_by(*order, Group.name))
+
+    def _user_bodies(self, db, caller: Caller, stmt, params: dict | None = None) -> list[dict]:
+        """Rendered users of a ``user_statement``, read with their groups (outer joins, one row per membership)
+        in one Core statement: no ORM identity map, no second query for the groups."""
+        base = self.base(caller.workspace_slug)
+        out: list[dict] = []
+        last, groups = None, []
+        for row in db.connection().execute(stmt, params or {}):  # Core: no ORM execution layer
+            if last is None or row.id != last.id:
+                if last is not None:
+                    out.append(render_user(last, groups, base))
+                last, groups = row, []
+            if row.gid is not None:
+                groups.append({"value": row.gid, "$ref": f"{base}/Groups/{row.gid}", "display": row.gname,
+                               "type": "direct"})
+        if last is not None:
+            out.append(render_user(last, groups, base))
+        return out
+
     def _render_many(self, db, caller: Caller, rt: ResourceType, rows: list, want_members: bool = True) -> list[dict]:
         base = self.base(caller.workspace_slug)
         if not rows:
@@ -702,10 +956,14 @@ class ScimService:
             self._flush_unique(db, "userName")  # the unique constraint decides (no SELECT first)
             self._index_user(db, user, new=True)
             body = render_user(user, [], self.base(caller.workspace_slug))  # a new user is in no group
+            changed = sorted(k for k in body if k not in ("schemas", "id", "meta", "groups"))
+            # In the create's own transaction, last (it locks the chain's head until the commit): the user and
+            # its audit event are committed together, with one commit instead of two.
+            self.hub.audit.record("scim.user.created", workspace_id=caller.workspace_id, actor_email=caller.actor,
+                                  subject_id=user.id,
+                                  data={"changed": changed + (["password"] if password_set else [])},
+                                  connection=db.connection())
             self._commit(db, "userName")
-        changed = sorted(k for k in body if k not in ("schemas", "id", "meta", "groups"))
-        self.hub.audit.record("scim.user.created", workspace_id=caller.workspace_id, actor_email=caller.actor,
-                              subject_id=user.id, data={"changed": changed + (["password"] if password_set else [])})
         return self._respond(201, USER, body, query, {"Location": body["meta"]["location"]})
 
     def _apply_user(self, db, user: User, data: dict, *, replace: bool) -> bool:
@@ -795,11 +1053,12 @@ class ScimService:
             self._apply_group(db, caller, group, data, replace=True)
             self._flush_unique(db, "displayName")
             body = self._render_many(db, caller, GROUP, [group])[0]
+            self.hub.audit.record("scim.group.created", workspace_id=caller.workspace_id, actor_email=caller.actor,
+                                  subject_id=group.id, data={"changed": sorted(k for k in body if k not in
+                                                                                ("schemas", "id", "meta")),
+                                                             "members": len(body.get("members", []))},
+                                  connection=db.connection())
             self._commit(db, "displayName")
-        self.hub.audit.record("scim.group.created", workspace_id=caller.workspace_id, actor_email=caller.actor,
-                              subject_id=group.id, data={"changed": sorted(k for k in body if k not in
-                                                                            ("schemas", "id", "meta")),
-                                                         "members": len(body.get("members", []))})
         return self._respond(201, GROUP, body, query, {"Location": body["meta"]["location"]})
 
     def _apply_group(self, db, caller: Caller, group: Group, data: dict, *, replace: bool) -> None:

@@ -560,3 +560,21 @@ def test_delete_ends_sessions(app, scim, hub, browser_factory):
     assert b.security().status_code == 302
     assert db_user(hub, ALICE) is None
     assert [e.type for e in events(hub, "scim.user.deleted")] == ["scim.user.deleted"]
+
+
+def test_create_and_its_audit_event_commit_together(app, scim, hub):
+    from idp.audit import AuditChainHead
+
+    with hub.db() as db:
+        ws_id = db.scalar(select(Workspace.id).where(Workspace.slug == "acme"))
+        db.execute(AuditEvent.__table__.delete().where(AuditEvent.chain == ws_id))
+        db.execute(AuditChainHead.__table__.delete().where(AuditChainHead.chain == ws_id))
+        db.commit()
+    u = scim.create_user("audited@acme.test")  # the chain's head is created in the create's transaction
+    g = scim.post("/Groups", {"schemas": [GROUP_SCHEMA], "displayName": "audited", "members": [{"value": u["id"]}]})
+    assert g.status_code == 201
+    assert_error(scim.post("/Users", {"schemas": [USER_SCHEMA], "userName": "AUDITED@acme.test"}), 409, "uniqueness")
+    evs = events(hub, "scim.")
+    assert [(e.type, e.subject_id, e.seq) for e in evs] == [("scim.user.created", u["id"], 1),
+                                                           ("scim.group.created", g.get_json()["id"], 2)]
+    assert hub.audit.verify(ws_id).ok

@@ -5,9 +5,10 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
-from idp.models import User
+from idp.audit import AuditChainHead, AuditEvent
+from idp.models import User, Workspace
 from tests.conftest import BASE_CONFIG, make_app, make_settings
 from tests.integration.scim_helpers import USER_SCHEMA, Scim, assert_error, install_tokens, scim_config
 from tests.services import drop_postgres, postgres_url
@@ -48,6 +49,43 @@ def test_concurrent_creates_of_one_user_name(pg_app):
             assert_error(r, 409, "uniqueness")
     with pg_app.extensions["idhub"].db() as db:
         assert db.scalar(select(func.count()).select_from(User).where(User.email_normalized == "race@acme.test")) == 1
+        # the create and its audit event commit together: one event for the winner, none for the losers
+        created = list(db.scalars(select(AuditEvent).where(AuditEvent.type == "scim.user.created")))
+    winner = next(r for r in results if r.status_code == 201).get_json()["id"]
+    assert [e.subject_id for e in created] == [winner]
+    assert pg_app.extensions["idhub"].audit.verify().ok
+
+
+def test_concurrent_creates_of_many_users_are_all_audited_in_one_chain(pg_app):
+    """Creates append to the workspace's chain inside their own transaction, concurrently; the first event of a
+    workspace without a chain head creates it in that transaction."""
+    hub = pg_app.extensions["idhub"]
+    with hub.db() as db:
+        ws_id = db.scalar(select(Workspace.id).where(Workspace.slug == "acme"))
+        db.execute(delete(AuditEvent).where(AuditEvent.chain == ws_id))
+        db.execute(delete(AuditChainHead).where(AuditChainHead.chain == ws_id))
+        db.commit()
+    n = 12
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+
+    def create(i: int) -> None:
+        client = Scim(pg_app)
+        barrier.wait()
+        results[i] = client.post("/Users", {"schemas": [USER_SCHEMA], "userName": f"many{i}@acme.test"})
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [r.status_code for r in results] == [201] * n, [r.get_data(as_text=True)[:200] for r in results]
+    with hub.db() as db:
+        events = list(db.scalars(select(AuditEvent).where(AuditEvent.chain == ws_id).order_by(AuditEvent.seq)))
+    assert [e.seq for e in events] == list(range(1, n + 1))
+    assert {e.subject_id for e in events} == {r.get_json()["id"] for r in results}
+    assert all(e.type == "scim.user.created" and e.actor_email == "scim:okta" for e in events)
+    assert hub.audit.verify(ws_id).ok
 
 
 def test_filters_and_patch_on_postgres(pg_app):

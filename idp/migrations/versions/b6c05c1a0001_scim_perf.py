@@ -17,8 +17,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    # scim/models.py: externalId lookups (Azure AD: filter=externalId eq "…") without a scan of the workspace
+    op.create_index('ix_users_workspace_external_id', 'users', ['workspace_id', 'external_id'], unique=False)
+    op.create_index('ix_groups_workspace_external_id', 'groups', ['workspace_id', 'external_id'], unique=False)
 
 
 def downgrade() -> None:
-    pass
+    op.drop_index('ix_groups_workspace_external_id', table_name='groups')
+    op.drop_index('ix_users_workspace_external_id', table_name='users')
