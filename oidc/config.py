@@ -4,15 +4,47 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
+from oidc.keys import ALGORITHMS, DEFAULT_ALG
 from oidc.models import OidcClient, OidcClientJwks
 
 SCOPES = ("openid", "profile", "email", "groups", "offline_access")
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 DEFAULT_CONFIDENTIAL = "client_secret_basic,client_secret_post"
+
+
+def jwks_uri_problem(uri: str) -> str | None:
+    """Why a client's ``jwks_uri`` is not acceptable (None when it is): https, or plain http on loopback only
+    (a key server on the same machine); no credentials in the URL, no fragment."""
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 (raises on a bad port)
+    except (ValueError, TypeError):
+        return "not a valid URL"
+    if parts.username is not None or parts.password is not None:
+        return "must not contain credentials"
+    if parts.fragment:
+        return "must not contain a fragment"
+    if parts.scheme == "https" and host:
+        return None
+    if parts.scheme == "http" and is_loopback(host):
+        return None
+    return "must be an https URL (plain http only on a loopback address)"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def secret_hash(secret: str) -> str:
@@ -61,6 +93,8 @@ def apply_oidc_apps(db, workspace, apps: list[dict]) -> None:
         scopes = app.get("scopes")
         row.scopes = [s for s in scopes if isinstance(s, str)] if isinstance(scopes, list) else list(SCOPES)
         row.require_mfa = bool(app.get("require_mfa"))
+        alg = app.get("id_token_signed_response_alg") or DEFAULT_ALG
+        row.id_token_signed_response_alg = alg if alg in ALGORITHMS else DEFAULT_ALG
         if method == "private_key_jwt":
             db.flush()  # the row's id
             keys = db.get(OidcClientJwks, row.id)

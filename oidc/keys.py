@@ -4,6 +4,7 @@ rotated with an overlap during which the old public key stays in the JWKS."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timedelta
 
 from joserfc import jwk
@@ -14,6 +15,7 @@ from oidc.models import OidcKey
 
 ALGORITHMS = ("RS256", "ES256")  # the only algorithms we sign with and accept
 DEFAULT_ALG = "RS256"
+SIGNING_KEY_TTL = 60.0  # seconds a process keeps using the signing key it looked up
 DEFAULT_OVERLAP = timedelta(days=2)  # longer than any token we sign lives (id_token 1 h, logout token 2 min)
 
 
@@ -34,6 +36,7 @@ class KeyStore:
         self.clock = clock
         self._private: dict[str, object] = {}
         self._lock = threading.Lock()
+        self._current: dict[tuple[str, str], tuple[float, str, object]] = {}
 
     # ---- public side ------------------------------------------------------------------------------
     def published(self, workspace_id: str) -> list[OidcKey]:
@@ -46,9 +49,11 @@ class KeyStore:
         return list(rows)
 
     def jwks(self, workspace_id: str) -> dict:
-        self.signing_key(workspace_id)  # the JWKS is never empty: the first key is made on first use
+        for alg in ALGORITHMS:  # the JWKS always holds an RSA and an EC P-256 key (made on first use)
+            self.signing_key(workspace_id, alg)
         keys = []
-        for row in self.published(workspace_id):
+        rows = self.published(workspace_id)  # newest first; RSA keys before EC keys (the default algorithm first)
+        for row in sorted(rows, key=lambda r: ALGORITHMS.index(r.alg) if r.alg in ALGORITHMS else len(ALGORITHMS)):
             d = dict(row.public_jwk)
             d.update({"kid": row.kid, "alg": row.alg, "use": "sig"})
             keys.append(d)
@@ -59,8 +64,19 @@ class KeyStore:
         return KeySet([jwk.import_key({**row.public_jwk, "kid": row.kid}) for row in self.published(workspace_id)])
 
     # ---- private side -----------------------------------------------------------------------------
+    def invalidate(self) -> None:
+        with self._lock:
+            self._current.clear()
+
     def signing_key(self, workspace_id: str, alg: str = DEFAULT_ALG):
-        """(kid, private key) of the newest non-retired key of ``alg``; one is created on first use."""
+        """(kid, private key) of the newest non-retired key of ``alg``; one is created on first use.
+
+        Remembered for ``SIGNING_KEY_TTL`` seconds per process (the parsed key too): after a rotation made by
+        another process, this one signs with the previous key for at most that long — harmless, the previous
+        key stays published for the whole overlap."""
+        hit = self._current.get((workspace_id, alg))
+        if hit is not None and time.monotonic() - hit[0] < SIGNING_KEY_TTL:
+            return hit[1], hit[2]
         now = self.clock()
         with self.db() as db:
             row = db.scalars(select(OidcKey).where(
@@ -69,7 +85,10 @@ class KeyStore:
             if row is None:
                 row = self._create(db, workspace_id, alg, now)
                 db.commit()
-        return row.kid, self._load_private(row)
+        key = self._load_private(row)
+        with self._lock:
+            self._current[(workspace_id, alg)] = (time.monotonic(), row.kid, key)
+        return row.kid, key
 
     def _create(self, db, workspace_id: str, alg: str, now: datetime) -> OidcKey:
         key = _generate(alg)
@@ -100,4 +119,5 @@ class KeyStore:
                 old.expires_at = now + overlap
             row = self._create(db, workspace_id, alg, now + timedelta(microseconds=1))
             db.commit()
+        self.invalidate()
         return row.kid

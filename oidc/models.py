@@ -29,6 +29,8 @@ class OidcClient(Base):
     grant_types: Mapped[list] = mapped_column(JSON, default=list)
     scopes: Mapped[list] = mapped_column(JSON, default=list)
     require_mfa: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the ID token's signing algorithm (OIDC Dynamic Client Registration's metadata name): RS256 or ES256
+    id_token_signed_response_alg: Mapped[str] = mapped_column(String(10), default="RS256", server_default="RS256")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -79,7 +81,7 @@ class OidcCode(Base):
     auth_time: Mapped[datetime] = mapped_column(UTCDateTime())
     amr: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     def get_redirect_uri(self) -> str:  # authlib's AuthorizationCodeMixin
@@ -105,7 +107,7 @@ class OidcRefreshToken(Base):
     auth_time: Mapped[datetime] = mapped_column(UTCDateTime())
     amr: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
@@ -124,5 +126,5 @@ class OidcAccessToken(Base):
     session_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     scope: Mapped[str] = mapped_column(String(1000), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -24,10 +24,12 @@ import re
 import secrets
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode, urlsplit
 
 from authlib.oauth2.rfc6749 import AuthorizationServer, ClientMixin, OAuth2Payload, OAuth2Request
@@ -46,12 +48,14 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from joserfc import jwk, jwt
 from joserfc.errors import JoseError
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from idp.models import Group, GroupMember, User
-from oidc.config import SCOPES, check_secret, client_jwks, find_client
+from oidc.auditbatch import AuditBatcher
+from oidc.config import SCOPES, check_secret, client_jwks, find_client, jwks_uri_problem
 from oidc.keys import ALGORITHMS, KeyStore
 from oidc.models import OidcAccessToken, OidcClient, OidcCode, OidcRefreshToken
+from policies.engine import ALLOW, AccountActive, PolicyContext, PolicyEngine, SecondFactor
 
 log = logging.getLogger("idhub.oidc")
 
@@ -74,8 +78,50 @@ ASSERTION_MAX_LIFETIME = 300  # a client assertion's exp must be within 5 minute
 CLOCK_SKEW = 10
 FORBIDDEN_HEADERS = {"jwk", "jku", "x5u", "x5c", "crit"}  # keys come from the registration, never the token
 PRIVATE_JWK_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
-JWKS_CACHE_TTL = 300
+JWKS_CACHE_TTL = 300  # seconds a client's fetched JWKS is used
+JWKS_REFETCH_MIN = 10  # an unknown kid fetches again, but not more often than this
+JWKS_TIMEOUT = 5
 JWKS_MAX_BYTES = 65536
+JWKS_MAX_REDIRECTS = 3
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to the same scheme, host and port (and never to a URL we would not fetch)."""
+
+    max_redirections = JWKS_MAX_REDIRECTS
+    max_repeats = 1  # a URL seen before in the chain: a loop
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        old, new = urlsplit(req.full_url), urlsplit(newurl)
+        try:
+            same = (old.scheme, old.hostname, old.port) == (new.scheme, new.hostname, new.port)
+        except ValueError:
+            same = False
+        if not same or jwks_uri_problem(newurl):
+            raise urllib.error.HTTPError(req.full_url, code, "redirect to another origin refused", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_JWKS_OPENER = urllib.request.build_opener(_SameOriginRedirects)
+
+
+def fetch_jwks(uri: str) -> dict:
+    """GET a client's JWKS (see ``OidcService._fetch_jwks``); raises on anything but a JSON object."""
+    problem = jwks_uri_problem(uri)
+    if problem:
+        raise ValueError(f"jwks_uri {problem}")
+    req = urllib.request.Request(uri, headers={"Accept": "application/json"})  # noqa: S310 (checked above)
+    with _JWKS_OPENER.open(req, timeout=JWKS_TIMEOUT) as resp:
+        length = resp.headers.get("Content-Length")
+        if length is not None and (not length.isdigit() or int(length) > JWKS_MAX_BYTES):
+            raise ValueError("JWKS too large")
+        raw = resp.read(JWKS_MAX_BYTES + 1)
+    if len(raw) > JWKS_MAX_BYTES:
+        raise ValueError("JWKS too large")
+    data = json.loads(raw)
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise ValueError("not a JWKS")
+    return data
 
 
 def sha256_hex(value: str) -> str:
@@ -124,6 +170,7 @@ class Answer:
     headers: list = field(default_factory=list)
     location: str | None = None
     page: tuple[str, str] | None = None  # (title, message) for an error page: nothing trusted to redirect to
+    template: tuple[str, dict] | None = None  # (template name, context) for a page of our own
 
 
 class _Payload(OAuth2Payload):
@@ -315,8 +362,8 @@ class RefreshTokenGrant(oauth_grants.RefreshTokenGrant):
         if not presented or not isinstance(presented, str) or len(presented) > 256:
             raise InvalidRequestError("Missing 'refresh_token' in request.")
         svc: OidcService = self.server.svc
-        self.request.refresh_token = svc.consume_refresh(self.server.ws.id, client.client_id, presented)
-        row = self.request.refresh_token
+        row, user = svc.find_refresh(self.server.ws.id, client.client_id, presented)
+        self.request.refresh_token, self.request.idhub["user"] = row, user
         scope = self.request.payload.scope
         if scope and not set(scope_to_list(scope)).issubset(scope_to_list(row.scope)):
             raise InvalidScopeError()
@@ -327,17 +374,18 @@ class RefreshTokenGrant(oauth_grants.RefreshTokenGrant):
         row: OidcRefreshToken = self.request.refresh_token
         client: Client = self.request.client
         ws = self.server.ws
-        user = svc.active_user(row.user_id, row.session_id, ws.id)
+        user = svc.active_user(row.user_id, row.session_id, ws.id, user=self.request.idhub["user"])
         if user is None:
             svc.revoke_family(ws.id, row.family_id, reason="session_ended")
             raise InvalidGrantError("The sign-in behind this token has ended.")
-        decision = svc.hub.decide(ws, self.server.http_client, user_id=user.id, methods=row.amr,
-                                  app=client.client_id, app_policies=svc.hub.app_policies(ws, client.client_id))
+        decision = svc.refresh_decision(ws, self.server.http_client, user, row.amr, client.client_id)
         if decision.effect != "allow":
+            svc.audit("oidc.refresh.denied", ws.id, actor_id=user.id, client_id=client.client_id,
+                      rule=decision.rule)
             raise InvalidGrantError("Access is not allowed by the workspace's policies. Sign in again.")
         token = svc.issue(ws, client, user, self.request.idhub["scope"], family_id=row.family_id,
                           session_id=row.session_id, auth_time=row.auth_time, amr=row.amr, nonce=None,
-                          refresh=True)
+                          refresh=True, rotate_from=row)
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
 
@@ -394,10 +442,17 @@ class Revocation(RevocationEndpoint):
         if token.kind == "refresh_token":
             svc.revoke_family(self.server.ws.id, token.family_id, reason="revoked_by_client")
         else:
+            now = svc.hub.clock()
             with svc.hub.db() as db:
-                db.execute(update(OidcAccessToken).where(OidcAccessToken.jti == token.key,
-                                                         OidcAccessToken.revoked_at.is_(None))
-                           .values(revoked_at=svc.hub.clock()))
+                res = db.execute(update(OidcAccessToken).where(OidcAccessToken.jti == token.key,
+                                                               OidcAccessToken.revoked_at.is_(None))
+                                 .values(revoked_at=now))
+                if res.rowcount == 0 and token.user_id is None and db.get(OidcAccessToken, token.key) is None:
+                    # a client credentials token has no row until it is revoked: the row is the revocation
+                    db.add(OidcAccessToken(jti=token.key, family_id=token.family_id, workspace_id=self.server.ws.id,
+                                           client_id=token.client_id, user_id=None, session_id=None,
+                                           scope=token.scope, created_at=now, expires_at=token.expires_at,
+                                           revoked_at=now))
                 db.commit()
 
 
@@ -446,10 +501,7 @@ class Provider(AuthorizationServer):
             "private_key_jwt", lambda query_client, request: svc.authenticate_assertion(ws, request, query_client))
 
     def query_client(self, client_id):
-        if not isinstance(client_id, str) or not client_id or len(client_id) > 128:
-            return None
-        with self.svc.hub.db() as db:
-            row = find_client(db, self.ws.id, client_id)
+        row = self.svc.client_row(self.ws.id, client_id)
         return Client(row) if row else None
 
     def save_token(self, token, request):
@@ -467,13 +519,87 @@ class Provider(AuthorizationServer):
 
 
 # ---- the service ----------------------------------------------------------------------------------------------
+PURGE_INTERVAL = 600.0  # seconds between two opportunistic purges of one process
+WORKSPACE_CACHE_TTL = 5.0  # seconds a process maps a slug to its workspace for the JSON endpoints
+
+
 class OidcService:
     def __init__(self, hub, box, sid_key: str):
         self.hub = hub
         self.keys = KeyStore(hub.db, box, lambda: hub.clock())
         self._sid_key = sid_key.encode()
-        self._jwks_cache: dict[str, tuple[float, dict]] = {}
+        self._jwks_cache: dict[str, tuple[float | None, dict, float | None]] = {}  # (fetched, jwks, tried)
         self._jwks_lock = threading.Lock()
+        record = hub._record_decision
+
+        def record_refusals(decision, ctx):
+            if decision.effect != ALLOW:
+                record(decision, ctx)
+
+        self._refresh_engine = PolicyEngine(rules=(AccountActive(), SecondFactor()), record=record_refusals)
+        self._audit = AuditBatcher(hub.audit)
+        self._workspaces: dict[str, tuple[float, object]] = {}
+        self._next_purge = time.monotonic() + PURGE_INTERVAL
+        self._purge_lock = threading.Lock()
+        # how the opportunistic purge runs: a daemon thread, off the request (tests run it inline)
+        self.purge_runner = lambda fn: threading.Thread(target=fn, name="oidc-purge", daemon=True).start()
+
+    # -- clean-up --
+    def purge(self) -> dict[str, int]:
+        """Delete expired codes, tokens, keys past their overlap and expired one-time values (``idhub oidc
+        purge``); audited when anything was removed."""
+        from oidc.purge import purge
+
+        counts = purge(self.hub.db, self.hub.clock(), getattr(self.hub.stores, "one_time", None))
+        if any(counts.values()):
+            self.hub.audit.record("oidc.purge", data=counts)
+        return counts
+
+    def maybe_purge(self) -> None:
+        """Opportunistic clean-up: at most once per ``PURGE_INTERVAL`` per process, from the token endpoint."""
+        if time.monotonic() < self._next_purge or not self._purge_lock.acquire(blocking=False):
+            return
+        self._next_purge = time.monotonic() + PURGE_INTERVAL
+
+        def run():
+            try:
+                self.purge()
+            except Exception as exc:  # a failed clean-up must never fail a token request; the next one retries
+                log.warning("oidc purge failed", extra={"error": type(exc).__name__})
+            finally:
+                self._purge_lock.release()
+
+        self.purge_runner(run)
+
+    # -- look-ups of the token endpoint --
+    # Not cached: a client's secret rotated through the admin API must stop working at once, in every worker.
+    def client_row(self, ws_id: str, client_id) -> OidcClient | None:
+        if not isinstance(client_id, str) or not client_id or len(client_id) > 128:
+            return None
+        with self.hub.db() as db:
+            return find_client(db, ws_id, client_id)
+
+    def workspace(self, slug: str):
+        """The workspace of a JSON endpoint by its slug, remembered ``WORKSPACE_CACHE_TTL`` seconds per process.
+        Only its identity (id, slug: the issuer) is used from this copy; its policies are read fresh where
+        they apply (``refresh_decision``), and its clients are never cached."""
+        from idp.accounts import workspace_by_slug
+
+        hit = self._workspaces.get(slug)
+        if hit is not None and time.monotonic() - hit[0] < WORKSPACE_CACHE_TTL:
+            return hit[1]
+        with self.hub.db() as db:
+            ws = workspace_by_slug(db, slug)
+        if ws is not None:
+            if len(self._workspaces) > 1024:
+                self._workspaces.clear()
+            self._workspaces[slug] = (time.monotonic(), ws)
+        return ws
+
+    def invalidate(self) -> None:
+        """Forget the cached workspaces and signing keys (after a change made in this process)."""
+        self._workspaces.clear()
+        self.keys.invalidate()
 
     # -- names and metadata --
     def issuer(self, ws) -> str:
@@ -523,12 +649,15 @@ class OidcService:
         }
 
     def audit(self, type_: str, ws_id: str, actor_id: str | None = None, client_id: str | None = None, **data):
-        self.hub.audit.record(type_, workspace_id=ws_id, actor_id=actor_id, data={"client": client_id, **data})
+        """Through the group commit (``oidc.auditbatch``): returns once the event is in the audit log."""
+        self._audit.record(type_, workspace_id=ws_id, actor_id=actor_id, data={"client": client_id, **data})
 
     # -- signing and verifying --
-    def sign(self, ws, claims: dict, typ: str = "JWT") -> str:
-        kid, key = self.keys.signing_key(ws.id)
-        return jwt.encode({"alg": "RS256", "kid": kid, "typ": typ}, claims, key, algorithms=["RS256"])
+    def sign(self, ws, claims: dict, typ: str = "JWT", alg: str = "RS256") -> str:
+        if alg not in ALGORITHMS:
+            raise ValueError(f"unsupported signing algorithm {alg!r}")
+        kid, key = self.keys.signing_key(ws.id, alg)
+        return jwt.encode({"alg": alg, "kid": kid, "typ": typ}, claims, key, algorithms=[alg])
 
     def verify(self, ws, token: str, typ: str | None = None) -> dict | None:
         """Claims of a JWT we signed for this workspace, or None. Explicit algorithm allowlist: no ``none``,
@@ -632,45 +761,73 @@ class OidcService:
         if not reg.jwks_uri:
             return None
         key = _pick_key(self._fetch_jwks(reg.jwks_uri), header)
-        if key is None:  # perhaps a new key of the client: fetch again (at most every CLOCK_SKEW seconds)
+        if key is None:  # perhaps a new key of the client: fetch once more (at most every JWKS_REFETCH_MIN s)
             key = _pick_key(self._fetch_jwks(reg.jwks_uri, force=True), header)
         return key
 
     def _fetch_jwks(self, uri: str, force: bool = False) -> dict:
-        now = time.monotonic()
+        """A client's JWKS from its ``jwks_uri``: https (or http on loopback) only, no redirect to another
+        host, ``JWKS_TIMEOUT`` seconds, at most ``JWKS_MAX_BYTES``; cached ``JWKS_CACHE_TTL`` seconds; ``force``
+        (an unknown ``kid``) fetches again unless the last fetch is younger than ``JWKS_REFETCH_MIN`` seconds, so
+        assertions with made-up kids cannot make us hammer the client's server. A failed fetch keeps what we had."""
+        now = self.hub.clock().timestamp()
         with self._jwks_lock:
-            hit = self._jwks_cache.get(uri)
-        if hit and now - hit[0] < (CLOCK_SKEW if force else JWKS_CACHE_TTL):
-            return hit[1]
+            fetched_at, data, attempted_at = self._jwks_cache.get(uri, (None, {}, None))
+        if fetched_at is not None and not force and now - fetched_at < JWKS_CACHE_TTL:
+            return data
+        if attempted_at is not None and now - attempted_at < JWKS_REFETCH_MIN:
+            return data  # fetched (or tried) a moment ago: not again
+        with self._jwks_lock:
+            self._jwks_cache[uri] = (fetched_at, data, now)
         try:
-            req = urllib.request.Request(uri, headers={"Accept": "application/json"})  # noqa: S310 (admin's URL)
-            with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
-                raw = resp.read(JWKS_MAX_BYTES + 1)
-            if len(raw) > JWKS_MAX_BYTES:
-                raise ValueError("JWKS too large")
-            data = json.loads(raw)
-            if not isinstance(data, dict):
-                raise ValueError("JWKS is not an object")
-        except Exception as exc:  # the client's key server is down: keep what we had
+            fresh = fetch_jwks(uri)
+        except Exception as exc:  # the client's key server is down or misbehaves: keep what we had
             log.warning("client jwks_uri fetch failed", extra={"error": type(exc).__name__})
-            return hit[1] if hit else {}
+            return data
         with self._jwks_lock:
-            self._jwks_cache[uri] = (now, data)
-        return data
+            self._jwks_cache[uri] = (now, fresh, now)
+        return fresh
+
+    # -- policies at refresh time --
+    def refresh_decision(self, ws, http_client, user: User, methods, client_id: str):
+        """The policy decision for a refresh grant.
+
+        A refresh is made by the app's *server*, so its address says nothing about where the user is: the IP
+        allowlist (the workspace's and the app's) is left out here — it was applied to the browser when the grant
+        was authorised, and is applied again at every authorization request. Everything else still applies:
+        the account is active, MFA required for this app (the grant's methods must include a second factor,
+        the user cannot be prompted here, so anything but "allow" is a refusal). The session is checked by
+        ``active_user``. Denials are audited by the engine; allows are not (one event per refresh would flood
+        the log: the issued token is audited)."""
+        from idp.models import Workspace
+
+        with self.hub.db() as db:  # the policies as they are now (``ws`` may be the endpoint's cached copy)
+            ws = db.get(Workspace, ws.id) or ws
+        app_policies = {k: v for k, v in self.hub.app_policies(ws, client_id).items() if k != "ip_allowlist"}
+        policies = {k: v for k, v in (ws.policies or {}).items() if k != "ip_allowlist"}
+        enrolled = tuple(self.hub.mfa.enrolled(user.id).methods()) if self.hub.mfa is not None else ()
+        active = bool(user.active and user.workspace_id == ws.id)  # read by active_user just before
+        ctx = PolicyContext(workspace_id=ws.id, plan=ws.plan, policies=policies, client_ip=http_client.ip,
+                            stage="signin", user_id=user.id, user_active=active, app=client_id,
+                            app_policies=app_policies, methods=tuple(methods or ()), enrolled=enrolled)
+        return self._refresh_engine.evaluate(ctx)
 
     # -- users --
-    def active_user(self, user_id: str | None, session_id: str | None, ws_id: str) -> User | None:
-        """The user, if active, in this workspace, and (for user tokens) the idhub session still active."""
+    def active_user(self, user_id: str | None, session_id: str | None, ws_id: str, user: User | None = None
+                    ) -> User | None:
+        """The user, if active, in this workspace, and (for user tokens) the idhub session still active.
+        ``user``: the row when the caller has just read it (in the same transaction as the token)."""
         if session_id is not None:
             sess = self.hub.stores.sessions.get(session_id)
             if sess is None or sess.workspace_id != ws_id or sess.user_id != user_id \
                     or not sess.is_active(self.hub.clock()):
                 return None
-        with self.hub.db() as db:
-            user = db.get(User, user_id) if user_id else None
-            if user is None or not user.active or user.workspace_id != ws_id:
-                return None
-            return user
+        if user is None or user.id != user_id:
+            with self.hub.db() as db:
+                user = db.get(User, user_id) if user_id else None
+        if user is None or not user.active or user.workspace_id != ws_id:
+            return None
+        return user
 
     def token_user_active(self, token: TokenRef, ws_id: str) -> bool:
         session_id = token.claims.get("_session_id")
@@ -692,7 +849,11 @@ class OidcService:
 
     # -- issuing --
     def issue(self, ws, client: Client, user: User | None, scope: str, *, family_id: str, session_id: str | None,
-              auth_time: datetime | None, amr, nonce: str | None, refresh: bool) -> dict:
+              auth_time: datetime | None, amr, nonce: str | None, refresh: bool,
+              rotate_from: OidcRefreshToken | None = None) -> dict:
+        """Sign and record the tokens of a grant. ``rotate_from``: the refresh token being used, marked used in
+        the same transaction as the new tokens are recorded (a rotation is all or nothing, one commit); if it
+        was used meanwhile (a parallel replay), nothing is issued and its family is revoked."""
         now = self.hub.clock()
         iss = self.issuer(ws)
         jti = secrets.token_urlsafe(24)
@@ -707,18 +868,28 @@ class OidcService:
         token = {"access_token": access, "token_type": "Bearer", "expires_in": ACCESS_TTL}
         if scopes:
             token["scope"] = " ".join(scopes)
-        with self.hub.db() as db:
-            db.add(OidcAccessToken(jti=jti, family_id=family_id, workspace_id=ws.id, client_id=client.client_id,
-                                   user_id=user.id if user else None, session_id=session_id, scope=" ".join(scopes),
-                                   created_at=now, expires_at=now + timedelta(seconds=ACCESS_TTL)))
+        # A client credentials token is not recorded (see find_token); a user's token is, with its session.
+        with self.hub.db() if user is not None else nullcontext() as db:  # Core INSERTs, one transaction
+            if rotate_from is not None and db.execute(update(OidcRefreshToken).where(
+                    OidcRefreshToken.token_hash == rotate_from.token_hash, OidcRefreshToken.used_at.is_(None),
+                    OidcRefreshToken.revoked_at.is_(None), OidcRefreshToken.expires_at > now,
+            ).values(used_at=now).execution_options(synchronize_session=False)).rowcount != 1:
+                db.rollback()
+                self._refresh_reused(ws.id, rotate_from.family_id, rotate_from.user_id, client.client_id)
+            if user is not None:
+                db.execute(insert(OidcAccessToken).values(
+                    jti=jti, family_id=family_id, workspace_id=ws.id, client_id=client.client_id, user_id=user.id,
+                    session_id=session_id, scope=" ".join(scopes), created_at=now,
+                    expires_at=now + timedelta(seconds=ACCESS_TTL)))
             if refresh and user is not None:
                 rt = secrets.token_urlsafe(32)
-                db.add(OidcRefreshToken(token_hash=sha256_hex(rt), family_id=family_id, workspace_id=ws.id,
-                                        client_id=client.client_id, user_id=user.id, session_id=session_id,
-                                        scope=" ".join(scopes), auth_time=auth_time, amr=list(amr), created_at=now,
-                                        expires_at=now + timedelta(seconds=REFRESH_TTL)))
+                db.execute(insert(OidcRefreshToken).values(
+                    token_hash=sha256_hex(rt), family_id=family_id, workspace_id=ws.id, client_id=client.client_id,
+                    user_id=user.id, session_id=session_id, scope=" ".join(scopes), auth_time=auth_time,
+                    amr=list(amr), created_at=now, expires_at=now + timedelta(seconds=REFRESH_TTL)))
                 token["refresh_token"] = rt
-            db.commit()
+            if db is not None:
+                db.commit()
         if user is not None and "openid" in scopes:
             id_claims = {"iss": iss, "sub": user.id, "aud": client.client_id, "azp": client.client_id,
                          "iat": _ts(now), "exp": _ts(now) + ID_TOKEN_TTL, "auth_time": _ts(auth_time),
@@ -727,30 +898,32 @@ class OidcService:
             if nonce:
                 id_claims["nonce"] = nonce
             id_claims.update(self.user_claims(user, scopes))
-            token["id_token"] = self.sign(ws, id_claims)
+            token["id_token"] = self.sign(ws, id_claims, alg=client.row.id_token_signed_response_alg or "RS256")
         self.audit("oidc.token.issued", ws.id, actor_id=user.id if user else None, client_id=client.client_id,
                    refresh=bool(token.get("refresh_token")), scope=" ".join(scopes))
         return token
 
-    def consume_refresh(self, ws_id: str, client_id: str, presented: str) -> OidcRefreshToken:
-        """Rotate: mark the token used in one conditional UPDATE. A used (or lost-race) token revokes its family."""
+    def find_refresh(self, ws_id: str, client_id: str, presented: str) -> tuple[OidcRefreshToken, User | None]:
+        """The presented refresh token's row (and its user, read in the same transaction) when it is valid for
+        this client; a token already used means a replay — its whole family is revoked. It is marked used only
+        when the new tokens are recorded (``issue(rotate_from=…)``), in the same transaction."""
         h = sha256_hex(presented)
         now = self.hub.clock()
         with self.hub.db() as db:
             row = db.get(OidcRefreshToken, h)
-            if row is None or row.workspace_id != ws_id or row.client_id != client_id:
+            if row is None or row.workspace_id != ws_id or row.client_id != client_id \
+                    or row.revoked_at is not None or row.expires_at <= now:
                 raise InvalidGrantError("Invalid refresh token.")
-            if row.revoked_at is not None or row.expires_at <= now:
-                raise InvalidGrantError("Invalid refresh token.")
-            res = db.execute(update(OidcRefreshToken).where(OidcRefreshToken.token_hash == h,
-                                                            OidcRefreshToken.used_at.is_(None),
-                                                            OidcRefreshToken.revoked_at.is_(None))
-                             .values(used_at=now))
-            if res.rowcount == 1:
-                db.commit()
-                return row
-            family_id, user_id = row.family_id, row.user_id
-            db.rollback()
+            if row.used_at is not None:
+                family_id, user_id = row.family_id, row.user_id
+                user = None
+            else:
+                return row, db.get(User, row.user_id)
+        self._refresh_reused(ws_id, family_id, user_id, client_id)
+        return row, user  # not reached
+
+    def _refresh_reused(self, ws_id: str, family_id: str, user_id: str, client_id: str):
+        """A used refresh token presented again (or a lost race): revoke the whole family, audit, refuse."""
         self.revoke_family(ws_id, family_id, reason="refresh_reuse")
         self.audit("oidc.refresh.reused", ws_id, actor_id=user_id, client_id=client_id)
         raise InvalidGrantError("Invalid refresh token.")
@@ -792,6 +965,15 @@ class OidcService:
                 return None
             with self.hub.db() as db:
                 row = db.get(OidcAccessToken, claims["jti"])
+            if row is None and _is_client_token(claims):
+                # client credentials tokens are not recorded when issued (they belong to no session or grant):
+                # our signature, issuer and expiry are the record, and a revocation adds a row
+                exp = claims.get("exp")
+                if not _is_int(exp):
+                    return None
+                return TokenRef("access_token", claims["client_id"], "cc:" + claims["jti"],
+                                datetime.fromtimestamp(exp, tz=UTC), False, claims["jti"], claims, now, None,
+                                str(claims.get("scope") or ""))
             if row is None or row.workspace_id != ws_id:
                 return None
             claims = {**claims, "_session_id": row.session_id}
@@ -940,6 +1122,7 @@ class OidcService:
         return ans
 
     def token(self, ws, req: HttpRequest, http_client) -> Answer:
+        self.maybe_purge()
         oreq = self._oauth_request(ws, req, "token")
         if isinstance(oreq, Answer):
             return self._run(lambda: oreq)
@@ -981,11 +1164,17 @@ class OidcService:
         return Answer(200, {"sub": user.id, **self.user_claims(user, scopes)}, [("Cache-Control", "no-store")])
 
     # -- RP-initiated logout --
-    def end_session(self, ws, req: HttpRequest, session) -> tuple[Answer, bool]:
-        """(answer, end the browser's session?) for the end-session endpoint."""
+    def end_session(self, ws, req: HttpRequest, session, confirmed: bool = False) -> tuple[Answer, bool]:
+        """(answer, end the browser's session?) for the end-session endpoint.
+
+        With a valid ``id_token_hint`` of the browser's own session, the session ends at once. Without one (or
+        with a hint about another session) the user is asked first: a "Sign out of idhub?" page whose form
+        (CSRF-protected, checked by the web layer, which then passes ``confirmed``) ends the session — so no
+        other site can sign users out by linking here. ``post_logout_redirect_uri`` is only honoured when it is
+        registered by the client named by ``client_id`` or by the hint's audience."""
         values = req.form if req.method == "POST" else req.args
         for key in values:
-            if len(values.getlist(key)) > 1 or any(len(v) > MAX_TOKEN for v in values.getlist(key)):
+            if len(key) > 64 or len(values.getlist(key)) > 1 or any(len(v) > MAX_TOKEN for v in values.getlist(key)):
                 return Answer(400, page=("Bad request", "The sign-out request is not valid.")), False
         hint = values.get("id_token_hint")
         client_id = values.get("client_id")
@@ -1012,17 +1201,30 @@ class OidcService:
             return Answer(400, page=("This sign-out link is not valid",
                                      "The app asked to return to an address it has not registered. "
                                      "You are still signed in.")), False
+        app_name = (client.row.name or client.row.client_id) if client else None
         end = False
         if session is not None:
-            if claims is None:
-                # Without a hint any site could sign users out: refuse, and point to the Sign out button.
-                return Answer(400, page=("Sign out from your account page",
-                                         "To sign out, use the Sign out button on your account page.")), False
-            end = claims.get("sid") == self.sid(session.id) or claims.get("sub") == session.user_id
+            own = claims is not None and (claims.get("sid") == self.sid(session.id) or
+                                          (claims.get("sid") is None and claims.get("sub") == session.user_id))
+            if not own and not confirmed:
+                fields = [(k, v) for k, v in (("client_id", client.client_id if client else None),
+                                              ("post_logout_redirect_uri", post_logout), ("state", state)) if v]
+                return Answer(200, template=("oidc_logout.html", {"fields": fields, "app_name": app_name,
+                                                                  "signed_out": False})), False
+            end = True
+            self.audit("oidc.end_session", ws.id, actor_id=session.user_id,
+                       client_id=client.client_id if client else None,
+                       confirmed=not own)
         if post_logout:
             loc = _add_param(post_logout, "state", state) if state else post_logout
+            if confirmed:
+                # The answer to our own form's POST: a redirect to the app would be blocked by the browser
+                # (CSP form-action 'self' covers a form submission's redirects), so a page navigates there.
+                return Answer(200, template=("oidc_logout.html", {"fields": [], "app_name": app_name,
+                                                                  "signed_out": True, "return_to": loc})), end
             return Answer(302, location=loc), end
-        return Answer(200, page=("Signed out", "You have signed out.")), end
+        return Answer(200, template=("oidc_logout.html", {"fields": [], "app_name": app_name,
+                                                          "signed_out": True})), end
 
 
 class _LoginRequired(OAuth2Error):
@@ -1036,6 +1238,13 @@ class _InteractionRequired(OAuth2Error):
 def _b64_json(segment: str) -> dict | None:
     value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
     return value if isinstance(value, dict) else None
+
+
+def _is_client_token(claims: dict) -> bool:
+    """An access token of the client credentials grant: issued to the client itself, for no user session."""
+    cid = claims.get("client_id")
+    return isinstance(cid, str) and claims.get("sub") == cid and claims.get("aud") == cid and "sid" not in claims \
+        and isinstance(claims.get("jti"), str)
 
 
 def _is_int(value) -> bool:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, g, jsonify, make_response, redirect, request, url_for
+from flask import Blueprint, g, jsonify, make_response, redirect, render_template, request, url_for
 from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
-from idp.accounts import workspace_by_slug
 from idp.web.common import (
+    check_csrf,
     current_client,
     delete_cookie,
     error_page,
@@ -15,6 +15,7 @@ from idp.web.common import (
     load_session,
     load_workspace,
     new_error_id,
+    rotate_csrf,
     session_cookie,
 )
 from oidc.provider import Answer, HttpRequest
@@ -40,8 +41,7 @@ def _http() -> HttpRequest:
 
 
 def _json_workspace(slug: str):
-    with hub().db() as db:
-        ws = workspace_by_slug(db, slug)
+    ws = service().workspace(slug)
     if ws is None:
         resp = jsonify({"error": "invalid_request", "error_description": "Unknown workspace."})
         resp.status_code = 404
@@ -50,7 +50,12 @@ def _json_workspace(slug: str):
     return ws, None
 
 
-def _respond(ans: Answer):
+def _respond(ans: Answer, ws=None):
+    if ans.template is not None:
+        name, context = ans.template
+        resp = make_response(render_template(name, ws=ws, **context), ans.status)
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
     if ans.page is not None:
         title, message = ans.page
         return error_page(ans.status, title, message, new_error_id())
@@ -151,11 +156,16 @@ def userinfo(ws_slug):
 def end_session(ws_slug):
     ws = load_workspace(ws_slug)
     sess = load_session(ws)
-    ans, end = service().end_session(ws, _http(), sess)
-    resp = _respond(ans)
+    # The confirmation page's form: its CSRF token proves the user pressed "Sign out" on our page.
+    confirmed = request.method == "POST" and request.form.get("confirm") is not None
+    if confirmed:
+        check_csrf()
+    ans, end = service().end_session(ws, _http(), sess, confirmed=confirmed)
     if end and sess is not None:
         hub().sign_out(ws, sess, current_client())
         g.session = None
-        resp = make_response(resp)
+        rotate_csrf()
+    resp = make_response(_respond(ans, ws))
+    if end and sess is not None:
         delete_cookie(resp, session_cookie(ws.slug))
     return resp

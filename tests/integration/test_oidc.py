@@ -104,9 +104,12 @@ def test_discovery_and_jwks(api):
     d2 = api.get("/w/acme/.well-known/openid-configuration", headers={"Host": "evil.example",
                                                                        "X-Forwarded-Host": "evil.example"}).get_json()
     assert d2["issuer"] == ISS
+    assert d["id_token_signing_alg_values_supported"] == ["RS256", "ES256"]
     keys = api.get("/w/acme/oauth2/jwks").get_json()["keys"]
-    assert len(keys) == 1 and keys[0]["kty"] == "RSA" and keys[0]["alg"] == "RS256" and keys[0]["use"] == "sig"
-    assert "d" not in keys[0] and "p" not in keys[0]
+    assert len(keys) == 2 and keys[0]["kty"] == "RSA" and keys[0]["alg"] == "RS256" and keys[0]["use"] == "sig"
+    assert keys[1]["kty"] == "EC" and keys[1]["crv"] == "P-256" and keys[1]["alg"] == "ES256"
+    for k in keys:
+        assert not {"d", "p", "q", "dp", "dq", "qi"} & set(k)
     other = api.get("/w/other/oauth2/jwks").get_json()["keys"]
     assert other[0]["kid"] != keys[0]["kid"]
     assert api.get("/w/nope/.well-known/openid-configuration").status_code == 404
@@ -265,6 +268,45 @@ def test_client_credentials(api):
     assert r.status_code == 400 and r.get_json()["error"] == "unauthorized_client"
 
 
+def test_client_credentials_token_revocation(api, hub):
+    """Client credentials tokens are not recorded when issued (the signature is the record); revoking one
+    records it, and it is then inactive. Another client cannot revoke or introspect it."""
+    from oidc.models import OidcAccessToken
+
+    tok = api.post("/w/acme/oauth2/token", data={"grant_type": "client_credentials"}, headers=WIKI_AUTH).get_json()
+    other = api.post("/w/acme/oauth2/token", data={"grant_type": "client_credentials"}, headers=WIKI_AUTH).get_json()
+    assert _count(hub, OidcAccessToken) == 0
+    post_auth = {"client_id": "poster", "client_secret": POST_SECRET}
+    assert api.post("/w/acme/oauth2/introspect", data={"token": tok["access_token"], **post_auth}
+                    ).get_json() == {"active": False}
+    assert api.post("/w/acme/oauth2/revoke", data={"token": tok["access_token"], **post_auth}).status_code == 200
+    assert api.post("/w/acme/oauth2/introspect", data={"token": tok["access_token"]}, headers=WIKI_AUTH
+                    ).get_json()["active"] is True
+    assert api.post("/w/acme/oauth2/revoke", data={"token": tok["access_token"]}, headers=WIKI_AUTH
+                    ).status_code == 200
+    assert api.post("/w/acme/oauth2/introspect", data={"token": tok["access_token"]}, headers=WIKI_AUTH
+                    ).get_json() == {"active": False}
+    assert api.post("/w/acme/oauth2/revoke", data={"token": tok["access_token"]}, headers=WIKI_AUTH
+                    ).status_code == 200  # again: idempotent
+    assert _count(hub, OidcAccessToken) == 1
+    assert api.post("/w/acme/oauth2/introspect", data={"token": other["access_token"]}, headers=WIKI_AUTH
+                    ).get_json()["active"] is True
+    # expired: inactive
+    from datetime import timedelta
+
+    real = hub.clock
+    later = real() + timedelta(minutes=6)
+    hub.clock = lambda: later
+    try:
+        assert api.post("/w/acme/oauth2/introspect", data={"token": other["access_token"]}, headers=WIKI_AUTH
+                        ).get_json() == {"active": False}
+    finally:
+        hub.clock = real
+    # another workspace does not know it
+    assert api.post("/w/other/oauth2/introspect", data={"token": other["access_token"]},
+                    headers=basic("wiki", OTHER_SECRET)).get_json() == {"active": False}
+
+
 def test_no_implicit_or_password_grant(api, browser):
     r = api.post("/w/acme/oauth2/token", data={"grant_type": "password", "username": ALICE, "password": "x"},
                  headers=WIKI_AUTH)
@@ -343,9 +385,9 @@ def test_end_session(browser, api, hub):
                                                    post_logout_redirect_uri=WIKI_HOME))
     assert r.status_code == 400 and "Location" not in r.headers
     assert browser.get("/w/acme/settings/security").status_code == 200
-    # without a hint: not signed out (logout CSRF)
+    # without a hint: not signed out (logout CSRF), asked to confirm instead
     r = browser.get("/w/acme/oauth2/logout?" + _qs(client_id="wiki", post_logout_redirect_uri=WIKI_HOME))
-    assert r.status_code == 400
+    assert r.status_code == 200 and "Sign out of idhub?" in r.get_data(as_text=True)
     assert browser.get("/w/acme/settings/security").status_code == 200
     # a valid request: signed out, back to the app with its state
     r = browser.get("/w/acme/oauth2/logout?" + _qs(id_token_hint=tok["id_token"],
@@ -355,6 +397,87 @@ def test_end_session(browser, api, hub):
     r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
                  headers=WIKI_AUTH)
     assert r.status_code == 400
+
+
+def test_end_session_without_hint_asks_first(browser, api, hub):
+    from tests.interop.oidc_support import hidden_fields
+
+    code, verifier = code_flow(browser)
+    tok = redeem(api, code, verifier).get_json()
+    hub.oidc.backchannel.dispatch = lambda fn: None
+    url = "/w/acme/oauth2/logout?" + _qs(client_id="wiki", post_logout_redirect_uri=WIKI_HOME, state="bye")
+    r = browser.get(url)
+    page = r.get_data(as_text=True)
+    assert r.status_code == 200 and "Sign out of idhub?" in page and "Wiki" in page
+    assert "Location" not in r.headers and r.headers["Cache-Control"] == "no-store"
+    fields = hidden_fields(page)
+    assert fields["client_id"] == "wiki" and fields["post_logout_redirect_uri"] == WIKI_HOME
+    assert fields["state"] == "bye" and fields["confirm"] == "1" and fields["csrf_token"]
+    assert browser.get("/w/acme/settings/security").status_code == 200  # still signed in
+    # a cross-site POST (no token, or a wrong one) does not sign out
+    for bad in ({}, {"csrf_token": "x" * 64}):
+        r = browser.post("/w/acme/oauth2/logout", {**fields, **bad, "csrf_token": bad.get("csrf_token", "")})
+        assert r.status_code == 400 and "Location" not in r.headers
+        assert "Traceback" not in r.get_data(as_text=True)
+    # a POST without the confirmation (like a GET) only shows the page
+    r = browser.post("/w/acme/oauth2/logout", {"client_id": "wiki"})
+    assert r.status_code == 200 and "Sign out of idhub?" in r.get_data(as_text=True)
+    assert browser.get("/w/acme/settings/security").status_code == 200
+    # the user presses "Sign out": signed out, back to the registered address with the state
+    r = browser.post("/w/acme/oauth2/logout", fields)
+    # a page that navigates to the app (a redirect after a form POST is blocked by CSP form-action 'self')
+    assert r.status_code == 200 and "Location" not in r.headers
+    target = WIKI_HOME + "?state=bye"
+    assert f'<meta http-equiv="refresh" content="0;url={target}">' in r.get_data(as_text=True)
+    assert browser.get("/w/acme/settings/security").status_code == 302
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+                 headers=WIKI_AUTH)
+    assert r.status_code == 400
+    from sqlalchemy import select
+
+    from idp.audit import AuditEvent
+
+    with hub.db() as db:
+        assert "oidc.end_session" in set(db.scalars(select(AuditEvent.type)))
+    # signed out already: nothing to confirm
+    r = browser.get("/w/acme/oauth2/logout")
+    assert r.status_code == 200 and "Signed out" in r.get_data(as_text=True)
+
+
+def test_end_session_post_logout_redirect_needs_a_registered_client(browser):
+    code_flow(browser)
+    bad = [{"post_logout_redirect_uri": WIKI_HOME},  # no client named: never redirected
+           {"client_id": "nope", "post_logout_redirect_uri": WIKI_HOME},
+           {"client_id": "spa", "post_logout_redirect_uri": WIKI_HOME},  # another client's address
+           {"client_id": "wiki", "post_logout_redirect_uri": "https://evil.example/"}]
+    for params in bad:
+        for r in (browser.get("/w/acme/oauth2/logout?" + _qs(**params)),
+                  browser.post("/w/acme/oauth2/logout", {**params, "confirm": "1",
+                                                        "csrf_token": browser.csrf(
+                                                            browser.get("/w/acme/settings/security")
+                                                            .get_data(as_text=True))})):
+            assert r.status_code == 400 and "Location" not in r.headers, params
+    assert browser.get("/w/acme/settings/security").status_code == 200
+    # without any redirect: the confirmation, then the "Signed out" page
+    r = browser.get("/w/acme/oauth2/logout")
+    assert "Sign out of idhub?" in r.get_data(as_text=True)
+    r = browser.post("/w/acme/oauth2/logout", {"confirm": "1", "csrf_token": browser.csrf()})
+    assert r.status_code == 200 and "You have signed out" in r.get_data(as_text=True)
+    assert browser.get("/w/acme/settings/security").status_code == 302
+
+
+def test_end_session_hint_of_another_session_asks_first(settings):
+    app = make_oidc_app(settings)
+    hub = app.extensions["idhub"]
+    hub.oidc.backchannel.dispatch = lambda fn: None
+    first, second = Browser(app), Browser(app)
+    code, verifier = code_flow(first)
+    tok = redeem(app.test_client(), code, verifier).get_json()
+    code_flow(second)
+    # the hint is about the first browser's session: the second browser is asked, not signed out
+    r = second.get("/w/acme/oauth2/logout?" + _qs(id_token_hint=tok["id_token"], post_logout_redirect_uri=WIKI_HOME))
+    assert r.status_code == 200 and "Sign out of idhub?" in r.get_data(as_text=True)
+    assert second.get("/w/acme/settings/security").status_code == 200
 
 
 def _qs(**kw) -> str:
@@ -602,6 +725,80 @@ def test_policy_deny_ip_allowlist(settings):
     assert "code" not in q
 
 
+def _refresh(app, refresh_token, ip="127.0.0.1", auth=None):
+    client = app.test_client()
+    return client.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": refresh_token},
+                       headers=auth or WIKI_AUTH, environ_base={"REMOTE_ADDR": ip})
+
+
+@pytest.mark.parametrize("where", ["workspace", "app"])
+def test_refresh_not_bound_to_the_allowlist_but_authorization_is(settings, where):
+    """The app's server refreshes from its own address: the allowlist is a browser rule, not a refresh rule."""
+    app = make_oidc_app(settings, oidc_config({"ip_allowlist": ["10.0.0.0/8"]} if where == "workspace" else None))
+    if where == "app":
+        # the per-app allowlist comes from the app policy look-ups: give wiki one
+        hub = app.extensions["idhub"]
+        hub.app_policy_lookups.insert(0, lambda ws, a: {"ip_allowlist": ["10.0.0.0/8"]} if a == "wiki" else None)
+    inside = Browser(app, ip="10.1.2.3")
+    code, verifier = code_flow(inside)
+    tok = app.test_client().post("/w/acme/oauth2/token", data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": WIKI_CB, "code_verifier": verifier},
+        headers=WIKI_AUTH, environ_base={"REMOTE_ADDR": "198.51.100.20"}).get_json()
+    assert "refresh_token" in tok, tok
+    # the app's server, outside the allowlist, refreshes twice (rotation)
+    r = _refresh(app, tok["refresh_token"], ip="198.51.100.20")
+    assert r.status_code == 200, r.get_json()
+    r = _refresh(app, r.get_json()["refresh_token"], ip="198.51.100.20")
+    assert r.status_code == 200, r.get_json()
+    # the browser outside the allowlist is still refused a new authorization
+    inside.ip = "192.0.2.7"
+    _, challenge = pkce()
+    r = inside.get(authorize_path(challenge=challenge, state="zz"))
+    q = query(r.headers["Location"])
+    assert q["error"] == "access_denied" and "code" not in q
+
+
+def test_refresh_still_checks_session_account_and_app_mfa(settings):
+    app = make_oidc_app(settings, oidc_config({"ip_allowlist": ["10.0.0.0/8"]}))
+    hub = app.extensions["idhub"]
+    inside = Browser(app, ip="10.1.2.3")
+    toks = []
+    for _ in range(3):
+        code, verifier = code_flow(inside)
+        toks.append(app.test_client().post("/w/acme/oauth2/token", data={
+            "grant_type": "authorization_code", "code": code, "redirect_uri": WIKI_CB, "code_verifier": verifier},
+            headers=WIKI_AUTH, environ_base={"REMOTE_ADDR": "10.1.2.3"}).get_json())
+    # the app now requires MFA: a password-only grant cannot be refreshed (nobody to prompt), and it is audited
+    hub.app_policy_lookups.insert(0, lambda ws, a: {"require_mfa": True} if a == "wiki" else None)
+    r = _refresh(app, toks[0]["refresh_token"], ip="198.51.100.20")
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
+    hub.app_policy_lookups.pop(0)
+    from sqlalchemy import select, update
+
+    from idp.audit import AuditEvent
+    from idp.models import User
+
+    with hub.db() as db:
+        types = list(db.scalars(select(AuditEvent.type)))
+    assert "oidc.refresh.denied" in types
+    # a disabled account cannot refresh from anywhere
+    with hub.db() as db:
+        db.execute(update(User).where(User.email == ALICE).values(active=False))
+        db.commit()
+    assert _refresh(app, toks[1]["refresh_token"], ip="10.1.2.3").status_code == 400
+    with hub.db() as db:
+        db.execute(update(User).where(User.email == ALICE).values(active=True))
+        db.commit()
+    # the session ended in idhub: no refresh
+    r = _refresh(app, toks[2]["refresh_token"], ip="198.51.100.20")
+    assert r.status_code == 200, r.get_json()
+    with hub.db() as db:
+        alice_id = db.scalar(select(User.id).where(User.email == ALICE))
+    assert hub.sessions.end_all(alice_id, "test")
+    r = _refresh(app, r.get_json()["refresh_token"], ip="198.51.100.20")
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
+
+
 def test_disabled_user_cannot_refresh(browser, api, hub):
     code, verifier = code_flow(browser)
     tok = redeem(api, code, verifier).get_json()
@@ -662,7 +859,7 @@ def test_key_rotation_keeps_old_key_published(browser, api, hub):
     old_kid = api.get("/w/acme/oauth2/jwks").get_json()["keys"][0]["kid"]
     ws = _ws(hub, "acme")
     new_kid = hub.oidc.keys.rotate(ws.id)
-    kids = [k["kid"] for k in api.get("/w/acme/oauth2/jwks").get_json()["keys"]]
+    kids = [k["kid"] for k in api.get("/w/acme/oauth2/jwks").get_json()["keys"] if k["alg"] == "RS256"]
     assert kids == [new_kid, old_kid]
     # old tokens still verify; new ones are signed with the new key
     assert api.get("/w/acme/oauth2/userinfo", headers={"Authorization": "Bearer " + tok["access_token"]}
@@ -677,9 +874,90 @@ def test_key_rotation_keeps_old_key_published(browser, api, hub):
     later = real() + timedelta(days=3)
     hub.clock = lambda: later
     try:
-        assert [k["kid"] for k in hub.oidc.keys.jwks(ws.id)["keys"]] == [new_kid]
+        assert [k["kid"] for k in hub.oidc.keys.jwks(ws.id)["keys"] if k["alg"] == "RS256"] == [new_kid]
     finally:
         hub.clock = real
+
+
+ES_CB = "https://es.example/cb"
+
+
+def _es_app(settings):
+    from tests.interop.oidc_support import APPS
+
+    cfg = oidc_config()
+    cfg["workspaces"][0]["apps"].append(
+        {"slug": "es", "name": "ES app", "protocol": "oidc", "client_id": "es", "client_secret": "e" * 40,
+         "redirect_uris": [ES_CB], "id_token_signed_response_alg": "ES256",
+         "grant_types": ["authorization_code", "refresh_token"]})
+    assert all("id_token_signed_response_alg" not in a for a in APPS)
+    return make_oidc_app(settings, cfg)
+
+
+def test_es256_id_tokens_for_the_client_that_asks(settings):
+    from joserfc import jwt as jose_jwt
+    from joserfc.jwk import KeySet
+
+    app = _es_app(settings)
+    api, browser = app.test_client(), Browser(app)
+    code, verifier = code_flow(browser, client_id="es", redirect_uri=ES_CB)
+    tok = redeem(api, code, verifier, auth=basic("es", "e" * 40), redirect_uri=ES_CB).get_json()
+    keyset = KeySet.import_key_set(api.get("/w/acme/oauth2/jwks").get_json())
+    es_kid = next(k["kid"] for k in api.get("/w/acme/oauth2/jwks").get_json()["keys"] if k["alg"] == "ES256")
+    decoded = jose_jwt.decode(tok["id_token"], keyset, algorithms=["ES256"])
+    assert decoded.header["alg"] == "ES256" and decoded.header["kid"] == es_kid
+    assert decoded.claims["aud"] == "es" and decoded.claims["iss"] == ISS
+    # the RS256 verifier refuses it (no algorithm confusion), and access tokens stay RS256
+    with pytest.raises(Exception):
+        jose_jwt.decode(tok["id_token"], keyset, algorithms=["RS256"])
+    assert jose_jwt.decode(tok["access_token"], keyset, algorithms=["RS256"]).header["alg"] == "RS256"
+    # an ES256 ID token is a valid id_token_hint; the other clients still get RS256
+    hub = app.extensions["idhub"]
+    assert hub.oidc.verify(_ws(hub, "acme"), tok["id_token"], typ="jwt")["aud"] == "es"
+    code, verifier = code_flow(browser)
+    wiki_id_token = redeem(api, code, verifier).get_json()["id_token"]
+    assert jose_jwt.decode(wiki_id_token, keyset, algorithms=["RS256"]).header["alg"] == "RS256"
+    # the refreshed ID token is ES256 too
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+                 headers=basic("es", "e" * 40))
+    assert r.status_code == 200, r.get_json()
+    assert jose_jwt.decode(r.get_json()["id_token"], keyset, algorithms=["ES256"]).header["alg"] == "ES256"
+
+
+def test_es256_key_rotation_with_overlap(settings):
+    app = _es_app(settings)
+    hub = app.extensions["idhub"]
+    api, browser = app.test_client(), Browser(app)
+    ws = _ws(hub, "acme")
+    old = [k["kid"] for k in api.get("/w/acme/oauth2/jwks").get_json()["keys"] if k["alg"] == "ES256"]
+    rsa_before = [k["kid"] for k in api.get("/w/acme/oauth2/jwks").get_json()["keys"] if k["alg"] == "RS256"]
+    new = hub.oidc.keys.rotate(ws.id, "ES256")
+    keys = api.get("/w/acme/oauth2/jwks").get_json()["keys"]
+    assert [k["kid"] for k in keys if k["alg"] == "ES256"] == [new, *old]
+    assert [k["kid"] for k in keys if k["alg"] == "RS256"] == rsa_before  # RSA untouched
+    from oidc.models import OidcKey
+
+    with hub.db() as db:
+        row = db.get(OidcKey, new)
+        assert row.alg == "ES256" and row.private_enc.startswith("v1:") and "PRIVATE" not in row.private_enc
+    code, verifier = code_flow(browser, client_id="es", redirect_uri=ES_CB)
+    tok = redeem(api, code, verifier, auth=basic("es", "e" * 40), redirect_uri=ES_CB).get_json()
+    assert json.loads(base64.urlsafe_b64decode(tok["id_token"].split(".")[0] + "=="))["kid"] == new
+
+
+def test_id_token_alg_validated_in_the_config_file():
+    from idp.configfile import ConfigError, validate
+
+    cfg = oidc_config()
+    cfg["workspaces"][0]["apps"][0]["id_token_signed_response_alg"] = "HS256"
+    with pytest.raises(ConfigError) as exc:
+        validate(cfg)
+    assert any("apps[0].id_token_signed_response_alg: must be RS256 or ES256" in e for e in exc.value.errors)
+    cfg["workspaces"][0]["apps"][0]["id_token_signed_response_alg"] = "none"
+    with pytest.raises(ConfigError):
+        validate(cfg)
+    cfg["workspaces"][0]["apps"][0]["id_token_signed_response_alg"] = "ES256"
+    validate(cfg)
 
 
 def test_apply_oidc_apps_upserts(hub):
@@ -702,3 +980,166 @@ def test_apply_oidc_apps_upserts(hub):
     assert rows["spa"].secret_hash is None and rows["spa"].token_endpoint_auth_method == "none"
     assert hub.app_policies(ws, "strict") == {"require_mfa": True}
     assert hub.app_policies(ws, "wiki") == {}
+
+
+def _count(hub, model) -> int:
+    from sqlalchemy import func, select
+
+    with hub.db() as db:
+        return db.scalar(select(func.count()).select_from(model))
+
+
+def test_purge_removes_expired_rows_and_keeps_what_detects_replays(browser, api, hub):
+    from datetime import timedelta
+
+    from oidc.models import OidcAccessToken, OidcCode, OidcKey, OidcRefreshToken
+
+    code, verifier = code_flow(browser)
+    tok = redeem(api, code, verifier).get_json()
+    new = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+                   headers=WIKI_AUTH).get_json()  # the first refresh token is now used
+    assert api.post("/w/acme/oauth2/token", data={"grant_type": "client_credentials"},
+                    headers=WIKI_AUTH).status_code == 200
+    ws = _ws(hub, "acme")
+    new_kid = hub.oidc.keys.rotate(ws.id)
+    hub.stores.one_time.add("oidc-jti:test", "1", 60)
+    # now: nothing is expired yet, nothing goes (the used refresh token stays: replay detection)
+    counts = hub.oidc.purge()
+    assert counts["refresh_tokens"] == 0 and counts["keys"] == 0 and counts["codes"] == 0
+    assert counts["access_tokens"] == 0
+    # 2 hours later: the code (1 h after its expiry) and the access tokens (5 min) have expired
+    real = hub.clock
+    later = real() + timedelta(hours=2)
+    hub.clock = lambda: later
+    try:
+        counts = hub.oidc.purge()
+        assert counts["codes"] == 1 and counts["access_tokens"] == 2 and counts["refresh_tokens"] == 0
+        assert _count(hub, OidcCode) == 0 and _count(hub, OidcAccessToken) == 0
+        assert _count(hub, OidcRefreshToken) == 2
+        # the used refresh token is still there: presenting it again still revokes the family
+        r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token",
+                                                   "refresh_token": tok["refresh_token"]}, headers=WIKI_AUTH)
+        assert r.status_code == 400
+        r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token",
+                                                   "refresh_token": new["refresh_token"]}, headers=WIKI_AUTH)
+        assert r.status_code == 400  # revoked by the replay
+    finally:
+        hub.clock = real
+    # 3 days later: the revoked family (kept a day) and the retired key (2-day overlap) go
+    later = real() + timedelta(days=3)
+    hub.clock = lambda: later
+    try:
+        counts = hub.oidc.purge()
+        assert counts["refresh_tokens"] == 2 and _count(hub, OidcRefreshToken) == 0
+        assert counts["keys"] == 1
+        with hub.db() as db:
+            kids = [k.kid for k in db.query(OidcKey).filter(OidcKey.workspace_id == ws.id)]
+        assert kids == [new_kid]  # the current key stays
+    finally:
+        hub.clock = real
+    from sqlalchemy import select
+
+    from idp.audit import AuditEvent
+
+    with hub.db() as db:
+        assert "oidc.purge" in set(db.scalars(select(AuditEvent.type)))
+
+
+def test_purge_of_expired_one_time_values(hub):
+    from datetime import UTC, datetime, timedelta
+
+    hub.stores.one_time.add("oidc-jti:a", "1", 60)
+    assert hub.oidc.purge()["one_time_values"] == 0
+    from oidc.purge import purge
+
+    counts = purge(hub.db, datetime.now(UTC) + timedelta(minutes=5), hub.stores.one_time)
+    assert counts["one_time_values"] == 1
+
+
+def test_opportunistic_purge_from_the_token_endpoint(browser, api, hub):
+    from datetime import timedelta
+
+    from oidc.models import OidcAccessToken
+
+    code, verifier = code_flow(browser)
+    assert redeem(api, code, verifier).status_code == 200  # a user's access token: recorded
+    runs = []
+    hub.oidc.purge_runner = lambda fn: (runs.append(1), fn())
+    real = hub.clock
+    later = real() + timedelta(hours=1)
+    hub.clock = lambda: later
+    try:
+        # not due yet: nothing runs
+        assert api.post("/w/acme/oauth2/token", data={"grant_type": "client_credentials"},
+                        headers=WIKI_AUTH).status_code == 200
+        assert runs == [] and _count(hub, OidcAccessToken) == 1
+        hub.oidc._next_purge = 0  # the interval has passed
+        assert api.post("/w/acme/oauth2/token", data={"grant_type": "client_credentials"},
+                        headers=WIKI_AUTH).status_code == 200
+        assert runs == [1]
+        assert _count(hub, OidcAccessToken) == 0  # the user's token had expired "later"
+        # and not again at the next request
+        api.post("/w/acme/oauth2/token", data={"grant_type": "client_credentials"}, headers=WIKI_AUTH)
+        assert runs == [1]
+    finally:
+        hub.clock = real
+
+
+def test_purge_cli(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    env = {**os.environ, "IDHUB_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db", "IDHUB_SECRET_KEY": "k" * 48,
+           "IDHUB_OUTBOX_DIR": str(tmp_path / "outbox"), "IDHUB_LOG_LEVEL": "WARNING"}
+    idhub = str(Path(sys.executable).parent / "idhub")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(oidc_config()))
+    for args in (["db", "upgrade"], ["apply", str(tmp_path / "c.yaml")]):
+        r = subprocess.run([idhub, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    r = subprocess.run([idhub, "oidc", "purge"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "codes: 0" in r.stdout and "refresh tokens: 0" in r.stdout and "one time values: 0" in r.stdout
+
+
+def test_a_changed_client_secret_stops_working_at_once(api, hub):
+    """No per-process cache of clients: a secret rotated (admin API, config file) is refused on the next request."""
+    from sqlalchemy import update
+
+    from oidc.config import secret_hash
+    from oidc.models import OidcClient
+
+    assert api.post("/w/acme/oauth2/token", data={"grant_type": "client_credentials"},
+                    headers=WIKI_AUTH).status_code == 200
+    new = "new-" + "n" * 40
+    with hub.db() as db:
+        db.execute(update(OidcClient).where(OidcClient.client_id == "wiki").values(secret_hash=secret_hash(new)))
+        db.commit()
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "client_credentials"}, headers=WIKI_AUTH)
+    assert r.status_code == 401 and r.get_json()["error"] == "invalid_client"
+    assert api.post("/w/acme/oauth2/token", data={"grant_type": "client_credentials"},
+                    headers=basic("wiki", new)).status_code == 200
+
+
+def test_refresh_reads_the_workspace_policies_fresh(browser, api, hub):
+    """The token endpoint remembers a workspace's identity for a few seconds, never its policies."""
+    from sqlalchemy import update
+
+    from idp.models import Workspace
+
+    code, verifier = code_flow(browser)
+    tok = redeem(api, code, verifier).get_json()
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+                 headers=WIKI_AUTH)
+    assert r.status_code == 200  # the workspace is now cached by the token endpoint
+    ws = _ws(hub, "acme")
+    with hub.db() as db:
+        db.execute(update(Workspace).where(Workspace.id == ws.id).values(
+            policies={**(ws.policies or {}), "require_mfa": True}))
+        db.commit()
+    r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token",
+                                               "refresh_token": r.get_json()["refresh_token"]}, headers=WIKI_AUTH)
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"  # a password-only grant

@@ -53,3 +53,30 @@ def test_parallel_refresh_postgres(pg_app):
     results = race(pg_app, 8, lambda c: c.post("/w/acme/oauth2/token", headers=WIKI_AUTH,
                                                data={"grant_type": "refresh_token", "refresh_token": rt}))
     assert results.count(200) <= 1 and results.count(400) >= 7, results
+
+
+def test_parallel_refresh_revokes_the_family_postgres(pg_app):
+    """Rotation marks the old token used in the same transaction that records the new tokens: of parallel uses
+    exactly one is issued tokens, and the others (replays) revoke the family — the winner's new token too."""
+    code, verifier = code_flow(Browser(pg_app))
+    rt = redeem(pg_app.test_client(), code, verifier).get_json()["refresh_token"]
+    bodies, barrier = [], threading.Barrier(6)
+
+    def worker():
+        client = pg_app.test_client()
+        barrier.wait()
+        r = client.post("/w/acme/oauth2/token", headers=WIKI_AUTH,
+                        data={"grant_type": "refresh_token", "refresh_token": rt})
+        bodies.append((r.status_code, r.get_json()))
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    won = [b for s, b in bodies if s == 200]
+    assert len(won) <= 1 and all(b["error"] == "invalid_grant" for s, b in bodies if s != 200), bodies
+    for b in won:
+        r = pg_app.test_client().post("/w/acme/oauth2/token", headers=WIKI_AUTH,
+                                      data={"grant_type": "refresh_token", "refresh_token": b["refresh_token"]})
+        assert r.status_code == 400

@@ -27,6 +27,7 @@ from tests.interop.oidc_support import (
     WIKI_SECRET,
     hidden_fields,
     live_oidc_hub,
+    oidc_config,
     resume_target,
 )
 
@@ -56,9 +57,23 @@ def run_rp(node: str, phase: str, args: dict) -> dict:
     return out
 
 
+ES_CB = "http://127.0.0.1:8083/callback"
+ES_SECRET = "es-" + "e" * 40
+
+
+def es_config() -> dict:
+    """The usual apps plus one registered with ``id_token_signed_response_alg: ES256``."""
+    cfg = oidc_config()
+    cfg["workspaces"][0]["apps"].append(
+        {"slug": "es", "name": "ES256 app", "protocol": "oidc", "client_id": "es", "client_secret": ES_SECRET,
+         "redirect_uris": [ES_CB], "post_logout_redirect_uris": [WIKI_HOME],
+         "id_token_signed_response_alg": "ES256", "grant_types": ["authorization_code", "refresh_token"]})
+    return cfg
+
+
 @pytest.fixture
 def live():
-    with live_oidc_hub() as hub:
+    with live_oidc_hub(es_config()) as hub:
         yield hub
 
 
@@ -115,3 +130,33 @@ def test_openid_client_interop(live):
     assert r.status_code == 302 and r.headers["Location"] == WIKI_HOME + "?state=bye"
     r = browser.get(live.url("/w/acme/settings/security"), allow_redirects=False, timeout=10)
     assert r.status_code == 302 and "/login" in r.headers["Location"]
+
+
+def test_openid_client_es256_client(live):
+    """A client registered with ES256: openid-client (configured to require ES256 ID tokens) validates the
+    ID token against the EC key of the JWKS — and the same client configured for RS256 refuses it."""
+    node = node_peer()
+    issuer = live.url("/w/acme")
+    args = {"issuer": issuer, "client_id": "es", "client_secret": ES_SECRET, "redirect_uri": ES_CB,
+            "post_logout_redirect_uri": WIKI_HOME, "id_token_alg": "ES256"}
+    started = run_rp(node, "start", args)
+    assert "ES256" in started["server"]["id_token_signing_alg_values_supported"]
+    browser = requests.Session()
+    callback = sign_in(browser, started["url"], live.base_url)
+    assert callback.startswith(ES_CB + "?")
+    out = run_rp(node, "finish", {**args, **{k: started[k] for k in ("state", "nonce", "verifier")},
+                                   "callback": callback})
+    assert out["id_token_header"]["alg"] == "ES256"
+    jwks = requests.get(live.url("/w/acme/oauth2/jwks"), timeout=10).json()["keys"]
+    ec = [k for k in jwks if k["kid"] == out["id_token_header"]["kid"]]
+    assert ec and ec[0]["kty"] == "EC" and ec[0]["crv"] == "P-256"
+    assert out["claims"]["aud"] == "es" and out["claims"]["nonce"] == started["nonce"]
+    assert out["refreshed"]["rotated"] is True and out["refreshed"]["claims"]["sub"] == out["claims"]["sub"]
+    # negative control: the peer really checks the algorithm (expecting RS256, it refuses the ES256 ID token)
+    args_rs = {**args, "id_token_alg": "RS256"}
+    started = run_rp(node, "start", args_rs)
+    callback = sign_in(browser, started["url"], live.base_url)
+    res = subprocess.run([node, "rp.mjs", "finish", json.dumps({**args_rs, **{k: started[k] for k in (
+        "state", "nonce", "verifier")}, "callback": callback})], cwd=NODE_DIR, capture_output=True, text=True,
+        timeout=60)
+    assert res.returncode != 0 and "alg" in res.stdout, res.stdout

@@ -9,7 +9,12 @@ const [, , phase, raw] = process.argv
 const args = JSON.parse(raw)
 
 async function configure() {
-  return client.discovery(new URL(args.issuer), args.client_id, args.client_secret, undefined, {
+  // id_token_alg (optional): the client's registered id_token_signed_response_alg, which openid-client then
+  // requires of every ID token (an ES256 client refuses an RS256 ID token and vice versa)
+  const metadata = args.id_token_alg
+    ? { client_secret: args.client_secret, id_token_signed_response_alg: args.id_token_alg }
+    : args.client_secret
+  return client.discovery(new URL(args.issuer), args.client_id, metadata, undefined, {
     execute: [client.allowInsecureRequests], // the LiveHub serves plain http on 127.0.0.1
   })
 }
@@ -42,6 +47,7 @@ async function finish() {
   })
   const claims = tokens.claims()
   out.claims = claims
+  out.id_token_header = JSON.parse(Buffer.from(tokens.id_token.split('.')[0], 'base64url').toString())
   out.token_type = tokens.token_type
   out.userinfo = await client.fetchUserInfo(config, tokens.access_token, claims.sub)
   const refreshed = await client.refreshTokenGrant(config, tokens.refresh_token)
