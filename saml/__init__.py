@@ -16,4 +16,5 @@ def install(hub):
     svc = SamlIdp(hub)
     hub.saml = svc
     hub.app_policy_lookups.append(app_policy_lookup(hub))
+    hub.sessions.end_listeners.append(svc.slo.session_ended)
     return svc

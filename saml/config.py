@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from cryptography import x509
 from sqlalchemy import select
 
+from idp.models import utcnow
 from saml.models import SamlServiceProvider
-from saml.xml import BINDING_POST, BINDING_REDIRECT, MAX_METADATA, NS, XmlError, cert_pem, parse, pem_body, text_of
+from saml.xml import (
+    BINDING_POST,
+    BINDING_REDIRECT,
+    BINDING_SOAP,
+    MAX_METADATA,
+    NS,
+    XmlError,
+    cert_pem,
+    parse,
+    pem_body,
+    text_of,
+)
 
 NAMEID_EMAIL = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
 NAMEID_PERSISTENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"
@@ -18,9 +34,14 @@ NAMEID_TRANSIENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:transient"
 NAMEID_UNSPECIFIED = "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"
 NAMEID_FORMATS = (NAMEID_EMAIL, NAMEID_PERSISTENT, NAMEID_TRANSIENT, NAMEID_UNSPECIFIED)
 USER_FIELDS = ("email", "name", "groups", "id", "given_name", "family_name", "display_name")
+SLO_BINDINGS = {"redirect": BINDING_REDIRECT, "post": BINDING_POST}
 DEFAULT_ATTRIBUTES = {"email": "email", "name": "name", "groups": "groups"}
 # Characters that could break out of a CSP source expression or an HTML attribute are refused in ACS URLs.
 _URL_BAD = re.compile(r"[\s;,'\"<>\\]")
+
+
+# Bumped by every apply in this process; SamlIdp's short-lived SP cache drops older entries at once.
+GENERATION = [0]
 
 
 class SamlConfigError(ValueError):
@@ -75,26 +96,37 @@ def parse_sp_metadata(xml: bytes | str) -> dict:
                     "default": el.get("isDefault") == "true"})
     if not acs:
         raise SamlConfigError("metadata: no HTTP-POST AssertionConsumerService")
-    cert = None
+    cert = enc_cert = None
     for kd in sp.findall("md:KeyDescriptor", NS):
-        if kd.get("use") in (None, "signing"):
-            el = kd.find("ds:KeyInfo/ds:X509Data/ds:X509Certificate", NS)
-            if el is not None:
-                cert = check_cert(text_of(el), "metadata certificate")
+        el = kd.find("ds:KeyInfo/ds:X509Data/ds:X509Certificate", NS)
+        if el is None:
+            continue
+        if kd.get("use") in (None, "signing") and cert is None:
+            cert = check_cert(text_of(el), "metadata certificate")
+        if kd.get("use") in (None, "encryption") and enc_cert is None:
+            enc_cert = check_cert(text_of(el), "metadata encryption certificate")
+    slo = slo_binding = None
+    for wanted in (BINDING_REDIRECT, BINDING_POST):  # our logout messages use HTTP-Redirect, else HTTP-POST
+        for el in sp.findall("md:SingleLogoutService", NS):
+            if el.get("Binding") == wanted:
+                slo, slo_binding = check_url(el.get("Location"), "SingleLogoutService"), wanted
                 break
-    slo = None
+        if slo:
+            break
+    soap = None
     for el in sp.findall("md:SingleLogoutService", NS):
-        if el.get("Binding") == BINDING_REDIRECT:  # our LogoutResponses use HTTP-Redirect
-            slo = check_url(el.get("Location"), "SingleLogoutService")
+        if el.get("Binding") == BINDING_SOAP:  # back-channel logout of sessions ended without their browser
+            soap = check_url(el.get("Location"), "SingleLogoutService")
             break
     formats = [text_of(el) for el in sp.findall("md:NameIDFormat", NS)]
-    return {"entity_id": entity_id, "acs": acs, "certificate": cert, "slo_url": slo,
+    return {"entity_id": entity_id, "acs": acs, "certificate": cert, "slo_url": slo, "slo_binding": slo_binding,
+            "slo_soap_url": soap, "encryption_certificate": enc_cert,
             "want_assertions_signed": sp.get("WantAssertionsSigned") == "true",
             "authn_requests_signed": sp.get("AuthnRequestsSigned") == "true",
             "nameid_formats": [f for f in formats if f in NAMEID_FORMATS]}
 
 
-def _sp_settings(app: dict, base_dir: Path | None) -> dict:
+def _sp_settings(app: dict, base_dir: Path | None, fresh: bool = False) -> dict:
     meta = app.get("metadata_xml")
     if not meta and app.get("metadata_file"):
         path = Path(app["metadata_file"])
@@ -103,6 +135,8 @@ def _sp_settings(app: dict, base_dir: Path | None) -> dict:
         if path.stat().st_size > MAX_METADATA:
             raise SamlConfigError("metadata_file: too large")
         meta = path.read_bytes()
+    if not meta and app.get("metadata_url"):
+        meta = fetch_metadata(app["metadata_url"], reuse_for=0.0 if fresh else 60.0)
     if meta:
         out = parse_sp_metadata(meta)
     else:
@@ -113,7 +147,20 @@ def _sp_settings(app: dict, base_dir: Path | None) -> dict:
                "acs": [{"url": check_url(u, "acs_url"), "index": i, "default": i == 0} for i, u in enumerate(urls)],
                "certificate": check_cert(app["certificate"], "certificate") if app.get("certificate") else None,
                "slo_url": check_url(app["slo_url"], "slo_url") if app.get("slo_url") else None,
+               "slo_binding": BINDING_REDIRECT if app.get("slo_url") else None, "slo_soap_url": None,
+               "encryption_certificate": None,
                "want_assertions_signed": True, "authn_requests_signed": False, "nameid_formats": []}
+    if app.get("slo_binding") is not None:
+        if app["slo_binding"] not in SLO_BINDINGS:
+            raise SamlConfigError("slo_binding must be redirect or post")
+        if out["slo_url"]:
+            out["slo_binding"] = SLO_BINDINGS[app["slo_binding"]]
+    if app.get("encryption_certificate"):
+        out["encryption_certificate"] = check_cert(app["encryption_certificate"], "encryption_certificate")
+    elif out["encryption_certificate"] is None and not meta and out["certificate"]:
+        out["encryption_certificate"] = out["certificate"]
+    if app.get("encrypt_assertions") and not out["encryption_certificate"]:
+        raise SamlConfigError("encrypt_assertions needs the SP's encryption certificate")
     if len(out["entity_id"]) > 1024:
         raise SamlConfigError("entityID too long")
     return out
@@ -123,7 +170,8 @@ def apply_saml_apps(db, workspace, apps: list[dict], base_dir: Path | None = Non
     """Upsert the workspace's SAML service providers by entity ID. Apps removed from the file are left alone.
 
     ``apps`` are validated entries (``idp.configfile._apps``); OIDC apps in the list are skipped. A bad entry
-    raises ``SamlConfigError`` (a ``ValueError``) naming the app. ``metadata_url`` is not fetched (yet)."""
+    raises ``SamlConfigError`` (a ``ValueError``) naming the app. A ``metadata_url`` is fetched now (see
+    ``fetch_metadata``) and again by ``refresh_metadata``."""
     for app in apps:
         if app.get("protocol") != "saml":
             continue
@@ -151,6 +199,10 @@ def apply_saml_apps(db, workspace, apps: list[dict], base_dir: Path | None = Non
         row.name = app.get("name") or ""
         row.acs = s["acs"]
         row.slo_url = s["slo_url"]
+        row.slo_binding = s["slo_binding"]
+        row.slo_soap_url = s["slo_soap_url"]
+        row.encryption_certificate = s["encryption_certificate"]
+        row.encrypt_assertions = bool(app.get("encrypt_assertions"))
         row.certificate = s["certificate"]
         row.nameid_format = fmt
         row.attributes = dict(attrs)
@@ -159,7 +211,108 @@ def apply_saml_apps(db, workspace, apps: list[dict], base_dir: Path | None = Non
         row.require_signed_requests = require_signed
         row.require_mfa = bool(app.get("require_mfa"))
         row.idp_initiated = bool(app.get("idp_initiated"))
+        from_url = bool(app.get("metadata_url")) and not (app.get("metadata_xml") or app.get("metadata_file"))
+        row.metadata_url = app["metadata_url"] if from_url else None
+        row.metadata_fetched_at = utcnow() if from_url else None
+        row.app_settings = dict(app) if from_url else None
     db.flush()
+    GENERATION[0] += 1
+
+
+# ---- metadata_url --------------------------------------------------------------------------------------
+FETCH_TIMEOUT = 10.0  # seconds for the whole fetch
+REFRESH_AFTER = 24 * 3600  # seconds
+_fetched: dict[str, tuple[float, bytes]] = {}  # url -> (monotonic time, body): validate + apply fetch once
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise SamlConfigError(f"metadata_url: redirected (HTTP {code}); give the final URL")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def fetch_metadata(url: str, *, timeout: float = FETCH_TIMEOUT, limit: int = MAX_METADATA,
+                   reuse_for: float = 60.0) -> bytes:
+    """An SP's metadata from ``url``: https, or http to a loopback address only; no redirects; at most ``limit``
+    bytes within ``timeout`` seconds in all. The body is then parsed by the hardened parser like any metadata."""
+    check_url(url, "metadata_url")
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not (parts.scheme == "http" and _loopback(parts.hostname or "")):
+        raise SamlConfigError("metadata_url: must be https (plain http only to a loopback address)")
+    hit = _fetched.get(url)
+    if hit is not None and time.monotonic() - hit[0] < reuse_for:
+        return hit[1]
+    deadline = time.monotonic() + timeout
+    opener = urllib.request.build_opener(_NoRedirect)
+    req = urllib.request.Request(url, headers={  # noqa: S310 (https or loopback http, checked above)
+        "Accept": "application/samlmetadata+xml, application/xml", "User-Agent": "idhub-saml-metadata"})
+    chunks, size = [], 0
+    try:
+        with opener.open(req, timeout=timeout) as resp:  # noqa: S310 (scheme checked above)
+            if resp.status != 200:
+                raise SamlConfigError(f"metadata_url: HTTP {resp.status}")
+            declared = resp.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > limit:
+                raise SamlConfigError("metadata_url: the metadata is too large")
+            while True:
+                if time.monotonic() > deadline:
+                    raise SamlConfigError("metadata_url: took too long")
+                chunk = resp.read(65536)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise SamlConfigError("metadata_url: the metadata is too large")
+                chunks.append(chunk)
+    except SamlConfigError:
+        raise
+    except urllib.error.HTTPError as exc:
+        raise SamlConfigError(f"metadata_url: HTTP {exc.code}") from None
+    except (OSError, ValueError) as exc:  # connection refused, timeouts, TLS errors, bad status lines
+        raise SamlConfigError(f"metadata_url: could not be fetched ({type(exc).__name__})") from None
+    body = b"".join(chunks)
+    if len(_fetched) > 256:
+        _fetched.clear()
+    _fetched[url] = (time.monotonic(), body)
+    return body
+
+
+def refresh_metadata(db, workspace, *, max_age: float = REFRESH_AFTER, audit=None) -> list[str]:
+    """Fetch again the metadata of the workspace's SPs registered by ``metadata_url`` whose copy is older than
+    ``max_age`` seconds, re-apply their settings and commit. An SP whose fetch or metadata fails keeps its
+    current settings (and is named, with ``audit``, in the audit log). The entity IDs refreshed."""
+    now = utcnow()
+    done, events = [], []
+    rows = db.scalars(select(SamlServiceProvider).where(SamlServiceProvider.workspace_id == workspace.id,
+                                                        SamlServiceProvider.metadata_url.is_not(None))).all()
+    for row in rows:
+        fetched = row.metadata_fetched_at
+        if fetched is not None and (now - fetched).total_seconds() < max_age:
+            continue
+        app = dict(row.app_settings or {"slug": row.slug, "name": row.name, "protocol": "saml"})
+        app["metadata_url"] = row.metadata_url
+        try:
+            entity = _sp_settings(app, None, fresh=True)["entity_id"]
+            if entity != row.entity_id:
+                raise SamlConfigError("metadata_url: the metadata now names another entityID")
+            apply_saml_apps(db, workspace, [app])
+        except (SamlConfigError, OSError) as exc:
+            events.append(("saml.metadata.refresh_failed", {"sp": row.entity_id, "error": str(exc)[:200]}))
+            continue
+        events.append(("saml.metadata.refreshed", {"sp": row.entity_id}))
+        done.append(row.entity_id)
+    db.commit()  # before the audit log's own transaction (SQLite has one writer)
+    for type_, data in events if audit is not None else ():
+        audit.record(type_, workspace_id=workspace.id, data=data)
+    return done
 
 
 def find_sp(db, workspace_id: str, entity_id: str | None) -> SamlServiceProvider | None:
@@ -173,11 +326,7 @@ def app_policy_lookup(hub):
     """For ``hub.app_policy_lookups``: the per-app policy overrides of a SAML SP (by slug or entity ID)."""
 
     def lookup(ws, app: str):
-        with hub.db() as db:
-            row = db.scalar(select(SamlServiceProvider).where(SamlServiceProvider.workspace_id == ws.id,
-                                                              SamlServiceProvider.slug == app))
-            if row is None:
-                row = find_sp(db, ws.id, app)
+        row = hub.saml.sp_for_app(ws.id, app)
         if row is None:
             return None
         return {"require_mfa": True} if row.require_mfa else {}
@@ -200,8 +349,6 @@ def saml_app_errors(app: dict, base_dir: Path | None = None) -> list[str]:
     attrs = app.get("attributes")
     if attrs is not None and (not isinstance(attrs, dict) or any(v not in USER_FIELDS for v in attrs.values())):
         errors.append(f"attributes: a mapping of SAML attribute names to {', '.join(USER_FIELDS)}")
-    if app.get("metadata_url") and not (app.get("metadata_xml") or app.get("metadata_file")):
-        errors.append("metadata_url is not supported yet: use metadata_xml or metadata_file")
     if bool(app.get("require_signed_requests", s["authn_requests_signed"])) and not s["certificate"]:
         errors.append("signed requests are required but the SP has no certificate")
     return errors

@@ -6,17 +6,17 @@ import base64
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
 from lxml import etree
 from sqlalchemy import select
 
 from idp.models import Group, GroupMember, User
 from saml.config import (
+    GENERATION,
     NAMEID_EMAIL,
     NAMEID_FORMATS,
     NAMEID_PERSISTENT,
@@ -26,14 +26,14 @@ from saml.config import (
 )
 from saml.keys import SamlKeys, verify_redirect_signature
 from saml.models import SamlServiceProvider
+from saml.slo import SingleLogout, record_participant
 from saml.xml import (
     BINDING_POST,
     BINDING_REDIRECT,
     NS,
-    RSA_SHA256,
     XmlError,
     b64decode,
-    deflate,
+    encrypt_assertion,
     inflate,
     parse,
     pem_body,
@@ -44,6 +44,7 @@ from saml.xml import (
 )
 
 RESPONSE_TTL = timedelta(minutes=5)
+SP_CACHE_TTL = 5.0  # seconds: an SP changed by ``idhub apply`` in another process is seen within this time
 MAX_RELAY_STATE = 80  # bytes (SAML bindings §3.4.3 / §3.5.3)
 SAMLP = "{" + NS["samlp"] + "}"
 SAML = "{" + NS["saml"] + "}"
@@ -128,6 +129,9 @@ class SamlIdp:
         self.keys = SamlKeys(hub, SecretBox(hub.settings.secret_key, "saml-keys"))
         self._persistent_key = derive_key(hub.settings.secret_key, "saml-persistent-nameid").encode()
         self._session_key = derive_key(hub.settings.secret_key, "saml-session-index").encode()
+        self.slo = SingleLogout(self)
+        self._sp_cache: dict = {}
+        self._recorded: dict = {}  # (session id, SP id) -> NameID already recorded as a participant
 
     # ---- addresses ------------------------------------------------------------------------------
     def entity_id(self, ws) -> str:
@@ -144,7 +148,7 @@ class SamlIdp:
 
     # ---- metadata -------------------------------------------------------------------------------
     def metadata(self, ws) -> bytes:
-        key_pem, cert = self.keys.get(ws)
+        key_pem, cert = self.keys.signing(ws)
         root = etree.Element(MD + "EntityDescriptor", nsmap={"md": NS["md"], "ds": NS["ds"]})
         root.set("ID", new_id())
         root.set("entityID", self.entity_id(ws))
@@ -152,10 +156,12 @@ class SamlIdp:
         idp = etree.SubElement(root, MD + "IDPSSODescriptor")
         idp.set("protocolSupportEnumeration", NS["samlp"])
         idp.set("WantAuthnRequestsSigned", "false")
-        kd = etree.SubElement(idp, MD + "KeyDescriptor", use="signing")
-        ki = etree.SubElement(kd, DS + "KeyInfo")
-        etree.SubElement(etree.SubElement(ki, DS + "X509Data"), DS + "X509Certificate").text = pem_body(cert)
-        etree.SubElement(idp, MD + "SingleLogoutService", Binding=BINDING_REDIRECT, Location=self.slo_url(ws))
+        for published in self.keys.published(ws):  # two during a key rollover
+            kd = etree.SubElement(idp, MD + "KeyDescriptor", use="signing")
+            ki = etree.SubElement(kd, DS + "KeyInfo")
+            etree.SubElement(etree.SubElement(ki, DS + "X509Data"), DS + "X509Certificate").text = pem_body(published)
+        for binding in (BINDING_REDIRECT, BINDING_POST):
+            etree.SubElement(idp, MD + "SingleLogoutService", Binding=binding, Location=self.slo_url(ws))
         for fmt in NAMEID_FORMATS:
             etree.SubElement(idp, MD + "NameIDFormat").text = fmt
         for binding in (BINDING_REDIRECT, BINDING_POST):
@@ -184,8 +190,7 @@ class SamlIdp:
             issuer = text_of(root.find("saml:Issuer", NS))
         except XmlError:
             issuer = ""
-        with self.hub.db() as db:
-            sp = find_sp(db, ws.id, issuer)
+        sp = self.sp_by_entity(ws.id, issuer)
         if sp is None:
             raise SamlRequestError("The app that sent this request is not registered in this workspace.")
         # The signature, before anything in the request is trusted (our ACS choice included).
@@ -221,71 +226,19 @@ class SamlIdp:
             pending.nameid_format = fmt
         return sp, pending
 
-    # ---- Single Logout (HTTP-Redirect) ------------------------------------------------------------
-    def parse_logout_request(self, ws, *, saml_request: str | None, relay_state: str | None, raw_query: bytes,
-                             sig_alg: str | None, signature: str | None):
-        """A LogoutRequest from a registered SP: it must be signed (else any site could sign users out), and the
-        answer goes only to the SP's registered SingleLogoutService. Returns (sp, request ID)."""
-        if not saml_request:
-            raise SamlRequestError("The request has no SAMLRequest.")
-        if relay_state is not None and len(relay_state.encode("utf-8", "surrogatepass")) > MAX_RELAY_STATE:
-            raise SamlRequestError("The RelayState is longer than 80 bytes.")
-        try:
-            root = parse(inflate(b64decode(saml_request)))
-            issuer = text_of(root.find("saml:Issuer", NS))
-        except XmlError as exc:
-            raise SamlRequestError(f"The SAML request could not be read ({exc}).") from None
-        if root.tag != SAMLP + "LogoutRequest" or root.get("Version") != "2.0":
-            raise SamlRequestError("The message is not a SAML 2.0 LogoutRequest.")
-        with self.hub.db() as db:
-            sp = find_sp(db, ws.id, issuer)
-        if sp is None:
-            raise SamlRequestError("The app that sent this request is not registered in this workspace.")
-        if not sp.certificate or not sp.slo_url:
-            raise SamlRequestError("Single logout is not set up for this app.")
-        if signature is None:
-            raise SamlRequestError("Logout requests must be signed, and this one is not signed.")
-        self._check_redirect_signature(sp, raw_query, sig_alg, signature)
-        if not valid_id(root.get("ID")):
-            raise SamlRequestError("The request has no valid ID.")
-        destination = root.get("Destination")
-        if destination is not None and destination != self.slo_url(ws):
-            raise SamlRequestError("The request was meant for another identity provider.")
-        return sp, root.get("ID")
-
-    def logout_response_url(self, ws, sp, request_id: str, relay_state: str | None) -> str:
-        """The signed HTTP-Redirect LogoutResponse to the SP's registered SingleLogoutService."""
-        resp = etree.Element(SAMLP + "LogoutResponse", nsmap={"samlp": NS["samlp"], "saml": NS["saml"]})
-        resp.set("ID", new_id())
-        resp.set("Version", "2.0")
-        resp.set("IssueInstant", _now_str(self.hub.clock()))
-        resp.set("Destination", sp.slo_url)
-        resp.set("InResponseTo", request_id)
-        etree.SubElement(resp, SAML + "Issuer").text = self.entity_id(ws)
-        etree.SubElement(etree.SubElement(resp, SAMLP + "Status"), SAMLP + "StatusCode", Value=STATUS_SUCCESS)
-        msg = base64.b64encode(deflate(etree.tostring(resp))).decode()
-        query = "SAMLResponse=" + quote(msg, safe="")
-        if relay_state is not None:
-            query += "&RelayState=" + quote(relay_state, safe="")
-        query += "&SigAlg=" + quote(RSA_SHA256, safe="")
-        key_pem, _cert = self.keys.get(ws)
-        key = serialization.load_pem_private_key(key_pem, password=None)
-        sig = key.sign(query.encode(), padding.PKCS1v15(), hashes.SHA256())
-        query += "&Signature=" + quote(base64.b64encode(sig).decode(), safe="")
-        return sp.slo_url + ("&" if "?" in sp.slo_url else "?") + query
-
-    def _check_redirect_signature(self, sp, raw_query: bytes, sig_alg, signature) -> bool:
+    def _check_redirect_signature(self, sp, raw_query: bytes, sig_alg, signature,
+                                  field: bytes = b"SAMLRequest") -> bool:
         if not sp.certificate:
             raise SamlRequestError("The request is signed, but the app has no certificate registered.")
         # The signed octets are the query parameters exactly as sent, in this order (bindings §3.4.4.1).
         parts = {}
         for item in raw_query.split(b"&"):
             k, _, v = item.partition(b"=")
-            if k in (b"SAMLRequest", b"RelayState", b"SigAlg"):
+            if k in (field, b"RelayState", b"SigAlg"):
                 if k in parts:
                     raise SamlRequestError("A parameter of the request is repeated.")
                 parts[k] = v
-        signed = b"&".join(k + b"=" + parts[k] for k in (b"SAMLRequest", b"RelayState", b"SigAlg") if k in parts)
+        signed = b"&".join(k + b"=" + parts[k] for k in (field, b"RelayState", b"SigAlg") if k in parts)
         try:
             sig = base64.b64decode(signature.encode("ascii"), validate=True)
         except (ValueError, UnicodeEncodeError):
@@ -309,14 +262,45 @@ class SamlIdp:
                 if str(acs["index"]) == index:
                     return i
             raise SamlRequestError("The request asks for a response address that is not registered for this app.")
-        for i, acs in enumerate(sp.acs):
-            if acs.get("default"):
-                return i
-        return 0
+        return default_acs(sp)
+
+    # ---- service providers, cached briefly per process ------------------------------------------------
+    def _cached(self, key, load):
+        """An SP row (detached) from the cache, or loaded. Entries live SP_CACHE_TTL seconds, and no longer than
+        the next ``apply`` in this process; misses are not cached (a newly registered app works at once)."""
+        now = time.monotonic()
+        hit = self._sp_cache.get(key)
+        if hit is not None and hit[0] > now and hit[1] == GENERATION[0]:
+            return hit[2]
+        with self.hub.db() as db:
+            row = load(db)
+        if row is not None:
+            if len(self._sp_cache) > 4096:
+                self._sp_cache.clear()
+            self._sp_cache[key] = (now + SP_CACHE_TTL, GENERATION[0], row)
+        return row
+
+    def launchable(self, ws) -> list[SamlServiceProvider]:
+        """The workspace's apps that may be opened from idhub (IdP-initiated SSO), by name."""
+        with self.hub.db() as db:
+            return list(db.scalars(select(SamlServiceProvider).where(
+                SamlServiceProvider.workspace_id == ws.id, SamlServiceProvider.idp_initiated.is_(True),
+                SamlServiceProvider.slug != "").order_by(SamlServiceProvider.name, SamlServiceProvider.slug)))
 
     def sp(self, sp_id: str) -> SamlServiceProvider | None:
-        with self.hub.db() as db:
-            return db.get(SamlServiceProvider, sp_id)
+        return self._cached(("id", sp_id), lambda db: db.get(SamlServiceProvider, sp_id))
+
+    def sp_by_entity(self, ws_id: str, entity_id: str | None) -> SamlServiceProvider | None:
+        if not entity_id or not isinstance(entity_id, str) or len(entity_id) > 1024:
+            return None
+        return self._cached(("entity", ws_id, entity_id), lambda db: find_sp(db, ws_id, entity_id))
+
+    def sp_for_app(self, ws_id: str, app: str) -> SamlServiceProvider | None:
+        """By slug, else by entity ID (the per-app policy look-up)."""
+        if not app or len(app) > 1024:
+            return None
+        return self._cached(("app", ws_id, app), lambda db: db.scalar(select(SamlServiceProvider).where(
+            SamlServiceProvider.workspace_id == ws_id, SamlServiceProvider.slug == app)) or find_sp(db, ws_id, app))
 
     # ---- Response -------------------------------------------------------------------------------
     def _response_root(self, ws, sp, pending: Pending, status: tuple[str, ...]):
@@ -345,7 +329,7 @@ class SamlIdp:
         resp, issuer = self._response_root(ws, sp, pending, status)
         if message:
             etree.SubElement(resp.find("samlp:Status", NS), SAMLP + "StatusMessage").text = message[:200]
-        key_pem, cert = self.keys.get(ws)
+        key_pem, cert = self.keys.signing(ws)
         sign(resp, key_pem, cert, after=issuer)
         self.audit("saml.sso.error", ws, sp=sp.entity_id, status=list(status))
         return self._out(resp, sp, pending)
@@ -381,8 +365,9 @@ class SamlIdp:
                                 NotOnOrAfter=_now_str(now + RESPONSE_TTL))
         etree.SubElement(etree.SubElement(cond, SAML + "AudienceRestriction"), SAML + "Audience").text = sp.entity_id
         authn_time = session.auth_time or session.created_at
+        session_index = self.session_index(session.id, sp.entity_id)
         stmt = etree.SubElement(a, SAML + "AuthnStatement", AuthnInstant=_now_str(authn_time),
-                                SessionIndex=self.session_index(session.id, sp.entity_id))
+                                SessionIndex=session_index)
         if session.expires_at is not None:
             stmt.set("SessionNotOnOrAfter", _now_str(session.expires_at))
         ctx = etree.SubElement(stmt, SAML + "AuthnContext")
@@ -405,12 +390,23 @@ class SamlIdp:
                     av.text = v
             if not len(ast):
                 a.remove(ast)
-        key_pem, cert = self.keys.get(ws)
+        key_pem, cert = self.keys.signing(ws)
         if sp.sign_assertion or not sp.sign_response:
             sign(a, key_pem, cert, after=a_issuer)
+        if sp.encrypt_assertions and sp.encryption_certificate:
+            encrypt_assertion(a, sp.encryption_certificate)
         if sp.sign_response:
             sign(resp, key_pem, cert, after=resp_issuer)
-        self.audit("saml.sso", ws, actor_id=user.id, sp=sp.entity_id, nameid_format=fmt)
+        if self._recorded.get((session.id, sp.id)) != name_id.text:
+            with self.hub.db() as db:
+                record_participant(db, workspace_id=ws.id, session_id=session.id, sp_id=sp.id,
+                                   name_id=name_id.text, nameid_format=fmt, session_index=session_index)
+            if len(self._recorded) > 65536:
+                self._recorded.clear()
+            self._recorded[(session.id, sp.id)] = name_id.text
+        self.audit("saml.sso", ws, actor_id=user.id, sp=sp.entity_id, nameid_format=fmt,
+                   encrypted=bool(sp.encrypt_assertions and sp.encryption_certificate),
+                   unsolicited=not pending.request_id)
         return self._out(resp, sp, pending)
 
     def name_id(self, user, sp, fmt: str) -> str:
@@ -427,6 +423,14 @@ class SamlIdp:
         """Names the session to the SP without revealing (a hash of) the session cookie."""
         return "_s" + hmac.new(self._session_key, f"{session_id}|{sp_entity}".encode(),
                                hashlib.sha256).hexdigest()[:40]
+
+
+def default_acs(sp) -> int:
+    """The index (in ``sp.acs``) of the SP's default ACS: the one marked default, else the first."""
+    for i, acs in enumerate(sp.acs):
+        if acs.get("default"):
+            return i
+    return 0
 
 
 def authn_context(amr) -> str:

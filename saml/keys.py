@@ -3,7 +3,9 @@ key sealed at rest with SecretBox("saml-keys")."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -14,18 +16,32 @@ from sqlalchemy.exc import IntegrityError
 from saml.models import SamlKey
 
 CERT_LIFETIME = timedelta(days=3650)
+CACHE_TTL = 30.0  # seconds
+MIN_PUBLISH = timedelta(hours=1)  # a staged key is in the metadata at least this long before it signs
+ROLLOVER_RETIRE = timedelta(days=7)  # after the switch, the old certificate stays published this long
+
+
+@dataclass
+class KeyState:
+    current: tuple[bytes, str]  # (private key PEM, certificate PEM)
+    next: tuple[bytes, str] | None
+    next_active_at: datetime | None
+    loaded: float  # time.monotonic() of the read
 
 
 class SamlKeys:
+    """The workspace's signing keys. Read from the database at most every ``CACHE_TTL`` seconds per process, so a
+    key staged by another process (``python -m saml.rollover``) is published and used without a restart."""
+
     def __init__(self, hub, box):
         self.hub = hub
         self.box = box
-        self._cache: dict[str, tuple[bytes, str]] = {}
+        self._cache: dict[str, KeyState] = {}
 
-    def get(self, ws) -> tuple[bytes, str]:
-        """(private key PEM, certificate PEM) of the workspace, created on first use."""
-        if ws.id in self._cache:
-            return self._cache[ws.id]
+    def state(self, ws) -> KeyState:
+        st = self._cache.get(ws.id)
+        if st is not None and time.monotonic() - st.loaded < CACHE_TTL:
+            return st
         with self.hub.db() as db:
             row = db.get(SamlKey, ws.id)
             if row is None:
@@ -36,9 +52,56 @@ class SamlKeys:
                 except IntegrityError:  # another worker made it first: use theirs
                     db.rollback()
                 row = db.get(SamlKey, ws.id)
-            pair = (self.box.decrypt(row.private_enc).encode(), row.certificate)
-        self._cache[ws.id] = pair
-        return pair
+            if row.next_certificate and row.next_active_at and \
+                    self.hub.clock() >= row.next_active_at + ROLLOVER_RETIRE:
+                # the rollover is over: the next key becomes the only one, the old one leaves the metadata
+                row.certificate, row.private_enc = row.next_certificate, row.next_private_enc
+                row.next_certificate = row.next_private_enc = row.next_active_at = None
+                db.commit()
+            st = KeyState(current=(self.box.decrypt(row.private_enc).encode(), row.certificate),
+                          next=(self.box.decrypt(row.next_private_enc).encode(), row.next_certificate)
+                          if row.next_certificate else None,
+                          next_active_at=row.next_active_at, loaded=time.monotonic())
+        self._cache[ws.id] = st
+        return st
+
+    def get(self, ws) -> tuple[bytes, str]:
+        """(private key PEM, certificate PEM) of the workspace's current key, created on first use."""
+        return self.state(ws).current
+
+    def signing(self, ws) -> tuple[bytes, str]:
+        """The (private key PEM, certificate PEM) that signs now: the staged key once its time has come."""
+        st = self.state(ws)
+        if st.next is not None and st.next_active_at is not None and self.hub.clock() >= st.next_active_at:
+            return st.next
+        return st.current
+
+    def published(self, ws) -> list[str]:
+        """The signing certificates for the metadata: the current one and, during a rollover, the next."""
+        st = self.state(ws)
+        certs = [st.current[1]]
+        if st.next is not None:
+            certs.append(st.next[1])
+        return certs
+
+    def stage_next(self, ws, active_at: datetime) -> str:
+        """Stage a new key: published at once, signing from ``active_at`` (at least ``MIN_PUBLISH`` away, so SPs
+        can fetch the metadata first). Replaces a staged key that has not started signing. Its certificate."""
+        now = self.hub.clock()
+        if active_at < now + MIN_PUBLISH:
+            raise ValueError(f"the new key must be published at least {MIN_PUBLISH} before it signs")
+        self.state(ws)  # the current key exists
+        with self.hub.db() as db:
+            row = db.get(SamlKey, ws.id, with_for_update=True)
+            if row.next_active_at is not None and row.next_active_at <= now:
+                raise ValueError("a rollover is already under way (the next key signs already)")
+            cert, key_pem = self._generate(ws)
+            row.next_certificate, row.next_private_enc = cert, self.box.encrypt(key_pem)
+            row.next_active_at = active_at
+            db.commit()
+        self._cache.pop(ws.id, None)
+        self.hub.audit.record("saml.key.staged", workspace_id=ws.id, data={"active_at": active_at.isoformat()})
+        return cert
 
     def certificate(self, ws) -> str:
         return self.get(ws)[1]

@@ -20,6 +20,11 @@ class SamlKey(Base):
     certificate: Mapped[str] = mapped_column(Text)
     private_enc: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Key rollover: the staged next key is published in metadata at once, signs from ``next_active_at`` on, and
+    # replaces the current key (which then leaves the metadata) ``ROLLOVER_RETIRE`` later.
+    next_certificate: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_private_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_active_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class SamlServiceProvider(Base):
@@ -43,5 +48,33 @@ class SamlServiceProvider(Base):
     require_signed_requests: Mapped[bool] = mapped_column(Boolean, default=False)
     require_mfa: Mapped[bool] = mapped_column(Boolean, default=False)
     idp_initiated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # How our LogoutRequests and LogoutResponses reach the SP's SingleLogoutService (HTTP-Redirect or HTTP-POST).
+    slo_binding: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # The SP's SOAP SingleLogoutService: back-channel LogoutRequests for sessions ended without their browser.
+    slo_soap_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    # The SP's encryption certificate (metadata ``use="encryption"`` or config) and whether assertions are encrypted.
+    encryption_certificate: Mapped[str | None] = mapped_column(Text, nullable=True)
+    encrypt_assertions: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Registered by ``metadata_url``: where the metadata comes from, when it was last fetched, and the config
+    # entry it was applied with (so that a refresh applies the same options to the new metadata).
+    metadata_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    metadata_fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    app_settings: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class SamlSessionParticipant(Base):
+    """An SP that received an assertion in an idhub session (by the session's stored id, never the cookie): the
+    NameID and SessionIndex it was given, so that Single Logout can name the session to it."""
+
+    __tablename__ = "saml_session_participants"
+    __table_args__ = (UniqueConstraint("session_id", "sp_id", name="uq_saml_participant_session_sp"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    sp_id: Mapped[str] = mapped_column(ForeignKey("saml_service_providers.id", ondelete="CASCADE"))
+    name_id: Mapped[str] = mapped_column(Text)
+    nameid_format: Mapped[str] = mapped_column(String(200))
+    session_index: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlencode
 
-from flask import Blueprint, make_response, redirect, render_template, request
+from flask import Blueprint, flash, make_response, redirect, render_template, request
+from flask import session as flask_session
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from idp.web.common import (
+    check_csrf,
     current_client,
     delete_cookie,
     error_page,
     hub,
     load_session,
     load_workspace,
+    login_required,
     new_error_id,
     session_cookie,
 )
@@ -24,11 +28,14 @@ from saml.idp import (
     Outgoing,
     Pending,
     SamlRequestError,
+    default_acs,
 )
+from saml.slo import SamlMessage, SloError
 from saml.xml import BINDING_POST, BINDING_REDIRECT
 
 bp = Blueprint("saml", __name__)
 log = logging.getLogger("idhub.saml")
+SIGNED_OUT = "You have signed out."
 RESUME_MAX_AGE = 1800  # a sign-in started by an AuthnRequest has 30 minutes to finish
 
 
@@ -37,6 +44,7 @@ def _install(state):
     from saml import install
 
     install(state.app.extensions["idhub"])
+    state.app.extensions.setdefault("idhub.signout_hooks", []).append(signout_hook)
 
 
 def service():
@@ -49,10 +57,10 @@ def _serializer() -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(derive_key(hub().settings.secret_key, "saml-resume"), salt="idhub.saml-resume")
 
 
-def _refused(message: str):
+def _refused(message: str, title: str = "Sign-in request refused"):
     error_id = new_error_id()
     log.warning("saml request refused", extra={"error_id": error_id, "reason": message})
-    return error_page(400, "Sign-in request refused", message + " Nothing was sent to the app.", error_id)
+    return error_page(400, title, message + " Nothing was sent to the app.", error_id)
 
 
 @bp.route("/w/<ws_slug>/saml/metadata")
@@ -86,27 +94,70 @@ def sso(ws_slug):
     return _continue(ws, sp, pending)
 
 
-@bp.route("/w/<ws_slug>/saml/slo")
+@bp.route("/w/<ws_slug>/saml/slo", methods=["GET", "POST"])
 def slo(ws_slug):
-    """SP-initiated Single Logout, HTTP-Redirect binding: ends this browser's session in the workspace."""
+    """Single Logout, HTTP-Redirect (GET) or HTTP-POST: an SP's signed LogoutRequest ends the idhub session it
+    names (the other apps of that session are signed out in turn, then the SP gets our LogoutResponse), or an
+    SP's LogoutResponse moves a logout chain on to the next app."""
     ws = load_workspace(ws_slug)
-    args = request.args
-    if any(len(args.getlist(k)) > 1 for k in ("SAMLRequest", "RelayState", "SigAlg", "Signature")):
-        return _refused("A parameter of the request is repeated.")
+    src = request.form if request.method == "POST" else request.args
+    binding = BINDING_POST if request.method == "POST" else BINDING_REDIRECT
+    keys = ("SAMLRequest", "SAMLResponse", "RelayState", "SigAlg", "Signature")
+    if any(len(src.getlist(k)) > 1 for k in keys):
+        return _refused("A parameter of the request is repeated.", "Sign-out request refused")
+    params = {k: src.get(k) for k in keys}
+    if binding == BINDING_POST:
+        params["SigAlg"] = params["Signature"] = None
     svc = service()
-    try:
-        sp, request_id = svc.parse_logout_request(
-            ws, saml_request=args.get("SAMLRequest"), relay_state=args.get("RelayState"),
-            raw_query=request.query_string, sig_alg=args.get("SigAlg"), signature=args.get("Signature"))
-    except SamlRequestError as exc:
-        return _refused(exc.message)
     sess = load_session(ws)
-    resp = redirect(svc.logout_response_url(ws, sp, request_id, args.get("RelayState")))
-    if sess is not None:
-        hub().sign_out(ws, sess, current_client())
+    try:
+        incoming = svc.slo.read(ws, binding=binding, params=params, raw_query=request.query_string)
+        if incoming.kind == "LogoutResponse":
+            return _send_logout(ws, svc.slo.response_received(ws, incoming))
+        sessions = svc.slo.sessions_named(ws, incoming, sess.id if sess else None)
+    except SloError as exc:
+        return _refused(exc.message, "Sign-out request refused")
+    sp = incoming.sp
+    handle = svc.slo.plan(ws, sessions, skip_sp=sp.id,
+                          final={"sp": sp.id, "id": incoming.root.get("ID"), "r": incoming.relay_state})
+    ends_browser = sess is not None and sess.id in sessions
+    for sid in sessions:
+        if ends_browser and sid == sess.id:
+            hub().sign_out(ws, sess, current_client())
+        else:
+            hub().sessions.end(sid, "saml_slo")
+    svc.audit("saml.slo", ws, actor_id=sess.user_id if ends_browser else None, sp=sp.entity_id,
+              sessions=len(sessions))
+    resp = _send_logout(ws, svc.slo.next_step(ws, handle))
+    if ends_browser:
         delete_cookie(resp, session_cookie(ws.slug))
-    svc.audit("saml.slo", ws, actor_id=sess.user_id if sess else None, sp=sp.entity_id)
     return resp
+
+
+@bp.route("/w/<ws_slug>/saml/logout")
+def logout_chain(ws_slug):
+    """Front-channel logout after the user signed out of idhub: the next app's LogoutRequest (a redirect, or a
+    form that posts itself, with a Continue button when JavaScript is off), and finally the sign-in page."""
+    ws = load_workspace(ws_slug)
+    return _send_logout(ws, service().slo.next_step(ws, request.args.get("h", "")))
+
+
+def signout_hook(ws, sess):
+    """For ``app.extensions["idhub.signout_hooks"]``: before an interactive sign-out ends ``sess``, plan the
+    LogoutRequests to its SAML apps; where the browser goes next (None: nothing to do)."""
+    handle = service().slo.plan(ws, [sess.id])
+    return f"/w/{ws.slug}/saml/logout?" + urlencode({"h": handle}) if handle else None
+
+
+def _send_logout(ws, msg: SamlMessage | None):
+    if msg is None:
+        if ("status", SIGNED_OUT) not in flask_session.get("_flashes", []):
+            flash(SIGNED_OUT, "status")  # shown by a "Signing out" page on the way; said again at the end
+        return redirect(f"/w/{ws.slug}/login")
+    if msg.binding == BINDING_REDIRECT:
+        return redirect(msg.redirect_url)
+    return _form_page(ws, msg.url, msg.field, msg.value, msg.relay_state, "Signing out",
+                      "Your browser will now sign you out of the app. If it does not, press Continue.")
 
 
 @bp.route("/w/<ws_slug>/saml/resume")
@@ -127,9 +178,37 @@ def resume(ws_slug):
     return _continue(ws, sp, pending)
 
 
-def _login_redirect(ws, sp, pending: Pending, force: bool):
-    from urllib.parse import urlencode
+@bp.route("/w/<ws_slug>/apps")
+@login_required
+def apps(ws, sess):
+    """The app launcher: the SAML apps this workspace lets users open from idhub (``idp_initiated``) and that
+    the policies let this user open now (an app that needs a second factor says so)."""
+    client = current_client()
+    listed = []
+    for sp in service().launchable(ws):
+        app = sp.slug or sp.entity_id
+        decision = hub().decide(ws, client, user_id=sess.user_id, methods=sess.amr, app=app,
+                                app_policies=hub().app_policies(ws, app))
+        if decision.effect != "deny":
+            listed.append({"slug": sp.slug, "name": sp.name or sp.slug, "step_up": decision.effect != "allow"})
+    return render_template("apps.html", ws=ws, apps=listed)
 
+
+@bp.route("/w/<ws_slug>/apps/<slug>/launch", methods=["POST"])
+@login_required
+def launch(ws, sess, slug):
+    """IdP-initiated SSO: an unsolicited Response to the app's default ACS, after the policy engine."""
+    check_csrf()
+    svc = service()
+    sp = svc.sp_for_app(ws.id, slug[:63])
+    if sp is None or not sp.idp_initiated or sp.slug != slug:
+        return _refused("This app cannot be opened from idhub.", "App not available")
+    pending = Pending(sp_id=sp.id, acs_index=default_acs(sp), issued=hub().clock().timestamp())
+    svc.audit("saml.sso.idp_initiated", ws, actor_id=sess.user_id, sp=sp.entity_id)
+    return _continue(ws, sp, pending)
+
+
+def _login_redirect(ws, sp, pending: Pending, force: bool):
     token = _serializer().dumps({"w": ws.id, "p": pending.dump()})
     params = {"next": f"/w/{ws.slug}/saml/resume?" + urlencode({"r": token}), "app": sp.slug or ""}
     if force:
@@ -138,6 +217,11 @@ def _login_redirect(ws, sp, pending: Pending, force: bool):
 
 
 def _continue(ws, sp, pending: Pending):
+    with hub().audit.deferred():  # the policy decision and the SSO event: one audit transaction
+        return _continue_step(ws, sp, pending)
+
+
+def _continue_step(ws, sp, pending: Pending):
     svc = service()
     sess = load_session(ws)
     stale = sess is not None and pending.force and (sess.auth_time or sess.created_at).timestamp() < pending.issued
@@ -150,6 +234,8 @@ def _continue(ws, sp, pending: Pending):
                             app_policies=hub().app_policies(ws, app))
     if decision.effect == "deny":
         svc.audit("saml.sso.denied", ws, actor_id=sess.user_id, sp=sp.entity_id, rule=decision.rule)
+        if not pending.request_id:  # unsolicited (app launcher): nobody at the app is waiting for an answer
+            return render_template("denied.html", ws=ws, reason=decision.reason), 403
         return _post_page(ws, svc.error_response(ws, sp, pending, (STATUS_RESPONDER, STATUS_REQUEST_DENIED),
                                                  "Access is not allowed by the workspace's policies."))
     if decision.effect in ("mfa", "enroll"):
@@ -160,11 +246,16 @@ def _continue(ws, sp, pending: Pending):
 
 
 def _post_page(ws, out: Outgoing):
-    """The auto-submitting form to the ACS (our registered URL only); the CSP allows exactly that form target."""
+    return _form_page(ws, out.acs_url, "SAMLResponse", out.saml_response, out.relay_state, "Signed in",
+                      "Your browser will continue to the app. If it does not, press Continue.")
+
+
+def _form_page(ws, url: str, field: str, value: str, relay_state: str | None, heading: str, message: str):
+    """The auto-submitting form to an SP (our registered URL only); the CSP allows exactly that form target."""
     from idp.app import CSP
 
-    resp = make_response(render_template("saml_post.html", ws=ws, acs_url=out.acs_url,
-                                         saml_response=out.saml_response, relay_state=out.relay_state))
-    resp.headers["Content-Security-Policy"] = CSP.replace("form-action 'self'", f"form-action 'self' {out.acs_url}")
+    resp = make_response(render_template("saml_post.html", ws=ws, acs_url=url, field=field, saml_response=value,
+                                         relay_state=relay_state, heading=heading, message=message))
+    resp.headers["Content-Security-Policy"] = CSP.replace("form-action 'self'", f"form-action 'self' {url}")
     resp.headers["Cache-Control"] = "no-store"
     return resp

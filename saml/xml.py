@@ -20,6 +20,8 @@ NS = {
 }
 BINDING_REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
 BINDING_POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
+BINDING_SOAP = "urn:oasis:names:tc:SAML:2.0:bindings:SOAP"
+SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 
 MAX_MESSAGE = 64 * 1024  # decoded XML of an AuthnRequest or LogoutRequest
 MAX_METADATA = 512 * 1024
@@ -135,10 +137,10 @@ def cert_pem(b64: str) -> str:
 
 
 # ---- signatures -------------------------------------------------------------------------------------
-def sign(el: etree._Element, key_pem: bytes, cert: str, after=None) -> None:
+def sign(el: etree._Element, key_pem: bytes, cert: str, after=None, ds_prefix: str = "ds") -> None:
     """An enveloped signature of ``el`` (which has an ``ID``): exclusive c14n, RSA-SHA256, SHA-256 digest,
     inserted after ``after`` (the Issuer) as the schema requires."""
-    sig = xmlsec.template.create(el, xmlsec.Transform.EXCL_C14N, xmlsec.Transform.RSA_SHA256, ns="ds")
+    sig = xmlsec.template.create(el, xmlsec.Transform.EXCL_C14N, xmlsec.Transform.RSA_SHA256, ns=ds_prefix)
     if after is not None:
         after.addnext(sig)
     else:
@@ -190,3 +192,33 @@ def verify(el: etree._Element, cert: str) -> bool:
     except xmlsec.Error:
         return False
     return True
+
+
+# ---- encryption -------------------------------------------------------------------------------------
+XENC = "http://www.w3.org/2001/04/xmlenc#"
+AES256_GCM = "http://www.w3.org/2009/xmlenc11#aes256-gcm"
+RSA_OAEP = "http://www.w3.org/2001/04/xmlenc#rsa-oaep-mgf1p"
+
+
+def encrypt_assertion(assertion: etree._Element, cert_pem_text: str) -> etree._Element:
+    """Replace a (signed) ``saml:Assertion`` in its tree by an ``saml:EncryptedAssertion``: the content encrypted
+    with a fresh AES-256-GCM key, that key transported with RSA-OAEP to the SP's encryption certificate."""
+    saml_ns = "{urn:oasis:names:tc:SAML:2.0:assertion}"
+    # Serialised on its own, the assertion carries the namespace declarations it inherits (saml:, ds:), so the
+    # SP can parse it once decrypted; the exclusive-c14n signature inside is unaffected.
+    plain = etree.tostring(assertion)
+    wrapper = etree.Element(saml_ns + "EncryptedAssertion")
+    assertion.addprevious(wrapper)
+    assertion.getparent().remove(assertion)
+    enc_data = xmlsec.template.encrypted_data_create(wrapper, xmlsec.Transform.AES256_GCM,
+                                                     type=xmlsec.EncryptionType.ELEMENT, ns="xenc")
+    xmlsec.template.encrypted_data_ensure_cipher_value(enc_data)
+    key_info = xmlsec.template.encrypted_data_ensure_key_info(enc_data, ns="ds")
+    enc_key = xmlsec.template.add_encrypted_key(key_info, xmlsec.Transform.RSA_OAEP)
+    xmlsec.template.encrypted_data_ensure_cipher_value(enc_key)
+    manager = xmlsec.KeysManager()
+    manager.add_key(xmlsec.Key.from_memory(cert_pem_text.encode(), xmlsec.KeyFormat.CERT_PEM))
+    ctx = xmlsec.EncryptionContext(manager)
+    ctx.key = xmlsec.Key.generate(xmlsec.KeyData.AES, 256, xmlsec.KeyDataType.SESSION)
+    wrapper.append(enc_data)
+    return ctx.encrypt_binary(enc_data, plain)

@@ -9,29 +9,27 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
+import xmlsec
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from lxml import etree
+from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
+from saml2.client import Saml2Client
+from saml2.config import SPConfig
+from saml2.metadata import entity_descriptor
+from saml2.response import StatusRequestDenied
+from saml2.saml import NAMEID_FORMAT_EMAILADDRESS, NAMEID_FORMAT_PERSISTENT
+from saml2.sigver import SignatureError
+from sqlalchemy import update
 
-pytest.importorskip("saml2")
-import xmlsec  # noqa: E402
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
-from lxml import etree  # noqa: E402
-from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT  # noqa: E402
-from saml2.client import Saml2Client  # noqa: E402
-from saml2.config import SPConfig  # noqa: E402
-from saml2.metadata import entity_descriptor  # noqa: E402
-from saml2.response import StatusRequestDenied  # noqa: E402
-from saml2.saml import NAMEID_FORMAT_EMAILADDRESS, NAMEID_FORMAT_PERSISTENT  # noqa: E402
-from saml2.sigver import SignatureError  # noqa: E402
-from sqlalchemy import update  # noqa: E402
-
-from idp.accounts import workspace_by_slug  # noqa: E402
-from idp.models import Workspace  # noqa: E402
-from saml.config import apply_saml_apps  # noqa: E402
-from saml.models import SamlKey  # noqa: E402
-from saml.xml import deflate  # noqa: E402
-from tests.conftest import ALICE, ALICE_PW, CSRF_RE, FLOW_RE, Browser, make_app, make_settings  # noqa: E402
+from idp.accounts import workspace_by_slug
+from idp.models import Workspace
+from saml.config import apply_saml_apps
+from saml.models import SamlKey
+from saml.xml import deflate
+from tests.conftest import ALICE, ALICE_PW, CSRF_RE, FLOW_RE, Browser, make_app, make_settings
 
 RSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
 SHA256 = "http://www.w3.org/2001/04/xmlenc#sha256"
@@ -61,10 +59,12 @@ def _keypair(tmp_path, cn: str):
 
 
 def sp_client(tmp_path, idp_metadata: str | None, *, signed: bool = False, cn: str = "sp",
-              nameid=NAMEID_FORMAT_EMAILADDRESS, want_response_signed: bool = False) -> Saml2Client:
+              nameid=NAMEID_FORMAT_EMAILADDRESS, want_response_signed: bool = False, entity: str = SP_ENTITY,
+              acs: str = ACS, slo: str = SP_SLO, slo_binding: str = BINDING_HTTP_REDIRECT, encrypt: bool = False,
+              allow_unsolicited: bool = False) -> Saml2Client:
     keyfile, certfile = _keypair(tmp_path, cn)
     conf = {
-        "entityid": SP_ENTITY,
+        "entityid": entity,
         "key_file": keyfile,
         "cert_file": certfile,
         "xmlsec_binary": "/usr/bin/xmlsec1",
@@ -72,17 +72,20 @@ def sp_client(tmp_path, idp_metadata: str | None, *, signed: bool = False, cn: s
         "service": {"sp": {
             "signing_algorithm": RSA_SHA256,
             "digest_algorithm": SHA256,
-            "endpoints": {"assertion_consumer_service": [(ACS, BINDING_HTTP_POST)],
-                          "single_logout_service": [(SP_SLO, BINDING_HTTP_REDIRECT)]},
+            "endpoints": {"assertion_consumer_service": [(acs, BINDING_HTTP_POST)],
+                          "single_logout_service": [(slo, slo_binding)]},
             "authn_requests_signed": signed,
             "want_assertions_signed": True,
             "want_response_signed": want_response_signed,
-            "allow_unsolicited": False,
+            "allow_unsolicited": allow_unsolicited,
             "name_id_format": nameid,
         }},
     }
     if idp_metadata is not None:
         conf["metadata"] = {"inline": [idp_metadata]}
+    if encrypt:
+        ekey, ecert = _keypair(tmp_path, cn + "-enc")
+        conf["encryption_keypairs"] = [{"key_file": ekey, "cert_file": ecert}]
     cfg = SPConfig()
     cfg.load(conf)
     return Saml2Client(config=cfg)

@@ -178,5 +178,6 @@ def test_saml_app_errors_for_the_config_validator():
     assert saml_app_errors({**good, "attributes": {"email": "password_hash"}})
     assert saml_app_errors({"slug": "p", "protocol": "saml", "entity_id": "https://sp.test"})  # no acs_url
     assert saml_app_errors({**good, "metadata_xml": "<x"})
-    assert saml_app_errors({"slug": "p", "protocol": "saml", "metadata_url": "https://sp.test/md"})
+    # plain http off the loopback is refused before any fetch (tests/integration/test_saml_metadata_url.py)
+    assert "must be https" in saml_app_errors({"slug": "p", "protocol": "saml", "metadata_url": "http://sp.test/md"})[0]
     assert saml_app_errors({"slug": "o", "protocol": "oidc"}) == []

@@ -1,0 +1,104 @@
+"""Operator commands of the SAML IdP: stage the next signing key (key and certificate rollover), and refresh the
+metadata of SPs registered by ``metadata_url``.
+
+    python -m saml.rollover stage --workspace acme --at 2026-12-15T00:00:00Z
+    python -m saml.rollover status --workspace acme
+    python -m saml.rollover refresh-metadata --workspace acme [--max-age 86400]
+
+The new certificate is published in the workspace's metadata at once (two signing certificates), signs from
+``--at`` on (at least an hour away, so SPs can fetch the metadata in between), and the old certificate leaves
+the metadata a week after the switch. Uses the same environment as ``idhub`` (``IDHUB_DATABASE_URL``,
+``IDHUB_SECRET_KEY``, …). ``cli`` is a click group, ready to be attached to ``idhub`` as a sub-command.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+
+import click
+
+from saml.config import REFRESH_AFTER, refresh_metadata
+from saml.keys import ROLLOVER_RETIRE
+
+
+def _hub():
+    from config.settings import SettingsError, load_settings
+    from idp.app import build_hub
+
+    try:
+        return build_hub(load_settings())
+    except SettingsError as exc:
+        click.echo(f"idhub: configuration error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _service(slug: str):
+    from idp.accounts import workspace_by_slug
+    from saml import install
+
+    hub = _hub()
+    svc = install(hub)
+    with hub.db() as db:
+        ws = workspace_by_slug(db, slug)
+    if ws is None:
+        click.echo(f"idhub: no workspace {slug!r}", err=True)
+        sys.exit(2)
+    return hub, svc, ws
+
+
+def _fingerprint(cert_pem: str) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    return x509.load_pem_x509_certificate(cert_pem.encode()).fingerprint(hashes.SHA256()).hex(":")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli():
+    """SAML signing keys: rollover."""
+
+
+@cli.command("stage")
+@click.option("--workspace", "slug", required=True)
+@click.option("--at", "at", required=True, help="when the new key starts signing (ISO 8601, UTC if no zone)")
+def stage(slug, at):
+    try:
+        when = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"not an ISO 8601 time: {at!r}", param_hint="--at") from None
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    _hub, svc, ws = _service(slug)
+    try:
+        cert = svc.keys.stage_next(ws, when)
+    except ValueError as exc:
+        click.echo(f"idhub: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"staged: new signing certificate {_fingerprint(cert)}, published now, signing from "
+               f"{when.isoformat()}; the old one is unpublished {ROLLOVER_RETIRE.days} days after that")
+
+
+@cli.command("status")
+@click.option("--workspace", "slug", required=True)
+def status(slug):
+    _hub, svc, ws = _service(slug)
+    st = svc.keys.state(ws)
+    click.echo(f"current: {_fingerprint(st.current[1])}")
+    if st.next is not None:
+        click.echo(f"next:    {_fingerprint(st.next[1])} signs from {st.next_active_at.isoformat()}")
+
+
+@cli.command("refresh-metadata")
+@click.option("--workspace", "slug", required=True)
+@click.option("--max-age", default=REFRESH_AFTER, show_default=True, help="seconds; 0 fetches every SP again")
+def refresh(slug, max_age):
+    """Fetch again the metadata of SPs registered by metadata_url (run it daily, e.g. from cron)."""
+    hub, _svc, ws = _service(slug)
+    with hub.db() as db:
+        done = refresh_metadata(db, ws, max_age=max_age, audit=hub.audit)
+    for entity in done:
+        click.echo(f"refreshed: {entity}")
+
+
+if __name__ == "__main__":
+    cli()
