@@ -23,8 +23,9 @@ from idp.accounts import InvalidEmail, clean_email, normalise_email
 FLOW_TTL = 15 * 60
 
 TRANSITIONS: dict[str, set[str]] = {
-    "identify": {"password"},
+    "identify": {"password", "upstream"},
     "password": {"identify", "mfa", "enroll", "done"},
+    "upstream": {"identify", "mfa", "enroll", "done"},  # at an upstream IdP (federation)
     "mfa": {"identify", "done"},
     "enroll": {"identify", "backup_codes", "done"},
     "backup_codes": {"done"},
@@ -51,6 +52,7 @@ class LoginFlow:
     method: str = ""  # the method chosen at the mfa/enroll step
     app: str = ""  # the downstream app that asked for this sign-in (its policies apply), if any
     sms_sent: bool = False
+    connection: str = ""  # the upstream connection (federation) this flow signs in through, if any
 
     def move(self, state: str) -> None:
         if state not in TRANSITIONS[self.state]:

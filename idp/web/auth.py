@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, flash, g, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, g, make_response, redirect, render_template, request, url_for
 
 from idp.flow import AuthnResult, FlowError, FlowManager, LoginFlow, identify
 from idp.hub import DEVICE_MAX_AGE
@@ -74,6 +74,11 @@ def login(ws_slug):
     early = hub().decide(ws, current_client(), app=app or None, app_policies=hub().app_policies(ws, app))
     if early.effect == "deny":
         return render_template("denied.html", ws=ws, reason=early.reason), 403
+    from federation.web import route_login  # home-realm discovery: the address's domain may belong to an IdP
+
+    routed = route_login(ws, cleaned, nxt, app)
+    if routed is not None:
+        return routed
     flow = _flows().start(ws.id, browser_binding(), nxt, email=cleaned, state="password", app=app)
     return redirect(url_for("auth.password", ws_slug=ws.slug, flow=flow.id))
 
@@ -112,8 +117,12 @@ def password(ws_slug):
 
 
 def _password_step(ws, flows: FlowManager, flow: LoginFlow, client):
-    outcome = hub().check_password(ws, flow.email, _field("password"), client, flow.next,
-                                   device=request.cookies.get(device_cookie(ws.slug)))
+    from federation.web import password_step  # LDAP connections; no local password where SSO is required
+
+    outcome = password_step(ws, flow, _field("password"), client)
+    if outcome is None:
+        outcome = hub().check_password(ws, flow.email, _field("password"), client, flow.next,
+                                       device=request.cookies.get(device_cookie(ws.slug)))
     if not outcome.ok:
         SIGNINS.labels(outcome="throttled" if outcome.retry_after else "failure").inc()
         status = 429 if outcome.retry_after else 401
@@ -164,11 +173,15 @@ def logout(ws_slug):
     ws = load_workspace(ws_slug)
     sess = load_session(ws)
     check_csrf()
+    dest = url_for("auth.login", ws_slug=ws.slug)
     if sess is not None:
+        # Protocols that sign the browser out of apps (SAML front-channel logout) may send it there first.
+        for hook in current_app.extensions.get("idhub.signout_hooks", ()):
+            dest = hook(ws, sess) or dest
         hub().sign_out(ws, sess, current_client())
     rotate_csrf()
     flash("You have signed out.", "status")
-    resp = redirect(url_for("auth.login", ws_slug=ws.slug))
+    resp = redirect(dest)
     delete_cookie(resp, session_cookie(ws.slug))
     return resp
 

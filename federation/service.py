@@ -1,0 +1,243 @@
+"""Federation domain service: connections of a workspace, home-realm discovery, and turning an
+:class:`UpstreamIdentity` into an idhub account (links keyed on ``(connection, subject)``, never on email;
+just-in-time creation; linking to SCIM-provisioned users; group synchronisation). Plain Python: takes the hub
+(database, audit log, clock, settings) as an argument; knows nothing about Flask."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from federation.base import UpstreamError, UpstreamIdentity
+from federation.config import connection_settings
+from federation.models import FederationConnection, FederationLink
+from idp.accounts import InvalidEmail, clean_email, normalise_email
+from idp.models import Group, GroupMember, User
+
+log = logging.getLogger("idhub.federation")
+
+METADATA_REFRESH = timedelta(hours=24)
+METADATA_RETRY = timedelta(hours=1)
+GENERIC_FAILURE = "Sign-in through your organisation's identity provider failed. Try again, or contact your IT team."
+
+
+class _LinkRace(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    user_id: str
+    amr: tuple[str, ...]
+    created: bool = False
+    linked: str = ""  # "", "existing", "external_id", "email", "created"
+
+
+class FederationService:
+    def __init__(self, hub, http=None):
+        from federation.oidc_rp import OidcRp
+
+        self.hub = hub
+        self.rp = OidcRp(http, clock=lambda: hub.clock())
+
+    # ---- connections ------------------------------------------------------------------------------------------------
+    def connections(self, ws) -> list[dict]:
+        with self.hub.db() as db:
+            rows = db.scalars(select(FederationConnection).where(FederationConnection.workspace_id == ws.id)
+                              .order_by(FederationConnection.slug)).all()
+        return [connection_settings(r, self.hub.settings.secret_key) for r in rows]
+
+    def connection(self, ws, slug: str) -> dict | None:
+        if not slug or len(slug) > 63:
+            return None
+        with self.hub.db() as db:
+            row = db.scalar(select(FederationConnection).where(FederationConnection.workspace_id == ws.id,
+                                                               FederationConnection.slug == slug))
+            if row is None:
+                return None
+            if row.settings.get("metadata_url") and self.hub.clock() - row.updated_at > METADATA_REFRESH:
+                self._refresh_metadata(db, ws, row)
+            return connection_settings(row, self.hub.settings.secret_key)
+
+    def _refresh_metadata(self, db, ws, row: FederationConnection) -> None:
+        """Re-read a SAML connection's ``metadata_url`` (new certificates before a rollover). A failed or unusable
+        fetch keeps the metadata idhub has (fail closed on the old, pinned certificates) and is audited."""
+        from federation import saml_sp
+        from federation.config import fetch_metadata
+
+        url = row.settings["metadata_url"]
+        try:
+            xml = fetch_metadata(url)
+            meta = saml_sp.parse_idp_metadata(xml)
+        except (ValueError, UpstreamError) as exc:
+            row.updated_at = self.hub.clock() - METADATA_REFRESH + METADATA_RETRY  # try again in an hour
+            db.commit()
+            self.audit("federation.metadata.refresh_failed", ws, {"slug": row.slug}, None,
+                       reason=str(getattr(exc, "message", exc))[:200])
+            return
+        changed = xml != row.settings.get("metadata_xml")
+        if changed:
+            row.settings = {**row.settings, "metadata_xml": xml}
+        row.updated_at = self.hub.clock()
+        db.commit()
+        if changed:
+            self.audit("federation.metadata.refreshed", ws, {"slug": row.slug}, None, certificates=len(meta["certs"]))
+
+    def for_email(self, ws, email: str) -> dict | None:
+        """Home-realm discovery: the connection whose domains include the address's domain."""
+        domain = email.rpartition("@")[2].strip().lower().rstrip(".")
+        if not domain:
+            return None
+        with self.hub.db() as db:
+            rows = db.scalars(select(FederationConnection).where(FederationConnection.workspace_id == ws.id)).all()
+            for row in rows:
+                if domain in (row.domains or []):
+                    return connection_settings(row, self.hub.settings.secret_key)
+        return None
+
+    # ---- audit ----------------------------------------------------------------------------------------------
+    def audit(self, type_: str, ws, conn: dict | None, client=None, **data) -> None:
+        actor_id = data.pop("actor_id", None)
+        actor_email = data.pop("actor_email", None)
+        self.hub._event(type_, ws.id, client, actor_id=actor_id, actor_email=actor_email,
+                        data={"connection": conn["slug"] if conn else None, **data})
+
+    def failed(self, ws, conn: dict | None, err: UpstreamError, client=None, *, test: bool = False) -> None:
+        """Audit a failed upstream sign-in with the failed check (never the token or the code)."""
+        self.audit("federation.signin.failure", ws, conn, client, check=err.check, reason=err.message[:300],
+                   protocol=conn.get("protocol") if conn else None, test=test)
+        log.info("upstream sign-in failed", extra={"connection": conn["slug"] if conn else None,
+                                                   "check": err.check})
+
+    # ---- identity ---------------------------------------------------------------------------------------------------
+    def sign_in(self, ws, conn: dict, ident: UpstreamIdentity, client=None) -> SignedIn:
+        """The idhub user for an upstream identity (linking or creating it), groups synchronised; raises
+        ``UpstreamError`` (check ``deactivated``, ``not_provisioned``, ``email_conflict``, ``email``)."""
+        if not ident.subject or len(ident.subject) > 512:
+            raise UpstreamError("subject", "the identity provider sent no usable subject", "")
+        for warning in ident.warnings:
+            self.audit("federation.signin.warning", ws, conn, client, warning=warning[:300])
+        try:
+            return self._sign_in(ws, conn, ident, client)
+        except (IntegrityError, _LinkRace):  # a parallel first sign-in of the same person linked it first
+            return self._sign_in(ws, conn, ident, client)
+
+    def _sign_in(self, ws, conn: dict, ident: UpstreamIdentity, client) -> SignedIn:
+        with self.hub.db() as db:
+            link = db.scalar(select(FederationLink).where(FederationLink.connection_id == conn["id"],
+                                                          FederationLink.subject == ident.subject))
+            how = "existing"
+            user = db.get(User, link.user_id) if link else None
+            if link is None:
+                user, how = self._find_or_create(db, ws, conn, ident)
+                link = FederationLink(connection_id=conn["id"], subject=ident.subject, user_id=user.id)
+                db.add(link)
+            if user is None or user.workspace_id != ws.id:
+                raise UpstreamError("not_provisioned", "the linked account no longer exists", "")
+            if not user.active:
+                db.rollback()
+                raise UpstreamError("deactivated", "this account is deactivated in idhub",
+                                    "Reactivate the user (config file or SCIM) if they should sign in.")
+            if ident.name and not user.name:
+                user.name = ident.name[:200]
+            link.last_signin_at = self.hub.clock()
+            synced = self._sync_groups(db, ws, user, link, ident)
+            db.commit()
+            user_id, email = user.id, user.email
+        if how != "existing":
+            self.audit("federation.user." + ("created" if how == "created" else "linked"), ws, conn, client,
+                       actor_id=user_id, actor_email=email, linked_by=how)
+        if synced is not None:
+            self.audit("federation.groups.synced", ws, conn, client, actor_id=user_id, **synced)
+        return SignedIn(user_id, self.amr(conn, ident), created=how == "created", linked=how)
+
+    def _find_or_create(self, db, ws, conn: dict, ident: UpstreamIdentity):
+        user = db.scalar(select(User).where(User.workspace_id == ws.id, User.external_id == ident.subject))
+        if user is not None:
+            # never an account another connection already vouches for (the same subject string at another IdP
+            # is another person)
+            other = db.scalar(select(FederationLink.id).where(FederationLink.user_id == user.id,
+                                                              FederationLink.connection_id != conn["id"]))
+            if other is None:
+                return user, "external_id"
+        email_key = None
+        if ident.email:
+            try:
+                email_key = normalise_email(ident.email)
+            except InvalidEmail:
+                email_key = None
+        existing = db.scalar(select(User).where(User.workspace_id == ws.id, User.email_normalized == email_key)) \
+            if email_key else None
+        verified = ident.claims.get("email_verified", True) not in (False, "false")
+        if existing is not None:
+            if conn.get("link_by_email") and verified:
+                return existing, "email"
+            if db.scalar(select(FederationLink.id).where(FederationLink.connection_id == conn["id"],
+                                                         FederationLink.subject == ident.subject)):
+                raise _LinkRace()  # a parallel first sign-in created this person's account a moment ago
+            raise UpstreamError("email_conflict", "an idhub account with this email exists but is not linked to "
+                                "this connection", "Set link_by_email: true on the connection to link accounts "
+                                "with the same verified email, or provision the user over SCIM with this "
+                                "subject as externalId.")
+        if not conn.get("jit", True):
+            raise UpstreamError("not_provisioned", "no idhub account is linked to this identity and just-in-time "
+                                "creation is off", "Provision the user over SCIM, or set jit: true.")
+        if not email_key:
+            raise UpstreamError("email", "the identity provider sent no email address",
+                                "Map an attribute to email (attribute_map) or release the email claim.")
+        # external_id marks the account as managed by the IdP: no local password, no reset links (idp.hub)
+        user = User(workspace_id=ws.id, email=clean_email(ident.email), email_normalized=email_key,
+                    external_id=ident.subject[:255], name=(ident.name or "")[:200],
+                    given_name=ident.given_name[:200] or None, family_name=ident.family_name[:200] or None,
+                    role="member", active=True)
+        db.add(user)
+        db.flush()
+        return user, "created"
+
+    def _sync_groups(self, db, ws, user: User, link: FederationLink, ident: UpstreamIdentity) -> dict | None:
+        """Memberships follow the IdP for the groups it sent (created on demand); groups an earlier sign-in
+        added and the IdP no longer sends are left. Skipped when the IdP left groups out (overage)."""
+        if any(w.startswith("groups overage") and "not updated" in w for w in ident.warnings):
+            return None
+        try:
+            previous = set(json.loads(link.last_claims or "{}").get("groups", []))
+        except (ValueError, AttributeError):
+            previous = set()
+        wanted = [g[:200] for g in ident.groups if g.strip()]
+        groups = {g.name: g for g in db.scalars(select(Group).where(Group.workspace_id == ws.id))}
+        added, removed = [], []
+        for name in wanted:
+            if name not in groups:
+                groups[name] = Group(workspace_id=ws.id, name=name)
+                db.add(groups[name])
+                db.flush()
+        have = set(db.scalars(select(GroupMember.group_id).where(GroupMember.user_id == user.id)))
+        for name in wanted:
+            if groups[name].id not in have:
+                db.add(GroupMember(group_id=groups[name].id, user_id=user.id))
+                added.append(name)
+        for name in previous - set(wanted):
+            g = groups.get(name)
+            if g is not None and g.id in have:
+                db.execute(delete(GroupMember).where(GroupMember.group_id == g.id, GroupMember.user_id == user.id))
+                removed.append(name)
+        link.last_claims = json.dumps({"groups": wanted})
+        return {"added": added[:50], "removed": removed[:50]} if added or removed else None
+
+    @staticmethod
+    def amr(conn: dict, ident: UpstreamIdentity) -> tuple[str, ...]:
+        """What idhub's session records: ``fed``, ``pwd`` when the upstream says a password was used, and
+        ``upstream_mfa`` (a second factor for the policy engine, ``mfa`` for downstream apps) only when the
+        connection is trusted to do MFA (``trust_mfa``) and the IdP says it did. Upstream factor names are never
+        copied: ``sms``/``otp`` from an IdP must not pass for idhub's own second factor."""
+        methods = ["fed"]
+        if "pwd" in ident.amr:
+            methods.append("pwd")
+        if conn.get("trust_mfa") and ident.mfa:
+            methods.append("upstream_mfa")
+        return tuple(methods)

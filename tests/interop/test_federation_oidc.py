@@ -1,0 +1,292 @@
+"""Federation over OpenID Connect against a real upstream IdP: node ``oidc-provider`` shaped like Okta (custom
+authorization server issuer, group names) and like Azure AD (multi-tenant ``{tenantid}`` issuer template,
+``tid``/``oid``, groups overage). idhub runs in-process; the upstream is a real server it talks to over HTTP; the
+browser is a Flask test client for idhub and a ``requests`` session for the upstream's pages."""
+
+from __future__ import annotations
+
+import copy
+import re
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from federation.models import FederationLink
+from idp.models import Group, GroupMember, User
+from tests.conftest import BASE_CONFIG, BOB, Browser
+from tests.interop.oidc_upstream.peer import (
+    CLIENT_SECRET,
+    OTHER_TENANT,
+    TENANT,
+    Upstream,
+    audit_events,
+    azure_shape,
+    free,
+    make_fed_app,
+    navigate_target,
+    okta_shape,
+    upstream_login,
+)
+
+BASE = "http://localhost"
+
+
+def okta_connection(issuer: str, **extra) -> dict:
+    return {"slug": "okta", "name": "Okta", "protocol": "oidc", "preset": "okta", "issuer": issuer,
+            "client_id": "okta-idhub", "client_secret": CLIENT_SECRET, "domains": ["acme.test"], **extra}
+
+
+def azure_connection(issuer: str, **extra) -> dict:
+    return {"slug": "azure", "name": "Azure AD", "protocol": "oidc", "preset": "azure_ad", "issuer": issuer,
+            "client_id": "azure-idhub", "client_secret": CLIENT_SECRET, "domains": ["acme.test"], **extra}
+
+
+def config_with(*connections, policies: dict | None = None) -> dict:
+    cfg = copy.deepcopy(BASE_CONFIG)
+    cfg["workspaces"][0]["connections"] = list(connections)
+    if policies:
+        cfg["workspaces"][0]["policies"].update(policies)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def okta():
+    port = free()
+    with Upstream(okta_shape(port, [f"{BASE}/w/acme/sso/okta/callback", f"{BASE}/w/acme/sso/okta2/callback"])) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def azure():
+    port = free()
+    with Upstream(azure_shape(port, [f"{BASE}/w/acme/sso/azure/callback"])) as up:
+        yield up
+
+
+def sso_signin(app, email: str, username: str, *, mfa: bool = False, browser: Browser | None = None):
+    """Email at idhub -> the upstream's sign-in page -> back to idhub's callback; returns idhub's answer."""
+    b = browser or Browser(app)
+    r = b.form_post("/w/acme/login", "/w/acme/login", {"email": email})
+    assert r.status_code == 302 and "/sso/" in r.headers["Location"], r.get_data(as_text=True)[:500]
+    r = b.get(r.headers["Location"])
+    assert r.status_code == 200, r.get_data(as_text=True)[:800]
+    authorize = navigate_target(r.get_data(as_text=True))
+    q = parse_qs(urlsplit(authorize).query)
+    assert q["code_challenge_method"] == ["S256"] and q["state"] and q["nonce"] and q["login_hint"] == [email]
+    callback = upstream_login(requests.Session(), authorize, username, mfa=mfa)
+    return b, b.get(callback.removeprefix(BASE))
+
+
+def user(hub, email):
+    with hub.db() as db:
+        return db.scalar(select(User).where(User.email_normalized == email))
+
+
+def groups_of(hub, user_id):
+    with hub.db() as db:
+        return sorted(db.scalars(select(Group.name).join(GroupMember, GroupMember.group_id == Group.id)
+                                 .where(GroupMember.user_id == user_id)))
+
+
+# ---- Okta ------------------------------------------------------------------------------------------------------
+def test_okta_just_in_time_user_groups_session_and_audit(settings, okta):
+    app = make_fed_app(settings, config_with(okta_connection(okta.issuer)))
+    hub = app.extensions["idhub"]
+    b, r = sso_signin(app, "ada@acme.test", "ada")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/settings/security"), \
+        r.get_data(as_text=True)[:800]
+    page = b.security()
+    assert page.status_code == 200 and "ada@acme.test" in page.get_data(as_text=True)
+    ada = user(hub, "ada@acme.test")
+    assert ada.name == "Ada Lovelace" and ada.password_hash is None and ada.active
+    assert groups_of(hub, ada.id) == ["Everyone", "eng"]
+    with hub.db() as db:
+        link = db.scalar(select(FederationLink).where(FederationLink.user_id == ada.id))
+    assert link.subject == "ada"  # keyed on the IdP's sub, never the email
+    ok = audit_events(hub, "federation.signin.success")
+    assert ok and ok[-1].actor_id == ada.id and ok[-1].data["connection"] == "okta"
+    assert ok[-1].data["amr"] == ["fed", "pwd"]
+    assert audit_events(hub, "federation.user.created")
+    assert ada.external_id == "ada"  # managed by the IdP: no local password can be set through a reset link
+    Browser(app).form_post("/w/acme/password/forgot", "/w/acme/password/forgot", {"email": "ada@acme.test"})
+    reset = audit_events(hub, "password.reset.requested")[-1].data
+    assert reset["sent"] is False and reset["reason"] == "externally_managed"
+    # a second sign-in finds the link; no second account
+    _, r = sso_signin(app, "ada@acme.test", "ada")
+    assert r.status_code == 302
+    with hub.db() as db:
+        assert len(db.scalars(select(User).where(User.email_normalized == "ada@acme.test")).all()) == 1
+
+
+def test_untrusted_upstream_mfa_still_runs_idhubs_second_factor(settings, okta):
+    app = make_fed_app(settings, config_with(okta_connection(okta.issuer), policies={"require_mfa": True}))
+    _, r = sso_signin(app, "ada@acme.test", "ada", mfa=True)  # the IdP did MFA, but trust_mfa is off
+    assert r.status_code == 302 and "/login/2fa/enroll" in r.headers["Location"] or \
+        "/enroll" in r.headers["Location"], r.headers.get("Location")
+
+
+def test_trusted_upstream_mfa_satisfies_require_mfa(settings, okta):
+    app = make_fed_app(settings, config_with(okta_connection(okta.issuer, trust_mfa=True),
+                                             policies={"require_mfa": True}))
+    hub = app.extensions["idhub"]
+    _, r = sso_signin(app, "ada@acme.test", "ada", mfa=False)  # trusted, but the IdP says it did not do MFA
+    assert "/enroll" in r.headers["Location"]
+    _, r = sso_signin(app, "ada@acme.test", "ada", mfa=True)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security"), r.headers["Location"]
+    assert audit_events(hub, "federation.signin.success")[-1].data["amr"] == ["fed", "pwd", "upstream_mfa"]
+
+
+def test_existing_local_account_is_not_taken_over_by_email(settings, okta):
+    app = make_fed_app(settings, config_with(okta_connection(okta.issuer)))
+    hub = app.extensions["idhub"]
+    _, r = sso_signin(app, BOB, "bob")
+    assert r.status_code == 400 and "Error id" in r.get_data(as_text=True)
+    fail = audit_events(hub, "federation.signin.failure")[-1]
+    assert fail.data["check"] == "email_conflict"
+    # only when the connection says so, and the IdP verified the address
+    app = make_fed_app(settings, config_with(okta_connection(okta.issuer, link_by_email=True)))
+    hub = app.extensions["idhub"]
+    _, r = sso_signin(app, BOB, "bob")
+    assert r.status_code == 302
+    assert audit_events(hub, "federation.user.linked")[-1].data["linked_by"] == "email"
+
+
+def test_scim_provisioned_user_is_linked_by_external_id(settings, okta):
+    app = make_fed_app(settings, config_with(okta_connection(okta.issuer, jit=False)))
+    hub = app.extensions["idhub"]
+    _, r = sso_signin(app, "carol@acme.test", "carol")  # no account and no JIT
+    assert r.status_code == 400
+    assert audit_events(hub, "federation.signin.failure")[-1].data["check"] == "not_provisioned"
+    with hub.db() as db:
+        ws_id = db.scalar(select(User.workspace_id).where(User.email_normalized == BOB))
+        db.add(User(workspace_id=ws_id, email="c.other@acme.test", email_normalized="c.other@acme.test",
+                    external_id="carol", name="Carol (HR)"))
+        db.commit()
+    _, r = sso_signin(app, "carol@acme.test", "carol")
+    assert r.status_code == 302
+    assert audit_events(hub, "federation.user.linked")[-1].data["linked_by"] == "external_id"
+
+
+def test_deactivated_user_is_refused(settings, okta):
+    app = make_fed_app(settings, config_with(okta_connection(okta.issuer)))
+    hub = app.extensions["idhub"]
+    _, r = sso_signin(app, "ada@acme.test", "ada")
+    assert r.status_code == 302
+    with hub.db() as db:
+        db.scalar(select(User).where(User.email_normalized == "ada@acme.test")).active = False
+        db.commit()
+    _, r = sso_signin(app, "ada@acme.test", "ada")
+    assert r.status_code == 403 and "deactivated" in r.get_data(as_text=True)
+    assert audit_events(hub, "federation.signin.failure")[-1].data["check"] == "deactivated"
+
+
+def test_sso_required_refuses_local_passwords(settings, okta):
+    import hashlib
+
+    from idp.accounts import workspace_by_slug
+    from idp.flow import FlowManager
+    from tests.conftest import BOB_PW
+
+    optional = make_fed_app(settings, config_with(okta_connection(okta.issuer)))
+    r = Browser(optional).form_post("/w/acme/login", "/w/acme/login", {"email": BOB, "local": "1"})
+    assert "/login/password" in r.headers["Location"]  # break-glass local password while SSO is optional
+    app = make_fed_app(settings, config_with(okta_connection(okta.issuer, sso_required=True)))
+    hub = app.extensions["idhub"]
+    b = Browser(app)
+    r = b.form_post("/w/acme/login", "/w/acme/login", {"email": BOB, "local": "1"})
+    assert "/sso/okta/start" in r.headers["Location"]  # no escape from home-realm discovery
+    # a password step for such an address (e.g. a flow made before SSO became required) is refused
+    binding = hashlib.sha256(("flow|" + b.client.get_cookie("idhub_csrf").value).encode()).hexdigest()
+    with hub.db() as db:
+        ws = workspace_by_slug(db, "acme")
+    flow = FlowManager(hub.stores.flows).start(ws.id, binding, "", email=BOB, state="password")
+    page = b.get(f"/w/acme/login/password?flow={flow.id}")
+    r = b.post("/w/acme/login/password", {"flow": flow.id, "password": BOB_PW, "csrf_token": b.csrf()})
+    assert r.status_code == 401 and "requires single sign-on with Okta" in r.get_data(as_text=True)
+    assert page.status_code == 200
+    assert audit_events(hub, "auth.signin.failure")[-1].data["reason"] == "sso_required"
+    assert b.security().status_code == 302  # not signed in
+
+
+# ---- Azure AD --------------------------------------------------------------------------------------------------
+def azure_multi(azure, **extra) -> dict:
+    base = azure.issuer.rsplit("/", 2)[0]
+    return azure_connection(f"{base}/organizations/v2.0", allowed_tenants=[TENANT], **extra)
+
+
+def test_azure_multi_tenant_template_tid_oid_subject(settings, azure):
+    app = make_fed_app(settings, config_with(azure_multi(azure)))
+    hub = app.extensions["idhub"]
+    _, r = sso_signin(app, "ada@acme.test", "ada")
+    assert r.status_code == 302, r.get_data(as_text=True)[:500]
+    ada = user(hub, "ada@acme.test")
+    with hub.db() as db:
+        link = db.scalar(select(FederationLink).where(FederationLink.user_id == ada.id))
+    assert link.subject == f"{TENANT}:00000000-0000-0000-0000-00000000a0a0"
+    assert groups_of(hub, ada.id) == ["11111111-1111-1111-1111-111111111111"]
+
+
+def test_azure_tenant_not_allowed_is_refused(settings, azure):
+    base = azure.issuer.rsplit("/", 2)[0]
+    app = make_fed_app(settings, config_with(azure_connection(f"{base}/organizations/v2.0",
+                                                              allowed_tenants=[OTHER_TENANT])))
+    hub = app.extensions["idhub"]
+    _, r = sso_signin(app, "ada@acme.test", "ada")
+    assert r.status_code == 400
+    assert audit_events(hub, "federation.signin.failure")[-1].data["check"] in ("tenant", "issuer")
+    assert user(hub, "ada@acme.test") is None
+
+
+def test_azure_token_whose_tid_is_not_the_issuers_tenant_is_refused(settings, azure):
+    base = azure.issuer.rsplit("/", 2)[0]
+    app = make_fed_app(settings, config_with(azure_connection(f"{base}/organizations/v2.0",
+                                                              allowed_tenants=[TENANT, OTHER_TENANT])))
+    hub = app.extensions["idhub"]
+    _, r = sso_signin(app, "guest@acme.test", "guest")  # tid OTHER_TENANT, but iss names TENANT
+    assert r.status_code == 400
+    assert audit_events(hub, "federation.signin.failure")[-1].data["check"] == "issuer"
+
+
+def test_azure_groups_overage_reported_then_resolved(settings, azure):
+    app = make_fed_app(settings, config_with(azure_multi(azure)))
+    hub = app.extensions["idhub"]
+    _, r = sso_signin(app, "many@acme.test", "many")
+    assert r.status_code == 302
+    warning = audit_events(hub, "federation.signin.warning")[-1]
+    assert "groups overage" in warning.data["warning"] and "not updated" in warning.data["warning"]
+    assert groups_of(hub, user(hub, "many@acme.test").id) == []
+    base = azure.issuer.rsplit("/", 2)[0]
+    app = make_fed_app(settings, config_with(azure_multi(azure, groups_endpoint=f"{base}/v1.0/me/memberOf")))
+    hub = app.extensions["idhub"]
+    _, r = sso_signin(app, "many@acme.test", "many")
+    assert r.status_code == 302
+    assert len(groups_of(hub, user(hub, "many@acme.test").id)) == 230
+
+
+# ---- Test connection (OIDC) ---------------------------------------------------------------------------------------
+def test_test_connection_runs_a_sign_in_and_changes_nothing(settings, okta):
+    from tests.conftest import ALICE, ALICE_PW
+
+    app = make_fed_app(settings, config_with(okta_connection(okta.issuer)))
+    hub = app.extensions["idhub"]
+    b = Browser(app)
+    r = b.form_post("/w/acme/login", "/w/acme/login", {"email": ALICE, "local": "1"})  # the admin, locally
+    page = b.get(r.headers["Location"]).get_data(as_text=True)
+    r = b.post("/w/acme/login/password", {"flow": re.search(r'name="flow" value="([^"]+)"', page).group(1),
+                                          "password": ALICE_PW, "csrf_token": b.csrf(page)})
+    assert r.status_code == 302
+    page = b.get("/w/acme/sso/okta/test").get_data(as_text=True)
+    assert f"{BASE}/w/acme/sso/okta/callback" in page  # the redirect URI to register
+    r = b.form_post("/w/acme/sso/okta/test", "/w/acme/sso/okta/test", {})
+    callback = upstream_login(requests.Session(), navigate_target(r.get_data(as_text=True)), "ada", mfa=True)
+    r = b.get(callback.removeprefix(BASE))
+    body = r.get_data(as_text=True)
+    assert r.status_code == 200 and "The identity provider signed you in" in body
+    assert "ada@acme.test" in body and "Everyone" in body and "upstream_mfa" not in body  # trust_mfa is off
+    assert user(hub, "ada@acme.test") is None  # nobody created, nobody signed in as ada
+    assert audit_events(hub, "federation.test.succeeded")
+    # a callback replayed into the test page fails, naming the check
+    r = b.get(callback.removeprefix(BASE))
+    assert r.status_code == 400 and audit_events(hub, "federation.signin.failure")[-1].data["check"] == "state"
