@@ -131,6 +131,12 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
     app.register_blueprint(scim_bp)
     from saml.web import bp as saml_bp
     app.register_blueprint(saml_bp)
+    from admin import api as admin_api
+    from admin.console import bp as admin_console_bp
+    app.register_blueprint(admin_api.bp)
+    app.register_blueprint(admin_console_bp)
+    from federation.web import bp as federation_bp
+    app.register_blueprint(federation_bp)
 
     from idp.passwords import RULES
 
@@ -173,6 +179,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
+        if admin_api.is_api_path(request.path):  # the admin API answers in its own JSON error format
+            return admin_api.http_error(exc)
         titles = {400: "Bad request", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
                   413: "Request too large", 429: "Too many requests"}
         message = exc.description if exc.code in (400, 403, 404) and exc.description else {
@@ -188,11 +196,15 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
         if _is_unavailable(exc):
             log.error("store unavailable", extra={"error_id": error_id, "error": type(exc).__name__,
                                                   "detail": _first_line(exc)})
+            if admin_api.is_api_path(request.path):
+                return admin_api.unexpected_error(error_id, True)
             resp = error_page(503, "Temporarily unavailable",
                               "idhub cannot reach its database or cache right now. Nothing was changed. "
                               "Please try again in a minute.", error_id)
             return resp[0], 503, {"Retry-After": "30"}
         log.exception("unhandled error", extra={"error_id": error_id})
+        if admin_api.is_api_path(request.path):
+            return admin_api.unexpected_error(error_id, False)
         return error_page(500, "Something went wrong", "An unexpected error occurred. Nothing was changed. "
                           "If it happens again, give this error id to your IT team.", error_id)
 

@@ -215,5 +215,124 @@ def audit_prune():
         click.echo(f"{ws.slug}: pruned {n} event(s) older than {RETENTION_DAYS.get(ws.plan, 30)} days")
 
 
+@main.command("export-config")
+@click.option("--workspace", "slug", required=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="write here instead of stdout")
+def export_config(slug, output):
+    """Write a workspace back out as a config file (secrets excluded: *_env references instead)."""
+    import yaml
+
+    from admin.export import export_workspace
+    from idp.app import build_hub
+
+    hub = build_hub(_settings())
+    ws = _workspace(hub, slug)
+    with hub.db() as session:
+        doc, env = export_workspace(session, ws)
+    text = (f"# idhub export-config --workspace {slug}: secrets are not exported; before `idhub apply`, set "
+            + (", ".join(env) if env else "nothing") + "\n" + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        click.echo(text, nl=False)
+    hub.audit.record("admin.config.exported", workspace_id=ws.id, actor_email="idhub export-config")
+
+
+@main.group()
+def oidc():
+    """The OpenID Connect provider."""
+
+
+@oidc.command("purge")
+def oidc_purge():
+    """Delete expired OIDC codes and tokens, retired signing keys past their overlap, expired one-time values."""
+    from idp.app import build_hub
+    from oidc import install
+
+    counts = install(build_hub(_settings())).purge()
+    click.echo(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items()))
+
+
+@main.group()
+def admin():
+    """The admin API."""
+
+
+@admin.group("token")
+def admin_token():
+    """Admin API tokens (shown once; stored as a keyed hash)."""
+
+
+def _admin_tokens(hub):
+    from admin.tokens import TokenService
+    from idp.app import derive_key
+
+    return TokenService(hub.db, derive_key(hub.settings.secret_key, "admin-api-tokens"))
+
+
+@admin_token.command("create")
+@click.option("--workspace", "slug", default=None, help="the workspace the token may administer")
+@click.option("--operator", is_flag=True, help="a hub operator token: every workspace")
+@click.option("--expires", default="30d", show_default=True, help="lifetime: 90m, 12h, 30d, 2w (at most 400d)")
+@click.option("--name", default=None, help="shown in the audit log (default: cli-<date>)")
+def admin_token_create(slug, operator, expires, name):
+    """Create an admin API token and print it once."""
+    from admin.tokens import TokenError, parse_ttl
+    from idp.app import build_hub
+
+    if operator == bool(slug):
+        raise click.UsageError("give --workspace SLUG, or --operator for a hub operator token")
+    try:
+        ttl = parse_ttl(expires)
+    except TokenError as exc:
+        raise click.BadParameter(exc.message, param_hint="--expires") from None
+    hub = build_hub(_settings())
+    ws_id = None if operator else _workspace(hub, slug).id
+    name = name or f"cli-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    try:
+        token, row = _admin_tokens(hub).create(name, workspace_id=ws_id, operator=operator, ttl=ttl)
+    except TokenError as exc:
+        raise click.BadParameter(exc.message, param_hint=f"--{exc.field}") from None
+    hub.audit.record("admin.token.created", workspace_id=ws_id, actor_email="idhub admin token create",
+                     subject_id=row.id, data={"name": name, "operator": operator,
+                                              "expires_at": row.expires_at.isoformat()})
+    click.echo(token)
+    click.echo(f"token {row.id} ({'hub operator' if operator else slug}) expires {row.expires_at:%Y-%m-%d %H:%M} UTC;"
+               " it is shown only this once", err=True)
+
+
+@admin_token.command("list")
+@click.option("--workspace", "slug", default=None)
+def admin_token_list(slug):
+    """List admin API tokens (never their values)."""
+    from idp.app import build_hub
+
+    hub = build_hub(_settings())
+    ws_id = _workspace(hub, slug).id if slug else None
+    for t in _admin_tokens(hub).list(ws_id):
+        state = "revoked" if t.revoked_at else ("expired" if t.expires_at <= datetime.now(UTC) else "active")
+        click.echo(f"{t.id}  {t.name}  {'operator' if t.operator else t.workspace_id}  {state}  "
+                   f"expires {t.expires_at:%Y-%m-%d}")
+
+
+@admin_token.command("revoke")
+@click.argument("token_id")
+def admin_token_revoke(token_id):
+    """Revoke an admin API token by its id."""
+    from idp.app import build_hub
+
+    hub = build_hub(_settings())
+    tokens = _admin_tokens(hub)
+    row = next((t for t in tokens.list() if t.id == token_id), None)
+    if row is None or not tokens.revoke(token_id):
+        click.echo(f"idhub: no active token {token_id!r}", err=True)
+        sys.exit(2)
+    hub.audit.record("admin.token.revoked", workspace_id=row.workspace_id, actor_email="idhub admin token revoke",
+                     subject_id=token_id, data={"name": row.name})
+    click.echo(f"revoked {token_id}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -126,12 +126,14 @@ def validate_cidr(v: Validator, value, path: str) -> str | None:
 
 def _policies(v: Validator, raw, path: str, plan: str | None) -> dict:
     raw = v.mapping(raw or {}, path, {"require_mfa", "mfa_methods", "ip_allowlist", "session_idle_timeout",
-                                      "session_max_lifetime"})
+                                      "session_max_lifetime", "require_mfa_for_admins"})
     if raw is None:
         return {}
     out: dict = {}
     if "require_mfa" in raw:
         out["require_mfa"] = v.boolean(raw["require_mfa"], f"{path}.require_mfa")
+    if "require_mfa_for_admins" in raw:  # default true (policies/engine.py): admins use 2FA unless turned off
+        out["require_mfa_for_admins"] = v.boolean(raw["require_mfa_for_admins"], f"{path}.require_mfa_for_admins")
     if "mfa_methods" in raw:
         methods = v.seq(raw["mfa_methods"], f"{path}.mfa_methods")
         for i, m in enumerate(methods):
@@ -159,11 +161,53 @@ APP_KEYS = {"slug", "name", "protocol", "client_id", "client_secret", "redirect_
             "backchannel_logout_uri", "grant_types", "metadata_xml", "metadata_file", "metadata_url",
             "nameid_format", "attributes", "entity_id", "acs_url", "certificate", "scopes",
             "token_endpoint_auth_method", "require_mfa", "idp_initiated", "jwks", "jwks_uri",
-            "require_signed_requests", "sign_response", "sign_assertion", "slo_url"}
+            "require_signed_requests", "sign_response", "sign_assertion", "slo_url", "slo_binding",
+            "id_token_signed_response_alg",
+            "encrypt_assertions", "encryption_certificate", "client_secret_env"}
 CONNECTION_KEYS = {"slug", "name", "protocol", "preset", "metadata_file", "metadata_url", "metadata_xml", "domains",
                    "issuer", "client_id", "client_secret", "url", "bind_dn", "bind_password", "user_search_base",
                    "user_filter", "group_search_base", "trust_mfa", "attribute_mapping", "allowed_tenants",
-                   "start_tls", "allow_unsolicited"}
+                   "start_tls", "allow_unsolicited", "client_secret_env", "bind_password_env"}
+# federation.config adds the optional per-protocol keys it validates (certs, jit, sso_required, attribute_map, …)
+from federation.config import ALL_KEYS as _FEDERATION_KEYS  # noqa: E402
+
+CONNECTION_KEYS = CONNECTION_KEYS | _FEDERATION_KEYS
+
+
+APP_STRING_KEYS = ("slug", "name", "protocol", "client_id", "entity_id", "certificate", "encryption_certificate",
+                   "metadata_xml", "metadata_file", "metadata_url", "nameid_format", "slo_url", "slo_binding",
+                   "token_endpoint_auth_method", "backchannel_logout_uri", "jwks_uri", "id_token_signed_response_alg")
+
+
+def _strings(v: Validator, entry: dict, path: str, keys) -> bool:
+    """False (with an error each) when one of ``keys`` holds something other than a string: the entry is then not
+    looked at further, so that no later check trips over a list or a number."""
+    ok = True
+    for key in keys:
+        if entry.get(key) is not None and not isinstance(entry[key], str):
+            v.err(f"{path}.{key}", "must be a string")
+            ok = False
+    return ok
+
+
+def secrets_from_env(v: Validator, entry: dict, path: str, keys: tuple[str, ...]) -> None:
+    """``KEY_env: VARIABLE`` reads a secret from the environment (what ``idhub export-config`` writes in place of
+    secrets, so that an exported file can be committed and applied again)."""
+    import os
+
+    for key in keys:
+        name = entry.get(f"{key}_env")
+        if name is None:
+            continue
+        if entry.get(key) is not None:
+            v.err(f"{path}.{key}_env", f"give {key} or {key}_env, not both")
+        elif not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", name):
+            v.err(f"{path}.{key}_env", "must be the name of an environment variable")
+        elif os.environ.get(name) is None:
+            v.err(f"{path}.{key}_env", f"environment variable {name!r} is not set")
+        else:
+            entry[key] = os.environ[name]
+        entry.pop(f"{key}_env", None)
 
 
 def _apps(v: Validator, raw, path: str) -> list[dict]:
@@ -201,6 +245,14 @@ def _apps(v: Validator, raw, path: str) -> list[dict]:
         app = v.mapping(app, p, APP_KEYS, ("slug", "name", "protocol"))
         if app is None:
             continue
+        secrets_from_env(v, app, p, ("client_secret",))
+        if not _strings(v, app, p, APP_STRING_KEYS):
+            continue
+        acs = app.get("acs_url")
+        if acs is not None and not (isinstance(acs, str) or isinstance(acs, list) and acs
+                                    and all(isinstance(u, str) for u in acs)):
+            v.err(f"{p}.acs_url", "must be a URL or a list of URLs")
+            continue
         slug = app.get("slug")
         if isinstance(slug, str) and not SLUG_RE.match(slug):
             v.err(f"{p}.slug", "must match [a-z0-9-]+")
@@ -232,10 +284,15 @@ def _apps(v: Validator, raw, path: str) -> list[dict]:
                     v.err(p, "a private_key_jwt client needs exactly one of jwks or jwks_uri")
                 if app.get("jwks") is not None:
                     _client_jwks(app["jwks"], f"{p}.jwks")
-                if app.get("jwks_uri") is not None:
-                    v.url(app["jwks_uri"], f"{p}.jwks_uri")
+                if app.get("jwks_uri") is not None and v.url(app["jwks_uri"], f"{p}.jwks_uri"):
+                    from oidc.config import jwks_uri_problem
+
+                    if problem := jwks_uri_problem(app["jwks_uri"]):
+                        v.err(f"{p}.jwks_uri", problem)
             elif app.get("jwks") is not None or app.get("jwks_uri") is not None:
                 v.err(p, "jwks and jwks_uri are for token_endpoint_auth_method: private_key_jwt")
+            if app.get("id_token_signed_response_alg") not in (None, "RS256", "ES256"):
+                v.err(f"{p}.id_token_signed_response_alg", "must be RS256 or ES256")
             for j, sc in enumerate(v.seq(app.get("scopes"), f"{p}.scopes")):
                 if sc not in ("openid", "profile", "email", "groups", "offline_access"):
                     v.err(f"{p}.scopes[{j}]", "must be one of openid, profile, email, groups, offline_access")
@@ -254,13 +311,18 @@ def _apps(v: Validator, raw, path: str) -> list[dict]:
     return out
 
 
-def _connections(v: Validator, raw, path: str, plan: str | None) -> list[dict]:
+def _connections(v: Validator, raw, path: str, plan: str | None, base_dir: str | None = None) -> list[dict]:
+    from federation.config import check_domains, validate_connection
+
     out = []
     slugs = set()
     for i, c in enumerate(v.seq(raw, path)):
         p = f"{path}[{i}]"
         c = v.mapping(c, p, CONNECTION_KEYS, ("slug", "name", "protocol"))
         if c is None:
+            continue
+        secrets_from_env(v, c, p, ("client_secret", "bind_password"))
+        if not _strings(v, c, p, ("slug", "name", "protocol", "preset")):
             continue
         if c.get("slug") in slugs:
             v.err(f"{p}.slug", "duplicate")
@@ -276,8 +338,50 @@ def _connections(v: Validator, raw, path: str, plan: str | None) -> list[dict]:
             v.url(c["url"], f"{p}.url", schemes=("ldap", "ldaps"))
         if plan != "enterprise":
             v.err(p, "single sign-on connections need the enterprise plan")
-        out.append(c)
+        out.append(validate_connection(v, c, p, Path(base_dir) if base_dir else None))
+    check_domains(v, out, path)
     return out
+
+
+def validate_user(v: Validator, u, up: str, groups: list[str], emails: set[str]) -> dict | None:
+    """One ``users`` entry (also the admin API's user bodies): errors go to ``v`` under ``up``; ``emails``
+    collects the normalised addresses seen so far (duplicates are errors)."""
+    u = v.mapping(u, up, {"email", "name", "password", "password_hash", "groups", "role", "active"},
+                  ("email",))
+    if u is None:
+        return None
+    try:
+        if not isinstance(u.get("email"), str):
+            raise InvalidEmail("not a string")
+        email = clean_email(u.get("email") or "")
+        key = normalise_email(email)
+        if key in emails:
+            v.err(f"{up}.email", "duplicate (addresses are compared case-insensitively)")
+        emails.add(key)
+    except InvalidEmail:
+        v.err(f"{up}.email", "not a valid email address")
+        email = None
+    if u.get("name") is not None:
+        v.string(u["name"], f"{up}.name")
+    if u.get("password") is not None and u.get("password_hash") is not None:
+        v.err(up, "give password or password_hash, not both")
+    if u.get("password") is not None:
+        pw = v.string(u["password"], f"{up}.password", passwords.MAX_LENGTH)
+        if pw is not None:
+            for rule in passwords.check(pw, email=email):
+                v.err(f"{up}.password", f"breaks a password rule: {rule.text}")
+    if u.get("password_hash") is not None:
+        h = v.string(u["password_hash"], f"{up}.password_hash", 255)
+        if h is not None and not h.startswith("$argon2id$"):
+            v.err(f"{up}.password_hash", "must be an argon2id hash ($argon2id$…)")
+    if u.get("role", "member") not in ROLES:
+        v.err(f"{up}.role", f"must be one of {', '.join(ROLES)}")
+    if "active" in u:
+        v.boolean(u["active"], f"{up}.active")
+    for k, gname in enumerate(v.seq(u.get("groups"), f"{up}.groups")):
+        if gname not in groups:
+            v.err(f"{up}.groups[{k}]", f"unknown group {gname!r} (declare it under groups)")
+    return {**u, "email": email}
 
 
 def validate(doc, base_dir: str | None = None) -> list[dict]:
@@ -321,48 +425,16 @@ def validate(doc, base_dir: str | None = None) -> list[dict]:
         users = []
         emails: set[str] = set()
         for j, u in enumerate(v.seq(ws.get("users"), f"{p}.users")):
-            up = f"{p}.users[{j}]"
-            u = v.mapping(u, up, {"email", "name", "password", "password_hash", "groups", "role", "active"},
-                          ("email",))
-            if u is None:
-                continue
-            try:
-                email = clean_email(u.get("email") or "")
-                key = normalise_email(email)
-                if key in emails:
-                    v.err(f"{up}.email", "duplicate (addresses are compared case-insensitively)")
-                emails.add(key)
-            except InvalidEmail:
-                v.err(f"{up}.email", "not a valid email address")
-                email = None
-            if u.get("name") is not None:
-                v.string(u["name"], f"{up}.name")
-            if u.get("password") is not None and u.get("password_hash") is not None:
-                v.err(up, "give password or password_hash, not both")
-            if u.get("password") is not None:
-                pw = v.string(u["password"], f"{up}.password", passwords.MAX_LENGTH)
-                if pw is not None:
-                    for rule in passwords.check(pw, email=email):
-                        v.err(f"{up}.password", f"breaks a password rule: {rule.text}")
-            if u.get("password_hash") is not None:
-                h = v.string(u["password_hash"], f"{up}.password_hash", 255)
-                if h is not None and not h.startswith("$argon2id$"):
-                    v.err(f"{up}.password_hash", "must be an argon2id hash ($argon2id$…)")
-            if u.get("role", "member") not in ROLES:
-                v.err(f"{up}.role", f"must be one of {', '.join(ROLES)}")
-            if "active" in u:
-                v.boolean(u["active"], f"{up}.active")
-            for k, gname in enumerate(v.seq(u.get("groups"), f"{up}.groups")):
-                if gname not in groups:
-                    v.err(f"{up}.groups[{k}]", f"unknown group {gname!r} (declare it under groups)")
-            users.append({**u, "email": email})
+            u = validate_user(v, u, f"{p}.users[{j}]", groups, emails)
+            if u is not None:
+                users.append(u)
         apps = _apps(v, ws.get("apps"), f"{p}.apps")
         from saml.config import saml_app_errors
 
         for j, app in enumerate(apps):
             for problem in saml_app_errors(app, Path(base_dir) if base_dir else None):
                 v.err(f"{p}.apps[{j}]", problem)
-        connections = _connections(v, ws.get("connections"), f"{p}.connections", plan)
+        connections = _connections(v, ws.get("connections"), f"{p}.connections", plan, base_dir)
         from scim.config import validate_scim_tokens
 
         scim_tokens = v.seq(ws.get("scim_tokens"), f"{p}.scim_tokens")
@@ -377,6 +449,13 @@ def validate(doc, base_dir: str | None = None) -> list[dict]:
     if v.errors:
         raise ConfigError(v.errors)
     return workspaces
+
+
+# The per-object validators, reused by the admin API (admin/service.py) so that it accepts exactly what
+# `idhub apply` accepts.
+validate_policies = _policies
+validate_apps = _apps
+validate_connections = _connections
 
 
 def load_file(path: str) -> dict:
@@ -402,7 +481,8 @@ class ApplyReport:
     deactivated: list[str] = field(default_factory=list)  # user ids whose sessions must end
 
 
-def apply(db: Session, workspaces: list[dict], hasher: passwords.Hasher) -> ApplyReport:
+def apply(db: Session, workspaces: list[dict], hasher: passwords.Hasher, *, secret_key: str | None = None
+          ) -> ApplyReport:
     """Upsert validated workspaces. Idempotent; ``password`` is an initial password, set only on accounts that
     have none (a user's own change is never overwritten by re-applying the file)."""
     report = ApplyReport()
@@ -457,5 +537,12 @@ def apply(db: Session, workspaces: list[dict], hasher: passwords.Hasher) -> Appl
 
         apply_saml_apps(db, ws, w["apps"], base_dir=Path(w["base_dir"]) if w.get("base_dir") else None)
         apply_scim_tokens(db, ws, w["scim_tokens"])
+        from federation.config import apply_connections
+
+        if w.get("connections") and secret_key is None:  # `idhub apply`: the hub's master key, from the environment
+            from config.settings import load_settings
+
+            secret_key = load_settings().secret_key
+        report.created.extend(apply_connections(db, ws, w.get("connections") or [], secret_key or ""))
         report.updated.append(f"workspace {w['slug']}")
     return report

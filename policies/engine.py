@@ -10,7 +10,7 @@ import functools
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 log = logging.getLogger("idhub.policies")
@@ -34,6 +34,7 @@ class PolicyContext:
     methods: tuple[str, ...] = ()  # authentication methods used so far ("pwd", "totp", "sms", …)
     enrolled: tuple[str, ...] = ()  # second-factor methods the user has set up
     upstream_mfa_trusted: bool = False  # an upstream IdP did MFA and the workspace trusts it
+    user_role: str | None = None  # "admin" holds admins to require_mfa_for_admins (signin, and stage "admin")
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,8 @@ class SecondFactor:
     name = "second_factor"
 
     def evaluate(self, ctx: PolicyContext) -> Decision | None:
-        if ctx.stage != "signin" or ctx.user_id is None or ctx.upstream_mfa_trusted:
+        # "upstream_mfa": set by federation only for a connection trusted to do MFA whose IdP says it did
+        if ctx.stage != "signin" or ctx.user_id is None or ctx.upstream_mfa_trusted or "upstream_mfa" in ctx.methods:
             return None
         required = bool(ctx.policies.get("require_mfa")) or bool(ctx.app_policies.get("require_mfa"))
         allowed = allowed_methods(ctx)
@@ -141,7 +143,28 @@ class SecondFactor:
         return None
 
 
-DEFAULT_RULES: tuple[Rule, ...] = (AccountActive(), IpAllowlist(), SecondFactor())
+class AdminSecondFactor:
+    """Admins are held to the strictest policy: ``require_mfa_for_admins`` (default true) makes a second factor
+    required for an admin's sign-in, and denies the admin console (stage ``"admin"``) to a session without one."""
+
+    name = "admin_second_factor"
+
+    def evaluate(self, ctx: PolicyContext) -> Decision | None:
+        if ctx.user_role != "admin" or ctx.user_id is None or ctx.stage not in ("signin", "admin"):
+            return None
+        if not ctx.policies.get("require_mfa_for_admins", True):
+            return None
+        if ctx.stage == "signin":
+            if ctx.upstream_mfa_trusted:
+                return None
+            return SecondFactor().evaluate(replace(ctx, policies={**ctx.policies, "require_mfa": True}))
+        if SECOND_FACTORS.intersection(ctx.methods):
+            return None
+        return Decision(DENY, self.name, "Admins must sign in with two-factor authentication. Set up 2FA on your "
+                                         "security page, sign out and sign in again.")
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (AccountActive(), IpAllowlist(), SecondFactor(), AdminSecondFactor())
 
 
 class PolicyEngine:

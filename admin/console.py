@@ -1,0 +1,415 @@
+"""The admin console (``/w/{ws}/admin/…``): server-rendered pages over ``admin.service.AdminService`` — the
+same operations as the API, acting as the signed-in admin (role ``admin`` in this workspace, with 2FA when
+``require_mfa_for_admins`` holds), with the site's CSRF protection."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import Blueprint, Response, flash, g, redirect, render_template, request, url_for
+
+from admin.api import admin_service
+from admin.service import AdminError
+from admin.tokens import Principal
+from idp.models import User
+from idp.web.common import check_csrf, current_client, error_page, hub, load_session, load_workspace
+from policies.engine import PolicyContext
+
+bp = Blueprint("admin_console", __name__)
+FIELD_MAX = 4096
+
+
+def admin_required(view):
+    """Signed in (else the sign-in page), allowed by the session policies, an active admin of this workspace
+    (else 403), and — the strictest policy — signed in with a second factor unless the workspace turned
+    ``require_mfa_for_admins`` off."""
+
+    @wraps(view)
+    def wrapper(ws_slug, *a, **kw):
+        ws = load_workspace(ws_slug)
+        sess = load_session(ws)
+        client = current_client()
+        if sess is None:
+            return redirect(url_for("auth.login", ws_slug=ws.slug, next=request.full_path.rstrip("?")))
+        h = hub()
+        decision = h.session_allowed(ws, sess, client)
+        if decision.effect == "deny":
+            g.session = None
+            return render_template("denied.html", ws=ws, reason=decision.reason), 403
+        with h.db() as db:
+            user = db.get(User, sess.user_id)
+        if user is None or not user.active or user.role != "admin" or user.workspace_id != ws.id:
+            h.audit.record("admin.console.denied", workspace_id=ws.id, actor_id=sess.user_id, ip=client.ip,
+                           request_id=client.request_id, data={"path": request.path[:200], "reason": "not_admin"})
+            return error_page(403, "Forbidden", "The admin console is for this workspace's admins. Ask an admin "
+                                                "if you need access.")
+        ctx = PolicyContext(workspace_id=ws.id, plan=ws.plan, policies=ws.policies or {}, client_ip=client.ip,
+                            stage="admin", user_id=user.id, user_role=user.role, methods=tuple(sess.amr))
+        decision = h.policy.evaluate(ctx)
+        if decision.effect != "allow":
+            return render_template("admin/mfa_required.html", ws=ws, reason=decision.reason), 403
+        p = Principal("user", user.email, False, ws.id, actor_id=user.id, ip=client.ip,
+                      user_agent=client.user_agent, request_id=client.request_id)
+        g.admin_user = user
+        try:
+            return view(ws, p, *a, **kw)
+        except AdminError as exc:
+            if exc.status == 404:
+                return error_page(404, "Not found", exc.message.capitalize() + ".")
+            return error_page(exc.status, "Not allowed", exc.message)
+
+    return wrapper
+
+
+def _form(name: str, default: str = "") -> str:
+    return (request.form.get(name) or default)[:FIELD_MAX]
+
+
+def _lines(name: str) -> list[str]:
+    return [x.strip() for x in _form(name).replace(",", "\n").splitlines() if x.strip()]
+
+
+def _render(template: str, ws, status: int = 200, **ctx):
+    return render_template(f"admin/{template}", ws=ws, admin=g.admin_user, section=template.split(".")[0],
+                           **ctx), status
+
+
+def _error_text(exc: AdminError) -> str:
+    return f"{exc.field}: {exc.message}" if exc.field else exc.message
+
+
+# ---- dashboard ---------------------------------------------------------------------------------------------
+@bp.route("/w/<ws_slug>/admin/")
+@admin_required
+def dashboard(ws, p):
+    svc = admin_service()
+    stats = svc.dashboard(p, ws.slug)
+    recent = svc.search_events(p, ws.slug, limit=10)["items"]
+    return _render("dashboard.html", ws, stats=stats, recent=recent)
+
+
+# ---- users -------------------------------------------------------------------------------------------------
+@bp.route("/w/<ws_slug>/admin/users", methods=["GET", "POST"])
+@admin_required
+def users(ws, p):
+    svc = admin_service()
+    errors: list[str] = []
+    status = 200
+    if request.method == "POST":
+        check_csrf()
+        body = {"email": _form("email"), "name": _form("name"), "role": _form("role", "member"),
+                "groups": request.form.getlist("groups")[:100]}
+        if _form("password"):
+            body["password"] = _form("password")
+        try:
+            u = svc.create_user(p, ws.slug, body)
+        except AdminError as exc:
+            errors, status = [_error_text(exc)], exc.status
+        else:
+            flash(f"Invited {u['email']}: a link to set a password is on its way." if u["status"] == "invited"
+                  else f"Created {u['email']}.", "status")
+            return redirect(url_for("admin_console.users", ws_slug=ws.slug))
+    try:
+        page = svc.list_users(p, ws.slug, q=request.args.get("q"), status=request.args.get("status"),
+                              offset=request.args.get("offset"))
+    except AdminError as exc:
+        errors, status = [_error_text(exc)], 400
+        page = svc.list_users(p, ws.slug)
+    groups = svc.list_groups(p, ws.slug, limit=200)["items"]
+    return _render("users.html", ws, status, page=page, groups=groups, errors=errors, q=request.args.get("q", ""),
+                   status_filter=request.args.get("status", ""), form=request.form if errors else {})
+
+
+@bp.route("/w/<ws_slug>/admin/users/<user_id>", methods=["GET", "POST"])
+@admin_required
+def user(ws, p, user_id):
+    svc = admin_service()
+    errors: list[str] = []
+    status = 200
+    if request.method == "POST":
+        check_csrf()
+        try:
+            svc.update_user(p, ws.slug, user_id, {"name": _form("name"), "role": _form("role", "member"),
+                                                  "groups": request.form.getlist("groups")[:100]})
+        except AdminError as exc:
+            if exc.status == 404:
+                raise
+            errors, status = [_error_text(exc)], exc.status
+        else:
+            flash("Saved.", "status")
+            return redirect(url_for("admin_console.user", ws_slug=ws.slug, user_id=user_id))
+    u = svc.get_user(p, ws.slug, user_id)
+    groups = svc.list_groups(p, ws.slug, limit=200)["items"]
+    events = svc.search_events(p, ws.slug, actor=user_id, limit=10)["items"]
+    return _render("user.html", ws, status, u=u, groups=groups, errors=errors, events=events)
+
+
+@bp.route("/w/<ws_slug>/admin/users/<user_id>/<action>", methods=["POST"])
+@admin_required
+def user_action(ws, p, user_id, action):
+    check_csrf()
+    svc = admin_service()
+    back = redirect(url_for("admin_console.user", ws_slug=ws.slug, user_id=user_id))
+    try:
+        if action == "disable":
+            svc.set_active(p, ws.slug, user_id, False)
+            flash("The user is disabled and every session has ended.", "status")
+        elif action == "enable":
+            svc.set_active(p, ws.slug, user_id, True)
+            flash("The user is enabled.", "status")
+        elif action == "reset-2fa":
+            r = svc.reset_mfa(p, ws.slug, user_id)
+            flash(f"Two-factor authentication was reset ({r['sessions_ended']} session(s) ended). The user sets it "
+                  "up again at the next sign-in.", "status")
+        elif action == "end-sessions":
+            r = svc.end_sessions(p, ws.slug, user_id)
+            flash(f"Ended {r['sessions_ended']} session(s).", "status")
+        else:
+            return error_page(404, "Not found", "That action does not exist.")
+    except AdminError as exc:
+        if exc.status == 404:
+            raise
+        flash(_error_text(exc), "error")
+    return back
+
+
+# ---- groups ------------------------------------------------------------------------------------------------
+@bp.route("/w/<ws_slug>/admin/groups", methods=["GET", "POST"])
+@admin_required
+def groups(ws, p):
+    svc = admin_service()
+    errors: list[str] = []
+    status = 200
+    if request.method == "POST":
+        check_csrf()
+        try:
+            svc.create_group(p, ws.slug, {"name": _form("name")})
+        except AdminError as exc:
+            errors, status = [_error_text(exc)], exc.status
+        else:
+            flash(f"Created the group {_form('name').strip()}.", "status")
+            return redirect(url_for("admin_console.groups", ws_slug=ws.slug))
+    return _render("groups.html", ws, status, groups=svc.list_groups(p, ws.slug, limit=200)["items"], errors=errors)
+
+
+@bp.route("/w/<ws_slug>/admin/groups/<group_id>/delete", methods=["POST"])
+@admin_required
+def group_delete(ws, p, group_id):
+    check_csrf()
+    admin_service().delete_group(p, ws.slug, group_id)
+    flash("The group was deleted.", "status")
+    return redirect(url_for("admin_console.groups", ws_slug=ws.slug))
+
+
+# ---- apps --------------------------------------------------------------------------------------------------
+@bp.route("/w/<ws_slug>/admin/apps", methods=["GET", "POST"])
+@admin_required
+def apps(ws, p):
+    svc = admin_service()
+    errors: list[str] = []
+    status = 200
+    if request.method == "POST":
+        check_csrf()
+        proto = _form("protocol")
+        body: dict = {"slug": _form("slug").strip(), "name": _form("name").strip(), "protocol": proto}
+        if proto == "oidc":
+            body["redirect_uris"] = _lines("redirect_uris")
+            if request.form.get("public"):
+                body["token_endpoint_auth_method"] = "none"
+        elif proto == "saml":
+            if _form("metadata_xml").strip():
+                body["metadata_xml"] = request.form.get("metadata_xml", "")[:60000]
+            else:
+                body["entity_id"] = _form("entity_id").strip()
+                body["acs_url"] = _form("acs_url").strip()
+        if request.form.get("require_mfa"):
+            body["require_mfa"] = True
+        try:
+            created = svc.create_app(p, ws.slug, body)
+        except AdminError as exc:
+            errors, status = [_error_text(exc)], exc.status
+        else:
+            return _render("app.html", ws, 201, app=created, secret=created.get("client_secret"), errors=[])
+    return _render("apps.html", ws, status, apps=svc.list_apps(p, ws.slug)["items"], errors=errors,
+                   form=request.form if errors else {})
+
+
+@bp.route("/w/<ws_slug>/admin/apps/<app_slug>", methods=["GET", "POST"])
+@admin_required
+def app_detail(ws, p, app_slug):
+    svc = admin_service()
+    errors: list[str] = []
+    status = 200
+    if request.method == "POST":
+        check_csrf()
+        try:
+            svc.update_app(p, ws.slug, app_slug, {"name": _form("name").strip(),
+                                                  "redirect_uris": _lines("redirect_uris"),
+                                                  "require_mfa": bool(request.form.get("require_mfa"))})
+        except AdminError as exc:
+            if exc.status == 404:
+                raise
+            errors, status = [_error_text(exc)], exc.status
+        else:
+            flash("Saved.", "status")
+            return redirect(url_for("admin_console.app_detail", ws_slug=ws.slug, app_slug=app_slug))
+    return _render("app.html", ws, status, app=svc.get_app(p, ws.slug, app_slug), secret=None, errors=errors)
+
+
+@bp.route("/w/<ws_slug>/admin/apps/<app_slug>/secret", methods=["POST"])
+@admin_required
+def app_secret(ws, p, app_slug):
+    check_csrf()
+    try:
+        app = admin_service().rotate_app_secret(p, ws.slug, app_slug)
+    except AdminError as exc:
+        if exc.status == 404:
+            raise
+        flash(_error_text(exc), "error")
+        return redirect(url_for("admin_console.app_detail", ws_slug=ws.slug, app_slug=app_slug))
+    return _render("app.html", ws, 201, app=app, secret=app["client_secret"], errors=[])
+
+
+@bp.route("/w/<ws_slug>/admin/apps/<app_slug>/delete", methods=["POST"])
+@admin_required
+def app_delete(ws, p, app_slug):
+    check_csrf()
+    admin_service().delete_app(p, ws.slug, app_slug)
+    flash("The app was removed.", "status")
+    return redirect(url_for("admin_console.apps", ws_slug=ws.slug))
+
+
+# ---- connections -------------------------------------------------------------------------------------------
+@bp.route("/w/<ws_slug>/admin/connections", methods=["GET", "POST"])
+@admin_required
+def connections(ws, p):
+    svc = admin_service()
+    errors: list[str] = []
+    status = 200
+    if request.method == "POST":
+        check_csrf()
+        proto = _form("protocol")
+        body: dict = {"slug": _form("slug").strip(), "name": _form("name").strip(), "protocol": proto,
+                      "domains": _lines("domains")}
+        if _form("preset") in ("okta", "azure_ad", "generic"):
+            body["preset"] = _form("preset")
+        if proto == "oidc":
+            body.update(issuer=_form("issuer").strip(), client_id=_form("client_id").strip())
+            if _form("client_secret"):
+                body["client_secret"] = _form("client_secret")
+        elif proto == "saml":
+            body["metadata_xml"] = request.form.get("metadata_xml", "")[:60000]
+        try:
+            created = svc.create_connection(p, ws.slug, body)
+        except AdminError as exc:
+            errors, status = [_error_text(exc)], exc.status
+        else:
+            flash(f"Added the connection {created['name']}. Test it before people rely on it.", "status")
+            return redirect(url_for("admin_console.connections", ws_slug=ws.slug))
+    return _render("connections.html", ws, status, connections=svc.list_connections(p, ws.slug)["items"],
+                   errors=errors, form=request.form if errors else {})
+
+
+@bp.route("/w/<ws_slug>/admin/connections/<conn_slug>/delete", methods=["POST"])
+@admin_required
+def connection_delete(ws, p, conn_slug):
+    check_csrf()
+    admin_service().delete_connection(p, ws.slug, conn_slug)
+    flash("The connection was removed.", "status")
+    return redirect(url_for("admin_console.connections", ws_slug=ws.slug))
+
+
+# ---- policies ----------------------------------------------------------------------------------------------
+@bp.route("/w/<ws_slug>/admin/policies", methods=["GET", "POST"])
+@admin_required
+def policies(ws, p):
+    svc = admin_service()
+    errors: list[str] = []
+    status = 200
+    if request.method == "POST":
+        check_csrf()
+        body: dict = {"require_mfa": bool(request.form.get("require_mfa")),
+                      "require_mfa_for_admins": bool(request.form.get("require_mfa_for_admins")),
+                      "ip_allowlist": _lines("ip_allowlist")}
+        methods = [m for m in request.form.getlist("mfa_methods") if isinstance(m, str)][:10]
+        if methods:
+            body["mfa_methods"] = methods
+        for key in ("session_idle_timeout", "session_max_lifetime"):
+            if _form(key).strip():
+                body[key] = _form(key).strip()
+        try:
+            svc.put_policies(p, ws.slug, body)
+        except AdminError as exc:
+            errors, status = [_error_text(exc)], exc.status
+        else:
+            flash("Policies saved.", "status")
+            return redirect(url_for("admin_console.policies", ws_slug=ws.slug))
+    view = svc.get_policies(p, ws.slug)
+    return _render("policies.html", ws, status, view=view, errors=errors, my_ip=p.ip)
+
+
+# ---- SCIM --------------------------------------------------------------------------------------------------
+@bp.route("/w/<ws_slug>/admin/scim", methods=["GET", "POST"])
+@admin_required
+def scim(ws, p):
+    svc = admin_service()
+    errors: list[str] = []
+    status = 200
+    created = None
+    if request.method == "POST":
+        check_csrf()
+        try:
+            created = svc.create_scim_token(p, ws.slug, {"name": _form("name").strip(),
+                                                         "read_only": bool(request.form.get("read_only"))})
+            status = 201
+        except AdminError as exc:
+            errors, status = [_error_text(exc)], exc.status
+    log = svc.search_events(p, ws.slug, type="scim.*", limit=50)["items"]
+    return _render("scim.html", ws, status, tokens=svc.list_scim_tokens(p, ws.slug)["items"], created=created,
+                   errors=errors, log=log)
+
+
+@bp.route("/w/<ws_slug>/admin/scim/<token_id>/revoke", methods=["POST"])
+@admin_required
+def scim_revoke(ws, p, token_id):
+    check_csrf()
+    admin_service().revoke_scim_token(p, ws.slug, token_id)
+    flash("The SCIM token was revoked.", "status")
+    return redirect(url_for("admin_console.scim", ws_slug=ws.slug))
+
+
+# ---- audit log ---------------------------------------------------------------------------------------------
+AUDIT_FILTERS = ("type", "actor", "since", "until", "before")
+
+
+@bp.route("/w/<ws_slug>/admin/audit")
+@admin_required
+def audit(ws, p):
+    svc = admin_service()
+    args = {k: request.args.get(k) or None for k in AUDIT_FILTERS}
+    errors: list[str] = []
+    for k in ("since", "until"):  # the date inputs send YYYY-MM-DD
+        if args[k] and len(args[k]) == 10:
+            args[k] += "T00:00:00Z"
+    try:
+        page = svc.search_events(p, ws.slug, limit=50, **args)
+    except AdminError as exc:
+        errors = [_error_text(exc)]
+        page = {"items": [], "next_before": None}
+    filters = {k: request.args.get(k, "")[:100] for k in AUDIT_FILTERS if k != "before"}
+    return _render("audit.html", ws, 400 if errors else 200, page=page, errors=errors, filters=filters)
+
+
+@bp.route("/w/<ws_slug>/admin/audit/export")
+@admin_required
+def audit_export(ws, p):
+    fmt = request.args.get("format", "csv")
+    args = {k: request.args.get(k) or None for k in ("type", "since", "until")}
+    for k in ("since", "until"):
+        if args[k] and len(args[k]) == 10:
+            args[k] += "T00:00:00Z"
+    chunks = admin_service().export_events(p, ws.slug, fmt=fmt, **args)
+    resp = Response(chunks, mimetype="text/csv" if fmt == "csv" else "application/json")
+    resp.headers["Content-Disposition"] = f'attachment; filename="audit-{ws.slug}.{fmt}"'
+    resp.headers["Cache-Control"] = "no-store"
+    return resp

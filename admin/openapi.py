@@ -1,0 +1,296 @@
+"""The admin API's operations and its OpenAPI 3.1 document, built from one table (``OPERATIONS``) that the
+blueprint (``admin/api.py``) also registers its routes from: the document cannot drift from the routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+API_PREFIX = "/api/v1"
+ERROR_STATUSES = ("400", "401", "403", "404", "409", "413", "422", "429")
+
+WS = {"name": "ws", "in": "path", "required": True, "description": "workspace slug",
+      "schema": {"type": "string", "pattern": "^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"}}
+
+
+def _id(name: str, what: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "description": f"{what} id",
+            "schema": {"type": "string", "format": "uuid"}}
+
+
+APP_SLUG = {"name": "app", "in": "path", "required": True, "description": "app slug",
+            "schema": {"type": "string", "pattern": "^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"}}
+
+
+CONN = {"name": "conn", "in": "path", "required": True, "description": "connection slug",
+        "schema": {"type": "string", "pattern": "^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"}}
+
+
+def _q(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+NULLABLE_STR = {"type": ["string", "null"]}
+STR_LIST = {"type": "array", "items": {"type": "string"}}
+
+SCHEMAS: dict = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["code", "message", "field"],
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": NULLABLE_STR}}}},
+    "Workspace": {"type": "object", "required": ["id", "slug", "name", "plan", "domains"], "properties": {
+        "id": {"type": "string"}, "slug": {"type": "string"}, "name": {"type": "string"},
+        "plan": {"type": "string", "enum": ["free", "pro", "enterprise"]}, "domains": STR_LIST,
+        "created_at": NULLABLE_STR}},
+    "WorkspaceList": {"type": "object", "required": ["items"], "properties": {
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Workspace"}}}},
+    "NewWorkspace": {"type": "object", "required": ["slug", "name"], "additionalProperties": False, "properties": {
+        "slug": {"type": "string"}, "name": {"type": "string"},
+        "plan": {"type": "string", "enum": ["free", "pro", "enterprise"]}, "domains": STR_LIST}},
+    "User": {"type": "object", "required": ["id", "email", "name", "role", "active", "status", "groups"],
+             "properties": {
+                 "id": {"type": "string"}, "email": {"type": "string"}, "name": {"type": "string"},
+                 "role": {"type": "string", "enum": ["member", "admin"]}, "active": {"type": "boolean"},
+                 "status": {"type": "string", "enum": ["active", "disabled", "invited"]}, "groups": STR_LIST,
+                 "managed_by": NULLABLE_STR, "created_at": NULLABLE_STR, "updated_at": NULLABLE_STR,
+                 "mfa_methods": STR_LIST}},
+    "UserPage": {"type": "object", "required": ["items", "total", "limit", "offset", "next_offset"], "properties": {
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/User"}},
+        "total": {"type": "integer"}, "limit": {"type": "integer"}, "offset": {"type": "integer"},
+        "next_offset": {"type": ["integer", "null"]}}},
+    "NewUser": {"type": "object", "required": ["email"], "additionalProperties": False,
+                "description": "Without a password the user is invited: a set-password link is mailed.",
+                "properties": {"email": {"type": "string"}, "name": {"type": "string"},
+                               "password": {"type": "string"}, "role": {"type": "string", "enum": ["member", "admin"]},
+                               "groups": STR_LIST}},
+    "UserChange": {"type": "object", "additionalProperties": False, "properties": {
+        "name": {"type": "string"}, "role": {"type": "string", "enum": ["member", "admin"]}, "groups": STR_LIST}},
+    "Count": {"type": "object", "properties": {"sessions_ended": {"type": "integer"},
+                                               "removed": STR_LIST}},
+    "Group": {"type": "object", "required": ["id", "name", "members"], "properties": {
+        "id": {"type": "string"}, "name": {"type": "string"}, "members": {"type": "integer"},
+        "managed_by": NULLABLE_STR, "created_at": NULLABLE_STR}},
+    "GroupPage": {"type": "object", "required": ["items", "total", "limit", "offset", "next_offset"], "properties": {
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Group"}},
+        "total": {"type": "integer"}, "limit": {"type": "integer"}, "offset": {"type": "integer"},
+        "next_offset": {"type": ["integer", "null"]}}},
+    "GroupBody": {"type": "object", "required": ["name"], "additionalProperties": False,
+                  "properties": {"name": {"type": "string"}}},
+    "App": {"type": "object", "required": ["slug", "name", "protocol", "settings"], "properties": {
+        "slug": {"type": "string"}, "name": {"type": "string"}, "protocol": {"type": "string",
+                                                                             "enum": ["oidc", "saml"]},
+        "require_mfa": {"type": "boolean"}, "created_at": NULLABLE_STR,
+        "settings": {"type": "object", "description": "copy-ready settings for the app's side"},
+        "client_secret": {"type": "string", "description": "only in the answer to the creation, never again"}}},
+    "AppList": {"type": "object", "required": ["items"], "properties": {
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/App"}}}},
+    "NewApp": {"type": "object", "required": ["slug", "name", "protocol"],
+               "description": "An `apps` entry as in the config file (docs/config.md). OIDC client ids and secrets "
+                              "are generated; SAML apps give metadata_xml, or entity_id with acs_url.",
+               "properties": {"slug": {"type": "string"}, "name": {"type": "string"},
+                              "protocol": {"type": "string", "enum": ["oidc", "saml"]},
+                              "redirect_uris": STR_LIST, "post_logout_redirect_uris": STR_LIST,
+                              "token_endpoint_auth_method": {"type": "string"}, "scopes": STR_LIST,
+                              "grant_types": STR_LIST, "require_mfa": {"type": "boolean"},
+                              "metadata_xml": {"type": "string"}, "entity_id": {"type": "string"},
+                              "acs_url": {"type": "string"}}},
+    "Connection": {"type": "object", "required": ["slug", "name", "protocol", "domains", "urls"], "properties": {
+        "slug": {"type": "string"}, "name": {"type": "string"},
+        "protocol": {"type": "string", "enum": ["saml", "oidc", "ldap"]}, "preset": {"type": "string"},
+        "domains": STR_LIST, "settings": {"type": "object"}, "secrets_set": STR_LIST,
+        "urls": {"type": "object", "description": "what to register at the upstream IdP, and the test page"},
+        "created_at": NULLABLE_STR}},
+    "ConnectionList": {"type": "object", "required": ["items"], "properties": {
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Connection"}}}},
+    "NewConnection": {"type": "object", "required": ["slug", "name", "protocol"],
+                      "description": "A `connections` entry as in the config file (docs/config.md): OIDC from an "
+                                     "issuer, SAML from metadata_xml, LDAP. Secrets are stored encrypted and never "
+                                     "returned. metadata_file, metadata_url and ca_file are refused.",
+                      "properties": {"slug": {"type": "string"}, "name": {"type": "string"},
+                                     "protocol": {"type": "string", "enum": ["saml", "oidc", "ldap"]},
+                                     "preset": {"type": "string", "enum": ["okta", "azure_ad", "generic"]},
+                                     "domains": STR_LIST, "issuer": {"type": "string"},
+                                     "client_id": {"type": "string"}, "client_secret": {"type": "string"},
+                                     "metadata_xml": {"type": "string"}, "url": {"type": "string"},
+                                     "bind_dn": {"type": "string"}, "bind_password": {"type": "string"},
+                                     "user_search_base": {"type": "string"}}},
+    "AppChange": {"type": "object", "additionalProperties": False, "properties": {
+        "name": {"type": "string"}, "redirect_uris": STR_LIST, "post_logout_redirect_uris": STR_LIST,
+        "scopes": STR_LIST, "require_mfa": {"type": "boolean"}}},
+    "Policies": {"type": "object", "additionalProperties": False, "properties": {
+        "require_mfa": {"type": "boolean"}, "require_mfa_for_admins": {"type": "boolean"},
+        "mfa_methods": {"type": "array", "items": {"type": "string", "enum": ["totp", "sms", "backup_codes"]}},
+        "ip_allowlist": STR_LIST, "session_idle_timeout": {"type": ["string", "integer"]},
+        "session_max_lifetime": {"type": ["string", "integer"]}}},
+    "PolicyView": {"type": "object", "required": ["policies", "summary"], "properties": {
+        "policies": {"type": "object"}, "summary": STR_LIST}},
+    "ScimToken": {"type": "object", "required": ["id", "name", "read_only"], "properties": {
+        "id": {"type": "string"}, "name": {"type": "string"}, "read_only": {"type": "boolean"},
+        "created_at": NULLABLE_STR, "revoked_at": NULLABLE_STR,
+        "token": {"type": "string", "description": "only in the answer to the creation, never again"},
+        "scim_base_url": {"type": "string"}}},
+    "ScimTokenList": {"type": "object", "required": ["items"], "properties": {
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/ScimToken"}}}},
+    "NewScimToken": {"type": "object", "required": ["name"], "additionalProperties": False,
+                     "properties": {"name": {"type": "string"}, "read_only": {"type": "boolean"}}},
+    "Event": {"type": "object", "required": ["seq", "occurred_at", "type", "data"], "properties": {
+        "seq": {"type": "integer"}, "occurred_at": {"type": "string"}, "type": {"type": "string"},
+        "actor_id": NULLABLE_STR, "actor_email": NULLABLE_STR, "subject_id": NULLABLE_STR, "ip": NULLABLE_STR,
+        "request_id": NULLABLE_STR, "data": {"type": "object"},
+        "actor_label": NULLABLE_STR, "subject_label": NULLABLE_STR}},
+    "EventPage": {"type": "object", "required": ["items", "next_before"], "properties": {
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+        "next_before": {"type": ["integer", "null"]}}},
+    "Dashboard": {"type": "object", "required": ["signins_24h", "failures_24h", "active_sessions", "users"],
+                  "properties": {k: {"type": "integer"} for k in ("signins_24h", "failures_24h", "active_sessions",
+                                                                  "users", "disabled_users")}},
+}
+
+LIMIT = _q("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "page size (default 50)")
+OFFSET = _q("offset", {"type": "integer", "minimum": 0}, "items to skip")
+TIME = {"type": "string", "format": "date-time"}
+
+
+@dataclass(frozen=True)
+class Op:
+    method: str
+    path: str  # below /api/v1, OpenAPI style ({ws})
+    op_id: str
+    summary: str
+    params: tuple = ()
+    body: str | None = None
+    ok: str = "200"
+    result: str | None = None  # a schema name, or None for no body
+    operator_only: bool = False
+    media: dict = field(default_factory=dict)  # non-JSON answers: {media type: schema}
+
+
+U = _id("user_id", "user")
+G = _id("group_id", "group")
+T = _id("token_id", "SCIM token")
+W = "/workspaces/{ws}"
+
+OPERATIONS: tuple[Op, ...] = (
+    Op("get", "/workspaces", "listWorkspaces", "List every workspace (hub operator)", result="WorkspaceList",
+       operator_only=True),
+    Op("post", "/workspaces", "createWorkspace", "Create a workspace (hub operator)", body="NewWorkspace", ok="201",
+       result="Workspace", operator_only=True),
+    Op("get", W, "getWorkspace", "Get a workspace", (WS,), result="Workspace"),
+    Op("get", W + "/dashboard", "getDashboard", "Sign-ins and failures over 24 h, active sessions, users", (WS,),
+       result="Dashboard"),
+    Op("get", W + "/users", "listUsers", "List users (paginated; filter by email, status or a search)",
+       (WS, _q("email", {"type": "string"}, "exact address"),
+        _q("status", {"type": "string", "enum": ["active", "disabled", "invited"]}, "account status"),
+        _q("q", {"type": "string"}, "part of the name or address"), LIMIT, OFFSET), result="UserPage"),
+    Op("post", W + "/users", "createUser", "Create a user, or invite one (no password: a set-password mail)", (WS,),
+       body="NewUser", ok="201", result="User"),
+    Op("get", W + "/users/{user_id}", "getUser", "Get a user", (WS, U), result="User"),
+    Op("patch", W + "/users/{user_id}", "updateUser", "Change a user's name, role or groups", (WS, U),
+       body="UserChange", result="User"),
+    Op("post", W + "/users/{user_id}/disable", "disableUser", "Disable a user (every session ends)", (WS, U),
+       result="User"),
+    Op("post", W + "/users/{user_id}/enable", "enableUser", "Enable a user", (WS, U), result="User"),
+    Op("post", W + "/users/{user_id}/reset-2fa", "resetUserMfa", "Remove a user's second factors", (WS, U),
+       result="Count"),
+    Op("post", W + "/users/{user_id}/end-sessions", "endUserSessions", "End every session of a user", (WS, U),
+       result="Count"),
+    Op("get", W + "/groups", "listGroups", "List groups (paginated)", (WS, LIMIT, OFFSET), result="GroupPage"),
+    Op("post", W + "/groups", "createGroup", "Create a group", (WS,), body="GroupBody", ok="201", result="Group"),
+    Op("get", W + "/groups/{group_id}", "getGroup", "Get a group", (WS, G), result="Group"),
+    Op("patch", W + "/groups/{group_id}", "updateGroup", "Rename a group", (WS, G), body="GroupBody",
+       result="Group"),
+    Op("delete", W + "/groups/{group_id}", "deleteGroup", "Delete a group", (WS, G), ok="204"),
+    Op("get", W + "/groups/{group_id}/members", "listGroupMembers", "List a group's members (paginated)",
+       (WS, G, LIMIT, OFFSET), result="UserPage"),
+    Op("put", W + "/groups/{group_id}/members/{user_id}", "addGroupMember", "Add a user to a group", (WS, G, U),
+       result="Group"),
+    Op("delete", W + "/groups/{group_id}/members/{user_id}", "removeGroupMember", "Remove a user from a group",
+       (WS, G, U), result="Group"),
+    Op("get", W + "/apps", "listApps", "List apps (OIDC clients and SAML service providers)", (WS,),
+       result="AppList"),
+    Op("post", W + "/apps", "createApp", "Register an app (an OIDC client's secret is shown once)", (WS,),
+       body="NewApp", ok="201", result="App"),
+    Op("get", W + "/apps/{app}", "getApp", "Get an app and its copy-ready settings", (WS, APP_SLUG), result="App"),
+    Op("patch", W + "/apps/{app}", "updateApp", "Change an OIDC client's name, redirect URIs, scopes or 2FA",
+       (WS, APP_SLUG), body="AppChange", result="App"),
+    Op("post", W + "/apps/{app}/secret", "rotateAppSecret", "A new client secret (shown once; the old one stops "
+       "working)", (WS, APP_SLUG), ok="201", result="App"),
+    Op("delete", W + "/apps/{app}", "deleteApp", "Remove an app", (WS, APP_SLUG), ok="204"),
+    Op("get", W + "/connections", "listConnections", "List upstream connections (Okta, Azure AD, SAML, OIDC, LDAP)",
+       (WS,), result="ConnectionList"),
+    Op("post", W + "/connections", "createConnection", "Add an upstream connection", (WS,), body="NewConnection",
+       ok="201", result="Connection"),
+    Op("get", W + "/connections/{conn}", "getConnection", "Get a connection", (WS, CONN), result="Connection"),
+    Op("delete", W + "/connections/{conn}", "deleteConnection", "Remove a connection (and its identity links)",
+       (WS, CONN), ok="204"),
+    Op("get", W + "/policies", "getPolicies", "The workspace's policies and their effect in plain language", (WS,),
+       result="PolicyView"),
+    Op("put", W + "/policies", "putPolicies", "Replace the workspace's policies (validated as in the config file)",
+       (WS,), body="Policies", result="PolicyView"),
+    Op("get", W + "/scim-tokens", "listScimTokens", "List SCIM tokens", (WS,), result="ScimTokenList"),
+    Op("post", W + "/scim-tokens", "createScimToken", "Create a SCIM token (shown once)", (WS,),
+       body="NewScimToken", ok="201", result="ScimToken"),
+    Op("delete", W + "/scim-tokens/{token_id}", "revokeScimToken", "Revoke a SCIM token", (WS, T), ok="204"),
+    Op("get", W + "/audit/events", "searchAuditEvents", "Search the audit log, newest first",
+       (WS, _q("type", {"type": "string"}, "event type, or a prefix ending in *"),
+        _q("actor", {"type": "string"}, "actor e-mail or id"), _q("since", TIME, "from (inclusive)"),
+        _q("until", TIME, "to (exclusive)"), LIMIT,
+        _q("before", {"type": "integer", "minimum": 0}, "page back from this seq")), result="EventPage"),
+    Op("get", W + "/audit/export", "exportAuditEvents", "Export the audit log as CSV or JSON",
+       (WS, _q("format", {"type": "string", "enum": ["csv", "json"]}, "csv or json (default)"),
+        _q("type", {"type": "string"}, "event type"), _q("since", TIME, "from (inclusive)"),
+        _q("until", TIME, "to (exclusive)")),
+       media={"application/json": {"type": "array", "items": {"type": "object"}}, "text/csv": {"type": "string"}}),
+)
+
+
+def flask_rule(path: str) -> str:
+    """``/workspaces/{ws}`` → ``/api/v1/workspaces/<ws>``."""
+    return API_PREFIX + path.replace("{", "<").replace("}", ">")
+
+
+def _error_response(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+ERROR_TEXT = {"400": "Malformed request", "401": "Missing, unknown, expired or revoked token",
+              "403": "Not allowed for this token (another workspace, or operator only)", "404": "Not found",
+              "409": "Conflicts with the current state", "413": "Body too large",
+              "422": "Invalid field (named in error.field)",
+              "429": "Too many failed authentication attempts from this address"}
+
+
+def document(base_url: str) -> dict:
+    paths: dict = {}
+    for op in OPERATIONS:
+        responses: dict = {}
+        if op.media:
+            responses[op.ok] = {"description": "OK", "content": {m: {"schema": s} for m, s in op.media.items()}}
+        elif op.result:
+            responses[op.ok] = {"description": "OK", "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{op.result}"}}}}
+        else:
+            responses[op.ok] = {"description": "Done"}
+        for code in ERROR_STATUSES:
+            responses[code] = _error_response(ERROR_TEXT[code])
+        spec: dict = {"operationId": op.op_id, "summary": op.summary, "responses": responses,
+                      "security": [{"bearer": []}], "tags": [op.path.split("/")[3] if op.path.count("/") > 2
+                                                              else "workspaces"]}
+        if op.params:
+            spec["parameters"] = list(op.params)
+        if op.body:
+            spec["requestBody"] = {"required": True, "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{op.body}"}}}}
+        if op.operator_only:
+            spec["description"] = "Hub operator tokens only."
+        paths.setdefault(op.path, {})[op.method] = spec
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "idhub admin API", "version": "1.0.0",
+                 "description": "Configure idhub workspaces without editing files. Authenticate with "
+                                "`Authorization: Bearer <token>` (created by `idhub admin token create`). A "
+                                "workspace token reaches its own workspace only; an operator token every one. "
+                                "Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`."},
+        "servers": [{"url": base_url + API_PREFIX}],
+        "paths": paths,
+        "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }

@@ -1,0 +1,900 @@
+"""What IT admins can do, for the admin API and the admin console alike. Plain Python: takes the hub and a
+``Principal`` (who acts), returns plain dicts, raises ``AdminError`` naming the offending field.
+
+The validation is the config file's (``idp.configfile``: ``validate_user``, ``validate_policies``,
+``validate_apps``; ``saml.config.saml_app_errors``; ``scim.config.validate_scim_tokens``) and so are the
+appliers (``oidc.config.apply_oidc_apps``, ``saml.config.apply_saml_apps``): the API produces the same state as
+``idhub apply``. Every change is audited with the admin's identity (token name or user)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from admin.tokens import Principal
+from idp.accounts import normalise_email
+from idp.audit import AuditEvent, chain_for, iso_utc
+from idp.configfile import ConfigError, Validator, validate, validate_apps, validate_policies, validate_user
+from idp.flow import Client
+from idp.models import Group, GroupMember, SessionRow, User, Workspace
+from policies.engine import parse_allowlist
+
+PATH_RE = re.compile(r"^(?:[a-z_]+(?:\[\d+\])?\.)?")
+ID_RE = re.compile(r"^[0-9a-f-]{36}$")
+MAX_LIMIT = 200
+USER_STATUSES = ("active", "disabled", "invited")
+APP_SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class AdminError(Exception):
+    """An answer other than success: HTTP status, a stable code, a message for people, the field at fault."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+    def to_dict(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+
+def invalid(errors: list[str], prefix: str = "") -> AdminError:
+    """The first validation error of the config-file validators (``path: message``) as a 422 naming the field."""
+    first = errors[0] if errors else "invalid"
+    path, _, message = first.partition(": ")
+    if prefix and path.startswith(prefix):
+        path = path[len(prefix):].lstrip(".")
+    inner = re.match(r"^(?:SAML app '[^']*': )?([a-z_]+(?:\[\d+\])?): (.+)$", message or "")
+    if not path and inner:  # saml.config names the field inside its message
+        path, message = inner.group(1), inner.group(2)
+    return AdminError(422, "invalid", message or first, path or None)
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return iso_utc(dt).replace(".000000Z", "Z") if dt else None
+
+
+def _int(value, name: str, default: int, lo: int, hi: int) -> int:
+    if value in (None, ""):
+        return default
+    try:
+        n = int(str(value), 10)
+    except ValueError:
+        raise AdminError(400, "bad_parameter", f"{name} must be a whole number", name) from None
+    if n < lo or n > hi:
+        raise AdminError(400, "bad_parameter", f"{name} must be between {lo} and {hi}", name)
+    return n
+
+
+def _page(db, stmt, limit, offset, render) -> dict:
+    """One page of ``stmt`` (ordered): ``items``, ``total``, ``limit``, ``offset``, ``next_offset``."""
+    limit = _int(limit, "limit", 50, 1, MAX_LIMIT)
+    offset = _int(offset, "offset", 0, 0, 10_000_000)
+    total = db.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
+    items = [render(r) for r in db.scalars(stmt.limit(limit).offset(offset))]
+    nxt = offset + len(items) if offset + len(items) < total else None
+    return {"items": items, "total": total, "limit": limit, "offset": offset, "next_offset": nxt}
+
+
+def parse_time(value, name: str) -> datetime | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or len(value) > 40:
+        raise AdminError(400, "bad_parameter", f"{name} must be an ISO 8601 time", name)
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise AdminError(400, "bad_parameter", f"{name} must be an ISO 8601 time", name) from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _body(body, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
+    if not isinstance(body, dict):
+        raise AdminError(400, "bad_request", "the body must be a JSON object")
+    for k in body:
+        if k not in allowed:
+            raise AdminError(422, "invalid", "unknown field", str(k)[:100])
+    for k in required:
+        if body.get(k) in (None, ""):
+            raise AdminError(422, "invalid", "required", k)
+    return body
+
+
+def _check_id(value: str, what: str) -> str:
+    if not isinstance(value, str) or not ID_RE.match(value):
+        raise AdminError(404, "not_found", f"no such {what}")
+    return value
+
+
+class AdminService:
+    def __init__(self, hub, tokens):
+        self.hub = hub
+        self.tokens = tokens
+
+    # ---- plumbing ---------------------------------------------------------------------------------------
+    def audit(self, p: Principal, workspace_id: str | None, type_: str, subject_id: str | None = None,
+              **data) -> None:
+        self.hub.audit.record(type_, workspace_id=workspace_id, actor_id=p.actor_id, actor_email=p.actor_email,
+                              subject_id=subject_id, ip=p.ip, user_agent=(p.user_agent or "")[:512] or None,
+                              request_id=p.request_id, data={"via": "console" if p.kind == "user" else "api",
+                                                             **data})
+
+    def _client(self, p: Principal) -> Client:
+        return Client(ip=p.ip or "", user_agent=p.user_agent or "", request_id=p.request_id or "")
+
+    def workspace(self, p: Principal, slug: str) -> Workspace:
+        """The workspace ``slug`` if ``p`` may act on it. Out of scope answers 403 whether or not it exists."""
+        with self.hub.db() as db:
+            ws = db.scalar(select(Workspace).where(Workspace.slug == slug)) if isinstance(slug, str) and \
+                len(slug) <= 63 else None
+        if ws is None or not p.can_access(ws.id):
+            if not p.operator:
+                self.audit(p, p.workspace_id, "admin.access.denied", data_slug=str(slug)[:63])
+                raise AdminError(403, "forbidden", "this credential cannot act on that workspace")
+            raise AdminError(404, "not_found", "no such workspace")
+        return ws
+
+    # ---- workspaces (hub operator) ---------------------------------------------------------------------------
+    def _operator(self, p: Principal) -> None:
+        if not p.operator:
+            raise AdminError(403, "forbidden", "only the hub operator can do this")
+
+    @staticmethod
+    def render_workspace(ws: Workspace) -> dict:
+        return {"id": ws.id, "slug": ws.slug, "name": ws.name, "plan": ws.plan, "domains": list(ws.domains or []),
+                "created_at": _iso(ws.created_at)}
+
+    def list_workspaces(self, p: Principal) -> dict:
+        self._operator(p)
+        with self.hub.db() as db:
+            rows = list(db.scalars(select(Workspace).order_by(Workspace.slug)))
+        return {"items": [self.render_workspace(w) for w in rows]}
+
+    def create_workspace(self, p: Principal, body) -> dict:
+        self._operator(p)
+        body = _body(body, {"slug", "name", "plan", "domains"}, ("slug", "name"))
+        try:
+            [w] = validate({"workspaces": [body]})
+        except ConfigError as exc:
+            raise invalid(exc.errors, "workspaces[0]") from None
+        with self.hub.db() as db:
+            if db.scalar(select(Workspace.id).where(Workspace.slug == w["slug"])):
+                raise AdminError(409, "conflict", "a workspace with this slug exists", "slug")
+            ws = Workspace(slug=w["slug"], name=w["name"], plan=w["plan"], domains=w["domains"], policies={})
+            db.add(ws)
+            try:
+                db.commit()
+            except IntegrityError:
+                raise AdminError(409, "conflict", "a workspace with this slug exists", "slug") from None
+        self.audit(p, ws.id, "admin.workspace.created", subject_id=ws.id, slug=ws.slug)
+        return self.render_workspace(ws)
+
+    def get_workspace(self, p: Principal, slug: str) -> dict:
+        return self.render_workspace(self.workspace(p, slug))
+
+    # ---- users ------------------------------------------------------------------------------------------------
+    def _groups_of(self, db, user_ids: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {u: [] for u in user_ids}
+        if user_ids:
+            rows = db.execute(select(GroupMember.user_id, Group.name).join(Group, Group.id == GroupMember.group_id)
+                              .where(GroupMember.user_id.in_(user_ids)).order_by(Group.name))
+            for uid, name in rows:
+                out[uid].append(name)
+        return out
+
+    def render_user(self, u: User, groups: list[str], mfa: list[str] | None = None) -> dict:
+        status = "disabled" if not u.active else ("invited" if u.password_hash is None and not u.external_id
+                                                   else "active")
+        out = {"id": u.id, "email": u.email, "name": u.name or "", "role": u.role, "active": bool(u.active),
+               "status": status, "groups": groups, "managed_by": "scim" if u.external_id else None,
+               "created_at": _iso(u.created_at), "updated_at": _iso(u.updated_at)}
+        if mfa is not None:
+            out["mfa_methods"] = mfa
+        return out
+
+    def list_users(self, p: Principal, slug: str, *, email=None, status=None, q=None, limit=None, offset=None
+                   ) -> dict:
+        ws = self.workspace(p, slug)
+        limit = _int(limit, "limit", 50, 1, MAX_LIMIT)
+        offset = _int(offset, "offset", 0, 0, 10_000_000)
+        stmt = select(User).where(User.workspace_id == ws.id)
+        if email not in (None, ""):
+            if not isinstance(email, str) or len(email) > 320:
+                raise AdminError(400, "bad_parameter", "email is too long", "email")
+            stmt = stmt.where(User.email_normalized == email.strip().casefold())
+        if q not in (None, ""):
+            if not isinstance(q, str) or len(q) > 200:
+                raise AdminError(400, "bad_parameter", "q is too long", "q")
+            like = "%" + q.strip().casefold().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            stmt = stmt.where(or_(User.email_normalized.like(like, escape="\\"),
+                                  func.lower(User.name).like(like, escape="\\")))
+        if status not in (None, ""):
+            if status not in USER_STATUSES:
+                raise AdminError(400, "bad_parameter", f"status must be one of {', '.join(USER_STATUSES)}", "status")
+            if status == "disabled":
+                stmt = stmt.where(User.active.is_(False))
+            elif status == "invited":
+                stmt = stmt.where(User.active.is_(True), User.password_hash.is_(None), User.external_id.is_(None))
+            else:
+                stmt = stmt.where(User.active.is_(True), or_(User.password_hash.is_not(None),
+                                                             User.external_id.is_not(None)))
+        with self.hub.db() as db:
+            total = db.scalar(select(func.count()).select_from(stmt.subquery()))
+            rows = list(db.scalars(stmt.order_by(User.email_normalized, User.id).limit(limit).offset(offset)))
+            groups = self._groups_of(db, [u.id for u in rows])
+        items = [self.render_user(u, groups[u.id]) for u in rows]
+        nxt = offset + len(items) if offset + len(items) < total else None
+        return {"items": items, "total": total, "limit": limit, "offset": offset, "next_offset": nxt}
+
+    def _user(self, db, ws: Workspace, user_id: str) -> User:
+        _check_id(user_id, "user")
+        u = db.scalar(select(User).where(User.id == user_id, User.workspace_id == ws.id))
+        if u is None:
+            raise AdminError(404, "not_found", "no such user")
+        return u
+
+    def get_user(self, p: Principal, slug: str, user_id: str) -> dict:
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            u = self._user(db, ws, user_id)
+            groups = self._groups_of(db, [u.id])[u.id]
+        mfa = self.hub.mfa.enrolled(u.id).methods() if self.hub.mfa else []
+        return self.render_user(u, groups, list(mfa))
+
+    def _group_names(self, db, ws: Workspace) -> dict[str, str]:
+        return {g.name: g.id for g in db.scalars(select(Group).where(Group.workspace_id == ws.id))}
+
+    def _set_groups(self, db, ws: Workspace, user: User, names: list[str], known: dict[str, str]) -> None:
+        wanted = {known[n] for n in names}
+        have = set(db.scalars(select(GroupMember.group_id).join(Group, Group.id == GroupMember.group_id)
+                              .where(GroupMember.user_id == user.id, Group.workspace_id == ws.id)))
+        for gid in wanted - have:
+            db.add(GroupMember(group_id=gid, user_id=user.id))
+        if have - wanted:
+            db.execute(delete(GroupMember).where(GroupMember.user_id == user.id,
+                                                 GroupMember.group_id.in_(have - wanted)))
+
+    def create_user(self, p: Principal, slug: str, body) -> dict:
+        """Create a user; without a password it is an invitation: a set-password link is mailed (the reset
+        mechanism of ``idp.hub``)."""
+        ws = self.workspace(p, slug)
+        body = _body(body, {"email", "name", "password", "role", "groups"}, ("email",))
+        with self.hub.db() as db:
+            known = self._group_names(db, ws)
+            v = Validator()
+            u = validate_user(v, body, "user", list(known), set())
+            if v.errors:
+                raise invalid(v.errors, "user")
+            key = normalise_email(u["email"])
+            if db.scalar(select(User.id).where(User.workspace_id == ws.id, User.email_normalized == key)):
+                raise AdminError(409, "conflict", "a user with this email address exists", "email")
+            user = User(workspace_id=ws.id, email=u["email"], email_normalized=key, name=u.get("name") or "",
+                        role=u.get("role", "member"), active=True)
+            if u.get("password") is not None:
+                user.password_hash = self.hub.hasher.hash(u["password"])
+            db.add(user)
+            try:
+                db.flush()
+            except IntegrityError:
+                raise AdminError(409, "conflict", "a user with this email address exists", "email") from None
+            self._set_groups(db, ws, user, list(u.get("groups") or []), known)
+            db.commit()
+            groups = self._groups_of(db, [user.id])[user.id]
+        invited = u.get("password") is None
+        self.audit(p, ws.id, "admin.user.invited" if invited else "admin.user.created", subject_id=user.id,
+                   email=user.email, role=user.role, groups=groups)
+        if invited:
+            self.hub.request_reset(ws, user.email, self._client(p))
+        return self.render_user(user, groups)
+
+    def update_user(self, p: Principal, slug: str, user_id: str, body) -> dict:
+        ws = self.workspace(p, slug)
+        body = _body(body, {"name", "role", "groups"})
+        with self.hub.db() as db:
+            user = self._user(db, ws, user_id)
+            known = self._group_names(db, ws)
+            v = Validator()
+            u = validate_user(v, {"email": user.email, **body}, "user", list(known), set())
+            if v.errors:
+                raise invalid(v.errors, "user")
+            if "role" in body and body["role"] != "admin" and p.kind == "user" and p.actor_id == user.id:
+                raise AdminError(409, "self_lockout", "you cannot remove your own admin role", "role")
+            changed = [k for k in body if k != "groups" and getattr(user, k) != u[k]]
+            if "name" in body:
+                user.name = u.get("name") or ""
+            if "role" in body:
+                user.role = u["role"]
+            if "groups" in body:
+                before = self._groups_of(db, [user.id])[user.id]
+                self._set_groups(db, ws, user, list(dict.fromkeys(u.get("groups") or [])), known)
+                if sorted(set(u.get("groups") or [])) != before:
+                    changed.append("groups")
+            user.updated_at = self.hub.clock()
+            db.commit()
+            groups = self._groups_of(db, [user.id])[user.id]
+        self.audit(p, ws.id, "admin.user.updated", subject_id=user.id, changed=changed,
+                   **({"role": user.role} if "role" in changed else {}))
+        return self.render_user(user, groups)
+
+    def set_active(self, p: Principal, slug: str, user_id: str, active: bool) -> dict:
+        """Disable (every session ends, as with SCIM deprovisioning) or enable a user."""
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            user = self._user(db, ws, user_id)
+            if not active and p.kind == "user" and p.actor_id == user.id:
+                raise AdminError(409, "self_lockout", "you cannot disable your own account")
+            was = user.active
+            user.active = active
+            user.updated_at = self.hub.clock()
+            db.commit()
+            groups = self._groups_of(db, [user.id])[user.id]
+        ended = 0
+        if not active:
+            ended = len(self.hub.sessions.end_all(user.id, "deactivated"))
+        if was != active:
+            self.audit(p, ws.id, "admin.user.enabled" if active else "admin.user.disabled", subject_id=user.id,
+                       **({} if active else {"sessions_ended": ended}))
+        return self.render_user(user, groups)
+
+    def reset_mfa(self, p: Principal, slug: str, user_id: str) -> dict:
+        """Remove every second factor (the user enrols again at the next sign-in) and end the user's sessions."""
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            user = self._user(db, ws, user_id)
+        methods = list(self.hub.mfa.enrolled(user.id).methods())
+        self.hub.mfa.disable_all(user.id)
+        ended = len(self.hub.sessions.end_all(user.id, "mfa_reset_by_admin"))
+        self.audit(p, ws.id, "admin.user.mfa_reset", subject_id=user.id, removed=methods, sessions_ended=ended)
+        return {"removed": methods, "sessions_ended": ended}
+
+    def end_sessions(self, p: Principal, slug: str, user_id: str) -> dict:
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            user = self._user(db, ws, user_id)
+        ended = len(self.hub.sessions.end_all(user.id, "ended_by_admin"))
+        self.audit(p, ws.id, "admin.user.sessions_ended", subject_id=user.id, sessions_ended=ended)
+        return {"sessions_ended": ended}
+
+    # ---- groups -----------------------------------------------------------------------------------------------
+    def _group(self, db, ws: Workspace, group_id: str) -> Group:
+        _check_id(group_id, "group")
+        g = db.scalar(select(Group).where(Group.id == group_id, Group.workspace_id == ws.id))
+        if g is None:
+            raise AdminError(404, "not_found", "no such group")
+        return g
+
+    def render_group(self, db, g: Group) -> dict:
+        n = db.scalar(select(func.count()).select_from(GroupMember).where(GroupMember.group_id == g.id))
+        return {"id": g.id, "name": g.name, "members": n, "managed_by": "scim" if g.external_id else None,
+                "created_at": _iso(g.created_at)}
+
+    def list_groups(self, p: Principal, slug: str, *, limit=None, offset=None) -> dict:
+        ws = self.workspace(p, slug)
+        stmt = select(Group).where(Group.workspace_id == ws.id)
+        with self.hub.db() as db:
+            return _page(db, stmt.order_by(Group.name, Group.id), limit, offset, lambda g: self.render_group(db, g))
+
+    def _group_name(self, body) -> str:
+        v = Validator()
+        name = v.string(body.get("name"), "name")
+        if v.errors:
+            raise invalid(v.errors)
+        name = name.strip()
+        if not name:
+            raise AdminError(422, "invalid", "required", "name")
+        return name
+
+    def create_group(self, p: Principal, slug: str, body) -> dict:
+        ws = self.workspace(p, slug)
+        name = self._group_name(_body(body, {"name"}, ("name",)))
+        with self.hub.db() as db:
+            if db.scalar(select(Group.id).where(Group.workspace_id == ws.id, Group.name == name)):
+                raise AdminError(409, "conflict", "a group with this name exists", "name")
+            g = Group(workspace_id=ws.id, name=name)
+            db.add(g)
+            try:
+                db.commit()
+            except IntegrityError:
+                raise AdminError(409, "conflict", "a group with this name exists", "name") from None
+            out = self.render_group(db, g)
+        self.audit(p, ws.id, "admin.group.created", subject_id=g.id, name=name)
+        return out
+
+    def get_group(self, p: Principal, slug: str, group_id: str) -> dict:
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            return self.render_group(db, self._group(db, ws, group_id))
+
+    def update_group(self, p: Principal, slug: str, group_id: str, body) -> dict:
+        ws = self.workspace(p, slug)
+        name = self._group_name(_body(body, {"name"}, ("name",)))
+        with self.hub.db() as db:
+            g = self._group(db, ws, group_id)
+            old = g.name
+            if name != old and db.scalar(select(Group.id).where(Group.workspace_id == ws.id, Group.name == name)):
+                raise AdminError(409, "conflict", "a group with this name exists", "name")
+            g.name = name
+            g.updated_at = self.hub.clock()
+            db.commit()
+            out = self.render_group(db, g)
+        self.audit(p, ws.id, "admin.group.updated", subject_id=g.id, name=name, old_name=old)
+        return out
+
+    def delete_group(self, p: Principal, slug: str, group_id: str) -> None:
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            g = self._group(db, ws, group_id)
+            db.execute(delete(GroupMember).where(GroupMember.group_id == g.id))
+            db.delete(g)
+            db.commit()
+        self.audit(p, ws.id, "admin.group.deleted", subject_id=group_id, name=g.name)
+
+    def group_members(self, p: Principal, slug: str, group_id: str, *, limit=None, offset=None) -> dict:
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            g = self._group(db, ws, group_id)
+            stmt = select(User).join(GroupMember, GroupMember.user_id == User.id).where(GroupMember.group_id == g.id)
+            page = _page(db, stmt.order_by(User.email_normalized, User.id), limit, offset, lambda u: u)
+            groups = self._groups_of(db, [u.id for u in page["items"]])
+        page["items"] = [self.render_user(u, groups[u.id]) for u in page["items"]]
+        return page
+
+    def set_member(self, p: Principal, slug: str, group_id: str, user_id: str, member: bool) -> dict:
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            g = self._group(db, ws, group_id)
+            u = self._user(db, ws, user_id)
+            present = db.get(GroupMember, (g.id, u.id)) is not None
+            if member and not present:
+                db.add(GroupMember(group_id=g.id, user_id=u.id))
+            elif not member and present:
+                db.execute(delete(GroupMember).where(GroupMember.group_id == g.id, GroupMember.user_id == u.id))
+            db.commit()
+            out = self.render_group(db, g)
+        if member != present:
+            self.audit(p, ws.id, "admin.group.member_added" if member else "admin.group.member_removed",
+                       subject_id=u.id, group=g.name)
+        return out
+
+    # ---- apps (OIDC clients, SAML service providers) -------------------------------------------------------
+    def app_settings(self, ws: Workspace, kind: str, row) -> dict:
+        """What the app's developers need, copy-ready."""
+        base = self.hub.settings.base_url
+        if kind == "oidc":
+            issuer = f"{base}/w/{ws.slug}"
+            return {"issuer": issuer, "discovery_url": f"{issuer}/.well-known/openid-configuration",
+                    "client_id": row.client_id, "redirect_uris": list(row.redirect_uris or []),
+                    "token_endpoint_auth_method": row.token_endpoint_auth_method, "pkce": "S256 (required)",
+                    "scopes": list(row.scopes or [])}
+        saml = f"{base}/w/{ws.slug}/saml"
+        return {"metadata_url": f"{saml}/metadata", "entity_id": f"{saml}/metadata", "sso_url": f"{saml}/sso",
+                "slo_url": f"{saml}/slo", "sp_entity_id": row.entity_id,
+                "acs_urls": [a.get("url") for a in (row.acs or []) if isinstance(a, dict)],
+                "nameid_format": row.nameid_format}
+
+    def render_app(self, ws: Workspace, kind: str, row) -> dict:
+        out = {"slug": row.slug, "name": row.name, "protocol": kind, "require_mfa": bool(row.require_mfa),
+               "created_at": _iso(row.created_at), "settings": self.app_settings(ws, kind, row)}
+        return out
+
+    def _app_rows(self, db, ws: Workspace) -> list[tuple[str, object]]:
+        from oidc.models import OidcClient
+        from saml.models import SamlServiceProvider
+
+        rows = [("oidc", r) for r in db.scalars(select(OidcClient).where(OidcClient.workspace_id == ws.id))]
+        rows += [("saml", r) for r in db.scalars(select(SamlServiceProvider)
+                                                 .where(SamlServiceProvider.workspace_id == ws.id))]
+        return sorted(rows, key=lambda kr: (kr[1].slug, kr[0]))
+
+    def list_apps(self, p: Principal, slug: str) -> dict:
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            return {"items": [self.render_app(ws, k, r) for k, r in self._app_rows(db, ws)]}
+
+    def _app(self, db, ws: Workspace, app_slug: str):
+        if not isinstance(app_slug, str) or not APP_SLUG_RE.match(app_slug):
+            raise AdminError(404, "not_found", "no such app")
+        for k, r in self._app_rows(db, ws):
+            if r.slug == app_slug:
+                return k, r
+        raise AdminError(404, "not_found", "no such app")
+
+    def get_app(self, p: Principal, slug: str, app_slug: str) -> dict:
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            return self.render_app(ws, *self._app(db, ws, app_slug))
+
+    def create_app(self, p: Principal, slug: str, body) -> dict:
+        """An app entry as in the config file. An OIDC client's id and secret are generated here; the secret is
+        in this answer only (``client_secret``) and stored as its hash."""
+        from idp.configfile import APP_KEYS
+        from oidc.config import apply_oidc_apps
+        from saml.config import SamlConfigError, apply_saml_apps, saml_app_errors
+
+        ws = self.workspace(p, slug)
+        # never a server-side path or a fetch from the API; secrets are generated, not chosen
+        allowed = APP_KEYS - {"metadata_file", "metadata_url", "client_secret", "client_secret_env", "client_id",
+                              "jwks_uri"}
+        body = _body(body, allowed, ("slug", "name", "protocol"))
+        entry = dict(body)
+        secret = None
+        if entry.get("protocol") == "oidc":
+            entry["client_id"] = secrets.token_urlsafe(18)
+            if entry.get("token_endpoint_auth_method") not in ("none", "private_key_jwt"):
+                secret = secrets.token_urlsafe(32)
+                entry["client_secret"] = secret
+        v = Validator()
+        apps = validate_apps(v, [entry], "app")
+        if not v.errors:
+            for problem in saml_app_errors(apps[0]):
+                v.err("app[0]", problem)
+        if v.errors:
+            raise invalid(v.errors, "app[0]")
+        with self.hub.db() as db:
+            if any(r.slug == entry["slug"] for _k, r in self._app_rows(db, ws)):
+                raise AdminError(409, "conflict", "an app with this slug exists", "slug")
+            try:
+                if entry["protocol"] == "oidc":
+                    apply_oidc_apps(db, ws, apps)
+                else:
+                    from saml.config import _sp_settings
+                    from saml.models import SamlServiceProvider
+
+                    eid = _sp_settings(apps[0], None)["entity_id"]
+                    if db.scalar(select(SamlServiceProvider.id).where(SamlServiceProvider.workspace_id == ws.id,
+                                                                      SamlServiceProvider.entity_id == eid)):
+                        raise AdminError(409, "conflict", "an app with this SAML entity ID exists", "entity_id")
+                    apply_saml_apps(db, ws, apps)
+                db.commit()
+            except (SamlConfigError, ValueError) as exc:
+                db.rollback()
+                raise AdminError(422, "invalid", str(exc)[:300]) from None
+            except IntegrityError:
+                db.rollback()
+                raise AdminError(409, "conflict", "an app with this slug exists", "slug") from None
+            out = self.render_app(ws, *self._app(db, ws, entry["slug"]))
+        self.audit(p, ws.id, "admin.app.created", subject_id=entry["slug"], protocol=entry["protocol"],
+                   client_id=entry.get("client_id"))
+        if secret:
+            out["client_secret"] = secret
+        return out
+
+    def update_app(self, p: Principal, slug: str, app_slug: str, body) -> dict:
+        """Change an OIDC client's name, redirect URIs, scopes or per-app 2FA, validated as in the config file
+        (its id, secret and authentication method stay)."""
+        ws = self.workspace(p, slug)
+        body = _body(body, {"name", "redirect_uris", "post_logout_redirect_uris", "scopes", "require_mfa"})
+        with self.hub.db() as db:
+            kind, row = self._app(db, ws, app_slug)
+            if kind != "oidc":
+                raise AdminError(409, "not_supported", "change a SAML app by registering it again")
+            current = {"slug": row.slug, "name": row.name, "protocol": "oidc", "client_id": row.client_id,
+                       "token_endpoint_auth_method": "none", "redirect_uris": list(row.redirect_uris or []),
+                       "post_logout_redirect_uris": list(row.post_logout_redirect_uris or []),
+                       "scopes": list(row.scopes or [])}
+            v = Validator()
+            validate_apps(v, [{**current, **body}], "app")
+            if "require_mfa" in body:
+                v.boolean(body["require_mfa"], "app[0].require_mfa")
+            if v.errors:
+                raise invalid(v.errors, "app[0]")
+            changed = sorted(k for k in body if getattr(row, k) != body[k])
+            for k in body:
+                setattr(row, k, list(body[k]) if isinstance(body[k], list) else body[k])
+            db.commit()
+            out = self.render_app(ws, kind, row)
+        self.audit(p, ws.id, "admin.app.updated", subject_id=app_slug, changed=changed)
+        return out
+
+    def rotate_app_secret(self, p: Principal, slug: str, app_slug: str) -> dict:
+        """A new client secret for a confidential OIDC client, shown once; the old one stops working now."""
+        from oidc.config import secret_hash
+
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            kind, row = self._app(db, ws, app_slug)
+            if kind != "oidc" or not row.secret_hash:
+                raise AdminError(409, "not_supported", "only a confidential OIDC client has a secret")
+            secret = secrets.token_urlsafe(32)
+            row.secret_hash = secret_hash(secret)
+            db.commit()
+            out = self.render_app(ws, kind, row)
+        self.audit(p, ws.id, "admin.app.secret_rotated", subject_id=app_slug)
+        out["client_secret"] = secret
+        return out
+
+    def delete_app(self, p: Principal, slug: str, app_slug: str) -> None:
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            kind, row = self._app(db, ws, app_slug)
+            db.delete(row)
+            db.commit()
+        self.audit(p, ws.id, "admin.app.deleted", subject_id=app_slug, protocol=kind)
+
+    # ---- connections (upstream Okta / Azure AD / SAML / OIDC / LDAP) -------------------------------------------
+    def render_connection(self, ws: Workspace, row) -> dict:
+        base = f"{self.hub.settings.base_url}/w/{ws.slug}/sso/{row.slug}"
+        settings = {k: v for k, v in (row.settings or {}).items()
+                    if k not in ("slug", "name", "protocol", "preset", "domains", "metadata_xml")}
+        urls = {"start_url": f"{base}/start", "test_url": f"{base}/test"}
+        if row.protocol == "saml":
+            urls.update(acs_url=f"{base}/acs", sp_metadata_url=f"{base}/metadata", sp_entity_id=f"{base}/metadata")
+        elif row.protocol == "oidc":
+            urls["redirect_uri"] = f"{base}/callback"
+        return {"slug": row.slug, "name": row.name, "protocol": row.protocol, "preset": row.preset,
+                "domains": list(row.domains or []), "settings": settings, "secrets_set": sorted(row.secrets or {}),
+                "urls": urls, "created_at": _iso(row.created_at)}
+
+    def _connection_rows(self, db, ws: Workspace) -> list:
+        from federation.models import FederationConnection
+
+        return list(db.scalars(select(FederationConnection).where(FederationConnection.workspace_id == ws.id)
+                               .order_by(FederationConnection.slug)))
+
+    def list_connections(self, p: Principal, slug: str) -> dict:
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            return {"items": [self.render_connection(ws, r) for r in self._connection_rows(db, ws)]}
+
+    def _connection(self, db, ws: Workspace, conn_slug: str):
+        if not isinstance(conn_slug, str) or not APP_SLUG_RE.match(conn_slug):
+            raise AdminError(404, "not_found", "no such connection")
+        for r in self._connection_rows(db, ws):
+            if r.slug == conn_slug:
+                return r
+        raise AdminError(404, "not_found", "no such connection")
+
+    def get_connection(self, p: Principal, slug: str, conn_slug: str) -> dict:
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            return self.render_connection(ws, self._connection(db, ws, conn_slug))
+
+    def create_connection(self, p: Principal, slug: str, body) -> dict:
+        """A config-file ``connections`` entry, validated and applied by the config file's code. Server-side
+        paths (``metadata_file``, ``ca_file``), fetches (``metadata_url``) and environment references are
+        refused."""
+        from federation.config import apply_connections, connection_settings
+        from idp.configfile import CONNECTION_KEYS, validate_connections
+
+        ws = self.workspace(p, slug)
+        allowed = CONNECTION_KEYS - {"metadata_file", "metadata_url", "ca_file", "client_secret_env",
+                                     "bind_password_env"}
+        body = _body(body, allowed, ("slug", "name", "protocol"))
+        v = Validator()
+        conns = validate_connections(v, [dict(body)], "connection", ws.plan)
+        if v.errors:
+            raise invalid(v.errors, "connection[0]")
+        [conn] = conns
+        key = self.hub.settings.secret_key
+        with self.hub.db() as db:
+            rows = self._connection_rows(db, ws)
+            if any(r.slug == conn["slug"] for r in rows):
+                raise AdminError(409, "conflict", "a connection with this slug exists", "slug")
+            taken = {d: r.slug for r in rows for d in (r.domains or [])}
+            for d in conn.get("domains") or []:
+                if d in taken:
+                    raise AdminError(409, "conflict", f"{d} already belongs to connection {taken[d]!r}", "domains")
+            existing = [{k: val for k, val in connection_settings(r, key).items() if k != "id"} for r in rows]
+            try:
+                apply_connections(db, ws, existing + [conn], key)
+                db.commit()
+            except IntegrityError:
+                db.rollback()
+                raise AdminError(409, "conflict", "a connection with this slug exists", "slug") from None
+            out = self.render_connection(ws, self._connection(db, ws, conn["slug"]))
+        self.audit(p, ws.id, "admin.connection.created", subject_id=conn["slug"], protocol=conn["protocol"],
+                   domains=conn.get("domains") or [])
+        return out
+
+    def delete_connection(self, p: Principal, slug: str, conn_slug: str) -> None:
+        from federation.models import FederationConnection
+
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            row = self._connection(db, ws, conn_slug)
+            db.execute(delete(FederationConnection).where(FederationConnection.id == row.id,
+                                                          FederationConnection.workspace_id == ws.id))
+            db.commit()
+        self.audit(p, ws.id, "admin.connection.deleted", subject_id=conn_slug, protocol=row.protocol)
+
+    # ---- policies ---------------------------------------------------------------------------------------------
+    def get_policies(self, p: Principal, slug: str) -> dict:
+        ws = self.workspace(p, slug)
+        return {"policies": dict(ws.policies or {}), "summary": summarise(ws.policies or {})}
+
+    def put_policies(self, p: Principal, slug: str, body) -> dict:
+        ws = self.workspace(p, slug)
+        if not isinstance(body, dict):
+            raise AdminError(400, "bad_request", "the body must be a JSON object")
+        v = Validator()
+        policies = validate_policies(v, body, "policies", ws.plan)
+        if v.errors:
+            raise invalid(v.errors, "policies")
+        lst = policies.get("ip_allowlist")
+        if lst and p.kind == "user" and p.ip:
+            try:
+                ip = ipaddress.ip_address(p.ip)
+            except ValueError:
+                ip = None
+            if ip is None or not any(ip.version == n.version and ip in n for n in parse_allowlist(lst)):
+                raise AdminError(409, "self_lockout", f"this allowlist does not include your own address ({p.ip}); "
+                                 "you would be locked out", "ip_allowlist")
+        with self.hub.db() as db:
+            row = db.get(Workspace, ws.id)
+            old = dict(row.policies or {})
+            row.policies = policies
+            db.commit()
+        changed = sorted(k for k in set(old) | set(policies) if old.get(k) != policies.get(k))
+        self.audit(p, ws.id, "admin.policies.updated", changed=changed, policies=policies)
+        return {"policies": policies, "summary": summarise(policies)}
+
+    # ---- SCIM tokens ------------------------------------------------------------------------------------------
+    def list_scim_tokens(self, p: Principal, slug: str) -> dict:
+        from scim.models import ScimToken
+
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            rows = list(db.scalars(select(ScimToken).where(ScimToken.workspace_id == ws.id)
+                                   .order_by(ScimToken.created_at)))
+        return {"items": [{"id": r.id, "name": r.name, "read_only": bool(r.read_only),
+                           "created_at": _iso(r.created_at), "revoked_at": _iso(r.revoked_at)} for r in rows]}
+
+    def create_scim_token(self, p: Principal, slug: str, body) -> dict:
+        from scim.config import hash_token, validate_scim_tokens
+        from scim.models import ScimToken
+
+        ws = self.workspace(p, slug)
+        body = _body(body, {"name", "read_only"}, ("name",))
+        token = secrets.token_urlsafe(32)
+        errors = validate_scim_tokens([{**body, "token": token}], "scim_tokens")
+        if errors:
+            raise invalid(errors, "scim_tokens[0]")
+        if ws.plan != "enterprise":
+            raise AdminError(409, "plan_required", "SCIM provisioning needs the enterprise plan")
+        with self.hub.db() as db:
+            if db.scalar(select(ScimToken.id).where(ScimToken.workspace_id == ws.id, ScimToken.name == body["name"])):
+                raise AdminError(409, "conflict", "a SCIM token with this name exists", "name")
+            row = ScimToken(workspace_id=ws.id, name=body["name"], token_hash=hash_token(token),
+                            read_only=bool(body.get("read_only", False)))
+            db.add(row)
+            try:
+                db.commit()
+            except IntegrityError:
+                raise AdminError(409, "conflict", "a SCIM token with this name exists", "name") from None
+        self.audit(p, ws.id, "admin.scim_token.created", subject_id=row.id, name=row.name, read_only=row.read_only)
+        return {"id": row.id, "name": row.name, "read_only": bool(row.read_only), "created_at": _iso(row.created_at),
+                "revoked_at": None, "token": token,
+                "scim_base_url": f"{self.hub.settings.base_url}/w/{ws.slug}/scim/v2"}
+
+    def revoke_scim_token(self, p: Principal, slug: str, token_id: str) -> None:
+        from scim.models import ScimToken
+
+        ws = self.workspace(p, slug)
+        _check_id(token_id, "SCIM token")
+        with self.hub.db() as db:
+            row = db.scalar(select(ScimToken).where(ScimToken.id == token_id, ScimToken.workspace_id == ws.id))
+            if row is None:
+                raise AdminError(404, "not_found", "no such SCIM token")
+            if row.revoked_at is None:
+                row.revoked_at = self.hub.clock()
+                db.commit()
+        self.audit(p, ws.id, "admin.scim_token.revoked", subject_id=token_id, name=row.name)
+
+    # ---- audit log --------------------------------------------------------------------------------------------
+    @staticmethod
+    def render_event(ev: AuditEvent) -> dict:
+        return {"seq": ev.seq, "occurred_at": iso_utc(ev.occurred_at), "type": ev.type, "actor_id": ev.actor_id,
+                "actor_email": ev.actor_email, "subject_id": ev.subject_id, "ip": ev.ip,
+                "request_id": ev.request_id, "data": ev.data or {}}
+
+    def _event_filter(self, ws: Workspace, type_, actor, since, until):
+        stmt = select(AuditEvent).where(AuditEvent.chain == chain_for(ws.id))
+        if type_ not in (None, ""):
+            if not isinstance(type_, str) or len(type_) > 64 or not re.match(r"^[a-z0-9_.]+\*?$", type_):
+                raise AdminError(400, "bad_parameter", "type is an event type such as auth.signin.failure, "
+                                 "or a prefix ending in *", "type")
+            if type_.endswith("*"):
+                stmt = stmt.where(AuditEvent.type.startswith(type_[:-1], autoescape=True))
+            else:
+                stmt = stmt.where(AuditEvent.type == type_)
+        if actor not in (None, ""):
+            if not isinstance(actor, str) or len(actor) > 320:
+                raise AdminError(400, "bad_parameter", "actor is too long", "actor")
+            stmt = stmt.where(or_(AuditEvent.actor_email == actor.strip().casefold(), AuditEvent.actor_email == actor,
+                                  AuditEvent.actor_id == actor))
+        s, u = parse_time(since, "since"), parse_time(until, "until")
+        if s is not None:
+            stmt = stmt.where(AuditEvent.occurred_at >= s)
+        if u is not None:
+            stmt = stmt.where(AuditEvent.occurred_at < u)
+        return stmt
+
+    def search_events(self, p: Principal, slug: str, *, type=None, actor=None, since=None, until=None,  # noqa: A002
+                      limit=None, before=None) -> dict:
+        """Newest first; ``before`` (a ``seq``) pages back."""
+        ws = self.workspace(p, slug)
+        limit = _int(limit, "limit", 50, 1, MAX_LIMIT)
+        before_seq = _int(before, "before", 0, 0, 2**62) if before not in (None, "") else None
+        stmt = self._event_filter(ws, type, actor, since, until)
+        if before_seq is not None:
+            stmt = stmt.where(AuditEvent.seq < before_seq)
+        with self.hub.db() as db:
+            rows = list(db.scalars(stmt.order_by(AuditEvent.seq.desc()).limit(limit + 1)))
+            more = len(rows) > limit
+            rows = rows[:limit]
+            ids = {i for e in rows for i in (e.actor_id, e.subject_id) if i and ID_RE.match(i)}
+            emails = {uid: email for uid, email in db.execute(
+                select(User.id, User.email).where(User.workspace_id == ws.id, User.id.in_(ids)))} if ids else {}
+        items = []
+        for e in rows:
+            item = self.render_event(e)
+            item["actor_label"] = e.actor_email or emails.get(e.actor_id or "") or e.actor_id
+            item["subject_label"] = emails.get(e.subject_id or "") or e.subject_id
+            items.append(item)
+        return {"items": items, "next_before": rows[-1].seq if more and rows else None}
+
+    def export_events(self, p: Principal, slug: str, *, fmt="json", type=None, since=None,  # noqa: A002
+                      until=None):
+        ws = self.workspace(p, slug)
+        if fmt not in ("json", "csv"):
+            raise AdminError(400, "bad_parameter", "format must be csv or json", "format")
+        if type not in (None, "") and (not isinstance(type, str) or len(type) > 64
+                                       or not re.match(r"^[a-z0-9_.]+$", type)):
+            raise AdminError(400, "bad_parameter", "type is an event type such as auth.signin.failure", "type")
+        s, u = parse_time(since, "since"), parse_time(until, "until")
+        self.audit(p, ws.id, "admin.audit.exported", format=fmt)
+        return self.hub.audit.export(ws.id, fmt=fmt, since=s, until=u, types=[type] if type else None)
+
+    # ---- dashboard --------------------------------------------------------------------------------------------
+    def dashboard(self, p: Principal, slug: str) -> dict:
+        ws = self.workspace(p, slug)
+        now = self.hub.clock()
+        since = now - timedelta(hours=24)
+        with self.hub.db() as db:
+            def count(type_):
+                return db.scalar(select(func.count()).select_from(AuditEvent).where(
+                    AuditEvent.chain == chain_for(ws.id), AuditEvent.type == type_, AuditEvent.occurred_at >= since))
+
+            users = db.scalar(select(func.count()).select_from(User).where(User.workspace_id == ws.id))
+            disabled = db.scalar(select(func.count()).select_from(User).where(User.workspace_id == ws.id,
+                                                                              User.active.is_(False)))
+            sessions = db.scalar(select(func.count()).select_from(SessionRow).where(
+                SessionRow.workspace_id == ws.id, SessionRow.revoked_at.is_(None), SessionRow.expires_at > now))
+            return {"signins_24h": count("auth.signin.success"), "failures_24h": count("auth.signin.failure"),
+                    "active_sessions": sessions, "users": users, "disabled_users": disabled}
+
+
+def summarise(policies: dict) -> list[str]:
+    """The policies' effect in plain language, one sentence each."""
+    out = []
+    if policies.get("require_mfa"):
+        out.append("Everyone must use two-factor authentication.")
+    elif policies.get("require_mfa_for_admins", True):
+        out.append("Admins must use two-factor authentication; for everyone else it is optional.")
+    else:
+        out.append("Two-factor authentication is optional (also for admins).")
+    methods = policies.get("mfa_methods")
+    names = {"totp": "an authenticator app", "sms": "text messages", "backup_codes": "backup codes"}
+    if methods:
+        out.append("Allowed second factors: " + ", ".join(names.get(m, m) for m in methods) + ".")
+    if policies.get("ip_allowlist"):
+        out.append("Sign-in only from " + ", ".join(policies["ip_allowlist"]) + ".")
+    else:
+        out.append("Sign-in from any network.")
+    for key, label in (("session_idle_timeout", "Sessions end after {} without activity."),
+                       ("session_max_lifetime", "Everyone signs in again at least every {}.")):
+        if policies.get(key):
+            out.append(label.format(_human(policies[key])))
+    return out
+
+
+def _human(seconds: int) -> str:
+    for unit, n in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % n == 0 and seconds >= n:
+            k = seconds // n
+            return f"{k} {unit}{'s' if k != 1 else ''}"
+    return f"{seconds} seconds"

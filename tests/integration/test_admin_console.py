@@ -1,0 +1,241 @@
+"""The admin console (``/w/{ws}/admin``): who may enter, that every page works without JavaScript with labelled
+inputs and CSRF, and that its actions are the API's (same service, audited as the signed-in admin)."""
+
+from __future__ import annotations
+
+import dataclasses
+import html as htmllib
+import json
+import re
+
+import lxml.html
+import pytest
+from sqlalchemy import select
+
+from idp.audit import AuditEvent
+from idp.flow import AuthnResult, Client
+from idp.models import User, Workspace
+from tests.conftest import ALICE, ALICE_PW, BASE_CONFIG, BOB, BOB_PW, Browser, make_app
+
+PAGES = ("", "users", "groups", "apps", "connections", "policies", "scim", "audit")
+
+
+def text(r) -> str:
+    return htmllib.unescape(r.get_data(as_text=True))
+
+
+def signed_in(app, email: str, amr=("pwd", "totp")) -> Browser:
+    """A browser with a session as if ``email`` had signed in with ``amr`` (the real 2FA sign-in is covered by
+    tests/browser/test_admin_console.py)."""
+    hub = app.extensions["idhub"]
+    with hub.db() as db:
+        ws = db.scalar(select(Workspace).where(Workspace.slug == "acme"))
+        uid = db.scalar(select(User.id).where(User.workspace_id == ws.id, User.email_normalized == email))
+    b = Browser(app)
+    token, _ = hub.complete_signin(ws, AuthnResult(ws.id, uid, tuple(amr), hub.clock()),
+                                   Client("127.0.0.1", b.ua, "test"))
+    b.client.set_cookie("idhub_session_acme", token)
+    return b
+
+
+def events(hub, prefix: str) -> list[AuditEvent]:
+    with hub.db() as db:
+        return list(db.scalars(select(AuditEvent).where(AuditEvent.type.startswith(prefix)).order_by(AuditEvent.id)))
+
+
+def assert_labelled(page: str) -> None:
+    doc = lxml.html.fromstring(page)
+    labels = {lab.get("for") for lab in doc.iter("label")}
+    for el in doc.xpath("//input[not(@type='hidden')] | //select | //textarea"):
+        assert el.get("id") and el.get("id") in labels, f"unlabelled {lxml.html.tostring(el)[:120]!r}"
+
+
+@pytest.fixture
+def admin(app):
+    return signed_in(app, ALICE)
+
+
+def test_anonymous_users_get_the_sign_in_page(app):
+    for page in PAGES:
+        r = Browser(app).get(f"/w/acme/admin/{page}")
+        assert r.status_code == 302 and "/w/acme/login" in r.headers["Location"]
+
+
+def test_members_get_403_and_are_audited(app, hub):
+    b = Browser(app)
+    assert b.login("acme", BOB, BOB_PW).status_code == 302
+    for page in PAGES:
+        r = b.get(f"/w/acme/admin/{page}")
+        assert r.status_code == 403 and "admin console is for this workspace's admins" in text(r)
+    r = b.post("/w/acme/admin/users", {"email": "x@acme.test", "csrf_token": b.csrf(text(b.security()))})
+    assert r.status_code == 403
+    assert len(events(hub, "admin.console.denied")) == len(PAGES) + 1
+    with hub.db() as db:
+        assert db.scalar(select(User).where(User.email_normalized == "x@acme.test")) is None
+
+
+def test_an_admin_of_another_workspace_cannot_enter(app):
+    b = signed_in(app, ALICE)
+    assert b.get("/w/other/admin/").status_code == 302  # no session in that workspace: sign in there
+
+
+def test_admins_need_a_second_factor_by_default(app, tmp_path):
+    b = Browser(app)
+    assert b.login("acme", ALICE, ALICE_PW).status_code == 302  # alice: admin, no 2FA
+    r = b.get("/w/acme/admin/")
+    assert r.status_code == 403 and "Admins must sign in with two-factor authentication" in text(r)
+    assert "/w/acme/settings/security" in text(r)
+    assert "Admin console" in text(b.security())  # the link from the security page
+    # a workspace can relax it (the config file and the API validate the key alike)
+    cfg = json.loads(json.dumps(BASE_CONFIG))
+    cfg["workspaces"][0]["policies"]["require_mfa_for_admins"] = False
+    settings = dataclasses.replace(app.extensions["idhub"].settings, database_url=f"sqlite:///{tmp_path}/relaxed.db")
+    relaxed = make_app(settings, cfg)
+    b2 = Browser(relaxed)
+    assert b2.login("acme", ALICE, ALICE_PW).status_code == 302
+    assert b2.get("/w/acme/admin/").status_code == 200
+
+
+def test_every_page_renders_with_labelled_inputs(app, admin):
+    for page in PAGES:
+        r = admin.get(f"/w/acme/admin/{page}")
+        assert r.status_code == 200, (page, text(r)[:300])
+        assert_labelled(text(r))
+        assert "<script" not in text(r)
+    hub = app.extensions["idhub"]
+    with hub.db() as db:
+        bob = db.scalar(select(User.id).where(User.email_normalized == BOB))
+    r = admin.get(f"/w/acme/admin/users/{bob}")
+    assert r.status_code == 200
+    assert_labelled(text(r))
+    assert admin.get("/w/acme/admin/users/not-a-user").status_code == 404
+    assert admin.get("/w/acme/admin/apps/nope").status_code == 404
+
+
+def test_forms_need_csrf(app, admin):
+    r = admin.post("/w/acme/admin/users", {"email": "x@acme.test"})
+    assert r.status_code == 400
+    r = admin.post("/w/acme/admin/policies", {"require_mfa": "1", "csrf_token": "forged"})
+    assert r.status_code == 400
+
+
+def test_invite_user_disable_and_audit_as_the_admin(app, hub, admin, outbox):
+    r = admin.form_post("/w/acme/admin/users", "/w/acme/admin/users",
+                        {"email": "carol@acme.test", "name": "Carol", "role": "member", "groups": "engineering"})
+    assert r.status_code == 302
+    page = text(admin.get("/w/acme/admin/users"))
+    assert "Invited carol@acme.test" in page and 'data-user="carol@acme.test"' in page
+    assert outbox.find(to="carol@acme.test", subject="Reset your password")
+    r = admin.form_post("/w/acme/admin/users", "/w/acme/admin/users", {"email": "carol@acme.test"})
+    assert r.status_code == 409 and "already" not in text(r) and "exists" in text(r)
+    with hub.db() as db:
+        carol = db.scalar(select(User).where(User.email_normalized == "carol@acme.test"))
+    r = admin.form_post(f"/w/acme/admin/users/{carol.id}", f"/w/acme/admin/users/{carol.id}/disable", {})
+    assert r.status_code == 302
+    assert "disabled" in text(admin.get(f"/w/acme/admin/users/{carol.id}"))
+    [ev] = events(hub, "admin.user.disabled")
+    assert ev.actor_email == ALICE and ev.data["via"] == "console"
+    [ev] = events(hub, "admin.user.invited")
+    assert ev.actor_email == ALICE
+    # search
+    page = text(admin.get("/w/acme/admin/users?q=carol"))
+    assert 'data-user="carol@acme.test"' in page and f'data-user="{BOB}"' not in page
+    page = text(admin.get("/w/acme/admin/users?status=bogus"))
+    assert "status must be one of" in page
+
+
+def test_oidc_app_secret_is_shown_once_with_copy_ready_settings(app, admin):
+    r = admin.form_post("/w/acme/admin/apps", "/w/acme/admin/apps",
+                        {"protocol": "oidc", "name": "Wiki", "slug": "wiki",
+                         "redirect_uris": "https://wiki.acme.test/cb\nhttps://wiki.acme.test/cb2"})
+    assert r.status_code == 201, text(r)[:500]
+    page = text(r)
+    secret = re.search(r'id="client-secret" type="text" readonly value="([^"]+)"', page)[1]
+    assert "shown only this once" in page
+    assert 'value="http://localhost/w/acme/.well-known/openid-configuration"' in page
+    assert "https://wiki.acme.test/cb2" in page
+    again = text(admin.get("/w/acme/admin/apps/wiki"))
+    assert secret not in again and "client-secret" not in again
+    assert_labelled(again)
+    r = admin.form_post("/w/acme/admin/apps/wiki", "/w/acme/admin/apps/wiki",
+                        {"name": "Wiki", "redirect_uris": "https://wiki.acme.test/v2"})
+    assert r.status_code == 302
+    assert "https://wiki.acme.test/v2" in text(admin.get("/w/acme/admin/apps/wiki"))
+    r = admin.form_post("/w/acme/admin/apps/wiki", "/w/acme/admin/apps/wiki/secret", {})
+    assert r.status_code == 201
+    rotated = re.search(r'id="client-secret" type="text" readonly value="([^"]+)"', text(r))[1]
+    assert rotated != secret
+    r = admin.form_post("/w/acme/admin/apps", "/w/acme/admin/apps",
+                        {"protocol": "saml", "name": "CRM", "slug": "crm", "entity_id": "https://crm.test/sp",
+                         "acs_url": "https://crm.test/acs"})
+    assert r.status_code == 201
+    assert 'value="http://localhost/w/acme/saml/metadata"' in text(r)
+    r = admin.form_post("/w/acme/admin/apps", "/w/acme/admin/apps",
+                        {"protocol": "oidc", "name": "Bad", "slug": "bad", "redirect_uris": "not a url"})
+    assert r.status_code == 422 and "redirect_uris[0]: not an absolute URL" in text(r)
+
+
+def test_policies_summary_and_no_self_lockout(app, hub, admin):
+    r = admin.form_post("/w/acme/admin/policies", "/w/acme/admin/policies",
+                        {"require_mfa": "1", "require_mfa_for_admins": "1", "ip_allowlist": "10.0.0.0/8",
+                         "mfa_methods": "totp"})
+    assert r.status_code == 409 and "would be locked out" in text(r)
+    r = admin.form_post("/w/acme/admin/policies", "/w/acme/admin/policies",
+                        {"require_mfa": "1", "require_mfa_for_admins": "1", "ip_allowlist": "127.0.0.0/8\n10.0.0.0/8",
+                         "mfa_methods": "totp", "session_idle_timeout": "12h"})
+    assert r.status_code == 302, text(r)[:500]
+    page = text(admin.get("/w/acme/admin/policies"))
+    assert "Everyone must use two-factor authentication." in page
+    assert "Sign-in only from 127.0.0.0/8, 10.0.0.0/8." in page
+    assert "Sessions end after 12 hours without activity." in page
+    r = admin.form_post("/w/acme/admin/policies", "/w/acme/admin/policies", {"ip_allowlist": "10.0.0.1/8"})
+    assert r.status_code == 422 and "ip_allowlist[0]: has host bits set" in text(r)
+    [ev] = events(hub, "admin.policies.updated")
+    assert ev.actor_email == ALICE
+
+
+def test_scim_tokens_and_provisioning_log(app, hub, admin):
+    r = admin.form_post("/w/acme/admin/scim", "/w/acme/admin/scim", {"name": "okta"})
+    assert r.status_code == 201
+    token = re.search(r'id="scim-token" type="text" readonly value="([^"]+)"', text(r))[1]
+    c = app.test_client()
+    r = c.post("/w/acme/scim/v2/Users", json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                                              "userName": "dan@acme.test"},
+               headers={"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"})
+    assert r.status_code == 201
+    page = text(admin.get("/w/acme/admin/scim"))
+    assert token not in page and "scim.user.created" in page
+
+
+def test_audit_page_filters_and_exports(app, hub, admin):
+    admin.form_post("/w/acme/admin/groups", "/w/acme/admin/groups", {"name": "sales"})
+    page = text(admin.get("/w/acme/admin/audit?type=admin.*"))
+    assert 'data-type="admin.group.created"' in page and 'data-type="auth.signin.success"' not in page
+    page = text(admin.get("/w/acme/admin/audit?since=2999-01-01"))
+    assert "No events." in page
+    assert admin.get("/w/acme/admin/audit?since=garbage").status_code == 400
+    r = admin.get("/w/acme/admin/audit/export?format=csv&type=admin.group.created")
+    assert r.status_code == 200 and r.mimetype == "text/csv" and "admin.group.created" in text(r)
+    r = admin.get("/w/acme/admin/audit/export?format=json")
+    assert r.mimetype == "application/json" and any(e["type"] == "admin.group.created" for e in r.get_json())
+    page = text(admin.get("/w/acme/admin/"))
+    assert 'id="stat-signins">1<' in page and 'id="stat-users">' in page
+
+
+def test_connections_page_adds_an_oidc_connection_and_links_its_test(app, hub, admin):
+    r = admin.form_post("/w/acme/admin/connections", "/w/acme/admin/connections",
+                        {"protocol": "oidc", "name": "Okta", "slug": "okta", "preset": "okta",
+                         "issuer": "https://acme.okta.test", "client_id": "0oa1", "client_secret": "s3cret-value-xyz",
+                         "domains": "acme.test"})
+    assert r.status_code == 302, text(r)[:500]
+    page = text(admin.get("/w/acme/admin/connections"))
+    assert 'data-connection="okta"' in page and "s3cret-value-xyz" not in page
+    assert 'value="http://localhost/w/acme/sso/okta/callback"' in page
+    assert 'href="http://localhost/w/acme/sso/okta/test"' in page
+    assert_labelled(page)
+    r = admin.form_post("/w/acme/admin/connections", "/w/acme/admin/connections",
+                        {"protocol": "oidc", "name": "Bad", "slug": "bad", "issuer": "http://evil.test",
+                         "client_id": "x"})
+    assert r.status_code == 422 and "issuer: must use https" in text(r)
+    [ev] = events(hub, "admin.connection.created")
+    assert ev.actor_email == ALICE
