@@ -334,5 +334,15 @@ def admin_token_revoke(token_id):
     click.echo(f"revoked {token_id}")
 
 
+def _attach_saml() -> None:
+    """``idhub saml stage|status|refresh-metadata``: the SAML IdP's operator commands (saml/rollover.py)."""
+    from saml.rollover import cli as saml_cli
+
+    main.add_command(saml_cli, "saml")
+
+
+_attach_saml()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,14 +1,14 @@
 """Operator commands of the SAML IdP: stage the next signing key (key and certificate rollover), and refresh the
 metadata of SPs registered by ``metadata_url``.
 
-    python -m saml.rollover stage --workspace acme --at 2026-12-15T00:00:00Z
-    python -m saml.rollover status --workspace acme
-    python -m saml.rollover refresh-metadata --workspace acme [--max-age 86400]
+    idhub saml stage --workspace acme --at 2026-12-15T00:00:00Z      (or python -m saml.rollover …)
+    idhub saml status --workspace acme
+    idhub saml refresh-metadata --workspace acme [--max-age 86400]
 
 The new certificate is published in the workspace's metadata at once (two signing certificates), signs from
 ``--at`` on (at least an hour away, so SPs can fetch the metadata in between), and the old certificate leaves
 the metadata a week after the switch. Uses the same environment as ``idhub`` (``IDHUB_DATABASE_URL``,
-``IDHUB_SECRET_KEY``, …). ``cli`` is a click group, ready to be attached to ``idhub`` as a sub-command.
+``IDHUB_SECRET_KEY``, …); ``cli`` is attached to ``idhub`` as ``idhub saml``.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def cli():
 @click.option("--workspace", "slug", required=True)
 @click.option("--at", "at", required=True, help="when the new key starts signing (ISO 8601, UTC if no zone)")
 def stage(slug, at):
+    """Stage the next signing key: published in the metadata now, signing from --at."""
     try:
         when = datetime.fromisoformat(at.replace("Z", "+00:00"))
     except ValueError:
@@ -81,6 +82,7 @@ def stage(slug, at):
 @cli.command("status")
 @click.option("--workspace", "slug", required=True)
 def status(slug):
+    """The current signing certificate and a staged one, by SHA-256 fingerprint."""
     _hub, svc, ws = _service(slug)
     st = svc.keys.state(ws)
     click.echo(f"current: {_fingerprint(st.current[1])}")

@@ -134,5 +134,7 @@ def test_rollover_command(tmp_path):
         r = run("status", "--workspace", "acme")
         assert "next:" in r.stdout and "2099-01-01" in r.stdout
         assert run("stage", "--workspace", "nope", "--at", "2099-01-01").returncode == 2
+        r = hub.run("saml", "status", "--workspace", "acme")  # the same commands under `idhub saml`
+        assert "next:" in r.stdout and "2099-01-01" in r.stdout, r.stderr
     finally:
         hub.cleanup()
