@@ -42,6 +42,8 @@ class Settings:
     # Hub-wide session defaults; a workspace's policy can only make them stricter.
     session_idle_timeout: int = 30 * 24 * 3600
     session_max_lifetime: int = 90 * 24 * 3600
+    # `idhub serve` runs `idhub maintenance` (expired rows, audit retention, metadata refresh) this often; 0: never
+    maintenance_interval: int = 3600
     extra: dict = field(default_factory=dict)
 
     def with_(self, **kw) -> Settings:
@@ -123,6 +125,10 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         kw["metrics_token"] = v
     if v := _read(env, "IDHUB_LOG_LEVEL"):
         kw["log_level"] = v.upper()
+    if v := _read(env, "IDHUB_MAINTENANCE_INTERVAL"):
+        if not v.strip().isdigit() or not (int(v) == 0 or 60 <= int(v) <= 7 * 24 * 3600):
+            raise SettingsError("IDHUB_MAINTENANCE_INTERVAL: seconds between 60 and 604800, or 0 to turn it off")
+        kw["maintenance_interval"] = int(v)
     kw.update(overrides)
     s = Settings(**kw)
     if not s.secret_key:

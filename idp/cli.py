@@ -57,6 +57,10 @@ def serve(host, port, workers, threads):
 
             multiprocess.mark_process_dead(worker.pid)
 
+    def when_ready(_server):
+        if settings.maintenance_interval:
+            _start_maintenance(settings.maintenance_interval)
+
     class Server(BaseApplication):
         def load_config(self):
             for key, value in {
@@ -70,6 +74,7 @@ def serve(host, port, workers, threads):
                 "errorlog": "-",
                 "loglevel": "warning",
                 "child_exit": child_exit,
+                "when_ready": when_ready,
                 "limit_request_line": 8190,
                 "limit_request_field_size": 8190,
                 # The workers' heartbeat touches a file on every loop turn: keep it in memory, not on disk
@@ -85,6 +90,42 @@ def serve(host, port, workers, threads):
 
     click.echo(f"idhub serving {settings.base_url} on http://{host}:{port} with {workers} worker(s)", err=True)
     Server().run()
+
+
+def _start_maintenance(interval: int) -> None:
+    """From gunicorn's master: `idhub maintenance` in a child process every ``interval`` seconds (the first run a
+    minute or so after start-up, jittered so that several nodes started together do not run it in step)."""
+    import random
+    import subprocess
+    import threading
+    import time
+
+    def loop():
+        time.sleep(min(interval, 60) + random.uniform(0, min(interval, 60)))
+        while True:
+            try:
+                subprocess.run([sys.executable, "-m", "idp.cli", "maintenance", "--quiet"], timeout=interval,
+                               check=False)
+            except Exception as exc:  # a hung or failed run is retried at the next interval
+                click.echo(f"idhub: maintenance run failed: {type(exc).__name__}", err=True)
+            time.sleep(interval)
+
+    threading.Thread(target=loop, name="idhub-maintenance", daemon=True).start()
+
+
+@main.command("maintenance")
+@click.option("--quiet", is_flag=True, help="print nothing (the JSON log line still says what was done)")
+def maintenance_cmd(quiet):
+    """Housekeeping: expired rows, audit retention, OIDC purge, SAML metadata refresh (idhub serve runs it hourly)."""
+    from idp import maintenance
+    from idp.app import build_hub
+
+    result = maintenance.run(build_hub(_settings()))
+    if not quiet:
+        for job, what in result.items():
+            click.echo(f"{job}: {what}")
+    if any(isinstance(v, str) for v in result.values()):
+        sys.exit(1)
 
 
 @main.group()
