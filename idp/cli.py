@@ -117,10 +117,12 @@ def _start_maintenance(interval: int) -> None:
 @click.option("--quiet", is_flag=True, help="print nothing (the JSON log line still says what was done)")
 def maintenance_cmd(quiet):
     """Housekeeping: expired rows, audit retention, OIDC purge, SAML metadata refresh (idhub serve runs it hourly)."""
-    from idp import maintenance
+    from idp import logs, maintenance
     from idp.app import build_hub
 
-    result = maintenance.run(build_hub(_settings()))
+    settings = _settings()
+    logs.configure(settings.log_level)  # JSON lines on stderr, as the server's: the run's result, failures
+    result = maintenance.run(build_hub(settings))
     if not quiet:
         for job, what in result.items():
             click.echo(f"{job}: {what}")
