@@ -32,7 +32,8 @@ run: install
 	@echo ""
 	@echo "  idhub demo:  $(IDHUB_BASE_URL)/w/demo/login"
 	@echo "  sign in as   alice@demo.test  /  S3cure-Example!"
-	@echo "  (admin:      admin@demo.test  /  Adm1n-Example!)   mail goes to instance/outbox/"
+	@echo "  (admin:      admin@demo.test  /  Adm1n-Example!  sets up 2FA first, then /w/demo/admin/)"
+	@echo "  mail and texts go to instance/outbox/"
 	@echo ""
 	$(BIN)/idhub serve --host $(HOST) --port $(PORT) --workers 2
 
