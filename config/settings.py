@@ -15,6 +15,10 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 
 
+SCIM_MAX_BODY_DEFAULT = 1024 * 1024
+SCIM_MAX_BODY_RANGE = (4 * 1024, 64 * 1024 * 1024)  # a SCIM user needs a few KiB; the whole body is held in memory
+
+
 class SettingsError(ValueError):
     """A configuration value is missing or malformed."""
 
@@ -44,6 +48,8 @@ class Settings:
     session_max_lifetime: int = 90 * 24 * 3600
     # `idhub serve` runs `idhub maintenance` (expired rows, audit retention, metadata refresh) this often; 0: never
     maintenance_interval: int = 3600
+    # The largest SCIM request body (bytes), /Bulk included; a larger one is answered 413.
+    scim_max_body: int = SCIM_MAX_BODY_DEFAULT
     extra: dict = field(default_factory=dict)
 
     def with_(self, **kw) -> Settings:
@@ -125,6 +131,11 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         kw["metrics_token"] = v
     if v := _read(env, "IDHUB_LOG_LEVEL"):
         kw["log_level"] = v.upper()
+    if v := _read(env, "IDHUB_SCIM_MAX_BODY"):
+        low, high = SCIM_MAX_BODY_RANGE
+        if not (v.strip().isascii() and v.strip().isdigit()) or not low <= int(v) <= high:
+            raise SettingsError(f"IDHUB_SCIM_MAX_BODY: bytes between {low} and {high}")
+        kw["scim_max_body"] = int(v)
     if v := _read(env, "IDHUB_MAINTENANCE_INTERVAL"):
         if not v.strip().isdigit() or not (int(v) == 0 or 60 <= int(v) <= 7 * 24 * 3600):
             raise SettingsError("IDHUB_MAINTENANCE_INTERVAL: seconds between 60 and 604800, or 0 to turn it off")

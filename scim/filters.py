@@ -15,14 +15,15 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, exists, false, func, not_, or_, select, true
+from sqlalchemy import Select, and_, exists, false, func, not_, or_, select, true
 from sqlalchemy.orm import aliased
 
 from scim.errors import InvalidFilter, InvalidPath
-from scim.schemas import Attr, ResourceType
+from scim.schemas import Attr, ResourceType, unstorable
 
 MAX_FILTER_LENGTH = 2048
 MAX_DEPTH = 8
@@ -94,9 +95,12 @@ def _tokenize(text: str) -> list[tuple[str, object]]:
         raw = m.group(kind)
         if kind == "str":
             try:
-                tokens.append(("value", json.loads(raw)))
+                value = json.loads(raw)
             except ValueError:
                 raise InvalidFilter("invalid string literal") from None
+            if unstorable(value):  # "\u0000" and the like: no attribute holds one (PostgreSQL refuses NUL)
+                raise InvalidFilter("a string value contains control characters or unpaired surrogates")
+            tokens.append(("value", value))
         elif kind == "num":
             tokens.append(("value", json.loads(raw)))
         elif kind == "word":
@@ -370,8 +374,45 @@ def compare_column(col: Column, op: str, value):
     if op in ("co", "sw", "ew"):
         pattern = escape_like(v)
         pattern = {"co": f"%{pattern}%", "sw": f"{pattern}%", "ew": f"%{pattern}"}[op]
-        return e.like(pattern, escape="\\")
+        cond = e.like(pattern, escape="\\")
+        if col.case_exact and v:
+            # LIKE ignores the case of ASCII letters on SQLite (PRAGMA case_sensitive_like is deprecated and
+            # per connection): a case-exact attribute also needs the exact substring, with functions that
+            # SQLite and PostgreSQL both have and that compare code points on both.
+            n = len(v)
+            exact = {"co": func.replace(e, v, "") != e, "sw": func.substr(e, 1, n) == v,
+                     "ew": func.substr(e, func.length(e) - (n - 1)) == v}[op]
+            cond = and_(cond, exact)
+        return cond
     return {"gt": e > v, "lt": e < v, "ge": e >= v, "le": e <= v}[op]
+
+
+def compare_constant(text: str, op: str, value, case_exact: bool = False):
+    """A comparison on an attribute that has the same value for every resource of a type (``meta.resourceType``),
+    decided here: ``true()`` or ``false()``, with the semantics of ``compare_column``."""
+    if op == "pr":
+        return true() if text else false()
+    if value is None and op in ("eq", "ne"):
+        return true() if (op == "eq") == (text == "") else false()
+    v = _string_value(value, op)
+    h = text
+    if not case_exact:
+        h, v = _fold(h), _fold(v)
+    result = {"eq": h == v, "ne": h != v, "co": v in h, "sw": h.startswith(v), "ew": h.endswith(v),
+              "gt": h > v, "lt": h < v, "ge": h >= v, "le": h <= v}[op]
+    return true() if result else false()
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A multi-valued complex attribute kept in other tables (a user's ``groups``, a group's ``members``).
+
+    ``rows(subs)`` returns a SELECT of the resource's elements, correlated to the resource and with fresh aliases
+    (one row per element), and ``{sub-attribute key: Column}`` with at least the keys in ``subs``. A value filter
+    (``groups[value eq "…" and display sw "…"]``) is one EXISTS over it, so that every comparison of the filter
+    applies to the same element."""
+
+    rows: Callable[[set[str]], tuple[Select, dict[str, Column]]]
 
 
 class UnknownAttribute(InvalidFilter):
@@ -384,15 +425,18 @@ class Translator:
     ``columns`` maps lower-cased attribute paths (``username``, ``name.givenname``, ``meta.created``) to a
     ``Column``; ``index`` is the ScimValue model (multi-valued and other attributes, one row per element and
     sub-attribute) with ``owner`` the resource's id column; ``special`` maps paths to callables
-    ``(op, value) -> condition`` (e.g. group members). Unknown attributes raise ``InvalidFilter``."""
+    ``(op, value) -> condition`` (``meta.resourcetype``, ``meta.location``); ``relations`` maps multi-valued
+    attributes kept in other tables (``groups``, ``members``) to a ``Relation``. Unknown attributes raise
+    ``InvalidFilter``."""
 
     def __init__(self, rt: ResourceType, columns: dict[str, Column], owner, index=None, special=None,
-                 forbidden: tuple[str, ...] = ("password",)):
+                 relations: dict[str, Relation] | None = None, forbidden: tuple[str, ...] = ("password",)):
         self.rt = rt
         self.columns = columns
         self.owner = owner
         self.index = index
         self.special = special or {}
+        self.relations = relations or {}
         self.forbidden = forbidden
         # None: an unknown attribute is invalidFilter. A set (the root /.search, across resource types): a
         # comparison on an attribute this type lacks is false for its resources, and the path is added here.
@@ -459,8 +503,13 @@ class Translator:
         if found is None:
             return false()
         name, attr, sub = found
+        relation = self.relations.get(name.lower())
+        if relation is not None:
+            return self._relation_compare(relation, attr, sub, node.op, node.value)
         key = self._key(name, sub)
         if attr.type == "complex" and sub is None:
+            if node.op == "pr" and not (attr.multi and attr.subattr("value")):
+                return self._complex_present(name, attr)  # name pr, addresses pr, meta pr
             sub = attr.subattr("value")
             if sub is None or not attr.multi:
                 raise InvalidFilter(f"name a sub-attribute of {attr.name} (e.g. {attr.name}.{attr.sub[0].name})")
@@ -478,6 +527,23 @@ class Translator:
             positive = self._row_compare(row, sub or attr, "eq", node.value)
             return not_(exists(select(row.owner_id).where(*base, positive)))
         return exists(select(row.owner_id).where(*base, cond))
+
+    def _complex_present(self, name: str, attr: Attr):
+        """``pr`` on a complex attribute (RFC 7644 §3.4.2.2: "a non-empty node"): any of its sub-attributes."""
+        parts = []
+        for s in attr.sub:
+            key = self._key(name, s)
+            if key in self.special:
+                parts.append(self.special[key]("pr", None))
+            elif key in self.columns:
+                parts.append(compare_column(self.columns[key], "pr", None))
+        if self.index is not None and attr.mutability != "readOnly":  # the sub-attributes kept in the index
+            row = aliased(self.index)
+            parts.append(exists(select(row.owner_id).where(row.owner_id == self.owner, row.attr == name,
+                                                           row.value.is_not(None), row.value != "")))
+        if not parts:
+            raise InvalidFilter(f"{attr.name} cannot be used in a filter")
+        return or_(*parts)
 
     def _row_compare(self, row, attr: Attr, op: str, value):
         if attr.type == "boolean":
@@ -499,14 +565,23 @@ class Translator:
         name, attr, sub = found
         if attr.type != "complex" or sub is not None:
             raise InvalidFilter(f"{attr.name} is not a complex attribute")
-        key = name.lower()
-        if key in self.special:
-            return self._special_value_path(key, attr, node.expr)
+        relation = self.relations.get(name.lower())
+        if relation is not None:
+            subs = {self._element_sub(attr, leaf).key for leaf in _leaves(node.expr)}
+            rows, cols = relation.rows(subs)
+            return exists(rows.where(self._relation_element(attr, cols, node.expr)))
         if self.index is None or attr.mutability == "readOnly":
             raise InvalidFilter(f"{attr.name} cannot be used in a filter")
         elem = aliased(self.index)
         inner = self._element_condition(elem, name, attr, node.expr)
         return exists(select(elem.owner_id).where(elem.owner_id == self.owner, elem.attr == name, inner))
+
+    @staticmethod
+    def _element_sub(attr: Attr, node: Compare) -> Attr:
+        sub = attr.subattr(node.path.attr)
+        if sub is None or node.path.uri or node.path.sub:
+            raise InvalidFilter(f"{attr.name} has no sub-attribute {node.path.attr[:100]!r}")
+        return sub
 
     def _element_condition(self, elem, name: str, attr: Attr, node):
         if isinstance(node, Logic):
@@ -516,25 +591,40 @@ class Translator:
             return not_(self._element_condition(elem, name, attr, node.expr))
         if isinstance(node, ValuePath):
             raise InvalidFilter("value filters cannot be nested")
-        sub = attr.subattr(node.path.attr)
-        if sub is None or node.path.uri:
-            raise InvalidFilter(f"{attr.name} has no sub-attribute {node.path.attr[:100]!r}")
+        sub = self._element_sub(attr, node)
         row = aliased(self.index)
         base = [row.owner_id == elem.owner_id, row.attr == name, row.idx == elem.idx, row.sub == sub.name]
         if node.op == "ne":
             return not_(exists(select(row.owner_id).where(*base, self._row_compare(row, sub, "eq", node.value))))
         return exists(select(row.owner_id).where(*base, self._row_compare(row, sub, node.op, node.value)))
 
-    def _special_value_path(self, key: str, attr: Attr, node):
-        """``members[value eq "…"]``: only ``value`` comparisons, combined with and/or/not."""
+    # -- attributes kept in other tables (groups, members)
+    def _relation_compare(self, relation: Relation, attr: Attr, sub: Attr | None, op: str, value):
+        if sub is None:
+            if op == "pr":  # has at least one element
+                rows, _cols = relation.rows(set())
+                return exists(rows)
+            sub = attr.subattr("value")
+        rows, cols = relation.rows({sub.key})
+        col = cols.get(sub.key)
+        if col is None:
+            raise InvalidFilter(f"{attr.name}.{sub.name} cannot be used in a filter")
+        if op == "ne":  # as for the index: "not equal" also matches resources without such an element
+            return not_(exists(rows.where(compare_column(col, "eq", value))))
+        return exists(rows.where(compare_column(col, op, value)))
+
+    def _relation_element(self, attr: Attr, cols: dict[str, Column], node):
+        """The condition on one element's columns (inside the relation's EXISTS)."""
         if isinstance(node, Logic):
-            parts = [self._special_value_path(key, attr, n) for n in node.items]
+            parts = [self._relation_element(attr, cols, n) for n in node.items]
             return and_(*parts) if node.op == "and" else or_(*parts)
         if isinstance(node, Not):
-            return not_(self._special_value_path(key, attr, node.expr))
-        if isinstance(node, ValuePath) or node.path.attr.lower() != "value" or node.path.uri:
-            raise InvalidFilter(f"only {attr.name}[value …] filters are supported")
-        return self.special[f"{key}.value"](node.op, node.value)
+            return not_(self._relation_element(attr, cols, node.expr))
+        sub = self._element_sub(attr, node)
+        col = cols.get(sub.key)
+        if col is None:
+            raise InvalidFilter(f"{attr.name}.{sub.name} cannot be used in a filter")
+        return compare_column(col, node.op, node.value)
 
     def order_column(self, raw: str):
         """The column to sort by (``sortBy``), or ``InvalidValue``-worthy ``None`` if not sortable."""
@@ -547,3 +637,18 @@ class Translator:
             sub = attr.subattr("value")
         col = self.columns.get(self._key(name, sub))
         return col.expr if col is not None else None
+
+
+def _leaves(node):
+    """The comparisons of a value filter's expression (nested value filters refused)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, Logic):
+            stack.extend(n.items)
+        elif isinstance(n, Not):
+            stack.append(n.expr)
+        elif isinstance(n, ValuePath):
+            raise InvalidFilter("value filters cannot be nested")
+        else:
+            yield n

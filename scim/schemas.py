@@ -131,6 +131,7 @@ GROUP_ATTRS: tuple[Attr, ...] = (
     Attr("members", "complex", multi=True, sub=(
         Attr("value", mutability="immutable"),
         Attr("$ref", "reference", mutability="immutable", ref_types=("User",)),
+        Attr("display", mutability="readOnly", description="The member's name."),
         Attr("type", mutability="immutable", canonical=("User",)),
     )),
 )
@@ -232,8 +233,14 @@ def service_provider_config(base: str, max_results: int, max_payload: int, max_o
 _DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?$")
 
 
-def _has_control(s: str) -> bool:
-    return any((ord(c) < 0x20 and c not in "\t\n\r") or ord(c) == 0x7F for c in s)
+_UNSTORABLE_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def unstorable(s: str) -> bool:
+    """Whether ``s`` has a character that no attribute holds: a control character other than tab, line feed and
+    carriage return (PostgreSQL cannot store NUL at all), or an unpaired surrogate (no UTF-8 encoding). Incoming
+    values with one are ``invalidValue``; filter strings with one are ``invalidFilter`` (they cannot match)."""
+    return _UNSTORABLE_RE.search(s) is not None
 
 
 def clean_value(attr: Attr, value, path: str, *, drop_readonly: bool = True):
@@ -297,8 +304,8 @@ def _clean_single(attr: Attr, value, path: str, drop_readonly: bool):
         raise InvalidValue(f"{path}: must be a string")
     if len(value) > MAX_STRING:
         raise InvalidValue(f"{path}: longer than {MAX_STRING} characters")
-    if _has_control(value):
-        raise InvalidValue(f"{path}: contains control characters")
+    if unstorable(value):
+        raise InvalidValue(f"{path}: contains control characters or unpaired surrogates")
     if t == "dateTime":
         if not _DATETIME_RE.match(value):
             raise InvalidValue(f"{path}: must be an xsd:dateTime")
@@ -322,11 +329,13 @@ def check_schemas(body: dict, rt: ResourceType) -> None:
         raise InvalidSyntax(f"unknown schema {unknown[0][:100]!r}")
 
 
-def clean_resource(body: dict, rt: ResourceType) -> dict:
+def clean_resource(body: dict, rt: ResourceType, *, keep_read_only_subs: bool = False) -> dict:
     """A whole resource as sent by a client → ``{canonical attribute: value, extension URI: {...}}``.
 
     Unknown attributes are ignored, read-only ones (``meta``, ``groups``) dropped; ``id`` is returned as sent so
-    that the caller can refuse a different one. Attribute names are matched case-insensitively."""
+    that the caller can refuse a different one. Attribute names are matched case-insensitively.
+    ``keep_read_only_subs``: read-only sub-attributes of writable attributes (``members.display``) are kept, for
+    the document that a PATCH's value filters are matched against (its result is cleaned again, without them)."""
     out: dict = {}
     for k, v in body.items():
         if not isinstance(k, str) or k.lower() == "schemas":
@@ -342,7 +351,7 @@ def clean_resource(body: dict, rt: ResourceType) -> dict:
                 a = next((x for x in rt.extensions[uri] if isinstance(ek, str) and x.key == ek.lower()), None)
                 if a is None or a.mutability == "readOnly":
                     continue
-                c = clean_value(a, ev, f"{uri}:{a.name}")
+                c = clean_value(a, ev, f"{uri}:{a.name}", drop_readonly=not keep_read_only_subs)
                 if c is not None:
                     ext[a.name] = c
             if ext:
@@ -356,7 +365,7 @@ def clean_resource(body: dict, rt: ResourceType) -> dict:
             continue
         if a.mutability == "readOnly":
             continue
-        c = clean_value(a, v, a.name)
+        c = clean_value(a, v, a.name, drop_readonly=not keep_read_only_subs)
         if c is not None:
             out[a.name] = c
     return out

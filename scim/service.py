@@ -19,25 +19,38 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     Integer,
+    String,
     asc,
     bindparam,
     delete,
     desc,
     exists,
     func,
+    literal,
     literal_column,
     null,
     select,
+    true,
     union_all,
 )
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 
 from idp import passwords
 from idp.accounts import SLUG_RE, InvalidEmail, clean_email, normalise_email
 from idp.models import Group, GroupMember, User, Workspace, utcnow
 from scim import errors as E
 from scim.config import hash_token, same_hash
-from scim.filters import Column, Compare, Translator, compare_column, parse_filter, parse_path
+from scim.filters import (
+    Column,
+    Compare,
+    Relation,
+    Translator,
+    compare_column,
+    compare_constant,
+    parse_filter,
+    parse_path,
+)
 from scim.models import ScimToken, ScimValue
 from scim.patch import Patcher
 from scim.schemas import (
@@ -58,18 +71,33 @@ from scim.schemas import (
 
 log = logging.getLogger("idhub.scim")
 
-MAX_BODY = 1024 * 1024
+DEFAULT_MAX_BODY = 1024 * 1024  # bytes; IDHUB_SCIM_MAX_BODY (config.settings) sets ScimService.max_body
 MAX_RESULTS = 200
 DEFAULT_COUNT = 100
 MAX_START = 10**9
 _REQUEST_DB: ContextVar = ContextVar("scim_request_db", default=None)
-MAX_OPERATIONS = 1000  # per /Bulk request; its payload is limited by MAX_BODY like any other request
+MAX_OPERATIONS = 1000  # per /Bulk request; its payload is limited by max_body like any other request
 BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 BULK_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
 BULK_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 BULK_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,100}$")
 SEARCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
 USER_COLUMNS_ATTRS = {"userName", "externalId", "displayName", "active", "password", "id"}
+# Every user and group id is a UUID (idp.models.new_id): any other id cannot exist and is answered 404 without a
+# query (a NUL in it would be refused by PostgreSQL, not merely not found).
+ID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def describe_size(n: int) -> str:
+    """``1 MiB``, ``256 KiB`` or ``5000 bytes``."""
+    for unit, size in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} bytes"
+
+
+def too_large(max_body: int) -> E.PayloadTooLarge:
+    return E.PayloadTooLarge(f"The body is larger than {describe_size(max_body)}.")
 
 
 @dataclass(frozen=True)
@@ -236,9 +264,12 @@ CALLER_CACHE_MAX = 1024
 
 
 class ScimService:
-    def __init__(self, hub, clock=time.monotonic):
+    def __init__(self, hub, clock=time.monotonic, max_body: int = DEFAULT_MAX_BODY):
+        if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
+            raise ValueError("max_body must be a positive number of bytes")
         self.hub = hub
         self._clock = clock
+        self.max_body = max_body  # the largest request body, in bytes (413 above it)
         # (workspace slug, SHA-256 of the token) → (Caller, expiry). Only tokens that authenticated are added, so
         # wrong tokens cannot fill it; the slug is part of the key and every read re-checks the token's workspace.
         self._callers: dict[tuple[str, str], tuple[Caller, float]] = {}
@@ -425,10 +456,9 @@ class ScimService:
             return self.delete(caller, rt, rid, req)
         raise E.MethodNotAllowed()
 
-    @staticmethod
-    def _json(req: ScimRequest) -> dict:
-        if len(req.body) > MAX_BODY:
-            raise E.PayloadTooLarge(f"The body is larger than {MAX_BODY // 1024} KiB.")
+    def _json(self, req: ScimRequest) -> dict:
+        if len(req.body) > self.max_body:
+            raise too_large(self.max_body)
         ctype = req.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype and ctype not in ("application/scim+json", "application/json"):
             raise E.UnsupportedMediaType()
@@ -446,7 +476,7 @@ class ScimService:
         if head == "ServiceProviderConfig":
             if len(parts) > 1:
                 raise E.NotFound()
-            return ScimResponse(200, service_provider_config(base, MAX_RESULTS, MAX_BODY, MAX_OPERATIONS))
+            return ScimResponse(200, service_provider_config(base, MAX_RESULTS, self.max_body, MAX_OPERATIONS))
         docs = schema_documents(base) if head == "Schemas" else resource_type_documents(base)
         if len(parts) == 2:
             doc = next((d for d in docs if d["id"].lower() == parts[1].lower()), None)
@@ -460,6 +490,24 @@ class ScimService:
 
     # -- translation helpers
     def _translator(self, rt: ResourceType, caller: Caller) -> Translator:
+        def base() -> str:  # only when a filter names a URL (meta.location, $ref): tests translate without a hub
+            return self.base(caller.workspace_slug)
+
+        def url_of(prefix: str, id_column) -> Column:
+            return Column(literal(base() + prefix, String) + id_column, case_exact=True)
+
+        def version(op, value):
+            if op == "pr":
+                return true()  # every resource has one
+            raise E.InvalidFilter("meta.version cannot be used in a filter (it is a digest of the resource); "
+                                  "use If-None-Match or If-Match")
+
+        model = User if rt is USER else Group
+        special = {
+            "meta.resourcetype": lambda op, value: compare_constant(rt.name, op, value),
+            "meta.location": lambda op, value: compare_column(url_of(f"{rt.endpoint}/", model.id), op, value),
+            "meta.version": version,
+        }
         if rt is USER:
             columns = {
                 "id": Column(User.id, case_exact=True),
@@ -473,17 +521,20 @@ class ScimService:
                 "meta.lastmodified": Column(User.updated_at, "datetime"),
             }
 
-            def groups_value(op, value):
-                gm = select(GroupMember.user_id).where(GroupMember.user_id == User.id)
-                return exists(gm.where(compare_column(Column(GroupMember.group_id, case_exact=True), op, value)))
+            def groups(subs: set[str]):
+                """A user's groups: GroupMember rows (joined to their group for ``display``); all direct."""
+                gm = aliased(GroupMember)
+                rows = select(gm.user_id).where(gm.user_id == User.id)
+                cols = {"value": Column(gm.group_id, case_exact=True), "type": Column(literal("direct", String))}
+                if "display" in subs:
+                    g = aliased(Group)
+                    rows = rows.join(g, g.id == gm.group_id)
+                    cols["display"] = Column(g.name)
+                if "$ref" in subs:
+                    cols["$ref"] = url_of("/Groups/", gm.group_id)
+                return rows, cols
 
-            def groups_display(op, value):
-                gm = (select(GroupMember.user_id).join(Group, Group.id == GroupMember.group_id)
-                      .where(GroupMember.user_id == User.id))
-                return exists(gm.where(compare_column(Column(Group.name), op, value)))
-
-            return Translator(USER, columns, User.id, ScimValue,
-                              {"groups.value": groups_value, "groups.display": groups_display})
+            return Translator(USER, columns, User.id, ScimValue, special, {"groups": Relation(groups)})
         columns = {
             "id": Column(Group.id, case_exact=True),
             "externalid": Column(Group.external_id, case_exact=True),
@@ -492,15 +543,20 @@ class ScimService:
             "meta.lastmodified": Column(func.coalesce(Group.updated_at, Group.created_at), "datetime"),
         }
 
-        def members_value(op, value):
-            if op == "ne":
-                raise E.InvalidFilter("members.value supports eq, co, sw, ew and pr")
-            gm = select(GroupMember.group_id).where(GroupMember.group_id == Group.id)
-            if op == "pr":
-                return exists(gm)
-            return exists(gm.where(compare_column(Column(GroupMember.user_id, case_exact=True), op, value)))
+        def members(subs: set[str]):
+            """A group's members: GroupMember rows (joined to the user for ``display``); all users."""
+            gm = aliased(GroupMember)
+            rows = select(gm.group_id).where(gm.group_id == Group.id)
+            cols = {"value": Column(gm.user_id, case_exact=True), "type": Column(literal("User", String))}
+            if "display" in subs:
+                u = aliased(User)
+                rows = rows.join(u, u.id == gm.user_id)
+                cols["display"] = Column(u.name)
+            if "$ref" in subs:
+                cols["$ref"] = url_of("/Users/", gm.user_id)
+            return rows, cols
 
-        return Translator(GROUP, columns, Group.id, None, {"members": members_value, "members.value": members_value})
+        return Translator(GROUP, columns, Group.id, None, special, {"members": Relation(members)})
 
     # -- bulk (RFC 7644 §3.7)
     def bulk(self, caller: Caller, body: dict) -> ScimResponse:
@@ -551,7 +607,8 @@ class ScimService:
     def _bulk_one(self, caller: Caller, op: dict, refs: set[str], defined: dict[str, int],
                   created: dict[str, str | None]) -> dict:
         method = str(op.get("method", "")).upper()
-        out: dict = {"method": method or op.get("method")}
+        # echoed only when it looks like a method: anything else (a NUL, an unpaired surrogate) is not repeated
+        out: dict = {"method": method if re.fullmatch(r"[A-Z]{1,16}", method) else None}
         bid = op.get("bulkId")
         if bid is not None:
             out["bulkId"] = bid
@@ -822,15 +879,20 @@ class ScimService:
             return [render_user(u, groups.get(u.id, []), base) for u in rows]
         members: dict[str, list] = {}
         if want_members:
-            for gid, uid in db.execute(
-                select(GroupMember.group_id, GroupMember.user_id).where(GroupMember.group_id.in_(ids))
+            for gid, uid, uname in db.execute(
+                select(GroupMember.group_id, GroupMember.user_id, User.name)
+                .join(User, User.id == GroupMember.user_id).where(GroupMember.group_id.in_(ids))
                 .order_by(GroupMember.user_id)
             ):
-                members.setdefault(gid, []).append({"value": uid, "$ref": f"{base}/Users/{uid}", "type": "User"})
+                member = {"value": uid, "$ref": f"{base}/Users/{uid}"}
+                if uname:
+                    member["display"] = uname
+                member["type"] = "User"
+                members.setdefault(gid, []).append(member)
         return [render_group(g, members.get(g.id, []), base, with_members=want_members) for g in rows]
 
     def _load(self, db, caller: Caller, rt: ResourceType, rid: str, lock: bool = False):
-        if not rid or len(rid) > 64:
+        if not ID_RE.fullmatch(rid or ""):
             raise E.NotFound(f"{rt.name} {rid[:64]!r} not found.")
         model = User if rt is USER else Group
         stmt = select(model).where(model.id == rid, model.workspace_id == caller.workspace_id)
@@ -883,7 +945,7 @@ class ScimService:
             raise E.InvalidSyntax(f"'schemas' must be [{PATCH_SCHEMA}]")
 
         def change(current: dict) -> dict:
-            doc = clean_resource(current, rt)
+            doc = clean_resource(current, rt, keep_read_only_subs=True)  # members[display eq "…"] can match
             doc.pop("id", None)
             result = Patcher(rt, doc).apply(body)
             return clean_resource({**result, "schemas": current["schemas"]}, rt)

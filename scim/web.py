@@ -9,9 +9,10 @@ import logging
 
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.routing import PathConverter
 
 from scim import errors as E
-from scim.service import MAX_BODY, ScimRequest, ScimResponse, ScimService
+from scim.service import ScimRequest, ScimResponse, ScimService, too_large
 
 log = logging.getLogger("idhub.scim")
 bp = Blueprint("scim", __name__, url_prefix="/w/<ws_slug>/scim/v2")
@@ -19,10 +20,23 @@ METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 CONTENT_TYPE = "application/scim+json; charset=utf-8"
 
 
+class _AnyPath(PathConverter):
+    """``path`` that also matches line breaks (``/Users/{id}%0A``), so that such a path gets a SCIM 404 from the
+    service rather than the app's HTML one."""
+
+    regex = r"[^/][\s\S]*?"
+
+
+@bp.record_once
+def _register_converter(state) -> None:  # before the routes below are added to the app's URL map
+    state.app.url_map.converters.setdefault("scimpath", _AnyPath)
+
+
 def _service() -> ScimService:
     svc = current_app.extensions.get("idhub.scim")
     if svc is None:
-        svc = current_app.extensions["idhub.scim"] = ScimService(current_app.extensions["idhub"])
+        hub = current_app.extensions["idhub"]
+        svc = current_app.extensions["idhub.scim"] = ScimService(hub, max_body=hub.settings.scim_max_body)
     return svc
 
 
@@ -41,21 +55,22 @@ def _error(exc: E.ScimError) -> Response:
 
 @bp.before_request
 def _limits():
-    request.max_content_length = MAX_BODY  # larger than the app's 256 KiB, for SCIM only (Flask >= 3.1)
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        return _error(E.PayloadTooLarge(f"The body is larger than {MAX_BODY // 1024} KiB."))
+    limit = _service().max_body  # IDHUB_SCIM_MAX_BODY: for SCIM only, instead of the app's 256 KiB (Flask >= 3.1)
+    request.max_content_length = limit
+    if request.content_length is not None and request.content_length > limit:
+        return _error(too_large(limit))
     return None
 
 
 @bp.route("", methods=METHODS, defaults={"path": ""}, strict_slashes=False)
-@bp.route("/<path:path>", methods=METHODS)
+@bp.route("/<scimpath:path>", methods=METHODS)
 def endpoint(ws_slug: str, path: str):
     if request.method == "OPTIONS":
         return _to_flask(ScimResponse(204, None, {"Allow": ", ".join(METHODS)}))
     try:
         body = request.get_data(cache=False) if request.method in ("POST", "PUT", "PATCH") else b""
     except RequestEntityTooLarge:
-        return _error(E.PayloadTooLarge(f"The body is larger than {MAX_BODY // 1024} KiB."))
+        return _error(too_large(_service().max_body))
     method = "GET" if request.method == "HEAD" else request.method
     req = ScimRequest(
         method=method,

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 
 import pytest
 from sqlalchemy import func, select
 
+from config.settings import SettingsError, load_settings
 from idp.audit import AuditEvent
 from idp.models import GroupMember, User, Workspace
 from scim.config import apply_scim_tokens, hash_token
 from scim.models import ScimToken
+from scim.service import ScimRequest, ScimService
 from tests.conftest import ALICE, ALICE_PW, BASE_CONFIG, BOB, BOB_PW, make_app
 from tests.integration.scim_helpers import (
     BASE,
+    BULK,
     ENTERPRISE,
     GROUP_SCHEMA,
     OTHER_TOKEN,
@@ -24,6 +28,10 @@ from tests.integration.scim_helpers import (
     USER_SCHEMA,
     Scim,
     assert_error,
+    check_case_exact_substrings,
+    check_control_characters,
+    check_control_characters_in_bodies,
+    check_rfc_filters,
     install_tokens,
     scim_config,
 )
@@ -311,6 +319,19 @@ def test_like_wildcards_are_literal(scim):
     assert r.status_code == 200 and r.get_json()["totalResults"] == 0
 
 
+def test_case_exact_substrings(scim):
+    check_case_exact_substrings(scim)  # SQLite's LIKE ignores case: the translation must not
+
+
+def test_rfc_filters_on_groups_members_complex_attributes_and_meta(scim):
+    check_rfc_filters(scim, "http://localhost" + BASE)
+
+
+def test_control_characters_are_scim_errors(scim):
+    check_control_characters(scim)  # on PostgreSQL too: test_scim_postgres.py
+    check_control_characters_in_bodies(scim)
+
+
 def test_filter_never_crosses_workspaces(app, scim):
     # ALICE exists in both "acme" and "other"; beta's token sees only beta
     r = scim.get("/Users", query={"filter": f'userName eq "{ALICE}" or userName pr'})
@@ -329,6 +350,63 @@ def test_oversized_body_is_413(scim, hub):
     mid = {"schemas": [USER_SCHEMA], "userName": "mid@acme.test", "title": "x" * (300 * 1024)}
     assert_error(scim.post("/Users", mid), 400, "invalidValue")
     assert user_count(hub) == before
+
+
+def test_the_body_limit_is_configured(tmp_path):
+    """IDHUB_SCIM_MAX_BODY (bytes) bounds every SCIM body (web layer, service and /Bulk) and is advertised."""
+    env = {"IDHUB_SECRET_KEY": "k" * 40, "IDHUB_DATABASE_URL": f"sqlite:///{tmp_path}/idhub.db",
+           "IDHUB_BASE_URL": "http://localhost", "IDHUB_OUTBOX_DIR": str(tmp_path / "outbox"),
+           "IDHUB_COOKIE_SECURE": "false", "IDHUB_LOG_LEVEL": "WARNING", "IDHUB_SCIM_MAX_BODY": "8192"}
+    settings = load_settings(env)
+    assert settings.scim_max_body == 8192
+    app = make_app(settings, scim_config(BASE_CONFIG))
+    hub = app.extensions["idhub"]
+    install_tokens(hub)
+    scim = Scim(app)
+
+    def body(size: int, user_name: str) -> bytes:  # a user of exactly ``size`` bytes (unknown attributes are ignored)
+        doc = {"schemas": [USER_SCHEMA], "userName": user_name, "padding": ""}
+        doc["padding"] = "p" * (size - len(json.dumps(doc)))
+        raw = json.dumps(doc).encode()
+        assert len(raw) == size
+        return raw
+
+    assert scim.post("/Users", raw=body(8192, "fits@acme.test")).status_code == 201
+    detail = assert_error(scim.post("/Users", raw=body(8193, "over@acme.test")), 413)["detail"]
+    assert "8 KiB" in detail
+    assert scim.get("/ServiceProviderConfig").get_json()["bulk"]["maxPayloadSize"] == 8192
+    uid = db_user(hub, "fits@acme.test").id
+    patch = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+             "Operations": [{"op": "replace", "path": "title", "value": "t" * 1000}] * 9}
+    assert_error(scim.request("PATCH", f"/Users/{uid}", raw=json.dumps(patch).encode()), 413)
+    ops = [{"method": "POST", "path": "/Users", "bulkId": f"b{i}",
+            "data": {"schemas": [USER_SCHEMA], "userName": f"b{i}@acme.test", "title": "t" * 900}} for i in range(9)]
+    assert_error(scim.post("/Bulk", {"schemas": [BULK], "Operations": ops}), 413)
+    # without a Content-Length (chunked): the stream is cut at the limit
+    r = scim.client.open(f"{BASE}/Users", method="POST", input_stream=io.BytesIO(body(9000, "chunk@acme.test")),
+                         headers=scim.headers({"Content-Type": SCIM_JSON}),
+                         environ_overrides={"wsgi.input_terminated": True})
+    assert_error(r, 413)
+    assert db_user(hub, "over@acme.test") is None and db_user(hub, "chunk@acme.test") is None
+    assert db_user(hub, "b0@acme.test") is None
+    # the service itself enforces its limit (whatever calls it)
+    svc = ScimService(hub, max_body=4096)
+    resp = svc.handle("acme", ScimRequest("POST", "/Users", headers={"authorization": f"Bearer {TOKEN}",
+                                                                     "content-type": SCIM_JSON},
+                                          body=body(4097, "direct@acme.test")))
+    assert resp.status == 413 and resp.body["detail"] == "The body is larger than 4 KiB."
+    assert svc.handle("acme", ScimRequest("GET", "/ServiceProviderConfig", headers={
+        "authorization": f"Bearer {TOKEN}"})).body["bulk"]["maxPayloadSize"] == 4096
+    with pytest.raises(ValueError):
+        ScimService(hub, max_body=0)
+
+
+@pytest.mark.parametrize("value", ["100", "4095", "67108865", "1 MiB", "1e6", "-8192", "lots"])
+def test_the_body_limit_setting_is_bounded(value):
+    with pytest.raises(SettingsError, match="IDHUB_SCIM_MAX_BODY"):
+        load_settings({"IDHUB_SECRET_KEY": "k" * 40, "IDHUB_SCIM_MAX_BODY": value})
+    assert load_settings({"IDHUB_SECRET_KEY": "k" * 40}).scim_max_body == 1024 * 1024
+    assert load_settings({"IDHUB_SECRET_KEY": "k" * 40, "IDHUB_SCIM_MAX_BODY": "67108864"}).scim_max_body == 64 << 20
 
 
 @pytest.mark.parametrize("op", [

@@ -1,4 +1,6 @@
-"""SCIM on PostgreSQL: concurrent creates of one userName (in different case) → exactly one 201, the rest 409."""
+"""SCIM on PostgreSQL: concurrent creates of one userName (in different case) → exactly one 201, the rest 409;
+filters, ids and bodies with NUL (which PostgreSQL cannot store or compare) are SCIM errors, never a 500; case-exact
+substring filters and the filters on groups, members and meta agree with SQLite."""
 
 from __future__ import annotations
 
@@ -10,7 +12,18 @@ from sqlalchemy import delete, func, select
 from idp.audit import AuditChainHead, AuditEvent
 from idp.models import User, Workspace
 from tests.conftest import BASE_CONFIG, make_app, make_settings
-from tests.integration.scim_helpers import USER_SCHEMA, Scim, assert_error, install_tokens, scim_config
+from tests.integration.scim_helpers import (
+    BASE,
+    USER_SCHEMA,
+    Scim,
+    assert_error,
+    check_case_exact_substrings,
+    check_control_characters,
+    check_control_characters_in_bodies,
+    check_rfc_filters,
+    install_tokens,
+    scim_config,
+)
 from tests.services import drop_postgres, postgres_url
 
 pytestmark = pytest.mark.services
@@ -99,3 +112,19 @@ def test_filters_and_patch_on_postgres(pg_app):
     assert r.get_json()["active"] is False
     r = scim.get("/Users", query={"filter": "active eq false"})
     assert [x["id"] for x in r.get_json()["Resources"]] == [u["id"]]
+
+
+def test_nul_and_control_characters_in_filters_and_ids_on_postgres(pg_app):
+    check_control_characters(Scim(pg_app))
+
+
+def test_nul_and_control_characters_in_bodies_on_postgres(pg_app):
+    check_control_characters_in_bodies(Scim(pg_app))
+
+
+def test_case_exact_substrings_on_postgres(pg_app):
+    check_case_exact_substrings(Scim(pg_app))
+
+
+def test_rfc_filters_on_groups_members_complex_attributes_and_meta_on_postgres(pg_app):
+    check_rfc_filters(Scim(pg_app), "http://localhost" + BASE)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import false, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 
 from idp.models import User
@@ -14,18 +14,19 @@ from scim.filters import (
     Logic,
     Not,
     ValuePath,
+    compare_constant,
     escape_like,
     matches,
     parse_filter,
     parse_patch_path,
 )
-from scim.schemas import USER
-from scim.service import ScimService
+from scim.schemas import GROUP, USER
+from scim.service import ScimService, describe_size
 
 
-def translate(text: str):
+def translate(text: str, rt=USER):
     svc = ScimService(hub=None)
-    tr = svc._translator(USER, None)
+    tr = svc._translator(rt, None)
     return tr.condition(parse_filter(text))
 
 
@@ -113,3 +114,61 @@ def test_in_memory_matching_of_value_filters():
     assert matches(node, {"type": "work", "value": "a"}, emails)
     assert not matches(node, {"type": "work", "primary": True}, emails)
     assert not matches(node, {"type": "home"}, emails)
+
+
+@pytest.mark.parametrize("literal", ["\\u0000", "a\\u0000b", "\\u0001", "\\u001f", "\\u007f", "\\ud800", "\\udfff",
+                                     "\\u000b"])
+def test_string_values_with_characters_no_attribute_holds_are_refused(literal):
+    for text in (f'userName eq "{literal}"', f'title co "x{literal}"', f'emails[value eq "{literal}"]'):
+        with pytest.raises(InvalidFilter, match="control characters"):
+            parse_filter(text)
+    with pytest.raises(InvalidPath):
+        parse_patch_path(f'emails[value eq "{literal}"].type')
+
+
+def test_tab_line_feed_and_non_ascii_are_fine():
+    node = parse_filter('title eq "a\\tb\\nc\\r" and displayName eq "\\u00e9\\ud83d\\ude00"')
+    assert node.items[0].value == "a\tb\nc\r" and node.items[1].value == "\u00e9\U0001f600"
+
+
+def test_case_exact_substrings_compare_code_points():
+    """LIKE ignores ASCII case on SQLite: a case-exact attribute's co/sw/ew also checks the exact substring."""
+    for text, fn in (('externalId co "Ab"', "replace("), ('externalId sw "Ab"', "substr("),
+                     ('externalId ew "Ab"', "substr(")):
+        compiled = sql(translate(text), sqlite.dialect())
+        assert "LIKE" in compiled and fn in compiled, text
+    assert "replace(" not in sql(translate('title co "Ab"'), sqlite.dialect())  # compared lower-cased
+    assert "replace(" not in sql(translate('externalId co ""'), sqlite.dialect())
+
+
+def test_constant_comparisons():
+    assert compare_constant("User", "eq", "user") is true()
+    assert compare_constant("User", "eq", "Group") is false()
+    assert compare_constant("User", "eq", "user", case_exact=True) is false()
+    assert compare_constant("User", "ne", "Group") is true()
+    assert compare_constant("User", "sw", "us") is true()
+    assert compare_constant("User", "pr", None) is true()
+    assert compare_constant("User", "eq", None) is false()
+    with pytest.raises(InvalidFilter):
+        compare_constant("User", "eq", True)
+
+
+def test_relations_complex_presence_and_meta_translate():
+    # one EXISTS per value filter: both comparisons apply to the same membership
+    assert sql(translate('groups[value eq "g" and display eq "x"]')).count("EXISTS") == 1
+    assert sql(translate('members[value eq "u" and display eq "x" and type eq "User"]', GROUP)).count("EXISTS") == 1
+    assert "given_name" in sql(translate("name pr")) and "scim_values" in sql(translate("name pr"))
+    assert "EXISTS" in sql(translate("addresses pr"))
+    assert sql(translate('meta.resourceType eq "User"')).endswith("WHERE true")  # decided without a column
+    assert sql(translate('meta.resourceType eq "Group"')).endswith("WHERE false")
+    translate("meta.version pr")
+    for text, rt in (('meta.version eq "x"', USER), ('meta.version eq "x"', GROUP), ('groups[nope eq "x"]', USER),
+                     ('members[nope eq "x"]', GROUP), ('groups[display[value eq "x"]]', USER), ('meta eq "x"', USER),
+                     ('name co "x"', USER)):
+        with pytest.raises(InvalidFilter):
+            translate(text, rt)
+
+
+def test_sizes_are_described_exactly():
+    assert [describe_size(n) for n in (1024 * 1024, 256 * 1024, 5000, 4096)] == [
+        "1 MiB", "256 KiB", "5000 bytes", "4 KiB"]
