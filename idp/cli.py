@@ -298,6 +298,21 @@ def oidc_purge():
     click.echo(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items()))
 
 
+@oidc.command("rotate-keys")
+@click.option("--workspace", "slug", required=True, help="the workspace whose signing key is replaced")
+@click.option("--alg", type=click.Choice(["RS256", "ES256"]), default="RS256", show_default=True,
+              help="which of the workspace's two signing keys")
+def oidc_rotate_keys(slug, alg):
+    """Make a new signing key (printed: its kid); the previous one stops signing now and stays in the JWKS for
+    the overlap (two days), so tokens it signed still verify. Audited."""
+    from idp.app import build_hub
+    from oidc import install
+
+    hub = build_hub(_settings())
+    ws = _workspace(hub, slug)
+    click.echo(install(hub).rotate_keys(ws, alg))
+
+
 @main.group()
 def admin():
     """The admin API."""

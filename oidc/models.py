@@ -128,3 +128,20 @@ class OidcAccessToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class OidcSessionClient(Base):
+    """An app that took part in an idhub session: it redeemed a code of that session (and so holds its ``sid``).
+
+    Back-channel logout reads these when the session ends (tokens are no guide: access tokens are purged minutes
+    after they expire, and an app may hold only an ID token or a refresh token); the rows go with the session
+    (``oidc.backchannel``) or, for a session gone without its end listeners running, with the purge."""
+
+    __tablename__ = "oidc_session_clients"
+    __table_args__ = (UniqueConstraint("session_id", "client_id", name="uq_oidc_session_clients_session_client"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    session_id: Mapped[str] = mapped_column(String(64))
+    client_id: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

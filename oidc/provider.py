@@ -11,6 +11,9 @@ Choices (see docs in the module docstrings below and the report):
 - Refresh tokens: opaque, SHA-256 at rest, rotated at every use; a replayed one revokes its whole family.
   They are bound to the idhub browser session that signed the user in (``offline_access`` included): when the
   session ends (sign-out, End, password or 2FA change, "This wasn't me"), the app's refresh stops working.
+- A second factor missing at authorization (the policies want one, or the app asks for ``urn:idhub:acr:mfa``
+  through ``acr_values`` or an essential ``acr`` in ``claims``): the signed-in user goes through the sign-in's
+  second-factor step (or sets one up) — not the password again — and the ID token's ``acr`` says so.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from idp.models import Group, GroupMember, User
 from oidc.auditbatch import AuditBatcher
 from oidc.config import SCOPES, check_secret, client_jwks, find_client, jwks_uri_problem
 from oidc.keys import ALGORITHMS, KeyStore
-from oidc.models import OidcAccessToken, OidcClient, OidcCode, OidcRefreshToken
+from oidc.models import OidcAccessToken, OidcClient, OidcCode, OidcRefreshToken, OidcSessionClient
 from policies.engine import ALLOW, AccountActive, PolicyContext, PolicyEngine, SecondFactor
 
 log = logging.getLogger("idhub.oidc")
@@ -145,6 +148,55 @@ def acr_claim(methods) -> str:
     return ACR_MFA if SECOND_FACTORS.intersection(methods) else ACR_PWD
 
 
+ACR_UNSUPPORTED = "unsupported"  # requested_acr: an essential acr none of whose values we can give
+
+
+def requested_acr(acr_values: str | None, claims: str | None) -> str | None:
+    """What the authorization request demands of the authentication: ``ACR_MFA`` (a second factor),
+    ``ACR_UNSUPPORTED`` (an essential ``acr`` we cannot give), or None. Raises ValueError on a malformed
+    ``claims`` parameter.
+
+    Our two values are levels: a session with a second factor also satisfies ``urn:idhub:acr:pwd``. So only a
+    request that accepts MFA *and not* the password alone steps up: ``acr_values`` (voluntary, but honoured)
+    listing ``urn:idhub:acr:mfa`` without ``urn:idhub:acr:pwd``, or ``claims`` with an essential ``id_token``
+    ``acr`` whose values are only ``urn:idhub:acr:mfa``. Unknown ``acr_values`` are ignored (they are a
+    preference); other members of ``claims`` are ignored (``claims_parameter_supported`` is false)."""
+    wanted = None
+    known = [v for v in (acr_values or "").split() if v in (ACR_MFA, ACR_PWD)]
+    if ACR_MFA in known and ACR_PWD not in known:
+        wanted = ACR_MFA
+    if claims is None:
+        return wanted
+    try:
+        doc = json.loads(claims)
+    except (ValueError, RecursionError):
+        raise ValueError("Invalid 'claims': not JSON.") from None
+    if not isinstance(doc, dict):
+        raise ValueError("Invalid 'claims': not a JSON object.")
+    id_token = doc.get("id_token")
+    if id_token is None:
+        return wanted
+    if not isinstance(id_token, dict):
+        raise ValueError("Invalid 'claims': 'id_token' is not an object.")
+    acr = id_token.get("acr")
+    if acr is None:
+        return wanted
+    if not isinstance(acr, dict):
+        raise ValueError("Invalid 'claims': 'acr' is not an object.")
+    essential, values, value = acr.get("essential", False), acr.get("values"), acr.get("value")
+    if not isinstance(essential, bool) or (values is not None and (
+            not isinstance(values, list) or not all(isinstance(v, str) for v in values))) or \
+            (value is not None and not isinstance(value, str)):
+        raise ValueError("Invalid 'claims': malformed 'acr' request.")
+    accepted = set(values or ()) | ({value} if value is not None else set())
+    if not essential or not accepted:
+        return wanted
+    supported = accepted & {ACR_MFA, ACR_PWD}
+    if not supported:
+        return ACR_UNSUPPORTED
+    return ACR_MFA if supported == {ACR_MFA} else wanted
+
+
 def _ts(dt: datetime) -> int:
     return int(dt.timestamp())
 
@@ -171,6 +223,21 @@ class Answer:
     location: str | None = None
     page: tuple[str, str] | None = None  # (title, message) for an error page: nothing trusted to redirect to
     template: tuple[str, dict] | None = None  # (template name, context) for a page of our own
+    step_up: StepUp | None = None  # send the browser through the second-factor step of the sign-in
+
+
+@dataclass(frozen=True)
+class StepUp:
+    """What the web layer needs to put a signed-in user through the second-factor step (or its set-up): a login
+    flow of this user, already past the password, that returns to ``next`` (the authorization request)."""
+
+    user_id: str
+    email: str
+    amr: tuple[str, ...]
+    effect: str  # "mfa" (prove an enrolled factor) or "enroll" (set one up first)
+    choices: tuple[str, ...]
+    next: str
+    app: str
 
 
 class _Payload(OAuth2Payload):
@@ -555,6 +622,20 @@ class OidcService:
             self.hub.audit.record("oidc.purge", data=counts)
         return counts
 
+    def rotate_keys(self, ws, alg: str = "RS256", actor: str = "idhub oidc rotate-keys") -> str:
+        """A new signing key of ``alg`` for the workspace (``KeyStore.rotate``: the previous ones stop signing
+        now and stay in the JWKS for the overlap); audited. Returns the new kid."""
+        from oidc.keys import DEFAULT_OVERLAP
+
+        if alg not in ALGORITHMS:
+            raise ValueError(f"unsupported signing algorithm {alg!r}")
+        before = {k.kid for k in self.keys.published(ws.id) if k.alg == alg and k.retired_at is None}
+        kid = self.keys.rotate(ws.id, alg, DEFAULT_OVERLAP)
+        self.hub.audit.record("oidc.keys.rotated", workspace_id=ws.id, actor_email=actor,
+                              data={"kid": kid, "alg": alg, "retired": sorted(before),
+                                    "overlap_seconds": int(DEFAULT_OVERLAP.total_seconds())})
+        return kid
+
     def maybe_purge(self) -> None:
         """Opportunistic clean-up: at most once per ``PURGE_INTERVAL`` per process, from the token endpoint."""
         if time.monotonic() < self._next_purge or not self._purge_lock.acquire(blocking=False):
@@ -853,7 +934,9 @@ class OidcService:
               rotate_from: OidcRefreshToken | None = None) -> dict:
         """Sign and record the tokens of a grant. ``rotate_from``: the refresh token being used, marked used in
         the same transaction as the new tokens are recorded (a rotation is all or nothing, one commit); if it
-        was used meanwhile (a parallel replay), nothing is issued and its family is revoked."""
+        was used meanwhile (a parallel replay), nothing is issued and its family is revoked. A user's tokens also
+        record the app as a participant of the session (``OidcSessionClient``, once per session and app), in
+        the same transaction: back-channel logout reaches it whatever tokens are left when the session ends."""
         now = self.hub.clock()
         iss = self.issuer(ws)
         jti = secrets.token_urlsafe(24)
@@ -881,6 +964,11 @@ class OidcService:
                     jti=jti, family_id=family_id, workspace_id=ws.id, client_id=client.client_id, user_id=user.id,
                     session_id=session_id, scope=" ".join(scopes), created_at=now,
                     expires_at=now + timedelta(seconds=ACCESS_TTL)))
+            if user is not None and session_id is not None:
+                # the app now holds this session's sid: it gets a logout token when the session ends
+                db.execute(_insert_ignore(db, OidcSessionClient, ("session_id", "client_id")).values(
+                    id=str(uuid.uuid4()), workspace_id=ws.id, session_id=session_id, client_id=client.client_id,
+                    user_id=user.id, created_at=now))
             if refresh and user is not None:
                 rt = secrets.token_urlsafe(32)
                 db.execute(insert(OidcRefreshToken).values(
@@ -1033,6 +1121,14 @@ class OidcService:
             if not max_age.isdigit() or len(max_age) > 9:
                 return fail(InvalidRequestError, "Invalid 'max_age'.")
             max_age = int(max_age)
+        try:
+            wanted_acr = requested_acr(args.get("acr_values"), args.get("claims"))
+        except ValueError as exc:
+            return fail(InvalidRequestError, str(exc))
+        if wanted_acr == ACR_UNSUPPORTED:  # an essential acr we cannot give: a failed authentication (Core 5.5.1.1)
+            self.audit("oidc.authorize.denied", ws.id, actor_id=session.user_id if session else None,
+                       client_id=client.client_id, rule="essential_acr")
+            return fail(AccessDeniedError, "The requested authentication context is not supported.")
         now = self.hub.clock()
         reauth = "login" in prompt or (
             session is not None and max_age is not None and
@@ -1041,19 +1137,42 @@ class OidcService:
             if "none" in prompt:
                 return self._error_redirect(ws, _LoginRequired(redirect_uri=redirect_uri), state)
             return Answer(302, location=self._login_url(ws, client, req, force=session is not None))
+        app_policies = self.hub.app_policies(ws, client.client_id)
         decision = self.hub.decide(ws, http_client, user_id=session.user_id, methods=session.amr,
-                                   app=client.client_id, app_policies=self.hub.app_policies(ws, client.client_id))
+                                   app=client.client_id, app_policies=app_policies)
         if decision.effect == "deny":
             self.audit("oidc.authorize.denied", ws.id, actor_id=session.user_id, client_id=client.client_id,
                        rule=decision.rule)
             return fail(AccessDeniedError, "Access is not allowed by the workspace's policies.")
-        if decision.effect in ("mfa", "enroll"):
-            if "none" in prompt:
-                return self._error_redirect(ws, _InteractionRequired(redirect_uri=redirect_uri), state)
-            return Answer(302, location=self._login_url(ws, client, req, force=True))
         user = self.active_user(session.user_id, session.id, ws.id)
         if user is None:
             return fail(AccessDeniedError, "The account is not active.")
+        # A second factor is missing: the policies want one (the app's require_mfa, the user's own 2FA), or the
+        # app asked for the MFA authentication context. The user goes through the sign-in's second-factor step
+        # (or sets one up), which makes a session with the factor and comes back here; never with prompt=none.
+        step, why = (decision, "policy") if decision.effect in ("mfa", "enroll") else (None, None)
+        if step is None and wanted_acr == ACR_MFA and acr_claim(session.amr) != ACR_MFA:
+            step, why = self.hub.decide(ws, http_client, user_id=user.id, methods=session.amr,
+                                        app=client.client_id, app_policies={**app_policies, "require_mfa": True}), \
+                "acr"
+            if step.effect not in ("mfa", "enroll"):
+                self.audit("oidc.authorize.denied", ws.id, actor_id=user.id, client_id=client.client_id,
+                           rule=step.rule or "acr")
+                return fail(AccessDeniedError, "A second factor is required and cannot be used here.")
+        if step is not None:
+            if "none" in prompt:
+                self.audit("oidc.authorize.step_up_required", ws.id, actor_id=user.id, client_id=client.client_id,
+                           reason=why, prompt="none")
+                return self._error_redirect(ws, _InteractionRequired(redirect_uri=redirect_uri), state)
+            if not step.methods:  # no factor the policies allow: nothing to offer (fail closed)
+                self.audit("oidc.authorize.denied", ws.id, actor_id=user.id, client_id=client.client_id,
+                           rule=step.rule or "second_factor")
+                return fail(AccessDeniedError, "A second factor is required and none is allowed.")
+            self.audit("oidc.authorize.step_up", ws.id, actor_id=user.id, client_id=client.client_id, reason=why,
+                       step=step.effect)
+            return Answer(302, step_up=StepUp(user_id=user.id, email=user.email, amr=tuple(session.amr),
+                                              effect=step.effect, choices=tuple(step.methods),
+                                              next=self._resume_url(ws, req), app=client.client_id))
         oreq.idhub = {"user_id": user.id, "session_id": session.id, "amr": list(session.amr),
                       "auth_time": session.auth_time or session.created_at}
         try:
@@ -1064,13 +1183,16 @@ class OidcService:
         self.audit("oidc.authorize", ws.id, actor_id=user.id, client_id=client.client_id)
         return Answer(302, location=_add_param(location, "iss", self.issuer(ws)))
 
-    def _login_url(self, ws, client: Client, req: HttpRequest, force: bool) -> str:
+    @staticmethod
+    def _resume_url(ws, req: HttpRequest) -> str:
         # Come back to this very request, minus what asked for the new sign-in (else it would loop).
         kept = [(k, v) for k in req.args for v in req.args.getlist(k) if k not in ("prompt", "max_age")]
         # Back through the resume page: after the sign-in form's POST, a chain of redirects ending at the app
         # would be blocked by Chrome (CSP form-action 'self' applies to the redirects of a form submission).
-        back = f"/w/{ws.slug}/oauth2/resume?" + urlencode(kept)
-        params = {"next": back, "app": client.client_id}
+        return f"/w/{ws.slug}/oauth2/resume?" + urlencode(kept)
+
+    def _login_url(self, ws, client: Client, req: HttpRequest, force: bool) -> str:
+        params = {"next": self._resume_url(ws, req), "app": client.client_id}
         if force:
             params["prompt"] = "login"
         return f"/w/{ws.slug}/login?" + urlencode(params)
@@ -1273,6 +1395,18 @@ def _pick_key(jwks: dict, header: dict):
         return jwk.import_key(found[0])
     except (JoseError, ValueError, TypeError, KeyError):
         return None
+
+
+def _insert_ignore(db, model, keys: tuple[str, ...]):
+    """An INSERT that does nothing when a row with the same ``keys`` (a unique constraint) exists."""
+    name = db.get_bind().dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:
+        raise NotImplementedError(f"no INSERT … ON CONFLICT for dialect {name}")
+    return dialect_insert(model).on_conflict_do_nothing(index_elements=list(keys))
 
 
 def _add_param(uri: str, key: str, value: str) -> str:

@@ -7,6 +7,7 @@ from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
 from idp.web.common import (
+    browser_binding,
     check_csrf,
     current_client,
     delete_cookie,
@@ -18,7 +19,7 @@ from idp.web.common import (
     rotate_csrf,
     session_cookie,
 )
-from oidc.provider import Answer, HttpRequest
+from oidc.provider import Answer, HttpRequest, StepUp
 
 bp = Blueprint("oidc", __name__)
 HTML_ENDPOINTS = ("oidc.authorize", "oidc.end_session")
@@ -50,7 +51,26 @@ def _json_workspace(slug: str):
     return ws, None
 
 
+def _step_up(ws, step: StepUp):
+    """A login flow of the signed-in user, already past the password, at the second-factor step (or its set-up):
+    the sign-in's own pages finish it (a new session with the factor) and return to the authorization request."""
+    from idp.flow import FlowManager
+
+    flows = FlowManager(hub().stores.flows, hub().clock)
+    flow = flows.start(ws.id, browser_binding(), step.next, email=step.email, state="password", app=step.app)
+    flow.user_id = step.user_id
+    flow.amr = list(step.amr)
+    flow.move(step.effect)
+    flow.choices = list(step.choices)
+    flow.method = flow.choices[0]
+    flows.save(flow)
+    endpoint = "mfa.second_factor" if step.effect == "mfa" else "mfa.enroll"
+    return redirect(url_for(endpoint, ws_slug=ws.slug, flow=flow.id), code=302)
+
+
 def _respond(ans: Answer, ws=None):
+    if ans.step_up is not None and ws is not None:
+        return _step_up(ws, ans.step_up)
     if ans.template is not None:
         name, context = ans.template
         resp = make_response(render_template(name, ws=ws, **context), ans.status)
@@ -103,7 +123,7 @@ def jwks(ws_slug):
 def authorize(ws_slug):
     ws = load_workspace(ws_slug)
     sess = load_session(ws)
-    return _respond(service().authorize(ws, _http(), sess, current_client()))
+    return _respond(service().authorize(ws, _http(), sess, current_client()), ws)
 
 
 RESUME_PAGE = """<!doctype html>

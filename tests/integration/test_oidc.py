@@ -703,9 +703,14 @@ def test_app_requiring_mfa_steps_up(browser):
     code, _ = code_flow(browser)  # signed in with a password only
     _, challenge = pkce()
     r = browser.get(authorize_path(client_id="strict", redirect_uri="https://strict.example/cb", challenge=challenge))
-    assert r.status_code == 302 and r.headers["Location"].startswith("/w/acme/login?")
-    q = query(r.headers["Location"])
-    assert q["app"] == "strict" and q["prompt"] == "login" and q["next"].startswith("/w/acme/oauth2/resume?")
+    # straight to the second step of the sign-in (here: setting up a factor), not the password again
+    assert r.status_code == 302 and r.headers["Location"].startswith("/w/acme/login/enroll?flow="), r.headers
+    assert browser.get(r.headers["Location"]).status_code == 200
+    from idp.flow import FlowManager
+
+    app = browser.client.application
+    flow = FlowManager(app.extensions["idhub"].stores.flows).store.get(query(r.headers["Location"])["flow"])
+    assert flow["app"] == "strict" and flow["state"] == "enroll" and flow["next"].startswith("/w/acme/oauth2/resume?")
     r = browser.get(authorize_path(client_id="strict", redirect_uri="https://strict.example/cb", challenge=challenge,
                                    prompt="none"))
     assert query(r.headers["Location"])["error"] == "interaction_required"

@@ -80,3 +80,28 @@ def test_parallel_refresh_revokes_the_family_postgres(pg_app):
         r = pg_app.test_client().post("/w/acme/oauth2/token", headers=WIKI_AUTH,
                                       data={"grant_type": "refresh_token", "refresh_token": b["refresh_token"]})
         assert r.status_code == 400
+
+
+def test_parallel_redemptions_record_the_app_once_postgres(pg_app):
+    """Codes of one session redeemed at the same time: every redemption succeeds (INSERT … ON CONFLICT DO
+    NOTHING never fails a token request) and the session has the app once."""
+    from sqlalchemy import select
+
+    from oidc.models import OidcSessionClient
+
+    browser = Browser(pg_app)
+    codes = iter([code_flow(browser) for _ in range(8)])
+    lock = threading.Lock()
+
+    def next_code():
+        with lock:
+            return next(codes)
+
+    def redeem_one(client):
+        code, verifier = next_code()
+        return redeem(client, code, verifier)
+
+    assert race(pg_app, 8, redeem_one) == [200] * 8
+    with pg_app.extensions["idhub"].db() as db:
+        rows = list(db.scalars(select(OidcSessionClient)))
+    assert len(rows) == 1 and rows[0].client_id == "wiki"

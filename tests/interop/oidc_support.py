@@ -8,7 +8,9 @@ import hashlib
 import html
 import re
 import secrets
+import threading
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from idp.accounts import workspace_by_slug
@@ -168,3 +170,59 @@ def live_oidc_hub(config: dict | None = None):
         raise
     finally:
         hub.cleanup()
+
+
+class Receiver:
+    """An app's back-channel logout endpoint: records every POSTed ``logout_token``. It also stands in for the
+    app's pages (``page_url``): every GET is recorded in ``pages`` (a redirect_uri a real browser lands on)."""
+
+    def __init__(self):
+        self.tokens: list[str] = []
+        self.requests: list[dict] = []
+        self.pages: list[str] = []
+        self.got = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                if self.path == "/favicon.ico":
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                outer.pages.append(outer.base + self.path)
+                body = b'<!doctype html><title>app</title><link rel="icon" href="data:,"><p>app'
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                outer.requests.append({"path": self.path, "type": self.headers.get("Content-Type"), "body": body})
+                outer.tokens += parse_qs(body).get("logout_token", [])
+                self.send_response(200)
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                outer.got.set()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = self.base + "/backchannel-logout"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def page_url(self, path: str) -> str:
+        return self.base + path
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

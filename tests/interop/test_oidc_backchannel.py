@@ -9,10 +9,8 @@ refresh token must stop working.
 
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
@@ -20,46 +18,18 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from tests.conftest import ALICE, ALICE_PW
-from tests.interop.oidc_support import WIKI_CB, WIKI_SECRET, authorize_path, live_oidc_hub, oidc_config, pkce
+from tests.interop.oidc_support import (
+    WIKI_CB,
+    WIKI_SECRET,
+    Receiver,
+    authorize_path,
+    live_oidc_hub,
+    oidc_config,
+    pkce,
+)
 
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 pytestmark = pytest.mark.browser
-
-
-class Receiver:
-    """An app's back-channel logout endpoint: records every POSTed ``logout_token``."""
-
-    def __init__(self):
-        self.tokens: list[str] = []
-        self.requests: list[dict] = []
-        self.got = threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-                outer.requests.append({"path": self.path, "type": self.headers.get("Content-Type"), "body": body})
-                outer.tokens += parse_qs(body).get("logout_token", [])
-                self.send_response(200)
-                self.send_header("Cache-Control", "no-store")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                outer.got.set()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/backchannel-logout"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def sign_in_page(page, email=ALICE, password=ALICE_PW):
@@ -145,3 +115,107 @@ def test_ending_the_session_notifies_the_app(how, browser):
             finally:
                 for ctx in contexts:
                     ctx.close()
+
+
+
+def test_logout_reaches_apps_whose_access_tokens_were_purged(browser):
+    """Access tokens live 5 minutes and ``idhub oidc purge`` deletes them once expired; the apps of the session
+    must still get their logout tokens: wiki (which holds only a refresh token by then) and poster (which only
+    ever got an ID token and an access token, no refresh token)."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import func, select, update
+    from sqlalchemy.orm import sessionmaker
+
+    from idp.db import make_engine
+    from oidc.models import OidcAccessToken
+    from tests.interop.oidc_support import POST_SECRET
+
+    with Receiver() as receiver:
+        config = oidc_config()
+        apps = {a["slug"]: a for a in config["workspaces"][0]["apps"]}
+        apps["wiki"]["backchannel_logout_uri"] = receiver.url + "?app=wiki"
+        apps["poster"]["backchannel_logout_uri"] = receiver.url + "?app=poster"
+        poster_cb = receiver.page_url("/poster/cb")  # a real page of the app, added to its redirect URIs
+        apps["poster"]["redirect_uris"].append(poster_cb)
+        wiki_home = receiver.page_url("/wiki/")
+        apps["wiki"]["post_logout_redirect_uris"].append(wiki_home)
+        with live_oidc_hub(config) as hub:
+            context = browser.new_context()
+            try:
+                page = context.new_page()
+                hits = []
+                page.route(WIKI_CB + "**", lambda route: (hits.append(route.request.url),
+                                                          route.fulfill(status=200, body="app")))
+
+                def code_for(client_id, redirect_uri, scope, sign_in):
+                    hits.clear()
+                    receiver.pages.clear()
+                    verifier, challenge = pkce()
+                    page.goto(hub.url(authorize_path(client_id=client_id, redirect_uri=redirect_uri, scope=scope,
+                                                     challenge=challenge)))
+                    if sign_in:
+                        sign_in_page(page)
+                    landed = hits if redirect_uri == WIKI_CB else receiver.pages
+                    for _ in range(100):
+                        if landed:
+                            break
+                        page.wait_for_timeout(100)
+                    assert len(landed) == 1 and landed[0].startswith(redirect_uri + "?"), landed
+                    return parse_qs(urlsplit(landed[0]).query)["code"][0], verifier
+
+                code, verifier = code_for("wiki", WIKI_CB, "openid email offline_access", sign_in=True)
+                wiki = requests.post(hub.url("/w/acme/oauth2/token"), auth=("wiki", WIKI_SECRET), timeout=10,
+                                     data={"grant_type": "authorization_code", "code": code,
+                                           "redirect_uri": WIKI_CB, "code_verifier": verifier}).json()
+                assert wiki.get("refresh_token") and wiki.get("id_token"), wiki
+                code, verifier = code_for("poster", poster_cb, "openid email", sign_in=False)
+                poster = requests.post(hub.url("/w/acme/oauth2/token"), timeout=10, data={
+                    "grant_type": "authorization_code", "code": code, "redirect_uri": poster_cb,
+                    "code_verifier": verifier, "client_id": "poster", "client_secret": POST_SECRET}).json()
+                assert poster.get("id_token") and "refresh_token" not in poster, poster
+
+                # the access tokens expire (as 5 minutes later) and the operator's purge removes them
+                engine = make_engine(hub.database_url)
+                try:
+                    with sessionmaker(bind=engine)() as db:
+                        db.execute(update(OidcAccessToken).values(
+                            expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+                        db.commit()
+                    out = hub.run("oidc", "purge").stdout
+                    assert "access tokens: 2" in out, out
+                    with sessionmaker(bind=engine)() as db:
+                        assert db.scalar(select(func.count()).select_from(OidcAccessToken)) == 0
+                finally:
+                    engine.dispose()
+
+                # the user signs out through wiki (RP-initiated logout with its id_token_hint)
+                receiver.pages.clear()
+                page.goto(hub.url("/w/acme/oauth2/logout?" + urlencode(
+                    {"id_token_hint": wiki["id_token"], "post_logout_redirect_uri": wiki_home})))
+                assert receiver.pages == [wiki_home], receiver.pages
+
+                for _ in range(100):
+                    if len(receiver.tokens) >= 2:
+                        break
+                    time.sleep(0.1)
+                time.sleep(0.3)  # nothing else is coming
+                assert sorted(r["path"] for r in receiver.requests) == [
+                    "/backchannel-logout?app=poster", "/backchannel-logout?app=wiki"], hub.log_tail()
+                jwks = KeySet.import_key_set(requests.get(hub.url("/w/acme/oauth2/jwks"), timeout=10).json())
+                sid = jwt.decode(wiki["id_token"], jwks, algorithms=["RS256"]).claims["sid"]
+                assert jwt.decode(poster["id_token"], jwks, algorithms=["RS256"]).claims["sid"] == sid
+                for token in receiver.tokens:
+                    logout = jwt.decode(token, jwks, algorithms=["RS256"])
+                    assert logout.header["typ"] == "logout+jwt"
+                    aud = logout.claims["aud"]
+                    assert aud in ("wiki", "poster")
+                    jwt.JWTClaimsRegistry(iss={"essential": True, "value": hub.url("/w/acme")},
+                                          aud={"essential": True, "value": aud}, iat={"essential": True},
+                                          exp={"essential": True}, jti={"essential": True}).validate(logout.claims)
+                    assert logout.claims["events"] == {BACKCHANNEL_EVENT: {}} and logout.claims["sid"] == sid
+                r = requests.post(hub.url("/w/acme/oauth2/token"), auth=("wiki", WIKI_SECRET), timeout=10,
+                                  data={"grant_type": "refresh_token", "refresh_token": wiki["refresh_token"]})
+                assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+            finally:
+                context.close()

@@ -160,3 +160,116 @@ def test_openid_client_es256_client(live):
         "state", "nonce", "verifier")}, "callback": callback})], cwd=NODE_DIR, capture_output=True, text=True,
         timeout=60)
     assert res.returncode != 0 and "alg" in res.stdout, res.stdout
+
+
+@pytest.mark.browser
+def test_openid_client_with_chromium(browser):
+    """openid-client builds the authorization URL (S256 PKCE, state, nonce); real Chromium signs in at idhub and
+    lands on the app's redirect_uri (a real local page); openid-client redeems the code (iss, id_token signature,
+    nonce), fetches userinfo, refreshes, revokes and builds the end-session URL, which Chromium follows back to
+    the app's registered post-logout page — signed out of idhub."""
+    from tests.interop.oidc_support import Receiver
+
+    node = node_peer()
+    with Receiver() as app_pages:
+        callback_url, home_url = app_pages.page_url("/callback"), app_pages.page_url("/")
+        config = oidc_config()
+        wiki = next(a for a in config["workspaces"][0]["apps"] if a["slug"] == "wiki")
+        wiki["redirect_uris"].append(callback_url)
+        wiki["post_logout_redirect_uris"].append(home_url)
+        with live_oidc_hub(config) as hub:
+            issuer = hub.url("/w/acme")
+            args = {"issuer": issuer, "client_id": "wiki", "client_secret": WIKI_SECRET,
+                    "redirect_uri": callback_url, "post_logout_redirect_uri": home_url}
+            started = run_rp(node, "start", args)
+            q = parse_qs(urlsplit(started["url"]).query)
+            assert q["code_challenge_method"] == ["S256"] and q["state"] == [started["state"]]
+            assert q["nonce"] == [started["nonce"]] and q["redirect_uri"] == [callback_url]
+            context = browser.new_context()
+            try:
+                page = context.new_page()
+                page.goto(started["url"])
+                page.get_by_label("Email").fill(ALICE)
+                page.get_by_role("button", name="Continue").click()
+                page.get_by_label("Password").fill(ALICE_PW)
+                page.get_by_role("button", name="Sign in").click()
+                page.wait_for_url(callback_url + "?**")
+                assert len(app_pages.pages) == 1, app_pages.pages
+                callback = app_pages.pages[0]
+                assert parse_qs(urlsplit(callback).query)["iss"] == [issuer]
+
+                out = run_rp(node, "finish", {**args, **{k: started[k] for k in ("state", "nonce", "verifier")},
+                                               "callback": callback})
+                claims = out["claims"]
+                assert claims["iss"] == issuer and claims["aud"] == "wiki" and claims["nonce"] == started["nonce"]
+                assert claims["email"] == ALICE and claims["amr"] == ["pwd"] and claims["sid"]
+                assert out["userinfo"]["sub"] == claims["sub"] and out["userinfo"]["email"] == ALICE
+                assert out["refreshed"]["rotated"] is True and out["refreshed"]["claims"]["sub"] == claims["sub"]
+                assert out["replay"] == "invalid_grant" and out["after_replay"] == "invalid_grant"
+                assert out["userinfo_after_revocation"] != "accepted"
+
+                # the browser follows openid-client's end-session URL: signed out at once (id_token_hint of
+                # this very session), back on the app's registered page with the state
+                end = out["end_session_url"]
+                assert end.startswith(issuer + "/oauth2/logout?")
+                app_pages.pages.clear()
+                page.goto(end)
+                page.wait_for_url(home_url + "?**")
+                assert app_pages.pages == [home_url + "?state=bye"], app_pages.pages
+                page.goto(hub.url("/w/acme/settings/security"))
+                assert "/w/acme/login" in page.url
+            finally:
+                context.close()
+
+
+@pytest.mark.browser
+def test_openid_client_acr_mfa_step_up_in_chromium(browser):
+    """openid-client asks for ``acr_values=urn:idhub:acr:mfa``. Bob has no second factor and nothing requires
+    one: in Chromium he signs in with his password, is sent on to set up an authenticator app (the code comes
+    from the secret on the page), sees his backup codes, continues — and lands on the app, whose ID token (checked
+    by openid-client) carries the MFA acr, also after a refresh."""
+    import re
+
+    import pyotp
+
+    from tests.conftest import BOB, BOB_PW
+    from tests.interop.oidc_support import Receiver
+
+    node = node_peer()
+    with Receiver() as app_pages:
+        callback_url = app_pages.page_url("/callback")
+        config = oidc_config()
+        wiki = next(a for a in config["workspaces"][0]["apps"] if a["slug"] == "wiki")
+        wiki["redirect_uris"].append(callback_url)
+        with live_oidc_hub(config) as hub:
+            args = {"issuer": hub.url("/w/acme"), "client_id": "wiki", "client_secret": WIKI_SECRET,
+                    "redirect_uri": callback_url, "post_logout_redirect_uri": WIKI_HOME}
+            started = run_rp(node, "start", {**args, "acr_values": "urn:idhub:acr:mfa"})
+            assert parse_qs(urlsplit(started["url"]).query)["acr_values"] == ["urn:idhub:acr:mfa"]
+            assert "urn:idhub:acr:mfa" in started["server"]["acr_values_supported"]
+            context = browser.new_context()
+            try:
+                page = context.new_page()
+                page.goto(started["url"])
+                page.get_by_label("Email").fill(BOB)
+                page.get_by_role("button", name="Continue").click()
+                page.get_by_label("Password").fill(BOB_PW)
+                page.get_by_role("button", name="Sign in").click()
+                page.wait_for_url(re.compile(r".*/w/acme/login/enroll\?flow="))
+                assert page.get_by_role("heading", name="Set up an authenticator app").is_visible()
+                secret = page.locator("code.secret[data-secret]").inner_text().strip().replace(" ", "")
+                page.get_by_label("Verification code").fill(pyotp.TOTP(secret).now())
+                page.get_by_role("button", name="Verify", exact=True).click()
+                page.get_by_role("heading", name="Save your backup codes").wait_for()
+                assert not app_pages.pages
+                page.get_by_role("button", name="Continue").click()
+                page.wait_for_url(callback_url + "?**")
+                assert len(app_pages.pages) == 1, app_pages.pages
+                out = run_rp(node, "finish", {**args, **{k: started[k] for k in ("state", "nonce", "verifier")},
+                                               "callback": app_pages.pages[0]})
+            finally:
+                context.close()
+    claims = out["claims"]
+    assert claims["acr"] == "urn:idhub:acr:mfa" and "otp" in claims["amr"] and "mfa" in claims["amr"]
+    assert claims["email"] == BOB and claims["nonce"] == started["nonce"]
+    assert out["refreshed"]["claims"]["acr"] == "urn:idhub:acr:mfa"

@@ -1,5 +1,6 @@
-// A relying party built on openid-client (v6), driven by tests/interop/test_oidc_node.py.
-//   node rp.mjs start  '{"issuer":…,"client_id":…,"client_secret":…,"redirect_uri":…}'
+// A relying party built on openid-client (v6), driven by tests/interop/test_oidc_node.py (with the sign-in
+// pages driven by requests or by real Chromium).
+//   node rp.mjs start  '{"issuer":…,"client_id":…,"client_secret":…,"redirect_uri":…[, "acr_values":…]}'
 //       → {"url", "state", "nonce", "verifier"}           (discovery + authorization URL with S256 PKCE)
 //   node rp.mjs finish '{…, "callback", "state", "nonce", "verifier", "post_logout_redirect_uri"}'
 //       → the results of authorizationCodeGrant, fetchUserInfo, refreshTokenGrant, revocation, end-session URL
@@ -25,14 +26,16 @@ async function start() {
   const challenge = await client.calculatePKCECodeChallenge(verifier)
   const state = client.randomState()
   const nonce = client.randomNonce()
-  const url = client.buildAuthorizationUrl(config, {
+  const params = {
     redirect_uri: args.redirect_uri,
     scope: 'openid profile email groups offline_access',
     code_challenge: challenge,
     code_challenge_method: 'S256',
     state,
     nonce,
-  })
+  }
+  if (args.acr_values) params.acr_values = args.acr_values // e.g. urn:idhub:acr:mfa: a second factor, please
+  const url = client.buildAuthorizationUrl(config, params)
   return { url: url.href, state, nonce, verifier, server: config.serverMetadata() }
 }
 
