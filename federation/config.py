@@ -24,7 +24,7 @@ SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 GUIDISH_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 COMMON_KEYS = {"slug", "name", "protocol", "preset", "domains", "trust_mfa", "jit", "sso_required",
-               "attribute_map", "attribute_mapping", "link_by_email"}
+               "attribute_map", "attribute_mapping", "link_by_email", "email_verified_by_idp"}
 PROTOCOL_KEYS = {
     "oidc": {"issuer", "client_id", "client_secret", "allowed_tenants", "scopes", "groups_endpoint"},
     "saml": {"metadata_xml", "metadata_file", "metadata_url", "certs", "allow_unsolicited", "allowed_tenants",
@@ -36,17 +36,33 @@ PROTOCOL_KEYS = {
 ALL_KEYS = COMMON_KEYS | set().union(*PROTOCOL_KEYS.values())
 
 
+def https_or_loopback(url: str) -> bool:
+    """An https URL, or http to this machine (tests, a local metadata mirror): never plain http across a network."""
+    from urllib.parse import urlsplit
+
+    scheme = urlsplit(url).scheme.lower()
+    return scheme == "https" or (scheme == "http" and _loopback(url))
+
+
 def fetch_metadata(url: str, timeout: float = 10) -> str:
-    """GET SAML metadata (bounded size). Raises ``ValueError`` with a short reason."""
+    """GET SAML metadata (bounded size). Raises ``ValueError`` with a short reason, whatever went wrong: requests'
+    own errors, but also urllib3's read/protocol errors from the streamed body (a peer that closes early or stalls
+    after the headers), decoding errors and socket errors."""
     import requests
 
+    if not https_or_loopback(url):
+        raise ValueError("metadata_url must use https (http only on 127.0.0.1/localhost)")
     try:
         with requests.get(url, timeout=timeout, stream=True, allow_redirects=False) as resp:
             if resp.status_code != 200:
                 raise ValueError(f"HTTP {resp.status_code}")
             body = resp.raw.read(MAX_METADATA + 1, decode_content=True)
-    except requests.RequestException as exc:
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - urllib3 ReadTimeoutError/ProtocolError, OSError, …: fail closed
         raise ValueError(type(exc).__name__) from None
+    if not isinstance(body, bytes):
+        raise ValueError("no body")
     if len(body) > MAX_METADATA:
         raise ValueError("larger than 1 MiB")
     return body.decode("utf-8", errors="replace")
@@ -76,7 +92,8 @@ def validate_connection(v, c: dict, p: str, base_dir: Path | None = None, fetch=
         elif d is not None:
             domains.append(d.lower())
     out["domains"] = list(dict.fromkeys(domains))
-    for key, default in (("trust_mfa", False), ("jit", True), ("sso_required", False), ("link_by_email", False)):
+    for key, default in (("trust_mfa", False), ("jit", True), ("sso_required", False), ("link_by_email", False),
+                         ("email_verified_by_idp", False)):
         val = c.get(key, default)
         out[key] = bool(v.boolean(val, f"{p}.{key}")) if key in c else default
     if out["sso_required"] and not out["domains"]:
@@ -131,7 +148,11 @@ def _oidc(v, c: dict, p: str, out: dict) -> None:
     if "openid" not in out["scopes"]:
         v.err(f"{p}.scopes", "must include openid")
     if c.get("groups_endpoint") is not None:
-        out["groups_endpoint"] = v.url(c["groups_endpoint"], f"{p}.groups_endpoint")
+        endpoint = v.url(c["groups_endpoint"], f"{p}.groups_endpoint", schemes=("https", "http"))
+        if endpoint is not None and not https_or_loopback(endpoint):
+            v.err(f"{p}.groups_endpoint", "must use https (http only on 127.0.0.1/localhost)")
+        elif endpoint is not None:
+            out["groups_endpoint"] = endpoint
 
 
 def _tenants(v, c: dict, p: str, out: dict) -> list[str]:
@@ -188,7 +209,9 @@ def _saml(v, c: dict, p: str, out: dict, base_dir: Path | None, fetch) -> None:
                 xml = data.decode("utf-8", errors="replace")
     else:
         url = v.url(c["metadata_url"], f"{p}.metadata_url")
-        if url is not None:
+        if url is not None and not https_or_loopback(url):
+            v.err(f"{p}.metadata_url", "must use https (http only on 127.0.0.1/localhost)")
+        elif url is not None:
             out["metadata_url"] = url
             try:
                 xml = fetch(url)

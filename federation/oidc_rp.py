@@ -115,12 +115,10 @@ class OidcRp:
                                 f"{conn['issuer']!r}", "Set issuer to exactly the IdP's issuer (Okta: the org "
                                 "URL or https://<org>.okta.com/oauth2/<server>; Azure AD: "
                                 "https://login.microsoftonline.com/<tenant>/v2.0).")
-        for field in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
-            if not isinstance(doc.get(field), str) or not doc[field].startswith(("https://", "http://")):
-                raise UpstreamError("discovery", f"the discovery document has no {field}", "")
+        _check_discovery(doc)
         algs = doc.get("id_token_signing_alg_values_supported") or ["RS256"]
         if not set(algs) & set(ALGORITHMS):
-            raise UpstreamError("algorithm", f"the IdP signs ID tokens only with {algs}",
+            raise UpstreamError("algorithm", f"the IdP signs ID tokens only with {[a[:20] for a in algs][:10]}",
                                 f"idhub accepts {', '.join(ALGORITHMS)}.")
         with self._lock:
             self._discovery[key] = (now, doc)
@@ -144,17 +142,19 @@ class OidcRp:
         return doc["issuer"].replace(TENANT, tid)
 
     # ---- keys ---------------------------------------------------------------------------------------------------
-    def _keyset(self, conn: dict, doc: dict, *, refresh: bool = False):
+    def _keyset(self, conn: dict, doc: dict, *, refresh: bool = False, url: str | None = None):
         from joserfc.jwk import KeySet
 
-        url = doc["jwks_uri"]
+        url = url or doc["jwks_uri"]
         now = time.monotonic()
         with self._lock:
             hit = self._jwks.get(url)
         if hit and (now - hit[0] < JWKS_TTL) and (not refresh or now - hit[0] < JWKS_MIN_REFRESH):
             return hit[1]
         data = self._get_json(url, "jwks")
-        keys = [k for k in data.get("keys", []) if isinstance(k, dict) and k.get("kty") in ("RSA", "EC")
+        if not isinstance(data.get("keys"), list):
+            raise UpstreamError("jwks", "the IdP's JWKS has no list of keys", "")
+        keys = [k for k in data["keys"] if isinstance(k, dict) and k.get("kty") in ("RSA", "EC")
                 and k.get("use", "sig") == "sig" and not ({"d", "p", "q", "k"} & set(k))]
         try:
             ks = KeySet.import_key_set({"keys": keys})
@@ -166,13 +166,21 @@ class OidcRp:
 
     def _key_for(self, conn: dict, doc: dict, header: dict):
         kid = header.get("kid")
-        for attempt in (False, True):
-            ks = self._keyset(conn, doc, refresh=attempt)
-            matches = [k for k in ks.keys if (kid is None or k.kid == kid)]
-            if kid is None and len(matches) > 1:
-                matches = [k for k in matches if _kty_for(header["alg"]) == k.key_type]
-            if len(matches) >= 1 and (kid is not None or len(matches) == 1):
-                return matches[0]
+        if kid is not None and not isinstance(kid, str):
+            raise UpstreamError("id_token", "the ID token's kid is not a string", "")
+        urls = [doc["jwks_uri"]]
+        if conn.get("preset") == "azure_ad" and kid is not None:
+            # Azure AD signs the tokens of an app with custom signing keys (claims mapping) with a key published
+            # only at jwks_uri?appid={client_id}; it is looked up there when the tenant's keys do not know the kid
+            urls.append(app_jwks_uri(doc["jwks_uri"], conn["client_id"]))
+        for url in urls:
+            for attempt in (False, True):
+                ks = self._keyset(conn, doc, refresh=attempt, url=url)
+                matches = [k for k in ks.keys if (kid is None or k.kid == kid)]
+                if kid is None and len(matches) > 1:
+                    matches = [k for k in matches if _kty_for(header["alg"]) == k.key_type]
+                if len(matches) >= 1 and (kid is not None or len(matches) == 1):
+                    return matches[0]
         raise UpstreamError("signature", f"the ID token was signed with a key the IdP does not publish "
                             f"(kid {str(kid)[:64]!r})", "The IdP's signing keys are read from its jwks_uri.")
 
@@ -337,8 +345,12 @@ class OidcRp:
         if mapped.get("overage"):
             endpoint = conn.get("groups_endpoint")
             if endpoint and access_token:
-                groups = self._resolve_groups(endpoint, access_token)
-                warnings.append(f"groups overage: {len(groups)} group(s) read from the groups endpoint")
+                try:
+                    groups = self._resolve_groups(endpoint, access_token)
+                    warnings.append(f"groups overage: {len(groups)} group(s) read from the groups endpoint")
+                except _GroupsIncomplete as exc:
+                    groups = []
+                    warnings.append(f"groups overage: {exc}, so group memberships were not updated")
             else:
                 warnings.append("groups overage: the IdP left the groups out of the token (too many) and no "
                                 "groups_endpoint is configured, so group memberships were not updated")
@@ -355,19 +367,84 @@ class OidcRp:
     def _resolve_groups(self, endpoint: str, access_token: str) -> list[str]:
         """A Graph-like ``memberOf`` answer: ``{"value": [{"id": …}], "@odata.nextLink": …}``."""
         out: list[str] = []
-        url: str | None = endpoint
+        url = endpoint
+        if _origin(endpoint)[0] != "https" and not (_origin(endpoint)[0] == "http" and _loopback_url(endpoint)):
+            raise _GroupsIncomplete("the groups endpoint is not an https URL; it was not called")
         for _ in range(20):  # pages
-            if not url:
-                break
             data = self._get_json(url, "groups", headers={"Authorization": f"Bearer {access_token}"})
             for item in data.get("value", []) if isinstance(data.get("value"), list) else []:
                 gid = item.get("id") if isinstance(item, dict) else None
                 if isinstance(gid, str) and gid and gid not in out:
                     out.append(gid[:1024])
             nxt = data.get("@odata.nextLink")
-            url = nxt if isinstance(nxt, str) and nxt.startswith(endpoint.split("/", 3)[0]) else None
-        return out[:1000]
+            if nxt is None:
+                return out[:1000]
+            if not isinstance(nxt, str) or _origin(nxt) != _origin(endpoint):
+                # the access token goes to the groups endpoint's own scheme, host and port only
+                raise _GroupsIncomplete("the groups endpoint's next page is on another host; it was not followed")
+            url = nxt
+        raise _GroupsIncomplete("the groups endpoint has more than 20 pages")
 
 
 def _kty_for(alg: str) -> str:
     return "EC" if alg.startswith("ES") else "RSA"
+
+
+class _GroupsIncomplete(Exception):
+    """The groups endpoint could not be read completely: memberships are left as they are."""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in; a malformed URL has no origin."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return ("", "", None)
+    if parts.username is not None or parts.password is not None:
+        return ("", "", None)
+    if port is None:
+        port = {"https": 443, "http": 80}.get(scheme)
+    return (scheme, host, port) if scheme and host else ("", "", None)
+
+
+def app_jwks_uri(jwks_uri: str, client_id: str) -> str:
+    from urllib.parse import quote
+
+    return jwks_uri + ("&" if "?" in jwks_uri else "?") + "appid=" + quote(client_id, safe="")
+
+
+def _loopback_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        return (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+    except ValueError:
+        return False
+
+
+def _check_discovery(doc: dict) -> None:
+    """The discovery document's values have the types idhub relies on (a hostile or broken IdP fails here, with
+    a named check, rather than deep in a library); endpoints are https, or http on this machine only."""
+    for field in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+        value = doc.get(field)
+        if not isinstance(value, str) or not value or len(value) > 2048:
+            raise UpstreamError("discovery", f"the discovery document has no usable {field}",
+                                "Check the issuer URL: its /.well-known/openid-configuration must name it.")
+        if not (value.startswith("https://") or (value.startswith("http://") and _loopback_url(value))):
+            raise UpstreamError("discovery", f"the discovery document's {field} is not an https URL",
+                                "idhub talks to identity providers over https only.")
+        if _origin(value) == ("", "", None):
+            raise UpstreamError("discovery", f"the discovery document's {field} is not a valid URL", "")
+    for field in ("id_token_signing_alg_values_supported", "token_endpoint_auth_methods_supported",
+                  "scopes_supported", "response_types_supported"):
+        value = doc.get(field)
+        if value is not None and (not isinstance(value, list) or len(value) > 100
+                                  or not all(isinstance(v, str) for v in value)):
+            raise UpstreamError("discovery", f"the discovery document's {field} is not a list of strings", "")
+    flag = doc.get("authorization_response_iss_parameter_supported")
+    if flag is not None and not isinstance(flag, bool):
+        raise UpstreamError("discovery", "the discovery document's authorization_response_iss_parameter_supported "
+                            "is not a boolean", "")

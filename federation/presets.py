@@ -40,10 +40,6 @@ AZ_GROUPS = "http://schemas.microsoft.com/ws/2008/06/identity/claims/groups"
 AZ_AMR = "http://schemas.microsoft.com/claims/authnmethodsreferences"
 AZ_GROUPS_LINK = "http://schemas.microsoft.com/claims/groups.link"
 AZ_MULTIPLE_AUTHN = "http://schemas.microsoft.com/claims/multipleauthn"
-AZ_ISSUER_PREFIX = "https://sts.windows.net/"  # SAML entity id: https://sts.windows.net/{tenant-id}/
-
-# --- Okta -----------------------------------------------------------------------------------------------------
-OKTA_ENTITY_PREFIX = "http://www.okta.com/"  # SAML entity id: http://www.okta.com/{app-id}
 
 # Field -> candidate names, first non-empty wins. OIDC claims and SAML attributes share one list per preset.
 _SHAPES: dict[str, dict[str, tuple[str, ...]]] = {

@@ -118,6 +118,11 @@ def _load_cert(pem_or_b64: str) -> x509.Certificate:
         raise _fail("certificate", "a pinned certificate is not a valid X.509 certificate") from None
 
 
+def cert_not_after(pem_or_b64: str) -> datetime:
+    """When a pinned certificate expires (UTC)."""
+    return _load_cert(pem_or_b64).not_valid_after_utc
+
+
 def parse_idp_metadata(xml: str) -> dict:
     """The IdP's entity id, SSO/SLO endpoints and signing certificates (with their expiry) from its metadata."""
     if not isinstance(xml, (str, bytes)):

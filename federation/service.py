@@ -30,6 +30,50 @@ class _LinkRace(Exception):
     pass
 
 
+def email_domain(email_key: str) -> str:
+    return email_key.rpartition("@")[2].rstrip(".")
+
+
+def email_in_domains(conn: dict, email_key: str) -> bool:
+    """The connection speaks for the addresses of its ``domains`` only (exact domain, no subdomains)."""
+    return bool(email_key) and email_domain(email_key) in {d.lower() for d in conn.get("domains") or []}
+
+
+def email_verified(conn: dict, ident: UpstreamIdentity) -> bool:
+    """Whether the IdP vouches that the mapped email address belongs to this person.
+
+    OIDC (Okta, generic): the ID token's ``email_verified`` is JSON ``true`` and belongs to the very address we
+    mapped (the ``email`` claim; an attribute_map that takes the address from another claim is not covered).
+    SAML, LDAP and Azure AD (whose ``email`` is an editable attribute, not a verified address) say nothing about
+    verification: their addresses count as unverified unless the connection sets ``email_verified_by_idp: true``.
+    A missing or false claim, a string ``"true"`` or a SAML attribute ``["true"]`` is not a verification."""
+    if not ident.email:
+        return False
+    if conn.get("email_verified_by_idp") is True:
+        return True
+    if conn.get("protocol") != "oidc" or conn.get("preset") == "azure_ad":
+        return False
+    claims = ident.claims if isinstance(ident.claims, dict) else {}
+    if claims.get("email_verified") is not True or not isinstance(claims.get("email"), str):
+        return False
+    try:
+        return normalise_email(claims["email"]) == normalise_email(ident.email)
+    except InvalidEmail:
+        return False
+
+
+def _check_domain(conn: dict, email_key: str, what: str) -> None:
+    if email_in_domains(conn, email_key):
+        return
+    domains = ", ".join(conn.get("domains") or []) or "none"
+    raise UpstreamError("email_domain", f"the email address's domain {email_domain(email_key)[:253]!r} is not one "
+                        f"of this connection's domains ({domains[:300]}), so no account is "
+                        + ("linked" if what == "link" else "created"),
+                        "A connection speaks only for the addresses of its domains. Add the domain to the "
+                        "connection's domains if this identity provider really owns it, or provision the user "
+                        "over SCIM with this subject as externalId.")
+
+
 @dataclass(frozen=True)
 class SignedIn:
     user_id: str
@@ -74,7 +118,10 @@ class FederationService:
         try:
             xml = fetch_metadata(url)
             meta = saml_sp.parse_idp_metadata(xml)
-        except (ValueError, UpstreamError) as exc:
+            if not meta["certs"] and not row.settings.get("certs"):
+                raise ValueError("the metadata has no signing certificate")
+        except Exception as exc:  # noqa: BLE001 - whatever the fetch or the parse raised: keep the old metadata
+            log.warning("metadata refresh failed", extra={"connection": row.slug, "error": type(exc).__name__})
             row.updated_at = self.hub.clock() - METADATA_REFRESH + METADATA_RETRY  # try again in an hour
             db.commit()
             self.audit("federation.metadata.refresh_failed", ws, {"slug": row.slug}, None,
@@ -173,23 +220,32 @@ class FederationService:
                 email_key = None
         existing = db.scalar(select(User).where(User.workspace_id == ws.id, User.email_normalized == email_key)) \
             if email_key else None
-        verified = ident.claims.get("email_verified", True) not in (False, "false")
         if existing is not None:
-            if conn.get("link_by_email") and verified:
-                return existing, "email"
             if db.scalar(select(FederationLink.id).where(FederationLink.connection_id == conn["id"],
                                                          FederationLink.subject == ident.subject)):
                 raise _LinkRace()  # a parallel first sign-in created this person's account a moment ago
-            raise UpstreamError("email_conflict", "an idhub account with this email exists but is not linked to "
-                                "this connection", "Set link_by_email: true on the connection to link accounts "
-                                "with the same verified email, or provision the user over SCIM with this "
-                                "subject as externalId.")
+            if not conn.get("link_by_email"):
+                raise UpstreamError("email_conflict", "an idhub account with this email exists but is not linked "
+                                    "to this connection", "Set link_by_email: true on the connection to link "
+                                    "accounts with the same verified email, or provision the user over SCIM with "
+                                    "this subject as externalId.")
+            # an email is only a claim: link on it only when the IdP vouches for it and owns its domain (nOAuth)
+            if not email_verified(conn, ident):
+                raise UpstreamError("email_unverified", "the identity provider did not assert that this email "
+                                    "address is verified, so it is not linked to the existing idhub account",
+                                    "OIDC IdPs must send email_verified: true with the email claim. SAML, LDAP "
+                                    "and Azure AD send no such claim: set email_verified_by_idp: true on the "
+                                    "connection only if the IdP's administrators control every address it sends, "
+                                    "or provision the user over SCIM with this subject as externalId.")
+            _check_domain(conn, email_key, "link")
+            return existing, "email"
         if not conn.get("jit", True):
             raise UpstreamError("not_provisioned", "no idhub account is linked to this identity and just-in-time "
                                 "creation is off", "Provision the user over SCIM, or set jit: true.")
         if not email_key:
             raise UpstreamError("email", "the identity provider sent no email address",
                                 "Map an attribute to email (attribute_map) or release the email claim.")
+        _check_domain(conn, email_key, "create")
         # external_id marks the account as managed by the IdP: no local password, no reset links (idp.hub)
         user = User(workspace_id=ws.id, email=clean_email(ident.email), email_normalized=email_key,
                     external_id=ident.subject[:255], name=(ident.name or "")[:200],
@@ -208,7 +264,8 @@ class FederationService:
             previous = set(json.loads(link.last_claims or "{}").get("groups", []))
         except (ValueError, AttributeError):
             previous = set()
-        wanted = [g[:200] for g in ident.groups if g.strip()]
+        # names are cut to the column's 200 characters; two names sharing that prefix are one group
+        wanted = list(dict.fromkeys(n for n in (g[:200].strip() for g in ident.groups) if n))
         groups = {g.name: g for g in db.scalars(select(Group).where(Group.workspace_id == ws.id))}
         added, removed = [], []
         for name in wanted:

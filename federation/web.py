@@ -15,7 +15,7 @@ from flask import Blueprint, current_app, g, redirect, render_template, request,
 from federation.base import UpstreamError
 from federation.service import GENERIC_FAILURE, FederationService
 from idp.flow import AuthnResult, FlowError, LoginFlow
-from idp.web.common import browser_binding, check_csrf, current_client, hub, load_session, load_workspace
+from idp.web.common import browser_binding, check_csrf, current_client, hub, load_workspace
 
 bp = Blueprint("federation", __name__)
 
@@ -24,6 +24,15 @@ RESULT_TTL = 120  # an ACS result waits this long for the browser's redirect
 MAX_SAML_RESPONSE = 200 * 1024
 CERT_WARNING_DAYS = 30
 START_PER_MINUTE = 600  # upstream sign-ins started per client address per minute (each keeps state 15 minutes)
+# what an employee is told when the refusal is about them, not about a broken or hostile answer
+EMPLOYEE_MESSAGES = {
+    "deactivated": "Your account is deactivated. Contact your IT team.",
+    "email_unverified": "Your organisation's identity provider did not confirm that your email address is "
+                        "verified, so idhub cannot connect this sign-in to your existing idhub account. Contact "
+                        "your IT team.",
+    "email_domain": "Your organisation's identity provider signed you in with an email address this connection "
+                    "does not cover, so idhub did not create or connect an account. Contact your IT team.",
+}
 
 
 def fed() -> FederationService:
@@ -55,9 +64,10 @@ def _failure(ws, conn: dict | None, err: UpstreamError, *, test: bool = False, s
     if test:
         return render_template("federation_test.html", ws=ws, conn=conn, error=err, claims=None, mapped=None,
                                cert_warnings=_cert_warnings(conn) if conn else []), status
-    status = 403 if err.check == "deactivated" else status
-    message = ("Your account is deactivated. Contact your IT team." if err.check == "deactivated"
-               else GENERIC_FAILURE)
+    status = 403 if err.check in EMPLOYEE_MESSAGES else status
+    message = EMPLOYEE_MESSAGES.get(err.check, GENERIC_FAILURE)
+    if err.check == "email_domain" and conn and conn.get("domains"):
+        message += f" This sign-in is for addresses at {', '.join(conn['domains'])}."
     return render_template("federation_error.html", ws=ws, conn=conn, message=message,
                            error_id=g.get("request_id", "")), status
 
@@ -106,6 +116,20 @@ def password_step(ws, flow: LoginFlow, password: str, client):
     if conn is None or conn["protocol"] != "ldap":
         return PasswordOutcome(False, "This sign-in method is no longer available. Start again.")
     return _ldap_password(ws, conn, flow, password, client)
+
+
+def reauth_refusal(ws, user, client) -> str | None:
+    """At the re-authentication page (``idp.web.mfa.reauth``): where the user's domain requires single sign-on, a
+    local password does not confirm it's them (that is what ``sso_required`` means); the refusal is audited and
+    the message says why. None when the local password may be used."""
+    conn = fed().for_email(ws, user.email)
+    if conn is None or not conn.get("sso_required"):
+        return None
+    fed().audit("auth.reauth.failure", ws, conn, client, actor_id=user.id, actor_email=user.email,
+                reason="sso_required")
+    return (f"Your organisation requires single sign-on with {conn['name']}, so an idhub password cannot "
+            "confirm it's you. Ask your IT team to make this change for you (an admin can reset two-factor "
+            "authentication).")
 
 
 def _ldap_password(ws, conn: dict, flow: LoginFlow, password: str, client):
@@ -157,14 +181,18 @@ def _load_or_start_flow(ws, conn: dict) -> LoginFlow:
     return flow
 
 
-def _begin(ws, conn: dict, flow_id: str, *, test: bool = False, login_hint: str = ""):
-    """Redirect the browser to the IdP; what the callback needs is kept server-side, keyed by state/RelayState."""
+def _begin(ws, conn: dict, flow_id: str, *, test: bool = False, login_hint: str = "", actor_id: str | None = None):
+    """Redirect the browser to the IdP; what the callback needs is kept server-side, keyed by state/RelayState.
+    Any failure (a hostile discovery document, unusable metadata, a store that cannot be reached…) ends on the
+    federation error page (or the Test connection page), never in a 500."""
     one_time = hub().stores.one_time
     base = hub().settings.base_url
     if not hub().stores.throttle.hit(f"fedstart:{current_client().ip}", START_PER_MINUTE, 60, hub().clock()):
         return _failure(ws, conn, UpstreamError("throttled", "too many sign-ins started from this address",
                                                 "Wait a minute."), test=test, status=429)
     pending = {"flow": flow_id, "conn": conn["id"], "binding": browser_binding(), "test": test}
+    if test:
+        pending["actor"] = actor_id
     try:
         if conn["protocol"] == "oidc":
             url, extra = fed().rp.start(conn, _callback_url(ws, conn), login_hint=login_hint)
@@ -179,6 +207,8 @@ def _begin(ws, conn: dict, flow_id: str, *, test: bool = False, login_hint: str 
             one_time.put(f"fed:saml:{relay}", json.dumps(pending), PENDING_TTL)
     except UpstreamError as err:
         return _failure(ws, conn, err, test=test, status=502 if err.check == "unavailable" else 400)
+    except Exception:  # a bug or an answer nobody foresaw: fail closed, with the traceback in the log only
+        return _unexpected(ws, conn, test)
     fed().audit("federation.signin.started", ws, conn, current_client(), protocol=conn["protocol"], test=test)
     # a page that navigates on (meta refresh), not a 302: a redirect chain from idhub's sign-in form to another
     # origin is blocked by CSP form-action 'self'
@@ -195,9 +225,12 @@ def start(ws_slug, conn_slug):
     conn = _connection_or_404(ws, conn_slug, "oidc", "saml")
     try:
         flow = _load_or_start_flow(ws, conn)
-    except FlowError:
+    except FlowError as exc:
         from flask import flash
 
+        fed().failed(ws, conn, UpstreamError("state", f"the login flow could not be used ({str(exc)[:100]})",
+                                             "Sign-ins must finish within 15 minutes, in the browser that "
+                                             "started them."), current_client())
         flash("Your sign-in took too long or was started in another browser. Please start again.", "error")
         return redirect(url_for("auth.login", ws_slug=ws.slug))
     return _begin(ws, conn, flow.id, login_hint=flow.email)
@@ -329,7 +362,7 @@ def _finish(ws, conn: dict, pending: dict, ident):
 
     client = current_client()
     if pending.get("test"):
-        return _test_result(ws, conn, ident)
+        return _test_result(ws, conn, ident, pending.get("actor"))
     flows = _flows()
     try:
         flow = flows.load(pending["flow"], ws.id, browser_binding())
@@ -343,6 +376,9 @@ def _finish(ws, conn: dict, pending: dict, ident):
     except UpstreamError as err:
         flows.finish(flow)
         return _failure(ws, conn, err)
+    except Exception:  # e.g. a database error nobody foresaw: fail closed, no half-made session
+        flows.finish(flow)
+        return _unexpected(ws, conn, False)
     fed().audit("federation.signin.success", ws, conn, client, actor_id=signed.user_id, protocol=conn["protocol"],
                 amr=list(signed.amr), upstream_amr=list(ident.amr)[:10], mfa=ident.mfa)
     flow.user_id = signed.user_id
@@ -353,51 +389,58 @@ def _finish(ws, conn: dict, pending: dict, ident):
 
 
 # ---- Test connection (workspace admins) --------------------------------------------------------------------------
-def _admin(ws):
-    """The signed-in admin's user row, or a response (sign-in redirect / 403)."""
-    from idp.models import User
+def _admins_only(view):
+    """The admin console's own rule (``admin.console.admin_required``): signed in to this workspace, allowed by
+    the session policies, an active admin of this workspace, and — ``AdminSecondFactor`` — signed in with a
+    second factor unless the workspace set ``require_mfa_for_admins: false``."""
+    from functools import wraps
 
-    sess = load_session(ws)
-    if sess is None:
-        return None, redirect(url_for("auth.login", ws_slug=ws.slug, next=request.path))
-    decision = hub().session_allowed(ws, sess, current_client())
-    if decision.effect == "deny":
-        g.session = None
-        return None, (render_template("denied.html", ws=ws, reason=decision.reason), 403)
-    with hub().db() as db:
-        user = db.get(User, sess.user_id)
-    if user is None or user.role != "admin" or not user.active:
-        return None, (render_template("denied.html", ws=ws, reason="Only workspace admins can test connections."),
-                      403)
-    return user, None
+    @wraps(view)
+    def wrapper(ws_slug, conn_slug):
+        from admin.console import admin_required
+
+        return admin_required(view)(ws_slug, conn_slug=conn_slug)
+
+    return wrapper
 
 
 def _cert_warnings(conn: dict) -> list[str]:
-    if conn.get("protocol") != "saml" or not conn.get("metadata_xml"):
+    """Expired or soon-expiring IdP signing certificates: those of the metadata and the connection's extra pinned
+    ``certs`` (e.g. the next certificate before a rollover)."""
+    if conn.get("protocol") != "saml":
         return []
     from federation import saml_sp
 
-    try:
-        meta = saml_sp.parse_idp_metadata(conn["metadata_xml"])
-    except UpstreamError as err:
-        return [f"The IdP metadata cannot be read: {err.message}"]
+    found: list[tuple[str, object]] = []
+    if conn.get("metadata_xml"):
+        try:
+            meta = saml_sp.parse_idp_metadata(conn["metadata_xml"])
+        except Exception as err:  # noqa: BLE001 - shown to the admin, never a 500
+            return [f"The IdP metadata cannot be read: {getattr(err, 'message', None) or type(err).__name__}"]
+        found += [("An IdP signing certificate", when) for when in meta.get("cert_not_after") or []]
+    for i, pem in enumerate(conn.get("certs") or []):
+        try:
+            when = saml_sp.cert_not_after(pem)
+        except Exception:  # noqa: BLE001
+            found.append((f"The pinned certificate certs[{i}]", None))
+            continue
+        found.append((f"The pinned certificate certs[{i}]", when))
     now = hub().clock()
     out = []
-    for when in meta.get("cert_not_after") or []:
-        if when <= now:
-            out.append(f"An IdP signing certificate expired on {when:%d %b %Y}. Update the metadata.")
+    for what, when in found:
+        if when is None:
+            out.append(f"{what} cannot be read. Replace it with a valid PEM certificate.")
+        elif when <= now:
+            out.append(f"{what} expired on {when:%d %b %Y}. Update the metadata or certs.")
         elif when - now <= timedelta(days=CERT_WARNING_DAYS):
-            out.append(f"An IdP signing certificate expires on {when:%d %b %Y} (in {(when - now).days} days). "
+            out.append(f"{what} expires on {when:%d %b %Y} (in {(when - now).days} days). "
                        "Add the IdP's new certificate before then (certs, or refreshed metadata).")
     return out
 
 
 @bp.route("/w/<ws_slug>/sso/<conn_slug>/test", methods=["GET", "POST"])
-def test(ws_slug, conn_slug):
-    ws = load_workspace(ws_slug)
-    user, denied = _admin(ws)
-    if denied is not None:
-        return denied
+@_admins_only
+def test(ws, p, conn_slug):
     conn = fed().connection(ws, conn_slug)
     if conn is None:
         from flask import abort
@@ -406,9 +449,9 @@ def test(ws_slug, conn_slug):
     if request.method == "POST":
         check_csrf()
         if conn["protocol"] == "ldap":
-            return _test_ldap(ws, conn)
-        fed().audit("federation.test.started", ws, conn, current_client(), actor_id=user.id)
-        return _begin(ws, conn, "", test=True)
+            return _test_ldap(ws, conn, p.actor_id)
+        fed().audit("federation.test.started", ws, conn, current_client(), actor_id=p.actor_id)
+        return _begin(ws, conn, "", test=True, actor_id=p.actor_id)
     return render_template("federation_test.html", ws=ws, conn=conn, error=None, claims=None, mapped=None,
                            cert_warnings=_cert_warnings(conn), urls=_urls(ws, conn))
 
@@ -422,24 +465,37 @@ def _urls(ws, conn: dict) -> dict:
     return {}
 
 
-def _test_ldap(ws, conn: dict):
+def _test_ldap(ws, conn: dict, actor_id: str):
     from federation import ldap
 
+    client = current_client()
+    fed().audit("federation.test.started", ws, conn, client, actor_id=actor_id, protocol="ldap")
     try:
         checks = ldap.test_connection(conn)
     except UpstreamError as err:
         return _failure(ws, conn, err, test=True)
+    except Exception:  # noqa: BLE001
+        return _unexpected(ws, conn, True)
+    failed = [name for name, ok, _ in checks if not ok]
+    fed().audit("federation.test.failed" if failed else "federation.test.succeeded", ws, conn, client,
+                actor_id=actor_id, protocol="ldap", failed_checks=failed[:20])
     return render_template("federation_test.html", ws=ws, conn=conn, error=None, claims=None, mapped=None,
                            checks=checks, cert_warnings=[], urls={})
 
 
-def _test_result(ws, conn: dict, ident):
+def _test_result(ws, conn: dict, ident, actor_id: str | None = None):
     """Show what the IdP sent and who it maps to, without signing anyone in or changing any account."""
     from sqlalchemy import select
 
     from federation.models import FederationLink
-    from idp.accounts import user_by_email
+    from federation.service import email_in_domains, email_verified
+    from idp.accounts import InvalidEmail, normalise_email, user_by_email
     from idp.models import User
+
+    try:
+        email_key = normalise_email(ident.email) if ident.email else ""
+    except InvalidEmail:
+        email_key = ""
 
     with hub().db() as db:
         link = db.scalar(select(FederationLink).where(FederationLink.connection_id == conn["id"],
@@ -450,16 +506,31 @@ def _test_result(ws, conn: dict, ident):
         if user is None and ident.email:
             existing = user_by_email(db, ws.id, ident.email)
             if existing is not None:
-                user, how = existing, ("same email (link_by_email)" if conn.get("link_by_email")
-                                       else "same email, NOT linked: sign-in would be refused (email_conflict)")
+                if not conn.get("link_by_email"):
+                    how = "same email, NOT linked: sign-in would be refused (email_conflict)"
+                elif not email_verified(conn, ident):
+                    how = ("same email, but the IdP did not assert it is verified: sign-in would be refused "
+                           "(email_unverified)")
+                elif not email_in_domains(conn, email_key):
+                    how = "same email, outside the connection's domains: sign-in would be refused (email_domain)"
+                else:
+                    how = "same email (link_by_email, verified by the IdP)"
+                user = existing
         mapped_user = {"email": user.email, "name": user.name, "active": user.active, "how": how} if user else None
-    fed().audit("federation.test.succeeded", ws, conn, current_client(), subject=ident.subject[:200],
-                warnings=list(ident.warnings))
+    jit_refusal = ""
+    if mapped_user is None and conn.get("jit", True):
+        if not email_key:
+            jit_refusal = "the IdP sent no email address (email)"
+        elif not email_in_domains(conn, email_key):
+            jit_refusal = "the email address is outside the connection's domains (email_domain)"
+    fed().audit("federation.test.succeeded", ws, conn, current_client(), actor_id=actor_id,
+                subject=ident.subject[:200], warnings=list(ident.warnings))
     claims = {k: v for k, v in ident.claims.items() if k not in ("nonce", "at_hash", "c_hash")}
     mapped = {"subject": ident.subject, "email": ident.email, "name": ident.name, "given_name": ident.given_name,
               "family_name": ident.family_name, "groups": list(ident.groups), "amr": list(ident.amr),
               "mfa": ident.mfa, "idhub amr": list(FederationService.amr(conn, ident))}
     return render_template("federation_test.html", ws=ws, conn=conn, error=None,
                            claims=json.dumps(claims, indent=2, sort_keys=True, default=str), mapped=mapped,
-                           mapped_user=mapped_user, jit=conn.get("jit", True), warnings=list(ident.warnings),
+                           mapped_user=mapped_user, jit=conn.get("jit", True), jit_refusal=jit_refusal,
+                           warnings=list(ident.warnings),
                            cert_warnings=_cert_warnings(conn), urls=_urls(ws, conn))

@@ -188,10 +188,15 @@ def reauth(ws, sess):
             notice = f"We sent a code to {enrolled.phone_masked}." if res.ok else None
             error = None if res.ok else res.error
         else:
+            from federation.web import reauth_refusal
+
             user = _user(sess.user_id)
-            outcome = hub().check_password(ws, user.email, request.form.get("password", "")[:1025], client)
-            error = outcome.error
-            if outcome.ok and methods:
+            # sso_required: a local password is no proof for these domains, here as at sign-in
+            refusal = reauth_refusal(ws, user, client)
+            outcome = None if refusal else hub().check_password(ws, user.email,
+                                                                request.form.get("password", "")[:1025], client)
+            error = refusal or outcome.error
+            if outcome is not None and outcome.ok and methods:
                 error = hub().verify_second_factor(ws, sess.user_id, method, _field("code"), client,
                                                    binding=f"reauth:{sess.id}")
             if error is None:

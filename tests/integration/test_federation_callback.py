@@ -20,12 +20,13 @@ from requests.structures import CaseInsensitiveDict
 from sqlalchemy import select
 
 from idp.models import User
-from tests.conftest import BASE_CONFIG, Browser
+from tests.conftest import BASE_CONFIG, BOB, Browser
 from tests.interop.oidc_upstream.peer import audit_events, make_fed_app, navigate_target
 
-A, B = "https://idp-a.test", "https://idp-b.test"
+A, B, L = "https://idp-a.test", "https://idp-b.test", "https://idp-l.test"
 TENANT = "6f1b3a52-0d3c-4a55-9d5e-1c2b3a4d5e6f"
 AZ = "https://login.microsoftonline.test"
+EVE = "eve@a-corp.test"  # an address of connection a's domain
 
 
 def b64(data: bytes) -> str:
@@ -46,18 +47,22 @@ class HostileIdP(BaseAdapter):
         self.published = [self.key]
         self.codes: dict[str, dict] = {}
         self.jwks_fetches = 0
+        self.doc_over: dict = {}  # a hostile discovery document: these values replace the honest ones
+        self.app_keys: dict[str, list] = {}  # Azure AD per-app signing keys: appid -> keys at jwks?appid=…
+        self.requests: list[str] = []
+        self.jwks_body = None  # a hostile JWKS document instead of the published keys
 
     def doc(self) -> dict:
         return {"issuer": self.advertised, "authorization_endpoint": self.issuer + "/authorize",
                 "token_endpoint": self.issuer + "/token", "jwks_uri": self.issuer + "/jwks",
                 "id_token_signing_alg_values_supported": ["RS256"],
                 "token_endpoint_auth_methods_supported": ["client_secret_basic"],
-                "authorization_response_iss_parameter_supported": self.iss_param}
+                "authorization_response_iss_parameter_supported": self.iss_param, **self.doc_over}
 
     def claims(self, nonce: str, **over) -> dict:
         now = int(time.time())
         c = {"iss": self.issuer, "sub": "user-1", "aud": self.client_id, "exp": now + 300, "iat": now,
-             "nonce": nonce, "email": "eve@acme.test", "name": "Eve", "amr": ["pwd"]}
+             "nonce": nonce, "email": EVE, "email_verified": True, "name": "Eve", "amr": ["pwd"]}
         c.update(over)
         return {k: v for k, v in c.items() if v is not None}
 
@@ -71,13 +76,18 @@ class HostileIdP(BaseAdapter):
         return code
 
     def send(self, request, **kwargs):
-        path = urlsplit(request.url).path
+        path, query = urlsplit(request.url).path, parse_qs(urlsplit(request.url).query)
+        self.requests.append(request.url)
         status, body = 404, {"error": "not_found"}
         if path.endswith("/.well-known/openid-configuration"):
             status, body = 200, self.doc()
+        elif path.endswith("/jwks") and "appid" in query:
+            keys = self.app_keys.get(query["appid"][0], [])
+            status, body = 200, {"keys": [k.as_dict(private=False) for k in keys]}
         elif path.endswith("/jwks"):
             self.jwks_fetches += 1
-            status, body = 200, {"keys": [k.as_dict(private=False) for k in self.published]}
+            status, body = 200, self.jwks_body if self.jwks_body is not None else \
+                {"keys": [k.as_dict(private=False) for k in self.published]}
         elif path.endswith("/token"):
             form = parse_qs(request.body if isinstance(request.body, str) else request.body.decode())
             entry = self.codes.pop(form.get("code", [""])[0], None)
@@ -104,17 +114,21 @@ def conn(slug, issuer, client_id, **extra):
 
 @pytest.fixture
 def idps():
-    return {"a": HostileIdP(A, "client-a"), "b": HostileIdP(B, "client-b"),
+    return {"a": HostileIdP(A, "client-a"), "b": HostileIdP(B, "client-b"), "l": HostileIdP(L, "client-l"),
             "az": HostileIdP(AZ + "/" + TENANT + "/v2.0", "client-az",
                              advertised_issuer=AZ + "/{tenantid}/v2.0", iss_param=False)}
 
 
+def _http(idps) -> requests.Session:
+    http = requests.Session()
+    for origin, key in ((A, "a"), (B, "b"), (L, "l"), (AZ, "az")):
+        http.mount(origin, idps[key])
+    return http
+
+
 @pytest.fixture
 def fed(settings, idps):
-    http = requests.Session()
-    http.mount(A, idps["a"])
-    http.mount(B, idps["b"])
-    http.mount(AZ, idps["az"])
+    http = _http(idps)
     cfg = copy.deepcopy(BASE_CONFIG)
     cfg["workspaces"][0]["connections"] = [
         conn("a", A, "client-a", domains=["a-corp.test"]),
@@ -148,7 +162,7 @@ def refused(app, r, check: str, *, nobody: bool = True):
     assert fail and fail[-1].data["check"] == check, [f.data for f in fail]
     if nobody:
         with hub.db() as db:
-            assert db.scalar(select(User).where(User.email_normalized == "eve@acme.test")) is None
+            assert db.scalar(select(User).where(User.email_normalized.in_([EVE, "eve@acme.test"]))) is None
 
 
 def test_the_honest_path_works(fed, idps):
@@ -301,7 +315,8 @@ def test_azure_issuer_of_another_tenant_than_tid(fed, idps):
 
 def test_azure_allowed_tenant_signs_in_as_tid_oid(fed, idps):
     b, state, nonce = begin(fed, "az")
-    token = idps["az"].sign(idps["az"].claims(nonce, iss=f"{AZ}/{TENANT}/v2.0", tid=TENANT, oid="o-1"))
+    token = idps["az"].sign(idps["az"].claims(nonce, iss=f"{AZ}/{TENANT}/v2.0", tid=TENANT, oid="o-1",
+                                              email="eve@az-corp.test"))
     r = callback(b, "az", code=idps["az"].issue_code(token), state=state)
     assert r.status_code == 302, r.get_data(as_text=True)[:300]
     from federation.models import FederationLink
@@ -338,4 +353,251 @@ def test_the_same_subject_at_another_connection_is_another_person(fed, idps):
     assert r.status_code == 302  # a new account for B's user-1
     with fed.extensions["idhub"].db() as db:
         owners = {u.email for u in db.scalars(select(User).where(User.external_id == "user-1"))}
-    assert owners == {"eve@acme.test", "mallory@b-corp.test"}
+    assert owners == {EVE, "mallory@b-corp.test"}
+
+
+# ---- account linking and creation on an email (nOAuth) ------------------------------------------------------------
+def app_with(settings, idps, *connections):
+    cfg = copy.deepcopy(BASE_CONFIG)
+    cfg["workspaces"][0]["connections"] = list(connections)
+    return make_fed_app(settings, cfg, http=_http(idps))
+
+
+def linking(**extra) -> dict:
+    """Connection l speaks for acme.test (bob's domain) and links accounts by email."""
+    return conn("l", L, "client-l", domains=["acme.test"], link_by_email=True, **extra)
+
+
+def azure_linking(**extra) -> dict:
+    return conn("azl", AZ + "/organizations/v2.0", "client-az", preset="azure_ad", allowed_tenants=[TENANT],
+                domains=["acme.test"], link_by_email=True, **extra)
+
+
+def links_of(app, email: str) -> list[str]:
+    from federation.models import FederationLink
+
+    with app.extensions["idhub"].db() as db:
+        uid = db.scalar(select(User.id).where(User.email_normalized == email))
+        return list(db.scalars(select(FederationLink.subject).where(FederationLink.user_id == uid)))
+
+
+@pytest.mark.parametrize("verified", [None, False, "true", ["true"], 1, "yes"])
+def test_link_by_email_needs_the_idp_to_assert_the_email_is_verified(settings, idps, verified):
+    """An attacker's account at the IdP with bob's address, but no email_verified: true, is not bob."""
+    app = app_with(settings, idps, linking())
+    b, state, nonce = begin(app, "l")
+    token = idps["l"].sign(idps["l"].claims(nonce, sub="attacker", email=BOB, email_verified=verified))
+    r = callback(b, "l", code=idps["l"].issue_code(token), state=state, iss=L)
+    refused(app, r, "email_unverified")
+    assert r.status_code == 403 and "did not confirm that your email address is verified" in r.get_data(as_text=True)
+    assert links_of(app, BOB) == [] and b.security().status_code == 302
+
+
+def test_link_by_email_with_a_verified_email_links_on_the_subject(settings, idps):
+    app = app_with(settings, idps, linking())
+    hub = app.extensions["idhub"]
+    b, state, nonce = begin(app, "l")
+    token = idps["l"].sign(idps["l"].claims(nonce, sub="bob-at-l", email=BOB.upper(), email_verified=True))
+    assert callback(b, "l", code=idps["l"].issue_code(token), state=state, iss=L).status_code == 302
+    assert links_of(app, BOB) == ["bob-at-l"] and b.security().status_code == 200
+    assert audit_events(hub, "federation.user.linked")[-1].data["linked_by"] == "email"
+    # from now on the link is the identity: a later token with another email still signs bob in
+    b, state, nonce = begin(app, "l")
+    token = idps["l"].sign(idps["l"].claims(nonce, sub="bob-at-l", email="renamed@acme.test", email_verified=None))
+    assert callback(b, "l", code=idps["l"].issue_code(token), state=state, iss=L).status_code == 302
+    assert b.security().status_code == 200 and "Bob Example" in b.security().get_data(as_text=True)
+
+
+def test_the_verification_covers_the_email_claim_only(settings, idps):
+    """attribute_map takes the address from another claim: email_verified says nothing about that one."""
+    app = app_with(settings, idps, linking(attribute_map={"upn": "email"}))
+    b, state, nonce = begin(app, "l")
+    token = idps["l"].sign(idps["l"].claims(nonce, sub="attacker", email="mallory@acme.test", upn=BOB,
+                                            email_verified=True))
+    refused(app, callback(b, "l", code=idps["l"].issue_code(token), state=state, iss=L), "email_unverified")
+    assert links_of(app, BOB) == []
+
+
+def test_azure_ad_email_is_unverified_unless_the_connection_says_so(settings, idps):
+    """Azure AD's email is an editable attribute (nOAuth): even with email_verified: true it does not link..."""
+    app = app_with(settings, idps, azure_linking())
+    b, state, nonce = begin(app, "azl")
+    token = idps["az"].sign(idps["az"].claims(nonce, iss=f"{AZ}/{TENANT}/v2.0", tid=TENANT, oid="o-evil",
+                                              email=BOB, email_verified=True, aud="client-az"))
+    refused(app, callback(b, "azl", code=idps["az"].issue_code(token), state=state), "email_unverified")
+    assert links_of(app, BOB) == []
+    # ...unless the admins declare that their tenant's addresses are managed (email_verified_by_idp)
+    app = app_with(settings, idps, azure_linking(email_verified_by_idp=True))
+    b, state, nonce = begin(app, "azl")
+    token = idps["az"].sign(idps["az"].claims(nonce, iss=f"{AZ}/{TENANT}/v2.0", tid=TENANT, oid="o-bob",
+                                              email=BOB, email_verified=None, aud="client-az"))
+    assert callback(b, "azl", code=idps["az"].issue_code(token), state=state).status_code == 302
+    assert links_of(app, BOB) == [f"{TENANT}:o-bob"]  # keyed on tid:oid, not on the email
+
+
+def test_link_by_email_only_for_the_connections_domains(settings, idps):
+    """IdP a speaks for a-corp.test: even a verified acme.test address from it does not link to bob."""
+    app = app_with(settings, idps, conn("a", A, "client-a", domains=["a-corp.test"], link_by_email=True))
+    b, state, nonce = begin(app, "a")
+    token = idps["a"].sign(idps["a"].claims(nonce, sub="x", email=BOB, email_verified=True))
+    refused(app, callback(b, "a", code=idps["a"].issue_code(token), state=state, iss=A), "email_domain")
+    assert links_of(app, BOB) == []
+
+
+def test_just_in_time_creation_only_inside_the_connections_domains(fed, idps):
+    hub = fed.extensions["idhub"]
+    for email in ("mallory@elsewhere.test", "mallory@sub.a-corp.test", "mallory@a-corp.test.evil.test",
+                  "mallory@acme.test"):
+        b, state, nonce = begin(fed, "a")
+        token = idps["a"].sign(idps["a"].claims(nonce, sub="m-" + email, email=email))
+        r = callback(b, "a", code=idps["a"].issue_code(token), state=state, iss=A)
+        refused(fed, r, "email_domain")
+        page = r.get_data(as_text=True)
+        assert "does not cover" in page and "a-corp.test" in page
+        assert "email_domain" in audit_events(hub, "federation.signin.failure")[-1].data["check"]
+        with hub.db() as db:
+            assert db.scalar(select(User).where(User.email_normalized == email)) is None
+    b, state, nonce = begin(fed, "a")  # the same IdP for an address of its domain: created
+    token = idps["a"].sign(idps["a"].claims(nonce, sub="m-ok", email="Mallory@A-Corp.test"))
+    assert callback(b, "a", code=idps["a"].issue_code(token), state=state, iss=A).status_code == 302
+
+
+# ---- hostile discovery documents and JWKS -------------------------------------------------------------------------
+HOSTILE_DISCOVERY = [
+    ("id_token_signing_alg_values_supported", 5),
+    ("id_token_signing_alg_values_supported", [5, None]),
+    ("id_token_signing_alg_values_supported", {"RS256": 1}),
+    ("token_endpoint_auth_methods_supported", "client_secret_basic"),
+    ("authorization_endpoint", 5),
+    ("authorization_endpoint", "http://idp-a.test/authorize"),  # plain http across a network
+    ("token_endpoint", "https://[::1/token"),
+    ("jwks_uri", ["https://idp-a.test/jwks"]),
+    ("authorization_response_iss_parameter_supported", "yes"),
+]
+
+
+@pytest.mark.parametrize("field,value", HOSTILE_DISCOVERY)
+def test_a_hostile_discovery_document_ends_on_the_error_page(fed, idps, field, value):
+    idps["a"].doc_over = {field: value}
+    r = Browser(fed).get("/w/acme/sso/a/start")
+    assert r.status_code == 400, r.get_data(as_text=True)[:300]
+    assert "Error id" in r.get_data(as_text=True)
+    assert audit_events(fed.extensions["idhub"], "federation.signin.failure")[-1].data["check"] == "discovery"
+
+
+def test_a_hostile_discovery_document_on_the_test_page(fed, idps):
+    from tests.interop.oidc_upstream.peer import admin_browser
+
+    idps["a"].doc_over = {"id_token_signing_alg_values_supported": 5}
+    b = admin_browser(fed)
+    r = b.form_post("/w/acme/sso/a/test", "/w/acme/sso/a/test", {})
+    body = r.get_data(as_text=True)
+    assert r.status_code == 400 and "Failed check:" in body and "<code>discovery</code>" in body
+    assert audit_events(fed.extensions["idhub"], "federation.signin.failure")[-1].data["test"] is True
+
+
+@pytest.mark.parametrize("jwks", [{"keys": 5}, {"keys": "abc"}, {"keys": [5, None, {"kty": 5}]}])
+def test_a_hostile_jwks_fails_closed(fed, idps, jwks):
+    b, state, nonce = begin(fed, "a")
+    idps["a"].jwks_body = jwks
+    code = idps["a"].issue_code(idps["a"].sign(idps["a"].claims(nonce)))
+    r = callback(b, "a", code=code, state=state, iss=A)
+    assert r.status_code == 400 and "Error id" in r.get_data(as_text=True)
+    assert audit_events(fed.extensions["idhub"], "federation.signin.failure")[-1].data["check"] in ("jwks",
+                                                                                                     "signature")
+
+
+def test_group_names_sharing_a_200_character_prefix_are_one_group(fed, idps):
+    from idp.models import Group, GroupMember
+
+    long = "g" * 200
+    for _ in range(2):  # the first sign-in creates, the second finds
+        b, state, nonce = begin(fed, "a")
+        token = idps["a"].sign(idps["a"].claims(nonce, groups=[long + "-a", long + "-b", "short", long + " "]))
+        r = callback(b, "a", code=idps["a"].issue_code(token), state=state, iss=A)
+        assert r.status_code == 302, r.get_data(as_text=True)[:300]
+    with fed.extensions["idhub"].db() as db:
+        uid = db.scalar(select(User.id).where(User.email_normalized == EVE))
+        names = sorted(db.scalars(select(Group.name).join(GroupMember, GroupMember.group_id == Group.id)
+                                  .where(GroupMember.user_id == uid)))
+    assert names == [long, "short"]
+
+
+# ---- Azure AD per-app signing keys ---------------------------------------------------------------------------------
+def test_azure_per_app_signing_key_is_read_from_jwks_appid(fed, idps):
+    """An app with custom signing keys (claims mapping): Azure AD signs its tokens with a key published only at
+    ``jwks_uri?appid={client_id}``."""
+    app_key = RSAKey.generate_key(2048, parameters={"kid": "app-k", "use": "sig", "alg": "RS256"})
+    idps["az"].app_keys["client-az"] = [app_key]
+    b, state, nonce = begin(fed, "az")
+    token = idps["az"].sign(idps["az"].claims(nonce, iss=f"{AZ}/{TENANT}/v2.0", tid=TENANT, oid="o-1",
+                                              email="eve@az-corp.test"), key=app_key)
+    r = callback(b, "az", code=idps["az"].issue_code(token), state=state)
+    assert r.status_code == 302, r.get_data(as_text=True)[:300]
+    assert any(u.endswith("/jwks?appid=client-az") for u in idps["az"].requests)
+    # a key of another app is still unknown
+    other = RSAKey.generate_key(2048, parameters={"kid": "other-app", "use": "sig", "alg": "RS256"})
+    idps["az"].app_keys["another-client"] = [other]
+    b, state, nonce = begin(fed, "az")
+    token = idps["az"].sign(idps["az"].claims(nonce, iss=f"{AZ}/{TENANT}/v2.0", tid=TENANT, oid="o-1",
+                                              email="eve@az-corp.test"), key=other)
+    refused(fed, callback(b, "az", code=idps["az"].issue_code(token), state=state), "signature", nobody=False)
+
+
+def test_other_presets_never_read_per_app_keys(fed, idps):
+    app_key = RSAKey.generate_key(2048, parameters={"kid": "app-k", "use": "sig", "alg": "RS256"})
+    idps["a"].app_keys["client-a"] = [app_key]
+    b, state, nonce = begin(fed, "a")
+    token = idps["a"].sign(idps["a"].claims(nonce), key=app_key)
+    refused(fed, callback(b, "a", code=idps["a"].issue_code(token), state=state, iss=A), "signature")
+    assert not any("appid=" in u for u in idps["a"].requests)
+
+
+# ---- open redirects, Host headers ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("nxt", ["https://evil.test/", "//evil.test/x", "/\\evil.test", "javascript:alert(1)",
+                                 "/w/other/settings/security"])
+def test_next_at_start_never_redirects_elsewhere(fed, idps, nxt):
+    b = Browser(fed)
+    r = b.get("/w/acme/sso/a/start?" + urlencode({"next": nxt}))
+    q = {k: v[0] for k, v in parse_qs(urlsplit(navigate_target(r.get_data(as_text=True))).query).items()}
+    code = idps["a"].issue_code(idps["a"].sign(idps["a"].claims(q["nonce"])))
+    r = callback(b, "a", code=code, state=q["state"], iss=A)
+    assert r.status_code == 302
+    loc = r.headers["Location"]
+    assert urlsplit(loc).netloc in ("", "localhost") and urlsplit(loc).path.startswith("/w/acme/"), loc
+
+
+def test_redirect_uri_comes_from_the_base_url_not_the_host_header(fed, idps):
+    b = Browser(fed)
+    r = b.get("/w/acme/sso/a/start", headers={"X-Forwarded-Host": "evil.test", "X-Forwarded-Proto": "https",
+                                             "Forwarded": "host=evil.test"},
+              environ_overrides={"HTTP_HOST": "evil.test"})
+    assert r.status_code == 200, r.get_data(as_text=True)[:300]
+    q = parse_qs(urlsplit(navigate_target(r.get_data(as_text=True))).query)
+    base = fed.extensions["idhub"].settings.base_url.rstrip("/")
+    assert q["redirect_uri"] == [f"{base}/w/acme/sso/a/callback"] and "evil" not in base
+
+
+# ---- re-authentication where SSO is required ----------------------------------------------------------------------
+def test_reauthentication_refuses_local_passwords_where_sso_is_required(settings, idps):
+    from tests.conftest import BOB_PW
+    from tests.interop.oidc_upstream.peer import admin_browser
+
+    nxt = "/w/acme/settings/security/2fa"
+    relaxed = app_with(settings, idps, linking())  # SSO optional: bob's idhub password confirms it's him
+    b = admin_browser(relaxed, BOB, amr=("pwd",))
+    page = b.get(f"/w/acme/settings/security/reauth?next={nxt}").get_data(as_text=True)
+    r = b.post("/w/acme/settings/security/reauth", {"password": BOB_PW, "next": nxt, "csrf_token": b.csrf(page)})
+    assert r.status_code == 302 and r.headers["Location"].endswith(nxt)
+
+    app = app_with(settings, idps, linking(sso_required=True))
+    hub = app.extensions["idhub"]
+    b = admin_browser(app, BOB, amr=("pwd",))  # e.g. a session from before SSO became required
+    assert "/reauth" in b.get(nxt).headers["Location"]
+    page = b.get(f"/w/acme/settings/security/reauth?next={nxt}").get_data(as_text=True)
+    r = b.post("/w/acme/settings/security/reauth", {"password": BOB_PW, "next": nxt, "csrf_token": b.csrf(page)})
+    body = r.get_data(as_text=True)
+    assert r.status_code == 401 and "requires single sign-on with L" in body
+    event = audit_events(hub, "auth.reauth.failure")[-1]
+    assert event.data["reason"] == "sso_required" and event.actor_email == BOB
+    assert "/reauth" in b.get(nxt).headers["Location"]  # still not confirmed

@@ -110,3 +110,49 @@ def test_apply_encrypts_secrets_is_idempotent_and_deletes_removed_connections(se
         assert okta.workspace_id == ws.id
     with pytest.raises(ValueError):  # another hub's key cannot read them
         connection_settings(okta, "another-master-key-" + "k" * 30)
+
+
+@pytest.mark.parametrize("url", ["http://idp.example.com/metadata", "http://10.0.0.5/metadata",
+                                 "http://127.0.0.1.evil.test/metadata", "http://localhost@evil.test/metadata",
+                                 "ftp://idp.example.com/metadata"])
+def test_saml_metadata_url_must_be_https(url):
+    fetched = []
+    from federation.config import validate_connection
+    from idp.configfile import Validator
+
+    v = Validator()
+    validate_connection(v, {"slug": "s", "name": "S", "protocol": "saml", "metadata_url": url}, "c",
+                        fetch=lambda u: fetched.append(u) or "")
+    assert any(e.startswith("c.metadata_url: ") for e in v.errors), v.errors
+    assert fetched == []  # refused before any request goes out
+
+
+def test_metadata_fetch_itself_refuses_plain_http():
+    from federation.config import fetch_metadata
+
+    with pytest.raises(ValueError, match="https"):
+        fetch_metadata("http://idp.example.com/metadata")
+
+
+@pytest.mark.parametrize("url", ["http://graph.example.com/v1.0/me/memberOf", "http://192.168.1.10/groups",
+                                 "http://127.0.0.1.evil.test/groups", "ftp://graph.example.com/x"])
+def test_groups_endpoint_must_be_https(url):
+    p = "workspaces[0].connections[0]"
+    errs = errors_of(cfg({**OKTA, "groups_endpoint": url}))
+    assert any(e.startswith(f"{p}.groups_endpoint: ") for e in errs), errs
+
+
+@pytest.mark.parametrize("url", ["https://graph.microsoft.com/v1.0/me/memberOf", "http://127.0.0.1:8080/groups",
+                                 "http://localhost/groups", "http://[::1]:9/groups"])
+def test_https_or_loopback_groups_endpoints_are_accepted(url):
+    [ws] = [w for w in validate(cfg({**OKTA, "groups_endpoint": url})) if w["slug"] == "acme"]
+    assert ws["connections"][0]["groups_endpoint"] == url
+
+
+def test_email_verified_by_idp_is_a_boolean_defaulting_to_false():
+    [ws] = [w for w in validate(cfg(OKTA)) if w["slug"] == "acme"]
+    assert ws["connections"][0]["email_verified_by_idp"] is False
+    [ws] = [w for w in validate(cfg({**OKTA, "email_verified_by_idp": True})) if w["slug"] == "acme"]
+    assert ws["connections"][0]["email_verified_by_idp"] is True
+    errs = errors_of(cfg({**OKTA, "email_verified_by_idp": "yes"}))
+    assert "workspaces[0].connections[0].email_verified_by_idp: must be true or false" in errs

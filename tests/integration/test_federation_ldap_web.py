@@ -15,7 +15,7 @@ from federation.models import FederationLink
 from idp.models import Group, GroupMember, User
 from tests.conftest import ALICE, ALICE_PW, BASE_CONFIG, Browser
 from tests.helpers.slapd import PASSWORDS, Slapd
-from tests.interop.oidc_upstream.peer import audit_events, make_fed_app
+from tests.interop.oidc_upstream.peer import admin_browser, audit_events, make_fed_app
 
 FLOW_RE = re.compile(r'name="flow" value="([^"]+)"')
 
@@ -77,9 +77,43 @@ def test_local_password_of_a_directory_domain_is_still_possible_when_sso_is_opti
 
 
 def test_ldap_test_connection_page(app):
-    b, r = ldap_login(app, ALICE, ALICE_PW, local=True)  # alice is an admin
+    b = admin_browser(app)  # alice, an admin, signed in with a second factor
     page = b.get("/w/acme/sso/corp/test")
     assert page.status_code == 200 and "Test connection: Corp directory" in page.get_data(as_text=True)
     r = b.form_post("/w/acme/sso/corp/test", "/w/acme/sso/corp/test", {})
     body = r.get_data(as_text=True)
     assert r.status_code == 200 and "Directory checks" in body and "✔" in body
+
+
+def test_ldap_test_connection_is_audited_with_the_admin(app, slapd):
+    hub = app.extensions["idhub"]
+    b = admin_browser(app)
+    with hub.db() as db:
+        alice_id = db.scalar(select(User.id).where(User.email_normalized == ALICE))
+    r = b.form_post("/w/acme/sso/corp/test", "/w/acme/sso/corp/test", {})
+    assert r.status_code == 200 and "✘" not in r.get_data(as_text=True)
+    started = audit_events(hub, "federation.test.started")[-1]
+    done = audit_events(hub, "federation.test.succeeded")[-1]
+    assert started.actor_id == alice_id and started.data["connection"] == "corp"
+    assert done.actor_id == alice_id and done.data["protocol"] == "ldap" and done.data["failed_checks"] == []
+
+
+def test_ldap_test_connection_with_a_failing_check_is_audited(settings, slapd):
+    cfg = copy.deepcopy(BASE_CONFIG)
+    conn = slapd.conn(domains=["acme.test"], user_search_base="ou=nobody,dc=nowhere")
+    cfg["workspaces"][0]["connections"] = [conn]
+    app = make_fed_app(settings, cfg)
+    hub = app.extensions["idhub"]
+    r = admin_browser(app).form_post("/w/acme/sso/corp/test", "/w/acme/sso/corp/test", {})
+    assert r.status_code == 200 and "✘" in r.get_data(as_text=True)
+    failed = audit_events(hub, "federation.test.failed")[-1].data
+    assert failed["protocol"] == "ldap" and failed["failed_checks"]
+    assert not audit_events(hub, "federation.test.succeeded")
+
+
+def test_ldap_test_connection_needs_an_admin_with_a_second_factor(app):
+    b, r = ldap_login(app, ALICE, ALICE_PW, local=True)  # alice is an admin, signed in with a password only
+    assert b.get("/w/acme/sso/corp/test").status_code == 403
+    assert b.post("/w/acme/sso/corp/test", {"csrf_token": b.csrf(b.security().get_data(as_text=True))}) \
+        .status_code == 403
+    assert not audit_events(app.extensions["idhub"], "federation.test.started")

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from federation.models import FederationLink
 from idp.models import User
 from tests.conftest import BASE_CONFIG, Browser, make_settings
-from tests.integration.test_federation_callback import A, HostileIdP, begin, conn
+from tests.integration.test_federation_callback import EVE, A, HostileIdP, begin, conn
 from tests.interop.oidc_upstream.peer import audit_events, make_fed_app
 from tests.services import drop_postgres, postgres_url, redis_url
 
@@ -92,5 +92,5 @@ def test_parallel_first_sign_ins_make_one_account(pg_app, idp):
     assert [r.status_code for r in responses] == [302] * N, \
         [e.data for e in audit_events(hub, "federation.signin.failure")]
     with hub.db() as db:
-        assert db.scalar(select(func.count()).select_from(User).where(User.email_normalized == "eve@acme.test")) == 1
+        assert db.scalar(select(func.count()).select_from(User).where(User.email_normalized == EVE)) == 1
         assert db.scalar(select(func.count()).select_from(FederationLink)) == 1

@@ -6,7 +6,6 @@ browser is a Flask test client for idhub and a ``requests`` session for the upst
 from __future__ import annotations
 
 import copy
-import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -21,6 +20,7 @@ from tests.interop.oidc_upstream.peer import (
     OTHER_TENANT,
     TENANT,
     Upstream,
+    admin_browser,
     audit_events,
     azure_shape,
     free,
@@ -267,16 +267,9 @@ def test_azure_groups_overage_reported_then_resolved(settings, azure):
 
 # ---- Test connection (OIDC) ---------------------------------------------------------------------------------------
 def test_test_connection_runs_a_sign_in_and_changes_nothing(settings, okta):
-    from tests.conftest import ALICE, ALICE_PW
-
     app = make_fed_app(settings, config_with(okta_connection(okta.issuer)))
     hub = app.extensions["idhub"]
-    b = Browser(app)
-    r = b.form_post("/w/acme/login", "/w/acme/login", {"email": ALICE, "local": "1"})  # the admin, locally
-    page = b.get(r.headers["Location"]).get_data(as_text=True)
-    r = b.post("/w/acme/login/password", {"flow": re.search(r'name="flow" value="([^"]+)"', page).group(1),
-                                          "password": ALICE_PW, "csrf_token": b.csrf(page)})
-    assert r.status_code == 302
+    b = admin_browser(app)  # alice, acme's admin, signed in with a second factor
     page = b.get("/w/acme/sso/okta/test").get_data(as_text=True)
     assert f"{BASE}/w/acme/sso/okta/callback" in page  # the redirect URI to register
     r = b.form_post("/w/acme/sso/okta/test", "/w/acme/sso/okta/test", {})
@@ -290,3 +283,148 @@ def test_test_connection_runs_a_sign_in_and_changes_nothing(settings, okta):
     # a callback replayed into the test page fails, naming the check
     r = b.get(callback.removeprefix(BASE))
     assert r.status_code == 400 and audit_events(hub, "federation.signin.failure")[-1].data["check"] == "state"
+
+
+# ---- Okta shapes ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("trailing_slash", [False, True])
+def test_okta_org_authorization_server_issuer(settings, trailing_slash):
+    """Okta's org authorization server: issuer ``https://<org>.okta.com`` with no ``/oauth2/...`` path."""
+    port = free()
+    with Upstream(okta_shape(port, [f"{BASE}/w/acme/sso/okta/callback"], path="")) as org:
+        assert urlsplit(org.issuer).path == ""
+        issuer = org.issuer + ("/" if trailing_slash else "")
+        app = make_fed_app(settings, config_with(okta_connection(issuer)))
+        hub = app.extensions["idhub"]
+        b, r = sso_signin(app, "ada@acme.test", "ada")
+        assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security"), \
+            r.get_data(as_text=True)[:500]
+        assert b.security().status_code == 200
+        assert groups_of(hub, user(hub, "ada@acme.test").id) == ["Everyone", "eng"]
+
+
+def test_okta_groups_truncation_is_warned_about(settings, okta):
+    app = make_fed_app(settings, config_with(okta_connection(okta.issuer)))
+    hub = app.extensions["idhub"]
+    _, r = sso_signin(app, "crowd@acme.test", "crowd")
+    assert r.status_code == 302
+    warning = audit_events(hub, "federation.signin.warning")[-1].data["warning"]
+    assert "at most 100 groups" in warning and warning.startswith("Okta")
+    assert len(groups_of(hub, user(hub, "crowd@acme.test").id)) == 100  # what was sent is applied
+    _, r = sso_signin(app, "ada@acme.test", "ada")  # fewer groups: no warning
+    assert len(audit_events(hub, "federation.signin.warning")) == 1
+
+
+# ---- nOAuth against real peers ------------------------------------------------------------------------------------
+def test_okta_unverified_email_does_not_link_to_an_existing_account(settings, okta):
+    """mallory's Okta profile says bob@acme.test with email_verified false: not bob, even with link_by_email."""
+    app = make_fed_app(settings, config_with(okta_connection(okta.issuer, link_by_email=True)))
+    hub = app.extensions["idhub"]
+    b, r = sso_signin(app, BOB, "mallory")
+    assert r.status_code == 403 and "did not confirm that your email address is verified" in r.get_data(as_text=True)
+    assert audit_events(hub, "federation.signin.failure")[-1].data["check"] == "email_unverified"
+    assert b.security().status_code == 302
+    with hub.db() as db:
+        assert db.scalar(select(FederationLink).where(FederationLink.subject == "mallory")) is None
+    _, r = sso_signin(app, BOB, "bob")  # the real bob, verified by Okta
+    assert r.status_code == 302
+    with hub.db() as db:
+        assert db.scalar(select(FederationLink.user_id).where(FederationLink.subject == "bob")) == \
+            user(hub, BOB).id
+
+
+def test_azure_email_does_not_link_unless_the_connection_vouches_for_it(settings, azure):
+    """Azure AD sends no email_verified, and its email is editable: link_by_email alone does not link."""
+    app = make_fed_app(settings, config_with(azure_multi(azure, link_by_email=True)))
+    hub = app.extensions["idhub"]
+    with hub.db() as db:
+        ws_id = db.scalar(select(User.workspace_id).where(User.email_normalized == BOB))
+        db.add(User(workspace_id=ws_id, email="ada@acme.test", email_normalized="ada@acme.test", name="Local Ada"))
+        db.commit()
+    _, r = sso_signin(app, "ada@acme.test", "ada")
+    assert r.status_code == 403
+    assert audit_events(hub, "federation.signin.failure")[-1].data["check"] == "email_unverified"
+    app = make_fed_app(settings, config_with(azure_multi(azure, link_by_email=True, email_verified_by_idp=True)))
+    hub = app.extensions["idhub"]
+    _, r = sso_signin(app, "ada@acme.test", "ada")
+    assert r.status_code == 302
+    assert audit_events(hub, "federation.user.linked")[-1].data["linked_by"] == "email"
+
+
+def test_jit_refuses_addresses_outside_the_connections_domains(settings, okta):
+    app = make_fed_app(settings, config_with(okta_connection(okta.issuer, domains=["other.test"])))
+    hub = app.extensions["idhub"]
+    b = Browser(app)
+    r = b.get("/w/acme/sso/okta/start")  # "Sign in with Okta" without an email first
+    callback = upstream_login(requests.Session(), navigate_target(r.get_data(as_text=True)), "ada")
+    r = b.get(callback.removeprefix(BASE))
+    assert r.status_code == 403 and "other.test" in r.get_data(as_text=True)
+    assert audit_events(hub, "federation.signin.failure")[-1].data["check"] == "email_domain"
+    assert user(hub, "ada@acme.test") is None
+
+
+# ---- groups overage paging -----------------------------------------------------------------------------------------
+class Recorder:
+    """Another origin (same machine, other port): records every request and its Authorization header."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        seen = self.seen = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                seen.append((self.path, self.headers.get("Authorization")))
+                body = b'{"value": [{"id": "planted-by-evil"}]}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.origin = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def paged_azure(next_origin: str | None = None):
+    port = free()
+    cfg = azure_shape(port, [f"{BASE}/w/acme/sso/azure/callback"])
+    cfg["graph"]["page_size"] = 100
+    if next_origin:
+        cfg["graph"]["next_origin"] = next_origin
+    return Upstream(cfg)
+
+
+def test_groups_overage_follows_next_links_on_the_same_origin(settings):
+    with paged_azure() as up:
+        base = up.issuer.rsplit("/", 2)[0]
+        app = make_fed_app(settings, config_with(azure_multi(up, groups_endpoint=f"{base}/v1.0/me/memberOf")))
+        hub = app.extensions["idhub"]
+        _, r = sso_signin(app, "many@acme.test", "many")
+        assert r.status_code == 302
+        assert len(groups_of(hub, user(hub, "many@acme.test").id)) == 230  # three pages
+
+
+def test_groups_overage_next_link_to_another_host_is_not_followed(settings):
+    evil = Recorder()
+    try:
+        with paged_azure(next_origin=evil.origin) as up:
+            base = up.issuer.rsplit("/", 2)[0]
+            app = make_fed_app(settings, config_with(azure_multi(up, groups_endpoint=f"{base}/v1.0/me/memberOf")))
+            hub = app.extensions["idhub"]
+            _, r = sso_signin(app, "many@acme.test", "many")
+            assert r.status_code == 302
+            assert evil.seen == []  # the access token never left for the other origin
+            warning = audit_events(hub, "federation.signin.warning")[-1].data["warning"]
+            assert "another host" in warning and "not updated" in warning
+            assert groups_of(hub, user(hub, "many@acme.test").id) == []  # a partial list is not applied
+    finally:
+        evil.close()

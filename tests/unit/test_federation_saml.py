@@ -570,3 +570,97 @@ def test_request_binding_must_be_signed(conn, idp):
     del resp.find(".//saml:SubjectConfirmationData", sb.NS).attrib["InResponseTo"]
     refused(conn, signed(idp, copy.deepcopy(resp)), "in_response_to")
     assert consume(conn, signed(idp, resp, where="both")).subject == "00u1ada"
+
+
+# ---- non-standard transforms -----------------------------------------------------------------------------------
+XPATH_T = "http://www.w3.org/TR/1999/REC-xpath-19991116"
+XSLT_T = "http://www.w3.org/TR/1999/REC-xslt-19991116"
+C14N_INCL = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"
+C14N_COMMENTS = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315#WithComments"
+EXC_C14N_COMMENTS = "http://www.w3.org/2001/10/xml-exc-c14n#WithComments"
+BASE64_T = "http://www.w3.org/2000/09/xmldsig#base64"
+
+
+def sign_with_transforms(el, key, transforms, xpath: str | None = None):
+    """A *valid* enveloped signature of ``el`` whose Reference uses ``transforms`` (xmlsec Transform objects), so a
+    refusal proves the transform policy, not a broken signature."""
+    import xmlsec
+
+    for old in el.findall("ds:Signature", sb.NS):
+        el.remove(old)
+    sig = xmlsec.template.create(el, xmlsec.Transform.EXCL_C14N, xmlsec.Transform.RSA_SHA256, ns="ds")
+    el.find("saml:Issuer", sb.NS).addnext(sig)
+    ref = xmlsec.template.add_reference(sig, xmlsec.Transform.SHA256, uri="#" + el.get("ID"))
+    for t in transforms:
+        node = xmlsec.template.add_transform(ref, t)
+        if t == xmlsec.Transform.XPATH:
+            etree.SubElement(node, f"{{{sb.DS}}}XPath").text = xpath or "not(ancestor-or-self::ds:Signature)"
+    xmlsec.template.x509_data_add_certificate(xmlsec.template.add_x509_data(xmlsec.template.ensure_key_info(sig)))
+    ctx = xmlsec.SignatureContext()
+    k = xmlsec.Key.from_memory(key[0], xmlsec.KeyFormat.PEM)
+    k.load_cert_from_memory(key[1].encode(), xmlsec.KeyFormat.CERT_PEM)
+    ctx.key = k
+    ctx.register_id(el, "ID")
+    ctx.sign(sig)
+    check = xmlsec.SignatureContext()  # the signature itself is sound
+    check.key = xmlsec.Key.from_memory(key[1].encode(), xmlsec.KeyFormat.CERT_PEM)
+    check.register_id(el, "ID")
+    check.verify(sig)
+    return sig
+
+
+def _transforms():
+    import xmlsec
+
+    T = xmlsec.Transform
+    return {
+        "xpath": [T.ENVELOPED, T.XPATH, T.EXCL_C14N],
+        "xpath-only": [T.XPATH, T.EXCL_C14N],
+        "inclusive-c14n": [T.ENVELOPED, T.C14N],
+        "c14n-with-comments": [T.ENVELOPED, T.C14N_COMMENTS],
+        "exc-c14n-with-comments": [T.ENVELOPED, T.EXCL_C14N_COMMENTS],
+        "no-enveloped": [T.EXCL_C14N],
+        "no-transforms": [],
+        "twice-enveloped": [T.ENVELOPED, T.ENVELOPED, T.EXCL_C14N, T.EXCL_C14N, T.C14N11],
+    }
+
+
+@pytest.mark.parametrize("name", ["xpath", "xpath-only", "inclusive-c14n", "c14n-with-comments",
+                                  "exc-c14n-with-comments", "twice-enveloped"])
+@pytest.mark.parametrize("where", ["assertion", "response"])
+def test_non_standard_transforms_refused(conn, idp, name, where):
+    """Only enveloped-signature + exclusive C14N: an XPath (or other) transform can make the signature cover less
+    than the element it sits in, and comments-preserving canonicalisation re-opens the comment-truncation attack."""
+    resp = build()
+    target = sb.assertion_of(resp) if where == "assertion" else resp
+    sign_with_transforms(target, idp, _transforms()[name])
+    refused(conn, resp, "algorithm")
+
+
+def test_an_xpath_transform_that_excludes_the_nameid_is_refused(conn, idp):
+    """The classic: the IdP's signature is valid, but its XPath filter leaves the Subject out, so the NameID could
+    be anything. It must not be accepted even though xmlsec verifies it."""
+    resp = build()
+    a = sb.assertion_of(resp)
+    sign_with_transforms(a, idp, [_transforms()["xpath"][0], _transforms()["xpath"][1]],
+                         xpath="not(ancestor-or-self::saml:Subject) and not(ancestor-or-self::ds:Signature)")
+    a.find(".//saml:NameID", sb.NS).text = "00u1admin"  # the signature still verifies: NameID is outside it
+    import xmlsec
+
+    ctx = xmlsec.SignatureContext()
+    ctx.key = xmlsec.Key.from_memory(idp[1].encode(), xmlsec.KeyFormat.CERT_PEM)
+    ctx.register_id(a, "ID")
+    ctx.verify(a.find("ds:Signature", sb.NS))
+    refused(conn, resp, "algorithm")
+
+
+def test_missing_transforms_are_refused(conn, idp):
+    for name in ("no-transforms", "no-enveloped"):
+        resp = build()
+        try:
+            sign_with_transforms(sb.assertion_of(resp), idp, _transforms()[name])
+        except Exception:  # noqa: BLE001 - xmlsec cannot even make a signature over itself; nothing to test
+            continue
+        with pytest.raises(UpstreamError) as e:
+            consume(conn, resp)
+        assert e.value.check in ("algorithm", "signature")

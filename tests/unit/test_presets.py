@@ -108,3 +108,52 @@ def test_hostile_values_are_dropped_or_bounded():
 def test_mfa_values(amr, ctx, mfa):
     assert presets.mfa_from(amr, ctx) is mfa
     assert map_claims("okta", {"sub": "s", "amr": amr, AUTHN_CONTEXT: ctx})["mfa"] is mfa
+
+
+# ---- which emails count as verified (account linking, nOAuth) ------------------------------------------------------
+def _ident(address, /, **claims):
+    from federation.base import UpstreamIdentity
+
+    return UpstreamIdentity(subject="s", email=address, claims=claims)
+
+
+@pytest.mark.parametrize("conn,ident,verified", [
+    ({"protocol": "oidc", "preset": "okta"}, _ident("ada@acme.test", email="ada@acme.test", email_verified=True), True),
+    ({"protocol": "oidc", "preset": "generic"}, _ident("Ada@Acme.test", email="ada@acme.test", email_verified=True),
+     True),
+    ({"protocol": "oidc", "preset": "okta"}, _ident("ada@acme.test", email="ada@acme.test"), False),
+    ({"protocol": "oidc", "preset": "okta"}, _ident("ada@acme.test", email="ada@acme.test", email_verified=False),
+     False),
+    ({"protocol": "oidc", "preset": "okta"}, _ident("ada@acme.test", email="ada@acme.test", email_verified="true"),
+     False),
+    ({"protocol": "oidc", "preset": "okta"}, _ident("ada@acme.test", email="ada@acme.test", email_verified=1), False),
+    # the verification is about the email claim; the address came from another one (attribute_map)
+    ({"protocol": "oidc", "preset": "okta"}, _ident("boss@acme.test", email="ada@acme.test", email_verified=True),
+     False),
+    ({"protocol": "oidc", "preset": "azure_ad"}, _ident("ada@acme.test", email="ada@acme.test", email_verified=True),
+     False),
+    ({"protocol": "saml", "preset": "okta"}, _ident("ada@acme.test", email=["ada@acme.test"],
+                                                    email_verified=["true"]), False),
+    ({"protocol": "ldap", "preset": "generic"}, _ident("ada@acme.test", mail=["ada@acme.test"]), False),
+    ({"protocol": "saml", "preset": "azure_ad", "email_verified_by_idp": True}, _ident("ada@acme.test"), True),
+    ({"protocol": "oidc", "preset": "azure_ad", "email_verified_by_idp": True}, _ident("ada@acme.test"), True),
+    ({"protocol": "oidc", "preset": "okta", "email_verified_by_idp": True}, _ident(""), False),
+])
+def test_which_emails_count_as_verified(conn, ident, verified):
+    from federation.service import email_verified
+
+    assert email_verified(conn, ident) is verified
+
+
+def test_email_domains_are_exact():
+    from federation.service import email_in_domains
+
+    conn = {"domains": ["acme.test"]}
+    assert email_in_domains(conn, "ada@acme.test")
+    for email in ("ada@sub.acme.test", "ada@acme.test.evil", "ada@evilacme.test", "ada@", ""):
+        assert not email_in_domains(conn, email)
+    assert not email_in_domains({"domains": []}, "ada@acme.test")
+
+
+def test_unused_vendor_prefixes_are_gone():
+    assert not hasattr(presets, "OKTA_ENTITY_PREFIX") and not hasattr(presets, "AZ_ISSUER_PREFIX")

@@ -41,7 +41,8 @@ def node_bin() -> str:
 
 
 def okta_shape(port: int, redirect_uris: list[str], *, path: str = "/oauth2/default") -> dict:
-    """Okta: a custom authorization server issuer (``https://<org>.okta.com/oauth2/default``), names for groups."""
+    """Okta: a custom authorization server issuer (``https://<org>.okta.com/oauth2/default``), or with ``path=""``
+    the org authorization server (issuer ``https://<org>.okta.com``, no path); names for groups."""
     return {
         "port": port, "issuer": f"http://127.0.0.1:{port}{path}", "title": "Okta",
         "clients": [{"client_id": "okta-idhub", "client_secret": CLIENT_SECRET, "redirect_uris": redirect_uris,
@@ -54,6 +55,13 @@ def okta_shape(port: int, redirect_uris: list[str], *, path: str = "/oauth2/defa
                                                        "name": "Carol", "groups": ["Everyone"]}},
             "bob": {"password": PASSWORD, "claims": {"email": "bob@acme.test", "email_verified": True,
                                                      "name": "Bob from Okta", "groups": []}},
+            # someone who set bob's address on their own Okta profile, which Okta did not verify
+            "mallory": {"password": PASSWORD, "claims": {"email": "bob@acme.test", "email_verified": False,
+                                                         "name": "Not Bob", "groups": []}},
+            # more groups than Okta puts into a token (it sends at most 100)
+            "crowd": {"password": PASSWORD, "claims": {
+                "email": "crowd@acme.test", "email_verified": True, "name": "Crowd",
+                "groups": [f"team-{i:03d}" for i in range(100)]}},
         },
         "scope_claims": {"openid": ["sub", "amr", "acr", "auth_time"], "email": ["email", "email_verified"],
                          "profile": ["name", "given_name", "family_name"], "groups": ["groups"]},
@@ -188,3 +196,26 @@ def audit_events(hub, type_: str) -> list:
 
     with hub.db() as db:
         return list(db.scalars(select(AuditEvent).where(AuditEvent.type == type_).order_by(AuditEvent.seq)))
+
+
+def admin_browser(app, email: str | None = None, ws_slug: str = "acme", amr=("pwd", "totp")):
+    """A browser holding a session of ``email`` (default: alice, acme's admin) made by the hub's own
+    ``complete_signin``, as if they had signed in with ``amr`` — admins need a second factor for the admin console
+    and the Test connection page unless the workspace sets ``require_mfa_for_admins: false``."""
+    from sqlalchemy import select
+
+    from idp.flow import AuthnResult, Client
+    from idp.models import User, Workspace
+    from tests.conftest import ALICE, Browser
+
+    hub = app.extensions["idhub"]
+    with hub.db() as db:
+        ws = db.scalar(select(Workspace).where(Workspace.slug == ws_slug))
+        uid = db.scalar(select(User.id).where(User.workspace_id == ws.id,
+                                              User.email_normalized == (email or ALICE)))
+    b = Browser(app)
+    b.get(f"/w/{ws_slug}/login")  # the CSRF cookie, as a browser would have it
+    token, _ = hub.complete_signin(ws, AuthnResult(ws.id, uid, tuple(amr), hub.clock()),
+                                   Client("127.0.0.1", b.ua, "test"))
+    b.client.set_cookie(f"idhub_session_{ws_slug}", token)
+    return b

@@ -4,7 +4,8 @@
 // config: {port, issuer, clients: [...], accounts: {login: {password, claims}}, scope_claims: {scope: [claims]},
 //          template: {alias_path, issuer}  (Azure AD multi-tenant: discovery served at alias_path with the
 //                                           {tenantid} issuer template, like login.microsoftonline.com/organizations)
-//          graph: {path, groups: {accountId: [ids]}}   (a Microsoft Graph-like memberOf endpoint for overage)}
+//          graph: {path, groups: {accountId: [ids]}, page_size?, next_origin?}   (a Microsoft Graph-like memberOf
+//                 endpoint for overage, paged with @odata.nextLink when page_size is set)}
 // Prints "ready <port>" when listening. The login page is plain HTML (labels, no JavaScript): username,
 // password and a "second factor" checkbox that decides the amr the IdP reports (["pwd"] or ["pwd", "mfa"]).
 import http from 'node:http'
@@ -80,9 +81,18 @@ async function graph(req, res) {
     res.writeHead(401, { 'content-type': 'application/json' })
     return res.end('{"error":"invalid_token"}')
   }
-  const ids = (cfg.graph.groups[token.accountId] || []).map((id) => ({ '@odata.type': '#microsoft.graph.group', id }))
+  const all = (cfg.graph.groups[token.accountId] || []).map((id) => ({ '@odata.type': '#microsoft.graph.group', id }))
+  // paging like Microsoft Graph: page_size entries per page, "@odata.nextLink" to the next one (on next_origin
+  // when the test wants a hostile link to another host)
+  const page = parseInt(new URL(req.url, 'http://x').searchParams.get('page') || '0', 10)
+  const size = cfg.graph.page_size || Math.max(all.length, 1)
+  const body = { value: all.slice(page * size, (page + 1) * size) }
+  if ((page + 1) * size < all.length) {
+    const origin = cfg.graph.next_origin || `http://127.0.0.1:${cfg.port}`
+    body['@odata.nextLink'] = `${origin}${cfg.graph.path}?page=${page + 1}`
+  }
   res.writeHead(200, { 'content-type': 'application/json' })
-  return res.end(JSON.stringify({ value: ids }))
+  return res.end(JSON.stringify(body))
 }
 
 async function templateDiscovery(req, res) {
