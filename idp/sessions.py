@@ -96,7 +96,11 @@ class SessionManager:
             return None
         data = self.store.get(token_hash(token))
         now = self.clock()
-        if data is None or data.workspace_id != workspace_id or not data.is_active(now):
+        if data is None or data.workspace_id != workspace_id:
+            return None
+        if not data.is_active(now):
+            if data.revoked_at is None:  # timed out (idle or absolute): end it, so the apps hear of it too
+                self.end(data.id, "expired")
             return None
         self.store.touch(data.id, now)
         return data

@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from idp.audit import AuditEvent
-from idp.models import PasswordResetToken, User
+from idp.models import PasswordResetToken, User, Workspace
 from tests.conftest import ALICE, ALICE_PW, BOB
 
 FIREFOX = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Firefox/128.0"
@@ -342,3 +342,37 @@ def test_deactivating_a_user_in_the_config_ends_their_sessions(browser_factory, 
         hub.sessions.end_all(uid, "deactivated")
     assert b.security().status_code == 302
     assert browser_factory().login("acme", ALICE, ALICE_PW).status_code in (401, 403)
+
+
+def test_a_session_that_timed_out_is_ended_so_the_apps_hear_of_it(tmp_path):
+    """An idle or absolute timeout is found when the browser comes back: the session is then ended like any other
+    (reason ``expired``), so the session-end listeners (OIDC back-channel and SAML logout) run for it."""
+    import copy
+
+    from tests.conftest import BASE_CONFIG, Browser, make_app, make_settings
+
+    cfg = copy.deepcopy(BASE_CONFIG)
+    cfg["workspaces"][0]["policies"] = {"session_idle_timeout": "2h"}
+    app = make_app(make_settings(tmp_path), cfg)
+    hub = app.extensions["idhub"]
+    heard = []
+    hub.sessions.end_listeners.append(lambda ids, reason: heard.append((list(ids), reason)))
+    b = Browser(app)
+    b.login("acme", ALICE, ALICE_PW)
+    (sess,) = [s for s in hub.sessions.store.list_user(_alice_id(hub), hub.clock())]
+    real = hub.clock
+    hub.clock = lambda: real() + timedelta(hours=2, minutes=1)
+    try:
+        assert b.security().status_code == 302
+        assert b.security().status_code == 302  # ended once, not at every visit
+    finally:
+        hub.clock = real
+    assert heard == [([sess.id], "expired")]
+    assert hub.sessions.store.get(sess.id).revoked_reason == "expired"
+
+
+
+def _alice_id(hub) -> str:
+    with hub.db() as db:
+        return db.scalar(select(User.id).join(Workspace, Workspace.id == User.workspace_id)
+                         .where(User.email == ALICE, Workspace.slug == "acme"))
