@@ -78,6 +78,15 @@ def _error_text(exc: AdminError) -> str:
     return f"{exc.field}: {exc.message}" if exc.field else exc.message
 
 
+def _listing(errors: list[str], list_page, *args) -> dict:
+    """A page of a list at ``?offset=`` (the first page, and the error, when the offset is not a number)."""
+    try:
+        return list_page(*args, offset=request.args.get("offset"))
+    except AdminError as exc:
+        errors.append(_error_text(exc))
+        return list_page(*args)
+
+
 # ---- dashboard ---------------------------------------------------------------------------------------------
 @bp.route("/w/<ws_slug>/admin/")
 @admin_required
@@ -230,8 +239,9 @@ def apps(ws, p):
             errors, status = [_error_text(exc)], exc.status
         else:
             return _render("app.html", ws, 201, app=created, secret=created.get("client_secret"), errors=[])
-    return _render("apps.html", ws, status, apps=svc.list_apps(p, ws.slug)["items"], errors=errors,
-                   form=request.form if errors else {})
+    page = _listing(errors, svc.list_apps, p, ws.slug)
+    return _render("apps.html", ws, status if status != 200 or not errors else 400, page=page, apps=page["items"],
+                   errors=errors, form=request.form if errors else {})
 
 
 @bp.route("/w/<ws_slug>/admin/apps/<app_slug>", methods=["GET", "POST"])
@@ -306,8 +316,32 @@ def connections(ws, p):
         else:
             flash(f"Added the connection {created['name']}. Test it before people rely on it.", "status")
             return redirect(url_for("admin_console.connections", ws_slug=ws.slug))
-    return _render("connections.html", ws, status, connections=svc.list_connections(p, ws.slug)["items"],
-                   errors=errors, form=request.form if errors else {})
+    page = _listing(errors, svc.list_connections, p, ws.slug)
+    return _render("connections.html", ws, status if status != 200 or not errors else 400, page=page,
+                   connections=page["items"], tests=_last_tests(svc, p, ws.slug), errors=errors,
+                   form=request.form if errors else {})
+
+
+def _last_tests(svc, p, slug: str) -> dict[str, dict]:
+    """The latest "Test connection" of each connection, from the audit log: succeeded, failed (and the failed
+    check) or started without a result (the admin did not finish signing in at the identity provider)."""
+    tests: dict[str, dict] = {}
+    for e in svc.search_events(p, slug, type="federation.test.*", limit=200)["items"]:
+        conn = (e.get("data") or {}).get("connection")
+        if not conn or conn in tests:
+            continue
+        result = {"federation.test.succeeded": "succeeded", "federation.test.failed": "failed"}.get(e["type"],
+                                                                                                  "unfinished")
+        checks = ", ".join(e["data"].get("failed_checks") or [])
+        tests[conn] = {"result": result, "at": e["occurred_at"][:16].replace("T", " "), "by": e.get("actor_label"),
+                       "check": checks, "seq": e["seq"]}
+    if any(t["result"] == "unfinished" for t in tests.values()):  # an upstream refusal: the failed check
+        for e in svc.search_events(p, slug, type="federation.signin.failure", limit=200)["items"]:
+            t = tests.get((e.get("data") or {}).get("connection"))
+            if t and t["result"] == "unfinished" and e["data"].get("test") and e["seq"] > t["seq"]:
+                t.update(result="failed", check=e["data"].get("check") or "", at=e["occurred_at"][:16]
+                         .replace("T", " "))
+    return tests
 
 
 @bp.route("/w/<ws_slug>/admin/connections/<conn_slug>/delete", methods=["POST"])
@@ -365,8 +399,9 @@ def scim(ws, p):
         except AdminError as exc:
             errors, status = [_error_text(exc)], exc.status
     log = svc.search_events(p, ws.slug, type="scim.*", limit=50)["items"]
-    return _render("scim.html", ws, status, tokens=svc.list_scim_tokens(p, ws.slug)["items"], created=created,
-                   errors=errors, log=log)
+    page = _listing(errors, svc.list_scim_tokens, p, ws.slug)
+    return _render("scim.html", ws, status if status != 200 or not errors else 400, page=page,
+                   tokens=page["items"], created=created, errors=errors, log=log)
 
 
 @bp.route("/w/<ws_slug>/admin/scim/<token_id>/revoke", methods=["POST"])
@@ -382,33 +417,39 @@ def scim_revoke(ws, p, token_id):
 AUDIT_FILTERS = ("type", "actor", "since", "until", "before")
 
 
-@bp.route("/w/<ws_slug>/admin/audit")
-@admin_required
-def audit(ws, p):
-    svc = admin_service()
-    args = {k: request.args.get(k) or None for k in AUDIT_FILTERS}
-    errors: list[str] = []
+def _audit_args(names) -> dict:
+    args = {k: request.args.get(k) or None for k in names}
     for k in ("since", "until"):  # the date inputs send YYYY-MM-DD
-        if args[k] and len(args[k]) == 10:
+        if args.get(k) and len(args[k]) == 10:
             args[k] += "T00:00:00Z"
-    try:
-        page = svc.search_events(p, ws.slug, limit=50, **args)
-    except AdminError as exc:
-        errors = [_error_text(exc)]
+    return args
+
+
+def _audit_page(ws, p, errors: list[str], page: dict | None = None):
+    if page is None:
         page = {"items": [], "next_before": None}
     filters = {k: request.args.get(k, "")[:100] for k in AUDIT_FILTERS if k != "before"}
     return _render("audit.html", ws, 400 if errors else 200, page=page, errors=errors, filters=filters)
+
+
+@bp.route("/w/<ws_slug>/admin/audit")
+@admin_required
+def audit(ws, p):
+    try:
+        page = admin_service().search_events(p, ws.slug, limit=50, **_audit_args(AUDIT_FILTERS))
+    except AdminError as exc:
+        return _audit_page(ws, p, [_error_text(exc)])
+    return _audit_page(ws, p, [], page)
 
 
 @bp.route("/w/<ws_slug>/admin/audit/export")
 @admin_required
 def audit_export(ws, p):
     fmt = request.args.get("format", "csv")
-    args = {k: request.args.get(k) or None for k in ("type", "since", "until")}
-    for k in ("since", "until"):
-        if args[k] and len(args[k]) == 10:
-            args[k] += "T00:00:00Z"
-    chunks = admin_service().export_events(p, ws.slug, fmt=fmt, **args)
+    try:
+        chunks = admin_service().export_events(p, ws.slug, fmt=fmt, **_audit_args(("type", "since", "until")))
+    except AdminError as exc:  # shown on the audit page, with the filters as given
+        return _audit_page(ws, p, [_error_text(exc)])
     resp = Response(chunks, mimetype="text/csv" if fmt == "csv" else "application/json")
     resp.headers["Content-Disposition"] = f'attachment; filename="audit-{ws.slug}.{fmt}"'
     resp.headers["Cache-Control"] = "no-store"

@@ -65,6 +65,8 @@ def export_workspace(db: Session, ws: Workspace) -> tuple[dict, list[str]]:
 
 
 def _oidc_apps(db: Session, ws: Workspace, env: list[str]) -> list[dict]:
+    from oidc.config import SCOPES
+    from oidc.keys import DEFAULT_ALG
     from oidc.models import OidcClient, OidcClientJwks
 
     out = []
@@ -77,13 +79,19 @@ def _oidc_apps(db: Session, ws: Workspace, env: list[str]) -> list[dict]:
             name = env_name("app", ws.slug, slug, "client_secret")
             a["client_secret_env"] = name
             env.append(name)
-        for key in ("redirect_uris", "post_logout_redirect_uris", "grant_types", "scopes"):
+        for key in ("redirect_uris", "post_logout_redirect_uris"):
             if getattr(r, key):
                 a[key] = list(getattr(r, key))
+        if r.grant_types and list(r.grant_types) != ["authorization_code"]:
+            a["grant_types"] = list(r.grant_types)
+        if list(r.scopes or []) != list(SCOPES):
+            a["scopes"] = list(r.scopes or [])
         if r.backchannel_logout_uri:
             a["backchannel_logout_uri"] = r.backchannel_logout_uri
         if r.require_mfa:
             a["require_mfa"] = True
+        if r.id_token_signed_response_alg and r.id_token_signed_response_alg != DEFAULT_ALG:
+            a["id_token_signed_response_alg"] = r.id_token_signed_response_alg
         if r.token_endpoint_auth_method == "private_key_jwt":
             keys = db.get(OidcClientJwks, r.id)
             if keys is not None and keys.jwks:
@@ -95,27 +103,55 @@ def _oidc_apps(db: Session, ws: Workspace, env: list[str]) -> list[dict]:
 
 
 def _saml_apps(db: Session, ws: Workspace) -> list[dict]:
-    from saml.config import SLO_BINDINGS
+    from saml.config import DEFAULT_ATTRIBUTES, NAMEID_EMAIL, SLO_BINDINGS, _sp_settings
     from saml.models import SamlServiceProvider
+    from saml.xml import BINDING_REDIRECT
 
     bindings = {v: k for k, v in SLO_BINDINGS.items()}
     out = []
     for r in db.scalars(select(SamlServiceProvider).where(SamlServiceProvider.workspace_id == ws.id)
                         .order_by(SamlServiceProvider.entity_id)):
-        acs = [a["url"] for a in sorted(r.acs or [], key=lambda a: (not a.get("default"), a.get("index", 0)))]
-        a: dict = {"slug": r.slug or "saml-app", "name": r.name or r.slug, "protocol": "saml",
-                   "entity_id": r.entity_id, "acs_url": acs if len(acs) != 1 else acs[0],
-                   "nameid_format": r.nameid_format, "attributes": dict(r.attributes or {}),
-                   "sign_response": bool(r.sign_response), "sign_assertion": bool(r.sign_assertion),
-                   "require_signed_requests": bool(r.require_signed_requests)}
+        a: dict = {"slug": r.slug or "saml-app", "name": r.name or r.slug, "protocol": "saml"}
+        if r.metadata_url and isinstance(r.app_settings, dict):
+            # registered by metadata_url: the entry it was applied with (apply fetches the document again)
+            from idp.configfile import APP_KEYS
+
+            a.update({k: v for k, v in r.app_settings.items() if k in APP_KEYS and k not in a and v is not None
+                      and k not in ("metadata_xml", "metadata_file")})
+            a["metadata_url"] = r.metadata_url
+            out.append(a)
+            continue
+        acs = [x["url"] for x in sorted(r.acs or [], key=lambda x: (not x.get("default"), x.get("index", 0)))]
+        a.update({"entity_id": r.entity_id, "acs_url": acs if len(acs) != 1 else acs[0]})
         if r.certificate:
             a["certificate"] = r.certificate
         if r.slo_url:
             a["slo_url"] = r.slo_url
-            if r.slo_binding in bindings:
+            if r.slo_binding in bindings and r.slo_binding != BINDING_REDIRECT:
                 a["slo_binding"] = bindings[r.slo_binding]
         if r.encryption_certificate and r.encryption_certificate != r.certificate:
             a["encryption_certificate"] = r.encryption_certificate
+        try:
+            s = _sp_settings(a, None)
+            says_it_all = all(s[k] == getattr(r, k) for k in ("entity_id", "acs", "certificate", "slo_url",
+                                                              "slo_binding", "slo_soap_url",
+                                                              "encryption_certificate"))
+        except ValueError:
+            says_it_all = False
+        if not says_it_all:  # ACS indices, a SOAP logout endpoint, a signing-only certificate: only metadata can
+            for k in ("entity_id", "acs_url", "certificate", "slo_url", "slo_binding", "encryption_certificate"):
+                a.pop(k, None)
+            a["metadata_xml"] = sp_metadata_xml(r)
+        if r.nameid_format != NAMEID_EMAIL:
+            a["nameid_format"] = r.nameid_format
+        if dict(r.attributes or {}) != DEFAULT_ATTRIBUTES:
+            a["attributes"] = dict(r.attributes or {})
+        if r.sign_response:
+            a["sign_response"] = True
+        if not r.sign_assertion:
+            a["sign_assertion"] = False
+        if r.require_signed_requests:  # the default (entity_id form, and the metadata written here) is false
+            a["require_signed_requests"] = True
         for key in ("encrypt_assertions", "require_mfa", "idp_initiated"):
             if getattr(r, key):
                 a[key] = True
@@ -123,24 +159,92 @@ def _saml_apps(db: Session, ws: Workspace) -> list[dict]:
     return out
 
 
+def sp_metadata_xml(r) -> str:
+    """An SP's stored registration as the metadata document ``saml.config.parse_sp_metadata`` reads back into
+    exactly that registration (ACS endpoints with their indices, certificates by use, logout endpoints)."""
+    from xml.sax.saxutils import quoteattr
+
+    from saml.xml import BINDING_POST, BINDING_SOAP, NS, pem_body
+
+    def key(use: str | None, pem: str) -> str:
+        attr = f" use={quoteattr(use)}" if use else ""
+        return (f"    <md:KeyDescriptor{attr}><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{pem_body(pem)}"
+                "</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>")
+
+    lines = [f'<md:EntityDescriptor xmlns:md="{NS["md"]}" xmlns:ds="{NS["ds"]}" entityID={quoteattr(r.entity_id)}>',
+             f'  <md:SPSSODescriptor protocolSupportEnumeration="{NS["samlp"]}">']
+    if r.certificate and r.encryption_certificate == r.certificate:
+        lines.append(key(None, r.certificate))
+    else:
+        if r.certificate:
+            lines.append(key("signing", r.certificate))
+        if r.encryption_certificate:
+            lines.append(key("encryption", r.encryption_certificate))
+    for binding, url in ((r.slo_binding, r.slo_url), (BINDING_SOAP, r.slo_soap_url)):
+        if url and binding:
+            lines.append(f"    <md:SingleLogoutService Binding={quoteattr(binding)} Location={quoteattr(url)}/>")
+    for x in r.acs or []:
+        lines.append(f'    <md:AssertionConsumerService Binding="{BINDING_POST}" Location={quoteattr(x["url"])} '
+                     f'index="{int(x.get("index", 0))}" isDefault="{"true" if x.get("default") else "false"}"/>')
+    lines += ["  </md:SPSSODescriptor>", "</md:EntityDescriptor>", ""]
+    return "\n".join(lines)
+
+
 def _connections(db: Session, ws: Workspace, env: list[str]) -> list[dict]:
     from federation.models import FederationConnection
-    from idp.configfile import CONNECTION_KEYS
 
     out = []
     for r in db.scalars(select(FederationConnection).where(FederationConnection.workspace_id == ws.id)
                         .order_by(FederationConnection.slug)):
-        c: dict = {"slug": r.slug, "name": r.name, "protocol": r.protocol, "preset": r.preset}
-        if r.domains:
-            c["domains"] = list(r.domains)
-        c.update({k: v for k, v in (r.settings or {}).items()
-                  if k in CONNECTION_KEYS and k not in c and not k.endswith("_env") and v is not None})
+        c = connection_entry(r)
         for key in sorted(r.secrets or {}):
             name = env_name("connection", ws.slug, r.slug, key)
             c[f"{key}_env"] = name
             env.append(name)
         out.append(c)
     return out
+
+
+def connection_entry(r) -> dict:
+    """A stored connection as the config-file entry an admin would write: only keys the validator accepts for
+    its protocol, ``metadata_url`` (not the copy of its document) when the metadata comes from a URL, and no key
+    whose removal leaves the validated settings unchanged (defaults). Decided by ``federation.config``'s own
+    validator, fed the stored metadata instead of fetching it."""
+    from federation.config import COMMON_KEYS, PROTOCOL_KEYS, SECRET_KEYS
+
+    settings = dict(r.settings or {})
+    allowed = (COMMON_KEYS | PROTOCOL_KEYS.get(r.protocol, set())) - {"metadata_file", "attribute_mapping",
+                                                                      *SECRET_KEYS}
+    entry: dict = {"slug": r.slug, "name": r.name, "protocol": r.protocol, "preset": r.preset or "generic",
+                   "domains": list(r.domains or [])}
+    entry.update({k: v for k, v in settings.items() if k in allowed and k not in entry and v is not None})
+    if settings.get("metadata_url"):
+        entry.pop("metadata_xml", None)
+    placeholders = {k: "(set)" for k in (r.secrets or {}) if k in SECRET_KEYS}
+    xml = settings.get("metadata_xml")
+
+    def check(candidate: dict) -> tuple[dict, set[str]]:
+        from federation.config import validate_connection
+        from idp.configfile import Validator
+
+        v = Validator()
+
+        def fetch(_url):
+            if xml is None:
+                raise ValueError("no stored copy")
+            return xml
+
+        got = validate_connection(v, {**candidate, **placeholders}, "c", fetch=fetch)
+        return {k: val for k, val in got.items() if k not in SECRET_KEYS}, set(v.errors)
+
+    want, errors = check(entry)
+    for key in [k for k in entry if k not in ("slug", "name", "protocol")]:
+        trial = {k: v for k, v in entry.items() if k != key}
+        got, trial_errors = check(trial)
+        if got == want and trial_errors <= errors:
+            entry, errors = trial, trial_errors
+    order = ["slug", "name", "protocol", "preset", "domains", *want]
+    return {k: entry[k] for k in sorted(entry, key=lambda k: order.index(k) if k in order else len(order))}
 
 
 def _scim_tokens(db: Session, ws: Workspace, env: list[str]) -> list[dict]:

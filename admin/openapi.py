@@ -30,6 +30,14 @@ def _q(name: str, schema: dict, description: str) -> dict:
 
 
 NULLABLE_STR = {"type": ["string", "null"]}
+
+
+def _page_schema(item: str) -> dict:
+    """A page of a list: ``items``, ``total``, ``limit``, ``offset`` and ``next_offset`` (null on the last page)."""
+    return {"type": "object", "required": ["items", "total", "limit", "offset", "next_offset"], "properties": {
+        "items": {"type": "array", "items": {"$ref": f"#/components/schemas/{item}"}},
+        "total": {"type": "integer", "minimum": 0}, "limit": {"type": "integer", "minimum": 1, "maximum": 200},
+        "offset": {"type": "integer", "minimum": 0}, "next_offset": {"type": ["integer", "null"]}}}
 STR_LIST = {"type": "array", "items": {"type": "string"}}
 
 SCHEMAS: dict = {
@@ -40,8 +48,7 @@ SCHEMAS: dict = {
         "id": {"type": "string"}, "slug": {"type": "string"}, "name": {"type": "string"},
         "plan": {"type": "string", "enum": ["free", "pro", "enterprise"]}, "domains": STR_LIST,
         "created_at": NULLABLE_STR}},
-    "WorkspaceList": {"type": "object", "required": ["items"], "properties": {
-        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Workspace"}}}},
+    "WorkspacePage": _page_schema("Workspace"),
     "NewWorkspace": {"type": "object", "required": ["slug", "name"], "additionalProperties": False, "properties": {
         "slug": {"type": "string"}, "name": {"type": "string"},
         "plan": {"type": "string", "enum": ["free", "pro", "enterprise"]}, "domains": STR_LIST}},
@@ -52,10 +59,7 @@ SCHEMAS: dict = {
                  "status": {"type": "string", "enum": ["active", "disabled", "invited"]}, "groups": STR_LIST,
                  "managed_by": NULLABLE_STR, "created_at": NULLABLE_STR, "updated_at": NULLABLE_STR,
                  "mfa_methods": STR_LIST}},
-    "UserPage": {"type": "object", "required": ["items", "total", "limit", "offset", "next_offset"], "properties": {
-        "items": {"type": "array", "items": {"$ref": "#/components/schemas/User"}},
-        "total": {"type": "integer"}, "limit": {"type": "integer"}, "offset": {"type": "integer"},
-        "next_offset": {"type": ["integer", "null"]}}},
+    "UserPage": _page_schema("User"),
     "NewUser": {"type": "object", "required": ["email"], "additionalProperties": False,
                 "description": "Without a password the user is invited: a set-password link is mailed.",
                 "properties": {"email": {"type": "string"}, "name": {"type": "string"},
@@ -68,10 +72,7 @@ SCHEMAS: dict = {
     "Group": {"type": "object", "required": ["id", "name", "members"], "properties": {
         "id": {"type": "string"}, "name": {"type": "string"}, "members": {"type": "integer"},
         "managed_by": NULLABLE_STR, "created_at": NULLABLE_STR}},
-    "GroupPage": {"type": "object", "required": ["items", "total", "limit", "offset", "next_offset"], "properties": {
-        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Group"}},
-        "total": {"type": "integer"}, "limit": {"type": "integer"}, "offset": {"type": "integer"},
-        "next_offset": {"type": ["integer", "null"]}}},
+    "GroupPage": _page_schema("Group"),
     "GroupBody": {"type": "object", "required": ["name"], "additionalProperties": False,
                   "properties": {"name": {"type": "string"}}},
     "App": {"type": "object", "required": ["slug", "name", "protocol", "settings"], "properties": {
@@ -80,8 +81,7 @@ SCHEMAS: dict = {
         "require_mfa": {"type": "boolean"}, "created_at": NULLABLE_STR,
         "settings": {"type": "object", "description": "copy-ready settings for the app's side"},
         "client_secret": {"type": "string", "description": "only in the answer to the creation, never again"}}},
-    "AppList": {"type": "object", "required": ["items"], "properties": {
-        "items": {"type": "array", "items": {"$ref": "#/components/schemas/App"}}}},
+    "AppPage": _page_schema("App"),
     "NewApp": {"type": "object", "required": ["slug", "name", "protocol"],
                "description": "An `apps` entry as in the config file (docs/config.md). OIDC client ids and secrets "
                               "are generated; SAML apps give metadata_xml, or entity_id with acs_url.",
@@ -98,8 +98,7 @@ SCHEMAS: dict = {
         "domains": STR_LIST, "settings": {"type": "object"}, "secrets_set": STR_LIST,
         "urls": {"type": "object", "description": "what to register at the upstream IdP, and the test page"},
         "created_at": NULLABLE_STR}},
-    "ConnectionList": {"type": "object", "required": ["items"], "properties": {
-        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Connection"}}}},
+    "ConnectionPage": _page_schema("Connection"),
     "NewConnection": {"type": "object", "required": ["slug", "name", "protocol"],
                       "description": "A `connections` entry as in the config file (docs/config.md): OIDC from an "
                                      "issuer, SAML from metadata_xml, LDAP. Secrets are stored encrypted and never "
@@ -127,8 +126,7 @@ SCHEMAS: dict = {
         "created_at": NULLABLE_STR, "revoked_at": NULLABLE_STR,
         "token": {"type": "string", "description": "only in the answer to the creation, never again"},
         "scim_base_url": {"type": "string"}}},
-    "ScimTokenList": {"type": "object", "required": ["items"], "properties": {
-        "items": {"type": "array", "items": {"$ref": "#/components/schemas/ScimToken"}}}},
+    "ScimTokenPage": _page_schema("ScimToken"),
     "NewScimToken": {"type": "object", "required": ["name"], "additionalProperties": False,
                      "properties": {"name": {"type": "string"}, "read_only": {"type": "boolean"}}},
     "Event": {"type": "object", "required": ["seq", "occurred_at", "type", "data"], "properties": {
@@ -169,8 +167,8 @@ T = _id("token_id", "SCIM token")
 W = "/workspaces/{ws}"
 
 OPERATIONS: tuple[Op, ...] = (
-    Op("get", "/workspaces", "listWorkspaces", "List every workspace (hub operator)", result="WorkspaceList",
-       operator_only=True),
+    Op("get", "/workspaces", "listWorkspaces", "List every workspace (hub operator; paginated)", (LIMIT, OFFSET),
+       result="WorkspacePage", operator_only=True),
     Op("post", "/workspaces", "createWorkspace", "Create a workspace (hub operator)", body="NewWorkspace", ok="201",
        result="Workspace", operator_only=True),
     Op("get", W, "getWorkspace", "Get a workspace", (WS,), result="Workspace"),
@@ -204,8 +202,8 @@ OPERATIONS: tuple[Op, ...] = (
        result="Group"),
     Op("delete", W + "/groups/{group_id}/members/{user_id}", "removeGroupMember", "Remove a user from a group",
        (WS, G, U), result="Group"),
-    Op("get", W + "/apps", "listApps", "List apps (OIDC clients and SAML service providers)", (WS,),
-       result="AppList"),
+    Op("get", W + "/apps", "listApps", "List apps (OIDC clients and SAML service providers; paginated)",
+       (WS, LIMIT, OFFSET), result="AppPage"),
     Op("post", W + "/apps", "createApp", "Register an app (an OIDC client's secret is shown once)", (WS,),
        body="NewApp", ok="201", result="App"),
     Op("get", W + "/apps/{app}", "getApp", "Get an app and its copy-ready settings", (WS, APP_SLUG), result="App"),
@@ -214,8 +212,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("post", W + "/apps/{app}/secret", "rotateAppSecret", "A new client secret (shown once; the old one stops "
        "working)", (WS, APP_SLUG), ok="201", result="App"),
     Op("delete", W + "/apps/{app}", "deleteApp", "Remove an app", (WS, APP_SLUG), ok="204"),
-    Op("get", W + "/connections", "listConnections", "List upstream connections (Okta, Azure AD, SAML, OIDC, LDAP)",
-       (WS,), result="ConnectionList"),
+    Op("get", W + "/connections", "listConnections", "List upstream connections (Okta, Azure AD, SAML, OIDC, LDAP; "
+       "paginated)", (WS, LIMIT, OFFSET), result="ConnectionPage"),
     Op("post", W + "/connections", "createConnection", "Add an upstream connection", (WS,), body="NewConnection",
        ok="201", result="Connection"),
     Op("get", W + "/connections/{conn}", "getConnection", "Get a connection", (WS, CONN), result="Connection"),
@@ -225,7 +223,8 @@ OPERATIONS: tuple[Op, ...] = (
        result="PolicyView"),
     Op("put", W + "/policies", "putPolicies", "Replace the workspace's policies (validated as in the config file)",
        (WS,), body="Policies", result="PolicyView"),
-    Op("get", W + "/scim-tokens", "listScimTokens", "List SCIM tokens", (WS,), result="ScimTokenList"),
+    Op("get", W + "/scim-tokens", "listScimTokens", "List SCIM tokens (paginated)", (WS, LIMIT, OFFSET),
+       result="ScimTokenPage"),
     Op("post", W + "/scim-tokens", "createScimToken", "Create a SCIM token (shown once)", (WS,),
        body="NewScimToken", ok="201", result="ScimToken"),
     Op("delete", W + "/scim-tokens/{token_id}", "revokeScimToken", "Revoke a SCIM token", (WS, T), ok="204"),

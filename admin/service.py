@@ -80,24 +80,63 @@ def _page(db, stmt, limit, offset, render) -> dict:
     return {"items": items, "total": total, "limit": limit, "offset": offset, "next_offset": nxt}
 
 
+def _page_of(rows: list, limit, offset, render) -> dict:
+    """``_page`` for a list already in order (apps: two tables, one order)."""
+    limit = _int(limit, "limit", 50, 1, MAX_LIMIT)
+    offset = _int(offset, "offset", 0, 0, 10_000_000)
+    items = [render(r) for r in rows[offset:offset + limit]]
+    nxt = offset + len(items) if offset + len(items) < len(rows) else None
+    return {"items": items, "total": len(rows), "limit": limit, "offset": offset, "next_offset": nxt}
+
+
+MIN_YEAR, MAX_YEAR = 1970, 9998  # the audit log's times; outside them a UTC conversion could overflow
+
+
 def parse_time(value, name: str) -> datetime | None:
+    """An ISO 8601 time (no zone: UTC) as an aware UTC datetime. Years outside 1970..9998, before or after the
+    conversion to UTC, are refused: ``0001-01-01T00:00:00+01:00`` is in year 0 in UTC, which does not exist."""
     if value in (None, ""):
         return None
+    bad = AdminError(400, "bad_parameter", f"{name} must be an ISO 8601 time", name)
     if not isinstance(value, str) or len(value) > 40:
-        raise AdminError(400, "bad_parameter", f"{name} must be an ISO 8601 time", name)
+        raise bad
     try:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise AdminError(400, "bad_parameter", f"{name} must be an ISO 8601 time", name) from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+        raise bad from None
+    out_of_range = AdminError(400, "bad_parameter", f"{name} must be a time between the years {MIN_YEAR} and "
+                              f"{MAX_YEAR}", name)
+    if not MIN_YEAR <= t.year <= MAX_YEAR:
+        raise out_of_range
+    try:
+        t = t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC)
+    except (OverflowError, ValueError):
+        raise out_of_range from None
+    if not MIN_YEAR <= t.year <= MAX_YEAR:
+        raise out_of_range
+    return t
 
 
-def _body(body, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
+# Config-file keys the API refuses, and why. The API never makes idhub fetch a URL it is given (a server-side
+# request to wherever the caller points: internal addresses, cloud metadata services) nor read a server path.
+NO_FETCH = "not accepted over the API (idhub fetches no URL given over the API): "
+REFUSED = {
+    "metadata_url": NO_FETCH + "paste the metadata document as metadata_xml, or use the config file",
+    "jwks_uri": NO_FETCH + "give the keys as jwks, or use the config file",
+    "metadata_file": "a path on the idhub server: not accepted over the API (paste the document as metadata_xml)",
+    "ca_file": "a path on the idhub server: not accepted over the API (use the config file)",
+    "client_secret_env": "environment references are for the config file",
+    "bind_password_env": "environment references are for the config file",
+}
+
+
+def _body(body, allowed: set[str], required: tuple[str, ...] = (), refused: dict | None = None) -> dict:
     if not isinstance(body, dict):
         raise AdminError(400, "bad_request", "the body must be a JSON object")
     for k in body:
         if k not in allowed:
-            raise AdminError(422, "invalid", "unknown field", str(k)[:100])
+            reason = (refused or {}).get(k) if isinstance(k, str) else None
+            raise AdminError(422, "invalid", reason or "unknown field", str(k)[:100])
     for k in required:
         if body.get(k) in (None, ""):
             raise AdminError(422, "invalid", "required", k)
@@ -148,11 +187,11 @@ class AdminService:
         return {"id": ws.id, "slug": ws.slug, "name": ws.name, "plan": ws.plan, "domains": list(ws.domains or []),
                 "created_at": _iso(ws.created_at)}
 
-    def list_workspaces(self, p: Principal) -> dict:
+    def list_workspaces(self, p: Principal, *, limit=None, offset=None) -> dict:
         self._operator(p)
         with self.hub.db() as db:
-            rows = list(db.scalars(select(Workspace).order_by(Workspace.slug)))
-        return {"items": [self.render_workspace(w) for w in rows]}
+            return _page(db, select(Workspace).order_by(Workspace.slug, Workspace.id), limit, offset,
+                         self.render_workspace)
 
     def create_workspace(self, p: Principal, body) -> dict:
         self._operator(p)
@@ -490,10 +529,10 @@ class AdminService:
                                                  .where(SamlServiceProvider.workspace_id == ws.id))]
         return sorted(rows, key=lambda kr: (kr[1].slug, kr[0]))
 
-    def list_apps(self, p: Principal, slug: str) -> dict:
+    def list_apps(self, p: Principal, slug: str, *, limit=None, offset=None) -> dict:
         ws = self.workspace(p, slug)
         with self.hub.db() as db:
-            return {"items": [self.render_app(ws, k, r) for k, r in self._app_rows(db, ws)]}
+            return _page_of(self._app_rows(db, ws), limit, offset, lambda kr: self.render_app(ws, *kr))
 
     def _app(self, db, ws: Workspace, app_slug: str):
         if not isinstance(app_slug, str) or not APP_SLUG_RE.match(app_slug):
@@ -519,7 +558,9 @@ class AdminService:
         # never a server-side path or a fetch from the API; secrets are generated, not chosen
         allowed = APP_KEYS - {"metadata_file", "metadata_url", "client_secret", "client_secret_env", "client_id",
                               "jwks_uri"}
-        body = _body(body, allowed, ("slug", "name", "protocol"))
+        body = _body(body, allowed, ("slug", "name", "protocol"),
+                     {**REFUSED, "client_secret": "generated by idhub (shown once in the answer)",
+                      "client_id": "generated by idhub"})
         entry = dict(body)
         secret = None
         if entry.get("protocol") == "oidc":
@@ -629,16 +670,20 @@ class AdminService:
                 "domains": list(row.domains or []), "settings": settings, "secrets_set": sorted(row.secrets or {}),
                 "urls": urls, "created_at": _iso(row.created_at)}
 
-    def _connection_rows(self, db, ws: Workspace) -> list:
+    @staticmethod
+    def _connections_stmt(ws: Workspace):
         from federation.models import FederationConnection
 
-        return list(db.scalars(select(FederationConnection).where(FederationConnection.workspace_id == ws.id)
-                               .order_by(FederationConnection.slug)))
+        return (select(FederationConnection).where(FederationConnection.workspace_id == ws.id)
+                .order_by(FederationConnection.slug, FederationConnection.id))
 
-    def list_connections(self, p: Principal, slug: str) -> dict:
+    def _connection_rows(self, db, ws: Workspace) -> list:
+        return list(db.scalars(self._connections_stmt(ws)))
+
+    def list_connections(self, p: Principal, slug: str, *, limit=None, offset=None) -> dict:
         ws = self.workspace(p, slug)
         with self.hub.db() as db:
-            return {"items": [self.render_connection(ws, r) for r in self._connection_rows(db, ws)]}
+            return _page(db, self._connections_stmt(ws), limit, offset, lambda r: self.render_connection(ws, r))
 
     def _connection(self, db, ws: Workspace, conn_slug: str):
         if not isinstance(conn_slug, str) or not APP_SLUG_RE.match(conn_slug):
@@ -663,7 +708,7 @@ class AdminService:
         ws = self.workspace(p, slug)
         allowed = CONNECTION_KEYS - {"metadata_file", "metadata_url", "ca_file", "client_secret_env",
                                      "bind_password_env"}
-        body = _body(body, allowed, ("slug", "name", "protocol"))
+        body = _body(body, allowed, ("slug", "name", "protocol"), REFUSED)
         v = Validator()
         conns = validate_connections(v, [dict(body)], "connection", ws.plan)
         if v.errors:
@@ -733,15 +778,15 @@ class AdminService:
         return {"policies": policies, "summary": summarise(policies)}
 
     # ---- SCIM tokens ------------------------------------------------------------------------------------------
-    def list_scim_tokens(self, p: Principal, slug: str) -> dict:
+    def list_scim_tokens(self, p: Principal, slug: str, *, limit=None, offset=None) -> dict:
         from scim.models import ScimToken
 
         ws = self.workspace(p, slug)
+        stmt = select(ScimToken).where(ScimToken.workspace_id == ws.id).order_by(ScimToken.created_at, ScimToken.id)
         with self.hub.db() as db:
-            rows = list(db.scalars(select(ScimToken).where(ScimToken.workspace_id == ws.id)
-                                   .order_by(ScimToken.created_at)))
-        return {"items": [{"id": r.id, "name": r.name, "read_only": bool(r.read_only),
-                           "created_at": _iso(r.created_at), "revoked_at": _iso(r.revoked_at)} for r in rows]}
+            return _page(db, stmt, limit, offset, lambda r: {
+                "id": r.id, "name": r.name, "read_only": bool(r.read_only), "created_at": _iso(r.created_at),
+                "revoked_at": _iso(r.revoked_at)})
 
     def create_scim_token(self, p: Principal, slug: str, body) -> dict:
         from scim.config import hash_token, validate_scim_tokens

@@ -397,6 +397,47 @@ def test_oidc_app_secret_is_shown_once_and_matches_the_config_file_state(app, hu
     assert_error(api.call("PATCH", "/workspaces/acme/apps/wiki", {"client_id": "x"}), 422, field="client_id")
 
 
+def test_metadata_urls_are_refused_and_never_fetched(api):
+    """A SAML app or connection from a metadata URL is refused over the API: idhub makes no request to a URL an
+    API caller chose (internal services, cloud metadata endpoints). A local server shows nothing was fetched."""
+    import http.server
+    import threading
+
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metadata"
+        for path, body in (("/workspaces/acme/apps", {"slug": "sp", "name": "SP", "protocol": "saml",
+                                                      "metadata_url": url}),
+                           ("/workspaces/acme/apps", {"slug": "sp", "name": "SP", "protocol": "saml",
+                                                      "metadata_url": "https://sp.example.com/metadata"}),
+                           ("/workspaces/acme/connections", {"slug": "idp", "name": "IdP", "protocol": "saml",
+                                                             "metadata_url": url}),
+                           ("/workspaces/acme/apps", {"slug": "k", "name": "K", "protocol": "oidc",
+                                                      "token_endpoint_auth_method": "private_key_jwt",
+                                                      "jwks_uri": url})):
+            field = "jwks_uri" if "jwks_uri" in body else "metadata_url"
+            err = assert_error(api.post(path, body), 422, "invalid", field=field)
+            assert "idhub fetches no URL given over the API" in err["message"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert hits == []
+    assert api.get("/workspaces/acme/apps").get_json()["total"] == 0
+
+
 def test_app_validation_names_the_field_and_refuses_server_paths(api):
     assert_error(api.post("/workspaces/acme/apps", {"slug": "a", "name": "A", "protocol": "oidc",
                                                    "redirect_uris": ["not a url"]}), 422, field="redirect_uris[0]")
@@ -500,6 +541,23 @@ def test_audit_search_filters_pages_and_exports(app, hub, api):
     # the other workspace's events never appear
     hub.audit.record("auth.signin.failure", workspace_id=ws_id(hub, "other"), actor_email="secret@other.test")
     assert "secret@other.test" not in api.get("/workspaces/acme/audit/export").get_data(as_text=True)
+
+
+HOSTILE_TIMES = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00Z",
+                 "9999-12-31T23:59:59Z", "1969-12-31T23:59:59Z", "1970-01-01T00:30:00+01:00", "0001-01-01",
+                 "9999-12-31T23:59:59.999999-14:00"]
+
+
+@pytest.mark.parametrize("name", ["since", "until"])
+@pytest.mark.parametrize("value", HOSTILE_TIMES)
+def test_audit_times_outside_the_sane_range_are_a_400_naming_the_field(app, hub, api, name, value):
+    for path in ("/workspaces/acme/audit/events", "/workspaces/acme/audit/export"):
+        err = assert_error(api.get(path, query={name: value}), 400, "bad_parameter", field=name)
+        assert "1970" in err["message"] and "9998" in err["message"]
+    # the edges themselves are fine
+    edge = {"since": "1970-01-01T00:00:00Z", "until": "9998-12-31T23:59:59+14:00"}
+    assert api.get("/workspaces/acme/audit/events", query=edge).status_code == 200
+    assert api.get("/workspaces/acme/audit/export", query={**edge, "format": "csv"}).status_code == 200
 
 
 # ---- hostile input --------------------------------------------------------------------------------------------
@@ -646,3 +704,58 @@ def test_connections_are_validated_and_stored_like_the_config_file_and_keep_thei
 def test_values_of_the_wrong_type_are_named_never_a_500(api, path, base, key, value):
     r = api.post(f"/workspaces/acme/{path}", {**base, key: value})
     assert_error(r, 422, "invalid", key)
+
+
+# ---- pagination -----------------------------------------------------------------------------------------------
+def walk(api: Api, path: str, limit: int) -> tuple[list[dict], list[dict]]:
+    """Every item of a list endpoint, a page at a time; and the pages."""
+    pages, offset = [], 0
+    while offset is not None:
+        page = api.get(path, query={"limit": limit, "offset": offset}).get_json()
+        assert set(page) == {"items", "total", "limit", "offset", "next_offset"} and page["limit"] == limit
+        assert len(page["items"]) <= limit
+        pages.append(page)
+        offset = page["next_offset"]
+    return [i for p in pages for i in p["items"]], pages
+
+
+def test_every_list_paginates_like_users(app, hub, api, tokens):
+    for i in range(5):
+        assert api.post("/workspaces/acme/apps", {"slug": f"app{i}", "name": f"App {i}", "protocol": "oidc",
+                                                  "redirect_uris": [f"https://app{i}.acme.test/cb"]}).status_code == 201
+        assert api.post("/workspaces/acme/apps", {"slug": f"saml{i}", "name": f"SAML {i}", "protocol": "saml",
+                                                  "entity_id": f"https://saml{i}.acme.test/sp",
+                                                  "acs_url": f"https://saml{i}.acme.test/acs"}).status_code == 201
+        assert api.post("/workspaces/acme/connections", {**OKTA, "slug": f"okta{i}", "domains": [],
+                                                         "name": f"Okta {i}"}).status_code == 201
+        assert api.post("/workspaces/acme/scim-tokens", {"name": f"token{i}"}).status_code == 201
+    op = Api(app, tokens["operator"])
+    for i in range(3):
+        assert op.post("/workspaces", {"slug": f"ws{i}", "name": f"WS {i}"}).status_code == 201
+    for client, path, total, key in ((api, "/workspaces/acme/apps", 10, "slug"),
+                                     (api, "/workspaces/acme/connections", 5, "slug"),
+                                     (api, "/workspaces/acme/scim-tokens", 5, "id"),
+                                     (op, "/workspaces", 5, "slug")):
+        everything = client.get(path).get_json()
+        assert everything["total"] == total and everything["next_offset"] is None and everything["limit"] == 50
+        items, pages = walk(client, path, 2)
+        assert [i[key] for i in items] == [i[key] for i in everything["items"]], path  # same order, no repeats
+        assert len(pages) == (total + 1) // 2 and all(p["total"] == total for p in pages)
+        assert pages[0]["next_offset"] == 2 and pages[-1]["next_offset"] is None
+        assert client.get(path, query={"offset": total}).get_json()["items"] == []
+        for bad, field in (({"limit": "0"}, "limit"), ({"limit": "201"}, "limit"), ({"offset": "-1"}, "offset"),
+                           ({"offset": "x"}, "offset"), ({"limit": "1.5"}, "limit")):
+            assert_error(client.get(path, query=bad), 400, "bad_parameter", field=field)
+    assert [a["slug"] for a in api.get("/workspaces/acme/apps", query={"limit": 3}).get_json()["items"]] == \
+        ["app0", "app1", "app2"]
+
+    # the OpenAPI document says so
+    doc = app.test_client().get("/api/v1/openapi.json").get_json()
+    for path, schema in (("/workspaces", "WorkspacePage"), ("/workspaces/{ws}/apps", "AppPage"),
+                         ("/workspaces/{ws}/connections", "ConnectionPage"),
+                         ("/workspaces/{ws}/scim-tokens", "ScimTokenPage")):
+        get = doc["paths"][path]["get"]
+        assert {"limit", "offset"} <= {q["name"] for q in get["parameters"] if q["in"] == "query"}
+        assert get["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/" + schema)
+        assert set(doc["components"]["schemas"][schema]["required"]) == {"items", "total", "limit", "offset",
+                                                                         "next_offset"}

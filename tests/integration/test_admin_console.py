@@ -112,11 +112,95 @@ def test_every_page_renders_with_labelled_inputs(app, admin):
     assert admin.get("/w/acme/admin/apps/nope").status_code == 404
 
 
-def test_forms_need_csrf(app, admin):
-    r = admin.post("/w/acme/admin/users", {"email": "x@acme.test"})
-    assert r.status_code == 400
-    r = admin.post("/w/acme/admin/policies", {"require_mfa": "1", "csrf_token": "forged"})
-    assert r.status_code == 400
+def console_post_rules() -> list[str]:
+    """Every POST route of the console, read from Flask's url_map (a new route is covered without editing this)."""
+    from flask import Flask
+
+    from admin.console import bp
+
+    probe = Flask("probe")
+    probe.register_blueprint(bp)
+    return sorted(r.rule for r in probe.url_map.iter_rules()
+                  if r.endpoint.startswith("admin_console.") and "POST" in (r.methods or ()))
+
+
+# Values for the routes' variables, and fields that would change something if the form were accepted.
+ROUTE_ACTIONS = ("disable", "enable", "reset-2fa", "end-sessions")
+FORMS = {
+    "/w/<ws_slug>/admin/users": {"email": "mallory@acme.test", "name": "Mallory", "role": "admin"},
+    "/w/<ws_slug>/admin/users/<user_id>": {"name": "Renamed", "role": "admin", "groups": "engineering"},
+    "/w/<ws_slug>/admin/groups": {"name": "forged"},
+    "/w/<ws_slug>/admin/apps": {"protocol": "oidc", "name": "Forged", "slug": "forged",
+                                "redirect_uris": "https://evil.test/cb"},
+    "/w/<ws_slug>/admin/apps/<app_slug>": {"name": "Forged", "redirect_uris": "https://evil.test/cb"},
+    "/w/<ws_slug>/admin/connections": {"protocol": "oidc", "name": "Forged", "slug": "forged",
+                                       "issuer": "https://evil.test", "client_id": "x", "domains": "evil.test"},
+    "/w/<ws_slug>/admin/policies": {"require_mfa": "1", "ip_allowlist": "127.0.0.0/8"},
+    "/w/<ws_slug>/admin/scim": {"name": "forged"},
+}
+
+
+def db_state(hub) -> dict:
+    """Every row of every table (the audit log included), to show that a refused form changed nothing."""
+    from idp.db import Base
+
+    with hub.db() as db:
+        return {t.name: sorted(map(repr, db.execute(t.select()).all())) for t in Base.metadata.sorted_tables}
+
+
+@pytest.fixture
+def csrf_targets(app, hub, admin):
+    """A user (bob), a group, an app, a connection and a SCIM token to aim the forged forms at."""
+    from admin.api import admin_service
+    from admin.tokens import Principal
+
+    with hub.db() as db:
+        ws = db.scalar(select(Workspace).where(Workspace.slug == "acme"))
+        bob = db.scalar(select(User.id).where(User.email_normalized == BOB))
+    p = Principal("token", "setup", False, ws.id)
+    with app.app_context():
+        svc = admin_service()
+        group = svc.create_group(p, "acme", {"name": "target"})["id"]
+        svc.create_app(p, "acme", {"slug": "wiki", "name": "Wiki", "protocol": "oidc",
+                                   "redirect_uris": ["https://wiki.acme.test/cb"]})
+        svc.create_connection(p, "acme", {"slug": "okta", "name": "Okta", "protocol": "oidc",
+                                          "issuer": "https://acme.okta.test", "client_id": "0oa1"})
+        token = svc.create_scim_token(p, "acme", {"name": "okta"})["id"]
+    return {"ws_slug": "acme", "user_id": bob, "group_id": group, "app_slug": "wiki", "conn_slug": "okta",
+            "token_id": token}
+
+
+def urls_for(rule: str, targets: dict) -> list[str]:
+    names = re.findall(r"<(?:[a-z]+:)?([a-z_]+)>", rule)
+    unknown = [n for n in names if n not in targets and n != "action"]
+    assert not unknown, f"add a value for {unknown} of {rule} to this test"
+    url = rule
+    for n in names:
+        if n != "action":
+            url = re.sub(rf"<(?:[a-z]+:)?{n}>", targets[n], url)
+    return [url.replace("<action>", a) for a in ROUTE_ACTIONS] if "<action>" in url else [url]
+
+
+def test_the_csrf_test_covers_the_apps_real_routes(app):
+    real = sorted(r.rule for r in app.url_map.iter_rules()
+                  if r.endpoint.startswith("admin_console.") and "POST" in (r.methods or ()))
+    assert real == console_post_rules() and len(real) >= 10
+
+
+@pytest.mark.parametrize("rule", console_post_rules())
+def test_every_console_form_needs_the_csrf_token(app, hub, admin, csrf_targets, rule):
+    for url in urls_for(rule, csrf_targets):
+        fields = FORMS.get(rule, {})
+        before = db_state(hub)
+        for forged in ({}, {"csrf_token": "forged"}, {"csrf_token": ""}):
+            r = admin.post(url, {**fields, **forged})
+            assert r.status_code in (400, 403), (url, forged, r.status_code)
+            assert "<script" not in text(r)
+            assert db_state(hub) == before, (url, forged)
+        # the right token gets past the check (so the refusal above was the token's doing)
+        admin.get("/w/acme/admin/")
+        r = admin.post(url, {**fields, "csrf_token": admin.csrf()})
+        assert "came from another site" not in text(r), url
 
 
 def test_invite_user_disable_and_audit_as_the_admin(app, hub, admin, outbox):
@@ -214,6 +298,15 @@ def test_audit_page_filters_and_exports(app, hub, admin):
     page = text(admin.get("/w/acme/admin/audit?since=2999-01-01"))
     assert "No events." in page
     assert admin.get("/w/acme/admin/audit?since=garbage").status_code == 400
+    for path in ("/w/acme/admin/audit", "/w/acme/admin/audit/export"):
+        for query in ("since=0001-01-01T00:00:00%2B01:00", "until=9999-12-31T23:59:59-01:00", "since=0001-01-01",
+                      "until=9999-12-31", "since=1969-12-31"):
+            r = admin.get(f"{path}?format=csv&{query}")
+            assert r.status_code == 400 and r.mimetype == "text/html", (path, query)
+            page = text(r)
+            name = query.split("=")[0]
+            assert f"{name}: {name} must be a time between the years 1970 and 9998" in page, page[:1500]
+            assert 'role="alert"' in page and "<h1>Audit log</h1>" in page
     r = admin.get("/w/acme/admin/audit/export?format=csv&type=admin.group.created")
     assert r.status_code == 200 and r.mimetype == "text/csv" and "admin.group.created" in text(r)
     r = admin.get("/w/acme/admin/audit/export?format=json")
@@ -239,3 +332,62 @@ def test_connections_page_adds_an_oidc_connection_and_links_its_test(app, hub, a
     assert r.status_code == 422 and "issuer: must use https" in text(r)
     [ev] = events(hub, "admin.connection.created")
     assert ev.actor_email == ALICE
+    assert re.search(r'data-test="never">Last test:\s+<strong>never tested', page)
+
+
+def test_connections_page_shows_the_last_test_and_its_failed_check(app, hub, admin):
+    """A real Test connection each: an LDAP directory and an OIDC issuer that nothing listens on."""
+    from admin.api import admin_service
+    from admin.tokens import Principal
+    from tests.helpers.smtp import free_port
+
+    port = free_port()
+    assert admin.form_post("/w/acme/admin/connections", "/w/acme/admin/connections", {
+        "protocol": "oidc", "name": "Down", "slug": "down", "issuer": f"http://127.0.0.1:{port}",
+        "client_id": "x"}).status_code == 302
+    with app.app_context():
+        admin_service().create_connection(Principal("token", "setup", False, hub_ws(hub)), "acme", {
+            "slug": "dir", "name": "Directory", "protocol": "ldap", "url": f"ldap://127.0.0.1:{port}",
+            "bind_dn": "cn=idhub", "bind_password": "secret-bind-password", "user_search_base": "ou=people",
+            "timeout": 2})
+    for slug in ("down", "dir"):
+        r = admin.form_post(f"/w/acme/sso/{slug}/test", f"/w/acme/sso/{slug}/test", {})
+        assert r.status_code in (200, 400, 502), (slug, r.status_code)
+    page = text(admin.get("/w/acme/admin/connections"))
+    for slug in ("down", "dir"):
+        card = page[page.index(f'data-connection="{slug}"'):]
+        card = card[:card.index("</section>")]
+        assert 'data-test="failed"' in card and "failed</strong>" in card, card
+        assert f"by {ALICE}" in card
+    down = page[page.index('data-connection="down"'):]
+    assert re.search(r"failed</strong> \(check <code>[a-z_]+</code>\)", down[:down.index("</section>")])
+
+
+def hub_ws(hub) -> str:
+    with hub.db() as db:
+        return db.scalar(select(Workspace.id).where(Workspace.slug == "acme"))
+
+
+def test_long_lists_are_paged_in_the_console(app, hub, admin):
+    from admin.api import admin_service
+    from admin.tokens import Principal
+
+    with hub.db() as db:
+        ws = db.scalar(select(Workspace).where(Workspace.slug == "acme"))
+    p = Principal("token", "setup", False, ws.id)
+    with app.app_context():
+        for i in range(51):
+            admin_service().create_app(p, "acme", {"slug": f"app{i:02d}", "name": f"App {i:02d}", "protocol": "saml",
+                                                   "entity_id": f"https://app{i}.acme.test/sp",
+                                                   "acs_url": f"https://app{i}.acme.test/acs"})
+            admin_service().create_scim_token(p, "acme", {"name": f"token{i:02d}"})
+    for path, marker in (("apps", 'data-app="'), ("scim", 'data-token="')):
+        page = text(admin.get(f"/w/acme/admin/{path}"))
+        assert page.count(marker) == 50 and "1–50 of 51" in page, path
+        assert f'href="/w/acme/admin/{path}?offset=50">Next page' in page
+        rest = text(admin.get(f"/w/acme/admin/{path}?offset=50"))
+        assert rest.count(marker) == 1 and "51–51 of 51" in rest
+        assert f'href="/w/acme/admin/{path}">Previous page' in rest
+        r = admin.get(f"/w/acme/admin/{path}?offset=lots")
+        assert r.status_code == 400 and "offset: offset must be a whole number" in text(r)
+        assert text(r).count(marker) == 50
