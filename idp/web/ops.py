@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 
-from flask import Blueprint, Response, jsonify, redirect, request, url_for
+from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
 
 from idp import metrics
 from idp.storage.base import StoreUnavailable
@@ -29,6 +29,15 @@ def readyz():
     except Exception:  # any failure to check is "not ready" (fail closed)
         return jsonify(status="unavailable", reason="check failed"), 503
     return jsonify(status="ok")
+
+
+@bp.route("/help/security")
+def help_security():
+    """The employees' help article (Settings › Security: 2FA, password, sessions, alerts), linked from every page."""
+    ws = request.args.get("ws", "")
+    if not (0 < len(ws) <= 63 and ws.replace("-", "").isalnum() and ws.isascii() and ws == ws.lower()):
+        ws = ""
+    return render_template("help_security.html", ws=ws)
 
 
 @bp.route("/favicon.ico")

@@ -52,3 +52,19 @@ def test_metrics_settings_from_the_environment(tmp_path):
     for bad in ({"IDHUB_METRICS_TOKEN": "short"}, {"IDHUB_METRICS_ALLOW": "not-a-network"}):
         with pytest.raises(SettingsError):
             load_settings({"IDHUB_SECRET_KEY": "k" * 40, **bad})
+
+
+def test_the_help_article_is_served_and_linked_from_every_page(app):
+    c = app.test_client()
+    login = c.get("/w/acme/login").get_data(as_text=True)
+    assert 'href="/help/security?ws=acme"' in login  # the footer of a workspace page links its own help
+    page = c.get("/help/security?ws=acme")
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200
+    for promise in ("Settings › Security › Two-factor authentication", "Enable 2FA", "Authenticator App", "SMS",
+                    "10 single-use codes", "Disable 2FA", "24 hours", "End all sessions", "30 days",
+                    "This wasn't me", "IP allowlists"):
+        assert promise in text.replace("&#39;", "'"), promise
+    assert 'href="/w/acme/settings/security"' in text
+    hostile = c.get('/help/security?ws="><script>x</script>').get_data(as_text=True)
+    assert "<script>x" not in hostile and "/settings/security\"" not in hostile
