@@ -146,6 +146,16 @@ def db_upgrade(revision):
     click.echo("database is up to date", err=True)
 
 
+def _session_end_listeners(hub) -> None:
+    """Give a CLI hub the protocols' session-end listeners, as the server has (OIDC back-channel logout, SAML
+    logout), with logout tokens posted before the command exits rather than from background threads."""
+    from oidc import install as install_oidc
+    from saml import install as install_saml
+
+    install_oidc(hub).backchannel.dispatch = lambda fn: fn()
+    install_saml(hub)
+
+
 @main.command("apply")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def apply_cmd(files):
@@ -175,6 +185,8 @@ def apply_cmd(files):
     with hub.db() as session:
         report = apply(session, workspaces, hub.hasher)
         session.commit()
+    if report.deactivated:
+        _session_end_listeners(hub)
     for user_id in report.deactivated:  # a disabled account keeps no session (and its apps are logged out)
         hub.sessions.end_all(user_id, "deactivated")
     from idp.accounts import workspace_by_slug

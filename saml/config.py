@@ -129,12 +129,18 @@ def parse_sp_metadata(xml: bytes | str) -> dict:
 def _sp_settings(app: dict, base_dir: Path | None, fresh: bool = False) -> dict:
     meta = app.get("metadata_xml")
     if not meta and app.get("metadata_file"):
+        # A relative path is relative to the directory of the config file that names it (not to the working
+        # directory of `idhub apply`).
         path = Path(app["metadata_file"])
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
-        if path.stat().st_size > MAX_METADATA:
-            raise SamlConfigError("metadata_file: too large")
-        meta = path.read_bytes()
+        try:
+            if path.stat().st_size > MAX_METADATA:
+                raise SamlConfigError(f"metadata_file: {path} is too large")
+            meta = path.read_bytes()
+        except OSError as exc:
+            raise SamlConfigError(f"metadata_file: cannot read {path} ({exc.strerror or type(exc).__name__})") \
+                from None
     if not meta and app.get("metadata_url"):
         meta = fetch_metadata(app["metadata_url"], reuse_for=0.0 if fresh else 60.0)
     if meta:

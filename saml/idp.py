@@ -12,7 +12,7 @@ from datetime import timedelta
 from urllib.parse import unquote_to_bytes
 
 from lxml import etree
-from sqlalchemy import select
+from sqlalchemy import and_, select
 
 from idp.models import Group, GroupMember, User
 from saml.config import (
@@ -24,7 +24,7 @@ from saml.config import (
     NAMEID_UNSPECIFIED,
     find_sp,
 )
-from saml.keys import SamlKeys, verify_redirect_signature
+from saml.keys import METADATA_CACHE, METADATA_VALID, SamlKeys, verify_redirect_signature, xs_duration
 from saml.models import SamlServiceProvider
 from saml.slo import SingleLogout, record_participant
 from saml.xml import (
@@ -127,7 +127,6 @@ class SamlIdp:
 
         self.hub = hub
         self.keys = SamlKeys(hub, SecretBox(hub.settings.secret_key, "saml-keys"))
-        self._persistent_key = derive_key(hub.settings.secret_key, "saml-persistent-nameid").encode()
         self._session_key = derive_key(hub.settings.secret_key, "saml-session-index").encode()
         self.slo = SingleLogout(self)
         self._sp_cache: dict = {}
@@ -152,7 +151,10 @@ class SamlIdp:
         root = etree.Element(MD + "EntityDescriptor", nsmap={"md": NS["md"], "ds": NS["ds"]})
         root.set("ID", new_id())
         root.set("entityID", self.entity_id(ws))
-        root.set("validUntil", _now_str(self.hub.clock() + timedelta(days=7)))
+        # validUntil and cacheDuration bound how long an SP may use this copy: a staged signing key is published
+        # longer than both before it signs (saml.keys.MIN_PUBLISH).
+        root.set("validUntil", _now_str(self.hub.clock() + METADATA_VALID))
+        root.set("cacheDuration", xs_duration(METADATA_CACHE))
         idp = etree.SubElement(root, MD + "IDPSSODescriptor")
         idp.set("protocolSupportEnumeration", NS["samlp"])
         idp.set("WantAuthnRequestsSigned", "false")
@@ -336,10 +338,15 @@ class SamlIdp:
 
     def success_response(self, ws, sp, pending: Pending, session) -> Outgoing:
         now = self.hub.clock()
-        with self.hub.db() as db:
-            user = db.get(User, session.user_id)
-            groups = sorted(db.scalars(select(Group.name).join(GroupMember, GroupMember.group_id == Group.id)
-                                       .where(GroupMember.user_id == user.id, Group.workspace_id == ws.id)))
+        with self.hub.db() as db:  # the user and their groups in this workspace: one query
+            rows = db.execute(select(User, Group.name).outerjoin(GroupMember, GroupMember.user_id == User.id)
+                              .outerjoin(Group, and_(Group.id == GroupMember.group_id, Group.workspace_id == ws.id))
+                              .where(User.id == session.user_id)).all()
+            if not rows:  # deleted while its session was being checked (its sessions end with it)
+                return self.error_response(ws, sp, pending, (STATUS_RESPONDER, STATUS_REQUEST_DENIED),
+                                           "The account no longer exists.")
+            user = rows[0][0]
+            groups = sorted({name for _u, name in rows if name is not None})
             db.expunge(user)
         resp, resp_issuer = self._response_root(ws, sp, pending, (STATUS_SUCCESS,))
         acs_url = sp.acs[pending.acs_index]["url"]
@@ -355,7 +362,7 @@ class SamlIdp:
         if fmt in (NAMEID_PERSISTENT, NAMEID_TRANSIENT):
             name_id.set("NameQualifier", self.entity_id(ws))
             name_id.set("SPNameQualifier", sp.entity_id)
-        name_id.text = self.name_id(user, sp, fmt)
+        name_id.text = self.name_id(ws, user, sp, fmt)
         sc = etree.SubElement(subject, SAML + "SubjectConfirmation", Method="urn:oasis:names:tc:SAML:2.0:cm:bearer")
         scd = etree.SubElement(sc, SAML + "SubjectConfirmationData", NotOnOrAfter=_now_str(now + RESPONSE_TTL),
                                Recipient=acs_url)
@@ -409,10 +416,14 @@ class SamlIdp:
                    unsolicited=not pending.request_id)
         return self._out(resp, sp, pending)
 
-    def name_id(self, user, sp, fmt: str) -> str:
-        if fmt == NAMEID_PERSISTENT:  # stable and pairwise: the same user looks unrelated to two SPs
+    def name_id(self, ws, user, sp, fmt: str) -> str:
+        """persistent: stable and pairwise (the same user looks unrelated to two SPs), an HMAC of the user and the
+        SP's entity ID under the workspace's stored random salt (``SamlKeys.nameid_salt``), so that neither a
+        new IDHUB_SECRET_KEY nor re-registering the SP changes it; transient: new at every SSO; email: the
+        address; unspecified: the user's idhub id (stable, the same for every SP)."""
+        if fmt == NAMEID_PERSISTENT:
             msg = f"{user.id}|{sp.entity_id}".encode()
-            return "p" + hmac.new(self._persistent_key, msg, hashlib.sha256).hexdigest()[:40]
+            return "p" + hmac.new(self.keys.nameid_salt(ws), msg, hashlib.sha256).hexdigest()[:40]
         if fmt == NAMEID_TRANSIENT:
             return new_id()
         if fmt == NAMEID_EMAIL:

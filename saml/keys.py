@@ -1,8 +1,20 @@
 """The per-workspace SAML signing key: RSA-3072 and a self-signed certificate, created on first use, the private
-key sealed at rest with SecretBox("saml-keys")."""
+key sealed at rest with SecretBox("saml-keys"); and the workspace's pairwise NameID salt.
+
+Key rollover and metadata caching. Our metadata says ``validUntil`` = fetch time + ``METADATA_VALID`` and
+``cacheDuration`` = ``METADATA_CACHE``; the metadata URL is also cacheable over HTTP for ``METADATA_HTTP_MAX_AGE``.
+An SP that fetched the metadata just before a key was staged may rely on that copy until its ``validUntil`` (if it
+honours only that) or for ``cacheDuration`` plus HTTP caching (if it honours ``cacheDuration``), so a staged key is
+published ``MIN_PUBLISH`` = the longer of the two, plus an hour for the per-process key cache and clock skew, before
+it signs. ``METADATA_CACHE`` is PT24H: the notice is bounded below by ``validUntil`` anyway, so a shorter
+``cacheDuration`` would not shorten it and would only make every SP fetch (and us sign) the metadata more often;
+24 hours still brings a staged certificate (or a changed endpoint) to SPs that honour it well within the notice.
+"""
 
 from __future__ import annotations
 
+import functools
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -11,14 +23,42 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from saml.models import SamlKey
 
 CERT_LIFETIME = timedelta(days=3650)
 CACHE_TTL = 30.0  # seconds
-MIN_PUBLISH = timedelta(hours=1)  # a staged key is in the metadata at least this long before it signs
+METADATA_VALID = timedelta(days=7)  # the metadata's validUntil, counted from each fetch
+METADATA_CACHE = timedelta(hours=24)  # the metadata's cacheDuration (PT24H)
+METADATA_HTTP_MAX_AGE = 300  # seconds: Cache-Control max-age of the metadata URL
+# A staged key is in the metadata at least this long before it signs (see the module docstring): 7 days and 1 hour.
+MIN_PUBLISH = max(METADATA_VALID, METADATA_CACHE + timedelta(seconds=METADATA_HTTP_MAX_AGE)) + timedelta(hours=1)
 ROLLOVER_RETIRE = timedelta(days=7)  # after the switch, the old certificate stays published this long
+LEGACY_NAMEID_PURPOSE = "saml-persistent-nameid"  # what persistent NameIDs were keyed with before the stored salt
+
+
+def xs_duration(td: timedelta) -> str:
+    """An xs:duration in hours, minutes and seconds, such as ``PT24H`` (whole seconds)."""
+    hours, rest = divmod(int(td.total_seconds()), 3600)
+    minutes, seconds = divmod(rest, 60)
+    return "PT" + ("".join(f"{v}{u}" for v, u in ((hours, "H"), (minutes, "M"), (seconds, "S")) if v) or "0S")
+
+
+def human_duration(td: timedelta) -> str:
+    days, rest = divmod(int(td.total_seconds()), 86400)
+    hours = rest // 3600
+    parts = [f"{days} day{'s' * (days != 1)}"] * bool(days) + [f"{hours} hour{'s' * (hours != 1)}"] * bool(hours)
+    return " and ".join(parts) or f"{int(td.total_seconds())} seconds"
+
+
+def rollover_rule() -> str:
+    """Why a staged key needs ``MIN_PUBLISH`` of notice, in words (for the operator commands)."""
+    return (f"a new signing key is published {human_duration(MIN_PUBLISH)} before it signs, because SPs may keep our "
+            f"metadata until its validUntil ({human_duration(METADATA_VALID)} after they fetched it) or for its "
+            f"cacheDuration ({xs_duration(METADATA_CACHE)}) before fetching it again, and until then they do not "
+            f"know the new certificate")
 
 
 @dataclass
@@ -37,6 +77,7 @@ class SamlKeys:
         self.hub = hub
         self.box = box
         self._cache: dict[str, KeyState] = {}
+        self._salts: dict[str, bytes] = {}
 
     def state(self, ws) -> KeyState:
         st = self._cache.get(ws.id)
@@ -46,7 +87,8 @@ class SamlKeys:
             row = db.get(SamlKey, ws.id)
             if row is None:
                 cert, key_pem = self._generate(ws)
-                db.add(SamlKey(workspace_id=ws.id, certificate=cert, private_enc=self.box.encrypt(key_pem)))
+                db.add(SamlKey(workspace_id=ws.id, certificate=cert, private_enc=self.box.encrypt(key_pem),
+                               nameid_salt=secrets.token_hex(32)))
                 try:
                     db.commit()
                 except IntegrityError:  # another worker made it first: use theirs
@@ -64,6 +106,38 @@ class SamlKeys:
                           next_active_at=row.next_active_at, loaded=time.monotonic())
         self._cache[ws.id] = st
         return st
+
+    def nameid_salt(self, ws) -> bytes:
+        """The workspace's pairwise NameID salt: random (256 bits), stored with the signing key, never derived from
+        ``IDHUB_SECRET_KEY`` again (so rotating it changes no NameID). A workspace whose key row predates the
+        stored salt (``nameid_salt`` NULL after the migration) gets, once, the salt the old code derived from the
+        secret key, so that every persistent NameID it already issued stays the same. Cached for the process'
+        life: it never changes. Independent of the (sealed) signing key, so it is readable whatever the key."""
+        salt = self._salts.get(ws.id)
+        if salt is not None:
+            return salt
+        with self.hub.db() as db:
+            row = db.get(SamlKey, ws.id)
+        if row is None:
+            self.state(ws)  # creates the key row, with a random salt
+            with self.hub.db() as db:
+                row = db.get(SamlKey, ws.id)
+        value = row.nameid_salt
+        if value is None:
+            from idp.app import derive_key
+
+            legacy = derive_key(self.hub.settings.secret_key, LEGACY_NAMEID_PURPOSE)
+            with self.hub.db() as db:
+                done = db.execute(update(SamlKey).where(SamlKey.workspace_id == ws.id,
+                                                        SamlKey.nameid_salt.is_(None)).values(nameid_salt=legacy))
+                db.commit()
+                value = db.scalar(select(SamlKey.nameid_salt).where(SamlKey.workspace_id == ws.id))
+            if done.rowcount:
+                self.hub.audit.record("saml.nameid.salt_stored", workspace_id=ws.id,
+                                      data={"origin": "derived from IDHUB_SECRET_KEY (NameIDs already issued)"})
+        salt = value.encode()
+        self._salts[ws.id] = salt
+        return salt
 
     def get(self, ws) -> tuple[bytes, str]:
         """(private key PEM, certificate PEM) of the workspace's current key, created on first use."""
@@ -85,11 +159,14 @@ class SamlKeys:
         return certs
 
     def stage_next(self, ws, active_at: datetime) -> str:
-        """Stage a new key: published at once, signing from ``active_at`` (at least ``MIN_PUBLISH`` away, so SPs
-        can fetch the metadata first). Replaces a staged key that has not started signing. Its certificate."""
+        """Stage a new key: published at once, signing from ``active_at`` (at least ``MIN_PUBLISH`` away, so that
+        every SP still relying on a copy of the metadata without it has fetched it again; see ``rollover_rule``).
+        Replaces a staged key that has not started signing. Its certificate."""
         now = self.hub.clock()
         if active_at < now + MIN_PUBLISH:
-            raise ValueError(f"the new key must be published at least {MIN_PUBLISH} before it signs")
+            earliest = (now + MIN_PUBLISH).replace(microsecond=0).isoformat()
+            raise ValueError(f"the new key must be published at least {human_duration(MIN_PUBLISH)} before it signs "
+                             f"(the earliest is {earliest}): {rollover_rule()}")
         self.state(ws)  # the current key exists
         with self.hub.db() as db:
             row = db.get(SamlKey, ws.id, with_for_update=True)
@@ -128,13 +205,24 @@ _REDIRECT_ALGS = {
 }
 
 
+@functools.lru_cache(maxsize=1024)
+def _public_key(cert_pem: str):
+    return x509.load_pem_x509_certificate(cert_pem.encode()).public_key()
+
+
+@functools.lru_cache(maxsize=64)
+def private_key(key_pem: bytes):
+    """Our parsed signing key (kept per process, like saml.xml's: its first use is the costly one)."""
+    return serialization.load_pem_private_key(key_pem, password=None)
+
+
 def verify_redirect_signature(cert_pem: str, signed: bytes, sig_alg: str, signature: bytes) -> bool:
     """The HTTP-Redirect binding's query signature (SAML bindings §3.4.4.1). No SHA-1."""
     algo = _REDIRECT_ALGS.get(sig_alg)
     if algo is None or not signature:
         return False
     try:
-        pub = x509.load_pem_x509_certificate(cert_pem.encode()).public_key()
+        pub = _public_key(cert_pem)
         if isinstance(pub, rsa.RSAPublicKey) and "rsa-" in sig_alg:
             pub.verify(signature, signed, padding.PKCS1v15(), algo())
         elif isinstance(pub, ec.EllipticCurvePublicKey) and "ecdsa-" in sig_alg:

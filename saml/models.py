@@ -25,6 +25,10 @@ class SamlKey(Base):
     next_certificate: Mapped[str | None] = mapped_column(Text, nullable=True)
     next_private_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
     next_active_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The key of persistent (pairwise) NameIDs: 64 random hex digits, stored plain (it grants no access; sealing it
+    # with IDHUB_SECRET_KEY would tie the NameIDs to that key again). NULL only on rows from before it existed,
+    # filled once by ``SamlKeys.nameid_salt`` with the value the NameIDs issued so far were made with.
+    nameid_salt: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class SamlServiceProvider(Base):

@@ -6,9 +6,11 @@ metadata of SPs registered by ``metadata_url``.
     idhub saml refresh-metadata --workspace acme [--max-age 86400]
 
 The new certificate is published in the workspace's metadata at once (two signing certificates), signs from
-``--at`` on (at least an hour away, so SPs can fetch the metadata in between), and the old certificate leaves
-the metadata a week after the switch. Uses the same environment as ``idhub`` (``IDHUB_DATABASE_URL``,
-``IDHUB_SECRET_KEY``, …); ``cli`` is attached to ``idhub`` as ``idhub saml``.
+``--at`` on, and the old certificate leaves the metadata a week after the switch. ``--at`` must be at least
+``saml.keys.MIN_PUBLISH`` (7 days and 1 hour) away: SPs may keep our metadata until its validUntil (7 days after
+each fetch) or for its cacheDuration (PT24H), and must have fetched the new certificate before it signs. Uses the
+same environment as ``idhub`` (``IDHUB_DATABASE_URL``, ``IDHUB_SECRET_KEY``, …); ``cli`` is attached to ``idhub``
+as ``idhub saml``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from datetime import UTC, datetime
 import click
 
 from saml.config import REFRESH_AFTER, refresh_metadata
-from saml.keys import ROLLOVER_RETIRE
+from saml.keys import MIN_PUBLISH, ROLLOVER_RETIRE, human_duration, rollover_rule
 
 
 def _hub():
@@ -61,9 +63,12 @@ def cli():
 
 @cli.command("stage")
 @click.option("--workspace", "slug", required=True)
-@click.option("--at", "at", required=True, help="when the new key starts signing (ISO 8601, UTC if no zone)")
+@click.option("--at", "at", required=True,
+              help="when the new key starts signing (ISO 8601, UTC if no zone; at least "
+                   f"{human_duration(MIN_PUBLISH)} from now)")
 def stage(slug, at):
-    """Stage the next signing key: published in the metadata now, signing from --at."""
+    """Stage the next signing key: published in the metadata now, signing from --at (7 days and 1 hour away at
+    least: SPs may use a copy of the metadata that long without fetching it again)."""
     try:
         when = datetime.fromisoformat(at.replace("Z", "+00:00"))
     except ValueError:
@@ -85,9 +90,11 @@ def status(slug):
     """The current signing certificate and a staged one, by SHA-256 fingerprint."""
     _hub, svc, ws = _service(slug)
     st = svc.keys.state(ws)
+    svc.keys.nameid_salt(ws)  # stores the NameID salt of a workspace set up before it existed (see saml.keys)
     click.echo(f"current: {_fingerprint(st.current[1])}")
     if st.next is not None:
         click.echo(f"next:    {_fingerprint(st.next[1])} signs from {st.next_active_at.isoformat()}")
+    click.echo(f"rule:    {rollover_rule()}")
 
 
 @cli.command("refresh-metadata")

@@ -9,6 +9,25 @@
 The chain's state lives in the one-time store under an unguessable handle, which travels as our RelayState; each
 hop's LogoutResponse must come from the SP it went to, answer our request ID, and be signed when the SP has a
 certificate. Each state is consumed atomically, so a response cannot be replayed to skip or repeat a hop.
+
+Limits (what an operator should know):
+
+* Front-channel logout (HTTP-Redirect, HTTP-POST) needs the user's browser: idhub can only ask the browser to
+  carry each LogoutRequest. When a session ends without that browser — "End" or "End all sessions" from another
+  device, a password or 2FA change, an admin disabling the account, SCIM deprovisioning (``active: false`` or
+  DELETE) — an SP that has only a front-channel SingleLogoutService cannot be told: its own session for the
+  user lives on until it expires, and idhub records ``saml.slo.not_propagated`` naming the SP. Such an SP should
+  keep its sessions short, or publish a SOAP SingleLogoutService. (``idhub apply`` deactivating a user installs
+  this listener too, see ``idp.cli._session_end_listeners``.)
+* An SP whose metadata has a SOAP SingleLogoutService (``slo_soap_url``) is told over the back channel: idhub
+  POSTs a signed LogoutRequest from the server (5 s timeout, never retried) and audits the outcome as
+  ``saml.slo.backchannel`` (success or the error). With the browser present, an SP that also has a front-channel
+  endpoint gets the front channel instead (so its browser cookies go too), and an SP with SOAP only gets SOAP.
+  SOAP endpoints come from SP metadata only (``metadata_xml``/``metadata_file``/``metadata_url``).
+* Even with the browser, the chain is best effort: the user can close the tab or an SP can fail to answer; the
+  remaining SPs are then not told (the final LogoutResponse says PartialLogout when an SP answered with an error).
+* A session that times out (idle or absolute lifetime) is ended when its browser next comes back
+  (``SessionManager.load``), and its SPs are told then, as above; until then nothing is sent.
 """
 
 from __future__ import annotations
@@ -22,7 +41,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import quote
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from lxml import etree
 from sqlalchemy import delete, select
@@ -30,6 +49,7 @@ from sqlalchemy.exc import IntegrityError
 
 from idp.models import Workspace
 from saml.config import NAMEID_PERSISTENT, NAMEID_TRANSIENT
+from saml.keys import private_key
 from saml.models import SamlServiceProvider, SamlSessionParticipant
 from saml.xml import (
     BINDING_POST,
@@ -149,8 +169,9 @@ class SingleLogout:
     def session_ended(self, session_ids, reason: str) -> None:
         """Session-end listener: the session's participant records go. An SP the front-channel chain cannot
         reach — the session ended without its browser (End session, End all, password change, deprovisioning),
-        or the SP has no browser SingleLogoutService — gets a back-channel (SOAP) LogoutRequest when it has a
-        SOAP SingleLogoutService; otherwise it is named in the audit log (``saml.slo.not_propagated``)."""
+        or the SP has no browser SingleLogoutService — gets a back-channel (SOAP) LogoutRequest when its metadata
+        has a SOAP SingleLogoutService; otherwise it is named in the audit log (``saml.slo.not_propagated``):
+        front-channel logout cannot reach an SP without the browser (see the module docstring's limits)."""
         with self.hub.db() as db:
             rows = participants(db, session_ids)
             if not rows:
@@ -412,8 +433,7 @@ class SingleLogout:
         if relay_state is not None:
             query += "&RelayState=" + quote(relay_state, safe="")
         query += "&SigAlg=" + quote(RSA_SHA256, safe="")
-        key = serialization.load_pem_private_key(key_pem, password=None)
-        sig = key.sign(query.encode(), padding.PKCS1v15(), hashes.SHA256())
+        sig = private_key(key_pem).sign(query.encode(), padding.PKCS1v15(), hashes.SHA256())
         query += "&Signature=" + quote(base64.b64encode(sig).decode(), safe="")
         url = sp.slo_url + ("&" if "?" in sp.slo_url else "?") + query
         return SamlMessage(url=sp.slo_url, binding=BINDING_REDIRECT, field=field, relay_state=relay_state,

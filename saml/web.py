@@ -30,6 +30,7 @@ from saml.idp import (
     SamlRequestError,
     default_acs,
 )
+from saml.keys import METADATA_HTTP_MAX_AGE
 from saml.slo import SamlMessage, SloError
 from saml.xml import BINDING_POST, BINDING_REDIRECT
 
@@ -68,7 +69,7 @@ def metadata(ws_slug):
     ws = load_workspace(ws_slug)
     resp = make_response(service().metadata(ws))
     resp.headers["Content-Type"] = "application/samlmetadata+xml"
-    resp.headers["Cache-Control"] = "public, max-age=300"
+    resp.headers["Cache-Control"] = f"public, max-age={METADATA_HTTP_MAX_AGE}"
     return resp
 
 

@@ -376,3 +376,20 @@ def _alice_id(hub) -> str:
     with hub.db() as db:
         return db.scalar(select(User.id).join(Workspace, Workspace.id == User.workspace_id)
                          .where(User.email == ALICE, Workspace.slug == "acme"))
+
+
+def test_idhub_apply_deactivating_a_user_tells_the_apps(tmp_path):
+    """`idhub apply` ends a deactivated user's sessions in a CLI hub: it must carry the same session-end listeners
+    as the server (OIDC back-channel logout, SAML logout), posting before the command exits."""
+    from config.settings import Settings
+    from idp.app import build_hub
+    from idp.cli import _session_end_listeners
+
+    cli_hub = build_hub(Settings(database_url=f"sqlite:///{tmp_path}/x.db", secret_key="k" * 40))
+    assert cli_hub.sessions.end_listeners == []
+    _session_end_listeners(cli_hub)
+    owners = {getattr(fn, "__self__", None).__class__.__name__ for fn in cli_hub.sessions.end_listeners}
+    assert {"BackchannelLogout", "SingleLogout"} <= owners, owners
+    ran = []
+    cli_hub.oidc.backchannel.dispatch(lambda: ran.append(1))
+    assert ran == [1]  # synchronous: nothing is left in a daemon thread when the process exits

@@ -61,7 +61,8 @@ def _keypair(tmp_path, cn: str):
 def sp_client(tmp_path, idp_metadata: str | None, *, signed: bool = False, cn: str = "sp",
               nameid=NAMEID_FORMAT_EMAILADDRESS, want_response_signed: bool = False, entity: str = SP_ENTITY,
               acs: str = ACS, slo: str = SP_SLO, slo_binding: str = BINDING_HTTP_REDIRECT, encrypt: bool = False,
-              allow_unsolicited: bool = False) -> Saml2Client:
+              allow_unsolicited: bool = False, want_assertions_signed: bool = True,
+              slo_extra: tuple = ()) -> Saml2Client:
     keyfile, certfile = _keypair(tmp_path, cn)
     conf = {
         "entityid": entity,
@@ -73,9 +74,9 @@ def sp_client(tmp_path, idp_metadata: str | None, *, signed: bool = False, cn: s
             "signing_algorithm": RSA_SHA256,
             "digest_algorithm": SHA256,
             "endpoints": {"assertion_consumer_service": [(acs, BINDING_HTTP_POST)],
-                          "single_logout_service": [(slo, slo_binding)]},
+                          "single_logout_service": [(slo, slo_binding), *slo_extra]},
             "authn_requests_signed": signed,
-            "want_assertions_signed": True,
+            "want_assertions_signed": want_assertions_signed,
             "want_response_signed": want_response_signed,
             "allow_unsolicited": allow_unsolicited,
             "name_id_format": nameid,
@@ -250,7 +251,9 @@ def test_signed_response_and_persistent_pairwise_nameid(env):
     class S2:
         entity_id = "https://b.test"
 
-    assert svc.name_id(U, S1, NAMEID_FORMAT_PERSISTENT) != svc.name_id(U, S2, NAMEID_FORMAT_PERSISTENT)  # pairwise
+    with app.extensions["idhub"].db() as db:
+        ws = workspace_by_slug(db, "acme")
+    assert svc.name_id(ws, U, S1, NAMEID_FORMAT_PERSISTENT) != svc.name_id(ws, U, S2, NAMEID_FORMAT_PERSISTENT)
 
 
 def test_tampered_response_is_rejected_by_pysaml2(env):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
-from datetime import timedelta
+from calendar import timegm
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from lxml import etree
@@ -14,7 +15,7 @@ from saml2 import BINDING_HTTP_POST
 from saml2.sigver import SignatureError
 
 from idp.accounts import workspace_by_slug
-from saml.keys import ROLLOVER_RETIRE
+from saml.keys import MIN_PUBLISH, ROLLOVER_RETIRE
 from saml.models import SamlKey
 from tests.conftest import ALICE, Browser, make_app, make_settings
 from tests.integration.test_saml_idp import (
@@ -63,7 +64,7 @@ def test_rollover_publishes_then_switches_then_retires(env):
     assert len(old_only) == 1
     old_sp = sp_client(tmp, idp_metadata(app), cn="old-sp")  # an SP that never refreshes its metadata
     real = hub.clock
-    when = real() + timedelta(hours=2)
+    when = real() + MIN_PUBLISH + timedelta(minutes=1)
     hub.saml.keys.stage_next(workspace(app), when)
     both = published(app)
     assert len(both) == 2 and both[0] == old_only[0]
@@ -114,6 +115,36 @@ def test_staging_needs_notice(env):
     assert len(published(app)) == 1
 
 
+def test_notice_outlasts_every_copy_of_the_metadata_an_sp_may_rely_on(env):
+    """An SP that fetched our metadata just before a key was staged may use that copy until its validUntil, or
+    for its cacheDuration (plus HTTP caching) when it honours that: the staged key must not sign before every such
+    copy has run out, so the SP's next fetch, which lists the new certificate, comes first."""
+    from saml2.time_util import parse_duration, str_to_time
+
+    app, tmp = env
+    hub = app.extensions["idhub"]
+    r = app.test_client().get("/w/acme/saml/metadata")
+    fetched = hub.clock()
+    root = etree.fromstring(r.data)
+    valid_until = datetime.fromtimestamp(timegm(str_to_time(root.get("validUntil"))), UTC)
+    sign_flag, cache = parse_duration(root.get("cacheDuration"))  # pysaml2's xs:duration parser
+    assert sign_flag == "+" and root.get("cacheDuration") == "PT24H"
+    cache = timedelta(days=cache["tm_mday"], hours=cache["tm_hour"], minutes=cache["tm_min"], seconds=cache["tm_sec"])
+    max_age = timedelta(seconds=int(r.headers["Cache-Control"].split("max-age=")[1]))
+    assert cache == timedelta(hours=24) and valid_until - fetched > cache  # validUntil is the longer window
+    assert sp_client(tmp, r.get_data(as_text=True), cn="cache-sp")  # pysaml2 takes the metadata as it is
+    # The earliest the next key may sign, one minute from the fetch: after every copy fetched so far has run out.
+    earliest = hub.clock() + MIN_PUBLISH
+    assert earliest > valid_until and earliest > fetched + cache + max_age
+    for too_soon in (valid_until, fetched + cache + max_age, earliest - timedelta(minutes=1)):
+        with pytest.raises(ValueError, match="validUntil") as refused:
+            hub.saml.keys.stage_next(workspace(app), too_soon)
+        assert "cacheDuration (PT24H)" in str(refused.value) and "the earliest is" in str(refused.value)
+    assert len(published(app)) == 1
+    new_cert = hub.saml.keys.stage_next(workspace(app), earliest + timedelta(seconds=5))
+    assert "".join(new_cert.split()).find(published(app)[1][:60]) >= 0  # every fetch from now lists it
+
+
 def test_rollover_command(tmp_path):
     """``python -m saml.rollover`` against a real database, as an operator runs it."""
     from tests.helpers.live import LiveHub
@@ -128,11 +159,16 @@ def test_rollover_command(tmp_path):
         r = run("status", "--workspace", "acme")
         assert r.returncode == 0 and r.stdout.startswith("current: ") and "next:" not in r.stdout, r.stderr
         r = run("stage", "--workspace", "acme", "--at", "2020-01-01T00:00:00Z")
-        assert r.returncode == 1 and "published at least" in r.stderr
+        assert r.returncode == 1 and "published at least 7 days and 1 hour before it signs" in r.stderr
+        assert "validUntil (7 days" in r.stderr and "cacheDuration (PT24H)" in r.stderr, r.stderr  # the rule
+        soon = (datetime.now(UTC) + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        r = run("stage", "--workspace", "acme", "--at", soon)  # less than the metadata's validity away
+        assert r.returncode == 1 and "the earliest is" in r.stderr, r.stderr
         r = run("stage", "--workspace", "acme", "--at", "2099-01-01T00:00:00Z")
         assert r.returncode == 0 and r.stdout.startswith("staged: "), r.stderr
         r = run("status", "--workspace", "acme")
         assert "next:" in r.stdout and "2099-01-01" in r.stdout
+        assert "rule:    a new signing key is published 7 days and 1 hour before it signs" in r.stdout
         assert run("stage", "--workspace", "nope", "--at", "2099-01-01").returncode == 2
         r = hub.run("saml", "status", "--workspace", "acme")  # the same commands under `idhub saml`
         assert "next:" in r.stdout and "2099-01-01" in r.stdout, r.stderr

@@ -371,3 +371,57 @@ def test_sign_out_reaches_a_soap_only_sp(env):
         assert len(soap.received) == 1 and not client.is_logged_in(soap.name_id)
     finally:
         soap.close()
+
+
+def test_sp_with_browser_and_soap_logout_gets_the_back_channel_when_no_browser_is_there(env):
+    """An SP whose metadata has both an HTTP-Redirect and a SOAP SingleLogoutService: an interactive sign-out
+    takes the browser through the front channel (no SOAP call), a session ended without its browser (SCIM
+    deprovisioning, over the real SCIM endpoint) reaches it over SOAP, and pysaml2 accepts our signed request."""
+    from idp.models import User, Workspace
+    from scim.config import apply_scim_tokens
+    from tests.integration.scim_helpers import PATCH_OP, TOKEN, Scim
+
+    app, tmp = env
+    hub = app.extensions["idhub"]
+    soap = SoapSp()
+    try:
+        client = sp_client(tmp, idp_metadata(app), signed=True, cn="crm", entity=CRM + "/metadata",
+                           acs=CRM + "/acs", slo=CRM + "/slo", slo_binding=BINDING_HTTP_REDIRECT,
+                           slo_extra=((soap.url, BINDING_SOAP),))
+        register(app, [{"slug": "crm", "name": "CRM", "protocol": "saml", "metadata_xml": sp_metadata(client)}])
+        soap.client = client
+        from saml.models import SamlServiceProvider
+
+        with hub.db() as db:
+            row = db.scalar(select(SamlServiceProvider))
+            assert row.slo_url == CRM + "/slo" and row.slo_soap_url == soap.url
+            apply_scim_tokens(db, db.scalar(select(Workspace).where(Workspace.slug == "acme")),
+                              [{"name": "okta", "token": TOKEN}])
+            db.commit()
+        hub.saml.slo.dispatch = lambda fn: fn()
+        # with the browser: the front channel only
+        b = Browser(app)
+        sso(app, b, client, first=True)
+        b.security()
+        r = b.post("/w/acme/logout", {"csrf_token": b.csrf()})
+        r = b.get(local(r.headers["Location"]))
+        assert r.status_code == 302 and r.headers["Location"].startswith(CRM + "/slo?SAMLRequest=")
+        assert soap.received == []
+        # without it: SCIM deprovisions Alice while she is signed in to the CRM
+        b = Browser(app)
+        soap.name_id = sso(app, b, client, first=True)
+        assert client.is_logged_in(soap.name_id)
+        with hub.db() as db:
+            alice = db.scalar(select(User.id).join(Workspace).where(Workspace.slug == "acme", User.email == ALICE))
+        r = Scim(app).request("PATCH", f"/Users/{alice}", {"schemas": [PATCH_OP], "Operations": [
+            {"op": "replace", "path": "active", "value": False}]})
+        assert r.status_code == 200, r.get_data(as_text=True)
+        assert len(soap.received) == 1 and "LogoutRequest" in soap.received[0]
+        assert not client.is_logged_in(soap.name_id)
+        with hub.db() as db:
+            ev = db.scalars(select(AuditEvent).where(AuditEvent.type == "saml.slo.backchannel")).one()
+        assert ev.data["success"] is True and ev.data["sp"] == CRM + "/metadata"
+        assert "saml.slo.not_propagated" not in audit_types(hub)
+        assert b.security().status_code == 302
+    finally:
+        soap.close()

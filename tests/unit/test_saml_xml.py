@@ -107,6 +107,44 @@ def test_verify_refuses_tampering_and_missing_signatures():
     assert not verify(parse(etree.tostring(bare)), CERT)
 
 
+def test_parsed_keys_are_kept_per_key_and_shared_safely_by_threads():
+    """The per-process key caches (saml.xml, saml.keys) never mix two keys up, and one parsed key signs
+    correctly from many threads at once (xmlsec gives each SignatureContext its own reference)."""
+    import threading
+
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from saml.keys import private_key, verify_redirect_signature
+    from saml.xml import RSA_SHA256
+
+    def received(key=KEY, cert=CERT):  # as a peer gets it: serialised and parsed again
+        return parse(etree.tostring(signed_doc(key, cert)))
+
+    for _ in range(2):  # the second round comes from the caches
+        assert verify(received(), CERT) and not verify(received(), OTHER_CERT)
+        assert verify(received(OTHER_KEY, OTHER_CERT), OTHER_CERT)
+        assert not verify(received(OTHER_KEY, OTHER_CERT), CERT)
+        sig = private_key(KEY).sign(b"SAMLRequest=x", padding.PKCS1v15(), hashes.SHA256())
+        assert verify_redirect_signature(CERT, b"SAMLRequest=x", RSA_SHA256, sig)
+        assert not verify_redirect_signature(OTHER_CERT, b"SAMLRequest=x", RSA_SHA256, sig)
+        assert not verify_redirect_signature(CERT, b"SAMLRequest=y", RSA_SHA256, sig)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(10):
+                results.append(verify(received(), CERT))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 80 and all(results)
+
+
 def test_verify_refuses_a_wrapped_signature():
     """XSW: the signature still references a (copied) original element elsewhere in the document."""
     original = signed_doc()
