@@ -38,3 +38,24 @@ class UpstreamError(Exception):
         self.check = check
         self.message = message
         self.hint = hint
+
+
+REAUTH_MAX_AGE = 300  # seconds: a re-authentication at the IdP must be at most this old when its answer arrives
+
+
+def check_fresh(authenticated_at, started_at: float, now: float, skew: float, check: str, what: str,
+                hint: str) -> None:
+    """A re-authentication (OIDC ``prompt=login``/``max_age=0``, SAML ``ForceAuthn``) must have happened just now:
+    ``authenticated_at`` (seconds since the epoch; the ID token's ``auth_time`` or the assertion's
+    ``AuthnInstant``) is not missing, not in the future, not before idhub asked for it (``started_at``, minus the
+    clock skew: an IdP that reused an older session answers with that session's time), and at most
+    ``REAUTH_MAX_AGE`` seconds old. Raises ``UpstreamError(check)`` otherwise."""
+    if authenticated_at is None:
+        raise UpstreamError(check, f"the identity provider did not say when the person authenticated (no {what})",
+                            hint)
+    if authenticated_at > now + skew:
+        raise UpstreamError(check, f"the {what} is in the future", "Check the clocks of idhub and the IdP (NTP).")
+    if authenticated_at < started_at - skew or now - authenticated_at > REAUTH_MAX_AGE:
+        age = int(now - authenticated_at)
+        raise UpstreamError(check, f"the {what} is {age} seconds old: the identity provider did not make the person "
+                            "sign in again", hint)

@@ -14,6 +14,11 @@ compared when present and required when the IdP advertises it; the ID token's ``
 ``kid``; embedded ``jwk``/``jku``/``x5u`` ignored), ``iss``, ``aud``/``azp``, ``exp``/``iat``/``nbf`` with a small
 skew, ``nonce``; Azure AD's ``tid`` against the issuer and the allowed tenants; groups overage detected, and
 resolved only through a configured ``groups_endpoint``.
+
+Re-authentication (``start(..., reauth=True)``): the request says ``prompt=login`` and ``max_age=0``, and the ID
+token's ``auth_time`` must then say the person signed in just now (after the request, at most
+``federation.base.REAUTH_MAX_AGE`` seconds ago); an IdP that answers from its existing session is refused with
+check ``auth_time``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from federation.base import UpstreamError, UpstreamIdentity
+from federation.base import UpstreamError, UpstreamIdentity, check_fresh
 from federation.presets import map_claims
 
 ALGORITHMS = ("RS256", "ES256", "PS256")
@@ -185,8 +190,9 @@ class OidcRp:
                             f"(kid {str(kid)[:64]!r})", "The IdP's signing keys are read from its jwks_uri.")
 
     # ---- the flow -------------------------------------------------------------------------------------------------
-    def start(self, conn: dict, redirect_uri: str, *, login_hint: str = "") -> tuple[str, dict]:
-        """The authorization URL and what the caller must keep until the callback."""
+    def start(self, conn: dict, redirect_uri: str, *, login_hint: str = "", reauth: bool = False) -> tuple[str, dict]:
+        """The authorization URL and what the caller must keep until the callback. ``reauth``: the person must
+        authenticate again at the IdP (``prompt=login``, ``max_age=0``; ``auth_time`` is checked at the callback)."""
         from authlib.integrations.requests_client import OAuth2Session
 
         doc = self.metadata(conn)
@@ -195,9 +201,13 @@ class OidcRp:
         client = OAuth2Session(conn["client_id"], scope=" ".join(conn.get("scopes") or ["openid"]),
                                redirect_uri=redirect_uri, code_challenge_method="S256")
         extra = {"login_hint": login_hint} if login_hint else {}
+        pending = {"state": state, "nonce": nonce, "verifier": verifier, "issuer": conn["issuer"]}
+        if reauth:
+            extra.update(prompt="login", max_age="0")
+            pending.update(max_age=0, started=self.clock().timestamp())
         url, _ = client.create_authorization_url(doc["authorization_endpoint"], state=state, nonce=nonce,
                                                  code_verifier=verifier, **extra)
-        return url, {"state": state, "nonce": nonce, "verifier": verifier, "issuer": conn["issuer"]}
+        return url, pending
 
     def finish(self, conn: dict, redirect_uri: str, params: dict, pending: dict) -> UpstreamIdentity:
         """Check the callback, redeem the code, validate the ID token, map the claims."""
@@ -223,7 +233,20 @@ class OidcRp:
             raise UpstreamError("callback", "the callback has no authorization code", "")
         tokens = self._redeem(conn, doc, redirect_uri, code, pending["verifier"])
         claims = self.validate_id_token(conn, doc, tokens.get("id_token"), pending["nonce"])
+        if pending.get("max_age") is not None:
+            self._check_auth_time(claims, pending)
         return self.identity(conn, claims, tokens.get("access_token"))
+
+    def _check_auth_time(self, claims: dict, pending: dict) -> None:
+        """With ``max_age`` in the request the ID token must carry ``auth_time`` (OIDC Core 3.1.2.1), and for a
+        re-authentication it must be fresh."""
+        auth_time = claims.get("auth_time")
+        if not isinstance(auth_time, (int, float)) or isinstance(auth_time, bool):
+            auth_time = None
+        check_fresh(auth_time, float(pending.get("started") or 0), self.clock().timestamp(), SKEW, "auth_time",
+                    "ID token's auth_time",
+                    "The IdP must honour prompt=login and max_age=0 and send auth_time in the ID token (Azure AD: "
+                    "add the optional claim auth_time to the app's ID token).")
 
     def _callback_issuer_ok(self, conn: dict, doc: dict, iss: str) -> bool:
         if not multi_tenant(conn):

@@ -13,7 +13,9 @@ not trust the library alone (see docs/security.md, "Known pitfalls"):
 * exact Destination, Recipient and Audience (every AudienceRestriction), the Issuer from the metadata,
   InResponseTo bound to the sign-in's AuthnRequest (unsolicited only when ``allow_unsolicited``), the time
   window with a small skew, and an assertion-ID replay cache via ``replay_seen``;
-* NameID and attribute values are the text of the whole element (comments do not truncate them).
+* NameID and attribute values are the text of the whole element (comments do not truncate them);
+* a re-authentication asks for ``ForceAuthn="true"`` and requires one AuthnStatement whose ``AuthnInstant`` is
+  fresh (after the request, at most ``federation.base.REAUTH_MAX_AGE`` seconds old): check ``authn_instant``.
 
 Every refusal is an :class:`UpstreamError` naming the check, with a hint for admins.
 """
@@ -37,7 +39,7 @@ from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 
 from federation import presets
-from federation.base import UpstreamError, UpstreamIdentity
+from federation.base import UpstreamError, UpstreamIdentity, check_fresh
 from saml import xml as sx
 
 NS = sx.NS
@@ -82,6 +84,8 @@ HINTS = {
                 "certificate).",
     "binding": "The identity provider offers no HTTP-Redirect or HTTP-POST single sign-on endpoint.",
     "library": "python3-saml refused the response; see the message for the reason.",
+    "authn_instant": "The identity provider must honour ForceAuthn (make the person sign in again) and send the "
+                     "AuthnInstant of that sign-in.",
 }
 
 
@@ -251,13 +255,14 @@ def sp_metadata_xml(conn: dict, base_url: str, ws: str) -> str:
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8").decode()
 
 
-def start(conn: dict, base_url: str, ws: str, relay_state: str) -> tuple[str, str]:
-    """An AuthnRequest for the HTTP-Redirect binding: (URL to send the browser to, the request's ID)."""
+def start(conn: dict, base_url: str, ws: str, relay_state: str, *, force_authn: bool = False) -> tuple[str, str]:
+    """An AuthnRequest for the HTTP-Redirect binding: (URL to send the browser to, the request's ID).
+    ``force_authn``: ``ForceAuthn="true"`` (a re-authentication: the IdP must not answer from its session)."""
     meta = parse_idp_metadata(conn["metadata_xml"])
     if meta["sso_binding"] != sx.BINDING_REDIRECT:
         raise _fail("binding", "the identity provider offers no HTTP-Redirect single sign-on endpoint")
     settings = _settings(conn, base_url, ws, meta, pinned_certs(conn, meta), True)
-    req = OneLogin_Saml2_Authn_Request(settings, set_nameid_policy=True)
+    req = OneLogin_Saml2_Authn_Request(settings, force_authn=force_authn, set_nameid_policy=True)
     params = {"SAMLRequest": req.get_request(deflate=True)}
     if relay_state:
         params["RelayState"] = relay_state
@@ -360,8 +365,10 @@ def _decode(saml_response_b64: str):
 
 
 def consume(conn: dict, base_url: str, ws: str, saml_response_b64: str, *, expected_request_id: str | None,
-            replay_seen, now=None) -> UpstreamIdentity:
-    """Validate a SAMLResponse posted to our ACS and return who the IdP vouched for, or raise UpstreamError."""
+            replay_seen, now=None, authn_after: datetime | None = None) -> UpstreamIdentity:
+    """Validate a SAMLResponse posted to our ACS and return who the IdP vouched for, or raise UpstreamError.
+    ``authn_after``: this answers a re-authentication (ForceAuthn) asked for at that time; the assertion's
+    AuthnInstant must be fresh."""
     now = now or datetime.now(UTC)
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
@@ -495,6 +502,11 @@ def consume(conn: dict, base_url: str, ws: str, saml_response_b64: str, *, expec
         sn = _parse_time(authn.get("SessionNotOnOrAfter"), "SessionNotOnOrAfter")
         if sn is not None and now >= sn + skew:
             raise _fail("clock_skew", "the IdP session has expired (SessionNotOnOrAfter)")
+    if authn_after is not None:
+        statements = assertion.findall("saml:AuthnStatement", NS)
+        instant = _parse_time(statements[0].get("AuthnInstant"), "AuthnInstant") if len(statements) == 1 else None
+        check_fresh(instant.timestamp() if instant else None, authn_after.timestamp(), now.timestamp(),
+                    skew.total_seconds(), "authn_instant", "assertion's AuthnInstant", HINTS["authn_instant"])
     contexts = [_text(c) for c in assertion.findall("saml:AuthnStatement/saml:AuthnContext/saml:AuthnContextClassRef",
                                                    NS)]
 

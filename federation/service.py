@@ -154,12 +154,40 @@ class FederationService:
         self.hub._event(type_, ws.id, client, actor_id=actor_id, actor_email=actor_email,
                         data={"connection": conn["slug"] if conn else None, **data})
 
-    def failed(self, ws, conn: dict | None, err: UpstreamError, client=None, *, test: bool = False) -> None:
-        """Audit a failed upstream sign-in with the failed check (never the token or the code)."""
+    def failed(self, ws, conn: dict | None, err: UpstreamError, client=None, *, test: bool = False,
+               reauth: bool = False, actor_id: str | None = None) -> None:
+        """Audit a failed upstream sign-in with the failed check (never the token or the code); ``reauth``: it was
+        a re-authentication of ``actor_id``'s session."""
+        extra = {"reauth": True, "actor_id": actor_id} if reauth else {}
         self.audit("federation.signin.failure", ws, conn, client, check=err.check, reason=err.message[:300],
-                   protocol=conn.get("protocol") if conn else None, test=test)
+                   protocol=conn.get("protocol") if conn else None, test=test, **extra)
         log.info("upstream sign-in failed", extra={"connection": conn["slug"] if conn else None,
                                                    "check": err.check})
+
+    # ---- re-authentication ------------------------------------------------------------------------------------------
+    def linked_connections(self, ws, user_id: str) -> list[dict]:
+        """The workspace's connections this user is linked to (``slug``, ``name``, ``protocol``), by slug."""
+        with self.hub.db() as db:
+            rows = db.execute(select(FederationConnection.slug, FederationConnection.name,
+                                     FederationConnection.protocol)
+                              .join(FederationLink, FederationLink.connection_id == FederationConnection.id)
+                              .where(FederationLink.user_id == user_id, FederationConnection.workspace_id == ws.id)
+                              .order_by(FederationConnection.slug)).all()
+        return [{"slug": r.slug, "name": r.name, "protocol": r.protocol} for r in dict.fromkeys(rows)]
+
+    def is_linked(self, conn: dict, user_id: str) -> bool:
+        with self.hub.db() as db:
+            return db.scalar(select(FederationLink.id).where(FederationLink.connection_id == conn["id"],
+                                                             FederationLink.user_id == user_id)) is not None
+
+    def linked_user(self, conn: dict, ident: UpstreamIdentity) -> str | None:
+        """The idhub user this upstream identity (the connection's issuer + the IdP's stable subject) is linked to;
+        a plain look-up that links, creates and changes nothing."""
+        if not ident.subject or len(ident.subject) > 512:
+            return None
+        with self.hub.db() as db:
+            return db.scalar(select(FederationLink.user_id).where(FederationLink.connection_id == conn["id"],
+                                                                  FederationLink.subject == ident.subject))
 
     # ---- identity ---------------------------------------------------------------------------------------------------
     def sign_in(self, ws, conn: dict, ident: UpstreamIdentity, client=None) -> SignedIn:

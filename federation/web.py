@@ -1,21 +1,37 @@
 """Federation routes (contract URLs): ``/w/{ws}/sso/{c}/start``, ``/callback`` (OIDC), ``/metadata`` and ``/acs``
 (SAML), the admins' Test connection page ``/test``; plus the two hooks of the identifier-first sign-in
 (home-realm discovery after the email, LDAP/``sso_required`` at the password step). The only Flask module of
-the federation package: it turns the protocol modules' results into the login flow's next step."""
+the federation package: it turns the protocol modules' results into the login flow's next step.
+
+Re-authentication ("Confirm it's you" on the security page, ``idp.web.mfa.reauth``) through the upstream IdP:
+``POST /w/{ws}/sso/{c}/reauth`` starts a login flow with ``purpose="reauth"`` for the signed-in user and session
+(state ``upstream``, bound to the browser like a sign-in) and sends the browser to the IdP with
+``prompt=login``/``max_age=0`` (OIDC) or ``ForceAuthn`` (SAML); the answer comes back through the same
+callback/ACS, must be fresh (``auth_time``/``AuthnInstant``) and must be the very identity (connection + subject)
+linked to the session's user — anything else is refused, audited, and never signs anyone in. LDAP users confirm
+with their directory password on the re-authentication page (a bind as their linked entry)."""
 
 from __future__ import annotations
 
 import hmac
 import json
 import secrets
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
 
 from federation.base import UpstreamError
 from federation.service import GENERIC_FAILURE, FederationService
 from idp.flow import AuthnResult, FlowError, LoginFlow
-from idp.web.common import browser_binding, check_csrf, current_client, hub, load_workspace
+from idp.web.common import (
+    browser_binding,
+    check_csrf,
+    current_client,
+    hub,
+    load_workspace,
+    login_required,
+    safe_next,
+)
 
 bp = Blueprint("federation", __name__)
 
@@ -32,7 +48,12 @@ EMPLOYEE_MESSAGES = {
                         "your IT team.",
     "email_domain": "Your organisation's identity provider signed you in with an email address this connection "
                     "does not cover, so idhub did not create or connect an account. Contact your IT team.",
+    "auth_time": "Your organisation's identity provider did not ask you to sign in again just now, so idhub could "
+                 "not confirm it's you. Try again; if it keeps happening, contact your IT team.",
+    "authn_instant": "Your organisation's identity provider did not ask you to sign in again just now, so idhub "
+                     "could not confirm it's you. Try again; if it keeps happening, contact your IT team.",
 }
+REAUTH = "reauth"  # LoginFlow.purpose of a re-authentication
 
 
 def fed() -> FederationService:
@@ -57,10 +78,12 @@ def _connection_or_404(ws, slug: str, *protocols: str) -> dict:
     return conn
 
 
-def _failure(ws, conn: dict | None, err: UpstreamError, *, test: bool = False, status: int = 400):
+def _failure(ws, conn: dict | None, err: UpstreamError, *, test: bool = False, status: int = 400,
+             reauth_user: str | None = None):
     """Audit the failed check; show the employee a generic page with an error id (admins see details on the
-    Test connection page)."""
-    fed().failed(ws, conn, err, current_client(), test=test)
+    Test connection page). ``reauth_user``: it was that user's re-authentication (also ``auth.reauth.failure``)."""
+    client = current_client()
+    fed().failed(ws, conn, err, client, test=test, reauth=reauth_user is not None, actor_id=reauth_user)
     if test:
         return render_template("federation_test.html", ws=ws, conn=conn, error=err, claims=None, mapped=None,
                                cert_warnings=_cert_warnings(conn) if conn else []), status
@@ -68,17 +91,25 @@ def _failure(ws, conn: dict | None, err: UpstreamError, *, test: bool = False, s
     message = EMPLOYEE_MESSAGES.get(err.check, GENERIC_FAILURE)
     if err.check == "email_domain" and conn and conn.get("domains"):
         message += f" This sign-in is for addresses at {', '.join(conn['domains'])}."
-    return render_template("federation_error.html", ws=ws, conn=conn, message=message,
+    if reauth_user is not None:
+        fed().audit("auth.reauth.failure", ws, conn, client, actor_id=reauth_user, reason=err.check)
+    return render_template("federation_error.html", ws=ws, conn=conn, message=message, reauth=reauth_user is not None,
                            error_id=g.get("request_id", "")), status
 
 
-def _unexpected(ws, conn: dict, test: bool):
+def _reauth_of(pending: dict | None) -> str | None:
+    """The user whose re-authentication this pending upstream request is, or None for a sign-in or a test."""
+    return (pending.get("user") or "") if pending and pending.get("reauth") else None
+
+
+def _unexpected(ws, conn: dict, test: bool, reauth_user: str | None = None):
     import logging
 
     logging.getLogger("idhub.federation").exception("upstream answer could not be processed",
                                                     extra={"connection": conn["slug"]})
     return _failure(ws, conn, UpstreamError("internal", "idhub could not process the identity provider's answer",
-                                            "Give the error id to the idhub operators."), test=test)
+                                            "Give the error id to the idhub operators."), test=test,
+                    reauth_user=reauth_user)
 
 
 # ---- hooks of the identifier-first sign-in (called from idp.web.auth) ----------------------------------------
@@ -118,20 +149,6 @@ def password_step(ws, flow: LoginFlow, password: str, client):
     return _ldap_password(ws, conn, flow, password, client)
 
 
-def reauth_refusal(ws, user, client) -> str | None:
-    """At the re-authentication page (``idp.web.mfa.reauth``): where the user's domain requires single sign-on, a
-    local password does not confirm it's them (that is what ``sso_required`` means); the refusal is audited and
-    the message says why. None when the local password may be used."""
-    conn = fed().for_email(ws, user.email)
-    if conn is None or not conn.get("sso_required"):
-        return None
-    fed().audit("auth.reauth.failure", ws, conn, client, actor_id=user.id, actor_email=user.email,
-                reason="sso_required")
-    return (f"Your organisation requires single sign-on with {conn['name']}, so an idhub password cannot "
-            "confirm it's you. Ask your IT team to make this change for you (an admin can reset two-factor "
-            "authentication).")
-
-
 def _ldap_password(ws, conn: dict, flow: LoginFlow, password: str, client):
     from federation import ldap
     from idp.hub import PasswordOutcome
@@ -168,12 +185,10 @@ def _load_or_start_flow(ws, conn: dict) -> LoginFlow:
     flow_id = request.values.get("flow", "")
     if flow_id:
         flow = flows.load(flow_id, ws.id, browser_binding())
-        if flow.state != "upstream" or flow.connection != conn["slug"]:
-            raise FlowError("wrong step")
+        if flow.state != "upstream" or flow.connection != conn["slug"] or flow.purpose:
+            raise FlowError("wrong step")  # a re-authentication's flow is never started as a sign-in
         return flow
     # "Sign in with <connection>" without an email first
-    from idp.web.common import safe_next
-
     nxt = safe_next(request.values.get("next"), ws.slug)
     flow = flows.start(ws.id, browser_binding(), nxt, state="upstream")
     flow.connection = conn["slug"]
@@ -181,38 +196,45 @@ def _load_or_start_flow(ws, conn: dict) -> LoginFlow:
     return flow
 
 
-def _begin(ws, conn: dict, flow_id: str, *, test: bool = False, login_hint: str = "", actor_id: str | None = None):
+def _begin(ws, conn: dict, flow_id: str, *, test: bool = False, login_hint: str = "", actor_id: str | None = None,
+           reauth_user: str | None = None):
     """Redirect the browser to the IdP; what the callback needs is kept server-side, keyed by state/RelayState.
     Any failure (a hostile discovery document, unusable metadata, a store that cannot be reached…) ends on the
-    federation error page (or the Test connection page), never in a 500."""
+    federation error page (or the Test connection page), never in a 500. ``reauth_user``: a re-authentication of
+    that user's session (the IdP must make the person sign in again; the answer must be fresh)."""
     one_time = hub().stores.one_time
     base = hub().settings.base_url
     if not hub().stores.throttle.hit(f"fedstart:{current_client().ip}", START_PER_MINUTE, 60, hub().clock()):
         return _failure(ws, conn, UpstreamError("throttled", "too many sign-ins started from this address",
-                                                "Wait a minute."), test=test, status=429)
+                                                "Wait a minute."), test=test, status=429, reauth_user=reauth_user)
+    reauth = reauth_user is not None
     pending = {"flow": flow_id, "conn": conn["id"], "binding": browser_binding(), "test": test}
     if test:
         pending["actor"] = actor_id
+    if reauth:
+        pending.update(reauth=True, user=reauth_user, started=hub().clock().timestamp())
     try:
         if conn["protocol"] == "oidc":
-            url, extra = fed().rp.start(conn, _callback_url(ws, conn), login_hint=login_hint)
+            url, extra = fed().rp.start(conn, _callback_url(ws, conn), login_hint=login_hint, reauth=reauth)
             pending.update(extra)
             one_time.put(f"fed:oidc:{extra['state']}", json.dumps(pending), PENDING_TTL)
         else:
             from federation import saml_sp
 
             relay = secrets.token_urlsafe(32)
-            url, request_id = saml_sp.start(conn, base, ws.slug, relay)
+            url, request_id = saml_sp.start(conn, base, ws.slug, relay, force_authn=reauth)
             pending["request_id"] = request_id
             one_time.put(f"fed:saml:{relay}", json.dumps(pending), PENDING_TTL)
     except UpstreamError as err:
-        return _failure(ws, conn, err, test=test, status=502 if err.check == "unavailable" else 400)
+        return _failure(ws, conn, err, test=test, status=502 if err.check == "unavailable" else 400,
+                        reauth_user=reauth_user)
     except Exception:  # a bug or an answer nobody foresaw: fail closed, with the traceback in the log only
-        return _unexpected(ws, conn, test)
-    fed().audit("federation.signin.started", ws, conn, current_client(), protocol=conn["protocol"], test=test)
+        return _unexpected(ws, conn, test, reauth_user)
+    fed().audit("federation.signin.started", ws, conn, current_client(), protocol=conn["protocol"], test=test,
+                **({"reauth": True, "actor_id": reauth_user} if reauth else {}))
     # a page that navigates on (meta refresh), not a 302: a redirect chain from idhub's sign-in form to another
     # origin is blocked by CSP form-action 'self'
-    return render_template("federation_redirect.html", ws=ws, conn=conn, url=url)
+    return render_template("federation_redirect.html", ws=ws, conn=conn, url=url, reauth=reauth)
 
 
 def _callback_url(ws, conn: dict) -> str:
@@ -249,19 +271,23 @@ def callback(ws_slug, conn_slug):
     if pending is None:
         return _failure(ws, conn, UpstreamError("state", "the callback's state is unknown, used or expired",
                                                 "Start the sign-in again from idhub."))
+    reauth_user = _reauth_of(pending)
     if not hmac.compare_digest(pending["conn"], conn["id"]):
         # a state issued for connection A presented at B's callback: mix-up
         return _failure(ws, conn, UpstreamError("state", "the callback's state belongs to another connection "
-                                                "(mix-up)", ""), test=test)
+                                                "(mix-up)", ""), test=test, reauth_user=reauth_user)
     if not hmac.compare_digest(pending["binding"], browser_binding()):
         return _failure(ws, conn, UpstreamError("state", "the sign-in was started in another browser", ""),
-                        test=test)
+                        test=test, reauth_user=reauth_user)
+    if reauth_user is not None and pending.get("issuer") != conn["issuer"]:
+        return _failure(ws, conn, UpstreamError("issuer", "the connection's issuer changed during the "
+                                                "re-authentication", "Start again."), reauth_user=reauth_user)
     try:
         ident = fed().rp.finish(conn, _callback_url(ws, conn), params, pending)
     except UpstreamError as err:
-        return _failure(ws, conn, err, test=test)
+        return _failure(ws, conn, err, test=test, reauth_user=reauth_user)
     except Exception:  # a bug or an answer nobody foresaw: fail closed, with the traceback in the log only
-        return _unexpected(ws, conn, test)
+        return _unexpected(ws, conn, test, reauth_user)
     return _finish(ws, conn, pending, ident)
 
 
@@ -294,9 +320,10 @@ def acs(ws_slug, conn_slug):
         return _failure(ws, conn, UpstreamError("response", "no SAMLResponse, or one that is too large", ""))
     raw = hub().stores.one_time.consume(f"fed:saml:{relay}") if relay and len(relay) <= 128 else None
     pending = json.loads(raw) if raw else None
+    reauth_user = _reauth_of(pending)
     if pending is not None and not hmac.compare_digest(pending["conn"], conn["id"]):
         return _failure(ws, conn, UpstreamError("in_response_to", "the RelayState belongs to another connection",
-                                                ""), test=bool(pending.get("test")))
+                                                ""), test=bool(pending.get("test")), reauth_user=reauth_user)
     if pending is None and not conn.get("allow_unsolicited"):
         return _failure(ws, conn, UpstreamError("unsolicited", "a response idhub did not ask for (IdP-initiated)",
                                                 "Start the sign-in from idhub, or set allow_unsolicited: true."))
@@ -305,14 +332,16 @@ def acs(ws_slug, conn_slug):
     def replay_seen(key: str, ttl: int) -> bool:
         return not one_time.add(f"fed:replay:{conn['id']}:{key}", "1", max(1, int(ttl)))
 
+    # a re-authentication (ForceAuthn): the assertion's AuthnInstant must be after the request, and recent
+    authn_after = datetime.fromtimestamp(pending["started"], UTC) if reauth_user is not None else None
     try:
         ident = saml_sp.consume(conn, hub().settings.base_url, ws.slug, response,
                                 expected_request_id=pending["request_id"] if pending else None,
-                                replay_seen=replay_seen, now=hub().clock())
+                                replay_seen=replay_seen, now=hub().clock(), authn_after=authn_after)
     except UpstreamError as err:
-        return _failure(ws, conn, err, test=bool(pending and pending.get("test")))
+        return _failure(ws, conn, err, test=bool(pending and pending.get("test")), reauth_user=reauth_user)
     except Exception:
-        return _unexpected(ws, conn, bool(pending and pending.get("test")))
+        return _unexpected(ws, conn, bool(pending and pending.get("test")), reauth_user)
     token = secrets.token_urlsafe(32)
     parked = {"pending": pending, "identity": _ident_to_dict(ident)}
     one_time.put(f"fed:result:{token}", json.dumps(parked, default=str), RESULT_TTL)
@@ -337,7 +366,7 @@ def resume(ws_slug, conn_slug):
         pending = {"flow": flow.id, "conn": conn["id"], "binding": browser_binding(), "test": False}
     elif not hmac.compare_digest(pending["binding"], browser_binding()):
         return _failure(ws, conn, UpstreamError("state", "the sign-in was started in another browser", ""),
-                        test=bool(pending.get("test")))
+                        test=bool(pending.get("test")), reauth_user=_reauth_of(pending))
     return _finish(ws, conn, pending, _ident_from_dict(parked["identity"]))
 
 
@@ -363,10 +392,12 @@ def _finish(ws, conn: dict, pending: dict, ident):
     client = current_client()
     if pending.get("test"):
         return _test_result(ws, conn, ident, pending.get("actor"))
+    if pending.get("reauth"):
+        return _finish_reauth(ws, conn, pending, ident)
     flows = _flows()
     try:
         flow = flows.load(pending["flow"], ws.id, browser_binding())
-        if flow.state != "upstream" or flow.connection != conn["slug"]:
+        if flow.state != "upstream" or flow.connection != conn["slug"] or flow.purpose:
             raise FlowError("wrong step")
     except FlowError:
         return _failure(ws, conn, UpstreamError("state", "the login flow expired or belongs to another browser",
@@ -386,6 +417,170 @@ def _finish(ws, conn: dict, pending: dict, ident):
     if ident.email and not flow.email:
         flow.email = ident.email[:254]
     return continue_signin(ws, flows, flow, client)
+
+
+# ---- re-authentication ("Confirm it's you") ---------------------------------------------------------------------
+def reauth_options(ws, user) -> dict:
+    """How ``user`` can confirm it's them on the re-authentication page (``idp.web.mfa.reauth``):
+
+    ``upstream``: the OIDC/SAML connections their account is linked to ("Continue with <name>"); ``ldap``: the LDAP
+    connection they are linked to — the password field then binds against the directory, never a local hash;
+    ``password``: whether the password field is offered (a directory password, or idhub's own password when the
+    account has one and the domain does not require single sign-on); ``sso_required``: the domain's connection
+    when it requires single sign-on; ``message``: what to do when there is no way to confirm here."""
+    links = fed().linked_connections(ws, user.id)
+    upstream = [c for c in links if c["protocol"] in ("oidc", "saml")]
+    ldap_conn = next((c for c in links if c["protocol"] == "ldap"), None)
+    domain = fed().for_email(ws, user.email)
+    sso = ({k: domain[k] for k in ("slug", "name", "protocol")}
+           if domain is not None and domain.get("sso_required") else None)
+    password = ldap_conn is not None or (bool(user.password_hash) and sso is None)
+    message = None
+    if sso is not None:
+        message = (f"Your organisation requires single sign-on with {sso['name']}, so an idhub password cannot "
+                   "confirm it's you. ")
+        if upstream:
+            message += f"Use “Continue with {upstream[0]['name']}” instead."
+        else:
+            message += (f"Sign out, sign in again with {sso['name']} and retry, or ask your IT team to make this "
+                        "change for you (an admin can reset two-factor authentication).")
+    elif not password and not upstream:
+        message = ("Your account has no idhub password and is not connected to your organisation's sign-in, so "
+                   "idhub cannot confirm it's you here. Ask your IT team to make this change for you (an admin can "
+                   "reset two-factor authentication).")
+    return {"upstream": upstream, "ldap": ldap_conn, "password": password, "sso_required": sso, "message": message}
+
+
+def reauth_password(ws, user, password: str, client, options: dict | None = None):
+    """The password on the re-authentication page: an LDAP-linked user's directory password (a bind, which must
+    land on the entry linked to them); a refusal (audited ``auth.reauth.failure``) where a local password is no
+    proof — single sign-on required, or no idhub password at all. Returns an ``idp.hub.PasswordOutcome``, or None
+    for idhub's own password check."""
+    from idp.hub import PasswordOutcome
+
+    options = options if options is not None else reauth_options(ws, user)
+    if options["ldap"] is not None:
+        conn = fed().connection(ws, options["ldap"]["slug"])
+        if conn is not None and conn["protocol"] == "ldap":
+            return _ldap_reauth(ws, conn, user, password, client)
+    if options["password"]:
+        return None
+    reason = "sso_required" if options["sso_required"] else "no_password"
+    fed().audit("auth.reauth.failure", ws, options["sso_required"], client, actor_id=user.id,
+                actor_email=user.email, reason=reason)
+    return PasswordOutcome(False, options["message"] or "A password cannot confirm it's you here.")
+
+
+def _ldap_reauth(ws, conn: dict, user, password: str, client):
+    """A bind as the user's directory entry (throttled like the LDAP sign-in, on the same key)."""
+    from federation import ldap
+    from idp.hub import PasswordOutcome
+
+    h = hub()
+    now = h.clock()
+    acct_key, addr_key = f"ldap:{ws.id}:{conn['slug']}:{user.email.casefold()}", f"pwip:{client.ip}"
+    wait, _ = h._reserve_attempt(acct_key, addr_key, now)
+    if wait:
+        fed().audit("auth.signin.throttled", ws, conn, client, actor_id=user.id, retry_after=wait, reauth=True)
+        return PasswordOutcome(False, f"Too many attempts. Try again in {wait} seconds.", retry_after=wait)
+    try:
+        ident = ldap.authenticate(conn, user.email, password)
+    except UpstreamError as err:
+        fed().failed(ws, conn, err, client, reauth=True, actor_id=user.id)
+        if err.check == "unavailable":
+            h.stores.throttle.reset(acct_key)
+            return PasswordOutcome(False, "Your organisation's directory cannot be reached right now. Try again "
+                                          "in a minute.")
+        return PasswordOutcome(False, "Incorrect password.")
+    linked_to = fed().linked_user(conn, ident)
+    if linked_to is None or not hmac.compare_digest(linked_to, user.id):
+        fed().audit("auth.reauth.failure", ws, conn, client, actor_id=user.id, actor_email=user.email,
+                    reason="identity_mismatch", other_account=linked_to is not None)
+        return PasswordOutcome(False, f"That password belongs to another {conn['name']} account than the one "
+                                      "linked to you. idhub did not confirm it's you.")
+    h.stores.throttle.reset(acct_key)
+    return PasswordOutcome(True, result=AuthnResult(ws.id, user.id, ("pwd", "fed"), now))
+
+
+def _reauth_refused(ws, conn: dict, message: str, status: int = 403):
+    return render_template("federation_error.html", ws=ws, conn=conn, message=message, reauth=True,
+                           error_id=g.get("request_id", "")), status
+
+
+@bp.route("/w/<ws_slug>/sso/<conn_slug>/reauth", methods=["POST"])
+@login_required
+def reauth_start(ws, sess, conn_slug):
+    """ "Continue with <connection>" on the re-authentication page: a login flow for this session's user, sent to
+    the IdP with a forced sign-in."""
+    from idp.models import User
+
+    check_csrf()
+    conn = _connection_or_404(ws, conn_slug, "oidc", "saml")
+    nxt = safe_next(request.form.get("next"), ws.slug)
+    client = current_client()
+    with hub().db() as db:
+        email = db.get(User, sess.user_id).email
+    if not fed().is_linked(conn, sess.user_id):
+        fed().audit("auth.reauth.failure", ws, conn, client, actor_id=sess.user_id, actor_email=email,
+                    reason="not_linked")
+        return _reauth_refused(ws, conn, f"Your account is not connected to {conn['name']}, so {conn['name']} "
+                                         "cannot confirm it's you.")
+    flows = _flows()
+    flow = flows.start(ws.id, browser_binding(), nxt, email=email, state="upstream")
+    flow.connection, flow.purpose, flow.user_id, flow.session = conn["slug"], REAUTH, sess.user_id, sess.public_id
+    flows.save(flow)
+    return _begin(ws, conn, flow.id, login_hint=email, reauth_user=sess.user_id)
+
+
+def _finish_reauth(ws, conn: dict, pending: dict, ident):
+    """The IdP answered a re-authentication: the flow (this browser's, for this connection), the session it was
+    started for, and the identity linked to that session's user — all three must hold; then the session counts as
+    freshly re-authenticated. Nothing is linked, created or synchronised, and no session is made."""
+    from idp.models import User
+    from idp.web.common import load_session
+    from idp.web.mfa import mark_reauthenticated
+
+    client = current_client()
+    user_id = pending.get("user") or ""
+    flows = _flows()
+    try:
+        flow = flows.load(pending["flow"], ws.id, browser_binding())
+        if (flow.state != "upstream" or flow.connection != conn["slug"] or flow.purpose != REAUTH
+                or not hmac.compare_digest(flow.user_id, user_id)):
+            raise FlowError("wrong step")
+    except FlowError:
+        return _failure(ws, conn, UpstreamError("state", "the re-authentication expired or belongs to another "
+                                                "browser", "Re-authentications must finish within 15 minutes, in "
+                                                "the browser that started them."), reauth_user=user_id)
+    flow.move("done")
+    flows.finish(flow)
+    with hub().db() as db:
+        user = db.get(User, flow.user_id)
+        email = user.email if user else None
+        active = bool(user and user.active)
+    sess = load_session(ws)
+    if sess is None or sess.user_id != flow.user_id or not hmac.compare_digest(sess.public_id, flow.session):
+        fed().audit("auth.reauth.failure", ws, conn, client, actor_id=flow.user_id, actor_email=email,
+                    reason="session_changed")
+        return _reauth_refused(ws, conn, "Your idhub session ended or changed while you were signing in at "
+                                         f"{conn['name']}, so nothing was confirmed. Sign in again and retry.")
+    linked_to = fed().linked_user(conn, ident)
+    if linked_to is None or not hmac.compare_digest(linked_to, flow.user_id):
+        # never a switch of users: the session stays who it was, unconfirmed
+        fed().audit("auth.reauth.failure", ws, conn, client, actor_id=flow.user_id, actor_email=email,
+                    reason="identity_mismatch", other_account=linked_to is not None)
+        return _reauth_refused(ws, conn, f"You signed in to {conn['name']} as someone other than {email}, who is "
+                                         f"signed in to idhub, so idhub did not confirm it's you and changed "
+                                         f"nothing. Sign in to {conn['name']} as {email} and try again.")
+    if not active:
+        fed().audit("auth.reauth.failure", ws, conn, client, actor_id=flow.user_id, actor_email=email,
+                    reason="deactivated")
+        return _reauth_refused(ws, conn, EMPLOYEE_MESSAGES["deactivated"])
+    # the IdP's MFA counts as the second factor only where it does at sign-in (trust_mfa)
+    level = "mfa" if "upstream_mfa" in FederationService.amr(conn, ident) else "pwd"
+    mark_reauthenticated(ws, sess, level, client, method=conn["protocol"], connection=conn["slug"],
+                         upstream_amr=list(ident.amr)[:10])
+    return redirect(flow.next or url_for("security.page", ws_slug=ws.slug))
 
 
 # ---- Test connection (workspace admins) --------------------------------------------------------------------------

@@ -9,6 +9,10 @@ Each step returns ``Render``, ``Redirect`` or ``Done``; the web layer only turns
 The browser holds only the flow id, and the flow is bound to the browser that started it (the hash of
 its CSRF cookie), so a flow id sent to someone else is useless (no login CSRF through shared links).
 Later issues add states (second factor, upstream IdP, LDAP) by extending ``TRANSITIONS``.
+
+A flow with ``purpose="reauth"`` is not a sign-in: it confirms, at the upstream IdP, that the person holding an
+existing session is still its user (the security page's "Confirm it's you"). It goes ``upstream`` -> ``done``,
+carries the user and the session it confirms, and never creates a session (``federation.web``).
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ class LoginFlow:
     app: str = ""  # the downstream app that asked for this sign-in (its policies apply), if any
     sms_sent: bool = False
     connection: str = ""  # the upstream connection (federation) this flow signs in through, if any
+    purpose: str = ""  # "" a sign-in; "reauth" re-authentication of an existing session at the upstream IdP
+    session: str = ""  # purpose "reauth": the public id of the session being confirmed (user_id is its user)
 
     def move(self, state: str) -> None:
         if state not in TRANSITIONS[self.state]:

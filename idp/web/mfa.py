@@ -157,9 +157,10 @@ def _reauth_key(sess) -> str:
 def _require_reauth(ws, sess, *, second_factor: bool = True):
     """A redirect to confirm it's the user, unless they did so in the last 10 minutes.
 
-    Confirming means the password, and — when 2FA is on and ``second_factor`` — a current code too: otherwise a
-    stolen session plus the password could replace the user's authenticator or phone, which amounts to
-    disabling 2FA. (The disable page asks for its own code.)
+    Confirming means a first factor — the password (idhub's, or the directory's for LDAP users) or a fresh sign-in
+    at the organisation's identity provider — and, when 2FA is on and ``second_factor``, a current code too:
+    otherwise a stolen session plus the password could replace the user's authenticator or phone, which amounts
+    to disabling 2FA. (The disable page asks for its own code.)
     """
     level = hub().stores.one_time.get(_reauth_key(sess))
     if level == "mfa" or (level == "pwd" and not (second_factor and hub().mfa.enrolled(sess.user_id).any)):
@@ -167,9 +168,23 @@ def _require_reauth(ws, sess, *, second_factor: bool = True):
     return redirect(url_for("mfa.reauth", ws_slug=ws.slug, next=request.path))
 
 
+def mark_reauthenticated(ws, sess, level: str, client, **data) -> None:
+    """Record that the session's user confirmed it's them, for ``REAUTH_TTL`` seconds: ``pwd`` a first factor,
+    ``mfa`` a first and a second factor (a recorded ``mfa`` is never lowered); audited as ``auth.reauth.success``
+    with how (``method``, ``connection``). The password step here and the upstream IdP's answer
+    (``federation.web``) both record it this way."""
+    store = hub().stores.one_time
+    if level == "pwd" and store.get(_reauth_key(sess)) == "mfa":
+        level = "mfa"
+    store.put(_reauth_key(sess), level, REAUTH_TTL)
+    hub()._event("auth.reauth.success", ws.id, client, actor_id=sess.user_id,
+                 data={"level": level, "connection": None, **data})
+
+
 @bp.route("/w/<ws_slug>/settings/security/reauth", methods=["GET", "POST"])
 @login_required
 def reauth(ws, sess):
+    from federation.web import reauth_options, reauth_password
     from idp.web.common import safe_next
 
     nxt = safe_next(request.values.get("next"), ws.slug)
@@ -179,6 +194,11 @@ def reauth(ws, sess):
     methods = enrolled.methods() if need_code else []
     method = request.values.get("method", methods[0] if methods else "")
     method = method if method in methods else (methods[0] if methods else "")
+    user = _user(sess.user_id)
+    # the first factor was confirmed a moment ago (at the organisation's identity provider, or with the password
+    # on the way to a page that needed no code): only a current code is left
+    code_only = bool(methods) and hub().stores.one_time.get(_reauth_key(sess)) == "pwd"
+    options = reauth_options(ws, user)
     error = notice = None
     client = current_client()
     if request.method == "POST":
@@ -187,24 +207,32 @@ def reauth(ws, sess):
             res = hub().mfa.sms_send_signin_code(sess.user_id, f"reauth:{sess.id}", client_ip=client.ip)
             notice = f"We sent a code to {enrolled.phone_masked}." if res.ok else None
             error = None if res.ok else res.error
+        elif code_only:
+            error = hub().verify_second_factor(ws, sess.user_id, method, _field("code"), client,
+                                               binding=f"reauth:{sess.id}")
+            if error is None:
+                mark_reauthenticated(ws, sess, "mfa", client, method=method)
+                return redirect(nxt)
         else:
-            from federation.web import reauth_refusal
-
-            user = _user(sess.user_id)
-            # sso_required: a local password is no proof for these domains, here as at sign-in
-            refusal = reauth_refusal(ws, user, client)
-            outcome = None if refusal else hub().check_password(ws, user.email,
-                                                                request.form.get("password", "")[:1025], client)
-            error = refusal or outcome.error
-            if outcome is not None and outcome.ok and methods:
+            password = request.form.get("password", "")[:1025]
+            # LDAP users: a bind against the directory; sso_required or no idhub password: refused
+            outcome = reauth_password(ws, user, password, client, options)
+            if outcome is None:
+                outcome = hub().check_password(ws, user.email, password, client)
+            error = outcome.error
+            if outcome.ok and methods:
                 error = hub().verify_second_factor(ws, sess.user_id, method, _field("code"), client,
                                                    binding=f"reauth:{sess.id}")
             if error is None:
-                hub().stores.one_time.put(_reauth_key(sess), "mfa" if methods else "pwd", REAUTH_TTL)
+                ldap = options["ldap"]
+                mark_reauthenticated(ws, sess, "mfa" if methods else "pwd", client,
+                                     method="ldap" if ldap else "pwd", connection=ldap["slug"] if ldap else None,
+                                     **({"second_factor": method} if methods else {}))
                 return redirect(nxt)
     status = 401 if error else 200
     return render_template("reauth.html", **_ctx(ws=ws, next=nxt, error=error, notice=notice, methods=methods,
-                                                  method=method, enrolled=enrolled)), status
+                                                  method=method, enrolled=enrolled, options=options,
+                                                  code_only=code_only)), status
 
 
 @bp.route("/w/<ws_slug>/settings/security/2fa")

@@ -601,3 +601,120 @@ def test_reauthentication_refuses_local_passwords_where_sso_is_required(settings
     event = audit_events(hub, "auth.reauth.failure")[-1]
     assert event.data["reason"] == "sso_required" and event.actor_email == BOB
     assert "/reauth" in b.get(nxt).headers["Location"]  # still not confirmed
+
+
+# ---- re-authentication at the upstream IdP ------------------------------------------------------------------------
+NXT = "/w/acme/settings/security/2fa"
+NEXT_RE = __import__("re").compile(r'name="next" value="([^"]+)"')
+
+
+def link_bob(app, slug: str = "l", subject: str = "bob-at-l") -> None:
+    from federation.models import FederationConnection, FederationLink
+
+    with app.extensions["idhub"].db() as db:
+        conn_id = db.scalar(select(FederationConnection.id).where(FederationConnection.slug == slug))
+        uid = db.scalar(select(User.id).where(User.email_normalized == BOB))
+        if db.scalar(select(FederationLink.id).where(FederationLink.connection_id == conn_id,
+                                                     FederationLink.subject == subject)) is None:
+            db.add(FederationLink(connection_id=conn_id, subject=subject, user_id=uid))
+            db.commit()
+
+
+def reauth_page(b) -> str:
+    r = b.get(NXT)
+    assert r.status_code == 302 and "/settings/security/reauth" in r.headers["Location"]
+    return b.get(r.headers["Location"]).get_data(as_text=True)
+
+
+def reauth_begin(b, slug: str = "l"):
+    """"Continue with <IdP>" on the re-authentication page; returns the authorization URL's parameters."""
+    page = reauth_page(b)
+    r = b.post(f"/w/acme/sso/{slug}/reauth", {"next": NEXT_RE.search(page)[1], "csrf_token": b.csrf(page)})
+    assert r.status_code == 200, r.get_data(as_text=True)[:500]
+    return {k: v[0] for k, v in parse_qs(urlsplit(navigate_target(r.get_data(as_text=True))).query).items()}
+
+
+def bob_reauth_app(settings, idps, **extra):
+    from tests.interop.oidc_upstream.peer import admin_browser
+
+    app = app_with(settings, idps, linking(**extra))
+    link_bob(app)
+    return app, admin_browser(app, BOB, amr=("fed",))
+
+
+def test_reauthentication_page_offers_the_linked_idp(settings, idps):
+    from tests.conftest import BOB_PW
+
+    app, b = bob_reauth_app(settings, idps, sso_required=True)
+    page = reauth_page(b)
+    assert "Continue with L" in page and 'action="/w/acme/sso/l/reauth"' in page and 'name="password"' not in page
+    assert "<script" not in page.split("<main", 1)[-1]  # a plain form: no JavaScript needed
+    r = b.post("/w/acme/settings/security/reauth", {"password": BOB_PW, "next": NXT, "csrf_token": b.csrf(page)})
+    assert r.status_code == 401 and "Use “Continue with L” instead" in r.get_data(as_text=True)
+    # SSO optional and a local password: both ways
+    app, b = bob_reauth_app(settings, idps)
+    page = reauth_page(b)
+    assert "Continue with L" in page and 'name="password"' in page
+    r = b.post("/w/acme/settings/security/reauth", {"password": BOB_PW, "next": NXT, "csrf_token": b.csrf(page)})
+    assert r.status_code == 302 and r.headers["Location"].endswith(NXT)
+    assert audit_events(app.extensions["idhub"], "auth.reauth.success")[-1].data["method"] == "pwd"
+
+
+def test_reauthentication_asks_for_a_fresh_sign_in_and_checks_auth_time(settings, idps):
+    app, b = bob_reauth_app(settings, idps, sso_required=True)
+    hub = app.extensions["idhub"]
+    q = reauth_begin(b)
+    assert q["prompt"] == "login" and q["max_age"] == "0" and q["login_hint"] == BOB
+    token = idps["l"].sign(idps["l"].claims(q["nonce"], sub="bob-at-l", email=BOB))  # no auth_time
+    r = callback(b, "l", code=idps["l"].issue_code(token), state=q["state"], iss=L)
+    assert r.status_code == 403 and "did not ask you to sign in again" in r.get_data(as_text=True)
+    assert audit_events(hub, "federation.signin.failure")[-1].data["check"] == "auth_time"
+    q = reauth_begin(b)
+    future = int(time.time()) + 3600
+    token = idps["l"].sign(idps["l"].claims(q["nonce"], sub="bob-at-l", email=BOB, auth_time=future))
+    r = callback(b, "l", code=idps["l"].issue_code(token), state=q["state"], iss=L)
+    assert r.status_code == 403 and audit_events(hub, "auth.reauth.failure")[-1].data["reason"] == "auth_time"
+    assert "/reauth" in b.get(NXT).headers["Location"]
+    q = reauth_begin(b)
+    token = idps["l"].sign(idps["l"].claims(q["nonce"], sub="bob-at-l", email=BOB, auth_time=int(time.time())))
+    r = callback(b, "l", code=idps["l"].issue_code(token), state=q["state"], iss=L)
+    assert r.status_code == 302 and r.headers["Location"].endswith(NXT)
+    assert b.get(NXT).status_code == 200
+    ok = audit_events(hub, "auth.reauth.success")[-1].data
+    assert ok["connection"] == "l" and ok["method"] == "oidc"
+
+
+def test_reauthentication_answer_in_another_browser_or_after_the_session_ended(settings, idps):
+    app, b = bob_reauth_app(settings, idps)
+    hub = app.extensions["idhub"]
+    q = reauth_begin(b)
+    token = idps["l"].sign(idps["l"].claims(q["nonce"], sub="bob-at-l", email=BOB, auth_time=int(time.time())))
+    other = Browser(app)
+    r = callback(other, "l", code=idps["l"].issue_code(token), state=q["state"], iss=L)
+    assert r.status_code == 400 and audit_events(hub, "federation.signin.failure")[-1].data["check"] == "state"
+    assert audit_events(hub, "auth.reauth.failure")[-1].data["reason"] == "state"
+    assert other.security().status_code == 302  # nobody signed in there
+    q = reauth_begin(b)
+    with hub.db() as db:
+        bob_id = db.scalar(select(User.id).where(User.email_normalized == BOB))
+    hub.sessions.end_all(bob_id, "ended_by_user")  # e.g. "End" from another device
+    token = idps["l"].sign(idps["l"].claims(q["nonce"], sub="bob-at-l", email=BOB, auth_time=int(time.time())))
+    r = callback(b, "l", code=idps["l"].issue_code(token), state=q["state"], iss=L)
+    assert r.status_code == 403 and "session ended or changed" in r.get_data(as_text=True)
+    assert audit_events(hub, "auth.reauth.failure")[-1].data["reason"] == "session_changed"
+    assert b.security().status_code == 302 and not audit_events(hub, "auth.reauth.success")
+
+
+def test_reauthentication_with_a_connection_the_account_is_not_linked_to(settings, idps):
+    from tests.interop.oidc_upstream.peer import admin_browser
+
+    app = app_with(settings, idps, linking(), conn("b", B, "client-b", domains=["b-corp.test"]))
+    link_bob(app)
+    b = admin_browser(app, BOB, amr=("fed",))
+    page = reauth_page(b)
+    assert "Continue with B" not in page
+    r = b.post("/w/acme/sso/b/reauth", {"next": NXT, "csrf_token": b.csrf(page)})
+    assert r.status_code == 403 and "not connected to B" in r.get_data(as_text=True)
+    assert audit_events(app.extensions["idhub"], "auth.reauth.failure")[-1].data["reason"] == "not_linked"
+    assert b.post("/w/acme/sso/l/reauth", {"next": NXT}).status_code == 400  # CSRF
+    assert Browser(app).post("/w/acme/sso/l/reauth", {"next": NXT}).status_code == 302  # signed-in users only

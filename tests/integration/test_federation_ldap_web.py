@@ -117,3 +117,44 @@ def test_ldap_test_connection_needs_an_admin_with_a_second_factor(app):
     assert b.post("/w/acme/sso/corp/test", {"csrf_token": b.csrf(b.security().get_data(as_text=True))}) \
         .status_code == 403
     assert not audit_events(app.extensions["idhub"], "federation.test.started")
+
+
+# ---- re-authentication with the directory password ----------------------------------------------------------------
+NXT = "/w/acme/settings/security/2fa"
+NEXT_RE = re.compile(r'name="next" value="([^"]+)"')
+
+
+def reauth_post(b: Browser, password: str):
+    r = b.get(NXT)
+    assert "/settings/security/reauth" in r.headers["Location"]
+    page = b.get(r.headers["Location"]).get_data(as_text=True)
+    assert ">Corp directory password</label>" in page and "Continue with" not in page
+    return b.post("/w/acme/settings/security/reauth", {"password": password, "next": NEXT_RE.search(page)[1],
+                                                       "csrf_token": b.csrf(page)})
+
+
+def test_directory_user_confirms_with_the_directory_password(app):
+    hub = app.extensions["idhub"]
+    b, _ = ldap_login(app, "ada@acme.test", PASSWORDS["ada"])  # JIT: no idhub password exists
+    r = reauth_post(b, "not the password")
+    assert r.status_code == 401 and "Incorrect password." in r.get_data(as_text=True)
+    fail = audit_events(hub, "federation.signin.failure")[-1].data
+    assert fail["check"] == "bind" and fail["reauth"] is True
+    r = reauth_post(b, PASSWORDS["ada"])  # a bind as ada's entry
+    assert r.status_code == 302 and r.headers["Location"].endswith(NXT)
+    assert b.get(NXT).status_code == 200
+    ok = audit_events(hub, "auth.reauth.success")[-1].data
+    assert ok["method"] == "ldap" and ok["connection"] == "corp"
+
+
+def test_directory_password_of_an_entry_not_linked_to_the_user_is_refused(app):
+    hub = app.extensions["idhub"]
+    b, _ = ldap_login(app, "ada@acme.test", PASSWORDS["ada"])
+    with hub.db() as db:  # e.g. the directory entry with ada's address is not the one her account is linked to
+        ada_id = db.scalar(select(User.id).where(User.email_normalized == "ada@acme.test"))
+        db.scalar(select(FederationLink).where(FederationLink.user_id == ada_id)).subject = "another-entry"
+        db.commit()
+    r = reauth_post(b, PASSWORDS["ada"])
+    assert r.status_code == 401 and "another Corp directory account" in r.get_data(as_text=True)
+    assert audit_events(hub, "auth.reauth.failure")[-1].data["reason"] == "identity_mismatch"
+    assert "/reauth" in b.get(NXT).headers["Location"]

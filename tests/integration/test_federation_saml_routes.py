@@ -548,3 +548,83 @@ def test_saml_trust_mfa_end_to_end(settings, trust, context, second_factor_by_id
         assert b.security().status_code == 200
         ok = audit_events(hub, "federation.signin.success")[-1].data
         assert ok["amr"] == ["fed", "upstream_mfa"] and ok["mfa"] is True
+
+
+# ---- re-authentication (ForceAuthn) ---------------------------------------------------------------------------------
+NXT = "/w/acme/settings/security/2fa"
+
+
+def authn_request(url: str):
+    q = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    return etree.fromstring(zlib.decompress(base64.b64decode(q["SAMLRequest"]), -15)), q["RelayState"]
+
+
+def response_authenticated_at(request_id: str, authn_instant: datetime, nameid: str = "00u1sam") -> str:
+    """A valid signed response whose AuthnStatement says the person authenticated at ``authn_instant``."""
+    key, cert = sb.keypair("okta-test-idp")
+    resp = sb.response(issuer=IDP, in_response_to=request_id, acs=ACS, audience=SP, nameid=nameid, attributes=ATTRS)
+    statement = sb.assertion_of(resp).find("saml:AuthnStatement", sb.NS)
+    statement.set("AuthnInstant", authn_instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    sb.sign(sb.assertion_of(resp), key, cert)
+    sb.sign(resp, key, cert)
+    return sb.encode(resp)
+
+
+def signed_in_sam(app) -> Browser:
+    b, relay, request_id = start(app)
+    r = b.get(post_acs(b, signed_response(request_id), relay).headers["Location"])
+    assert r.status_code == 302 and b.security().status_code == 200
+    return b
+
+
+def saml_reauth(b: Browser) -> tuple[str, str]:
+    """The security page asks to confirm it's you; "Continue with Okta SAML" → (RelayState, AuthnRequest ID)."""
+    r = b.get(NXT)
+    assert "/settings/security/reauth" in r.headers["Location"]
+    page = b.get(r.headers["Location"]).get_data(as_text=True)
+    assert "Continue with Okta SAML" in page and 'name="password"' not in page  # JIT: no idhub password
+    r = b.post("/w/acme/sso/okta-saml/reauth", {"next": NXT, "csrf_token": b.csrf(page)})
+    assert r.status_code == 200, r.get_data(as_text=True)[:300]
+    req, relay = authn_request(navigate_target(r.get_data(as_text=True)))
+    assert req.get("ForceAuthn") == "true"
+    return relay, req.get("ID")
+
+
+def test_sign_in_does_not_force_authentication(app):
+    b = Browser(app)
+    r = b.form_post("/w/acme/login", "/w/acme/login", {"email": "sam@saml-corp.test"})
+    req, _ = authn_request(navigate_target(b.get(r.headers["Location"]).get_data(as_text=True)))
+    assert req.get("ForceAuthn") in (None, "false")
+
+
+def test_reauthentication_sends_force_authn_and_needs_a_fresh_authn_instant(app):
+    hub = app.extensions["idhub"]
+    b = signed_in_sam(app)
+    relay, request_id = saml_reauth(b)
+    stale = datetime.now(UTC) - timedelta(hours=1)  # the IdP answered from its session (ignored ForceAuthn)
+    r = post_acs(b, response_authenticated_at(request_id, stale), relay)  # refused at the ACS already
+    assert r.status_code == 403 and "did not ask you to sign in again" in r.get_data(as_text=True)
+    fail = audit_events(hub, "federation.signin.failure")[-1].data
+    assert fail["check"] == "authn_instant" and fail["reauth"] is True
+    assert audit_events(hub, "auth.reauth.failure")[-1].data["reason"] == "authn_instant"
+    assert "/reauth" in b.get(NXT).headers["Location"]
+    relay, request_id = saml_reauth(b)
+    r = b.get(post_acs(b, response_authenticated_at(request_id, datetime.now(UTC)), relay).headers["Location"])
+    assert r.status_code == 302 and r.headers["Location"].endswith(NXT), r.get_data(as_text=True)[:300]
+    assert b.get(NXT).status_code == 200
+    ok = audit_events(hub, "auth.reauth.success")[-1].data
+    assert ok["connection"] == "okta-saml" and ok["method"] == "saml"
+
+
+def test_reauthentication_by_another_saml_subject_is_refused(app):
+    hub = app.extensions["idhub"]
+    b = signed_in_sam(app)
+    relay, request_id = saml_reauth(b)
+    response = response_authenticated_at(request_id, datetime.now(UTC), nameid="00u1someone-else")
+    r = b.get(post_acs(b, response, relay).headers["Location"])
+    assert r.status_code == 403 and "as someone other than sam@saml-corp.test" in r.get_data(as_text=True)
+    assert audit_events(hub, "auth.reauth.failure")[-1].data["reason"] == "identity_mismatch"
+    assert "sam@saml-corp.test" in b.security().get_data(as_text=True)  # still sam, still unconfirmed
+    assert "/reauth" in b.get(NXT).headers["Location"]
+    with hub.db() as db:
+        assert db.scalar(select(FederationLink).where(FederationLink.subject == "00u1someone-else")) is None

@@ -6,6 +6,8 @@ browser is a Flask test client for idhub and a ``requests`` session for the upst
 from __future__ import annotations
 
 import copy
+import html
+import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -65,8 +67,10 @@ def azure():
         yield up
 
 
-def sso_signin(app, email: str, username: str, *, mfa: bool = False, browser: Browser | None = None):
-    """Email at idhub -> the upstream's sign-in page -> back to idhub's callback; returns idhub's answer."""
+def sso_signin(app, email: str, username: str, *, mfa: bool = False, browser: Browser | None = None,
+               upstream: requests.Session | None = None):
+    """Email at idhub -> the upstream's sign-in page -> back to idhub's callback; returns idhub's answer.
+    ``upstream``: the browser's cookies at the upstream (its session there), a fresh one by default."""
     b = browser or Browser(app)
     r = b.form_post("/w/acme/login", "/w/acme/login", {"email": email})
     assert r.status_code == 302 and "/sso/" in r.headers["Location"], r.get_data(as_text=True)[:500]
@@ -75,7 +79,7 @@ def sso_signin(app, email: str, username: str, *, mfa: bool = False, browser: Br
     authorize = navigate_target(r.get_data(as_text=True))
     q = parse_qs(urlsplit(authorize).query)
     assert q["code_challenge_method"] == ["S256"] and q["state"] and q["nonce"] and q["login_hint"] == [email]
-    callback = upstream_login(requests.Session(), authorize, username, mfa=mfa)
+    callback = upstream_login(upstream if upstream is not None else requests.Session(), authorize, username, mfa=mfa)
     return b, b.get(callback.removeprefix(BASE))
 
 
@@ -428,3 +432,141 @@ def test_groups_overage_next_link_to_another_host_is_not_followed(settings):
             assert groups_of(hub, user(hub, "many@acme.test").id) == []  # a partial list is not applied
     finally:
         evil.close()
+
+
+# ---- re-authentication at the upstream IdP ("Confirm it's you") ------------------------------------------------------
+NEXT_RE = re.compile(r'name="next" value="([^"]+)"')
+SECRET_RE = re.compile(r"data-secret>([A-Z2-7 ]+)<")
+
+
+def shift_clock(hub, seconds: int) -> None:
+    """idhub's clock runs ``seconds`` ahead from now on (the upstream keeps real time)."""
+    from datetime import UTC, datetime, timedelta
+
+    hub.clock = lambda: datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+def continue_upstream(b: Browser, target: str, conn_name: str = "Okta") -> tuple[str, str]:
+    """``target`` asks to confirm it's you; the page offers "Continue with <IdP>" (a plain POST form), which sends
+    the browser to the IdP. Returns (the re-authentication page, the authorization URL)."""
+    r = b.get(target)
+    assert r.status_code == 302 and "/settings/security/reauth" in r.headers["Location"], r.headers.get("Location")
+    page = html.unescape(b.get(r.headers["Location"]).get_data(as_text=True))
+    assert f"Continue with {conn_name}" in page and 'action="/w/acme/sso/okta/reauth"' in page
+    r = b.post("/w/acme/sso/okta/reauth", {"next": NEXT_RE.search(page)[1], "csrf_token": b.csrf(page)})
+    assert r.status_code == 200, r.get_data(as_text=True)[:500]
+    assert "Confirming it" in r.get_data(as_text=True)
+    return page, navigate_target(r.get_data(as_text=True))
+
+
+def totp_setup(b: Browser, hub, page_url: str = "/w/acme/settings/security/2fa/totp"):
+    import pyotp
+
+    r = b.get(page_url)
+    assert r.status_code == 200, (r.status_code, r.headers.get("Location"))
+    page = r.get_data(as_text=True)
+    totp = pyotp.TOTP(SECRET_RE.search(page)[1].replace(" ", ""))
+    r = b.post(page_url, {"action": "verify", "code": totp.at(hub.clock()), "csrf_token": b.csrf(page)})
+    assert r.status_code == 200 and "Backup codes" in r.get_data(as_text=True), r.get_data(as_text=True)[:500]
+    return totp
+
+
+def test_federated_user_reauthenticates_upstream_then_enables_totp(settings, okta):
+    app = make_fed_app(settings, config_with(okta_connection(okta.issuer, sso_required=True)))
+    hub = app.extensions["idhub"]
+    up = requests.Session()  # the browser at the upstream: still signed in there after the sign-in
+    b, r = sso_signin(app, "ada@acme.test", "ada", upstream=up)
+    assert r.status_code == 302
+    ada = user(hub, "ada@acme.test")
+    page, authorize = continue_upstream(b, "/w/acme/settings/security/2fa/totp")
+    assert 'name="password"' not in page  # JIT-created, SSO required: no idhub password to type
+    q = parse_qs(urlsplit(authorize).query)
+    assert q["prompt"] == ["login"] and q["max_age"] == ["0"] and q["login_hint"] == ["ada@acme.test"]
+    assert q["state"] and q["nonce"] and q["code_challenge_method"] == ["S256"]
+    # the upstream has a session for ada, yet asks for the password again (prompt=login)
+    login_page = up.get(authorize, timeout=10)
+    assert login_page.status_code == 200 and 'name="password"' in login_page.text
+    callback = upstream_login(up, authorize, "ada")
+    r = b.get(callback.removeprefix(BASE))
+    assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/settings/security/2fa/totp"), \
+        r.get_data(as_text=True)[:500]
+    ok = audit_events(hub, "auth.reauth.success")[-1]
+    assert ok.actor_id == ada.id and ok.data["connection"] == "okta" and ok.data["level"] == "pwd"
+    assert ok.data["method"] == "oidc"
+    assert not audit_events(hub, "federation.signin.success")[1:]  # a re-authentication is not a sign-in
+    totp = totp_setup(b, hub)
+    assert audit_events(hub, "mfa.totp.enabled")[-1].actor_id == ada.id
+    assert b.security().status_code == 200 and "ada@acme.test" in b.security().get_data(as_text=True)
+    # 2FA is on now: new backup codes need a current code as well; the upstream sign-in counts as the first step
+    shift_clock(hub, 30)
+    r = b.get("/w/acme/settings/security/2fa/backup-codes")
+    assert "/reauth" in r.headers["Location"]
+    page = html.unescape(b.get(r.headers["Location"]).get_data(as_text=True))
+    assert "Now enter a current two-factor code" in page and 'name="password"' not in page
+    assert "Continue with Okta" not in page
+    r = b.post("/w/acme/settings/security/reauth?method=totp", {"next": NEXT_RE.search(page)[1],
+                                                               "code": totp.at(hub.clock()),
+                                                               "csrf_token": b.csrf(page)})
+    assert r.status_code == 302 and r.headers["Location"].endswith("/2fa/backup-codes")
+    assert b.get("/w/acme/settings/security/2fa/backup-codes").status_code == 200
+    assert audit_events(hub, "auth.reauth.success")[-1].data["level"] == "mfa"
+
+
+@pytest.mark.parametrize("other_exists", [False, True])
+def test_reauthentication_as_another_upstream_user_is_refused(settings, okta, other_exists):
+    app = make_fed_app(settings, config_with(okta_connection(okta.issuer)))
+    hub = app.extensions["idhub"]
+    if other_exists:
+        sso_signin(app, "carol@acme.test", "carol")  # carol has an idhub account, linked to her Okta identity
+    b, r = sso_signin(app, "ada@acme.test", "ada")
+    ada = user(hub, "ada@acme.test")
+    _, authorize = continue_upstream(b, "/w/acme/settings/security/2fa/totp")
+    callback = upstream_login(requests.Session(), authorize, "carol")  # someone else signs in at Okta
+    r = b.get(callback.removeprefix(BASE))
+    body = html.unescape(r.get_data(as_text=True))
+    assert r.status_code == 403 and "as someone other than ada@acme.test" in body and "Error id" in body
+    fail = audit_events(hub, "auth.reauth.failure")[-1]
+    assert fail.actor_id == ada.id and fail.data["reason"] == "identity_mismatch"
+    assert fail.data["connection"] == "okta" and fail.data["other_account"] is other_exists
+    assert not audit_events(hub, "auth.reauth.success")
+    # never a switch of users: still ada's session, still unconfirmed; carol was neither created nor signed in
+    assert "ada@acme.test" in b.security().get_data(as_text=True)
+    assert "/reauth" in b.get("/w/acme/settings/security/2fa/totp").headers["Location"]
+    assert (user(hub, "carol@acme.test") is not None) is other_exists
+    assert len(audit_events(hub, "auth.signin.success")) == (2 if other_exists else 1)
+
+
+def test_stale_auth_time_is_refused(settings, okta):
+    """An IdP that ignores prompt=login/max_age and answers from its session: auth_time is that old sign-in's."""
+    app = make_fed_app(settings, config_with(okta_connection(okta.issuer)))
+    hub = app.extensions["idhub"]
+    up = requests.Session()
+    b, r = sso_signin(app, "ada@acme.test", "ada", upstream=up)
+    assert r.status_code == 302
+    shift_clock(hub, 400)  # the sign-in at Okta was ~7 minutes ago (the ID token itself is still valid)
+    _, authorize = continue_upstream(b, "/w/acme/settings/security/2fa/totp")
+    parts = urlsplit(authorize)
+    query = {k: v for k, v in parse_qs(parts.query).items() if k not in ("prompt", "max_age")}
+    from urllib.parse import urlencode
+
+    ignoring = parts._replace(query=urlencode(query, doseq=True)).geturl()
+    callback = upstream_login(up, ignoring, "ada")  # no sign-in page: the upstream reused its session
+    r = b.get(callback.removeprefix(BASE))
+    body = html.unescape(r.get_data(as_text=True))
+    assert r.status_code == 403 and "did not ask you to sign in again" in body, body[:500]
+    fail = audit_events(hub, "federation.signin.failure")[-1].data
+    assert fail["check"] == "auth_time" and fail["reauth"] is True
+    assert audit_events(hub, "auth.reauth.failure")[-1].data["reason"] == "auth_time"
+    assert "/reauth" in b.get("/w/acme/settings/security/2fa/totp").headers["Location"]
+    # an honest forced sign-in whose answer arrives more than 5 minutes after it happened is refused too
+    shift_clock(hub, 0)
+    _, authorize = continue_upstream(b, "/w/acme/settings/security/2fa/totp")
+    callback = upstream_login(up, authorize, "ada")
+    shift_clock(hub, 400)
+    r = b.get(callback.removeprefix(BASE))
+    assert r.status_code == 403 and audit_events(hub, "federation.signin.failure")[-1].data["check"] == "auth_time"
+    # a prompt one passes
+    shift_clock(hub, 0)
+    _, authorize = continue_upstream(b, "/w/acme/settings/security/2fa/totp")
+    r = b.get(upstream_login(up, authorize, "ada").removeprefix(BASE))
+    assert r.status_code == 302 and r.headers["Location"].endswith("/2fa/totp")

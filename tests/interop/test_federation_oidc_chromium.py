@@ -101,3 +101,38 @@ def test_okta_mfa_trusted_satisfies_require_mfa(browser, peers):
         assert steps == []  # no idhub 2FA: the IdP did MFA and the connection is trusted for it
         assert claims["amr"] == ["pwd", "mfa"], claims
         assert claims["acr"] == "urn:idhub:acr:mfa"
+
+
+def test_okta_user_confirms_with_okta_then_sets_up_totp(browser, peers):
+    """"Confirm it's you" through Okta in a real browser: a plain form (CSP form-action 'self', no JavaScript of
+    ours), Okta's own page asks for the password again although Okta still has a session, then idhub's setup."""
+    _, hub_port, up = peers
+    cfg = oidc_config()
+    cfg["workspaces"][0]["connections"] = [{
+        "slug": "okta", "name": "Okta", "protocol": "oidc", "preset": "okta", "issuer": up.issuer,
+        "client_id": "okta-idhub", "client_secret": CLIENT_SECRET, "domains": ["acme.test"], "sso_required": True}]
+    with LiveHub(cfg, port=hub_port) as hub:
+        context = browser.new_context(java_script_enabled=False)
+        try:
+            page = context.new_page()
+            page.goto(hub.url("/w/acme/login"))
+            page.get_by_label("Email").fill("ada@acme.test")
+            page.get_by_role("button", name="Continue").click()
+            expect(page.get_by_role("heading", name="Okta sign-in")).to_be_visible()
+            page.get_by_label("Username").fill("ada")
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in upstream").click()
+            expect(page.get_by_text("ada@acme.test").first).to_be_visible()
+            page.goto(hub.url("/w/acme/settings/security/2fa/totp"))
+            expect(page.get_by_role("heading", name="Confirm it's you")).to_be_visible()
+            expect(page.get_by_label("Password")).to_have_count(0)  # SSO required, no idhub password
+            page.get_by_role("button", name="Continue with Okta").click()
+            expect(page.get_by_role("heading", name="Okta sign-in")).to_be_visible()  # prompt=login
+            assert urlsplit(page.url).port != hub.port
+            page.get_by_label("Username").fill("ada")
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in upstream").click()
+            expect(page.get_by_role("heading", name="Set up an authenticator app")).to_be_visible()
+            assert urlsplit(page.url).path == "/w/acme/settings/security/2fa/totp"
+        finally:
+            context.close()
