@@ -157,6 +157,7 @@ def _handlers(svc: AdminService, p: Principal, kw: dict):
                                                             offset=_q("offset")),
         "createConnection": lambda: svc.create_connection(p, ws, _json_body()),
         "getConnection": lambda: svc.get_connection(p, ws, kw["conn"]),
+        "updateConnection": lambda: svc.update_connection(p, ws, kw["conn"], _json_body()),
         "deleteConnection": lambda: svc.delete_connection(p, ws, kw["conn"]),
         "getPolicies": lambda: svc.get_policies(p, ws),
         "putPolicies": lambda: svc.put_policies(p, ws, _json_body()),

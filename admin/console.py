@@ -309,6 +309,10 @@ def connections(ws, p):
                 body["client_secret"] = _form("client_secret")
         elif proto == "saml":
             body["metadata_xml"] = request.form.get("metadata_xml", "")[:60000]
+        elif proto == "ldap":
+            body.update({k: _form(k).strip() for k in ("url", "bind_dn", "user_search_base")},
+                        bind_password=_form("bind_password"), start_tls=bool(request.form.get("start_tls")))
+            body.update({k: _form(k).strip() for k in ("user_filter", "group_search_base") if _form(k).strip()})
         try:
             created = svc.create_connection(p, ws.slug, body)
         except AdminError as exc:
@@ -342,6 +346,109 @@ def _last_tests(svc, p, slug: str) -> dict[str, dict]:
                 t.update(result="failed", check=e["data"].get("check") or "", at=e["occurred_at"][:16]
                          .replace("T", " "))
     return tests
+
+
+BOOL_KEYS = ("jit", "link_by_email", "email_verified_by_idp", "sso_required", "trust_mfa")
+PEM_END = "-----END CERTIFICATE-----"
+
+
+def _optional(name: str):
+    """A text field that may be left empty: empty is ``None`` (the key is removed; its default applies)."""
+    return _form(name).strip() or None
+
+
+def _number(name: str):
+    value = _form(name).strip()
+    return int(value) if value.isdigit() and len(value) < 10 else (value or None)  # the validator names the rest
+
+
+def _pems(name: str) -> list[str] | None:
+    text = request.form.get(name, "")[:60000].replace("\r\n", "\n")
+    pems = [(chunk.strip() + "\n" + PEM_END).strip() for chunk in text.split(PEM_END) if chunk.strip()]
+    return pems or None
+
+
+def _attribute_map() -> dict | None:
+    out = {}
+    for line in _form("attribute_map").splitlines():
+        name, sep, field = line.strip().rpartition("=")
+        if not sep:
+            name, field = field, ""
+        if name.strip() or field.strip():
+            out[name.strip()] = field.strip()
+    return out or None
+
+
+def _connection_change(protocol: str) -> dict:
+    """The edit form as a change of config-file keys: every field the form shows (empty optional fields remove
+    their key; empty secret fields leave the secret as it is)."""
+    body: dict = {"name": _form("name").strip(), "domains": _lines("domains"), "attribute_map": _attribute_map()}
+    if _form("preset"):
+        body["preset"] = _form("preset")
+    body.update({k: bool(request.form.get(k)) for k in BOOL_KEYS})
+    if protocol == "oidc":
+        body.update(issuer=_form("issuer").strip(), client_id=_form("client_id").strip(),
+                    scopes=[s for s in _form("scopes").replace(",", " ").split() if s] or None,
+                    allowed_tenants=_lines("allowed_tenants") or None, groups_endpoint=_optional("groups_endpoint"))
+        if request.form.get("remove_client_secret"):
+            body["client_secret"] = None
+        elif _form("client_secret"):
+            body["client_secret"] = _form("client_secret")
+    elif protocol == "saml":
+        if request.form.get("metadata_xml", "").strip():
+            body["metadata_xml"] = request.form.get("metadata_xml", "")[:60000]
+        body.update(certs=_pems("certs"), allow_unsolicited=bool(request.form.get("allow_unsolicited")),
+                    allowed_tenants=_lines("allowed_tenants") or None, clock_skew=_number("clock_skew"),
+                    require_signed_assertion={"yes": True, "no": False}.get(_form("require_signed_assertion")))
+    elif protocol == "ldap":
+        body.update({k: _form(k).strip() for k in ("url", "bind_dn", "user_search_base")},
+                    user_filter=_optional("user_filter"), group_search_base=_optional("group_search_base"),
+                    start_tls=bool(request.form.get("start_tls")), timeout=_number("timeout"))
+        if _form("bind_password"):
+            body["bind_password"] = _form("bind_password")
+    return body
+
+
+def _metadata_summary(xml: str | None) -> dict | None:
+    """What the edit page says about a SAML connection's metadata: the IdP's entity id and its certificates'
+    expiry (read with ``federation.saml_sp``, as at sign-in)."""
+    if xml is None:
+        return None
+    from federation.saml_sp import parse_idp_metadata
+
+    try:
+        meta = parse_idp_metadata(xml)
+    except Exception:  # noqa: BLE001 - unreadable stored metadata: say so rather than fail the page
+        return {"entity_id": None, "expires": []}
+    return {"entity_id": meta.get("entity_id"),
+            "expires": [d.strftime("%Y-%m-%d") for d in meta.get("cert_not_after") or []]}
+
+
+@bp.route("/w/<ws_slug>/admin/connections/<conn_slug>", methods=["GET", "POST"])
+@admin_required
+def connection_edit(ws, p, conn_slug):
+    svc = admin_service()
+    errors: list[str] = []
+    status = 200
+    conn = svc.get_connection(p, ws.slug, conn_slug)
+    if request.method == "POST":
+        check_csrf()
+        try:
+            out = svc.update_connection(p, ws.slug, conn_slug, _connection_change(conn["protocol"]))
+        except AdminError as exc:
+            if exc.status == 404:
+                raise
+            errors, status = [_error_text(exc)], exc.status
+        else:
+            changed = ", ".join(out["changed"])
+            flash(f"Saved the connection {out['name']}" + (f" (changed: {changed})." if changed else
+                                                            " (nothing changed)."), "status")
+            return redirect(url_for("admin_console.connection_edit", ws_slug=ws.slug, conn_slug=conn_slug))
+    declared = svc.connection_entry(p, ws.slug, conn_slug)
+    return _render("connection.html", ws, status, c=conn, entry=declared["entry"],
+                   metadata_url=declared["metadata_url"], metadata=_metadata_summary(declared["metadata_xml"]),
+                   errors=errors,
+                   form=request.form if errors else None)
 
 
 @bp.route("/w/<ws_slug>/admin/connections/<conn_slug>/delete", methods=["POST"])

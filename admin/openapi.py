@@ -97,7 +97,8 @@ SCHEMAS: dict = {
         "protocol": {"type": "string", "enum": ["saml", "oidc", "ldap"]}, "preset": {"type": "string"},
         "domains": STR_LIST, "settings": {"type": "object"}, "secrets_set": STR_LIST,
         "urls": {"type": "object", "description": "what to register at the upstream IdP, and the test page"},
-        "created_at": NULLABLE_STR}},
+        "created_at": NULLABLE_STR,
+        "changed": {**STR_LIST, "description": "in the answer to a change: the settings it changed (names only)"}}},
     "ConnectionPage": _page_schema("Connection"),
     "NewConnection": {"type": "object", "required": ["slug", "name", "protocol"],
                       "description": "A `connections` entry as in the config file (docs/config.md): OIDC from an "
@@ -111,6 +112,27 @@ SCHEMAS: dict = {
                                      "metadata_xml": {"type": "string"}, "url": {"type": "string"},
                                      "bind_dn": {"type": "string"}, "bind_password": {"type": "string"},
                                      "user_search_base": {"type": "string"}}},
+    "ConnectionChange": {
+        "type": "object", "additionalProperties": False,
+        "description": "Config-file `connections` keys (docs/config.md) merged over the connection's declared "
+                       "settings, then validated as a whole. Omitted keys are unchanged; null removes a key (its "
+                       "default applies). Secrets (client_secret, bind_password) are replaced when given and never "
+                       "returned. slug and protocol cannot change (422). metadata_url, metadata_file, ca_file and "
+                       "*_env are refused, as on creation; metadata_xml replaces the metadata (and a metadata_url).",
+        "properties": {
+            **{k: NULLABLE_STR for k in ("slug", "name", "protocol", "issuer", "client_id", "client_secret",
+                                         "groups_endpoint", "metadata_xml", "url", "bind_dn", "bind_password",
+                                         "user_search_base", "user_filter", "group_search_base")},
+            "preset": {"type": ["string", "null"], "enum": ["okta", "azure_ad", "generic", None]},
+            **{k: {"type": ["array", "null"], "items": {"type": "string"}}
+               for k in ("domains", "scopes", "allowed_tenants", "certs")},
+            **{k: {"type": ["boolean", "null"]} for k in ("trust_mfa", "jit", "sso_required", "link_by_email",
+                                                          "email_verified_by_idp", "allow_unsolicited",
+                                                          "require_signed_assertion", "start_tls")},
+            **{k: {"type": ["object", "null"], "additionalProperties": {"type": "string"}}
+               for k in ("attribute_map", "attribute_mapping")},
+            "clock_skew": {"type": ["integer", "null"], "minimum": 0, "maximum": 300},
+            "timeout": {"type": ["integer", "null"], "minimum": 1, "maximum": 60}}},
     "AppChange": {"type": "object", "additionalProperties": False, "properties": {
         "name": {"type": "string"}, "redirect_uris": STR_LIST, "post_logout_redirect_uris": STR_LIST,
         "scopes": STR_LIST, "require_mfa": {"type": "boolean"}}},
@@ -217,6 +239,9 @@ OPERATIONS: tuple[Op, ...] = (
     Op("post", W + "/connections", "createConnection", "Add an upstream connection", (WS,), body="NewConnection",
        ok="201", result="Connection"),
     Op("get", W + "/connections/{conn}", "getConnection", "Get a connection", (WS, CONN), result="Connection"),
+    Op("patch", W + "/connections/{conn}", "updateConnection", "Change a connection (rotate a secret, replace SAML "
+       "metadata, domains, trust_mfa, …): merged over its settings and validated as in the config file",
+       (WS, CONN), body="ConnectionChange", result="Connection"),
     Op("delete", W + "/connections/{conn}", "deleteConnection", "Remove a connection (and its identity links)",
        (WS, CONN), ok="204"),
     Op("get", W + "/policies", "getPolicies", "The workspace's policies and their effect in plain language", (WS,),

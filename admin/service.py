@@ -735,6 +735,77 @@ class AdminService:
                    domains=conn.get("domains") or [])
         return out
 
+    def connection_entry(self, p: Principal, slug: str, conn_slug: str) -> dict:
+        """The connection as the config-file entry an admin would write (``admin.export.connection_entry``: no
+        secrets, no defaults), plus what the console's edit page shows about its metadata."""
+        from admin.export import connection_entry
+
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            row = self._connection(db, ws, conn_slug)
+            settings = row.settings or {}
+            return {"entry": connection_entry(row), "secrets_set": sorted(row.secrets or {}),
+                    "metadata_url": settings.get("metadata_url"),
+                    "metadata_xml": settings.get("metadata_xml") if row.protocol == "saml" else None}
+
+    def update_connection(self, p: Principal, slug: str, conn_slug: str, body) -> dict:
+        """A partial ``connections`` entry merged over the connection's declared settings (the entry
+        ``idhub export-config`` writes), validated as a whole by the config file's validator and stored by
+        ``federation.config.apply_connections``. ``null`` removes a key (its default applies). Secrets: omitted,
+        unchanged; given, replaced. ``slug`` and ``protocol`` cannot change. The keys the API refuses on creation
+        (``metadata_url``, ``metadata_file``, ``ca_file``, ``*_env``) are refused here too; a connection whose
+        metadata comes from a ``metadata_url`` keeps it (checked against the copy idhub has: nothing is fetched)
+        unless ``metadata_xml`` replaces it."""
+        from admin.export import connection_entry
+        from federation.config import SECRET_KEYS, apply_connections, connection_settings
+        from idp.configfile import CONNECTION_KEYS, validate_connections
+
+        ws = self.workspace(p, slug)
+        allowed = CONNECTION_KEYS - set(REFUSED)
+        if not isinstance(body, dict):
+            raise AdminError(400, "bad_request", "the body must be a JSON object")
+        key = self.hub.settings.secret_key
+        with self.hub.db() as db:
+            rows = self._connection_rows(db, ws)
+            row = self._connection(db, ws, conn_slug)
+            body = _body(body, allowed, (), REFUSED)
+            for fixed, value in (("slug", row.slug), ("protocol", row.protocol)):
+                if fixed in body and body[fixed] != value:
+                    raise AdminError(422, "invalid", f"cannot be changed (it is {value!r}); remove the connection "
+                                     "and add a new one", fixed)
+            old = {k: val for k, val in connection_settings(row, key).items() if k != "id"}
+            entry = connection_entry(row)
+            entry.update({k: old[k] for k in SECRET_KEYS if k in old})
+            if "attribute_mapping" in body:  # the config file's other name for attribute_map
+                entry.pop("attribute_map", None)
+            if body.get("metadata_xml") is not None:  # pasted metadata replaces the metadata_url it came from
+                entry.pop("metadata_url", None)
+            entry.update(body)
+            entry = {k: val for k, val in entry.items() if val is not None}
+            url = entry.pop("metadata_url", None)
+            if url is not None:  # validate the copy idhub has; fetch nothing
+                entry["metadata_xml"] = (row.settings or {}).get("metadata_xml")
+            v = Validator()
+            conns = validate_connections(v, [entry], "connection", ws.plan)
+            if v.errors:
+                raise invalid(v.errors, "connection[0]")
+            [conn] = conns
+            if url is not None:
+                conn["metadata_url"] = url
+            taken = {d: r.slug for r in rows if r.id != row.id for d in (r.domains or [])}
+            for d in conn.get("domains") or []:
+                if d in taken:
+                    raise AdminError(409, "conflict", f"{d} already belongs to connection {taken[d]!r}", "domains")
+            wanted = [conn if r.id == row.id else
+                      {k: val for k, val in connection_settings(r, key).items() if k != "id"} for r in rows]
+            apply_connections(db, ws, wanted, key)
+            db.commit()
+            out = self.render_connection(ws, self._connection(db, ws, row.slug))
+        changed = sorted(k for k in set(old) | set(conn) if old.get(k) != conn.get(k))
+        self.audit(p, ws.id, "admin.connection.updated", subject_id=row.slug, protocol=row.protocol, changed=changed)
+        out["changed"] = changed
+        return out
+
     def delete_connection(self, p: Principal, slug: str, conn_slug: str) -> None:
         from federation.models import FederationConnection
 

@@ -2,8 +2,9 @@
 in with 2FA, opens the console from the security page, invites a user, creates a group, registers an OIDC app and
 sees its secret once, adds an OIDC connection from the local provider's issuer URL, tests it by signing in at the
 provider, creates a SAML app from pasted SP metadata (a real certificate), sets an IP allowlist that keeps them
-in, creates a SCIM token, and finds each step in the audit log, attributed to them. Screenshots of the console go
-to docs/screenshots/admin-*.png."""
+in, creates a SCIM token, and finds each step in the audit log, attributed to them. It also adds an LDAP directory
+(a real slapd) from the Connections page's form and edits the Okta connection (trust its MFA, rotate the
+secret). Screenshots of the console go to docs/screenshots/admin-*.png."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from .conftest import Ui, acme_config
 
 try:  # tests/ is on sys.path when tests/ is not a package (see conftest.py)
     from helpers.saml_builder import DS, MD, cert_b64, keypair
+    from helpers.slapd import Slapd
     from helpers.smtp import free_port
     from interop.oidc_upstream.peer import CLIENT_SECRET, PASSWORD, Upstream, okta_shape
 except ImportError:
     from tests.helpers.saml_builder import DS, MD, cert_b64, keypair
+    from tests.helpers.slapd import Slapd
     from tests.helpers.smtp import free_port
     from tests.interop.oidc_upstream.peer import CLIENT_SECRET, PASSWORD, Upstream, okta_shape
 
@@ -74,6 +77,13 @@ def sign_in_enrolling_totp(ui: Ui, page: Page) -> pyotp.TOTP:
 
 
 @pytest.fixture
+def slapd():
+    server = Slapd().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def upstream_and_hub(hub_factory):
     """The upstream IdP knows idhub's callback before idhub starts: idhub's port is chosen first."""
     port = free_port()
@@ -83,7 +93,7 @@ def upstream_and_hub(hub_factory):
 
 
 def test_admin_connects_okta_tests_it_adds_apps_sets_an_allowlist_and_sees_it_all_audited(upstream_and_hub,
-                                                                                         new_page):
+                                                                                         new_page, slapd):
     up, hub = upstream_and_hub
     ui = Ui(hub)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -188,7 +198,43 @@ def test_admin_connects_okta_tests_it_adds_apps_sets_an_allowlist_and_sees_it_al
     assert nav_back is not None and nav_back.ok
     result = page.get_by_role("region", name=re.compile("^Okta")).locator(".test-result")
     expect(result).to_contain_text(re.compile(r"Last test:\s+succeeded .* UTC by " + re.escape(ui.alice.email)))
+
+    # 5b. an LDAP directory (a real slapd), from the console's form
+    directory = slapd.conn()
+    ldap = page.get_by_role("region", name="Add an LDAP directory")
+    ldap.get_by_label("Name", exact=True).fill("Corp directory")
+    ldap.get_by_label("Short name (letters, digits, '-')").fill("corp-ldap")
+    ldap.get_by_label(re.compile("^Server URL")).fill(directory["url"])
+    ldap.get_by_label(re.compile("^Bind DN")).fill(directory["bind_dn"])
+    ldap.get_by_label("Bind password").fill(directory["bind_password"])
+    ldap.get_by_label("User search base").fill(directory["user_search_base"])
+    ldap.get_by_label(re.compile("^User filter")).fill(directory["user_filter"])
+    ldap.get_by_label("Email domains (one a line)").fill("corp.acme.test")
+    ldap.get_by_role("button", name="Add directory").click()
+    expect(ui.notice(page, "Added the connection Corp directory.")).to_be_visible()
+    expect(page.get_by_role("region", name=re.compile("^Corp directory")).locator(".test-result")).to_contain_text(
+        "never tested")
+    assert directory["bind_password"] not in page.content()
     shoot("connections")
+
+    # 5c. edit the Okta connection: trust its MFA, paste the client secret again (a rotation)
+    page.get_by_role("region", name=re.compile("^Okta")).get_by_role("link", name="Edit Okta").click()
+    expect(page.get_by_role("heading", name=re.compile("^Edit Okta"))).to_be_visible()
+    expect(page.get_by_label("Issuer URL")).to_have_value(up.issuer)
+    expect(page.get_by_label(re.compile("^New client secret"))).to_have_value("")
+    page.get_by_label("Trust the identity provider's two-factor authentication").check()
+    page.get_by_label(re.compile("^New client secret")).fill(CLIENT_SECRET)
+    page.get_by_role("button", name="Save changes").click()
+    expect(ui.notice(page, "Saved the connection Okta (changed: trust_mfa).")).to_be_visible()
+    expect(page.get_by_label("Trust the identity provider's two-factor authentication")).to_be_checked()
+    expect(page.get_by_label(re.compile("^New client secret"))).to_have_value("")
+    assert CLIENT_SECRET not in page.content()
+    page.get_by_label("Issuer URL").fill("http://evil.test")
+    page.get_by_role("button", name="Save changes").click()
+    expect(ui.alert(page, "issuer: must use https")).to_be_visible()
+    page.goto(ui.url("/admin/connections/okta"))
+    expect(page.get_by_label("Issuer URL")).to_have_value(up.issuer)
+    shoot("connection-edit")
 
     # 6. a SAML app from the SP's metadata, pasted
     page.goto(ui.url("/admin/apps"))
@@ -236,7 +282,8 @@ def test_admin_connects_okta_tests_it_adds_apps_sets_an_allowlist_and_sees_it_al
     # 9. every step is in the audit log, attributed to the admin
     nav.get_by_role("link", name="Audit log", exact=True).click()
     steps = ("admin.user.invited", "admin.group.created", "admin.app.created", "admin.connection.created",
-             "federation.test.succeeded", "admin.policies.updated", "admin.scim_token.created")
+             "federation.test.succeeded", "admin.connection.updated", "admin.policies.updated",
+             "admin.scim_token.created")
     for type_ in steps:
         row = page.locator(f'tr[data-type="{type_}"]')
         expect(row.first).to_contain_text(ui.alice.email)
@@ -257,7 +304,12 @@ def test_admin_connects_okta_tests_it_adds_apps_sets_an_allowlist_and_sees_it_al
     page.get_by_role("button", name="Filter").click()
     expect(page.locator('tr[data-type="auth.signin.success"]')).to_have_count(0)
     expect(page.locator('tr[data-type="federation.test.succeeded"]')).to_have_count(0)
-    expect(page.locator('tr[data-type="admin.connection.created"]')).to_contain_text(ui.alice.email)
+    expect(page.locator('tr[data-type="admin.connection.created"]')).to_have_count(2)
+    expect(page.locator('tr[data-type="admin.connection.created"]').first).to_contain_text(ui.alice.email)
+    updated = page.locator('tr[data-type="admin.connection.updated"]')
+    expect(updated).to_have_count(1)  # the refused change is not in the log
+    expect(updated).to_contain_text('"trust_mfa"')
+    assert CLIENT_SECRET not in page.content()
     shoot("audit")
 
     # still signed in and still allowed (127.0.0.1 is in the list)

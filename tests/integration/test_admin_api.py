@@ -163,6 +163,7 @@ def _sample_body(op) -> dict | None:
             "createApp": {"slug": "evil", "name": "Evil", "protocol": "oidc", "redirect_uris": ["https://e.test/"]},
             "putPolicies": {"require_mfa": False}, "createScimToken": {"name": "evil"},
             "createConnection": {**OKTA, "domains": ["evil.test"]},
+            "updateConnection": {"client_secret": "stolen-" + "x" * 40, "domains": ["evil.test"]},
             "updateApp": {"redirect_uris": ["https://evil.test/"]}}.get(op.op_id)
 
 
@@ -686,6 +687,272 @@ def test_connections_are_validated_and_stored_like_the_config_file_and_keep_thei
     assert_error(api.get("/workspaces/acme/connections/ad"), 404)
     assert [e.subject_id for e in events(hub, "admin.connection.created")] == ["okta", "ad"]
     assert events(hub, "admin.connection.deleted")
+
+
+def patch(api: Api, slug: str, body, **kw):
+    return api.call("PATCH", f"/workspaces/acme/connections/{slug}", body, **kw)
+
+
+def stored_connection(hub, slug: str, ws: str = "acme") -> dict:
+    from federation.config import connection_settings
+    from federation.models import FederationConnection
+
+    with hub.db() as db:
+        row = db.scalar(select(FederationConnection).where(FederationConnection.slug == slug,
+                                                           FederationConnection.workspace_id == ws_id(hub, ws)))
+        return {**connection_settings(row, hub.settings.secret_key), "_sealed": dict(row.secrets or {}),
+                "_settings": dict(row.settings or {})}
+
+
+def test_editing_an_oidc_connection_rotates_its_secret_and_merges_over_its_settings(app, hub, api):
+    assert api.post("/workspaces/acme/connections", OKTA).status_code == 201
+    before = stored_connection(hub, "okta")
+    new_secret = "rotated-okta-secret-9876543210"
+    r = patch(api, "okta", {"client_secret": new_secret, "trust_mfa": True, "sso_required": True,
+                            "attribute_map": {"upn": "email"}})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert new_secret not in r.get_data(as_text=True) and OKTA["client_secret"] not in r.get_data(as_text=True)
+    out = r.get_json()
+    assert out["changed"] == ["attribute_map", "client_secret", "sso_required", "trust_mfa"]
+    assert out["settings"]["trust_mfa"] is True and out["secrets_set"] == ["client_secret"]
+    after = stored_connection(hub, "okta")
+    assert after["client_secret"] == new_secret and after["_sealed"] != before["_sealed"]
+    assert new_secret not in json.dumps(after["_sealed"])  # encrypted at rest
+    # everything not in the body is as it was (issuer, client id, the okta preset's scopes, domains)
+    for k in ("issuer", "client_id", "scopes", "domains", "preset", "jit", "link_by_email"):
+        assert after[k] == before[k], k
+    # omitted secret = unchanged; the ciphertext is not even re-encrypted
+    r = patch(api, "okta", {"domains": ["acme.test", "eng.acme.test"], "name": "Okta (prod)"})
+    assert r.status_code == 200 and r.get_json()["changed"] == ["domains", "name"]
+    again = stored_connection(hub, "okta")
+    assert again["_sealed"] == after["_sealed"] and again["client_secret"] == new_secret
+    assert api.get("/workspaces/acme/connections/okta").get_json()["name"] == "Okta (prod)"
+    # null removes a key: no client secret is a public client (PKCE only)
+    r = patch(api, "okta", {"client_secret": None})
+    assert r.status_code == 200 and r.get_json()["secrets_set"] == []
+    assert "client_secret" not in stored_connection(hub, "okta")
+    # the same state as `idhub apply` of the entry an admin would write
+    from admin.export import connection_entry
+    from federation.models import FederationConnection
+
+    with hub.db() as db:
+        row = db.scalar(select(FederationConnection).where(FederationConnection.slug == "okta"))
+        entry, settings = connection_entry(row), dict(row.settings)
+    cfg = json.loads(json.dumps(BASE_CONFIG))
+    cfg["workspaces"][0]["connections"] = [entry]
+    with hub.db() as db:
+        apply(db, validate(cfg), hub.hasher, secret_key=hub.settings.secret_key)
+        db.commit()
+    assert stored_connection(hub, "okta")["_settings"] == settings
+    # audited with the admin identity and the changed keys, never a secret's value
+    evs = events(hub, "admin.connection.updated")
+    assert [e.data["changed"] for e in evs] == [["attribute_map", "client_secret", "sso_required", "trust_mfa"],
+                                                ["domains", "name"], ["client_secret"]]
+    assert all(e.actor_email == "token:acme-ci" and e.data["via"] == "api" and e.subject_id == "okta" for e in evs)
+    assert all(ev.ip == "192.0.2.10" and ev.request_id for ev in evs)
+    assert new_secret not in json.dumps([e.data for e in events(hub, "admin.connection.updated")])
+
+
+def test_editing_a_connection_refuses_bad_input_naming_the_field_and_changes_nothing(app, hub, api):
+    assert api.post("/workspaces/acme/connections", OKTA).status_code == 201
+    assert api.post("/workspaces/acme/connections", LDAP).status_code == 201
+    before = stored_connection(hub, "okta")
+    for body, status, field in (
+            ({"protocol": "saml"}, 422, "protocol"),
+            ({"slug": "okta2"}, 422, "slug"),
+            ({"slug": 5}, 422, "slug"),
+            ({"nonsense": 1}, 422, "nonsense"),
+            ({"bind_password": "x" * 20}, 422, "bind_password"),  # not an OIDC key
+            ({"trust_mfa": "yes"}, 422, "trust_mfa"),
+            ({"jit": 1}, 422, "jit"),
+            ({"domains": "acme.test"}, 422, "domains"),
+            ({"domains": ["not a domain"]}, 422, "domains[0]"),
+            ({"domains": ["corp.acme.test"]}, 409, "domains"),  # the LDAP connection's domain
+            ({"client_secret": 12345}, 422, "client_secret"),
+            ({"client_secret": ["a"]}, 422, "client_secret"),
+            ({"issuer": "http://evil.test"}, 422, "issuer"),
+            ({"issuer": None}, 422, "issuer"),  # required
+            ({"name": None}, 422, "name"),
+            ({"scopes": ["email"]}, 422, "scopes"),
+            ({"attribute_map": {"upn": "password"}}, 422, "attribute_map.upn"),
+            ({"attribute_map": ["upn"]}, 422, "attribute_map"),
+            ({"sso_required": True, "domains": []}, 422, "sso_required"),
+            ({"allowed_tenants": ["t1"]}, 422, "allowed_tenants"),  # only for azure_ad
+            ({"client_secret_env": "OKTA_SECRET"}, 422, "client_secret_env"),
+            ({"metadata_url": "http://169.254.169.254/"}, 422, "metadata_url"),
+            ({"ca_file": "/etc/shadow"}, 422, "ca_file")):
+        r = patch(api, "okta", body)
+        err = assert_error(r, status, field=field)
+        assert OKTA["client_secret"] not in json.dumps(err), body
+    for raw in (b"[]", b'"x"', b"null", b"{"):
+        assert_error(patch(api, "okta", None, raw=raw), 400)
+    assert_error(patch(api, "okta", {"timeout": 5}), 422, field="timeout")
+    assert_error(patch(api, "ad", {"timeout": 0}), 422, field="timeout")
+    assert_error(patch(api, "ad", {"url": "https://dc.acme.test"}), 422, field="url")
+    assert_error(patch(api, "ad", {"bind_password": None}), 422, field="bind_password")
+    assert_error(patch(api, "ad", {"user_filter": "(uid=*)"}), 422, field="user_filter")
+    assert_error(patch(api, "nope", {"name": "x"}), 404)
+    assert_error(patch(api, "Bad Slug", {"name": "x"}), 404)
+    after = stored_connection(hub, "okta")
+    assert after == before
+    assert not events(hub, "admin.connection.updated")
+
+
+def test_editing_connections_of_another_workspace(app, hub, tokens):
+    op = Api(app, tokens["operator"])
+    assert op.post("/workspaces", {"slug": "beta", "name": "Beta", "plan": "enterprise"}).status_code == 201
+    assert op.post("/workspaces/beta/connections", {**OKTA, "slug": "beta-okta"}).status_code == 201
+    before = stored_connection(hub, "beta-okta", "beta")
+    acme = Api(app, tokens["acme"])
+    assert_error(acme.call("PATCH", "/workspaces/beta/connections/beta-okta", {"client_secret": "y" * 40}), 403)
+    assert_error(acme.call("PATCH", "/workspaces/other/connections/beta-okta", {"name": "x"}), 403)
+    assert_error(acme.call("PATCH", "/workspaces/acme/connections/beta-okta", {"name": "x"}), 404)
+    assert stored_connection(hub, "beta-okta", "beta") == before
+    r = op.call("PATCH", "/workspaces/beta/connections/beta-okta", {"name": "Beta Okta"})
+    assert r.status_code == 200 and r.get_json()["changed"] == ["name"]
+    assert events(hub, "admin.connection.updated")[-1].actor_email == "token:operator"
+
+
+def saml_sign_in(app, nameid: str, key_cn: str) -> tuple[int, str]:
+    """An SP-initiated SAML sign-in through connection ``idp``: the response signed by ``key_cn``'s key. Returns
+    the ACS answer's status and the failed check (or "")."""
+    import base64
+    import zlib
+    from urllib.parse import parse_qs, urlsplit
+
+    from lxml import etree
+
+    from tests.helpers import saml_builder as sb
+    from tests.interop.oidc_upstream.peer import audit_events, navigate_target
+
+    hub = app.extensions["idhub"]
+    b = Browser(app)
+    r = b.form_post("/w/acme/login", "/w/acme/login", {"email": "sam@saml-corp.test"})
+    assert r.status_code == 302 and "/sso/idp/start" in r.headers["Location"]
+    url = navigate_target(b.get(r.headers["Location"]).get_data(as_text=True))
+    q = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    request_id = etree.fromstring(zlib.decompress(base64.b64decode(q["SAMLRequest"]), -15)).get("ID")
+    key, cert = sb.keypair(key_cn)
+    resp = sb.response(issuer=SAML_IDP, acs="http://localhost/w/acme/sso/idp/acs", in_response_to=request_id,
+                       audience="http://localhost/w/acme/sso/idp/metadata", nameid=nameid,
+                       attributes={"email": "sam@saml-corp.test"})
+    sb.sign(sb.assertion_of(resp), key, cert)
+    sb.sign(resp, key, cert)
+    n = len(audit_events(hub, "federation.signin.failure"))
+    r = b.post("/w/acme/sso/idp/acs", {"SAMLResponse": sb.encode(resp), "RelayState": q["RelayState"]})
+    failures = audit_events(hub, "federation.signin.failure")
+    return r.status_code, (failures[-1].data["check"] if len(failures) > n else "")
+
+
+SAML_IDP = "http://www.okta.com/exkrotation"
+
+
+def test_replacing_saml_metadata_pins_the_new_certificate(app, hub, api):
+    """A certificate rollover at the IdP: responses signed with the new key are refused until the admin pastes the
+    new metadata (or pins the next certificate under certs), then accepted; the old key then is refused."""
+    from federation import saml_sp
+    from tests.helpers import saml_builder as sb
+
+    _, old_cert = sb.keypair("rotation-old")
+    _, new_cert = sb.keypair("rotation-new")
+    _, next_cert = sb.keypair("rotation-next")
+    sso = "https://idp.saml-corp.test/sso"
+    r = api.post("/workspaces/acme/connections", {"slug": "idp", "name": "Corp SAML", "protocol": "saml",
+                                                  "metadata_xml": sb.metadata(SAML_IDP, [old_cert], sso),
+                                                  "domains": ["saml-corp.test"]})
+    assert r.status_code == 201, r.get_data(as_text=True)
+    assert saml_sign_in(app, "u1", "rotation-old") == (302, "")
+    status, check = saml_sign_in(app, "u1", "rotation-new")
+    assert status == 400 and check == "certificate"  # not a pinned certificate
+
+    r = patch(api, "idp", {"metadata_xml": sb.metadata(SAML_IDP, [new_cert], sso)})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.get_json()["changed"] == ["metadata_xml"]
+    conn = stored_connection(hub, "idp")
+    pinned = "".join(saml_sp.pinned_certs(conn)).replace("\n", "")
+    assert sb.cert_b64(new_cert) in pinned and sb.cert_b64(old_cert) not in pinned
+    assert saml_sign_in(app, "u1", "rotation-new") == (302, "")
+    assert saml_sign_in(app, "u1", "rotation-old")[1] == "certificate"
+
+    # the next certificate, pinned ahead of the rollover; settings not in the body stay
+    assert patch(api, "idp", {"allow_unsolicited": True}).status_code == 200
+    r = patch(api, "idp", {"certs": [next_cert]})
+    assert r.status_code == 200 and r.get_json()["changed"] == ["certs"]
+    conn = stored_connection(hub, "idp")
+    assert conn["allow_unsolicited"] is True and conn["metadata_xml"] == sb.metadata(SAML_IDP, [new_cert], sso)
+    assert saml_sign_in(app, "u1", "rotation-next") == (302, "")
+    # metadata without a signing certificate, or not metadata at all, is refused naming the field
+    assert_error(patch(api, "idp", {"metadata_xml": "<not-xml"}), 422, field="metadata_xml")
+    assert_error(patch(api, "idp", {"certs": ["not a pem"]}), 422, field="certs[0]")
+    assert_error(patch(api, "idp", {"clock_skew": 301}), 422, field="clock_skew")
+    assert_error(patch(api, "idp", {"client_id": "x"}), 422, field="client_id")
+
+
+def test_a_metadata_url_connection_keeps_its_url_and_nothing_is_fetched(app, hub, api, tmp_path):
+    """A SAML connection the config file registered by metadata_url: editing another key checks the copy idhub has
+    (no request to the URL) and keeps the URL; pasted metadata_xml replaces it."""
+    import http.server
+    import threading
+
+    from tests.helpers import saml_builder as sb
+
+    _, cert = sb.keypair("rotation-old")
+    xml = sb.metadata(SAML_IDP, [cert], "https://idp.saml-corp.test/sso")
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            hits.append(self.path)
+            body = xml.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metadata"
+        cfg = json.loads(json.dumps(BASE_CONFIG))
+        cfg["workspaces"][0]["connections"] = [{"slug": "idp", "name": "IdP", "protocol": "saml",
+                                                "metadata_url": url, "domains": ["saml-corp.test"]}]
+        with hub.db() as db:
+            apply(db, validate(cfg), hub.hasher, secret_key=hub.settings.secret_key)
+            db.commit()
+        fetched = len(hits)
+        r = patch(api, "idp", {"trust_mfa": True})
+        assert r.status_code == 200, r.get_data(as_text=True)
+        assert r.get_json()["changed"] == ["trust_mfa"] and len(hits) == fetched
+        conn = stored_connection(hub, "idp")
+        assert conn["metadata_url"] == url and conn["metadata_xml"] == xml
+        _, new_cert = sb.keypair("rotation-new")
+        new_xml = sb.metadata(SAML_IDP, [new_cert], "https://idp.saml-corp.test/sso")
+        r = patch(api, "idp", {"metadata_xml": new_xml})
+        assert r.status_code == 200 and r.get_json()["changed"] == ["metadata_url", "metadata_xml"]
+        conn = stored_connection(hub, "idp")
+        assert "metadata_url" not in conn and conn["metadata_xml"] == new_xml
+        assert len(hits) == fetched
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_editing_an_ldap_connection_replaces_its_bind_password(app, hub, api):
+    assert api.post("/workspaces/acme/connections", LDAP).status_code == 201
+    before = stored_connection(hub, "ad")
+    r = patch(api, "ad", {"bind_password": "new-bind-password-4567", "start_tls": False, "timeout": 10,
+                          "group_search_base": "ou=groups,dc=acme,dc=test"})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert "new-bind-password-4567" not in r.get_data(as_text=True)
+    assert r.get_json()["changed"] == ["bind_password", "group_search_base", "timeout"]
+    after = stored_connection(hub, "ad")
+    assert after["bind_password"] == "new-bind-password-4567" and after["url"] == before["url"]
+    r = patch(api, "ad", {"group_search_base": None, "url": "ldap://dc.acme.test:389", "start_tls": True})
+    assert r.status_code == 200 and r.get_json()["changed"] == ["group_search_base", "start_tls", "url"]
+    assert "group_search_base" not in stored_connection(hub, "ad")
 
 
 @pytest.mark.parametrize("path, base, key", [

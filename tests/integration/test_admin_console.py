@@ -135,6 +135,9 @@ FORMS = {
     "/w/<ws_slug>/admin/apps/<app_slug>": {"name": "Forged", "redirect_uris": "https://evil.test/cb"},
     "/w/<ws_slug>/admin/connections": {"protocol": "oidc", "name": "Forged", "slug": "forged",
                                        "issuer": "https://evil.test", "client_id": "x", "domains": "evil.test"},
+    "/w/<ws_slug>/admin/connections/<conn_slug>": {"name": "Forged", "issuer": "https://evil.test", "client_id": "x",
+                                                   "client_secret": "forged-secret-0123456789", "trust_mfa": "1",
+                                                   "domains": "evil.test"},
     "/w/<ws_slug>/admin/policies": {"require_mfa": "1", "ip_allowlist": "127.0.0.0/8"},
     "/w/<ws_slug>/admin/scim": {"name": "forged"},
 }
@@ -391,3 +394,212 @@ def test_long_lists_are_paged_in_the_console(app, hub, admin):
         r = admin.get(f"/w/acme/admin/{path}?offset=lots")
         assert r.status_code == 400 and "offset: offset must be a whole number" in text(r)
         assert text(r).count(marker) == 50
+
+
+# ---- editing connections, and LDAP directories ------------------------------------------------------------------
+def stored(hub, slug: str) -> dict:
+    from federation.config import connection_settings
+    from federation.models import FederationConnection
+
+    with hub.db() as db:
+        row = db.scalar(select(FederationConnection).where(FederationConnection.slug == slug))
+        return connection_settings(row, hub.settings.secret_key)
+
+
+def setup_connections(app, hub) -> dict:
+    """An OIDC, a SAML and an LDAP connection, added through the service as the API would."""
+    from admin.api import admin_service
+    from admin.tokens import Principal
+    from tests.helpers import saml_builder as sb
+
+    _, cert = sb.keypair("console-old")
+    xml = sb.metadata("https://idp.saml.test", [cert], "https://idp.saml.test/sso")
+    with app.app_context():
+        svc, p = admin_service(), Principal("token", "setup", False, hub_ws(hub))
+        svc.create_connection(p, "acme", {"slug": "okta", "name": "Okta", "protocol": "oidc", "preset": "okta",
+                                          "issuer": "https://acme.okta.test", "client_id": "0oa1",
+                                          "client_secret": "first-okta-secret-0123456789", "domains": ["acme.test"]})
+        svc.create_connection(p, "acme", {"slug": "corp-saml", "name": "Corp SAML", "protocol": "saml",
+                                          "metadata_xml": xml, "domains": ["saml.test"]})
+        svc.create_connection(p, "acme", {"slug": "dir", "name": "Directory", "protocol": "ldap",
+                                          "url": "ldaps://dc.acme.test", "bind_dn": "cn=idhub,dc=acme,dc=test",
+                                          "bind_password": "first-bind-password-42",
+                                          "user_search_base": "ou=people,dc=acme,dc=test"})
+    return {"cert": cert, "xml": xml}
+
+
+def edit_form(admin, slug: str) -> dict:
+    """The edit page's form fields as a browser would submit them unchanged (checked boxes, selected options)."""
+    page = admin.get(f"/w/acme/admin/connections/{slug}")
+    assert page.status_code == 200, text(page)[:500]
+    doc = lxml.html.fromstring(text(page))
+    [form] = doc.xpath("//form[@data-edit-connection]")
+    fields = {}
+    for el in form.xpath(".//input | .//textarea | .//select"):
+        name = el.get("name")
+        if not name or name == "csrf_token":
+            continue
+        if el.tag == "select":
+            chosen = el.xpath("./option[@selected]") or el.xpath("./option")
+            fields[name] = chosen[0].get("value")
+        elif el.get("type") == "checkbox":
+            if el.get("checked") is not None:
+                fields[name] = el.get("value")
+        elif el.tag == "textarea":
+            fields[name] = el.text or ""
+        else:
+            fields[name] = el.get("value") or ""
+    return fields
+
+
+def save(admin, slug: str, fields: dict):
+    return admin.form_post(f"/w/acme/admin/connections/{slug}", f"/w/acme/admin/connections/{slug}", fields)
+
+
+def test_every_connection_has_an_edit_page_that_never_shows_its_secret(app, hub, admin):
+    setup_connections(app, hub)
+    page = text(admin.get("/w/acme/admin/connections"))
+    for slug in ("okta", "corp-saml", "dir"):
+        assert f'href="/w/acme/admin/connections/{slug}"' in page
+        r = admin.get(f"/w/acme/admin/connections/{slug}")
+        assert r.status_code == 200
+        body = text(r)
+        assert_labelled(body)
+        assert "<script" not in body and 'aria-current="page" class="badge">Connections' in body
+        assert "first-okta-secret" not in body and "first-bind-password" not in body
+    assert 'value="https://acme.okta.test"' in text(admin.get("/w/acme/admin/connections/okta"))
+    saml = text(admin.get("/w/acme/admin/connections/corp-saml"))
+    assert "identity provider <code>https://idp.saml.test</code>" in saml and "expires" in saml
+    assert 'value="ldaps://dc.acme.test"' in text(admin.get("/w/acme/admin/connections/dir"))
+    # submitting a page unchanged changes nothing (a default stays a default)
+    before = {s: stored(hub, s) for s in ("okta", "corp-saml", "dir")}
+    for slug in before:
+        r = save(admin, slug, edit_form(admin, slug))
+        assert r.status_code == 302, (slug, text(r)[:800])
+        assert "(nothing changed)" in text(admin.get(r.headers["Location"])), slug
+        assert stored(hub, slug) == before[slug]
+    assert admin.get("/w/acme/admin/connections/nope").status_code == 404
+    assert admin.get("/w/other/admin/connections/okta").status_code == 302  # no session there: sign in
+
+
+def test_editing_an_oidc_connection_rotates_the_secret_and_is_audited_as_the_admin(app, hub, admin):
+    setup_connections(app, hub)
+    fields = edit_form(admin, "okta")
+    assert "trust_mfa" not in fields and fields["client_secret"] == ""
+    r = save(admin, "okta", {**fields, "client_secret": "rotated-okta-secret-987654", "trust_mfa": "1",
+                             "attribute_map": "upn = email\nroles = groups"})
+    assert r.status_code == 302, text(r)[:800]
+    page = text(admin.get(r.headers["Location"]))
+    assert "changed: attribute_map, client_secret, trust_mfa" in page and "rotated-okta-secret" not in page
+    conn = stored(hub, "okta")
+    assert conn["client_secret"] == "rotated-okta-secret-987654" and conn["trust_mfa"] is True
+    assert conn["attribute_map"] == {"upn": "email", "roles": "groups"}
+    assert conn["scopes"] == ["openid", "email", "profile", "groups"]  # the okta preset's default, unchanged
+    assert "upn = email" in page
+    [ev] = events(hub, "admin.connection.updated")
+    assert ev.actor_email == ALICE and ev.data["via"] == "console" and ev.subject_id == "okta"
+    assert ev.data["changed"] == ["attribute_map", "client_secret", "trust_mfa"]
+    assert "rotated-okta-secret" not in json.dumps(ev.data)
+    # an empty secret field keeps the secret; bad input is refused naming the field, keeps what was typed (but
+    # never a secret), and changes nothing
+    fields = edit_form(admin, "okta")
+    r = save(admin, "okta", {**fields, "issuer": "http://evil.test", "client_secret": "typed-but-refused-0123456",
+                             "domains": "acme.test\nother.acme.test"})
+    assert r.status_code == 422 and "issuer: must use https" in text(r)
+    assert 'value="http://evil.test"' in text(r) and "typed-but-refused" not in text(r)
+    assert "other.acme.test" in text(r)
+    assert_labelled(text(r))
+    r = save(admin, "okta", {**fields, "attribute_map": "upn = password"})
+    assert r.status_code == 422 and "attribute_map.upn: must be one of" in text(r)
+    r = save(admin, "okta", {**fields, "domains": "saml.test"})
+    assert r.status_code == 409 and "saml.test already belongs to connection 'corp-saml'" in text(r)
+    assert stored(hub, "okta") == conn
+    r = save(admin, "okta", {**fields, "remove_client_secret": "1"})
+    assert r.status_code == 302 and "client_secret" not in stored(hub, "okta")
+
+
+def test_replacing_saml_metadata_in_the_console_pins_the_new_certificate(app, hub, admin):
+    from federation import saml_sp
+    from tests.helpers import saml_builder as sb
+
+    setup_connections(app, hub)
+    _, new_cert = sb.keypair("console-new")
+    _, next_cert = sb.keypair("console-next")
+    fields = edit_form(admin, "corp-saml")
+    assert fields["metadata_xml"] == ""  # empty: keep the metadata
+    new_xml = sb.metadata("https://idp.saml.test", [new_cert], "https://idp.saml.test/sso")
+    r = save(admin, "corp-saml", {**fields, "metadata_xml": new_xml, "certs": next_cert + "\n" + new_cert,
+                                  "clock_skew": "60", "require_signed_assertion": "yes"})
+    assert r.status_code == 302, text(r)[:800]
+    conn = stored(hub, "corp-saml")
+    assert conn["metadata_xml"] == new_xml and conn["clock_skew"] == 60 and conn["require_signed_assertion"] is True
+    assert [c.strip() for c in conn["certs"]] == [next_cert.strip(), new_cert.strip()]
+    pinned = "".join(saml_sp.pinned_certs(conn)).replace("\n", "")
+    assert sb.cert_b64(new_cert) in pinned and sb.cert_b64(next_cert) in pinned
+    assert sb.cert_b64(sb.keypair("console-old")[1]) not in pinned
+    fields = edit_form(admin, "corp-saml")
+    assert fields["require_signed_assertion"] == "yes" and fields["clock_skew"] == "60"
+    for bad, message in (({"clock_skew": "500"}, "clock_skew: must be a whole number from 0 to 300"),
+                         ({"clock_skew": "soon"}, "clock_skew: must be a whole number from 0 to 300"),
+                         ({"certs": "not a certificate"}, "certs[0]: must be a PEM certificate"),
+                         ({"metadata_xml": "<nope"}, "metadata_xml: not usable IdP metadata")):
+        r = save(admin, "corp-saml", {**fields, **bad})
+        assert r.status_code == 422 and message in text(r), (bad, text(r)[:1500])
+    assert stored(hub, "corp-saml") == conn
+
+
+@pytest.fixture(scope="module")
+def slapd():
+    from tests.helpers.slapd import Slapd
+
+    server = Slapd().start()
+    yield server
+    server.stop()
+
+
+def test_the_ldap_form_adds_a_directory_and_the_edit_page_replaces_its_bind_password(app, hub, admin, slapd):
+    """Against a real slapd: a directory added with a wrong bind password fails its test; after the new password
+    is saved on the edit page, the test succeeds."""
+    real = slapd.conn()
+    form = {"protocol": "ldap", "name": "Corp directory", "slug": "corp-ldap", "url": real["url"],
+            "bind_dn": real["bind_dn"], "bind_password": "wrong-password", "user_search_base": real["user_search_base"],
+            "group_search_base": real.get("group_search_base", ""), "user_filter": "(uid={username})",
+            "domains": "ldap.acme.test"}
+    for bad, message in (({"url": "https://dc.acme.test"}, "url: not an absolute URL"),
+                         ({"bind_password": ""}, "bind_password: required"),
+                         ({"user_filter": "uid=x"}, "user_filter: must be an LDAP filter")):
+        r = admin.form_post("/w/acme/admin/connections", "/w/acme/admin/connections", {**form, **bad})
+        assert r.status_code == 422 and message in text(r), (bad, text(r)[:800])
+        assert "wrong-password" not in text(r)
+    r = admin.form_post("/w/acme/admin/connections", "/w/acme/admin/connections", form)
+    assert r.status_code == 302, text(r)[:800]
+    page = text(admin.get("/w/acme/admin/connections"))
+    assert 'data-connection="corp-ldap"' in page and "wrong-password" not in page
+    assert_labelled(page)
+    conn = stored(hub, "corp-ldap")
+    assert conn["protocol"] == "ldap" and conn["domains"] == ["ldap.acme.test"] and conn["start_tls"] is False
+    assert conn["user_filter"] == "(uid={username})" and conn["bind_password"] == "wrong-password"
+    [ev] = events(hub, "admin.connection.created")
+    assert ev.actor_email == ALICE and ev.data["protocol"] == "ldap"
+
+    r = admin.form_post("/w/acme/sso/corp-ldap/test", "/w/acme/sso/corp-ldap/test", {})
+    assert "✘" in text(r)
+    r = save(admin, "corp-ldap", {**edit_form(admin, "corp-ldap"), "bind_password": real["bind_password"]})
+    assert r.status_code == 302, text(r)[:800]
+    assert "(changed: bind_password)." in text(admin.get(r.headers["Location"]))
+    assert stored(hub, "corp-ldap")["bind_password"] == real["bind_password"]
+    r = admin.form_post("/w/acme/sso/corp-ldap/test", "/w/acme/sso/corp-ldap/test", {})
+    assert r.status_code == 200 and "✘" not in text(r), text(r)[:1500]
+    page = text(admin.get("/w/acme/admin/connections"))
+    card = page[page.index('data-connection="corp-ldap"'):]
+    assert 'data-test="succeeded"' in card[:card.index("</section>")]
+
+
+def test_members_cannot_edit_connections(app, hub):
+    b = Browser(app)
+    assert b.login("acme", BOB, BOB_PW).status_code == 302
+    setup_connections(app, hub)  # after bob's sign-in: acme.test addresses now go to Okta
+    assert b.get("/w/acme/admin/connections/okta").status_code == 403
+    r = b.post("/w/acme/admin/connections/okta", {"name": "Mine", "csrf_token": b.csrf(text(b.security()))})
+    assert r.status_code == 403
+    assert stored(hub, "okta")["name"] == "Okta" and not events(hub, "admin.connection.updated")

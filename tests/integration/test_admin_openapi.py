@@ -57,12 +57,17 @@ def fuzz_target(tmp_path_factory):
     app = make_app(make_settings(tmp))
     hub = app.extensions["idhub"]
     with app.app_context():
-        token, _ = admin_service().tokens.create("fuzz", workspace_id=None, operator=True)
+        svc = admin_service()
+        token, _ = svc.tokens.create("fuzz", workspace_id=None, operator=True)
+        p = svc.tokens.authenticate(token).principal
+        svc.create_connection(p, "acme", {"slug": "okta", "name": "Okta", "protocol": "oidc",
+                                          "issuer": "https://acme.okta.test", "client_id": "0oa1",
+                                          "client_secret": "fuzz-client-secret-0123456789"})
     with hub.db() as db:
         acme = db.scalar(select(Workspace).where(Workspace.slug == "acme"))
         ids = {"ws": "acme", "user_id": db.scalar(select(User.id).where(User.workspace_id == acme.id,
                                                                         User.email_normalized == BOB)),
-               "group_id": db.scalar(select(Group.id).where(Group.workspace_id == acme.id))}
+               "group_id": db.scalar(select(Group.id).where(Group.workspace_id == acme.id)), "conn": "okta"}
     return app, token, ids
 
 
