@@ -372,3 +372,30 @@ def test_reloading_the_backup_codes_page_during_enrolment_does_not_loop(tmp_path
     assert r.status_code == 200 and "not shown again" in text(r)
     r = b.post(loc, {"csrf_token": b.csrf(text(r))})
     assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security")
+
+
+def test_a_confirmed_first_factor_leaves_only_the_code_to_enter(app, hub, clock_hub):
+    """Within the 10 minutes after confirming the password (here: to turn 2FA on), a page that needs a current code
+    asks for the code only; confirming is audited."""
+    b = signed_in(app)
+    totp, _ = enable_totp(b, hub)
+    assert audit_events_of(hub, "auth.reauth.success")[-1].data == {"level": "pwd", "connection": None,
+                                                                    "method": "pwd"}
+    clock_hub()
+    r = b.get("/w/acme/settings/security/2fa/backup-codes")
+    assert "/reauth" in r.headers["Location"]
+    page = text(b.get(r.headers["Location"]))
+    assert "Now enter a current two-factor code" in page and 'name="password"' not in page
+    nxt = re.search(r'name="next" value="([^"]+)"', page)[1]
+    r = b.post("/w/acme/settings/security/reauth?method=totp", {"next": nxt, "code": "000000",
+                                                               "csrf_token": b.csrf(page)})
+    assert r.status_code == 401
+    r = b.post("/w/acme/settings/security/reauth?method=totp", {"next": nxt, "code": totp.at(hub.clock()),
+                                                               "csrf_token": b.csrf(page)})
+    assert r.status_code == 302 and b.get("/w/acme/settings/security/2fa/backup-codes").status_code == 200
+    assert audit_events_of(hub, "auth.reauth.success")[-1].data["level"] == "mfa"
+
+
+def audit_events_of(hub, type_: str) -> list:
+    with hub.db() as db:
+        return list(db.scalars(select(AuditEvent).where(AuditEvent.type == type_).order_by(AuditEvent.seq)))
