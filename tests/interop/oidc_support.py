@@ -43,6 +43,14 @@ APPS = [
 ]
 
 
+def sign_in_page(page, email: str = ALICE, password: str = ALICE_PW) -> None:
+    """Fill idhub's identifier-first sign-in pages in a Playwright ``page`` that is on the sign-in page."""
+    page.get_by_label("Email").fill(email)
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
 def oidc_config(extra_policies: dict | None = None) -> dict:
     cfg = copy.deepcopy(BASE_CONFIG)
     cfg["workspaces"][0]["apps"] = copy.deepcopy(APPS)

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.conftest import ALICE, ALICE_PW
-from tests.interop.oidc_support import authorize_path, live_oidc_hub, pkce
+from tests.interop.oidc_support import authorize_path, live_oidc_hub, pkce, sign_in_page
 
 pytestmark = pytest.mark.browser
 
@@ -24,10 +24,7 @@ def test_code_reaches_the_app_in_chromium(browser):
             page.on("console", lambda m: console.append(m.text))
             _, challenge = pkce()
             page.goto(hub.url(authorize_path(challenge=challenge, state="chrome")))
-            page.get_by_label("Email").fill(ALICE)
-            page.get_by_role("button", name="Continue").click()
-            page.get_by_label("Password").fill(ALICE_PW)
-            page.get_by_role("button", name="Sign in").click()
+            sign_in_page(page, ALICE, ALICE_PW)
             for _ in range(100):
                 if hits:
                     break
@@ -54,10 +51,7 @@ def test_end_session_without_hint_confirms_in_chromium(browser, tmp_path):
                        lambda route: (hits.append(route.request.url), route.fulfill(status=200, body="app")))
             _, challenge = pkce()
             page.goto(hub.url(authorize_path(challenge=challenge, state="chrome")))
-            page.get_by_label("Email").fill(ALICE)
-            page.get_by_role("button", name="Continue").click()
-            page.get_by_label("Password").fill(ALICE_PW)
-            page.get_by_role("button", name="Sign in").click()
+            sign_in_page(page, ALICE, ALICE_PW)
             for _ in range(100):
                 if hits:
                     break

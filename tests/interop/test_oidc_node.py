@@ -29,6 +29,7 @@ from tests.interop.oidc_support import (
     live_oidc_hub,
     oidc_config,
     resume_target,
+    sign_in_page,
 )
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -189,10 +190,7 @@ def test_openid_client_with_chromium(browser):
             try:
                 page = context.new_page()
                 page.goto(started["url"])
-                page.get_by_label("Email").fill(ALICE)
-                page.get_by_role("button", name="Continue").click()
-                page.get_by_label("Password").fill(ALICE_PW)
-                page.get_by_role("button", name="Sign in").click()
+                sign_in_page(page, ALICE, ALICE_PW)
                 page.wait_for_url(callback_url + "?**")
                 assert len(app_pages.pages) == 1, app_pages.pages
                 callback = app_pages.pages[0]
@@ -251,10 +249,7 @@ def test_openid_client_acr_mfa_step_up_in_chromium(browser):
             try:
                 page = context.new_page()
                 page.goto(started["url"])
-                page.get_by_label("Email").fill(BOB)
-                page.get_by_role("button", name="Continue").click()
-                page.get_by_label("Password").fill(BOB_PW)
-                page.get_by_role("button", name="Sign in").click()
+                sign_in_page(page, BOB, BOB_PW)
                 page.wait_for_url(re.compile(r".*/w/acme/login/enroll\?flow="))
                 assert page.get_by_role("heading", name="Set up an authenticator app").is_visible()
                 secret = page.locator("code.secret[data-secret]").inner_text().strip().replace(" ", "")
