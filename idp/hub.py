@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import sessionmaker
 
 from config.settings import Settings
 from idp import passwords
 from idp.accounts import normalise_email, user_by_email
 from idp.flow import AuthnResult, Client
+from idp.mfa.service import ENROLLED, enrolled_from
 from idp.models import KnownDevice, PasswordResetToken, User, Workspace, utcnow
 from idp.sessions import SessionManager, effective_lifetimes, new_secret_token, token_hash
 from idp.storage.base import Backoff, SessionData, Stores
@@ -34,6 +35,8 @@ ACCOUNT_BACKOFF = Backoff(free=5, base=1, cap=900, window=3600)
 ADDRESS_BACKOFF = Backoff(free=30, base=1, cap=3600, window=3600)
 DEVICE_MAX_AGE = 365 * 24 * 3600  # a browser stays known for a year after its last sign-in
 FAILED_ALERT_EVERY = 5
+# Hub.decide: is the account active, and what 2FA has it set up (one statement)
+_USER_AND_ENROLMENT = select(User.active, *ENROLLED.selected_columns).where(User.id == bindparam("u"))
 RESET_REQUESTS_PER_HOUR = 5
 
 
@@ -113,11 +116,11 @@ class Hub:
         """Ask the policy engine about this workspace, user and address (the user's 2FA enrolment included)."""
         active, enrolled = True, ()
         if user_id is not None:
-            with self.db() as db:
-                user = db.get(User, user_id)
-                active = bool(user and user.active)
-            if self.mfa is not None and stage == "signin":
-                enrolled = tuple(self.mfa.enrolled(user_id).methods())
+            with self.db() as db:  # the account and its 2FA enrolment in one round trip
+                row = db.execute(_USER_AND_ENROLMENT, {"u": user_id}).first()
+            active = bool(row and row.active)
+            if row is not None and self.mfa is not None and stage == "signin":
+                enrolled = tuple(enrolled_from(row).methods())
         ctx = PolicyContext(workspace_id=ws.id, plan=ws.plan, policies=ws.policies or {}, client_ip=client.ip,
                             stage=stage, user_id=user_id, user_active=active, app=app,
                             app_policies=app_policies or {}, methods=tuple(methods), enrolled=enrolled)
