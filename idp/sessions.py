@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from idp.storage.base import SessionData, SessionStore
+from idp.storage.memory import TOUCH_WRITE_INTERVAL
 
 log = logging.getLogger("idhub.sessions")
 
@@ -102,7 +103,8 @@ class SessionManager:
             if data.revoked_at is None:  # timed out (idle or absolute): end it, so the apps hear of it too
                 self.end(data.id, "expired")
             return None
-        self.store.touch(data.id, now)
+        if (now - data.last_active_at).total_seconds() >= TOUCH_WRITE_INTERVAL:  # else the write would be a no-op
+            self.store.touch(data.id, now)
         return data
 
     def end(self, session_id: str, reason: str) -> bool:

@@ -7,7 +7,7 @@ import hmac
 import ipaddress
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from oidc.keys import ALGORITHMS, DEFAULT_ALG
 from oidc.models import OidcClient, OidcClientJwks
@@ -124,12 +124,14 @@ def app_policy_lookup(hub):
     """For ``hub.app_policy_lookups``: the per-app policy overrides of an OIDC client (by client_id or slug)."""
 
     def lookup(ws, app: str):
-        with hub.db() as db:
-            row = find_client(db, ws.id, app)
-            if row is None and app:
-                row = db.scalar(select(OidcClient).where(OidcClient.workspace_id == ws.id, OidcClient.slug == app))
-        if row is None:
+        if not app or not isinstance(app, str) or len(app) > 128:
             return None
+        with hub.db() as db:  # by client_id or by slug, in one query; a client_id match wins
+            rows = db.execute(select(OidcClient.client_id, OidcClient.require_mfa).where(
+                OidcClient.workspace_id == ws.id, or_(OidcClient.client_id == app, OidcClient.slug == app))).all()
+        if not rows:
+            return None
+        row = next((r for r in rows if r.client_id == app), rows[0])
         return {"require_mfa": True} if row.require_mfa else {}
 
     return lookup

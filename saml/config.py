@@ -142,7 +142,9 @@ def _sp_settings(app: dict, base_dir: Path | None, fresh: bool = False) -> dict:
             raise SamlConfigError(f"metadata_file: cannot read {path} ({exc.strerror or type(exc).__name__})") \
                 from None
     if not meta and app.get("metadata_url"):
-        meta = fetch_metadata(app["metadata_url"], reuse_for=0.0 if fresh else 60.0)
+        # registered over the admin API or console: fetched by idp.netfetch's SSRF checks, at every refresh too
+        meta = fetch_metadata(app["metadata_url"], reuse_for=0.0 if fresh else 60.0,
+                              guarded=app.get(REGISTERED_VIA) == "api")
     if meta:
         out = parse_sp_metadata(meta)
     else:
@@ -228,7 +230,11 @@ def apply_saml_apps(db, workspace, apps: list[dict], base_dir: Path | None = Non
 # ---- metadata_url --------------------------------------------------------------------------------------
 FETCH_TIMEOUT = 10.0  # seconds for the whole fetch
 REFRESH_AFTER = 24 * 3600  # seconds
-_fetched: dict[str, tuple[float, bytes]] = {}  # url -> (monotonic time, body): validate + apply fetch once
+# (url, guarded) -> (monotonic time, body): validate + apply fetch once. A copy fetched for the config file is never
+# handed to an API caller (who gets the SSRF checks).
+_fetched: dict[tuple[str, bool], tuple[float, bytes]] = {}
+# The key of an app entry (and of ``app_settings``) saying the admin API or console registered its metadata_url.
+REGISTERED_VIA = "registered_via"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -246,16 +252,30 @@ def _loopback(host: str) -> bool:
 
 
 def fetch_metadata(url: str, *, timeout: float = FETCH_TIMEOUT, limit: int = MAX_METADATA,
-                   reuse_for: float = 60.0) -> bytes:
+                   reuse_for: float = 60.0, guarded: bool = False) -> bytes:
     """An SP's metadata from ``url``: https, or http to a loopback address only; no redirects; at most ``limit``
-    bytes within ``timeout`` seconds in all. The body is then parsed by the hardened parser like any metadata."""
+    bytes within ``timeout`` seconds in all. The body is then parsed by the hardened parser like any metadata.
+
+    ``guarded`` (a URL from the admin API or console): fetched by ``idp.netfetch`` — refused when the host resolves
+    to a loopback, private, link-local, … address outside ``IDHUB_OUTBOUND_ALLOW_CIDRS``, and connected to the
+    address that was checked."""
     check_url(url, "metadata_url")
     parts = urlsplit(url)
     if parts.scheme != "https" and not (parts.scheme == "http" and _loopback(parts.hostname or "")):
         raise SamlConfigError("metadata_url: must be https (plain http only to a loopback address)")
-    hit = _fetched.get(url)
+    hit = _fetched.get((url, guarded))
     if hit is not None and time.monotonic() - hit[0] < reuse_for:
         return hit[1]
+    if guarded:
+        from idp import netfetch
+
+        try:
+            body = netfetch.fetch(url, field="metadata_url", timeout=timeout, limit=limit,
+                                  accept="application/samlmetadata+xml, application/xml")
+        except netfetch.FetchError as exc:
+            raise SamlConfigError(str(exc)) from None
+        _remember((url, guarded), body)
+        return body
     deadline = time.monotonic() + timeout
     opener = urllib.request.build_opener(_NoRedirect)
     req = urllib.request.Request(url, headers={  # noqa: S310 (https or loopback http, checked above)
@@ -285,10 +305,14 @@ def fetch_metadata(url: str, *, timeout: float = FETCH_TIMEOUT, limit: int = MAX
     except (OSError, ValueError) as exc:  # connection refused, timeouts, TLS errors, bad status lines
         raise SamlConfigError(f"metadata_url: could not be fetched ({type(exc).__name__})") from None
     body = b"".join(chunks)
+    _remember((url, guarded), body)
+    return body
+
+
+def _remember(key: tuple[str, bool], body: bytes) -> None:
     if len(_fetched) > 256:
         _fetched.clear()
-    _fetched[url] = (time.monotonic(), body)
-    return body
+    _fetched[key] = (time.monotonic(), body)
 
 
 def refresh_metadata(db, workspace, *, max_age: float = REFRESH_AFTER, audit=None) -> list[str]:
@@ -333,11 +357,14 @@ def app_policy_lookup(hub):
 
     def lookup(ws, app: str):
         row = hub.saml.sp_for_app(ws.id, app)
-        if row is None:
-            return None
-        return {"require_mfa": True} if row.require_mfa else {}
+        return None if row is None else sp_policies(row)
 
     return lookup
+
+
+def sp_policies(sp) -> dict:
+    """The per-app policy overrides of a SAML SP row (what the policy engine gets as ``app_policies``)."""
+    return {"require_mfa": True} if sp.require_mfa else {}
 
 
 def saml_app_errors(app: dict, base_dir: Path | None = None) -> list[str]:

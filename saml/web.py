@@ -21,6 +21,7 @@ from idp.web.common import (
     new_error_id,
     session_cookie,
 )
+from saml.config import sp_policies
 from saml.idp import (
     STATUS_NO_PASSIVE,
     STATUS_REQUEST_DENIED,
@@ -230,9 +231,9 @@ def _continue_step(ws, sp, pending: Pending):
         if pending.passive:
             return _post_page(ws, svc.error_response(ws, sp, pending, (STATUS_RESPONDER, STATUS_NO_PASSIVE)))
         return _login_redirect(ws, sp, pending, force=sess is not None)
-    app = sp.slug or sp.entity_id
-    decision = hub().decide(ws, current_client(), user_id=sess.user_id, methods=sess.amr, app=app,
-                            app_policies=hub().app_policies(ws, app))
+    # this SP's own overrides: the app is known here, no need to look it up by name among every kind of app
+    decision = hub().decide(ws, current_client(), user_id=sess.user_id, methods=sess.amr, app=sp.slug or sp.entity_id,
+                            app_policies=sp_policies(sp))
     if decision.effect == "deny":
         svc.audit("saml.sso.denied", ws, actor_id=sess.user_id, sp=sp.entity_id, rule=decision.rule)
         if not pending.request_id:  # unsolicited (app launcher): nobody at the app is waiting for an answer
