@@ -225,10 +225,12 @@ def apps(ws, p):
             body["redirect_uris"] = _lines("redirect_uris")
             if request.form.get("public"):
                 body["token_endpoint_auth_method"] = "none"
-        elif proto == "saml":
+        elif proto == "saml":  # metadata pasted, or by URL (fetched with idp.netfetch's checks), or the two fields
+            if _form("metadata_url").strip():
+                body["metadata_url"] = _form("metadata_url").strip()[:2048]
             if _form("metadata_xml").strip():
                 body["metadata_xml"] = request.form.get("metadata_xml", "")[:60000]
-            else:
+            if not _form("metadata_url").strip() and not _form("metadata_xml").strip():
                 body["entity_id"] = _form("entity_id").strip()
                 body["acs_url"] = _form("acs_url").strip()
         if request.form.get("require_mfa"):
@@ -307,8 +309,11 @@ def connections(ws, p):
             body.update(issuer=_form("issuer").strip(), client_id=_form("client_id").strip())
             if _form("client_secret"):
                 body["client_secret"] = _form("client_secret")
-        elif proto == "saml":
-            body["metadata_xml"] = request.form.get("metadata_xml", "")[:60000]
+        elif proto == "saml":  # pasted metadata, or a metadata URL (exactly one)
+            if _form("metadata_url").strip():
+                body["metadata_url"] = _form("metadata_url").strip()[:2048]
+            if _form("metadata_xml").strip() or not _form("metadata_url").strip():
+                body["metadata_xml"] = request.form.get("metadata_xml", "")[:60000]
         elif proto == "ldap":
             body.update({k: _form(k).strip() for k in ("url", "bind_dn", "user_search_base")},
                         bind_password=_form("bind_password"), start_tls=bool(request.form.get("start_tls")))
@@ -397,6 +402,8 @@ def _connection_change(protocol: str) -> dict:
     elif protocol == "saml":
         if request.form.get("metadata_xml", "").strip():
             body["metadata_xml"] = request.form.get("metadata_xml", "")[:60000]
+        if _form("metadata_url").strip():  # read from a URL from now on (empty: as it is)
+            body["metadata_url"] = _form("metadata_url").strip()[:2048]
         body.update(certs=_pems("certs"), allow_unsolicited=bool(request.form.get("allow_unsolicited")),
                     allowed_tenants=_lines("allowed_tenants") or None, clock_skew=_number("clock_skew"),
                     require_signed_assertion={"yes": True, "no": False}.get(_form("require_signed_assertion")))

@@ -30,6 +30,13 @@ def _q(name: str, schema: dict, description: str) -> dict:
 
 
 NULLABLE_STR = {"type": ["string", "null"]}
+# What the API does with a metadata_url (SAML apps and connections): idp.netfetch's outbound checks.
+FETCH_NOTE = ("idhub fetches a metadata_url through its outbound checks: https only (plain http only to a loopback "
+              "host), no redirects, at most 10 s and 512 KiB (apps) or 1 MiB (connections), and refused (422 naming "
+              "metadata_url) when the host resolves to a loopback, private, link-local (cloud metadata), shared, "
+              "multicast or reserved address outside the deployment's IDHUB_OUTBOUND_ALLOW_CIDRS; the connection "
+              "goes to the address that was checked. The document is validated as pasted metadata_xml is, and read "
+              "again daily with the same checks.")
 
 
 def _page_schema(item: str) -> dict:
@@ -79,37 +86,50 @@ SCHEMAS: dict = {
         "slug": {"type": "string"}, "name": {"type": "string"}, "protocol": {"type": "string",
                                                                              "enum": ["oidc", "saml"]},
         "require_mfa": {"type": "boolean"}, "created_at": NULLABLE_STR,
-        "settings": {"type": "object", "description": "copy-ready settings for the app's side"},
+        "settings": {"type": "object", "description": "copy-ready settings for the app's side; a SAML app's "
+                     "sp_metadata_url (null unless registered by metadata_url) and sp_metadata_fetched_at say where "
+                     "its own metadata came from"},
         "client_secret": {"type": "string", "description": "only in the answer to the creation, never again"}}},
     "AppPage": _page_schema("App"),
     "NewApp": {"type": "object", "required": ["slug", "name", "protocol"],
                "description": "An `apps` entry as in the config file (docs/config.md). OIDC client ids and secrets "
-                              "are generated; SAML apps give metadata_xml, or entity_id with acs_url.",
+                              "are generated; SAML apps give exactly one of metadata_xml, metadata_url, or entity_id "
+                              "with acs_url. metadata_file and jwks_uri are refused. " + FETCH_NOTE,
                "properties": {"slug": {"type": "string"}, "name": {"type": "string"},
                               "protocol": {"type": "string", "enum": ["oidc", "saml"]},
                               "redirect_uris": STR_LIST, "post_logout_redirect_uris": STR_LIST,
                               "token_endpoint_auth_method": {"type": "string"}, "scopes": STR_LIST,
                               "grant_types": STR_LIST, "require_mfa": {"type": "boolean"},
-                              "metadata_xml": {"type": "string"}, "entity_id": {"type": "string"},
-                              "acs_url": {"type": "string"}}},
+                              "metadata_xml": {"type": "string"},
+                              "metadata_url": {"type": "string", "description": "the SP's metadata URL (https)"},
+                              "entity_id": {"type": "string"}, "acs_url": {"type": "string"}}},
     "Connection": {"type": "object", "required": ["slug", "name", "protocol", "domains", "urls"], "properties": {
         "slug": {"type": "string"}, "name": {"type": "string"},
         "protocol": {"type": "string", "enum": ["saml", "oidc", "ldap"]}, "preset": {"type": "string"},
-        "domains": STR_LIST, "settings": {"type": "object"}, "secrets_set": STR_LIST,
+        "domains": STR_LIST, "secrets_set": STR_LIST,
+        "settings": {"type": "object", "description": "the declared settings (no secrets, no metadata document): "
+                     "metadata_url when the SAML metadata is read from a URL; registered_via: api when the "
+                     "connection was added or its URLs last changed over the admin API or console (its fetches then "
+                     "get the outbound checks)"},
         "urls": {"type": "object", "description": "what to register at the upstream IdP, and the test page"},
         "created_at": NULLABLE_STR,
         "changed": {**STR_LIST, "description": "in the answer to a change: the settings it changed (names only)"}}},
     "ConnectionPage": _page_schema("Connection"),
     "NewConnection": {"type": "object", "required": ["slug", "name", "protocol"],
                       "description": "A `connections` entry as in the config file (docs/config.md): OIDC from an "
-                                     "issuer, SAML from metadata_xml, LDAP. Secrets are stored encrypted and never "
-                                     "returned. metadata_file, metadata_url and ca_file are refused.",
+                                     "issuer, SAML from metadata_xml or metadata_url (exactly one), LDAP. Secrets are "
+                                     "stored encrypted and never returned. metadata_file and ca_file are refused. "
+                                     + FETCH_NOTE + " "
+                                     "An OIDC connection's discovery, keys, token and groups requests get the same "
+                                     "checks (an issuer on an internal IP address is refused now, naming issuer).",
                       "properties": {"slug": {"type": "string"}, "name": {"type": "string"},
                                      "protocol": {"type": "string", "enum": ["saml", "oidc", "ldap"]},
                                      "preset": {"type": "string", "enum": ["okta", "azure_ad", "generic"]},
                                      "domains": STR_LIST, "issuer": {"type": "string"},
                                      "client_id": {"type": "string"}, "client_secret": {"type": "string"},
-                                     "metadata_xml": {"type": "string"}, "url": {"type": "string"},
+                                     "metadata_xml": {"type": "string"},
+                                     "metadata_url": {"type": "string", "description": "the IdP's metadata URL"},
+                                     "url": {"type": "string"},
                                      "bind_dn": {"type": "string"}, "bind_password": {"type": "string"},
                                      "user_search_base": {"type": "string"}}},
     "ConnectionChange": {
@@ -117,11 +137,15 @@ SCHEMAS: dict = {
         "description": "Config-file `connections` keys (docs/config.md) merged over the connection's declared "
                        "settings, then validated as a whole. Omitted keys are unchanged; null removes a key (its "
                        "default applies). Secrets (client_secret, bind_password) are replaced when given and never "
-                       "returned. slug and protocol cannot change (422). metadata_url, metadata_file, ca_file and "
-                       "*_env are refused, as on creation; metadata_xml replaces the metadata (and a metadata_url).",
+                       "returned. slug and protocol cannot change (422). metadata_file, ca_file and *_env are "
+                       "refused, as on creation; metadata_xml replaces the metadata (and a metadata_url); a "
+                       "metadata_url is fetched with the outbound checks of creation and replaces pasted metadata "
+                       "(give one of the two); metadata_url: null keeps the copy idhub has as pasted metadata. A new "
+                       "metadata_url, issuer or groups_endpoint marks the connection registered_via: api.",
         "properties": {
             **{k: NULLABLE_STR for k in ("slug", "name", "protocol", "issuer", "client_id", "client_secret",
-                                         "groups_endpoint", "metadata_xml", "url", "bind_dn", "bind_password",
+                                         "groups_endpoint", "metadata_xml", "metadata_url", "url", "bind_dn",
+                                         "bind_password",
                                          "user_search_base", "user_filter", "group_search_base")},
             "preset": {"type": ["string", "null"], "enum": ["okta", "azure_ad", "generic", None]},
             **{k: {"type": ["array", "null"], "items": {"type": "string"}}

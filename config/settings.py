@@ -125,6 +125,8 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         kw["geoip_db"] = v
     if v := _read(env, "IDHUB_METRICS_ALLOW"):
         kw["metrics_networks"] = () if v.strip() == "none" else parse_cidrs("IDHUB_METRICS_ALLOW", v)
+    if v := env.get("IDHUB_OUTBOUND_ALLOW_CIDRS"):  # read by idp.netfetch at every fetch; checked here to fail fast
+        parse_cidrs("IDHUB_OUTBOUND_ALLOW_CIDRS", v)
     if v := _read(env, "IDHUB_METRICS_TOKEN"):
         if len(v) < 32:
             raise SettingsError("IDHUB_METRICS_TOKEN: must be at least 32 characters")

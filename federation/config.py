@@ -19,6 +19,7 @@ MAPPED_FIELDS = ("subject", "email", "name", "given_name", "family_name", "group
 TENANT_TEMPLATE = "{tenantid}"
 MAX_METADATA = 1024 * 1024
 SECRET_PURPOSE = "federation-secrets"
+REGISTERED_VIA = "registered_via"  # a settings key: "api" when the admin API or console registered the connection
 DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 GUIDISH_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -44,14 +45,28 @@ def https_or_loopback(url: str) -> bool:
     return scheme == "https" or (scheme == "http" and _loopback(url))
 
 
-def fetch_metadata(url: str, timeout: float = 10) -> str:
+def guarded(conn: dict) -> bool:
+    """Whether a connection was registered (or its URLs last changed) over the admin API or console: its fetches
+    (SAML metadata_url and its refresh, OIDC discovery, keys, token and groups endpoints) go through
+    ``idp.netfetch``'s SSRF checks. Config-file connections (the trusted operator) do not."""
+    return (conn or {}).get(REGISTERED_VIA) == "api"
+
+
+def fetch_metadata(url: str, timeout: float = 10, *, guarded: bool = False) -> str:
     """GET SAML metadata (bounded size). Raises ``ValueError`` with a short reason, whatever went wrong: requests'
     own errors, but also urllib3's read/protocol errors from the streamed body (a peer that closes early or stalls
-    after the headers), decoding errors and socket errors."""
+    after the headers), decoding errors and socket errors. ``guarded``: through ``idp.netfetch`` (an
+    ``idp.netfetch.FetchError`` naming ``metadata_url`` and what was wrong)."""
     import requests
 
     if not https_or_loopback(url):
         raise ValueError("metadata_url must use https (http only on 127.0.0.1/localhost)")
+    if guarded:
+        from idp import netfetch
+
+        body = netfetch.fetch(url, field="metadata_url", timeout=timeout, limit=MAX_METADATA,
+                              accept="application/samlmetadata+xml, application/xml")
+        return body.decode("utf-8", errors="replace")
     try:
         with requests.get(url, timeout=timeout, stream=True, allow_redirects=False) as resp:
             if resp.status_code != 200:
@@ -215,8 +230,8 @@ def _saml(v, c: dict, p: str, out: dict, base_dir: Path | None, fetch) -> None:
             out["metadata_url"] = url
             try:
                 xml = fetch(url)
-            except ValueError as exc:
-                v.err(f"{p}.metadata_url", f"could not be fetched ({exc})")
+            except ValueError as exc:  # idp.netfetch's FetchError says what was wrong on its own
+                v.err(f"{p}.metadata_url", getattr(exc, "reason", None) or f"could not be fetched ({exc})")
     certs = []
     for j, pem in enumerate(v.seq(c.get("certs"), f"{p}.certs")):
         pem = _multiline(v, pem, f"{p}.certs[{j}]", 16384)

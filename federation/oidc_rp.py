@@ -1,7 +1,11 @@
 """OpenID Connect relying party for upstream IdPs (Okta, Azure AD, generic), on authlib's OAuth 2.0 client.
 
 Plain Python: HTTP goes through an injected ``requests.Session``; the caller keeps state, nonce and the PKCE
-verifier (bound to the login flow, which is bound to the browser) and hands them back at the callback.
+verifier (bound to the login flow, which is bound to the browser) and hands them back at the callback. A
+connection registered over the admin API or console (``federation.config.guarded``) does not use that session: its
+discovery document, keys and groups are fetched by ``idp.netfetch`` and its token request goes through
+``idp.netfetch``'s adapter (resolved once, internal addresses refused unless allow-listed, connected to the checked
+address, no redirects) — an admin's issuer URL cannot make idhub call an internal service.
 
     rp = OidcRp(http)
     url, pending = rp.start(conn, redirect_uri)            # pending = {"state", "nonce", "verifier", ...}
@@ -32,6 +36,7 @@ import time
 from datetime import UTC, datetime
 
 from federation.base import UpstreamError, UpstreamIdentity, check_fresh
+from federation.config import guarded
 from federation.presets import map_claims
 
 ALGORITHMS = ("RS256", "ES256", "PS256")
@@ -76,11 +81,14 @@ class OidcRp:
         self.http = http
         self.clock = clock
         self._lock = threading.Lock()
-        self._discovery: dict[str, tuple[float, dict]] = {}
-        self._jwks: dict[str, tuple[float, object]] = {}
+        self._discovery: dict[str | tuple[str, str], tuple[float, dict]] = {}
+        self._jwks: dict[str | tuple[str, str], tuple[float, object]] = {}
 
     # ---- HTTP ---------------------------------------------------------------------------------------------------
-    def _get_json(self, url: str, check: str, headers: dict | None = None) -> dict:
+    def _get_json(self, url: str, check: str, headers: dict | None = None, conn: dict | None = None,
+                  field: str = "issuer") -> dict:
+        if guarded(conn):
+            return self._get_json_guarded(url, check, headers, field)
         import requests
 
         try:
@@ -100,6 +108,24 @@ class OidcRp:
             raise UpstreamError(check, f"{url} did not answer a JSON object", "")
         return data
 
+    def _get_json_guarded(self, url: str, check: str, headers: dict | None, field: str) -> dict:
+        from idp import netfetch
+
+        try:
+            body = netfetch.fetch(url, field=field, timeout=HTTP_TIMEOUT, limit=MAX_BODY, accept="application/json",
+                                  headers=headers)
+        except netfetch.FetchError as exc:
+            raise UpstreamError(check, f"{url[:300]}: {exc}", "Check the issuer URL. idhub calls only public "
+                                "addresses for connections added in the admin console or API; the operator can "
+                                f"allow internal networks with {netfetch.ALLOW_ENV}.") from None
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise UpstreamError(check, f"{url} did not answer JSON", "Check the issuer URL.") from None
+        if not isinstance(data, dict):
+            raise UpstreamError(check, f"{url} did not answer a JSON object", "")
+        return data
+
     # ---- discovery ------------------------------------------------------------------------------------------------
     def discovery_url(self, conn: dict) -> str:
         issuer = conn["issuer"].replace(TENANT, MULTI_TENANT_ALIASES[0]).rstrip("/")
@@ -107,13 +133,14 @@ class OidcRp:
 
     def metadata(self, conn: dict, *, refresh: bool = False) -> dict:
         """The IdP's discovery document, cached ``DISCOVERY_TTL`` seconds and checked against the issuer."""
-        key = conn["issuer"]
+        # a copy fetched without the checks is never used for a guarded connection
+        key = (conn["issuer"], "guarded") if guarded(conn) else conn["issuer"]
         now = time.monotonic()
         with self._lock:
             hit = self._discovery.get(key)
         if hit and not refresh and now - hit[0] < DISCOVERY_TTL:
             return hit[1]
-        doc = self._get_json(self.discovery_url(conn), "discovery")
+        doc = self._get_json(self.discovery_url(conn), "discovery", conn=conn, field="issuer")
         advertised = doc.get("issuer")
         if not isinstance(advertised, str) or not self._issuer_matches_config(conn, advertised):
             raise UpstreamError("issuer", f"the discovery document names issuer {str(advertised)[:200]!r}, not "
@@ -152,11 +179,12 @@ class OidcRp:
 
         url = url or doc["jwks_uri"]
         now = time.monotonic()
+        key = (url, "guarded") if guarded(conn) else url
         with self._lock:
-            hit = self._jwks.get(url)
+            hit = self._jwks.get(key)
         if hit and (now - hit[0] < JWKS_TTL) and (not refresh or now - hit[0] < JWKS_MIN_REFRESH):
             return hit[1]
-        data = self._get_json(url, "jwks")
+        data = self._get_json(url, "jwks", conn=conn, field="jwks_uri")
         if not isinstance(data.get("keys"), list):
             raise UpstreamError("jwks", "the IdP's JWKS has no list of keys", "")
         keys = [k for k in data["keys"] if isinstance(k, dict) and k.get("kty") in ("RSA", "EC")
@@ -166,7 +194,7 @@ class OidcRp:
         except Exception:
             raise UpstreamError("jwks", "the IdP's JWKS could not be read", "") from None
         with self._lock:
-            self._jwks[url] = (now, ks)
+            self._jwks[key] = (now, ks)
         return ks
 
     def _key_for(self, conn: dict, doc: dict, header: dict):
@@ -271,12 +299,24 @@ class OidcRp:
             method = "client_secret_post"
         client = OAuth2Session(conn["client_id"], conn.get("client_secret"), redirect_uri=redirect_uri,
                                token_endpoint_auth_method=method)
-        client.headers.update(self.http.headers)
-        for prefix, adapter in getattr(self.http, "adapters", {}).items():
-            client.mount(prefix, adapter)
+        from idp import netfetch
+
+        if guarded(conn):  # the token endpoint came from a discovery document an admin's issuer pointed to
+            client.trust_env = False
+            adapter = netfetch.GuardedAdapter("token_endpoint")
+            client.mount("https://", adapter)
+            client.mount("http://", adapter)
+        else:
+            client.headers.update(self.http.headers)
+            for prefix, adapter in getattr(self.http, "adapters", {}).items():
+                client.mount(prefix, adapter)
         try:
             token = client.fetch_token(doc["token_endpoint"], grant_type="authorization_code", code=code,
                                        code_verifier=verifier, timeout=HTTP_TIMEOUT)
+        except netfetch.FetchError as exc:
+            raise UpstreamError("token", f"the token request was not sent ({exc})",
+                                f"idhub calls only public addresses for connections added in the admin console or "
+                                f"API; the operator can allow internal networks with {netfetch.ALLOW_ENV}.") from None
         except OAuthError as exc:
             raise UpstreamError("token", f"the IdP refused the code ({exc.error})",
                                 "Check the client id and secret, and that the redirect URI registered at the IdP "
@@ -369,7 +409,7 @@ class OidcRp:
             endpoint = conn.get("groups_endpoint")
             if endpoint and access_token:
                 try:
-                    groups = self._resolve_groups(endpoint, access_token)
+                    groups = self._resolve_groups(endpoint, access_token, conn)
                     warnings.append(f"groups overage: {len(groups)} group(s) read from the groups endpoint")
                 except _GroupsIncomplete as exc:
                     groups = []
@@ -387,14 +427,15 @@ class OidcRp:
             amr=amr, mfa=bool(mapped.get("mfa")), claims=claims, warnings=tuple(warnings),
         )
 
-    def _resolve_groups(self, endpoint: str, access_token: str) -> list[str]:
+    def _resolve_groups(self, endpoint: str, access_token: str, conn: dict | None = None) -> list[str]:
         """A Graph-like ``memberOf`` answer: ``{"value": [{"id": …}], "@odata.nextLink": …}``."""
         out: list[str] = []
         url = endpoint
         if _origin(endpoint)[0] != "https" and not (_origin(endpoint)[0] == "http" and _loopback_url(endpoint)):
             raise _GroupsIncomplete("the groups endpoint is not an https URL; it was not called")
         for _ in range(20):  # pages
-            data = self._get_json(url, "groups", headers={"Authorization": f"Bearer {access_token}"})
+            data = self._get_json(url, "groups", headers={"Authorization": f"Bearer {access_token}"}, conn=conn,
+                                  field="groups_endpoint")
             for item in data.get("value", []) if isinstance(data.get("value"), list) else []:
                 gid = item.get("id") if isinstance(item, dict) else None
                 if isinstance(gid, str) and gid and gid not in out:

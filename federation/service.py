@@ -110,13 +110,14 @@ class FederationService:
 
     def _refresh_metadata(self, db, ws, row: FederationConnection) -> None:
         """Re-read a SAML connection's ``metadata_url`` (new certificates before a rollover). A failed or unusable
-        fetch keeps the metadata idhub has (fail closed on the old, pinned certificates) and is audited."""
+        fetch keeps the metadata idhub has (fail closed on the old, pinned certificates) and is audited. A URL the
+        admin API or console registered is resolved, checked and pinned again at every refresh (``idp.netfetch``)."""
         from federation import saml_sp
-        from federation.config import fetch_metadata
+        from federation.config import fetch_metadata, guarded
 
         url = row.settings["metadata_url"]
         try:
-            xml = fetch_metadata(url)
+            xml = fetch_metadata(url, guarded=guarded(row.settings))
             meta = saml_sp.parse_idp_metadata(xml)
             if not meta["certs"] and not row.settings.get("certs"):
                 raise ValueError("the metadata has no signing certificate")

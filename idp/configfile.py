@@ -311,7 +311,8 @@ def _apps(v: Validator, raw, path: str) -> list[dict]:
     return out
 
 
-def _connections(v: Validator, raw, path: str, plan: str | None, base_dir: str | None = None) -> list[dict]:
+def _connections(v: Validator, raw, path: str, plan: str | None, base_dir: str | None = None,
+                 fetch=None) -> list[dict]:
     from federation.config import check_domains, validate_connection
 
     out = []
@@ -338,7 +339,8 @@ def _connections(v: Validator, raw, path: str, plan: str | None, base_dir: str |
             v.url(c["url"], f"{p}.url", schemes=("ldap", "ldaps"))
         if plan != "enterprise":
             v.err(p, "single sign-on connections need the enterprise plan")
-        out.append(validate_connection(v, c, p, Path(base_dir) if base_dir else None))
+        out.append(validate_connection(v, c, p, Path(base_dir) if base_dir else None,
+                                       **({"fetch": fetch} if fetch is not None else {})))
     check_domains(v, out, path)
     return out
 

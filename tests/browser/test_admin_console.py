@@ -89,7 +89,9 @@ def upstream_and_hub(hub_factory):
     port = free_port()
     callback = f"http://127.0.0.1:{port}/w/acme/sso/okta/callback"
     with Upstream(okta_shape(free_port(), [callback])) as up:
-        yield up, hub_factory(admin_config(), port=port)
+        # the upstream IdP listens on 127.0.0.1: an issuer added in the console may be reached only when the
+        # deployment allows the network (idp.netfetch refuses internal addresses otherwise)
+        yield up, hub_factory(admin_config(), port=port, extra_env={"IDHUB_OUTBOUND_ALLOW_CIDRS": "127.0.0.0/8"})
 
 
 def test_admin_connects_okta_tests_it_adds_apps_sets_an_allowlist_and_sees_it_all_audited(upstream_and_hub,

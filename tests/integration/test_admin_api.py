@@ -398,12 +398,15 @@ def test_oidc_app_secret_is_shown_once_and_matches_the_config_file_state(app, hu
     assert_error(api.call("PATCH", "/workspaces/acme/apps/wiki", {"client_id": "x"}), 422, field="client_id")
 
 
-def test_metadata_urls_are_refused_and_never_fetched(api):
-    """A SAML app or connection from a metadata URL is refused over the API: idhub makes no request to a URL an
-    API caller chose (internal services, cloud metadata endpoints). A local server shows nothing was fetched."""
+def test_metadata_urls_to_internal_addresses_are_refused_and_never_fetched(api, monkeypatch):
+    """A SAML app or connection from a metadata URL is fetched through idp.netfetch: a URL that points inward
+    (loopback, private, cloud metadata) is refused with a 422 naming metadata_url, unless the deployment's
+    IDHUB_OUTBOUND_ALLOW_CIDRS allows it (tests/integration/test_admin_metadata_url.py). A local server shows nothing
+    was fetched. jwks_uri stays refused."""
     import http.server
     import threading
 
+    monkeypatch.delenv("IDHUB_OUTBOUND_ALLOW_CIDRS", raising=False)
     hits: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -419,24 +422,28 @@ def test_metadata_urls_are_refused_and_never_fetched(api):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/metadata"
-        for path, body in (("/workspaces/acme/apps", {"slug": "sp", "name": "SP", "protocol": "saml",
-                                                      "metadata_url": url}),
-                           ("/workspaces/acme/apps", {"slug": "sp", "name": "SP", "protocol": "saml",
-                                                      "metadata_url": "https://sp.example.com/metadata"}),
-                           ("/workspaces/acme/connections", {"slug": "idp", "name": "IdP", "protocol": "saml",
-                                                             "metadata_url": url}),
-                           ("/workspaces/acme/apps", {"slug": "k", "name": "K", "protocol": "oidc",
-                                                      "token_endpoint_auth_method": "private_key_jwt",
-                                                      "jwks_uri": url})):
-            field = "jwks_uri" if "jwks_uri" in body else "metadata_url"
-            err = assert_error(api.post(path, body), 422, "invalid", field=field)
-            assert "idhub fetches no URL given over the API" in err["message"]
+        port = server.server_address[1]
+        for url, reason in ((f"http://127.0.0.1:{port}/metadata", "loopback address (127.0.0.1)"),
+                            (f"http://localhost:{port}/metadata", "loopback address"),
+                            ("https://10.0.0.5/metadata", "private address (10.0.0.5)"),
+                            ("https://169.254.169.254/latest/meta-data/", "link-local address (169.254.169.254)"),
+                            ("https://[::ffff:127.0.0.1]/metadata", "loopback address")):
+            for path, body in (("/workspaces/acme/apps", {"slug": "sp", "name": "SP", "protocol": "saml",
+                                                          "metadata_url": url}),
+                               ("/workspaces/acme/connections", {"slug": "idp", "name": "IdP", "protocol": "saml",
+                                                                 "metadata_url": url})):
+                err = assert_error(api.post(path, body), 422, "invalid", field="metadata_url")
+                assert reason in err["message"], (url, err)
+        err = assert_error(api.post("/workspaces/acme/apps", {
+            "slug": "k", "name": "K", "protocol": "oidc", "token_endpoint_auth_method": "private_key_jwt",
+            "jwks_uri": f"http://127.0.0.1:{port}/jwks"}), 422, "invalid", field="jwks_uri")
+        assert "not accepted over the API" in err["message"]
     finally:
         server.shutdown()
         server.server_close()
     assert hits == []
     assert api.get("/workspaces/acme/apps").get_json()["total"] == 0
+    assert api.get("/workspaces/acme/connections").get_json()["total"] == 0
 
 
 def test_app_validation_names_the_field_and_refuses_server_paths(api):
@@ -674,7 +681,9 @@ def test_connections_are_validated_and_stored_like_the_config_file_and_keep_thei
                                                            "ca_file": "/etc/shadow"}), 422, field="ca_file")
     assert_error(Api(app, tokens["other"]).post("/workspaces/other/connections", {**OKTA, "domains": []}), 422)
 
-    # the same entry through `idhub apply` stores the same settings
+    # the same entry through `idhub apply` stores the same settings; the operator's file declares it from then on
+    # (an API-added connection is marked, so that its fetches get idp.netfetch's checks)
+    assert api_settings.pop("registered_via") == "api"
     cfg = json.loads(json.dumps(BASE_CONFIG))
     cfg["workspaces"][0]["connections"] = [OKTA, LDAP]
     with hub.db() as db:
@@ -738,6 +747,7 @@ def test_editing_an_oidc_connection_rotates_its_secret_and_merges_over_its_setti
     with hub.db() as db:
         row = db.scalar(select(FederationConnection).where(FederationConnection.slug == "okta"))
         entry, settings = connection_entry(row), dict(row.settings)
+    assert settings.pop("registered_via") == "api"  # added over the API; the config file's entry is the operator's
     cfg = json.loads(json.dumps(BASE_CONFIG))
     cfg["workspaces"][0]["connections"] = [entry]
     with hub.db() as db:

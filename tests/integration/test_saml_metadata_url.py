@@ -144,3 +144,15 @@ def test_only_https_or_loopback_http(url):
 def test_fetch_time_is_bounded(site):
     with pytest.raises(SamlConfigError, match="could not be fetched|took too long"):
         fetch_metadata(site + "/hang", timeout=0.5, reuse_for=0)
+
+
+def test_a_copy_fetched_for_the_config_file_is_not_handed_to_a_guarded_fetch(site, monkeypatch):
+    """The config file's fetch (trusted, loopback allowed) and the admin API's (idp.netfetch's checks) do not
+    share the short-lived copy: an API caller naming the same internal URL a moment later is still refused."""
+    monkeypatch.delenv("IDHUB_OUTBOUND_ALLOW_CIDRS", raising=False)
+    ROUTES["/shared.xml"] = (200, {}, b"<md/>")
+    assert fetch_metadata(site + "/shared.xml") == b"<md/>"
+    with pytest.raises(SamlConfigError, match=r"^metadata_url: points to a loopback address \(127\.0\.0\.1\)$"):
+        fetch_metadata(site + "/shared.xml", guarded=True)
+    monkeypatch.setenv("IDHUB_OUTBOUND_ALLOW_CIDRS", "127.0.0.0/8")
+    assert fetch_metadata(site + "/shared.xml", guarded=True, reuse_for=0) == b"<md/>"
