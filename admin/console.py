@@ -4,6 +4,7 @@ same operations as the API, acting as the signed-in admin (role ``admin`` in thi
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import wraps
 
 from flask import Blueprint, Response, flash, g, redirect, render_template, request, url_for
@@ -11,46 +12,118 @@ from flask import Blueprint, Response, flash, g, redirect, render_template, requ
 from admin.api import admin_service
 from admin.service import AdminError
 from admin.tokens import Principal
+from idp.accounts import ADMIN_ROLES, PLANS, workspace_by_slug
 from idp.models import User
-from idp.web.common import check_csrf, current_client, error_page, hub, load_session, load_workspace
+from idp.web.common import (
+    check_csrf,
+    cookie_name,
+    current_client,
+    error_page,
+    hub,
+    load_session,
+    load_workspace,
+    session_cookie,
+)
 from policies.engine import PolicyContext
 
 bp = Blueprint("admin_console", __name__)
 FIELD_MAX = 4096
 
 
+def _operator_session(ws, client):
+    """(user, session, home workspace) of a hub operator signed in to *another* workspace of this browser, or None.
+
+    A hub operator (role ``operator``, given only by the config file or an operator credential) signs in to their
+    own workspace; the session cookie of that workspace (``idhub_session_<slug>``, path ``/``) comes with every
+    request, so it opens every workspace's console. It is held to its own workspace's session policies (the IP
+    allowlist) and always to a second factor."""
+    h = hub()
+    prefix = cookie_name("idhub_session_")
+    seen = 0
+    for name, token in request.cookies.items():
+        if not name.startswith(prefix) or name == session_cookie(ws.slug):
+            continue
+        seen += 1
+        if seen > 8:  # a browser signed in to many workspaces: look at a few, never at an unbounded list
+            break
+        home = None
+        with h.db() as db:
+            home = workspace_by_slug(db, name[len(prefix):])
+        if home is None:
+            continue
+        sess = h.sessions.load(token, home.id)
+        if sess is None:
+            continue
+        with h.db() as db:
+            user = db.get(User, sess.user_id)
+        if user is None or not user.active or user.role != "operator" or user.workspace_id != home.id:
+            continue
+        if h.session_allowed(home, sess, client).effect == "deny":
+            continue
+        return user, sess, home
+    return None
+
+
+def _operator_mfa(home, user, sess) -> bool:
+    """The hub operator's console needs a second factor, whatever any workspace's ``require_mfa_for_admins``."""
+    ctx = PolicyContext(workspace_id=home.id, plan=home.plan, policies={**(home.policies or {}),
+                                                                       "require_mfa_for_admins": True},
+                        client_ip=current_client().ip, stage="admin", user_id=user.id, user_role="admin",
+                        methods=tuple(sess.amr))
+    return hub().policy.evaluate(ctx).effect == "allow"
+
+
 def admin_required(view):
     """Signed in (else the sign-in page), allowed by the session policies, an active admin of this workspace
     (else 403), and — the strictest policy — signed in with a second factor unless the workspace turned
-    ``require_mfa_for_admins`` off."""
+    ``require_mfa_for_admins`` off. A hub operator signed in to their own workspace (``_operator_session``)
+    reaches every workspace's console, always with a second factor."""
 
     @wraps(view)
     def wrapper(ws_slug, *a, **kw):
         ws = load_workspace(ws_slug)
         sess = load_session(ws)
         client = current_client()
-        if sess is None:
-            return redirect(url_for("auth.login", ws_slug=ws.slug, next=request.full_path.rstrip("?")))
         h = hub()
-        decision = h.session_allowed(ws, sess, client)
-        if decision.effect == "deny":
-            g.session = None
-            return render_template("denied.html", ws=ws, reason=decision.reason), 403
-        with h.db() as db:
-            user = db.get(User, sess.user_id)
-        if user is None or not user.active or user.role != "admin" or user.workspace_id != ws.id:
-            h.audit.record("admin.console.denied", workspace_id=ws.id, actor_id=sess.user_id, ip=client.ip,
-                           request_id=client.request_id, data={"path": request.path[:200], "reason": "not_admin"})
-            return error_page(403, "Forbidden", "The admin console is for this workspace's admins. Ask an admin "
-                                                "if you need access.")
-        ctx = PolicyContext(workspace_id=ws.id, plan=ws.plan, policies=ws.policies or {}, client_ip=client.ip,
-                            stage="admin", user_id=user.id, user_role=user.role, methods=tuple(sess.amr))
-        decision = h.policy.evaluate(ctx)
-        if decision.effect != "allow":
-            return render_template("admin/mfa_required.html", ws=ws, reason=decision.reason), 403
-        p = Principal("user", user.email, False, ws.id, actor_id=user.id, ip=client.ip,
-                      user_agent=client.user_agent, request_id=client.request_id)
+        user = None
+        if sess is not None:
+            decision = h.session_allowed(ws, sess, client)
+            if decision.effect == "deny":
+                g.session = None
+                return render_template("denied.html", ws=ws, reason=decision.reason), 403
+            with h.db() as db:
+                user = db.get(User, sess.user_id)
+        if user is not None and user.active and user.workspace_id == ws.id and user.role in ADMIN_ROLES:
+            ctx = PolicyContext(workspace_id=ws.id, plan=ws.plan, policies=ws.policies or {}, client_ip=client.ip,
+                                stage="admin", user_id=user.id, user_role="admin", methods=tuple(sess.amr))
+            if user.role == "operator":
+                ctx = replace(ctx, policies={**ctx.policies, "require_mfa_for_admins": True})
+            decision = h.policy.evaluate(ctx)
+            if decision.effect != "allow":
+                return render_template("admin/mfa_required.html", ws=ws, reason=decision.reason), 403
+            p = Principal("user", user.email, user.role == "operator", ws.id, actor_id=user.id, ip=client.ip,
+                          user_agent=client.user_agent, request_id=client.request_id)
+            g.operator_home = ws if user.role == "operator" else None
+        else:
+            found = _operator_session(ws, client)
+            if found is None:
+                if sess is None:
+                    return redirect(url_for("auth.login", ws_slug=ws.slug, next=request.full_path.rstrip("?")))
+                h.audit.record("admin.console.denied", workspace_id=ws.id, actor_id=sess.user_id, ip=client.ip,
+                               request_id=client.request_id, data={"path": request.path[:200], "reason": "not_admin"})
+                return error_page(403, "Forbidden", "The admin console is for this workspace's admins. Ask an admin "
+                                                    "if you need access.")
+            user, op_sess, home = found
+            g.session = op_sess  # the console's forms are bound to the operator's own session (CSRF)
+            if not _operator_mfa(home, user, op_sess):
+                return render_template("admin/mfa_required.html", ws=home,
+                                       reason="The hub operator signs in with two-factor authentication. Set up "
+                                              "2FA on your security page, sign out and sign in again."), 403
+            p = Principal("user", user.email, True, ws.id, actor_id=user.id, ip=client.ip,
+                          user_agent=client.user_agent, request_id=client.request_id)
+            g.operator_home = home
         g.admin_user = user
+        g.admin_principal = p
         try:
             return view(ws, p, *a, **kw)
         except AdminError as exc:
@@ -95,6 +168,33 @@ def dashboard(ws, p):
     stats = svc.dashboard(p, ws.slug)
     recent = svc.search_events(p, ws.slug, limit=10)["items"]
     return _render("dashboard.html", ws, stats=stats, recent=recent)
+
+
+# ---- workspaces (hub operator) -----------------------------------------------------------------------------
+@bp.route("/w/<ws_slug>/admin/workspaces", methods=["GET", "POST"])
+@admin_required
+def workspaces(ws, p):
+    """Every workspace of the hub, and a new one (the hub operator only: 403 for a workspace admin)."""
+    svc = admin_service()
+    errors: list[str] = []
+    status = 200
+    if request.method == "POST":
+        check_csrf()
+        body = {"slug": _form("slug").strip().lower(), "name": _form("name").strip(), "plan": _form("plan", "free"),
+                "domains": _lines("domains")}
+        try:
+            created = svc.create_workspace(p, body)
+        except AdminError as exc:
+            if exc.status == 403:
+                raise
+            errors, status = [_error_text(exc)], exc.status
+        else:
+            flash(f"Created the workspace {created['name']} ({created['slug']}). Invite its first admin from its "
+                  "Users page.", "status")
+            return redirect(url_for("admin_console.users", ws_slug=created["slug"]))
+    page = _listing(errors, svc.list_workspaces, p)
+    return _render("workspaces.html", ws, status, page=page, errors=errors, plans=PLANS,
+                   form=request.form if errors else {})
 
 
 # ---- users -------------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
 MAX_EMAIL = 254
 PLANS = ("free", "pro", "enterprise")
-ROLES = ("member", "admin")
+ROLES = ("member", "admin", "operator")  # operator: the hub operator (every workspace's console)
+ADMIN_ROLES = ("admin", "operator")  # an operator is also an admin of their own workspace
 
 
 class InvalidEmail(ValueError):
