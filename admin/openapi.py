@@ -38,6 +38,13 @@ FETCH_NOTE = ("idhub fetches a metadata_url through its outbound checks: https o
               "goes to the address that was checked. The document is validated as pasted metadata_xml is, and read "
               "again daily with the same checks.")
 
+# What happens to the URLs of apps registered over the API that idhub calls later.
+APP_URLS_NOTE = ("An app registered over the API is marked registered_via: api: idhub calls an OIDC client's jwks_uri "
+                 "and backchannel_logout_uri and a SAML app's SOAP SingleLogoutService (from its metadata) through "
+                 "the same outbound checks at every call (a refusal then is logged and audited, never an error for "
+                 "the user), and refuses now (422 naming the field) an IP literal or localhost those checks would "
+                 "refuse, or plain http to another host.")
+
 
 def _page_schema(item: str) -> dict:
     """A page of a list: ``items``, ``total``, ``limit``, ``offset`` and ``next_offset`` (null on the last page)."""
@@ -46,6 +53,8 @@ def _page_schema(item: str) -> dict:
         "total": {"type": "integer", "minimum": 0}, "limit": {"type": "integer", "minimum": 1, "maximum": 200},
         "offset": {"type": "integer", "minimum": 0}, "next_offset": {"type": ["integer", "null"]}}}
 STR_LIST = {"type": "array", "items": {"type": "string"}}
+ROLE = {"type": "string", "enum": ["member", "admin", "operator"],
+        "description": "operator: the hub operator (every workspace); only an operator credential gives or changes it"}
 
 SCHEMAS: dict = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
@@ -62,7 +71,7 @@ SCHEMAS: dict = {
     "User": {"type": "object", "required": ["id", "email", "name", "role", "active", "status", "groups"],
              "properties": {
                  "id": {"type": "string"}, "email": {"type": "string"}, "name": {"type": "string"},
-                 "role": {"type": "string", "enum": ["member", "admin"]}, "active": {"type": "boolean"},
+                 "role": ROLE, "active": {"type": "boolean"},
                  "status": {"type": "string", "enum": ["active", "disabled", "invited"]}, "groups": STR_LIST,
                  "managed_by": NULLABLE_STR, "created_at": NULLABLE_STR, "updated_at": NULLABLE_STR,
                  "mfa_methods": STR_LIST}},
@@ -70,10 +79,10 @@ SCHEMAS: dict = {
     "NewUser": {"type": "object", "required": ["email"], "additionalProperties": False,
                 "description": "Without a password the user is invited: a set-password link is mailed.",
                 "properties": {"email": {"type": "string"}, "name": {"type": "string"},
-                               "password": {"type": "string"}, "role": {"type": "string", "enum": ["member", "admin"]},
+                               "password": {"type": "string"}, "role": ROLE,
                                "groups": STR_LIST}},
     "UserChange": {"type": "object", "additionalProperties": False, "properties": {
-        "name": {"type": "string"}, "role": {"type": "string", "enum": ["member", "admin"]}, "groups": STR_LIST}},
+        "name": {"type": "string"}, "role": ROLE, "groups": STR_LIST}},
     "Count": {"type": "object", "properties": {"sessions_ended": {"type": "integer"},
                                                "removed": STR_LIST}},
     "Group": {"type": "object", "required": ["id", "name", "members"], "properties": {
@@ -94,7 +103,7 @@ SCHEMAS: dict = {
     "NewApp": {"type": "object", "required": ["slug", "name", "protocol"],
                "description": "An `apps` entry as in the config file (docs/config.md). OIDC client ids and secrets "
                               "are generated; SAML apps give exactly one of metadata_xml, metadata_url, or entity_id "
-                              "with acs_url. metadata_file and jwks_uri are refused. " + FETCH_NOTE,
+                              "with acs_url. metadata_file is refused. " + FETCH_NOTE + " " + APP_URLS_NOTE,
                "properties": {"slug": {"type": "string"}, "name": {"type": "string"},
                               "protocol": {"type": "string", "enum": ["oidc", "saml"]},
                               "redirect_uris": STR_LIST, "post_logout_redirect_uris": STR_LIST,
@@ -102,7 +111,12 @@ SCHEMAS: dict = {
                               "grant_types": STR_LIST, "require_mfa": {"type": "boolean"},
                               "metadata_xml": {"type": "string"},
                               "metadata_url": {"type": "string", "description": "the SP's metadata URL (https)"},
-                              "entity_id": {"type": "string"}, "acs_url": {"type": "string"}}},
+                              "entity_id": {"type": "string"}, "acs_url": {"type": "string"},
+                              "backchannel_logout_uri": {"type": "string", "description": "where idhub POSTs "
+                                                         "logout tokens (outbound checks)"},
+                              "jwks": {"type": "object", "description": "a private_key_jwt client's public keys"},
+                              "jwks_uri": {"type": "string", "description": "or the https URL idhub fetches them "
+                                           "from (outbound checks)"}}},
     "Connection": {"type": "object", "required": ["slug", "name", "protocol", "domains", "urls"], "properties": {
         "slug": {"type": "string"}, "name": {"type": "string"},
         "protocol": {"type": "string", "enum": ["saml", "oidc", "ldap"]}, "preset": {"type": "string"},
@@ -159,7 +173,9 @@ SCHEMAS: dict = {
             "timeout": {"type": ["integer", "null"], "minimum": 1, "maximum": 60}}},
     "AppChange": {"type": "object", "additionalProperties": False, "properties": {
         "name": {"type": "string"}, "redirect_uris": STR_LIST, "post_logout_redirect_uris": STR_LIST,
-        "scopes": STR_LIST, "require_mfa": {"type": "boolean"}}},
+        "scopes": STR_LIST, "require_mfa": {"type": "boolean"},
+        "backchannel_logout_uri": {**NULLABLE_STR, "description": "a new one gets the outbound checks (registered_via: "
+                                   "api); null removes it"}}},
     "Policies": {"type": "object", "additionalProperties": False, "properties": {
         "require_mfa": {"type": "boolean"}, "require_mfa_for_admins": {"type": "boolean"},
         "mfa_methods": {"type": "array", "items": {"type": "string", "enum": ["totp", "sms", "backup_codes"]}},

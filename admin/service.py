@@ -117,13 +117,13 @@ def parse_time(value, name: str) -> datetime | None:
     return t
 
 
-# Config-file keys the API refuses, and why. The API never reads a server path. The one URL it fetches is a SAML
-# metadata_url (apps and connections), through idp.netfetch: internal addresses (loopback, private, link-local with
-# the cloud metadata services, …) are refused unless IDHUB_OUTBOUND_ALLOW_CIDRS allows them, and the connection goes
-# to the address that was checked; so do an API-registered OIDC connection's discovery, keys and token requests.
-NO_FETCH = "not accepted over the API: "
+# Config-file keys the API refuses, and why. The API never reads a server path. The URLs it has idhub call go
+# through idp.netfetch: a SAML metadata_url (apps and connections), an API-registered OIDC connection's discovery,
+# keys and token requests, and for apps registered over the API an OIDC client's jwks_uri and
+# backchannel_logout_uri and a SAML app's SOAP SingleLogoutService: internal addresses (loopback, private,
+# link-local with the cloud metadata services, …) are refused unless IDHUB_OUTBOUND_ALLOW_CIDRS allows them, and the
+# connection goes to the address that was checked.
 REFUSED = {
-    "jwks_uri": NO_FETCH + "give the keys as jwks, or use the config file",
     "metadata_file": "a path on the idhub server: not accepted over the API (paste the document as metadata_xml)",
     "ca_file": "a path on the idhub server: not accepted over the API (use the config file)",
     "client_secret_env": "environment references are for the config file",
@@ -181,6 +181,38 @@ def _check_oidc_urls(body: dict, old: dict | None = None) -> None:
             except FetchError as exc:
                 if "address" in exc.reason:
                     raise AdminError(422, "invalid", exc.reason, key) from None
+
+
+# An OIDC app's URLs that idhub calls (through idp.netfetch when the app is registered over the API).
+OIDC_APP_URLS = ("backchannel_logout_uri", "jwks_uri")
+
+
+def _check_app_urls(body: dict, old: dict | None = None) -> None:
+    """An OIDC app's ``backchannel_logout_uri`` or ``jwks_uri`` given (or changed) over the API: a URL that
+    idp.netfetch would refuse without a DNS look-up — an IP literal or ``localhost`` outside
+    ``IDHUB_OUTBOUND_ALLOW_CIDRS``, plain http to another host — is refused now, naming the field (host names are
+    checked at every call)."""
+    from idp.netfetch import FetchError, check_literal
+
+    for key in OIDC_APP_URLS:
+        if isinstance(body.get(key), str) and body[key] != (old or {}).get(key):
+            try:
+                check_literal(body[key], key)
+            except FetchError as exc:
+                raise AdminError(422, "invalid", exc.reason, key) from None
+
+
+def _check_soap_slo(url: str | None, field: str) -> None:
+    """A SAML app registered over the API: the SOAP SingleLogoutService of its metadata (POSTed to at back-channel
+    logout, through idp.netfetch) is refused now when idp.netfetch would refuse it without a DNS look-up."""
+    from idp.netfetch import FetchError, check_literal
+
+    if url:
+        try:
+            check_literal(url, "slo_soap_url")
+        except FetchError as exc:
+            raise AdminError(422, "invalid", f"the metadata's SOAP SingleLogoutService {exc.reason}", field) \
+                from None
 
 
 class AdminService:
@@ -303,12 +335,21 @@ class AdminService:
         nxt = offset + len(items) if offset + len(items) < total else None
         return {"items": items, "total": total, "limit": limit, "offset": offset, "next_offset": nxt}
 
-    def _user(self, db, ws: Workspace, user_id: str) -> User:
+    def _user(self, db, ws: Workspace, user_id: str, changed_by: Principal | None = None) -> User:
+        """The user; with ``changed_by``, only if that credential may change it (a hub operator's account
+        is changed by the hub operator only: a workspace admin cannot disable, demote or reset them)."""
         _check_id(user_id, "user")
         u = db.scalar(select(User).where(User.id == user_id, User.workspace_id == ws.id))
         if u is None:
             raise AdminError(404, "not_found", "no such user")
+        if changed_by is not None and u.role == "operator" and not changed_by.operator:
+            raise AdminError(403, "forbidden", "only the hub operator can change a hub operator's account")
         return u
+
+    @staticmethod
+    def _check_role(p: Principal, role) -> None:
+        if role == "operator" and not p.operator:
+            raise AdminError(403, "forbidden", "only the hub operator can make someone a hub operator", "role")
 
     def get_user(self, p: Principal, slug: str, user_id: str) -> dict:
         ws = self.workspace(p, slug)
@@ -336,6 +377,7 @@ class AdminService:
         mechanism of ``idp.hub``)."""
         ws = self.workspace(p, slug)
         body = _body(body, {"email", "name", "password", "role", "groups"}, ("email",))
+        self._check_role(p, body.get("role"))
         with self.hub.db() as db:
             known = self._group_names(db, ws)
             v = Validator()
@@ -367,8 +409,9 @@ class AdminService:
     def update_user(self, p: Principal, slug: str, user_id: str, body) -> dict:
         ws = self.workspace(p, slug)
         body = _body(body, {"name", "role", "groups"})
+        self._check_role(p, body.get("role"))
         with self.hub.db() as db:
-            user = self._user(db, ws, user_id)
+            user = self._user(db, ws, user_id, changed_by=p)
             known = self._group_names(db, ws)
             v = Validator()
             u = validate_user(v, {"email": user.email, **body}, "user", list(known), set())
@@ -397,7 +440,7 @@ class AdminService:
         """Disable (every session ends, as with SCIM deprovisioning) or enable a user."""
         ws = self.workspace(p, slug)
         with self.hub.db() as db:
-            user = self._user(db, ws, user_id)
+            user = self._user(db, ws, user_id, changed_by=p)
             if not active and p.kind == "user" and p.actor_id == user.id:
                 raise AdminError(409, "self_lockout", "you cannot disable your own account")
             was = user.active
@@ -417,7 +460,7 @@ class AdminService:
         """Remove every second factor (the user enrols again at the next sign-in) and end the user's sessions."""
         ws = self.workspace(p, slug)
         with self.hub.db() as db:
-            user = self._user(db, ws, user_id)
+            user = self._user(db, ws, user_id, changed_by=p)
         methods = list(self.hub.mfa.enrolled(user.id).methods())
         self.hub.mfa.disable_all(user.id)
         ended = len(self.hub.sessions.end_all(user.id, "mfa_reset_by_admin"))
@@ -427,7 +470,7 @@ class AdminService:
     def end_sessions(self, p: Principal, slug: str, user_id: str) -> dict:
         ws = self.workspace(p, slug)
         with self.hub.db() as db:
-            user = self._user(db, ws, user_id)
+            user = self._user(db, ws, user_id, changed_by=p)
         ended = len(self.hub.sessions.end_all(user.id, "ended_by_admin"))
         self.audit(p, ws.id, "admin.user.sessions_ended", subject_id=user.id, sessions_ended=ended)
         return {"sessions_ended": ended}
@@ -592,8 +635,9 @@ class AdminService:
 
         ws = self.workspace(p, slug)
         # never a server-side path; metadata_url is fetched through idp.netfetch's checks (now and at every
-        # refresh); secrets are generated, not chosen
-        allowed = APP_KEYS - {"metadata_file", "client_secret", "client_secret_env", "client_id", "jwks_uri"}
+        # refresh), and so are, at every call, an OIDC app's jwks_uri and backchannel_logout_uri and a SAML app's
+        # SOAP SingleLogoutService (registered_via: api); secrets are generated, not chosen
+        allowed = APP_KEYS - {"metadata_file", "client_secret", "client_secret_env", "client_id"}
         body = _body(body, allowed, ("slug", "name", "protocol"),
                      {**REFUSED, "client_secret": "generated by idhub (shown once in the answer)",
                       "client_id": "generated by idhub"})
@@ -608,10 +652,14 @@ class AdminService:
                 entry["client_secret"] = secret
         v = Validator()
         apps = validate_apps(v, [entry], "app")
-        if not v.errors and apps[0].get("protocol") == "saml" and apps[0].get("metadata_url"):
+        if not v.errors:
             from saml.config import REGISTERED_VIA
 
-            apps[0][REGISTERED_VIA] = "api"  # fetched with idp.netfetch's checks now and at every refresh
+            # an admin chose the URLs: metadata_url fetched with idp.netfetch's checks now and at every refresh;
+            # jwks_uri, backchannel_logout_uri and the SOAP SingleLogoutService with them at every call
+            apps[0][REGISTERED_VIA] = "api"
+            if entry["protocol"] == "oidc":
+                _check_app_urls(apps[0])
         if not v.errors:
             for problem in saml_app_errors(apps[0]):
                 v.err("app[0]", problem)
@@ -627,7 +675,10 @@ class AdminService:
                     from saml.config import _sp_settings
                     from saml.models import SamlServiceProvider
 
-                    eid = _sp_settings(apps[0], None)["entity_id"]
+                    sp = _sp_settings(apps[0], None)
+                    _check_soap_slo(sp["slo_soap_url"], "metadata_url" if entry.get("metadata_url")
+                                    else "metadata_xml")
+                    eid = sp["entity_id"]
                     if db.scalar(select(SamlServiceProvider.id).where(SamlServiceProvider.workspace_id == ws.id,
                                                                       SamlServiceProvider.entity_id == eid)):
                         raise AdminError(409, "conflict", "an app with this SAML entity ID exists", "entity_id")
@@ -648,10 +699,14 @@ class AdminService:
         return out
 
     def update_app(self, p: Principal, slug: str, app_slug: str, body) -> dict:
-        """Change an OIDC client's name, redirect URIs, scopes or per-app 2FA, validated as in the config file
-        (its id, secret and authentication method stay)."""
+        """Change an OIDC client's name, redirect URIs, scopes, per-app 2FA or back-channel logout URI, validated as
+        in the config file (its id, secret and authentication method stay). A new ``backchannel_logout_uri`` marks
+        the client ``registered_via: api``: idhub POSTs to it through idp.netfetch's checks from now on."""
+        from oidc.config import REGISTERED_VIA
+
         ws = self.workspace(p, slug)
-        body = _body(body, {"name", "redirect_uris", "post_logout_redirect_uris", "scopes", "require_mfa"})
+        body = _body(body, {"name", "redirect_uris", "post_logout_redirect_uris", "scopes", "require_mfa",
+                            "backchannel_logout_uri"})
         with self.hub.db() as db:
             kind, row = self._app(db, ws, app_slug)
             if kind != "oidc":
@@ -659,16 +714,19 @@ class AdminService:
             current = {"slug": row.slug, "name": row.name, "protocol": "oidc", "client_id": row.client_id,
                        "token_endpoint_auth_method": "none", "redirect_uris": list(row.redirect_uris or []),
                        "post_logout_redirect_uris": list(row.post_logout_redirect_uris or []),
-                       "scopes": list(row.scopes or [])}
+                       "backchannel_logout_uri": row.backchannel_logout_uri, "scopes": list(row.scopes or [])}
             v = Validator()
             validate_apps(v, [{**current, **body}], "app")
             if "require_mfa" in body:
                 v.boolean(body["require_mfa"], "app[0].require_mfa")
             if v.errors:
                 raise invalid(v.errors, "app[0]")
+            _check_app_urls(body, current)
             changed = sorted(k for k in body if getattr(row, k) != body[k])
             for k in body:
                 setattr(row, k, list(body[k]) if isinstance(body[k], list) else body[k])
+            if "backchannel_logout_uri" in changed and body["backchannel_logout_uri"]:
+                setattr(row, REGISTERED_VIA, "api")  # an admin chose the URL idhub POSTs to: the checks apply
             db.commit()
             out = self.render_app(ws, kind, row)
         self.audit(p, ws.id, "admin.app.updated", subject_id=app_slug, changed=changed)

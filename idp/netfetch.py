@@ -1,5 +1,7 @@
-"""SSRF-safe outbound HTTP for URLs that a workspace admin chose (admin API and console): SAML metadata URLs and the
-OIDC endpoints of connections registered over the API. Plain Python on urllib3, no Flask.
+"""SSRF-safe outbound HTTP for URLs that a workspace admin chose (admin API and console): SAML metadata URLs, the
+OIDC endpoints of connections registered over the API, and, for apps registered over the API, an OIDC client's
+``jwks_uri`` and ``backchannel_logout_uri`` and a SAML SP's SOAP SingleLogoutService. Plain Python on urllib3, no
+Flask.
 
 A fetch parses the URL (https; plain http only to a loopback host name, as for the config file), resolves the host
 **once**, refuses it when any address it resolves to is not a public unicast address — loopback, private (RFC 1918,
@@ -12,7 +14,7 @@ Every failure is a :class:`FetchError` (a ``ValueError``) whose message names th
 
     metadata_url: resolves to a private address (10.0.0.5)
 
-Deployments whose metadata servers are on the internal network list those networks in
+Deployments whose metadata, key or logout endpoints are on the internal network list those networks in
 ``IDHUB_OUTBOUND_ALLOW_CIDRS`` (comma-separated CIDRs, read at every fetch): an address in one of them is accepted
 even though it would otherwise be refused. The config file (``idhub apply``, the trusted operator) does not go
 through here."""
@@ -282,6 +284,25 @@ def fetch(url, *, field: str = "url", timeout: float = DEFAULT_TIMEOUT, limit: i
           allow: tuple[Network, ...] | None = None, ca_certs: str | None = None) -> bytes:
     """GET ``url`` (checked and pinned as described above) and return its body: status 200 only, no redirects,
     at most ``limit`` bytes, all within ``timeout`` seconds. ``FetchError`` otherwise."""
+    return _exchange("GET", url, None, field=field, timeout=timeout, limit=limit, accept=accept, headers=headers,
+                     resolver=resolver, allow=allow, ca_certs=ca_certs, statuses=(200,))
+
+
+def post(url, body: bytes, *, field: str = "url", content_type: str = "application/x-www-form-urlencoded",
+         timeout: float = DEFAULT_TIMEOUT, limit: int = DEFAULT_LIMIT, accept: str = "*/*",
+         headers: dict | None = None, resolver=None, allow: tuple[Network, ...] | None = None,
+         ca_certs: str | None = None) -> bytes:
+    """POST ``body`` to ``url`` (checked and pinned as :func:`fetch` does: resolved once, internal addresses refused
+    unless allow-listed, connected to the checked address, no redirects, one deadline) and return the answer's
+    body (at most ``limit`` bytes): any 2xx status; ``FetchError`` otherwise (back-channel logout: OIDC logout
+    tokens, SAML SOAP LogoutRequests)."""
+    return _exchange("POST", url, body, field=field, timeout=timeout, limit=limit, accept=accept,
+                     headers={"Content-Type": content_type, **(headers or {})}, resolver=resolver, allow=allow,
+                     ca_certs=ca_certs, statuses=tuple(range(200, 300)))
+
+
+def _exchange(method: str, url, body: bytes | None, *, field: str, timeout: float, limit: int, accept: str,
+              headers: dict | None, resolver, allow, ca_certs, statuses: tuple[int, ...]) -> bytes:
     deadline = time.monotonic() + timeout
     t = target(url, field, resolver=resolver, allow=allow, timeout=timeout)
 
@@ -294,13 +315,15 @@ def fetch(url, *, field: str = "url", timeout: float = DEFAULT_TIMEOUT, limit: i
     p = pool(t, timeout=remaining(), ca_certs=ca_certs)
     sent = {"Accept": accept, "Accept-Encoding": "identity", "User-Agent": "idhub", **(headers or {}),
             "Host": t.host_header}
+    if body is not None:
+        sent["Content-Length"] = str(len(body))
     resp = None
     try:
-        resp = p.urlopen("GET", t.path, headers=sent, redirect=False, retries=False, preload_content=False,
-                         assert_same_host=False)
+        resp = p.urlopen(method, t.path, body=body, headers=sent, redirect=False, retries=False,
+                         preload_content=False, assert_same_host=False)
         if 300 <= resp.status < 400:
             raise FetchError(field, f"redirected (HTTP {resp.status}); give the final URL")
-        if resp.status != 200:
+        if resp.status not in statuses:
             raise FetchError(field, f"answered HTTP {resp.status}")
         declared = resp.headers.get("Content-Length", "")
         if declared.strip().isdigit() and int(declared) > limit:

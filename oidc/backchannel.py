@@ -6,6 +6,12 @@ refreshes): not its access tokens, which the purge deletes minutes after they ex
 a refresh token or just an ID token with the session's ``sid``. The session's remaining tokens are also read, so a
 session that began before participants were recorded still reaches its apps. The participants go with the session.
 
+The ``backchannel_logout_uri`` of an app registered over the admin API or console (``registered_via: api``, a
+workspace admin's choice) is POSTed to through ``idp.netfetch``: resolved once, refused when it is loopback,
+private, link-local, … unless ``IDHUB_OUTBOUND_ALLOW_CIDRS`` allows it, connected to the checked address, no
+redirects; a refusal or failure is logged and audited (``oidc.backchannel_logout.failed``). Config-file apps keep
+a plain POST (logged when it fails). Neither ever undoes the sign-out.
+
 ``install`` registers it as a session-end listener of the hub's ``SessionManager``.
 """
 
@@ -20,23 +26,39 @@ from urllib.parse import urlencode
 from sqlalchemy import delete, select
 
 from idp.models import Workspace
+from oidc.config import guarded
 from oidc.models import OidcAccessToken, OidcClient, OidcRefreshToken, OidcSessionClient
 from oidc.provider import BACKCHANNEL_EVENT, OidcService, _ts
 
 log = logging.getLogger("idhub.oidc.backchannel")
 LOGOUT_TOKEN_TTL = 120
 POST_TIMEOUT = 5
+MAX_ANSWER = 65536  # bytes of an app's answer read (through idp.netfetch)
 
 
-def _post(url: str, logout_token: str) -> None:
+def _post(url: str, logout_token: str, *, guarded: bool = False) -> str | None:
+    """POST a logout token to the app's ``backchannel_logout_uri``: None when it was delivered, else why not (also
+    logged; an app that is down or refused must not break sign-out). ``guarded`` (a client registered over the
+    admin API or console): through ``idp.netfetch`` — resolved once, refused when the host is loopback, private,
+    link-local, … outside ``IDHUB_OUTBOUND_ALLOW_CIDRS``, connected to the checked address, no redirects."""
     data = urlencode({"logout_token": logout_token}).encode()
-    req = urllib.request.Request(url, data=data, method="POST",  # noqa: S310 (an admin-configured http(s) URL)
-                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
     try:
+        if guarded:
+            from idp import netfetch
+
+            netfetch.post(url, data, field="backchannel_logout_uri", timeout=POST_TIMEOUT, limit=MAX_ANSWER)
+            return None
+        req = urllib.request.Request(url, data=data, method="POST",  # noqa: S310 (an operator-configured URL)
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
         with urllib.request.urlopen(req, timeout=POST_TIMEOUT) as resp:  # noqa: S310
             resp.read(1024)
-    except Exception as exc:  # an app that is down must not break sign-out; it is logged
-        log.warning("back-channel logout failed", extra={"error": type(exc).__name__})
+        return None
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, the session stays ended; it is logged
+        from idp.netfetch import FetchError
+
+        why = str(exc) if isinstance(exc, FetchError) else type(exc).__name__
+        log.warning("back-channel logout failed", extra={"error": type(exc).__name__, "reason": why[:200]})
+        return why
 
 
 class BackchannelLogout:
@@ -64,16 +86,17 @@ class BackchannelLogout:
             clients = {}
             for ws_id in {w for _, w in found.values()}:
                 names = {c for (_, c), (_, w) in found.items() if w == ws_id}
-                for c in db.execute(select(OidcClient.client_id, OidcClient.backchannel_logout_uri).where(
+                for c in db.execute(select(OidcClient.client_id, OidcClient.backchannel_logout_uri,
+                                           OidcClient.registered_via).where(
                         OidcClient.workspace_id == ws_id, OidcClient.client_id.in_(names))):
-                    clients[(ws_id, c.client_id)] = c.backchannel_logout_uri
+                    clients[(ws_id, c.client_id)] = (c.backchannel_logout_uri, guarded(c))
             workspaces = {w.id: w for w in db.scalars(select(Workspace).where(
                 Workspace.id.in_({w for _, w in found.values()})))} if found else {}
         for sid in ids:
             self.svc.revoke_session(sid)
         now = hub.clock()
         for (session_id, client_id), (user_id, ws_id) in sorted(found.items()):
-            url = clients.get((ws_id, client_id))
+            url, checked = clients.get((ws_id, client_id), (None, False))
             ws = workspaces.get(ws_id)
             if not url or ws is None:
                 continue
@@ -81,12 +104,32 @@ class BackchannelLogout:
                       "exp": _ts(now) + LOGOUT_TOKEN_TTL, "jti": secrets.token_urlsafe(16), "sub": user_id,
                       "sid": self.svc.sid(session_id), "events": {BACKCHANNEL_EVENT: {}}}
             token = self.svc.sign(ws, claims, typ="logout+jwt")
-            self.dispatch(lambda url=url, token=token: self.post(url, token))
+            if checked:
+                self.dispatch(lambda url=url, token=token, ws_id=ws.id, client_id=client_id, user_id=user_id:
+                              self.deliver_checked(ws_id, client_id, user_id, url, token))
+            else:
+                self.dispatch(lambda url=url, token=token: self.post(url, token))
             self.svc.audit("oidc.backchannel_logout", ws.id, actor_id=user_id, client_id=client_id)
         with hub.db() as db:  # the session is over: so is the record of its apps
             db.execute(delete(OidcSessionClient).where(OidcSessionClient.session_id.in_(ids))
                        .execution_options(synchronize_session=False))
             db.commit()
+
+
+    def deliver_checked(self, ws_id: str, client_id: str, user_id: str, url: str, token: str) -> None:
+        """The POST for a client registered over the admin API or console (through ``idp.netfetch``); a refusal
+        or failure is audited (``oidc.backchannel_logout.failed``, with why) for the workspace's admins, never
+        raised: the session is over whatever the app's endpoint does."""
+        try:
+            error = self.post(url, token, guarded=True)
+        except Exception as exc:  # noqa: BLE001 - a stand-in poster; the real one returns why
+            error = type(exc).__name__
+        if error:
+            try:
+                self.svc.audit("oidc.backchannel_logout.failed", ws_id, actor_id=user_id, client_id=client_id,
+                               error=str(error)[:200])
+            except Exception:  # noqa: BLE001 - the audit log is down: the warning above is what is left
+                log.warning("back-channel logout failure not audited", exc_info=True)
 
 
 def install(hub, listener: BackchannelLogout) -> None:

@@ -16,6 +16,15 @@ SCOPES = ("openid", "profile", "email", "groups", "offline_access")
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 DEFAULT_CONFIDENTIAL = "client_secret_basic,client_secret_post"
+# The key of an app entry (and the column of ``oidc_clients``) saying the admin API or console registered the client
+# (or last changed its backchannel_logout_uri): "api". Its jwks_uri and backchannel_logout_uri are then called
+# through ``idp.netfetch``'s SSRF checks; config-file clients (the trusted operator) keep plain requests.
+REGISTERED_VIA = "registered_via"
+
+
+def guarded(row) -> bool:
+    """Whether idhub calls the client's URLs (jwks_uri, backchannel_logout_uri) through ``idp.netfetch``."""
+    return getattr(row, REGISTERED_VIA, None) == "api"
 
 
 def jwks_uri_problem(uri: str) -> str | None:
@@ -86,6 +95,7 @@ def apply_oidc_apps(db, workspace, apps: list[dict]) -> None:
         row.redirect_uris = list(app.get("redirect_uris") or [])
         row.post_logout_redirect_uris = list(app.get("post_logout_redirect_uris") or [])
         row.backchannel_logout_uri = app.get("backchannel_logout_uri") or None
+        row.registered_via = "api" if app.get(REGISTERED_VIA) == "api" else None  # the config file: None
         grants = [g for g in (app.get("grant_types") or ["authorization_code"]) if g in GRANT_TYPES]
         if method == "none":
             grants = [g for g in grants if g != "client_credentials"]  # a public client cannot authenticate

@@ -31,6 +31,9 @@ class OidcClient(Base):
     require_mfa: Mapped[bool] = mapped_column(Boolean, default=False)
     # the ID token's signing algorithm (OIDC Dynamic Client Registration's metadata name): RS256 or ES256
     id_token_signed_response_alg: Mapped[str] = mapped_column(String(10), default="RS256", server_default="RS256")
+    # "api" when the admin API or console registered the client (or last changed a URL idhub calls): its
+    # backchannel_logout_uri and jwks_uri then go through idp.netfetch's SSRF checks. NULL: the config file.
+    registered_via: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

@@ -55,7 +55,7 @@ from sqlalchemy import insert, select, update
 
 from idp.models import Group, GroupMember, User
 from oidc.auditbatch import AuditBatcher
-from oidc.config import SCOPES, check_secret, client_jwks, find_client, jwks_uri_problem
+from oidc.config import SCOPES, check_secret, client_jwks, find_client, guarded, jwks_uri_problem
 from oidc.keys import ALGORITHMS, KeyStore
 from oidc.models import OidcAccessToken, OidcClient, OidcCode, OidcRefreshToken, OidcSessionClient
 from policies.engine import ALLOW, AccountActive, PolicyContext, PolicyEngine, SecondFactor
@@ -108,17 +108,27 @@ class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
 _JWKS_OPENER = urllib.request.build_opener(_SameOriginRedirects)
 
 
-def fetch_jwks(uri: str) -> dict:
-    """GET a client's JWKS (see ``OidcService._fetch_jwks``); raises on anything but a JSON object."""
+def fetch_jwks(uri: str, *, guarded: bool = False) -> dict:
+    """GET a client's JWKS (see ``OidcService._fetch_jwks``); raises on anything but a JSON object.
+
+    ``guarded`` (a client registered over the admin API or console): through ``idp.netfetch`` — resolved once,
+    refused when the host is loopback, private, link-local, … outside ``IDHUB_OUTBOUND_ALLOW_CIDRS``, connected to
+    the checked address, no redirects at all (an ``idp.netfetch.FetchError`` naming ``jwks_uri``)."""
     problem = jwks_uri_problem(uri)
     if problem:
         raise ValueError(f"jwks_uri {problem}")
-    req = urllib.request.Request(uri, headers={"Accept": "application/json"})  # noqa: S310 (checked above)
-    with _JWKS_OPENER.open(req, timeout=JWKS_TIMEOUT) as resp:
-        length = resp.headers.get("Content-Length")
-        if length is not None and (not length.isdigit() or int(length) > JWKS_MAX_BYTES):
-            raise ValueError("JWKS too large")
-        raw = resp.read(JWKS_MAX_BYTES + 1)
+    if guarded:
+        from idp import netfetch
+
+        raw = netfetch.fetch(uri, field="jwks_uri", timeout=JWKS_TIMEOUT, limit=JWKS_MAX_BYTES,
+                             accept="application/json")
+    else:
+        req = urllib.request.Request(uri, headers={"Accept": "application/json"})  # noqa: S310 (checked above)
+        with _JWKS_OPENER.open(req, timeout=JWKS_TIMEOUT) as resp:
+            length = resp.headers.get("Content-Length")
+            if length is not None and (not length.isdigit() or int(length) > JWKS_MAX_BYTES):
+                raise ValueError("JWKS too large")
+            raw = resp.read(JWKS_MAX_BYTES + 1)
     if len(raw) > JWKS_MAX_BYTES:
         raise ValueError("JWKS too large")
     data = json.loads(raw)
@@ -595,7 +605,8 @@ class OidcService:
         self.hub = hub
         self.keys = KeyStore(hub.db, box, lambda: hub.clock())
         self._sid_key = sid_key.encode()
-        self._jwks_cache: dict[str, tuple[float | None, dict, float | None]] = {}  # (fetched, jwks, tried)
+        # (uri, guarded) -> (fetched, jwks, tried)
+        self._jwks_cache: dict[tuple[str, bool], tuple[float | None, dict, float | None]] = {}
         self._jwks_lock = threading.Lock()
         record = hub._record_decision
 
@@ -841,32 +852,42 @@ class OidcService:
             return _pick_key(reg.jwks, header)
         if not reg.jwks_uri:
             return None
-        key = _pick_key(self._fetch_jwks(reg.jwks_uri), header)
+        key = _pick_key(self._fetch_jwks(reg.jwks_uri, client=row), header)
         if key is None:  # perhaps a new key of the client: fetch once more (at most every JWKS_REFETCH_MIN s)
-            key = _pick_key(self._fetch_jwks(reg.jwks_uri, force=True), header)
+            key = _pick_key(self._fetch_jwks(reg.jwks_uri, force=True, client=row), header)
         return key
 
-    def _fetch_jwks(self, uri: str, force: bool = False) -> dict:
+    def _fetch_jwks(self, uri: str, force: bool = False, client: OidcClient | None = None) -> dict:
         """A client's JWKS from its ``jwks_uri``: https (or http on loopback) only, no redirect to another
         host, ``JWKS_TIMEOUT`` seconds, at most ``JWKS_MAX_BYTES``; cached ``JWKS_CACHE_TTL`` seconds; ``force``
         (an unknown ``kid``) fetches again unless the last fetch is younger than ``JWKS_REFETCH_MIN`` seconds, so
-        assertions with made-up kids cannot make us hammer the client's server. A failed fetch keeps what we had."""
+        assertions with made-up kids cannot make us hammer the client's server. A failed fetch keeps what we had.
+
+        A ``client`` registered over the admin API or console is fetched through ``idp.netfetch``'s checks (see
+        ``fetch_jwks``), from a cache of its own (a copy fetched for a config-file client is never used for it); a
+        refusal or failure is then also audited (``oidc.client_jwks.fetch_failed``) for the workspace's admins."""
+        checked = guarded(client)
+        key = (uri, checked)
         now = self.hub.clock().timestamp()
         with self._jwks_lock:
-            fetched_at, data, attempted_at = self._jwks_cache.get(uri, (None, {}, None))
+            fetched_at, data, attempted_at = self._jwks_cache.get(key, (None, {}, None))
         if fetched_at is not None and not force and now - fetched_at < JWKS_CACHE_TTL:
             return data
         if attempted_at is not None and now - attempted_at < JWKS_REFETCH_MIN:
             return data  # fetched (or tried) a moment ago: not again
         with self._jwks_lock:
-            self._jwks_cache[uri] = (fetched_at, data, now)
+            self._jwks_cache[key] = (fetched_at, data, now)
         try:
-            fresh = fetch_jwks(uri)
-        except Exception as exc:  # the client's key server is down or misbehaves: keep what we had
-            log.warning("client jwks_uri fetch failed", extra={"error": type(exc).__name__})
+            fresh = fetch_jwks(uri, guarded=checked)
+        except Exception as exc:  # the client's key server is down, misbehaves or is refused: keep what we had
+            why = str(exc) if isinstance(exc, ValueError) else type(exc).__name__  # FetchError: field and reason
+            log.warning("client jwks_uri fetch failed", extra={"error": type(exc).__name__, "reason": why[:200]})
+            if checked and client is not None:
+                self.audit("oidc.client_jwks.fetch_failed", client.workspace_id, client_id=client.client_id,
+                           error=why[:200])
             return data
         with self._jwks_lock:
-            self._jwks_cache[uri] = (now, fresh, now)
+            self._jwks_cache[key] = (now, fresh, now)
         return fresh
 
     # -- policies at refresh time --

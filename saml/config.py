@@ -222,7 +222,10 @@ def apply_saml_apps(db, workspace, apps: list[dict], base_dir: Path | None = Non
         from_url = bool(app.get("metadata_url")) and not (app.get("metadata_xml") or app.get("metadata_file"))
         row.metadata_url = app["metadata_url"] if from_url else None
         row.metadata_fetched_at = utcnow() if from_url else None
-        row.app_settings = dict(app) if from_url else None
+        # registered over the admin API or console without a URL (pasted metadata, or entity_id with acs_url): only
+        # the marker, so that its SOAP SingleLogoutService is called through idp.netfetch too (saml.slo)
+        api = app.get(REGISTERED_VIA) == "api"
+        row.app_settings = dict(app) if from_url else ({REGISTERED_VIA: "api"} if api else None)
     db.flush()
     GENERATION[0] += 1
 
@@ -233,8 +236,15 @@ REFRESH_AFTER = 24 * 3600  # seconds
 # (url, guarded) -> (monotonic time, body): validate + apply fetch once. A copy fetched for the config file is never
 # handed to an API caller (who gets the SSRF checks).
 _fetched: dict[tuple[str, bool], tuple[float, bytes]] = {}
-# The key of an app entry (and of ``app_settings``) saying the admin API or console registered its metadata_url.
+# The key of an app entry (and of ``app_settings``) saying the admin API or console registered the app: its
+# metadata_url (and refresh) and its SOAP SingleLogoutService (back-channel logout) go through idp.netfetch.
 REGISTERED_VIA = "registered_via"
+
+
+def guarded(row) -> bool:
+    """Whether an SP row was registered over the admin API or console (``app_settings.registered_via: api``)."""
+    settings = getattr(row, "app_settings", None)
+    return isinstance(settings, dict) and settings.get(REGISTERED_VIA) == "api"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

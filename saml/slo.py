@@ -23,7 +23,10 @@ Limits (what an operator should know):
   POSTs a signed LogoutRequest from the server (5 s timeout, never retried) and audits the outcome as
   ``saml.slo.backchannel`` (success or the error). With the browser present, an SP that also has a front-channel
   endpoint gets the front channel instead (so its browser cookies go too), and an SP with SOAP only gets SOAP.
-  SOAP endpoints come from SP metadata only (``metadata_xml``/``metadata_file``/``metadata_url``).
+  SOAP endpoints come from SP metadata only (``metadata_xml``/``metadata_file``/``metadata_url``). For an SP
+  registered over the admin API or console (``app_settings.registered_via: api``) the POST goes through
+  ``idp.netfetch`` (internal addresses refused unless ``IDHUB_OUTBOUND_ALLOW_CIDRS`` allows them, pinned to the
+  checked address, no redirects); a refusal is audited the same way, with the reason.
 * Even with the browser, the chain is best effort: the user can close the tab or an SP can fail to answer; the
   remaining SPs are then not told (the final LogoutResponse says PartialLogout when an SP answered with an error).
 * A session that times out (idle or absolute lifetime) is ended when its browser next comes back
@@ -48,7 +51,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from idp.models import Workspace
-from saml.config import NAMEID_PERSISTENT, NAMEID_TRANSIENT
+from idp.netfetch import FetchError
+from saml.config import NAMEID_PERSISTENT, NAMEID_TRANSIENT, guarded
 from saml.keys import private_key
 from saml.models import SamlServiceProvider, SamlSessionParticipant
 from saml.xml import (
@@ -143,10 +147,23 @@ def participants(db, session_ids) -> list[SamlSessionParticipant]:
                            .order_by(SamlSessionParticipant.created_at, SamlSessionParticipant.id)))
 
 
-def _soap_post(url: str, envelope: bytes) -> bytes:
-    """POST a SOAP message to an admin-registered http(s) URL; at most MAX_SOAP_ANSWER bytes of answer."""
+SOAP_ACTION = '"http://www.oasis-open.org/committees/security"'
+
+
+def _soap_post(url: str, envelope: bytes, *, guarded: bool = False) -> bytes:
+    """POST a SOAP message to an SP's http(s) SingleLogoutService; at most MAX_SOAP_ANSWER bytes of answer.
+
+    ``guarded`` (an SP registered over the admin API or console): through ``idp.netfetch`` — resolved once, refused
+    when the host is loopback, private, link-local, … outside ``IDHUB_OUTBOUND_ALLOW_CIDRS`` (an
+    ``idp.netfetch.FetchError`` naming ``slo_soap_url``), connected to the checked address, no redirects."""
+    if guarded:
+        from idp import netfetch
+
+        return netfetch.post(url, envelope, field="slo_soap_url", content_type="text/xml; charset=utf-8",
+                             timeout=SOAP_TIMEOUT, limit=MAX_SOAP_ANSWER, accept="text/xml",
+                             headers={"SOAPAction": SOAP_ACTION})
     req = urllib.request.Request(url, data=envelope, method="POST", headers={  # noqa: S310 (checked http(s))
-        "Content-Type": "text/xml; charset=utf-8", "SOAPAction": '"http://www.oasis-open.org/committees/security"'})
+        "Content-Type": "text/xml; charset=utf-8", "SOAPAction": SOAP_ACTION})
     with urllib.request.urlopen(req, timeout=SOAP_TIMEOUT) as resp:  # noqa: S310
         body = resp.read(MAX_SOAP_ANSWER + 1)
     if len(body) > MAX_SOAP_ANSWER:
@@ -386,7 +403,9 @@ class SingleLogout:
         req_id, envelope = self.soap_logout_request(ws, sp, hop)
         ok, why = False, ""
         try:
-            body = self.post(sp.slo_soap_url, envelope)
+            # an SP registered over the admin API or console: through idp.netfetch's checks (a refusal is audited)
+            body = self.post(sp.slo_soap_url, envelope, guarded=True) if guarded(sp) else \
+                self.post(sp.slo_soap_url, envelope)
             root = parse(body)
             resp = root.find(f"{{{SOAP_ENV}}}Body/samlp:LogoutResponse", NS)
             if root.tag != f"{{{SOAP_ENV}}}Envelope" or resp is None:
@@ -401,6 +420,8 @@ class SingleLogout:
                 why = "" if ok else (code.get("Value") if code is not None else "no status")
         except XmlError as exc:
             why = f"unreadable answer ({exc})"
+        except FetchError as exc:  # refused by idp.netfetch (or failed through it): the field and the reason
+            why = str(exc)
         except Exception as exc:  # noqa: BLE001 - an SP that is down must not break anything; it is audited
             why = type(exc).__name__
         self.idp.audit("saml.slo.backchannel", ws, sp=sp.entity_id, success=ok, error=why[:200] or None)

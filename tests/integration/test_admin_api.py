@@ -402,7 +402,8 @@ def test_metadata_urls_to_internal_addresses_are_refused_and_never_fetched(api, 
     """A SAML app or connection from a metadata URL is fetched through idp.netfetch: a URL that points inward
     (loopback, private, cloud metadata) is refused with a 422 naming metadata_url, unless the deployment's
     IDHUB_OUTBOUND_ALLOW_CIDRS allows it (tests/integration/test_admin_metadata_url.py). A local server shows nothing
-    was fetched. jwks_uri stays refused."""
+    was fetched. So is an OIDC app's jwks_uri or backchannel_logout_uri that points inward
+    (tests/integration/test_admin_outbound.py)."""
     import http.server
     import threading
 
@@ -437,7 +438,12 @@ def test_metadata_urls_to_internal_addresses_are_refused_and_never_fetched(api, 
         err = assert_error(api.post("/workspaces/acme/apps", {
             "slug": "k", "name": "K", "protocol": "oidc", "token_endpoint_auth_method": "private_key_jwt",
             "jwks_uri": f"http://127.0.0.1:{port}/jwks"}), 422, "invalid", field="jwks_uri")
-        assert "not accepted over the API" in err["message"]
+        assert "loopback address (127.0.0.1)" in err["message"]
+        err = assert_error(api.post("/workspaces/acme/apps", {
+            "slug": "b", "name": "B", "protocol": "oidc", "redirect_uris": ["https://b.test/cb"],
+            "backchannel_logout_uri": "https://169.254.169.254/logout"}), 422, "invalid",
+            field="backchannel_logout_uri")
+        assert "link-local address (169.254.169.254)" in err["message"]
     finally:
         server.shutdown()
         server.server_close()
