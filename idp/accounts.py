@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from idp.models import Group, GroupMember, User, Workspace
 
@@ -42,6 +42,24 @@ def workspace_by_slug(db: Session, slug: str) -> Workspace | None:
     if not slug or not SLUG_RE.match(slug):
         return None
     return db.scalar(select(Workspace).where(Workspace.slug == slug))
+
+
+_WORKSPACE_BY_SLUG = select(*Workspace.__table__.c).where(Workspace.__table__.c.slug == bindparam("slug"))
+
+
+def workspace_snapshot(db: Session, slug: str) -> Workspace | None:
+    """``workspace_by_slug`` for handling a request, which only reads the workspace: one prebuilt Core statement
+    (no expression building or ORM loading per request: this runs at every page), the row as a *detached*
+    ``Workspace`` (``make_transient_to_detached``: were it ever added to a session, it would be an UPDATE of the
+    stored row, never an INSERT)."""
+    if not slug or not SLUG_RE.match(slug):
+        return None
+    row = db.connection().execute(_WORKSPACE_BY_SLUG, {"slug": slug}).first()
+    if row is None:
+        return None
+    ws = Workspace(**row._mapping)
+    make_transient_to_detached(ws)
+    return ws
 
 
 def user_by_email(db: Session, workspace_id: str, email: str) -> User | None:

@@ -11,7 +11,7 @@ from functools import wraps
 
 from flask import abort, current_app, g, redirect, render_template, request, url_for
 
-from idp.accounts import workspace_by_slug
+from idp.accounts import workspace_snapshot
 from idp.clientip import UntrustedAddress, client_ip
 from idp.flow import Client
 
@@ -100,7 +100,7 @@ def rotate_csrf() -> None:
 # ---- workspace and session -------------------------------------------------------------------------
 def load_workspace(slug: str):
     with hub().db() as db:
-        ws = workspace_by_slug(db, slug)
+        ws = workspace_snapshot(db, slug)
     if ws is None:
         abort(404, description="There is no workspace at this address.")
     g.workspace = ws
