@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import JSON, Integer, String, Text, case, delete, select, text, update
+from sqlalchemy import JSON, Integer, String, Text, bindparam, case, delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -127,9 +127,12 @@ def _unavailable(exc: DBAPIError) -> StoreUnavailable:
 
 
 _SESSION_FIELDS = [f.name for f in fields(SessionData)]
+_SESSION_BY_ID = select(*(SessionRow.__table__.c[name] for name in _SESSION_FIELDS)).where(
+    SessionRow.__table__.c.id == bindparam("id"))
 
 
-def _to_data(row: SessionRow) -> SessionData:
+def _to_data(row) -> SessionData:
+    """A ``SessionData`` from a ``SessionRow`` or a Core row with its columns."""
     d = {name: getattr(row, name) for name in _SESSION_FIELDS}
     d["amr"] = list(d["amr"] or [])
     return SessionData(**d)
@@ -154,9 +157,10 @@ class SqlSessionStore(_SqlStore):
             s.add(SessionRow(**values))
 
     def get(self, session_id: str) -> SessionData | None:
-        with self._tx() as s:
-            row = s.get(SessionRow, session_id)
-            return _to_data(row) if row is not None else None
+        """One prebuilt Core statement: this runs at every request that carries a session cookie."""
+        with self._core() as c:
+            row = c.execute(_SESSION_BY_ID, {"id": session_id}).first()
+        return _to_data(row) if row is not None else None
 
     def touch(self, session_id: str, now: datetime) -> None:
         """Write ``last_active_at`` only when the stored value is at least a minute old (one UPDATE)."""
