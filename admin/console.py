@@ -4,7 +4,6 @@ same operations as the API, acting as the signed-in admin (role ``admin`` in thi
 
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import wraps
 
 from flask import Blueprint, Response, flash, g, redirect, render_template, request, url_for
@@ -12,7 +11,7 @@ from flask import Blueprint, Response, flash, g, redirect, render_template, requ
 from admin.api import admin_service
 from admin.service import AdminError
 from admin.tokens import Principal
-from idp.accounts import ADMIN_ROLES, PLANS, workspace_by_slug
+from idp.accounts import ADMIN_ROLES, PLANS, workspace_snapshot
 from idp.models import User
 from idp.web.common import (
     check_csrf,
@@ -46,9 +45,8 @@ def _operator_session(ws, client):
         seen += 1
         if seen > 8:  # a browser signed in to many workspaces: look at a few, never at an unbounded list
             break
-        home = None
         with h.db() as db:
-            home = workspace_by_slug(db, name[len(prefix):])
+            home = workspace_snapshot(db, name[len(prefix):])
         if home is None:
             continue
         sess = h.sessions.load(token, home.id)
@@ -64,13 +62,16 @@ def _operator_session(ws, client):
     return None
 
 
-def _operator_mfa(home, user, sess) -> bool:
-    """The hub operator's console needs a second factor, whatever any workspace's ``require_mfa_for_admins``."""
-    ctx = PolicyContext(workspace_id=home.id, plan=home.plan, policies={**(home.policies or {}),
-                                                                       "require_mfa_for_admins": True},
-                        client_ip=current_client().ip, stage="admin", user_id=user.id, user_role="admin",
-                        methods=tuple(sess.amr))
-    return hub().policy.evaluate(ctx).effect == "allow"
+def _console_decision(policy_ws, user, sess, client):
+    """The policy engine's answer at the console's door (stage ``admin``: the strictest policy, a second factor)
+    under ``policy_ws``'s policies — the user's own workspace. A hub operator needs the second factor whatever
+    any workspace's ``require_mfa_for_admins`` says."""
+    policies = dict(policy_ws.policies or {})
+    if user.role == "operator":
+        policies["require_mfa_for_admins"] = True
+    ctx = PolicyContext(workspace_id=policy_ws.id, plan=policy_ws.plan, policies=policies, client_ip=client.ip,
+                        stage="admin", user_id=user.id, user_role="admin", methods=tuple(sess.amr))
+    return hub().policy.evaluate(ctx)
 
 
 def admin_required(view):
@@ -94,11 +95,7 @@ def admin_required(view):
             with h.db() as db:
                 user = db.get(User, sess.user_id)
         if user is not None and user.active and user.workspace_id == ws.id and user.role in ADMIN_ROLES:
-            ctx = PolicyContext(workspace_id=ws.id, plan=ws.plan, policies=ws.policies or {}, client_ip=client.ip,
-                                stage="admin", user_id=user.id, user_role="admin", methods=tuple(sess.amr))
-            if user.role == "operator":
-                ctx = replace(ctx, policies={**ctx.policies, "require_mfa_for_admins": True})
-            decision = h.policy.evaluate(ctx)
+            decision = _console_decision(ws, user, sess, client)
             if decision.effect != "allow":
                 return render_template("admin/mfa_required.html", ws=ws, reason=decision.reason), 403
             p = Principal("user", user.email, user.role == "operator", ws.id, actor_id=user.id, ip=client.ip,
@@ -115,7 +112,7 @@ def admin_required(view):
                                                     "if you need access.")
             user, op_sess, home = found
             g.session = op_sess  # the console's forms are bound to the operator's own session (CSRF)
-            if not _operator_mfa(home, user, op_sess):
+            if _console_decision(home, user, op_sess, client).effect != "allow":
                 return render_template("admin/mfa_required.html", ws=home,
                                        reason="The hub operator signs in with two-factor authentication. Set up "
                                               "2FA on your security page, sign out and sign in again."), 403
