@@ -2,10 +2,12 @@
 
     .venv/bin/python bench/signin.py [--seconds 20] [--concurrency 2] [--db sqlite|postgres] [--redis]
                                      [--client http|requests] [--users 20]
+                                     [--flow one-page|identifier-first]
 
 Starts a real ``idhub serve`` (gunicorn, the production server; ``--workers`` = concurrency) and drives the flow
-a browser runs — GET the sign-in page, POST the email, GET the password page it redirects to, POST the
-password (302 + a new session cookie) — from ``concurrency`` client threads, every sign-in making a real
+a browser runs — GET the sign-in page, POST the email and password (302 + a new session cookie); with
+``--flow identifier-first`` POST the email, GET the password page it redirects to, POST the password — from
+``concurrency`` client threads, every sign-in making a real
 session, audit event and policy decision. The peer is ``idp.passwords.Hasher().verify`` (argon2id, m=19 MiB,
 t=2, p=1) in ``concurrency`` processes, warmed up and timed only around the verify loop, run half before and
 half after the hub (so a load change during the run shows as a spread instead of a bias).
@@ -84,6 +86,21 @@ class LeanBrowser:
 
 
 def sign_in_lean(base: str, email: str) -> float:
+    """The one-page sign-in a browser runs where no connection claims an email domain: GET the page, POST both."""
+    b = LeanBrowser(base)
+    t0 = time.perf_counter()
+    _, _, page = b.get("/w/bench/login")
+    assert 'name="password"' in page, "the sign-in page is not one page"
+    status, loc, text = b.post("/w/bench/login", {"email": email, "password": PASSWORD,
+                                                  "csrf_token": CSRF.search(page).group(1)})
+    assert status == 302 and "idhub_session_bench" in b.cookies, (status, text[:300])
+    dt = time.perf_counter() - t0
+    b.close()
+    return dt
+
+
+def sign_in_identifier_first(base: str, email: str) -> float:
+    """The email alone, then the password page (what a federated workspace's local users go through)."""
     b = LeanBrowser(base)
     t0 = time.perf_counter()
     _, _, page = b.get("/w/bench/login")
@@ -105,10 +122,8 @@ def sign_in_requests(base: str, email: str) -> float:
     s.headers["User-Agent"] = UA
     t0 = time.perf_counter()
     r = s.get(f"{base}/w/bench/login")
-    r = s.post(f"{base}/w/bench/login", data={"email": email, "csrf_token": CSRF.search(r.text).group(1)})
-    r = s.post(f"{base}/w/bench/login/password", data={"flow": FLOW.search(r.text).group(1), "password": PASSWORD,
-                                                       "csrf_token": CSRF.search(r.text).group(1)},
-               allow_redirects=False)
+    r = s.post(f"{base}/w/bench/login", data={"email": email, "password": PASSWORD,
+                                              "csrf_token": CSRF.search(r.text).group(1)}, allow_redirects=False)
     assert r.status_code == 302, (r.status_code, r.text[:300])
     dt = time.perf_counter() - t0
     s.close()
@@ -163,12 +178,18 @@ def main() -> None:
     ap.add_argument("--redis", action="store_true", help="IDHUB_REDIS_URL on the test Redis (db 14)")
     ap.add_argument("--client", choices=["http", "requests"], default="http",
                     help="http: a lean http.client browser (default); requests: the requests library")
+    ap.add_argument("--flow", choices=["one-page", "identifier-first"], default="one-page",
+                    help="one-page: email and password in one POST, the sign-in page of a workspace whose "
+                         "connections claim no email domain (default); identifier-first: the email, then the "
+                         "password page (lean client only)")
     ap.add_argument("--users", type=int, default=20)
     ap.add_argument("--warmup", type=float, default=3)
     ap.add_argument("--log-level", default="INFO", help="IDHUB_LOG_LEVEL of the hub (INFO, the default, logs "
                                                          "one JSON line per request, as in production)")
     args = ap.parse_args()
     sign_in = sign_in_lean if args.client == "http" else sign_in_requests
+    if args.flow == "identifier-first":
+        sign_in = sign_in_identifier_first
     n = args.concurrency
 
     db_url = None
@@ -184,7 +205,8 @@ def main() -> None:
         redis.Redis.from_url(redis_url).flushdb()
     print(f"idhub sign-in benchmark  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  {os.cpu_count()} CPUs  "
           f"load {loadavg()} (start)")
-    print(f"  {n} concurrent clients ({args.client}) vs {n} argon2 processes, {args.seconds:.0f} s each side, "
+    print(f"  {n} concurrent clients ({args.client}, {args.flow}) vs {n} argon2 processes, "
+          f"{args.seconds:.0f} s each side, "
           f"db={args.db}, redis={'yes' if redis_url else 'no'}, gunicorn {n} worker(s) x 4 threads, "
           f"log level {args.log_level}", flush=True)
 

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from federation.base import UpstreamError, UpstreamIdentity
@@ -20,6 +20,9 @@ from idp.accounts import InvalidEmail, clean_email, normalise_email
 from idp.models import Group, GroupMember, User
 
 log = logging.getLogger("idhub.federation")
+
+_DOMAINS_OF_WORKSPACE = select(FederationConnection.id, FederationConnection.domains).where(
+    FederationConnection.workspace_id == bindparam("w"))
 
 METADATA_REFRESH = timedelta(hours=24)
 METADATA_RETRY = timedelta(hours=1)
@@ -137,16 +140,25 @@ class FederationService:
             self.audit("federation.metadata.refreshed", ws, {"slug": row.slug}, None, certificates=len(meta["certs"]))
 
     def for_email(self, ws, email: str) -> dict | None:
-        """Home-realm discovery: the connection whose domains include the address's domain."""
+        """Home-realm discovery: the connection whose domains include the address's domain.
+
+        Runs at every sign-in, so it reads only the connections' domains (one prebuilt Core statement) and loads
+        the whole connection, secrets decrypted, only when one matches."""
         domain = email.rpartition("@")[2].strip().lower().rstrip(".")
         if not domain:
             return None
         with self.hub.db() as db:
-            rows = db.scalars(select(FederationConnection).where(FederationConnection.workspace_id == ws.id)).all()
-            for row in rows:
-                if domain in (row.domains or []):
-                    return connection_settings(row, self.hub.settings.secret_key)
+            for conn_id, domains in db.connection().execute(_DOMAINS_OF_WORKSPACE, {"w": ws.id}):
+                if domain in (domains or []):
+                    row = db.get(FederationConnection, conn_id)
+                    return connection_settings(row, self.hub.settings.secret_key) if row is not None else None
         return None
+
+    def routes_by_domain(self, ws) -> bool:
+        """Whether any connection of the workspace claims email domains (home-realm discovery): then the sign-in
+        page asks for the email first, so nobody types a password idhub will not check."""
+        with self.hub.db() as db:
+            return any(domains for _, domains in db.connection().execute(_DOMAINS_OF_WORKSPACE, {"w": ws.id}))
 
     # ---- audit ----------------------------------------------------------------------------------------------
     def audit(self, type_: str, ws, conn: dict | None, client=None, **data) -> None:

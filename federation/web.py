@@ -112,11 +112,26 @@ def _unexpected(ws, conn: dict, test: bool, reauth_user: str | None = None):
                     reauth_user=reauth_user)
 
 
-# ---- hooks of the identifier-first sign-in (called from idp.web.auth) ----------------------------------------
+# ---- hooks of the sign-in (called from idp.web.auth) ------------------------------------------------------------
+def identifier_first(ws) -> bool:
+    """Whether the sign-in page asks for the email alone first: when a connection claims email domains, the
+    address decides where the password goes (the upstream IdP, LDAP, idhub), so it is not asked for up front."""
+    return fed().routes_by_domain(ws)
+
+
+def _for_email(ws, email: str) -> dict | None:
+    """``for_email``, once per request (the email step and the password check of a one-page sign-in ask both)."""
+    memo = g.setdefault("federation_for_email", {})
+    key = (ws.id, email)
+    if key not in memo:
+        memo[key] = fed().for_email(ws, email)
+    return memo[key]
+
+
 def route_login(ws, email: str, next_url: str, app: str):
     """After the email step: a redirect to the upstream IdP (SAML/OIDC) or to the password page of an LDAP
     connection when the address's domain belongs to a connection; None to carry on with the local password."""
-    conn = fed().for_email(ws, email)
+    conn = _for_email(ws, email)
     if conn is None:
         return None
     if request.form.get("local") == "1" and not conn.get("sso_required"):
@@ -137,7 +152,7 @@ def password_step(ws, flow: LoginFlow, password: str, client):
     from idp.hub import PasswordOutcome
 
     if not flow.connection:
-        conn = fed().for_email(ws, flow.email)
+        conn = _for_email(ws, flow.email)
         if conn is not None and conn.get("sso_required"):
             fed().audit("auth.signin.failure", ws, conn, client, actor_email=flow.email, reason="sso_required")
             return PasswordOutcome(False, f"Your organisation requires single sign-on with {conn['name']}. "

@@ -116,6 +116,14 @@ class FlowManager:
     def start(self, workspace_id: str, binding: str, next_url: str = "", *, email: str = "",
               state: str = "identify", app: str = "") -> LoginFlow:
         """A new flow; ``email``/``state`` let the identifier step create it already moved on (one write)."""
+        flow = self.new(workspace_id, binding, next_url, email=email, state=state, app=app)
+        self.store.create(flow.id, flow.to_dict(), FLOW_TTL)
+        return flow
+
+    def new(self, workspace_id: str, binding: str, next_url: str = "", *, email: str = "",
+            state: str = "identify", app: str = "") -> LoginFlow:
+        """A flow that is not stored yet: the one-page sign-in (email and password in one request) needs one only
+        if the sign-in goes on to another step (``keep``); one that ends at once never touches the store."""
         flow = LoginFlow(
             id=secrets.token_urlsafe(24),
             workspace_id=workspace_id,
@@ -127,8 +135,11 @@ class FlowManager:
             flow.move(state)
         flow.email = email
         flow.app = app
-        self.store.create(flow.id, flow.to_dict(), FLOW_TTL)
         return flow
+
+    def keep(self, flow: LoginFlow) -> None:
+        """Store a flow made with ``new`` (it goes on to another step)."""
+        self.store.create(flow.id, flow.to_dict(), FLOW_TTL)
 
     def load(self, flow_id: str | None, workspace_id: str, binding: str) -> LoginFlow:
         if not flow_id or len(flow_id) > 64:

@@ -175,6 +175,12 @@ class Browser:
         return self.post(f"/w/{ws}/login/password", {"flow": flow, "password": password,
                                                       "csrf_token": self.csrf(html)})
 
+    def sign_in(self, ws: str, email: str, password: str, next_url: str | None = None):
+        """The one-page sign-in: email and password in the sign-in page's one POST."""
+        page = f"/w/{ws}/login" + (f"?next={next_url}" if next_url else "")
+        return self.form_post(page, f"/w/{ws}/login", {"email": email, "password": password,
+                                                        **({"next": next_url} if next_url else {})})
+
     def security(self, ws: str = "acme"):
         return self.get(f"/w/{ws}/settings/security")
 

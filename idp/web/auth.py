@@ -51,6 +51,9 @@ def workspace_home(ws_slug):
 
 @bp.route("/w/<ws_slug>/login", methods=["GET", "POST"])
 def login(ws_slug):
+    """The sign-in page. Email and password on one page (one POST signs in), unless a connection claims email
+    domains: then identifier-first (the email decides between the upstream IdP, LDAP and idhub's password).
+    An email without a password always goes on to the password page, whichever the page showed."""
     ws = load_workspace(ws_slug)
     nxt = safe_next(request.values.get("next"), ws.slug)
     app = _app_param()
@@ -62,25 +65,38 @@ def login(ws_slug):
         notice = None
         if request.args.get("ended"):
             notice = "Your session has ended. Please sign in again."
-        return render_template("login.html", ws=ws, next=nxt, email=request.args.get("email", "")[:254],
-                               notice=notice, app=app)
+        return _login_page(ws, nxt, app, request.args.get("email", "")[:254], notice=notice)
     load_session(ws)  # the form's CSRF token is bound to the session a signed-in browser (prompt=login) has
     check_csrf()
     email = _field("email")
     error, cleaned = identify(email)
     if error:
-        return render_template("login.html", ws=ws, next=nxt, email=cleaned, error=error, app=app), 400
+        return _login_page(ws, nxt, app, cleaned, error=error), 400
     # e.g. the IP allowlist, before any password is tried
-    early = hub().decide(ws, current_client(), app=app or None, app_policies=hub().app_policies(ws, app))
+    client = current_client()
+    early = hub().decide(ws, client, app=app or None, app_policies=hub().app_policies(ws, app))
     if early.effect == "deny":
         return render_template("denied.html", ws=ws, reason=early.reason), 403
     from federation.web import route_login  # home-realm discovery: the address's domain may belong to an IdP
 
     routed = route_login(ws, cleaned, nxt, app)
     if routed is not None:
-        return routed
-    flow = _flows().start(ws.id, browser_binding(), nxt, email=cleaned, state="password", app=app)
-    return redirect(url_for("auth.password", ws_slug=ws.slug, flow=flow.id))
+        return routed  # a password sent along is never looked at: the address's connection checks it
+    flows = _flows()
+    if not request.form.get("password"):
+        flow = flows.start(ws.id, browser_binding(), nxt, email=cleaned, state="password", app=app)
+        return redirect(url_for("auth.password", ws_slug=ws.slug, flow=flow.id))
+    # the one-page form: the same password step as the password page, on a flow stored only if it goes on
+    flow = flows.new(ws.id, browser_binding(), nxt, email=cleaned, state="password", app=app)
+    with hub().audit.deferred():
+        return _password_step(ws, flows, flow, client, stored=False)
+
+
+def _login_page(ws, nxt: str, app: str, email: str, *, error: str | None = None, notice: str | None = None):
+    from federation.web import identifier_first
+
+    return render_template("login.html", ws=ws, next=nxt, email=email, error=error, notice=notice, app=app,
+                           one_page=not identifier_first(ws))
 
 
 def _app_param() -> str:
@@ -116,7 +132,9 @@ def password(ws_slug):
         return _password_step(ws, flows, flow, client)
 
 
-def _password_step(ws, flows: FlowManager, flow: LoginFlow, client):
+def _password_step(ws, flows: FlowManager, flow: LoginFlow, client, stored: bool = True):
+    """Check the password of ``flow``'s email; ``stored=False``: the flow of a one-page sign-in, not stored yet
+    (a wrong password shows the sign-in page again)."""
     from federation.web import password_step  # LDAP connections; no local password where SSO is required
 
     outcome = password_step(ws, flow, _field("password"), client)
@@ -126,31 +144,40 @@ def _password_step(ws, flows: FlowManager, flow: LoginFlow, client):
     if not outcome.ok:
         SIGNINS.labels(outcome="throttled" if outcome.retry_after else "failure").inc()
         status = 429 if outcome.retry_after else 401
-        resp = render_template("password.html", ws=ws, flow=flow, error=outcome.error)
+        if stored:
+            resp = render_template("password.html", ws=ws, flow=flow, error=outcome.error)
+        else:
+            resp = _login_page(ws, flow.next, flow.app, flow.email, error=outcome.error)
         headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else {}
         return resp, status, headers
     flow.user_id = outcome.result.user_id
     flow.amr = list(outcome.result.amr)
-    return continue_signin(ws, flows, flow, client)
+    return continue_signin(ws, flows, flow, client, stored=stored)
 
 
-def continue_signin(ws, flows: FlowManager, flow: LoginFlow, client):
-    """Ask the policy engine what the flow needs next: a second factor, enrolment, a denial, or the session."""
+def continue_signin(ws, flows: FlowManager, flow: LoginFlow, client, stored: bool = True):
+    """Ask the policy engine what the flow needs next: a second factor, enrolment, a denial, or the session.
+    ``stored=False``: a flow made with ``FlowManager.new``, stored here only if it goes on to another step."""
     decision = hub().decide(ws, client, user_id=flow.user_id, methods=flow.amr, app=flow.app or None,
                             app_policies=hub().app_policies(ws, flow.app))
     if decision.effect == "deny":
-        flows.finish(flow)
+        if stored:
+            flows.finish(flow)
         SIGNINS.labels(outcome="denied").inc()
         return render_template("denied.html", ws=ws, reason=decision.reason), 403
     if decision.effect in ("mfa", "enroll"):
         flow.move(decision.effect)
         flow.choices = list(decision.methods)
         flow.method = flow.method if flow.method in flow.choices else flow.choices[0]
-        flows.save(flow)
+        if stored:
+            flows.save(flow)
+        else:
+            flows.keep(flow)
         endpoint = "mfa.second_factor" if decision.effect == "mfa" else "mfa.enroll"
         return redirect(url_for(endpoint, ws_slug=ws.slug, flow=flow.id))
     flow.move("done")
-    flows.finish(flow)
+    if stored:
+        flows.finish(flow)
     result = AuthnResult(ws.id, flow.user_id, tuple(flow.amr), hub().clock(), flow.next)
     token, data = hub().complete_signin(ws, result, client)
     SIGNINS.labels(outcome="success").inc()

@@ -73,7 +73,8 @@ def test_require_mfa_forces_enrolment_before_anything_else(hub_factory, new_cont
 def expect_access_denied(ui: Ui, page: Page, address: str) -> None:
     ui.open_login(page)
     page.get_by_label("Email").fill(ui.alice.email)
-    page.get_by_role("button", name="Continue", exact=True).click()
+    page.get_by_label("Password").fill(ui.alice.password)
+    page.get_by_role("button", name="Sign in", exact=True).click()
     expect(page.get_by_role("heading", name="Access denied")).to_be_visible()
     alert = ui.alert(page, "your organisation")
     expect(alert).to_be_visible()

@@ -158,3 +158,18 @@ def test_directory_password_of_an_entry_not_linked_to_the_user_is_refused(app):
     assert r.status_code == 401 and "another Corp directory account" in r.get_data(as_text=True)
     assert audit_events(hub, "auth.reauth.failure")[-1].data["reason"] == "identity_mismatch"
     assert "/reauth" in b.get(NXT).headers["Location"]
+
+
+def test_a_connection_claiming_domains_makes_the_sign_in_page_identifier_first(app):
+    """The email decides where the password goes, so the page does not ask for it up front; a password posted
+    with the email anyway is never tried (not against the directory, not against idhub)."""
+    hub = app.extensions["idhub"]
+    b = Browser(app)
+    page = b.get("/w/acme/login").get_data(as_text=True)
+    assert '<label for="email">Email</label>' in page and 'name="password"' not in page
+    assert ">Continue</button>" in page
+    r = b.post("/w/acme/login", {"email": "ada@acme.test", "password": PASSWORDS["ada"], "csrf_token": b.csrf(page)})
+    assert r.status_code == 302 and "/login/password?flow=" in r.headers["Location"]
+    assert b.security().status_code == 302
+    assert not audit_events(hub, "federation.signin.success") and not audit_events(hub, "federation.signin.failure")
+    assert not audit_events(hub, "auth.signin.failure")

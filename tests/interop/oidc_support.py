@@ -44,9 +44,8 @@ APPS = [
 
 
 def sign_in_page(page, email: str = ALICE, password: str = ALICE_PW) -> None:
-    """Fill idhub's identifier-first sign-in pages in a Playwright ``page`` that is on the sign-in page."""
+    """Fill idhub's sign-in page (one page: email and password) in a Playwright ``page`` that is on it."""
     page.get_by_label("Email").fill(email)
-    page.get_by_role("button", name="Continue").click()
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
 

@@ -34,7 +34,6 @@ pytestmark = pytest.mark.browser
 
 def sign_in_page(page, email=ALICE, password=ALICE_PW):
     page.get_by_label("Email").fill(email)
-    page.get_by_role("button", name="Continue").click()
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
 
