@@ -31,6 +31,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    bindparam,
     delete,
     func,
     insert,
@@ -102,6 +103,14 @@ class AuditChainHead(Base):
     hash: Mapped[str] = mapped_column(String(64), default=GENESIS_HASH)
     pruned_through_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     anchor_hash: Mapped[str] = mapped_column(String(64), default=GENESIS_HASH)
+
+
+# the append's three statements, prebuilt (one append runs at every sign-in and every SSO response)
+_H = AuditChainHead.__table__.c
+_RESERVE_SEQ = (update(AuditChainHead.__table__).where(_H.chain == bindparam("c"))
+                .values(seq=_H.seq + bindparam("n")).returning(_H.seq, _H.hash))
+_INSERT_EVENTS = insert(AuditEvent.__table__)
+_SET_HEAD_HASH = update(AuditChainHead.__table__).where(_H.chain == bindparam("c")).values(hash=bindparam("h"))
 
 
 @dataclass(frozen=True)
@@ -280,12 +289,7 @@ class AuditLog:
     @staticmethod
     def _append_chain(conn, chain: str, evs: list[AuditEvent]) -> bool:
         """Chain ``evs`` onto ``chain`` in ``conn``'s transaction; False (nothing written) if it has no head."""
-        row = conn.execute(
-            update(AuditChainHead)
-            .where(AuditChainHead.chain == chain)
-            .values(seq=AuditChainHead.seq + len(evs))
-            .returning(AuditChainHead.seq, AuditChainHead.hash)
-        ).first()
+        row = conn.execute(_RESERVE_SEQ, {"c": chain, "n": len(evs)}).first()
         if row is None:
             return False
         last_seq, prev_hash = row
@@ -295,8 +299,8 @@ class AuditLog:
             ev.prev_hash = prev_hash
             ev.hash = prev_hash = compute_hash(ev)
             rows.append({c: getattr(ev, c) for c in _COLUMNS})
-        conn.execute(insert(AuditEvent), rows)
-        conn.execute(update(AuditChainHead).where(AuditChainHead.chain == chain).values(hash=prev_hash))
+        conn.execute(_INSERT_EVENTS, rows)
+        conn.execute(_SET_HEAD_HASH, {"c": chain, "h": prev_hash})
         return True
 
     @staticmethod

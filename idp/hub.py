@@ -37,6 +37,15 @@ DEVICE_MAX_AGE = 365 * 24 * 3600  # a browser stays known for a year after its l
 FAILED_ALERT_EVERY = 5
 # Hub.decide: is the account active, and what 2FA has it set up (one statement)
 _USER_AND_ENROLMENT = select(User.active, *ENROLLED.selected_columns).where(User.id == bindparam("u"))
+_U = User.__table__.c
+# Hub.check_password: what the password check (and the failed-attempts alert) needs of the account
+_USER_FOR_PASSWORD = select(_U.id, _U.workspace_id, _U.email, _U.name, _U.password_hash, _U.active,
+                            _U.password_reset_required).where(
+    _U.workspace_id == bindparam("w"), _U.email_normalized == bindparam("e"))
+# Hub.complete_signin: who signed in (the audit event, the new-device alert)
+_USER_BRIEF = select(_U.id, _U.workspace_id, _U.email, _U.name).where(_U.id == bindparam("u"))
+_REHASH = update(User.__table__).where(_U.id == bindparam("u")).values(password_hash=bindparam("h"))
+_KNOWN_DEVICES = select(KnownDevice.kind, KnownDevice.fingerprint).where(KnownDevice.user_id == bindparam("u"))
 RESET_REQUESTS_PER_HOUR = 5
 
 
@@ -193,11 +202,11 @@ class Hub:
             self._event("auth.signin.throttled", ws.id, client, actor_email=key_email, data={"retry_after": wait})
             return PasswordOutcome(False, f"Too many attempts. Try again in {wait} seconds.", retry_after=wait)
         with self.db() as db:
-            user = user_by_email(db, ws.id, email)
+            user = db.connection().execute(_USER_FOR_PASSWORD, {"w": ws.id, "e": key_email}).first()
             ok = self.hasher.verify(user.password_hash if user else None, password)
             if ok and user and user.active and not user.password_reset_required:
                 if self.hasher.needs_rehash(user.password_hash):
-                    user.password_hash = self.hasher.hash(password)
+                    db.execute(_REHASH, {"u": user.id, "h": self.hasher.hash(password)})
                     db.commit()
                 throttle.reset(acct_key)
                 return PasswordOutcome(True, result=AuthnResult(ws.id, user.id, ("pwd",), now, next_url))
@@ -228,14 +237,15 @@ class Hub:
             country=loc.country, city=loc.city, amr=list(result.amr),
         )
         with self.db() as db:
-            user = db.get(User, result.user_id)
+            user = db.connection().execute(_USER_BRIEF, {"u": result.user_id}).one()
             self._event("auth.signin.success", ws.id, client, actor_id=user.id, actor_email=user.email,
                         data={"amr": list(result.amr), "session": data.public_id})
             self._remember_device(db, user, ws, info, loc, client)
         return token, data
 
-    def _remember_device(self, db, user: User, ws: Workspace, info, loc, client: Client) -> None:
-        known = {(k.kind, k.fingerprint) for k in db.scalars(select(KnownDevice).where(KnownDevice.user_id == user.id))}
+    def _remember_device(self, db, user, ws: Workspace, info, loc, client: Client) -> None:
+        """``user``: a ``User`` or a row with its id, workspace_id, email and name."""
+        known = {(kind, fp) for kind, fp in db.connection().execute(_KNOWN_DEVICES, {"u": user.id})}
         first_ever = not known
         dev_fp = self.device_fp(info)
         alerts = []
@@ -253,7 +263,8 @@ class Hub:
         for template, subject in alerts:
             self._alert(user, ws, template, subject, client, device=info.label, location=_loc_label(loc))
 
-    def _alert(self, user: User, ws: Workspace, template: str, subject: str, client: Client | None, **extra):
+    def _alert(self, user, ws: Workspace, template: str, subject: str, client: Client | None, **extra):
+        """Mail a security alert to ``user`` (a ``User``, or a row with its id, workspace_id, email and name)."""
         info = self.describe_ua(client.user_agent) if client else None
         loc = self.geo.locate(client.ip) if client else None
         ctx = {

@@ -131,6 +131,14 @@ _SESSION_BY_ID = select(*(SessionRow.__table__.c[name] for name in _SESSION_FIEL
     SessionRow.__table__.c.id == bindparam("id"))
 
 
+_S = SessionRow.__table__.c
+_SESSION_INSERT = SessionRow.__table__.insert()
+_SESSION_TOUCH = update(SessionRow.__table__).where(
+    _S.id == bindparam("id_"), _S.revoked_at.is_(None), _S.expires_at > bindparam("now_"),
+    _S.last_active_at <= bindparam("stale"),
+).values(last_active_at=bindparam("now"))
+
+
 def _to_data(row) -> SessionData:
     """A ``SessionData`` from a ``SessionRow`` or a Core row with its columns."""
     d = {name: getattr(row, name) for name in _SESSION_FIELDS}
@@ -153,8 +161,8 @@ class SqlSessionStore(_SqlStore):
         values["amr"] = list(data.amr)
         if values["auth_time"] is None:
             values["auth_time"] = values["created_at"]
-        with self._tx() as s:
-            s.add(SessionRow(**values))
+        with self._core() as c:
+            c.execute(_SESSION_INSERT, values)
 
     def get(self, session_id: str) -> SessionData | None:
         """One prebuilt Core statement: this runs at every request that carries a session cookie."""
@@ -166,18 +174,8 @@ class SqlSessionStore(_SqlStore):
         """Write ``last_active_at`` only when the stored value is at least a minute old (one UPDATE)."""
         now = as_utc(now)
         stale = now - timedelta(seconds=TOUCH_WRITE_INTERVAL)
-        with self._tx() as s:
-            s.execute(
-                update(SessionRow)
-                .where(
-                    SessionRow.id == session_id,
-                    SessionRow.revoked_at.is_(None),
-                    SessionRow.expires_at > now,
-                    SessionRow.last_active_at <= stale,
-                )
-                .values(last_active_at=now)
-                .execution_options(**NOSYNC)
-            )
+        with self._core() as c:
+            c.execute(_SESSION_TOUCH, {"id_": session_id, "now_": now, "stale": stale, "now": now})
 
     def revoke(self, session_id: str, reason: str) -> bool:
         now = _now()
@@ -299,19 +297,44 @@ class SqlOneTimeStore(_SqlStore):
             ).rowcount
 
 
+_T = Throttle.__table__.c
+_THROTTLE_STATE = select(_T.failures, _T.blocked_until).where(_T.key == bindparam("k"),
+                                                             _T.expires_at > bindparam("now"))
+_THROTTLE_BLOCK = update(Throttle.__table__).where(_T.key == bindparam("k_")).values(blocked_until=bindparam("until"))
+_THROTTLE_RESET = delete(Throttle.__table__).where(_T.key == bindparam("k"))
+
+
+def _throttle_count(dialect_insert):
+    """The counting upsert, prebuilt for a dialect: a new row at 1, or +1 (1 again once the window passed), the
+    block cleared (``record_failure`` sets it again when the new count earns one)."""
+    return dialect_insert(Throttle.__table__).values(
+        key=bindparam("k"), failures=1, blocked_until=None, last_failure_at=bindparam("now"),
+        expires_at=bindparam("forget"),
+    ).on_conflict_do_update(
+        index_elements=[_T.key],
+        set_={
+            "failures": case((_T.expires_at > bindparam("now_"), _T.failures + 1), else_=1),
+            "blocked_until": None,
+            "last_failure_at": bindparam("now_"),
+            "expires_at": bindparam("forget_"),
+        },
+    ).returning(_T.failures)
+
+
+_THROTTLE_COUNT = {"postgresql": _throttle_count(postgresql.insert), "sqlite": _throttle_count(sqlite.insert)}
+
+
 class SqlThrottleStore(_SqlStore):
+    """Prebuilt Core statements: two to four of these run at every password sign-in."""
+
     def state(self, key: str, now: datetime) -> ThrottleState:
-        now = as_utc(now)
         with self._core() as s:
-            row = s.execute(
-                select(Throttle.failures, Throttle.blocked_until).where(
-                    Throttle.key == _key(key), Throttle.expires_at > now
-                )
-            ).first()
+            row = s.execute(_THROTTLE_STATE, {"k": _key(key), "now": as_utc(now)}).first()
         return ThrottleState(row[0], row[1]) if row is not None else ThrottleState(0, None)
 
     def record_failure(self, key: str, now: datetime, backoff: Backoff) -> ThrottleState:
-        """Count with one upsert (restarting at 1 once the window passed), then set ``blocked_until``.
+        """Count with one upsert (restarting at 1 once the window passed), then set ``blocked_until`` if the
+        new count earns a delay.
 
         Both statements run in one transaction that holds the row's write lock, so concurrent failures
         serialise: no count is lost and the block always matches the count.
@@ -320,32 +343,20 @@ class SqlThrottleStore(_SqlStore):
         forget_at = now + timedelta(seconds=backoff.window)
         k = _key(key)
         with self._core() as s:
-            stmt = self._insert(s, Throttle).values(
-                key=k, failures=1, blocked_until=None, last_failure_at=now, expires_at=forget_at
-            )
-            failures = s.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[Throttle.key],
-                    set_={
-                        "failures": case((Throttle.expires_at > now, Throttle.failures + 1), else_=1),
-                        "last_failure_at": now,
-                        "expires_at": forget_at,
-                    },
-                ).returning(Throttle.failures)
-            ).scalar_one()
+            stmt = _THROTTLE_COUNT.get(s.dialect.name)
+            if stmt is None:
+                raise NotImplementedError(f"no upsert for dialect {s.dialect.name}")
+            failures = s.execute(stmt, {"k": k, "now": now, "now_": now, "forget": forget_at,
+                                        "forget_": forget_at}).scalar_one()
             delay = backoff.delay(failures)
             blocked_until = now + timedelta(seconds=delay) if delay else None
-            s.execute(
-                update(Throttle)
-                .where(Throttle.key == k)
-                .values(blocked_until=blocked_until)
-                .execution_options(**NOSYNC)
-            )
+            if blocked_until is not None:
+                s.execute(_THROTTLE_BLOCK, {"k_": k, "until": blocked_until})
         return ThrottleState(failures, blocked_until)
 
     def reset(self, key: str) -> None:
         with self._core() as s:
-            s.execute(delete(Throttle).where(Throttle.key == _key(key)).execution_options(**NOSYNC))
+            s.execute(_THROTTLE_RESET, {"k": _key(key)})
 
     def hit(self, key: str, limit: int, window: int, now: datetime) -> bool:
         start = window_start(now, window)
