@@ -147,18 +147,20 @@ class FederationService:
         domain = email.rpartition("@")[2].strip().lower().rstrip(".")
         if not domain:
             return None
+        with self.hub.connect() as conn:
+            match = next((conn_id for conn_id, domains in conn.execute(_DOMAINS_OF_WORKSPACE, {"w": ws.id})
+                          if domain in (domains or [])), None)
+        if match is None:
+            return None
         with self.hub.db() as db:
-            for conn_id, domains in db.connection().execute(_DOMAINS_OF_WORKSPACE, {"w": ws.id}):
-                if domain in (domains or []):
-                    row = db.get(FederationConnection, conn_id)
-                    return connection_settings(row, self.hub.settings.secret_key) if row is not None else None
-        return None
+            row = db.get(FederationConnection, match)
+            return connection_settings(row, self.hub.settings.secret_key) if row is not None else None
 
     def routes_by_domain(self, ws) -> bool:
         """Whether any connection of the workspace claims email domains (home-realm discovery): then the sign-in
         page asks for the email first, so nobody types a password idhub will not check."""
-        with self.hub.db() as db:
-            return any(domains for _, domains in db.connection().execute(_DOMAINS_OF_WORKSPACE, {"w": ws.id}))
+        with self.hub.connect() as conn:
+            return any(domains for _, domains in conn.execute(_DOMAINS_OF_WORKSPACE, {"w": ws.id}))
 
     # ---- audit ----------------------------------------------------------------------------------------------
     def audit(self, type_: str, ws, conn: dict | None, client=None, **data) -> None:

@@ -6,6 +6,7 @@ import re
 import unicodedata
 
 from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from idp.models import Group, GroupMember, User, Workspace
@@ -47,14 +48,15 @@ def workspace_by_slug(db: Session, slug: str) -> Workspace | None:
 _WORKSPACE_BY_SLUG = select(*Workspace.__table__.c).where(Workspace.__table__.c.slug == bindparam("slug"))
 
 
-def workspace_snapshot(db: Session, slug: str) -> Workspace | None:
+def workspace_snapshot(db: Session | Connection, slug: str) -> Workspace | None:
     """``workspace_by_slug`` for handling a request, which only reads the workspace: one prebuilt Core statement
     (no expression building or ORM loading per request: this runs at every page), the row as a *detached*
     ``Workspace`` (``make_transient_to_detached``: were it ever added to a session, it would be an UPDATE of the
     stored row, never an INSERT)."""
     if not slug or not SLUG_RE.match(slug):
         return None
-    row = db.connection().execute(_WORKSPACE_BY_SLUG, {"slug": slug}).first()
+    conn = db if isinstance(db, Connection) else db.connection()
+    row = conn.execute(_WORKSPACE_BY_SLUG, {"slug": slug}).first()
     if row is None:
         return None
     ws = Workspace(**row._mapping)

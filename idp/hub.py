@@ -15,13 +15,14 @@ from datetime import UTC, datetime, timedelta
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import sessionmaker
 
 from config.settings import Settings
 from idp import passwords
 from idp.accounts import normalise_email, user_by_email
 from idp.flow import AuthnResult, Client
-from idp.mfa.service import ENROLLED, enrolled_from
+from idp.mfa.service import ENROLLED, enrolled_columns, enrolled_from
 from idp.models import KnownDevice, PasswordResetToken, User, Workspace, utcnow
 from idp.sessions import SessionManager, effective_lifetimes, new_secret_token, token_hash
 from idp.storage.base import Backoff, SessionData, Stores
@@ -36,16 +37,30 @@ ADDRESS_BACKOFF = Backoff(free=30, base=1, cap=3600, window=3600)
 DEVICE_MAX_AGE = 365 * 24 * 3600  # a browser stays known for a year after its last sign-in
 FAILED_ALERT_EVERY = 5
 # Hub.decide: is the account active, and what 2FA has it set up (one statement)
-_USER_AND_ENROLMENT = select(User.active, *ENROLLED.selected_columns).where(User.id == bindparam("u"))
+# (a caller that reads the account anyway selects ACCOUNT_COLUMNS with it and hands the row to ``decide``)
+ACCOUNT_COLUMNS = (User.active, *ENROLLED.selected_columns)  # the enrolment's subqueries take bindparam "u"
+_USER_AND_ENROLMENT = select(*ACCOUNT_COLUMNS).where(User.id == bindparam("u"))
+_UNREAD = object()
 _U = User.__table__.c
-# Hub.check_password: what the password check (and the failed-attempts alert) needs of the account
-_USER_FOR_PASSWORD = select(_U.id, _U.workspace_id, _U.email, _U.name, _U.password_hash, _U.active,
-                            _U.password_reset_required).where(
-    _U.workspace_id == bindparam("w"), _U.email_normalized == bindparam("e"))
-# Hub.complete_signin: who signed in (the audit event, the new-device alert)
-_USER_BRIEF = select(_U.id, _U.workspace_id, _U.email, _U.name).where(_U.id == bindparam("u"))
+_KD = KnownDevice.__table__.c
+# Hub.check_password, before the hash: the account (the check, the failed-attempts alert), its 2FA enrolment
+# (the policy check after it, ``decide``'s ``account``) and the devices and places it signed in from (the
+# new-device alert): one statement, a row per known device (one with NULLs when there is none). Read before
+# the hash, not after it: the hash evicts the caches, and whatever runs after it runs cold.
+_USER_FOR_PASSWORD = (
+    select(_U.id, _U.workspace_id, _U.email, _U.name, _U.password_hash, _U.password_reset_required,
+           _U.active, *enrolled_columns(_U.id), _KD.kind, _KD.fingerprint)
+    .select_from(User.__table__.outerjoin(KnownDevice.__table__, _KD.user_id == _U.id))
+    .where(_U.workspace_id == bindparam("w"), _U.email_normalized == bindparam("e"))
+)
 _REHASH = update(User.__table__).where(_U.id == bindparam("u")).values(password_hash=bindparam("h"))
-_KNOWN_DEVICES = select(KnownDevice.kind, KnownDevice.fingerprint).where(KnownDevice.user_id == bindparam("u"))
+# Hub.complete_signin without check_password's rows (federation, a second factor): the same, by user id
+_USER_AND_DEVICES = (select(_U.id, _U.workspace_id, _U.email, _U.name, _KD.kind, _KD.fingerprint)
+                     .select_from(User.__table__.outerjoin(KnownDevice.__table__, _KD.user_id == _U.id))
+                     .where(_U.id == bindparam("u")))
+# a device seen by two sign-ins at once is remembered once
+_REMEMBER = {name: dialect.insert(KnownDevice.__table__).on_conflict_do_nothing()
+             for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))}
 RESET_REQUESTS_PER_HOUR = 5
 
 
@@ -55,6 +70,8 @@ class PasswordOutcome:
     error: str | None = None
     retry_after: int = 0
     result: AuthnResult | None = None
+    account: object = None  # on success: the user's row (``ACCOUNT_COLUMNS`` included), for decide/complete_signin
+    known_devices: frozenset = frozenset()  # on success: (kind, fingerprint) of the user's known devices
 
 
 class Hub:
@@ -91,6 +108,11 @@ class Hub:
         self._devices = URLSafeTimedSerializer(settings.secret_key, salt="idhub.device-cookie")
 
     # ---- helpers -------------------------------------------------------------------------
+    def connect(self):
+        """A bare Core connection from the pool, for the hot paths that only run prebuilt statements (an ORM
+        session's set-up and tear-down costs as much as the statement itself); commit explicitly to write."""
+        return self.db.kw["bind"].connect()
+
     def url(self, path: str) -> str:
         return self.settings.base_url + path
 
@@ -121,12 +143,18 @@ class Hub:
                                 "app": ctx.app, "methods": list(ctx.methods), "reason": decision.reason[:200]})
 
     def decide(self, ws: Workspace, client: Client, *, user_id: str | None = None, methods=(),
-               stage: str = "signin", app: str | None = None, app_policies: dict | None = None) -> Decision:
-        """Ask the policy engine about this workspace, user and address (the user's 2FA enrolment included)."""
+               stage: str = "signin", app: str | None = None, app_policies: dict | None = None,
+               account=_UNREAD) -> Decision:
+        """Ask the policy engine about this workspace, user and address (the user's 2FA enrolment included).
+
+        ``account``: the user's row with ``ACCOUNT_COLUMNS``, already read by the caller (None: there is no such
+        user); read here when not given."""
         active, enrolled = True, ()
         if user_id is not None:
-            with self.db() as db:  # the account and its 2FA enrolment in one round trip
-                row = db.execute(_USER_AND_ENROLMENT, {"u": user_id}).first()
+            row = account
+            if row is _UNREAD:
+                with self.connect() as conn:  # the account and its 2FA enrolment in one round trip
+                    row = conn.execute(_USER_AND_ENROLMENT, {"u": user_id}).first()
             active = bool(row and row.active)
             if row is not None and self.mfa is not None and stage == "signin":
                 enrolled = tuple(enrolled_from(row).methods())
@@ -159,10 +187,8 @@ class Hub:
         only the attempt that moved the counter from the value it read goes on. A success resets the counter.
         """
         throttle = self.stores.throttle
-        before = throttle.state(acct_key, now)
-        wait = before.retry_after(now)
-        if addr_key:
-            wait = max(wait, throttle.state(addr_key, now).retry_after(now))
+        before, *addr = throttle.states([acct_key, addr_key] if addr_key else [acct_key], now)
+        wait = max(st.retry_after(now) for st in (before, *addr))
         if wait:
             return wait, before.failures
         reserved = throttle.record_failure(acct_key, now, ACCOUNT_BACKOFF)
@@ -201,32 +227,40 @@ class Hub:
         if wait:
             self._event("auth.signin.throttled", ws.id, client, actor_email=key_email, data={"retry_after": wait})
             return PasswordOutcome(False, f"Too many attempts. Try again in {wait} seconds.", retry_after=wait)
-        with self.db() as db:
-            user = db.connection().execute(_USER_FOR_PASSWORD, {"w": ws.id, "e": key_email}).first()
-            ok = self.hasher.verify(user.password_hash if user else None, password)
-            if ok and user and user.active and not user.password_reset_required:
-                if self.hasher.needs_rehash(user.password_hash):
-                    db.execute(_REHASH, {"u": user.id, "h": self.hasher.hash(password)})
-                    db.commit()
-                throttle.reset(acct_key)
-                return PasswordOutcome(True, result=AuthnResult(ws.id, user.id, ("pwd",), now, next_url))
-            if ok and user and user.password_reset_required:
-                throttle.reset(acct_key)
-                self._event("auth.signin.failure", ws.id, client, actor_id=user.id, actor_email=key_email,
-                            data={"reason": "password_reset_required"})
-                return PasswordOutcome(False, "For your security, this account's password must be reset. "
-                                              "Use “Forgot password?” to choose a new one.")
-            throttle.record_failure(addr_key, now, ADDRESS_BACKOFF)
-            reason = "inactive" if (ok and user) else ("unknown_user" if not user else "bad_password")
-            self._event("auth.signin.failure", ws.id, client, actor_id=user.id if user else None,
-                        actor_email=key_email, data={"reason": reason, "failures": failures})
-            if user and failures and failures % FAILED_ALERT_EVERY == 0:
-                self._alert(user, ws, "alert_failed_signins", "Failed sign-in attempts on your account", client,
-                            attempts=failures)
+        with self.connect() as conn:  # released before the hash: no connection or transaction held across it
+            rows = conn.execute(_USER_FOR_PASSWORD, {"w": ws.id, "e": key_email}).all()
+        user = rows[0] if rows else None
+        ok = self.hasher.verify(user.password_hash if user else None, password)
+        if ok and user and user.active and not user.password_reset_required:
+            if self.hasher.needs_rehash(user.password_hash):
+                with self.connect() as conn:
+                    conn.execute(_REHASH, {"u": user.id, "h": self.hasher.hash(password)})
+                    conn.commit()
+            throttle.reset(acct_key)
+            known = frozenset((r.kind, r.fingerprint) for r in rows if r.kind is not None)
+            return PasswordOutcome(True, result=AuthnResult(ws.id, user.id, ("pwd",), now, next_url), account=user,
+                                   known_devices=known)
+        if ok and user and user.password_reset_required:
+            throttle.reset(acct_key)
+            self._event("auth.signin.failure", ws.id, client, actor_id=user.id, actor_email=key_email,
+                        data={"reason": "password_reset_required"})
+            return PasswordOutcome(False, "For your security, this account's password must be reset. "
+                                          "Use “Forgot password?” to choose a new one.")
+        throttle.record_failure(addr_key, now, ADDRESS_BACKOFF)
+        reason = "inactive" if (ok and user) else ("unknown_user" if not user else "bad_password")
+        self._event("auth.signin.failure", ws.id, client, actor_id=user.id if user else None,
+                    actor_email=key_email, data={"reason": reason, "failures": failures})
+        if user and failures and failures % FAILED_ALERT_EVERY == 0:
+            self._alert(user, ws, "alert_failed_signins", "Failed sign-in attempts on your account", client,
+                        attempts=failures)
         return PasswordOutcome(False, "Incorrect email or password.")
 
-    def complete_signin(self, ws: Workspace, result: AuthnResult, client: Client) -> tuple[str, SessionData]:
-        """Create the session for a finished sign-in, raise new-device/location alerts, audit it."""
+    def complete_signin(self, ws: Workspace, result: AuthnResult, client: Client, account=None,
+                        known_devices: frozenset = frozenset()) -> tuple[str, SessionData]:
+        """Create the session for a finished sign-in, raise new-device/location alerts, audit it.
+
+        ``account``/``known_devices``: the user's row and known devices as ``check_password`` read them (else
+        they are read here)."""
         info = self.describe_ua(client.user_agent)
         loc = self.geo.locate(client.ip)
         lifetimes = effective_lifetimes(self.settings.session_idle_timeout, self.settings.session_max_lifetime,
@@ -236,32 +270,40 @@ class Hub:
             user_agent=client.user_agent, browser=info.browser, os=info.os, device=info.device,
             country=loc.country, city=loc.city, amr=list(result.amr),
         )
-        with self.db() as db:
-            user = db.connection().execute(_USER_BRIEF, {"u": result.user_id}).one()
+        with self.connect() as conn:
+            if account is not None and account.id == result.user_id:
+                user, known = account, set(known_devices)
+            else:
+                rows = conn.execute(_USER_AND_DEVICES, {"u": result.user_id}).all()
+                user = rows[0]
+                known = {(r.kind, r.fingerprint) for r in rows if r.kind is not None}
             self._event("auth.signin.success", ws.id, client, actor_id=user.id, actor_email=user.email,
                         data={"amr": list(result.amr), "session": data.public_id})
-            self._remember_device(db, user, ws, info, loc, client)
+            alerts = self._remember_device(conn, user, known, info, loc)
+        for template, subject in alerts:
+            self._alert(user, ws, template, subject, client, device=info.label, location=_loc_label(loc))
         return token, data
 
-    def _remember_device(self, db, user, ws: Workspace, info, loc, client: Client) -> None:
-        """``user``: a ``User`` or a row with its id, workspace_id, email and name."""
-        known = {(kind, fp) for kind, fp in db.connection().execute(_KNOWN_DEVICES, {"u": user.id})}
+    def _remember_device(self, conn, user, known: set, info, loc) -> list[tuple[str, str]]:
+        """Store a device or place ``user`` has not signed in from before (``known``: (kind, fingerprint) of
+        those they have); the alerts that raises (none at the very first sign-in)."""
         first_ever = not known
         dev_fp = self.device_fp(info)
-        alerts = []
+        alerts, new = [], []
         if ("device", dev_fp) not in known:
-            db.add(KnownDevice(user_id=user.id, kind="device", fingerprint=dev_fp, label=info.label))
+            new.append({"user_id": user.id, "kind": "device", "fingerprint": dev_fp, "label": info.label})
             if not first_ever:
                 alerts.append(("alert_new_device", "New sign-in to your account from a new device or browser"))
         if loc.country and loc.country != "unknown":
             loc_fp = self.location_fp(loc)
             if ("location", loc_fp) not in known:
-                db.add(KnownDevice(user_id=user.id, kind="location", fingerprint=loc_fp, label=_loc_label(loc)))
+                new.append({"user_id": user.id, "kind": "location", "fingerprint": loc_fp, "label": _loc_label(loc)})
                 if any(kind == "location" for kind, _ in known):
                     alerts.append(("alert_new_location", "New sign-in to your account from a new location"))
-        db.commit()
-        for template, subject in alerts:
-            self._alert(user, ws, template, subject, client, device=info.label, location=_loc_label(loc))
+        if new:
+            conn.execute(_REMEMBER[conn.dialect.name], new)
+            conn.commit()
+        return alerts
 
     def _alert(self, user, ws: Workspace, template: str, subject: str, client: Client | None, **extra):
         """Mail a security alert to ``user`` (a ``User``, or a row with its id, workspace_id, email and name)."""

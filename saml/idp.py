@@ -12,8 +12,9 @@ from datetime import timedelta
 from urllib.parse import unquote_to_bytes
 
 from lxml import etree
-from sqlalchemy import and_, select
+from sqlalchemy import and_, bindparam, select
 
+from idp.hub import ACCOUNT_COLUMNS
 from idp.models import Group, GroupMember, User
 from saml.config import (
     GENERATION,
@@ -66,6 +67,17 @@ AC_SMS = "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorUnregistered"
 AC_MFA = "urn:idhub:ac:mfa"
 AC_UNSPECIFIED = "urn:oasis:names:tc:SAML:2.0:ac:classes:unspecified"
 MFA_METHODS = ("totp", "sms", "backup_codes", "otp", "mfa", "hwk", "swk")
+
+_U, _G, _GM = User.__table__.c, Group.__table__.c, GroupMember.__table__.c
+# SamlIdp.account: what an assertion says of the user, a row per group of theirs in the workspace, with the
+# columns the policy check needs (Hub.decide's ``account``): one statement for the whole SSO
+_USER_AND_GROUPS = (
+    select(_U.id, _U.email, _U.name, _U.given_name, _U.family_name, _U.display_name, _G.name.label("group_name"),
+           *ACCOUNT_COLUMNS)
+    .select_from(User.__table__.outerjoin(GroupMember.__table__, _GM.user_id == _U.id)
+                 .outerjoin(Group.__table__, and_(_G.id == _GM.group_id, _G.workspace_id == bindparam("w"))))
+    .where(_U.id == bindparam("u"))
+)
 
 
 class SamlRequestError(Exception):
@@ -336,18 +348,21 @@ class SamlIdp:
         self.audit("saml.sso.error", ws, sp=sp.entity_id, status=list(status))
         return self._out(resp, sp, pending)
 
-    def success_response(self, ws, sp, pending: Pending, session) -> Outgoing:
+    def account(self, ws, user_id: str) -> list:
+        """The user, a row per group of theirs in ``ws`` (at least one row; none when there is no such user)."""
+        with self.hub.connect() as conn:
+            return conn.execute(_USER_AND_GROUPS, {"u": user_id, "w": ws.id}).all()
+
+    def success_response(self, ws, sp, pending: Pending, session, rows: list | None = None) -> Outgoing:
+        """The signed Response for ``session``'s user; ``rows``: their ``account`` rows, if already read."""
         now = self.hub.clock()
-        with self.hub.db() as db:  # the user and their groups in this workspace: one query
-            rows = db.execute(select(User, Group.name).outerjoin(GroupMember, GroupMember.user_id == User.id)
-                              .outerjoin(Group, and_(Group.id == GroupMember.group_id, Group.workspace_id == ws.id))
-                              .where(User.id == session.user_id)).all()
-            if not rows:  # deleted while its session was being checked (its sessions end with it)
-                return self.error_response(ws, sp, pending, (STATUS_RESPONDER, STATUS_REQUEST_DENIED),
-                                           "The account no longer exists.")
-            user = rows[0][0]
-            groups = sorted({name for _u, name in rows if name is not None})
-            db.expunge(user)
+        if rows is None:
+            rows = self.account(ws, session.user_id)
+        if not rows:  # deleted while its session was being checked (its sessions end with it)
+            return self.error_response(ws, sp, pending, (STATUS_RESPONDER, STATUS_REQUEST_DENIED),
+                                       "The account no longer exists.")
+        user = rows[0]
+        groups = sorted({r.group_name for r in rows if r.group_name is not None})
         resp, resp_issuer = self._response_root(ws, sp, pending, (STATUS_SUCCESS,))
         acs_url = sp.acs[pending.acs_index]["url"]
         a = etree.SubElement(resp, SAML + "Assertion", nsmap={"xs": NS["xs"], "xsi": NS["xsi"]})

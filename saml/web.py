@@ -232,8 +232,9 @@ def _continue_step(ws, sp, pending: Pending):
             return _post_page(ws, svc.error_response(ws, sp, pending, (STATUS_RESPONDER, STATUS_NO_PASSIVE)))
         return _login_redirect(ws, sp, pending, force=sess is not None)
     # this SP's own overrides: the app is known here, no need to look it up by name among every kind of app
+    rows = svc.account(ws, sess.user_id)  # the user, their groups and 2FA enrolment: one statement for the SSO
     decision = hub().decide(ws, current_client(), user_id=sess.user_id, methods=sess.amr, app=sp.slug or sp.entity_id,
-                            app_policies=sp_policies(sp))
+                            app_policies=sp_policies(sp), account=rows[0] if rows else None)
     if decision.effect == "deny":
         svc.audit("saml.sso.denied", ws, actor_id=sess.user_id, sp=sp.entity_id, rule=decision.rule)
         if not pending.request_id:  # unsolicited (app launcher): nobody at the app is waiting for an answer
@@ -244,7 +245,7 @@ def _continue_step(ws, sp, pending: Pending):
         if pending.passive:
             return _post_page(ws, svc.error_response(ws, sp, pending, (STATUS_RESPONDER, STATUS_NO_PASSIVE)))
         return _login_redirect(ws, sp, pending, force=True)
-    return _post_page(ws, svc.success_response(ws, sp, pending, sess))
+    return _post_page(ws, svc.success_response(ws, sp, pending, sess, rows))
 
 
 def _post_page(ws, out: Outgoing):

@@ -94,17 +94,23 @@ class Enrolled:
         return out
 
 
-_U = bindparam("u")
+def enrolled_columns(user_id) -> tuple:
+    """The enrolment overview as three labelled scalar subqueries (totp, phone, backup_left) on ``user_id``: a
+    bound parameter, or a users.id column (they then correlate with a statement on users)."""
+    return (
+        select(func.count()).select_from(MfaTotp).where(
+            MfaTotp.user_id == user_id, MfaTotp.confirmed_at.is_not(None), MfaTotp.secret_enc.is_not(None),
+            MfaTotp.secret_enc != "").scalar_subquery().label("totp"),
+        select(MfaPhone.phone).where(MfaPhone.user_id == user_id, MfaPhone.verified_at.is_not(None))
+        .scalar_subquery().label("phone"),
+        select(func.count()).select_from(BackupCode).where(BackupCode.user_id == user_id,
+                                                           BackupCode.used_at.is_(None))
+        .scalar_subquery().label("backup_left"),
+    )
+
+
 # One round trip for the enrolment overview: a confirmed authenticator, a verified phone, unused backup codes.
-ENROLLED = select(
-    select(func.count()).select_from(MfaTotp).where(
-        MfaTotp.user_id == _U, MfaTotp.confirmed_at.is_not(None), MfaTotp.secret_enc.is_not(None),
-        MfaTotp.secret_enc != "").scalar_subquery().label("totp"),
-    select(MfaPhone.phone).where(MfaPhone.user_id == _U, MfaPhone.verified_at.is_not(None))
-    .scalar_subquery().label("phone"),
-    select(func.count()).select_from(BackupCode).where(BackupCode.user_id == _U, BackupCode.used_at.is_(None))
-    .scalar_subquery().label("backup_left"),
-)
+ENROLLED = select(*enrolled_columns(bindparam("u")))
 
 
 def enrolled_from(row) -> Enrolled:

@@ -135,6 +135,9 @@ class ThrottleState:
 class ThrottleStore(Protocol):
     def state(self, key: str, now: datetime) -> ThrottleState: ...
 
+    def states(self, keys: list[str], now: datetime) -> list[ThrottleState]:
+        """``state`` of each key, in order, in one round trip (a sign-in checks its account and its address)."""
+
     def record_failure(self, key: str, now: datetime, backoff: Backoff) -> ThrottleState:
         """Atomically count one failure and set ``blocked_until = now + backoff.delay(count)``."""
 

@@ -167,6 +167,9 @@ class MemoryThrottleStore:
             return ThrottleState(0, None)
         return ThrottleState(failures, blocked_until)
 
+    def states(self, keys: list[str], now: datetime) -> list[ThrottleState]:
+        return [self.state(k, now) for k in keys]
+
     def record_failure(self, key: str, now: datetime, backoff: Backoff) -> ThrottleState:
         now = as_utc(now)
         with self._lock:

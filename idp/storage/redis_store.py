@@ -131,12 +131,25 @@ class RedisThrottleStore(_RedisStore):
 
     def state(self, key: str, now: datetime) -> ThrottleState:
         with redis_guard("throttle state"):
-            n, last, forget, delay = self._r.hmget(self._k(key), ["n", "last", "forget", "delay"])
+            found = self._r.hmget(self._k(key), ["n", "last", "forget", "delay"])
+        return self._state(found, now)
+
+    @staticmethod
+    def _state(found, now: datetime) -> ThrottleState:
+        n, last, forget, delay = found
         if n is None or int(float(forget)) <= _micros(now):
             return ThrottleState(0, None)
         delay = int(float(delay))
         blocked = _from_micros(int(last)) + timedelta(seconds=delay) if delay else None
         return ThrottleState(int(n), blocked)
+
+    def states(self, keys: list[str], now: datetime) -> list[ThrottleState]:
+        with redis_guard("throttle state"):
+            pipe = self._r.pipeline(transaction=False)
+            for key in keys:
+                pipe.hmget(self._k(key), ["n", "last", "forget", "delay"])
+            found = pipe.execute()
+        return [self._state(f, now) for f in found]
 
     def record_failure(self, key: str, now: datetime, backoff: Backoff) -> ThrottleState:
         now = as_utc(now)

@@ -300,6 +300,8 @@ class SqlOneTimeStore(_SqlStore):
 _T = Throttle.__table__.c
 _THROTTLE_STATE = select(_T.failures, _T.blocked_until).where(_T.key == bindparam("k"),
                                                              _T.expires_at > bindparam("now"))
+_THROTTLE_STATES = select(_T.key, _T.failures, _T.blocked_until).where(
+    _T.key.in_(bindparam("ks", expanding=True)), _T.expires_at > bindparam("now"))
 _THROTTLE_BLOCK = update(Throttle.__table__).where(_T.key == bindparam("k_")).values(blocked_until=bindparam("until"))
 _THROTTLE_RESET = delete(Throttle.__table__).where(_T.key == bindparam("k"))
 
@@ -331,6 +333,13 @@ class SqlThrottleStore(_SqlStore):
         with self._core() as s:
             row = s.execute(_THROTTLE_STATE, {"k": _key(key), "now": as_utc(now)}).first()
         return ThrottleState(row[0], row[1]) if row is not None else ThrottleState(0, None)
+
+    def states(self, keys: list[str], now: datetime) -> list[ThrottleState]:
+        wanted = [_key(k) for k in keys]
+        with self._core() as s:
+            found = {row[0]: ThrottleState(row[1], row[2])
+                     for row in s.execute(_THROTTLE_STATES, {"ks": wanted, "now": as_utc(now)})}
+        return [found.get(k, ThrottleState(0, None)) for k in wanted]
 
     def record_failure(self, key: str, now: datetime, backoff: Backoff) -> ThrottleState:
         """Count with one upsert (restarting at 1 once the window passed), then set ``blocked_until`` if the

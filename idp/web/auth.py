@@ -152,14 +152,18 @@ def _password_step(ws, flows: FlowManager, flow: LoginFlow, client, stored: bool
         return resp, status, headers
     flow.user_id = outcome.result.user_id
     flow.amr = list(outcome.result.amr)
-    return continue_signin(ws, flows, flow, client, stored=stored)
+    return continue_signin(ws, flows, flow, client, stored=stored, account=outcome.account,
+                           known_devices=outcome.known_devices)
 
 
-def continue_signin(ws, flows: FlowManager, flow: LoginFlow, client, stored: bool = True):
+def continue_signin(ws, flows: FlowManager, flow: LoginFlow, client, stored: bool = True, account=None,
+                    known_devices: frozenset = frozenset()):
     """Ask the policy engine what the flow needs next: a second factor, enrolment, a denial, or the session.
-    ``stored=False``: a flow made with ``FlowManager.new``, stored here only if it goes on to another step."""
+    ``stored=False``: a flow made with ``FlowManager.new``, stored here only if it goes on to another step.
+    ``account``/``known_devices``: what the password check read of the user (``PasswordOutcome``), if it did."""
+    read = {"account": account} if account is not None else {}
     decision = hub().decide(ws, client, user_id=flow.user_id, methods=flow.amr, app=flow.app or None,
-                            app_policies=hub().app_policies(ws, flow.app))
+                            app_policies=hub().app_policies(ws, flow.app), **read)
     if decision.effect == "deny":
         if stored:
             flows.finish(flow)
@@ -179,7 +183,7 @@ def continue_signin(ws, flows: FlowManager, flow: LoginFlow, client, stored: boo
     if stored:
         flows.finish(flow)
     result = AuthnResult(ws.id, flow.user_id, tuple(flow.amr), hub().clock(), flow.next)
-    token, data = hub().complete_signin(ws, result, client)
+    token, data = hub().complete_signin(ws, result, client, account, known_devices)
     SIGNINS.labels(outcome="success").inc()
     rotate_csrf()
     resp = redirect(flow.next or url_for("security.page", ws_slug=ws.slug))

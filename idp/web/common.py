@@ -99,8 +99,8 @@ def rotate_csrf() -> None:
 
 # ---- workspace and session -------------------------------------------------------------------------
 def load_workspace(slug: str):
-    with hub().db() as db:
-        ws = workspace_snapshot(db, slug)
+    with hub().connect() as conn:
+        ws = workspace_snapshot(conn, slug)
     if ws is None:
         abort(404, description="There is no workspace at this address.")
     g.workspace = ws

@@ -130,6 +130,19 @@ def test_throttle_window_forgets(throttle, key):
     assert (st.failures, st.blocked_until) == (1, None)
 
 
+def test_throttle_states_reads_several_keys_in_order(throttle, key):
+    long_key = key + ":" + "x" * 300  # stored hashed (longer than the column)
+    for _ in range(7):
+        throttle.record_failure(key + ":a", NOW, BACKOFF)
+    throttle.record_failure(long_key, NOW, BACKOFF)
+    got = throttle.states([key + ":none", key + ":a", long_key], NOW)
+    assert [st.failures for st in got] == [0, 7, 1]
+    assert got[1] == throttle.state(key + ":a", NOW) and got[1].retry_after(NOW) > 0
+    assert got[0].retry_after(NOW) == 0 and got[2] == throttle.state(long_key, NOW)
+    # a window later, all forgotten
+    assert [st.failures for st in throttle.states([key + ":a", long_key], NOW + timedelta(days=2))] == [0, 0]
+
+
 def test_throttle_keys_are_independent(throttle, key):
     for _ in range(5):
         throttle.record_failure(key + ":a", NOW, BACKOFF)

@@ -313,3 +313,19 @@ def test_changing_the_password_is_throttled_like_sign_in(browser_factory):
             "confirm_password": "N3w-Harder-Pass!", "csrf_token": b.csrf(html)})
         statuses.append("Too many attempts" in r.get_data(as_text=True))
     assert statuses[-1] is True
+
+
+def test_two_sign_ins_at_once_from_a_new_device_remember_it_once(browser_factory, hub):
+    """Both read "no such device" before either wrote it: the second write is not an error (no 500)."""
+    from idp.models import KnownDevice, User
+
+    with hub.db() as db:
+        alice = db.scalar(select(User).where(User.email == ALICE))
+    info = hub.describe_ua(FIREFOX)
+    loc = hub.geo.locate("127.0.0.1")
+    for _ in range(2):
+        with hub.connect() as conn:
+            hub._remember_device(conn, alice, set(), info, loc)
+    with hub.db() as db:
+        rows = db.scalars(select(KnownDevice).where(KnownDevice.user_id == alice.id, KnownDevice.kind == "device"))
+        assert len(list(rows)) == 1
