@@ -943,6 +943,9 @@ class AdminService:
             db.execute(delete(FederationConnection).where(FederationConnection.id == row.id,
                                                           FederationConnection.workspace_id == ws.id))
             db.commit()
+        from federation.config import GENERATION
+
+        GENERATION[0] += 1
         self.audit(p, ws.id, "admin.connection.deleted", subject_id=conn_slug, protocol=row.protocol)
 
     # ---- policies ---------------------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ from federation.models import FederationConnection
 PROTOCOLS = ("saml", "oidc", "ldap")
 PRESETS = ("okta", "azure_ad", "generic")
 SECRET_KEYS = ("client_secret", "bind_password")
+# Bumped at every change of a workspace's connections in this process: per-process caches of what the
+# connections say (FederationService.routes_by_domain) drop their entries at once here, within seconds elsewhere.
+GENERATION = [0]
 MAPPED_FIELDS = ("subject", "email", "name", "given_name", "family_name", "groups")
 TENANT_TEMPLATE = "{tenantid}"
 MAX_METADATA = 1024 * 1024
@@ -326,6 +329,7 @@ def apply_connections(db: Session, ws, connections: list[dict], secret_key: str)
     """Upsert the workspace's connections (idempotent) and delete the ones no longer declared (their identity
     links go with them). Returns a line per created connection."""
     box = secret_box(secret_key) if any(c.get(k) for c in connections for k in SECRET_KEYS) else None
+    GENERATION[0] += 1
     created = []
     have = {c.slug: c for c in db.scalars(select(FederationConnection)
                                           .where(FederationConnection.workspace_id == ws.id))}

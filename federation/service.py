@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -14,7 +15,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from federation.base import UpstreamError, UpstreamIdentity
-from federation.config import connection_settings
+from federation.config import GENERATION, connection_settings
 from federation.models import FederationConnection, FederationLink
 from idp.accounts import InvalidEmail, clean_email, normalise_email
 from idp.models import Group, GroupMember, User
@@ -24,6 +25,7 @@ log = logging.getLogger("idhub.federation")
 _DOMAINS_OF_WORKSPACE = select(FederationConnection.id, FederationConnection.domains).where(
     FederationConnection.workspace_id == bindparam("w"))
 
+ROUTES_TTL = 5.0  # seconds: a connection changed in another process changes its sign-in page within this time
 METADATA_REFRESH = timedelta(hours=24)
 METADATA_RETRY = timedelta(hours=1)
 GENERIC_FAILURE = "Sign-in through your organisation's identity provider failed. Try again, or contact your IT team."
@@ -91,6 +93,7 @@ class FederationService:
 
         self.hub = hub
         self.rp = OidcRp(http, clock=lambda: hub.clock())
+        self._routes: dict[str, tuple[float, int, bool]] = {}  # workspace id -> (expires, GENERATION, answer)
 
     # ---- connections ------------------------------------------------------------------------------------------------
     def connections(self, ws) -> list[dict]:
@@ -158,9 +161,22 @@ class FederationService:
 
     def routes_by_domain(self, ws) -> bool:
         """Whether any connection of the workspace claims email domains (home-realm discovery): then the sign-in
-        page asks for the email first, so nobody types a password idhub will not check."""
+        page asks for the email first, so nobody types a password idhub will not check.
+
+        Asked at every sign-in page, so cached per process for ROUTES_TTL seconds (dropped at once by a change in
+        this process). A stale answer only picks the form: the POST routes the address with fresh data, and a
+        password sent along with a routed address is never looked at."""
+        now = time.monotonic()
+        hit = self._routes.get(ws.id)
+        if hit is not None and hit[0] > now and hit[1] == GENERATION[0]:
+            return hit[2]
+        generation = GENERATION[0]
         with self.hub.connect() as conn:
-            return any(domains for _, domains in conn.execute(_DOMAINS_OF_WORKSPACE, {"w": ws.id}))
+            routed = any(domains for _, domains in conn.execute(_DOMAINS_OF_WORKSPACE, {"w": ws.id}))
+        if len(self._routes) > 4096:
+            self._routes.clear()
+        self._routes[ws.id] = (now + ROUTES_TTL, generation, routed)
+        return routed
 
     # ---- audit ----------------------------------------------------------------------------------------------
     def audit(self, type_: str, ws, conn: dict | None, client=None, **data) -> None:

@@ -652,6 +652,18 @@ LDAP = {"slug": "ad", "name": "Active Directory", "protocol": "ldap", "url": "ld
         "user_search_base": "dc=acme,dc=test", "domains": ["corp.acme.test"]}
 
 
+def test_a_connection_claiming_domains_turns_the_sign_in_page_identifier_first_at_once(app, api):
+    """The page's form is cached per process for a few seconds; a change made here drops that at once."""
+    def page() -> str:
+        return Browser(app).get("/w/acme/login").get_data(as_text=True)
+
+    assert 'name="password"' in page()  # one page: no connection yet
+    assert api.post("/workspaces/acme/connections", OKTA).status_code == 201
+    assert 'name="password"' not in page() and ">Continue</button>" in page()
+    assert api.call("DELETE", "/workspaces/acme/connections/okta").status_code == 204
+    assert 'name="password"' in page()
+
+
 def test_connections_are_validated_and_stored_like_the_config_file_and_keep_their_secrets(app, hub, api, tokens):
     from federation.config import connection_settings
     from federation.models import FederationConnection
