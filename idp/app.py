@@ -10,7 +10,8 @@ import time
 import uuid
 from pathlib import Path
 
-from flask import Flask, g, get_flashed_messages, request
+from flask import Flask, g, get_flashed_messages, request, url_for
+from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -97,6 +98,24 @@ def build_hub(settings: Settings, *, hasher: Hasher | None = None) -> Hub:
     return hub
 
 
+class FlashCookieSession(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, which idhub uses for flash messages only: most requests carry no such
+    cookie and write none, so they skip building the signer (Flask builds it at every request) and the cookie
+    settings. The cookie itself, its signature and its attributes are Flask's own."""
+
+    def open_session(self, app: Flask, request):
+        if not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
+
+    def save_session(self, app: Flask, session, response) -> None:
+        if not session and not session.modified:
+            if session.accessed:
+                response.vary.add("Cookie")
+            return
+        super().save_session(app, session, response)
+
+
 def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flask:
     settings = settings or (hub.settings if hub else load_settings())
     logs.configure(settings.log_level)
@@ -116,6 +135,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
         MAX_FORM_PARTS=100,
         TRAP_HTTP_EXCEPTIONS=False,
     )
+    app.session_interface = FlashCookieSession()
     app.extensions["idhub"] = hub or build_hub(settings)
 
     from idp.web import auth, mfa, ops, security
@@ -140,8 +160,20 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
 
     from idp.passwords import RULES
 
+    static_urls: dict[tuple[str, str], str] = {}
+
+    def static_url(filename: str) -> str:
+        """``url_for('static', ...)``, built once per file (and mount point): every page links the same few."""
+        key = (request.script_root, filename)
+        url = static_urls.get(key)
+        if url is None:
+            if len(static_urls) > 256:  # bounded, whatever SCRIPT_NAME a server sends
+                static_urls.clear()
+            url = static_urls[key] = url_for("static", filename=filename)
+        return url
+
     app.jinja_env.globals.update(csrf_token=csrf_token, get_flashed_messages=get_flashed_messages,
-                                 PASSWORD_RULES=RULES)
+                                 PASSWORD_RULES=RULES, static_url=static_url)
 
     @app.before_request
     def _start():

@@ -329,3 +329,20 @@ def test_two_sign_ins_at_once_from_a_new_device_remember_it_once(browser_factory
     with hub.db() as db:
         rows = db.scalars(select(KnownDevice).where(KnownDevice.user_id == alice.id, KnownDevice.kind == "device"))
         assert len(list(rows)) == 1
+
+
+def test_flash_messages_use_a_signed_cookie_only_when_there_is_one(browser_factory):
+    """Flask's cookie session carries the flash messages: set when one is flashed, shown once, then removed; a
+    page that flashes nothing sets no such cookie, and a forged one is ignored."""
+    b = browser_factory()
+    r = b.get("/w/acme/login")
+    assert not any(c.startswith("idhub_flash=") for c in r.headers.getlist("Set-Cookie"))
+    r = b.get("/w/acme/login/password?flow=not-a-flow")  # the flow is gone: flashed, back to the sign-in page
+    assert r.status_code == 302
+    assert any(c.startswith("idhub_flash=") for c in r.headers.getlist("Set-Cookie"))
+    page = b.get("/w/acme/login")
+    assert "took too long" in page.get_data(as_text=True)
+    assert any(c.startswith("idhub_flash=;") for c in page.headers.getlist("Set-Cookie"))  # removed once shown
+    assert "took too long" not in b.get("/w/acme/login").get_data(as_text=True)
+    b.client.set_cookie("idhub_flash", "eyJfZmxhc2hlcyI6W1siZXJyb3IiLCJmb3JnZWQiXV19.Zm9yZ2Vk.c2lnbmF0dXJl")
+    assert "forged" not in b.get("/w/acme/login").get_data(as_text=True)
