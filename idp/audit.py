@@ -113,6 +113,28 @@ _INSERT_EVENTS = insert(AuditEvent.__table__)
 _SET_HEAD_HASH = update(AuditChainHead.__table__).where(_H.chain == bindparam("c")).values(hash=bindparam("h"))
 
 
+@dataclass(slots=True)
+class RecordedEvent:
+    """An event as ``AuditLog.record`` appends it (the columns of ``AuditEvent``, but not an ORM instance: two
+    of these are written at every sign-in and every SSO response, and an ORM instance costs more to make than
+    its row costs to hash). ``seq``, ``prev_hash`` and ``hash`` are set when it is chained."""
+
+    chain: str
+    workspace_id: str | None
+    occurred_at: datetime
+    type: str
+    data: dict
+    actor_id: str | None = None
+    actor_email: str | None = None
+    subject_id: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+    seq: int | None = None
+    prev_hash: str | None = None
+    hash: str | None = None
+
+
 @dataclass(frozen=True)
 class VerifyResult:
     ok: bool
@@ -154,7 +176,7 @@ def iso_utc(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _fields(ev: AuditEvent) -> dict[str, Any]:
+def _fields(ev: AuditEvent | RecordedEvent) -> dict[str, Any]:
     return {
         "chain": ev.chain,
         "seq": ev.seq,
@@ -172,7 +194,7 @@ def _fields(ev: AuditEvent) -> dict[str, Any]:
     }
 
 
-def compute_hash(ev: AuditEvent) -> str:
+def compute_hash(ev: AuditEvent | RecordedEvent) -> str:
     """SHA-256 (hex) of the canonical JSON of the event's fields, ``prev_hash`` included."""
     canonical = json.dumps(_fields(ev), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
@@ -214,7 +236,7 @@ class AuditLog:
         request_id: str | None = None,
         data: dict | None = None,
         connection: Any = None,
-    ) -> AuditEvent:
+    ) -> RecordedEvent:
         """Append one event to its workspace's chain (secrets in ``data`` redacted) and return it.
 
         Inside ``deferred()`` the event is kept and written with the others when the block ends (one
@@ -227,7 +249,7 @@ class AuditLog:
             raise ValueError(f"invalid audit event type {type!r}")
         # Round-trip through JSON so that what is hashed is exactly what the database gives back.
         clean = json.loads(json.dumps(redact(data or {}), default=str))
-        ev = AuditEvent(
+        ev = RecordedEvent(
             chain=chain_for(workspace_id),
             workspace_id=workspace_id,
             occurred_at=_utc(self._clock()),
@@ -269,11 +291,11 @@ class AuditLog:
             if events:
                 self._append(events)
 
-    def _append(self, events: list[AuditEvent]) -> None:
+    def _append(self, events: list[RecordedEvent]) -> None:
         """Chain ``events`` (in order) onto their chains: per chain, one UPDATE that reserves the sequence
         numbers and reads the previous hash, one INSERT of the rows, one UPDATE of the head's hash — all in
         one transaction, so the head's row lock orders concurrent writers."""
-        by_chain: dict[str, list[AuditEvent]] = {}
+        by_chain: dict[str, list[RecordedEvent]] = {}
         for ev in events:
             by_chain.setdefault(ev.chain, []).append(ev)
         for chain, evs in by_chain.items():
@@ -287,7 +309,7 @@ class AuditLog:
                 raise RuntimeError(f"could not create the audit chain head for {chain!r}")
 
     @staticmethod
-    def _append_chain(conn, chain: str, evs: list[AuditEvent]) -> bool:
+    def _append_chain(conn, chain: str, evs: list[RecordedEvent]) -> bool:
         """Chain ``evs`` onto ``chain`` in ``conn``'s transaction; False (nothing written) if it has no head."""
         row = conn.execute(_RESERVE_SEQ, {"c": chain, "n": len(evs)}).first()
         if row is None:
