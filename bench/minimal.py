@@ -39,7 +39,8 @@ from tests.helpers.smtp import free_port
 APP = '''import base64, os, secrets, sys
 sys.path.insert(0, os.environ["MINI_REPO"])
 from datetime import UTC, datetime, timedelta
-from flask import Flask, redirect, render_template_string, request
+from flask import Flask, redirect, request
+from flask.sessions import SecureCookieSessionInterface
 from lxml import etree
 from sqlalchemy import text
 from idp.db import make_engine
@@ -47,6 +48,17 @@ from idp.passwords import Hasher
 from saml.xml import sign
 
 app = Flask(__name__)
+
+
+class NoSession(SecureCookieSessionInterface):  # no cookie session at all: nothing to build, read or write
+    def open_session(self, app, request):
+        return self.session_class()
+
+    def save_session(self, app, session, response):
+        return None
+
+
+app.session_interface = NoSession()
 engine = make_engine(os.environ["MINI_DB"])
 hasher = Hasher()
 STORED = os.environ["MINI_HASH"]
@@ -61,11 +73,12 @@ FORM = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign
 POST = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Signed in</title></head><body>
 <form method="post" action="https://sp.bench.test/saml/acs"><input type="hidden" name="SAMLResponse" value="{{ v }}">
 <input type="hidden" name="RelayState" value="bench"><button type="submit">Continue</button></form></body></html>"""
+FORM_T, POST_T = app.jinja_env.from_string(FORM), app.jinja_env.from_string(POST)  # compiled once, as files are
 
 
 @app.get("/login")
 def page():
-    return render_template_string(FORM, t=secrets.token_urlsafe(32))
+    return FORM_T.render(t=secrets.token_urlsafe(32))
 
 
 @app.post("/login")
@@ -114,7 +127,7 @@ def sso():
         _e(_e(attrs, "Attribute", Name=name), "AttributeValue", value)
     sign(a, KEY, CERT, after=issuer)
     value = base64.b64encode(etree.tostring(resp, xml_declaration=True, encoding="UTF-8")).decode()
-    return render_template_string(POST, v=value)
+    return POST_T.render(v=value)
 '''
 
 
