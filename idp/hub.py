@@ -22,7 +22,7 @@ from config.settings import Settings
 from idp import passwords
 from idp.accounts import normalise_email, user_by_email
 from idp.flow import AuthnResult, Client
-from idp.mfa.service import ENROLLED, enrolled_columns, enrolled_from
+from idp.mfa.service import enrolled_columns, enrolled_from
 from idp.models import KnownDevice, PasswordResetToken, User, Workspace, utcnow
 from idp.sessions import SessionManager, effective_lifetimes, new_secret_token, token_hash
 from idp.storage.base import Backoff, SessionData, Stores
@@ -38,10 +38,10 @@ DEVICE_MAX_AGE = 365 * 24 * 3600  # a browser stays known for a year after its l
 FAILED_ALERT_EVERY = 5
 # Hub.decide: is the account active, and what 2FA has it set up (one statement)
 # (a caller that reads the account anyway selects ACCOUNT_COLUMNS with it and hands the row to ``decide``)
-ACCOUNT_COLUMNS = (User.active, *ENROLLED.selected_columns)  # the enrolment's subqueries take bindparam "u"
-_USER_AND_ENROLMENT = select(*ACCOUNT_COLUMNS).where(User.id == bindparam("u"))
-_UNREAD = object()
 _U = User.__table__.c
+ACCOUNT_COLUMNS = (_U.active, *enrolled_columns(_U.id))  # the enrolment's subqueries correlate with users.id
+_USER_AND_ENROLMENT = select(*ACCOUNT_COLUMNS).where(_U.id == bindparam("u"))
+_UNREAD = object()
 _KD = KnownDevice.__table__.c
 # Hub.check_password, before the hash: the account (the check, the failed-attempts alert), its 2FA enrolment
 # (the policy check after it, ``decide``'s ``account``) and the devices and places it signed in from (the
@@ -49,7 +49,7 @@ _KD = KnownDevice.__table__.c
 # the hash, not after it: the hash evicts the caches, and whatever runs after it runs cold.
 _USER_FOR_PASSWORD = (
     select(_U.id, _U.workspace_id, _U.email, _U.name, _U.password_hash, _U.password_reset_required,
-           _U.active, *enrolled_columns(_U.id), _KD.kind, _KD.fingerprint)
+           *ACCOUNT_COLUMNS, _KD.kind, _KD.fingerprint)
     .select_from(User.__table__.outerjoin(KnownDevice.__table__, _KD.user_id == _U.id))
     .where(_U.workspace_id == bindparam("w"), _U.email_normalized == bindparam("e"))
 )
