@@ -4,7 +4,7 @@
 
 The targets of bench/signin.py (a sign-in within +15 % of one argon2id verify) and bench/saml_sso.py (10x
 pysaml2) are ratios against peers; this asks what the ratio would be for an application that does *only* the
-unavoidable part on the same stack — Flask under gunicorn gthread (``idhub serve``'s settings: ``concurrency``
+unavoidable part on the same stack — Flask under gunicorn (``idhub serve``'s worker and settings: ``concurrency``
 workers x 4 threads), SQLAlchemy on SQLite (idhub's engine and pragmas), idhub's argon2id ``Hasher`` and its
 python-xmlsec ``saml.xml.sign`` — and nothing else: no workspace, no policy, no throttle, no CSRF check, no audit
 log, no session store, no security headers, no logging, no metrics.
@@ -148,8 +148,8 @@ def start_app(d: Path, workers: int):
     env = {**os.environ, "MINI_REPO": str(REPO), "MINI_DB": f"sqlite:///{db}", "MINI_HASH": Hasher().hash(PASSWORD),
            "MINI_KEY": key, "MINI_CERT": cert}
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
-    proc = subprocess.Popen([gunicorn, "-k", "gthread", "-w", str(workers), "--threads", "4", "-b",
-                             f"127.0.0.1:{port}", "--worker-tmp-dir", "/dev/shm", "mini:app"], cwd=d, env=env,
+    proc = subprocess.Popen([gunicorn, "-k", "idp.serving.BalancedThreadWorker", "-w", str(workers), "--threads", "4",
+                             "-b", f"127.0.0.1:{port}", "--worker-tmp-dir", "/dev/shm", "mini:app"], cwd=d, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     for _ in range(200):

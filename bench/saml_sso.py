@@ -250,7 +250,9 @@ def main() -> None:
             drive_hub(hub, cookies, 1.5, args.concurrency)  # warm-up: key cache, connections, templates
             before = tree_cpu(hub.proc.pid)
             hub_lat, hub_wall = drive_hub(hub, cookies, args.seconds, args.concurrency)
-            hub_cpu = cpu_delta(before, tree_cpu(hub.proc.pid))
+            after = tree_cpu(hub.proc.pid)
+            hub_cpu = cpu_delta(before, after)
+            split = sorted((after[p] - before.get(p, 0.0) for p in after if p != hub.proc.pid), reverse=True)
         finally:
             hub.cleanup()
             if db_url:
@@ -263,6 +265,9 @@ def main() -> None:
     ours_cpu, theirs_cpu = hub_cpu / len(hub_lat), peer_cpu / len(peer_lat)
     print(f"CPU per response: idhub server {ours_cpu * 1000:.2f} ms (gunicorn arbiter + workers), "
           f"pysaml2 {theirs_cpu * 1000:.2f} ms (with its xmlsec1 runs)")
+    uneven = len(split) > 1 and split[-1] < 0.5 * split[0]
+    print("CPU per worker: " + ", ".join(f"{c:.2f} s" for c in split)
+          + ("  (uneven: the client connections landed on fewer workers than there are)" if uneven else ""))
     print(f"ratio idhub ÷ pysaml2: wall {ours / theirs:.1f}x, CPU {theirs_cpu / ours_cpu:.1f}x  (goal ≥ 10x)   "
           f"load after: {loadavg()}")
 

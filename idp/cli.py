@@ -67,7 +67,7 @@ def serve(host, port, workers, threads):
                 "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
                 "workers": workers,
                 "threads": threads,
-                "worker_class": "gthread",
+                "worker_class": "idp.serving.BalancedThreadWorker",  # gthread, accepts spread over workers
                 "timeout": 60,
                 "graceful_timeout": 10,
                 "accesslog": None,
