@@ -1,8 +1,10 @@
-"""idhub serve's gunicorn worker: connections that arrive while a worker is busy go to an idle worker."""
+"""idhub serve's gunicorn worker: connections that arrive while a worker is busy go to an idle worker,
+and nothing waits when every worker is busy."""
 
 from __future__ import annotations
 
 import http.client
+import os
 import subprocess
 import sys
 import threading
@@ -10,7 +12,7 @@ import time
 
 import pytest
 
-from idp.serving import AcceptGate
+from idp.serving import AcceptGate, WorkerBoard
 from tests.helpers.smtp import free_port
 
 APP = '''import os, time
@@ -23,27 +25,84 @@ def app(environ, start_response):
 '''
 
 
-# ---- the gate on its own --------------------------------------------------------------------------------
+# ---- the gate and the board on their own ---------------------------------------------------------------
+def gate(idle_peer: bool = True) -> AcceptGate:
+    return AcceptGate(lambda: idle_peer, delay=0.002)
+
+
 def test_an_idle_worker_accepts_at_once():
-    gate = AcceptGate(peers=1, delay=0.002)
-    assert gate.ready(10.0, in_flight=0)
-    assert not gate.paused
+    g = gate()
+    assert g.ready(10.0, in_flight=0)
+    assert not g.paused
 
 
-def test_a_busy_worker_pauses_then_takes_what_is_left():
-    gate = AcceptGate(peers=1, delay=0.002)
-    assert not gate.ready(10.0, in_flight=1)
-    assert gate.paused
-    assert gate.timeout(10.0, 1.0) == pytest.approx(0.002)  # the poll wakes up when the pause ends
-    assert not gate.due(10.001)
-    assert gate.due(10.002)
-    assert not gate.paused and gate.timeout(10.002, 1.0) == 1.0
+def test_a_busy_worker_pauses_for_an_idle_peer_then_takes_what_is_left():
+    g = gate()
+    assert not g.ready(10.0, in_flight=1)
+    assert g.paused
+    assert g.timeout(10.0, 1.0) == pytest.approx(0.002)  # the poll wakes up when the pause ends
+    assert not g.due(10.001, in_flight=1)
+    assert g.due(10.002, in_flight=1)
+    assert not g.paused and g.timeout(10.002, 1.0) == 1.0
 
 
-def test_a_lone_worker_never_pauses():
-    gate = AcceptGate(peers=0)
-    assert gate.ready(10.0, in_flight=3)
-    assert not gate.paused
+def test_a_paused_worker_whose_requests_are_done_takes_connections_again():
+    g = gate()
+    assert not g.ready(10.0, in_flight=1)
+    assert g.due(10.0005, in_flight=0)  # idle before the pause is up
+    assert not g.paused
+
+
+def test_when_no_peer_is_idle_a_busy_worker_accepts_at_once():
+    g = gate(idle_peer=False)  # every worker busy (or a lone worker): pausing would only delay the connection
+    assert g.ready(10.0, in_flight=3)
+    assert not g.paused
+
+
+def test_a_listener_still_readable_when_the_pause_ends_is_accepted():
+    g = gate()
+    assert not g.ready(10.0, in_flight=1)
+    assert not g.ready(10.001, in_flight=1)  # another listener of the same poll, still within the pause
+    assert g.ready(10.003, in_flight=1)
+    assert not g.paused
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_the_board_sees_idle_peers_only_among_live_workers():
+    me, peer = WorkerBoard(slots=4), WorkerBoard(slots=4)
+    peer._mm, peer._cells, peer._lock = me._mm, me._cells, me._lock  # one shared map, as after gunicorn's fork
+    assert me.claim(os.getpid())
+    assert not me.idle_peer()  # alone
+    assert peer.claim(os.getppid())  # a live process as the other worker
+    assert me.idle_peer()
+    peer.set_in_flight(1)
+    assert not me.idle_peer()  # the other worker is busy
+    peer.set_in_flight(0)
+    peer.release()
+    assert not me.idle_peer()  # it stopped
+
+
+def test_a_killed_workers_slot_is_neither_idle_nor_kept():
+    board = WorkerBoard(slots=2)
+    board._cells[0], board._cells[1] = dead_pid(), 0  # killed while idle: left its slot behind
+    assert board.claim(os.getpid())
+    assert board.slot == 0  # taken over
+    other = WorkerBoard(slots=2)
+    other._mm, other._cells, other._lock = board._mm, board._cells, board._lock
+    other._cells[2], other._cells[3] = dead_pid(), 0
+    assert not board.idle_peer()  # a dead worker is not an idle one
+
+
+def test_a_worker_without_a_slot_never_pauses():
+    board = WorkerBoard(slots=1)
+    board._cells[0] = os.getppid()  # the only slot belongs to a live process
+    assert not board.claim(os.getpid())
+    assert not board.idle_peer()
 
 
 # ---- real gunicorn ---------------------------------------------------------------------------------------
