@@ -50,12 +50,17 @@ class WorkerBoard:
     def __init__(self, slots: int = BOARD_SLOTS) -> None:
         self._mm = mmap.mmap(-1, slots * 16)  # MAP_SHARED | MAP_ANONYMOUS: inherited across fork, not copied
         self._cells = memoryview(self._mm).cast("q")  # [pid, in_flight] per slot, aligned 8-byte words
-        self._lock = multiprocessing.Lock()  # claiming only; each slot has one writer afterwards
+        try:
+            self._lock = multiprocessing.Lock()  # claiming only; each slot has one writer afterwards
+        except OSError:  # no POSIX semaphores here (a locked-down /dev/shm): no board, workers never pause
+            self._lock, slots = None, 0
         self._slots = slots
         self.slot: int | None = None
         self.pid = 0
 
     def claim(self, pid: int) -> bool:
+        if self._lock is None:
+            return False
         with self._lock:
             for i in range(self._slots):
                 other = self._cells[2 * i]

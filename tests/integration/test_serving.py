@@ -165,3 +165,15 @@ def test_keep_alive_connections_stay_with_their_worker(server):
     pid = get(server, 0, a)
     assert all(get(server, 0, a) == pid for _ in range(5))
     a.close()
+
+
+def test_without_semaphores_there_is_no_board_and_no_pause(monkeypatch):
+    import multiprocessing
+
+    def no_semaphores():
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(multiprocessing, "Lock", no_semaphores)
+    board = WorkerBoard(slots=4)
+    assert not board.claim(os.getpid())
+    assert not board.idle_peer()
