@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-ACCEPT_DELAY = 0.001  # seconds a busy worker leaves a new connection to an idle one (epoll: whole ms)
+ACCEPT_DELAY = 0.002  # seconds a busy worker leaves a new connection to an idle one (epoll: whole ms)
 ACCEPT_BATCH = 16  # connections a worker takes at most when its pause ends (the rest at its next turns)
 BOARD_SLOTS = 64  # workers the board follows; a worker without a slot never pauses (plain gthread)
 
@@ -134,10 +134,11 @@ class BalancedThreadWorker(ThreadWorker):
     """gunicorn's gthread worker with ``AcceptGate`` in front of ``accept``."""
 
     board = BOARD
+    accept_delay = ACCEPT_DELAY
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.gate = AcceptGate(self.board.idle_peer)
+        self.gate = AcceptGate(self.board.idle_peer, self.accept_delay)
         self.in_flight = 0
 
     def init_process(self) -> None:
