@@ -14,6 +14,7 @@ it should use them all.
 from __future__ import annotations
 
 import argparse
+import http.client
 import multiprocessing as mp
 import socket
 import subprocess
@@ -24,8 +25,7 @@ from pathlib import Path
 
 from _common import pct
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.helpers.smtp import free_port  # noqa: E402
+from tests.helpers.smtp import free_port
 
 APP = '''import os, time
 
@@ -37,39 +37,22 @@ def app(environ, start_response):
 '''
 
 
-def _read_response(s: socket.socket, buf: bytes) -> tuple[bytes, bytes]:
-    """(body, leftover) of one HTTP/1.1 response with Content-Length."""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    length = int(next(h.split(b":", 1)[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")))
-    while len(rest) < length:
-        rest += s.recv(65536)
-    return rest[:length], rest[length:]
-
-
 def client(port: int, work_ms: float, keep_alive: bool, seconds: float, out) -> None:
-    req = (f"GET /?{work_ms} HTTP/1.1\r\nHost: bench\r\n"
-           + ("" if keep_alive else "Connection: close\r\n") + "\r\n").encode()
+    headers = {} if keep_alive else {"Connection": "close"}
     lat, pids = [], set()
-    s, buf = None, b""
+    conn = None
     stop = time.monotonic() + seconds
     while time.monotonic() < stop:
         t = time.perf_counter()
-        if s is None:
-            s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(req)
-        body, buf = _read_response(s, buf)
+        conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", f"/?{work_ms}", headers=headers)
+        pids.add(conn.getresponse().read())
         if not keep_alive:
-            s.close()
-            s, buf = None, b""
+            conn.close()
+            conn = None
         lat.append(time.perf_counter() - t)
-        pids.add(body)
-    if s is not None:
-        s.close()
+    if conn is not None:
+        conn.close()
     out.put((lat, pids))
 
 

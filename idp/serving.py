@@ -16,14 +16,13 @@ busy nobody pauses, so under full load accepting works exactly as in plain gthre
 
 from __future__ import annotations
 
-import errno
 import mmap
 import multiprocessing
 import os
 import time
 from collections.abc import Callable
 
-from gunicorn.workers.gthread import TConn, ThreadWorker
+from gunicorn.workers.gthread import ThreadWorker
 
 ACCEPT_DELAY = 0.002  # seconds a busy worker leaves a new connection to an idle one (epoll: whole ms)
 ACCEPT_BATCH = 16  # connections a worker takes at most when its pause ends (the rest at its next turns)
@@ -184,14 +183,7 @@ class BalancedThreadWorker(ThreadWorker):
         for _ in range(ACCEPT_BATCH):
             if self.nr_conns >= self.worker_connections:
                 return
-            try:
-                client_sock, client_addr = listener.accept()
-            except OSError as exc:
-                if exc.errno == errno.ECONNABORTED:
-                    continue
-                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    return
-                raise
-            self.nr_conns += 1
-            client_sock.setblocking(True)
-            self.enqueue_req(TConn(self.cfg, client_sock, client_addr, listener.getsockname()))
+            taken = self.nr_conns
+            ThreadWorker.accept(self, listener)  # gthread's own accept; an empty queue (EAGAIN) takes nothing
+            if self.nr_conns == taken:
+                return
