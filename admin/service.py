@@ -781,6 +781,19 @@ class AdminService:
     def _connection_rows(self, db, ws: Workspace) -> list:
         return list(db.scalars(self._connections_stmt(ws)))
 
+    @staticmethod
+    def _check_ldap_url(body: dict, old: dict | None = None) -> None:
+        """An LDAP ``url`` given (or changed) over the API: an IP literal or ``localhost`` that idp.netfetch would
+        refuse is a 422 naming ``url`` now (host names are checked at every connection, federation.ldap)."""
+        from federation.config import check_ldap_url
+        from idp.netfetch import FetchError
+
+        if isinstance(body.get("url"), str) and body["url"] != (old or {}).get("url"):
+            try:
+                check_ldap_url(body["url"], "url")
+            except FetchError as exc:
+                raise AdminError(422, "invalid", exc.reason, "url") from None
+
     def list_connections(self, p: Principal, slug: str, *, limit=None, offset=None) -> dict:
         ws = self.workspace(p, slug)
         with self.hub.db() as db:
@@ -804,7 +817,8 @@ class AdminService:
         paths (``metadata_file``, ``ca_file``) and environment references are refused. A SAML ``metadata_url``
         is fetched through ``idp.netfetch`` (internal addresses refused unless allow-listed) and its document
         validated as pasted ``metadata_xml`` is; the connection is marked ``registered_via: api``, so its later
-        fetches (metadata refresh, OIDC discovery, keys, token) get the same checks."""
+        fetches (metadata refresh, OIDC discovery, keys, token) and its LDAP server get the same checks (an LDAP
+        ``url`` on a refused IP literal or ``localhost`` is a 422 naming ``url`` at once)."""
         from federation.config import REGISTERED_VIA, apply_connections, connection_settings
         from idp.configfile import CONNECTION_KEYS, validate_connections
 
@@ -815,6 +829,8 @@ class AdminService:
             _one_saml_source(body)
         if body.get("protocol") == "oidc":
             _check_oidc_urls(body)
+        if body.get("protocol") == "ldap":
+            self._check_ldap_url(body)
         v = Validator()
         conns = validate_connections(v, [dict(body)], "connection", ws.plan, fetch=_guarded_metadata)
         if v.errors:
@@ -865,7 +881,8 @@ class AdminService:
         a ``metadata_url`` keeps it (checked against the copy idhub has: nothing is fetched) unless
         ``metadata_xml`` replaces it; a ``metadata_url`` given here is fetched as on creation (idp.netfetch) and
         replaces pasted metadata; ``metadata_url: null`` keeps the copy idhub has as pasted metadata. A new
-        ``metadata_url``, ``issuer`` or ``groups_endpoint`` marks the connection ``registered_via: api``."""
+        ``metadata_url``, ``issuer``, ``groups_endpoint`` or LDAP ``url`` (checked as on creation) marks the
+        connection ``registered_via: api``."""
         from admin.export import connection_entry
         from federation.config import REGISTERED_VIA, SECRET_KEYS, apply_connections, connection_settings
         from idp.configfile import CONNECTION_KEYS, validate_connections
@@ -892,6 +909,8 @@ class AdminService:
                 _one_saml_source(body)
             if row.protocol == "oidc":
                 _check_oidc_urls(body, old)
+            if row.protocol == "ldap":
+                self._check_ldap_url(body, old)
             new_url = body.get("metadata_url") is not None  # fetched now, through idp.netfetch's checks
             stored_xml = (row.settings or {}).get("metadata_xml")
             if body.get("metadata_xml") is not None:  # pasted metadata replaces the metadata_url it came from
@@ -915,7 +934,7 @@ class AdminService:
                 conn["metadata_url"] = url
             via = old.get(REGISTERED_VIA)
             if new_url or any(isinstance(body.get(k), str) and body[k] != old.get(k)
-                              for k in ("issuer", "groups_endpoint")):
+                              for k in ("issuer", "groups_endpoint", "url")):
                 via = "api"  # an admin chose the URL idhub calls: the checks apply from now on
             if via:
                 conn[REGISTERED_VIA] = via

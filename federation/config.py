@@ -50,9 +50,29 @@ def https_or_loopback(url: str) -> bool:
 
 def guarded(conn: dict) -> bool:
     """Whether a connection was registered (or its URLs last changed) over the admin API or console: its fetches
-    (SAML metadata_url and its refresh, OIDC discovery, keys, token and groups endpoints) go through
-    ``idp.netfetch``'s SSRF checks. Config-file connections (the trusted operator) do not."""
+    (SAML metadata_url and its refresh, OIDC discovery, keys, token and groups endpoints) and its LDAP server go
+    through ``idp.netfetch``'s SSRF checks. Config-file connections (the trusted operator) do not."""
     return (conn or {}).get(REGISTERED_VIA) == "api"
+
+
+def check_ldap_url(url, field: str = "url") -> None:
+    """An LDAP ``url`` given over the admin API or console: a host that is an IP literal or ``localhost`` the
+    outbound checks refuse is an ``idp.netfetch.FetchError`` naming ``field`` now, without any DNS look-up (host
+    names are checked at every connection, ``federation.ldap``). A URL that is not ``ldap(s)://host`` is left to
+    the validator."""
+    from urllib.parse import urlsplit
+
+    from idp import netfetch
+
+    if not isinstance(url, str):
+        return
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+    except ValueError:
+        return
+    if parts.scheme.lower() in ("ldap", "ldaps") and host:
+        netfetch.check_host(host, field)
 
 
 def fetch_metadata(url: str, timeout: float = 10, *, guarded: bool = False) -> str:

@@ -7,6 +7,13 @@ Sign-in: refuse an empty password before any network traffic (an empty simple bi
 ``memberOf`` and/or a group search under ``group_search_base``. StartTLS (``start_tls``) or ``ldaps://`` with
 certificate validation against ``ca_file`` (or the system store). Connect and receive timeouts are bounded.
 
+A connection registered over the admin API or console (``federation.config.guarded``) reaches its server through
+``idp.netfetch``'s checks: the host is resolved once per sign-in (or test), every address must be public unless
+``IDHUB_OUTBOUND_ALLOW_CIDRS`` allows it, and ldap3 connects to exactly the checked address, so DNS rebinding
+cannot swap it; TLS (ldaps or StartTLS) still sends the configured host name as SNI and verifies the certificate
+against it, never against the address. A refusal is ``unavailable`` before any packet is sent (no password
+leaves). Config-file connections (the trusted operator) connect as configured.
+
 The subject is ``entryUUID`` (OpenLDAP), ``objectGUID`` (Active Directory) or, if neither, the DN.
 Failures raise :class:`UpstreamError` with check ``bind`` (wrong/unknown/ambiguous user or password, the same
 for all so nothing is enumerated), ``unavailable`` (server down, TLS failure, timeout) or ``config``.
@@ -14,6 +21,7 @@ for all so nothing is enumerated), ``unavailable`` (server down, TLS failure, ti
 
 from __future__ import annotations
 
+import logging
 import ssl
 import uuid
 from urllib.parse import urlsplit
@@ -25,7 +33,9 @@ from ldap3.utils.dn import parse_dn
 
 from federation import presets
 from federation.base import UpstreamError, UpstreamIdentity
+from federation.config import guarded
 
+log = logging.getLogger("idhub.federation.ldap")
 DEFAULT_TIMEOUT = 5  # seconds, connect and each receive
 MAX_USERNAME = 256
 MAX_PASSWORD = 1024
@@ -57,6 +67,41 @@ def _timeout(conn: dict) -> int:
     return t if isinstance(t, int) and not isinstance(t, bool) and 1 <= t <= 60 else DEFAULT_TIMEOUT
 
 
+class _PinnedTls(ldap3.Tls):
+    """TLS for a server reached at a checked address rather than by its name: Python's own certificate and host
+    name check (``check_hostname``) against the configured ``host``, also sent as SNI. ldap3's own check would
+    also accept a certificate for the address; this one never does."""
+
+    def __init__(self, host: str, ca_file: str | None):
+        super().__init__(validate=ssl.CERT_REQUIRED, version=ssl.PROTOCOL_TLS_CLIENT, ca_certs_file=ca_file,
+                         valid_names=[host], sni=host)
+        self.host = host
+
+    def wrap_socket(self, connection, do_handshake=False):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
+        if self.ca_certs_file:
+            ctx.load_verify_locations(self.ca_certs_file)
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        connection.socket = ctx.wrap_socket(connection.socket, server_side=False, server_hostname=self.host,
+                                            do_handshake_on_connect=do_handshake)
+
+
+def _checked_address(conn: dict, host: str, port: int) -> str:
+    """A guarded connection's server address: ``host`` resolved once and checked by ``idp.netfetch`` (the
+    allow-list read now). A refusal is ``unavailable``, logged and raised before anything is sent."""
+    from idp import netfetch
+
+    try:
+        return netfetch.address(host, port, "url", timeout=_timeout(conn))
+    except netfetch.FetchError as exc:
+        log.warning("LDAP server refused by the outbound checks", extra={"connection": conn.get("slug"),
+                                                                          "reason": exc.reason})
+        raise UpstreamError("unavailable", f"{exc}; idhub did not connect (nothing was sent)",
+                            "idhub connects only to public addresses for directories added in the admin console or "
+                            f"API; the operator can allow internal networks with {netfetch.ALLOW_ENV}.") from None
+
+
 def _server(conn: dict) -> ldap3.Server:
     url = conn.get("url") or ""
     parts = urlsplit(url)
@@ -69,6 +114,16 @@ def _server(conn: dict) -> ldap3.Server:
         port = parts.port or (636 if use_ssl else 389)
     except ValueError:
         raise _fail("config", "url has an invalid port") from None
+    if guarded(conn):  # an admin chose the server: the checked address only, TLS on the configured name
+        ip = _checked_address(conn, parts.hostname, port)
+        tls = None
+        if use_ssl or conn.get("start_tls"):
+            try:
+                tls = _PinnedTls(parts.hostname, conn.get("ca_file") or None)
+            except lx.LDAPSSLConfigurationError as e:
+                raise _fail("config", f"TLS settings: {e}") from None
+        return ldap3.Server(ip, port=port, use_ssl=use_ssl, tls=tls, get_info=ldap3.NONE,
+                            connect_timeout=_timeout(conn))
     tls = None
     if use_ssl or conn.get("start_tls"):
         try:
@@ -253,9 +308,10 @@ def test_connection(conn: dict) -> list[tuple[str, bool, str]]:
     results: list[tuple[str, bool, str]] = []
     try:
         server = _server(conn)
-    except UpstreamError as e:
-        return [("config", False, e.message)]
-    results.append(("config", True, f"{server.host}:{server.port}"))
+    except UpstreamError as e:  # a bad url, or a server the outbound checks refuse (with what to do about it)
+        return [("config", False, e.message if e.check == "config" else f"{e.message}. {e.hint}")]
+    shown = f"{urlsplit(conn.get('url') or '').hostname}:{server.port}"
+    results.append(("config", True, shown + (f" (checked address {server.host})" if guarded(conn) else "")))
     try:
         svc = _service(conn, server)
     except UpstreamError as e:

@@ -1,7 +1,8 @@
 """SSRF-safe outbound HTTP for URLs that a workspace admin chose (admin API and console): SAML metadata URLs, the
 OIDC endpoints of connections registered over the API, and, for apps registered over the API, an OIDC client's
 ``jwks_uri`` and ``backchannel_logout_uri`` and a SAML SP's SOAP SingleLogoutService. Plain Python on urllib3, no
-Flask.
+Flask. The same checks for any host and port (:func:`check_host`, :func:`address`) guard the LDAP servers of
+connections registered over the API (``federation.ldap`` connects to the address they return).
 
 A fetch parses the URL (https; plain http only to a loopback host name, as for the config file), resolves the host
 **once**, refuses it when any address it resolves to is not a public unicast address — loopback, private (RFC 1918,
@@ -181,6 +182,13 @@ def check_literal(url, field: str, *, allow: tuple[Network, ...] | None = None) 
     """Without any DNS look-up: refuse a URL whose host is a refused IP literal or ``localhost`` (what an admin
     types to reach an internal service). Host names are checked when they are fetched."""
     _scheme, host, _port, _path = _split(url, field)
+    check_host(host, field, allow=allow)
+
+
+def check_host(host: str, field: str, *, allow: tuple[Network, ...] | None = None) -> None:
+    """:func:`check_literal` for a bare host name or address (no brackets), e.g. an LDAP server's: a refused IP
+    literal or ``localhost`` is a ``FetchError``; other names are checked by :func:`address` when connected to."""
+    host = (host or "").rstrip(".").lower()
     ip = ipaddress.ip_address("127.0.0.1") if host == "localhost" else _literal(host)
     if ip is not None:
         check_address(ip, field, allow=allow, verb="points to" if host != "localhost" else "resolves to")
@@ -217,11 +225,12 @@ def _resolve(host: str, port: int, field: str, resolver, timeout: float) -> list
     return ips
 
 
-def target(url, field: str, *, resolver=None, allow: tuple[Network, ...] | None = None,
-           timeout: float = DEFAULT_TIMEOUT) -> Target:
-    """Check ``url`` and resolve its host once: every address must pass :func:`check_address`; the first one is
-    the address the fetch connects to."""
-    scheme, host, port, path = _split(url, field)
+def address(host: str, port: int, field: str, *, resolver=None, allow: tuple[Network, ...] | None = None,
+            timeout: float = DEFAULT_TIMEOUT) -> str:
+    """Resolve ``host`` (a name, or an IP literal without brackets) once, within ``timeout`` seconds: every
+    address must pass :func:`check_address` (``IDHUB_OUTBOUND_ALLOW_CIDRS`` read now unless ``allow`` is given).
+    Returns the first one, the only address to connect to (for any protocol: HTTP here, LDAP in
+    ``federation.ldap``); ``FetchError`` otherwise."""
     if allow is None:
         try:
             allow = allowed_networks()
@@ -231,12 +240,23 @@ def target(url, field: str, *, resolver=None, allow: tuple[Network, ...] | None 
     if literal is not None:
         ips = [literal]
     else:
+        if not host:
+            raise FetchError(field, "not a valid host name")
         ips = _resolve(host, port, field, resolver or socket.getaddrinfo, timeout)
     for ip in ips:
         check_address(ip, field, allow=allow, verb="points to" if literal is not None else "resolves to")
+    return str(ips[0])
+
+
+def target(url, field: str, *, resolver=None, allow: tuple[Network, ...] | None = None,
+           timeout: float = DEFAULT_TIMEOUT) -> Target:
+    """Check ``url`` and resolve its host once (:func:`address`): every address must pass
+    :func:`check_address`; the first one is the address the fetch connects to."""
+    scheme, host, port, path = _split(url, field)
+    ip = address(host, port, field, resolver=resolver, allow=allow, timeout=timeout)
     shown = f"[{host}]" if ":" in host else host
     default = 443 if scheme == "https" else 80
-    return Target(scheme, host, port, str(ips[0]), path, shown if port == default else f"{shown}:{port}")
+    return Target(scheme, host, port, ip, path, shown if port == default else f"{shown}:{port}")
 
 
 # ---- connections ----------------------------------------------------------------------------------------------
