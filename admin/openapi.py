@@ -81,8 +81,11 @@ SCHEMAS: dict = {
                 "properties": {"email": {"type": "string"}, "name": {"type": "string"},
                                "password": {"type": "string"}, "role": ROLE,
                                "groups": STR_LIST}},
-    "UserChange": {"type": "object", "additionalProperties": False, "properties": {
-        "name": {"type": "string"}, "role": ROLE, "groups": STR_LIST}},
+    "UserChange": {"type": "object", "additionalProperties": False,
+                   "description": "A workspace admin cannot change a hub operator, nor another admin's email address "
+                                  "(403 naming the field); a new address is unverified until its owner proves it.",
+                   "properties": {"name": {"type": "string"}, "email": {"type": "string"}, "role": ROLE,
+                                  "groups": STR_LIST}},
     "Count": {"type": "object", "properties": {"sessions_ended": {"type": "integer"},
                                                "removed": STR_LIST}},
     "Group": {"type": "object", "required": ["id", "name", "members"], "properties": {
@@ -243,7 +246,7 @@ OPERATIONS: tuple[Op, ...] = (
     Op("post", W + "/users", "createUser", "Create a user, or invite one (no password: a set-password mail)", (WS,),
        body="NewUser", ok="201", result="User"),
     Op("get", W + "/users/{user_id}", "getUser", "Get a user", (WS, U), result="User"),
-    Op("patch", W + "/users/{user_id}", "updateUser", "Change a user's name, role or groups", (WS, U),
+    Op("patch", W + "/users/{user_id}", "updateUser", "Change a user's name, email address, role or groups", (WS, U),
        body="UserChange", result="User"),
     Op("post", W + "/users/{user_id}/disable", "disableUser", "Disable a user (every session ends)", (WS, U),
        result="User"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, or_, select
@@ -21,6 +22,7 @@ from idp.accounts import normalise_email
 from idp.audit import AuditEvent, chain_for, iso_utc
 from idp.configfile import ConfigError, Validator, validate, validate_apps, validate_policies, validate_user
 from idp.flow import Client
+from idp.lifecycle import KEEP, AccountError, Actor, check_allowed, is_privileged
 from idp.models import Group, GroupMember, SessionRow, User, Workspace
 from policies.engine import parse_allowlist
 
@@ -52,6 +54,19 @@ def invalid(errors: list[str], prefix: str = "") -> AdminError:
     if not path and inner:  # saml.config names the field inside its message
         path, message = inner.group(1), inner.group(2)
     return AdminError(422, "invalid", message or first, path or None)
+
+
+@contextmanager
+def account_errors():
+    """``idp.lifecycle``'s refusals as the API's errors, naming the field."""
+    try:
+        yield
+    except AccountError as exc:
+        if exc.kind == "invalid":
+            raise AdminError(422, "invalid", exc.message, exc.field) from None
+        if exc.kind == "uniqueness":
+            raise AdminError(409, "conflict", "a user with this email address exists", exc.field) from None
+        raise AdminError(403, "forbidden", exc.message, exc.field) from None
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -378,6 +393,7 @@ class AdminService:
         ws = self.workspace(p, slug)
         body = _body(body, {"email", "name", "password", "role", "groups"}, ("email",))
         self._check_role(p, body.get("role"))
+        actor = Actor.of_principal(p)
         with self.hub.db() as db:
             known = self._group_names(db, ws)
             v = Validator()
@@ -387,11 +403,9 @@ class AdminService:
             key = normalise_email(u["email"])
             if db.scalar(select(User.id).where(User.workspace_id == ws.id, User.email_normalized == key)):
                 raise AdminError(409, "conflict", "a user with this email address exists", "email")
-            user = User(workspace_id=ws.id, email=u["email"], email_normalized=key, name=u.get("name") or "",
-                        role=u.get("role", "member"), active=True)
-            if u.get("password") is not None:
-                user.password_hash = self.hub.hasher.hash(u["password"])
-            db.add(user)
+            with account_errors():
+                user = self.hub.accounts.create(db, actor, ws.id, email=u["email"], name=u.get("name") or "",
+                                                role=u.get("role", "member"), password=u.get("password"))
             try:
                 db.flush()
             except IntegrityError:
@@ -400,16 +414,19 @@ class AdminService:
             db.commit()
             groups = self._groups_of(db, [user.id])[user.id]
         invited = u.get("password") is None
-        self.audit(p, ws.id, "admin.user.invited" if invited else "admin.user.created", subject_id=user.id,
-                   email=user.email, role=user.role, groups=groups)
+        self.hub.accounts.record(actor, ws.id, "invited" if invited else "created", user.id, email=user.email,
+                                 role=user.role, groups=groups)
         if invited:
             self.hub.request_reset(ws, user.email, self._client(p))
         return self.render_user(user, groups)
 
     def update_user(self, p: Principal, slug: str, user_id: str, body) -> dict:
+        """Change a user's name, e-mail address, role or groups (the rules of ``idp.lifecycle``: a workspace
+        admin changes neither a hub operator nor another admin's e-mail address)."""
         ws = self.workspace(p, slug)
-        body = _body(body, {"name", "role", "groups"})
+        body = _body(body, {"name", "email", "role", "groups"})
         self._check_role(p, body.get("role"))
+        actor = Actor.of_principal(p)
         with self.hub.db() as db:
             user = self._user(db, ws, user_id, changed_by=p)
             known = self._group_names(db, ws)
@@ -419,41 +436,56 @@ class AdminService:
                 raise invalid(v.errors, "user")
             if "role" in body and body["role"] != "admin" and p.kind == "user" and p.actor_id == user.id:
                 raise AdminError(409, "self_lockout", "you cannot remove your own admin role", "role")
-            changed = [k for k in body if k != "groups" and getattr(user, k) != u[k]]
-            if "name" in body:
-                user.name = u.get("name") or ""
-            if "role" in body:
-                user.role = u["role"]
+            with account_errors():
+                change = self.hub.accounts.write(
+                    db, actor, user, name=(u.get("name") or "") if "name" in body else KEEP,
+                    email=u["email"] if "email" in body else KEEP, role=u["role"] if "role" in body else KEEP)
+            changed = list(change.fields)
             if "groups" in body:
                 before = self._groups_of(db, [user.id])[user.id]
                 self._set_groups(db, ws, user, list(dict.fromkeys(u.get("groups") or [])), known)
                 if sorted(set(u.get("groups") or [])) != before:
                     changed.append("groups")
-            user.updated_at = self.hub.clock()
-            db.commit()
+                    user.updated_at = self.hub.clock()
+            try:
+                db.commit()
+            except IntegrityError:
+                raise AdminError(409, "conflict", "a user with this email address exists", "email") from None
             groups = self._groups_of(db, [user.id])[user.id]
-        self.audit(p, ws.id, "admin.user.updated", subject_id=user.id, changed=changed,
-                   **({"role": user.role} if "role" in changed else {}))
+        self.hub.accounts.record(actor, ws.id, "updated", user.id, changed=changed,
+                                 **({"role": user.role} if "role" in changed else {}),
+                                 **({"old_email": change.old_email} if change.old_email else {}))
         return self.render_user(user, groups)
 
     def set_active(self, p: Principal, slug: str, user_id: str, active: bool) -> dict:
-        """Disable (every session ends, as with SCIM deprovisioning) or enable a user."""
+        """Disable (every session ends first, as with SCIM deprovisioning) or enable a user."""
         ws = self.workspace(p, slug)
+        actor = Actor.of_principal(p)
         with self.hub.db() as db:
             user = self._user(db, ws, user_id, changed_by=p)
             if not active and p.kind == "user" and p.actor_id == user.id:
                 raise AdminError(409, "self_lockout", "you cannot disable your own account")
+            with account_errors():  # the rules first: a refused change ends no session
+                check_allowed(actor, user, {"active"})
             was = user.active
-            user.active = active
-            user.updated_at = self.hub.clock()
-            db.commit()
-            groups = self._groups_of(db, [user.id])[user.id]
-        ended = 0
-        if not active:
-            ended = len(self.hub.sessions.end_all(user.id, "deactivated"))
-        if was != active:
-            self.audit(p, ws.id, "admin.user.enabled" if active else "admin.user.disabled", subject_id=user.id,
-                       **({} if active else {"sessions_ended": ended}))
+
+        def write():
+            with self.hub.db() as db:
+                row = self._user(db, ws, user_id, changed_by=p)
+                self.hub.accounts.write(db, actor, row, active=active)
+                db.commit()
+                return row, self._groups_of(db, [row.id])[row.id]
+
+        if active:
+            (user, groups), ended = write(), 0
+        else:
+            done = self.hub.accounts.deprovision([(ws.id, user_id)], "deactivated", write)
+            (user, groups), ended = done.result, done.sessions_ended
+        if was != active or not active:
+            self.hub.accounts.record(actor, ws.id, "enabled" if active else "disabled", user.id,
+                                     **({} if active else {"sessions_ended": ended}))
+        if was and not active and is_privileged(user):
+            self.hub.accounts.alert_admins(ws, actor, user, "deactivated")
         return self.render_user(user, groups)
 
     def reset_mfa(self, p: Principal, slug: str, user_id: str) -> dict:
@@ -461,11 +493,10 @@ class AdminService:
         ws = self.workspace(p, slug)
         with self.hub.db() as db:
             user = self._user(db, ws, user_id, changed_by=p)
-        methods = list(self.hub.mfa.enrolled(user.id).methods())
-        self.hub.mfa.disable_all(user.id)
-        ended = len(self.hub.sessions.end_all(user.id, "mfa_reset_by_admin"))
-        self.audit(p, ws.id, "admin.user.mfa_reset", subject_id=user.id, removed=methods, sessions_ended=ended)
-        return {"removed": methods, "sessions_ended": ended}
+        actor = Actor.of_principal(p)
+        removed, ended = self.hub.accounts.reset_mfa(ws.id, user.id)
+        self.hub.accounts.record(actor, ws.id, "mfa_reset", user.id, removed=removed, sessions_ended=ended)
+        return {"removed": removed, "sessions_ended": ended}
 
     def end_sessions(self, p: Principal, slug: str, user_id: str) -> dict:
         ws = self.workspace(p, slug)
@@ -884,7 +915,14 @@ class AdminService:
         ``metadata_url``, ``issuer``, ``groups_endpoint`` or LDAP ``url`` (checked as on creation) marks the
         connection ``registered_via: api``."""
         from admin.export import connection_entry
-        from federation.config import REGISTERED_VIA, SECRET_KEYS, apply_connections, connection_settings
+        from federation.config import (
+            REGISTERED_VIA,
+            SECRET_KEYS,
+            TRUST_KEYS,
+            TRUST_SET_VIA,
+            apply_connections,
+            connection_settings,
+        )
         from idp.configfile import CONNECTION_KEYS, validate_connections
 
         ws = self.workspace(p, slug)
@@ -938,6 +976,8 @@ class AdminService:
                 via = "api"  # an admin chose the URL idhub calls: the checks apply from now on
             if via:
                 conn[REGISTERED_VIA] = via
+            if old.get(TRUST_SET_VIA) == "api" or any(conn.get(k) != old.get(k) for k in TRUST_KEYS):
+                conn[TRUST_SET_VIA] = "api"  # what it vouches for is an admin's choice now (federation.config)
             taken = {d: r.slug for r in rows if r.id != row.id for d in (r.domains or [])}
             for d in conn.get("domains") or []:
                 if d in taken:
@@ -947,7 +987,8 @@ class AdminService:
             apply_connections(db, ws, wanted, key)
             db.commit()
             out = self.render_connection(ws, self._connection(db, ws, row.slug))
-        changed = sorted(k for k in set(old) | set(conn) if old.get(k) != conn.get(k) and k != REGISTERED_VIA)
+        changed = sorted(k for k in set(old) | set(conn)
+                         if old.get(k) != conn.get(k) and k not in (REGISTERED_VIA, TRUST_SET_VIA))
         self.audit(p, ws.id, "admin.connection.updated", subject_id=row.slug, protocol=row.protocol, changed=changed,
                    **({"metadata_url": conn["metadata_url"]} if new_url else {}))
         out["changed"] = changed

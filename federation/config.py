@@ -23,6 +23,11 @@ TENANT_TEMPLATE = "{tenantid}"
 MAX_METADATA = 1024 * 1024
 SECRET_PURPOSE = "federation-secrets"
 REGISTERED_VIA = "registered_via"  # a settings key: "api" when the admin API or console registered the connection
+# a settings key: "api" once a workspace admin changed what a connection vouches for (its domains, whether its
+# e-mail addresses count as verified, its SAML certificates or metadata, its tenants): ``admin_chosen_trust``
+TRUST_SET_VIA = "trust_set_via"
+TRUST_KEYS = ("domains", "email_verified_by_idp", "certs", "metadata_xml", "metadata_url", "allowed_tenants",
+              "issuer")
 DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 GUIDISH_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -53,6 +58,14 @@ def guarded(conn: dict) -> bool:
     (SAML metadata_url and its refresh, OIDC discovery, keys, token and groups endpoints) and its LDAP server go
     through ``idp.netfetch``'s SSRF checks. Config-file connections (the trusted operator) do not."""
     return (conn or {}).get(REGISTERED_VIA) == "api"
+
+
+def admin_chosen_trust(conn: dict) -> bool:
+    """Whether a workspace admin chose what this connection vouches for: registered over the API or console, or
+    its domains, certificates, metadata, issuer or ``email_verified_by_idp`` changed there since the operator's
+    config file last set them. Such a connection signs people in as before, but idhub does not pass its word on
+    (``email_verified`` is not recorded from it: ``federation.service``)."""
+    return guarded(conn) or (conn or {}).get(TRUST_SET_VIA) == "api"
 
 
 def check_ldap_url(url, field: str = "url") -> None:

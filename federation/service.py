@@ -15,9 +15,11 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from federation.base import UpstreamError, UpstreamIdentity
-from federation.config import GENERATION, connection_settings
+from federation.config import GENERATION, admin_chosen_trust, connection_settings, guarded
 from federation.models import FederationConnection, FederationLink
-from idp.accounts import InvalidEmail, clean_email, normalise_email
+from idp import emailverify
+from idp.accounts import InvalidEmail, normalise_email
+from idp.lifecycle import KEEP, AccountError, Actor
 from idp.models import Group, GroupMember, User
 
 log = logging.getLogger("idhub.federation")
@@ -119,7 +121,7 @@ class FederationService:
         fetch keeps the metadata idhub has (fail closed on the old, pinned certificates) and is audited. A URL the
         admin API or console registered is resolved, checked and pinned again at every refresh (``idp.netfetch``)."""
         from federation import saml_sp
-        from federation.config import fetch_metadata, guarded
+        from federation.config import fetch_metadata
 
         url = row.settings["metadata_url"]
         try:
@@ -249,8 +251,14 @@ class FederationService:
                 db.rollback()
                 raise UpstreamError("deactivated", "this account is deactivated in idhub",
                                     "Reactivate the user (config file or SCIM) if they should sign in.")
-            if ident.name and not user.name:
-                user.name = ident.name[:200]
+            # the IdP vouches for the address, speaks for its domain, and it is this account's address: recorded
+            # (not for a connection whose IdP or domains a workspace admin chose: federation.config.admin_chosen_trust)
+            vouched = user.email_verified_via is None and not admin_chosen_trust(conn) and email_verified(conn, ident) \
+                and email_in_domains(conn, user.email_normalized) \
+                and emailverify.same_address(ident.email, user.email_normalized)
+            self.hub.accounts.write(db, Actor.upstream(conn["slug"]), user,
+                                    name=ident.name[:200] if ident.name and not user.name else KEEP,
+                                    verified_via=emailverify.upstream(conn["slug"]) if vouched else KEEP)
             link.last_signin_at = self.hub.clock()
             synced = self._sync_groups(db, ws, user, link, ident)
             db.commit()
@@ -271,12 +279,12 @@ class FederationService:
                                                               FederationLink.connection_id != conn["id"]))
             if other is None:
                 return user, "external_id"
-        email_key = None
+        email_key = problem = None
         if ident.email:
             try:
                 email_key = normalise_email(ident.email)
-            except InvalidEmail:
-                email_key = None
+            except InvalidEmail as exc:
+                problem = str(exc)  # a look-alike (invisible characters, a trailing dot, …): no account for it
         existing = db.scalar(select(User).where(User.workspace_id == ws.id, User.email_normalized == email_key)) \
             if email_key else None
         if existing is not None:
@@ -301,16 +309,22 @@ class FederationService:
         if not conn.get("jit", True):
             raise UpstreamError("not_provisioned", "no idhub account is linked to this identity and just-in-time "
                                 "creation is off", "Provision the user over SCIM, or set jit: true.")
+        if problem:
+            raise UpstreamError("email", f"the identity provider sent an address idhub refuses: {problem}",
+                                "Check the address of this person at the identity provider.")
         if not email_key:
             raise UpstreamError("email", "the identity provider sent no email address",
                                 "Map an attribute to email (attribute_map) or release the email claim.")
         _check_domain(conn, email_key, "create")
         # external_id marks the account as managed by the IdP: no local password, no reset links (idp.hub)
-        user = User(workspace_id=ws.id, email=clean_email(ident.email), email_normalized=email_key,
-                    external_id=ident.subject[:255], name=(ident.name or "")[:200],
-                    given_name=ident.given_name[:200] or None, family_name=ident.family_name[:200] or None,
-                    role="member", active=True)
-        db.add(user)
+        try:
+            user = self.hub.accounts.create(
+                db, Actor.upstream(conn["slug"]), ws.id, email=ident.email, name=(ident.name or "")[:200],
+                profile={"external_id": ident.subject[:255], "given_name": ident.given_name[:200] or None,
+                         "family_name": ident.family_name[:200] or None})
+        except AccountError as exc:
+            raise UpstreamError("email", f"the identity provider sent an address idhub refuses: {exc.message}",
+                                "Check the address of this person at the identity provider.") from None
         db.flush()
         return user, "created"
 

@@ -15,28 +15,100 @@ SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 # Deliberately simple: one @, a dot in the domain, no spaces or control characters.
 EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
 MAX_EMAIL = 254
+INVALID_EMAIL = "Enter a valid email address."
 PLANS = ("free", "pro", "enterprise")
 ROLES = ("member", "admin", "operator")  # operator: the hub operator (every workspace's console)
 ADMIN_ROLES = ("admin", "operator")  # an operator is also an admin of their own workspace
+
+# Unicode's Default_Ignorable_Code_Point set (DerivedCoreProperties.txt): shown as nothing.
+DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+    (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)
+BLANKS = frozenset({0x2800})  # Braille pattern blank: a symbol (So) that shows nothing
+# control, format, private use, surrogate, unassigned (and noncharacters), line and paragraph separators
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"})
+_BIDI_CONTROLS = frozenset({"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"})
+_TRIM = " \t\r\n"  # what typing or pasting leaves at the ends of an address; nothing else is trimmed
 
 
 class InvalidEmail(ValueError):
     pass
 
 
+def is_invisible(ch: str) -> bool:
+    """True for a character that shows nothing or steers how text is shown: default-ignorable, control, format,
+    private-use, surrogate or unassigned code points, line/paragraph separators and bidi controls. Spaces (Zs)
+    are not in this set: callers decide about them."""
+    cp = ord(ch)
+    if unicodedata.category(ch) in _CONTROL_CATEGORIES or cp in BLANKS:
+        return True
+    if unicodedata.bidirectional(ch) in _BIDI_CONTROLS:
+        return True
+    return any(lo <= cp <= hi for lo, hi in DEFAULT_IGNORABLE)
+
+
+def invisible_characters(value: str) -> bool:
+    """True when ``value``, or its NFKC form, holds an invisible or control character (see ``is_invisible``)."""
+    return any(map(is_invisible, value)) or any(map(is_invisible, unicodedata.normalize("NFKC", value)))
+
+
+def identifier_problem(value: str, what: str = "Identifiers") -> str | None:
+    """Why ``value`` cannot identify an account (an e-mail address, a userName, …): invisible, control or bidi
+    characters, or spaces, in the text as given or in its NFKC form. None when it has none."""
+    if invisible_characters(value):
+        return f"{what} cannot contain invisible or control characters."
+    if any(unicodedata.category(c).startswith("Z") for c in value + unicodedata.normalize("NFKC", value)):
+        return f"{what} cannot contain spaces."
+    return None
+
+
+def _dot_problem(value: str) -> str | None:
+    local, _, domain = value.partition("@")
+    if value.startswith("."):
+        return "Email addresses cannot start with a dot."
+    if value.endswith("."):
+        return "Email addresses cannot end with a dot."
+    if local.endswith("."):
+        return "The part before the @ cannot end with a dot."
+    if domain.startswith("."):
+        return "The part after the @ cannot start with a dot."
+    if ".." in value:
+        return "Email addresses cannot contain two dots in a row."
+    return None
+
+
+def parse_email(email: str) -> tuple[str, str]:
+    """(the address for display and mail, its unique key): trimmed of ordinary whitespace, NFKC; the key also
+    case-folded. Raises InvalidEmail with a specific message (invisible or control characters, spaces, stray
+    dots), the raw text and its NFKC form both checked."""
+    if not isinstance(email, str):
+        raise InvalidEmail(INVALID_EMAIL)
+    raw = email.strip(_TRIM)
+    if len(raw) > 4 * MAX_EMAIL:  # bounds the normalisation work; NFKC never makes a valid address of it
+        raise InvalidEmail(INVALID_EMAIL)
+    problem = identifier_problem(raw, "Email addresses")
+    if problem:
+        raise InvalidEmail(problem)
+    value = unicodedata.normalize("NFKC", raw)
+    problem = _dot_problem(value) if value.count("@") == 1 else None
+    if problem:
+        raise InvalidEmail(problem)
+    key = value.casefold()
+    if len(value) > MAX_EMAIL or len(key) > MAX_EMAIL or not EMAIL_RE.match(value):
+        raise InvalidEmail(INVALID_EMAIL)
+    return value, key
+
+
 def normalise_email(email: str) -> str:
     """NFKC, trimmed, case-folded: the key that makes an address unique in a workspace."""
-    value = unicodedata.normalize("NFKC", email or "").strip()
-    if len(value) > MAX_EMAIL or not EMAIL_RE.match(value):
-        raise InvalidEmail("Enter a valid email address.")
-    return value.casefold()
+    return parse_email(email)[1]
 
 
 def clean_email(email: str) -> str:
     """The address as typed, NFKC-normalised and trimmed (for display and for sending mail)."""
-    value = unicodedata.normalize("NFKC", email or "").strip()
-    normalise_email(value)
-    return value
+    return parse_email(email)[0]
 
 
 def workspace_by_slug(db: Session, slug: str) -> Workspace | None:

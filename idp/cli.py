@@ -160,7 +160,7 @@ def _session_end_listeners(hub) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def apply_cmd(files):
     """Validate config FILES, then apply all of them, or nothing (exit 2 on invalid input)."""
-    from idp.configfile import ConfigError, apply, load_file, validate
+    from idp.configfile import ConfigError, apply_config, load_file, validate
 
     errors: list[str] = []
     workspaces: list[dict] = []
@@ -182,13 +182,7 @@ def apply_cmd(files):
     from idp.app import build_hub
 
     hub = build_hub(_settings())
-    with hub.db() as session:
-        report = apply(session, workspaces, hub.hasher)
-        session.commit()
-    if report.deactivated:
-        _session_end_listeners(hub)
-    for user_id in report.deactivated:  # a disabled account keeps no session (and its apps are logged out)
-        hub.sessions.end_all(user_id, "deactivated")
+    report = apply_config(hub, workspaces, before_logout=lambda: _session_end_listeners(hub))
     from idp.accounts import workspace_by_slug
 
     with hub.db() as session:

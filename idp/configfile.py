@@ -13,9 +13,9 @@ import yaml
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from idp import passwords
-from idp.accounts import PLANS, ROLES, SLUG_RE, InvalidEmail, clean_email, normalise_email
-from idp.models import Group, GroupMember, User, Workspace
+from idp import lifecycle, passwords
+from idp.accounts import INVALID_EMAIL, PLANS, ROLES, SLUG_RE, InvalidEmail, normalise_email, parse_email
+from idp.models import Group, GroupMember, User, Workspace, utcnow
 
 MFA_METHODS = ("totp", "sms", "backup_codes")
 DURATION_RE = re.compile(r"^(\d{1,9})([smhdw]?)$")
@@ -353,15 +353,12 @@ def validate_user(v: Validator, u, up: str, groups: list[str], emails: set[str])
     if u is None:
         return None
     try:
-        if not isinstance(u.get("email"), str):
-            raise InvalidEmail("not a string")
-        email = clean_email(u.get("email") or "")
-        key = normalise_email(email)
+        email, key = parse_email(u.get("email"))
         if key in emails:
             v.err(f"{up}.email", "duplicate (addresses are compared case-insensitively)")
         emails.add(key)
-    except InvalidEmail:
-        v.err(f"{up}.email", "not a valid email address")
+    except InvalidEmail as exc:  # the specific reason (invisible characters, a trailing dot, …) when there is one
+        v.err(f"{up}.email", "not a valid email address" + ("" if str(exc) == INVALID_EMAIL else f": {exc}"))
         email = None
     if u.get("name") is not None:
         v.string(u["name"], f"{up}.name")
@@ -476,11 +473,55 @@ def load_file(path: str) -> dict:
         raise ConfigError([f"{path}: not valid YAML{where}"]) from exc
 
 
+CONFIG_ACTOR = lifecycle.Actor.config()
+
+
 @dataclass
 class ApplyReport:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
-    deactivated: list[str] = field(default_factory=list)  # user ids whose sessions must end
+    deactivated: list[tuple[str, str]] = field(default_factory=list)  # (workspace id, user id) deactivated
+
+
+def apply_config(hub, workspaces: list[dict], before_logout=None) -> ApplyReport:
+    """``apply`` as ``idhub apply`` runs it: accounts the file deactivates are deprovisioned through the account
+    service (every session ended and the apps told first, then the file applied in one transaction), each with
+    a ``config.user.deactivated`` event. ``before_logout()``: called once before the first session ends (the
+    CLI installs the protocols' session-end listeners there)."""
+    with hub.db() as session:
+        targets = deactivations(session, workspaces)
+    if targets and before_logout:
+        before_logout()
+
+    def write():
+        with hub.db() as session:
+            report = apply(session, workspaces, hub.hasher)
+            session.commit()
+        return report
+
+    done = hub.accounts.deprovision(targets, "deactivated", write)
+    report = done.result
+    for ws_id, user_id in report.deactivated:
+        ended = done.per_user.get(user_id)
+        if ended is None:  # deactivated by another write in between: its sessions end now
+            if before_logout and not targets:
+                before_logout()
+            ended = hub.accounts.end_sessions(ws_id, user_id, "deactivated")
+        hub.accounts.record(CONFIG_ACTOR, ws_id, "deactivated", user_id, sessions_ended=ended)
+    return report
+
+
+def deactivations(db: Session, workspaces: list[dict]) -> list[tuple[str, str]]:
+    """(workspace id, user id) of the stored, active accounts that applying ``workspaces`` deactivates: their
+    sessions end before the file is applied (``idp.lifecycle``'s deprovisioning order)."""
+    out = []
+    for w in workspaces:
+        keys = [normalise_email(u["email"]) for u in w["users"] if u.get("active", True) is False]
+        if keys:
+            out += [(r.workspace_id, r.id) for r in db.execute(
+                select(User.workspace_id, User.id).join(Workspace, Workspace.id == User.workspace_id)
+                .where(Workspace.slug == w["slug"], User.email_normalized.in_(keys), User.active.is_(True)))]
+    return out
 
 
 def apply(db: Session, workspaces: list[dict], hasher: passwords.Hasher, *, secret_key: str | None = None
@@ -506,22 +547,24 @@ def apply(db: Session, workspaces: list[dict], hasher: passwords.Hasher, *, secr
         for u in w["users"]:
             key = normalise_email(u["email"])
             user = db.scalar(select(User).where(User.workspace_id == ws.id, User.email_normalized == key))
-            if user is None:
-                user = User(workspace_id=ws.id, email=u["email"], email_normalized=key)
-                db.add(user)
+            new = user is None
+            if new:
+                user = User(workspace_id=ws.id, email="", email_normalized="", role="member", active=True)
                 report.created.append(f"user {w['slug']}/{key}")
-            user.email = u["email"]
-            user.name = u.get("name") or user.name or ""
-            user.role = u.get("role", "member")
             active = u.get("active", True)
-            if user.active and not active and user.id:
-                report.deactivated.append(user.id)
-            user.active = active
-            if user.password_hash is None:
-                if u.get("password") is not None:
-                    user.password_hash = hasher.hash(u["password"])
-                elif u.get("password_hash") is not None:
-                    user.password_hash = u["password_hash"]
+            if not new and user.active and not active:
+                report.deactivated.append((ws.id, user.id))
+            initial = user.password_hash is None  # an initial password never overwrites the user's own
+            try:
+                lifecycle.write(db, CONFIG_ACTOR, user, hasher=hasher, clock=utcnow, new=new, email=u["email"],
+                                name=u.get("name") or user.name or "", role=u.get("role", "member"), active=active,
+                                password=u.get("password") if initial else lifecycle.KEEP,
+                                password_hash=u.get("password_hash") if initial and u.get("password") is None
+                                else lifecycle.KEEP)
+            except lifecycle.AccountError as exc:  # validate() checked the same rules: only a race gets here
+                raise ConfigError([f"{w['slug']}: users: {key}: {exc.field}: {exc.message}"]) from None
+            if new:
+                db.add(user)
             db.flush()
             wanted = {groups[g].id for g in u.get("groups") or []}
             have = set(db.scalars(select(GroupMember.group_id).join(Group, Group.id == GroupMember.group_id)

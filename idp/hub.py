@@ -19,11 +19,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import sessionmaker
 
 from config.settings import Settings
-from idp import passwords
+from idp import emailverify, passwords
 from idp.accounts import normalise_email, user_by_email
 from idp.flow import AuthnResult, Client
+from idp.lifecycle import AccountService, Actor
 from idp.mfa.service import enrolled_columns, enrolled_from
-from idp.models import KnownDevice, PasswordResetToken, User, Workspace, utcnow
+from idp.models import KnownDevice, PasswordResetToken, User, Workspace
 from idp.sessions import SessionManager, effective_lifetimes, new_secret_token, token_hash
 from idp.storage.base import Backoff, SessionData, Stores
 from policies.engine import Decision, PolicyContext, PolicyEngine
@@ -101,6 +102,7 @@ class Hub:
         self.clock = clock
         self.sessions = SessionManager(stores.sessions, lambda: self.clock())
         self.mfa = mfa
+        self.accounts = AccountService(self)  # every write of account state (idp.lifecycle)
         self.policy = PolicyEngine(record=self._record_decision)
         # Downstream apps register a look-up of their per-app policies (OIDC clients, SAML SPs).
         self.app_policy_lookups: list = []
@@ -396,11 +398,9 @@ class Hub:
         self._alert(user, ws, "alert_password_changed", "Your password was changed", client)
         return []
 
-    def _set_password(self, db, user: User, new: str) -> None:
-        user.password_hash = self.hasher.hash(new)
-        user.password_changed_at = self.clock()
-        user.password_reset_required = False
-        db.execute(delete(PasswordResetToken).where(PasswordResetToken.user_id == user.id))
+    def _set_password(self, db, user: User, new: str, **more) -> None:
+        """The user's own new password (checked by the caller), through the account service."""
+        self.accounts.write(db, Actor("self", user.email, user.id), user, password=new, **more)
 
     def request_reset(self, ws: Workspace, email: str, client: Client, later=None) -> None:
         """Same outcome whether or not the address exists; a new link kills older ones.
@@ -472,7 +472,8 @@ class Hub:
                 db.rollback()
                 return ["This reset link is invalid or has expired."]
             user = db.get(User, user.id)
-            self._set_password(db, user, new)
+            # the link was mailed to this address: its owner used it (a mail round trip verifies the address)
+            self._set_password(db, user, new, verified_via=emailverify.MAIL)
             db.commit()
         ended = self.sessions.end_all(user.id, "password_reset")
         self.stores.throttle.reset(f"pw:{ws.id}:{user.email_normalized}")
@@ -511,8 +512,7 @@ class Hub:
         if not self.stores.one_time.add(_not_me_key(token), user.id, NOT_ME_MAX_AGE + 3600):
             return False  # used in parallel by another request
         with self.db() as db:
-            db.execute(update(User).where(User.id == user.id).values(password_reset_required=True,
-                                                                     updated_at=utcnow()))
+            self.accounts.write(db, Actor("self", user.email, user.id), db.get(User, user.id), reset_required=True)
             db.commit()
         ended = self.sessions.end_all(user.id, "compromise_reported")
         self._event("account.compromise_reported", ws.id, client, subject_id=user.id,

@@ -84,6 +84,8 @@ class User(Base):
     family_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     display_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     scim: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # How the current address was verified (idp.emailverify): "mail", "upstream:<connection slug>" or NULL.
+    email_verified_via: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
     workspace: Mapped[Workspace] = relationship(lazy="joined")
 

@@ -2,7 +2,8 @@
 
 Passwords are NFKC-normalised before they are checked or hashed (NIST SP 800-63B 5.1.1.2), so the same
 password typed on two keyboards verifies; they are never truncated: anything over ``MAX_LENGTH``
-characters is refused instead.
+characters is refused instead. Spaces and any visible character are allowed and count; invisible and control
+characters (``idp.accounts.is_invisible``) are refused in new passwords and never count towards a rule.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from functools import cache
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from idp.accounts import is_invisible
 
 MIN_LENGTH = 8
 MAX_LENGTH = 128  # characters; bounds the hashing cost of a hostile request
@@ -33,6 +36,9 @@ RULES = (
     Rule("special", "A special character (such as ! # - _)"),
     Rule("common", "Not a commonly used password"),
 )
+# Reported only when broken (not in the checklist ``RULES`` shown beside every new-password field).
+TOO_LONG = Rule("max", f"At most {MAX_LENGTH} characters")
+INVISIBLE = Rule("invisible", "No invisible or control characters")
 
 
 @cache
@@ -61,12 +67,22 @@ def is_common(password: str) -> bool:
     return len(core) >= 4 and core in common
 
 
+def invisible(ch: str) -> bool:
+    """An invisible or control character; the spaces NFKC makes U+0020 of are ordinary spaces."""
+    if unicodedata.category(ch) == "Zs":
+        return unicodedata.normalize("NFKC", ch) != " "
+    return is_invisible(ch)
+
+
 def check(password: str, *, email: str | None = None) -> list[Rule]:
     """The rules a password breaks (empty when it is acceptable)."""
     if len(password) > MAX_LENGTH:
-        return [Rule("max", f"At most {MAX_LENGTH} characters")]
+        return [TOO_LONG]
     pw = normalise(password)
     broken = []
+    if any(map(invisible, password)) or any(map(invisible, pw)):
+        broken.append(INVISIBLE)
+        pw = "".join(c for c in pw if not invisible(c))  # counts towards nothing
     if len(pw) < MIN_LENGTH:
         broken.append(RULES[0])
     if not any(c.isupper() for c in pw):

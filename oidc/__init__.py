@@ -20,4 +20,7 @@ def install(hub):
     hub.app_policy_lookups.append(app_policy_lookup(hub))
     svc.backchannel = BackchannelLogout(svc)
     install_backchannel(hub, svc.backchannel)
+    accounts = getattr(hub, "accounts", None)
+    if accounts is not None:  # deprovisioning revokes every grant of the account, whatever its session
+        accounts.deprovision_listeners.append(svc.revoke_user)
     return svc

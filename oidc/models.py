@@ -99,7 +99,8 @@ class OidcRefreshToken(Base):
     the same ``family_id``; presenting a used one again revokes the whole family."""
 
     __tablename__ = "oidc_refresh_tokens"
-    __table_args__ = (Index("ix_oidc_refresh_tokens_family", "family_id"),)
+    __table_args__ = (Index("ix_oidc_refresh_tokens_family", "family_id"),
+                      Index("ix_oidc_refresh_tokens_user", "user_id"))
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     family_id: Mapped[str] = mapped_column(String(64))  # the hash of the code that started the grant
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
@@ -121,6 +122,7 @@ class OidcAccessToken(Base):
     ``family_id`` is the grant it belongs to (the code's hash for the first issue, then the refresh family)."""
 
     __tablename__ = "oidc_access_tokens"
+    __table_args__ = (Index("ix_oidc_access_tokens_user", "user_id"),)
     jti: Mapped[str] = mapped_column(String(64), primary_key=True)
     family_id: Mapped[str] = mapped_column(String(64), index=True)
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)

@@ -53,6 +53,7 @@ from joserfc import jwk, jwt
 from joserfc.errors import JoseError
 from sqlalchemy import insert, select, update
 
+from idp import emailverify
 from idp.models import Group, GroupMember, User
 from oidc.auditbatch import AuditBatcher
 from oidc.config import SCOPES, check_secret, client_jwks, find_client, guarded, jwks_uri_problem
@@ -938,8 +939,10 @@ class OidcService:
     def user_claims(self, user: User, scopes: list[str]) -> dict:
         out: dict = {}
         if "email" in scopes:
-            # Accounts are provisioned by the workspace's administrators (config file, SCIM) for their domains.
-            out.update({"email": user.email, "email_verified": True})
+            # Only what idhub knows: an address of a domain the workspace claims, or one whose owner completed a
+            # mail round trip or a trusted upstream vouched for (never an address an admin or SCIM client typed).
+            out.update({"email": user.email, "email_verified": emailverify.is_verified(
+                user.email, user.email_verified_via, user.workspace)})
         if "profile" in scopes:
             out["name"] = user.name or user.email
         if "groups" in scopes:
@@ -1058,6 +1061,16 @@ class OidcService:
                                                       OidcRefreshToken.revoked_at.is_(None)).values(revoked_at=now))
             db.execute(update(OidcAccessToken).where(OidcAccessToken.session_id == session_id,
                                                      OidcAccessToken.revoked_at.is_(None)).values(revoked_at=now))
+            db.commit()
+
+    def revoke_user(self, ws_id: str, user_id: str) -> None:
+        """Revoke every refresh and access token of a user (``hub.accounts``' deprovision listener): what the
+        sessions' ends did not reach, such as a grant whose session record is already gone."""
+        now = self.hub.clock()
+        with self.hub.db() as db:
+            for model in (OidcRefreshToken, OidcAccessToken):
+                db.execute(update(model).where(model.workspace_id == ws_id, model.user_id == user_id,
+                                               model.revoked_at.is_(None)).values(revoked_at=now))
             db.commit()
 
     def find_token(self, ws_id: str, value, hint) -> TokenRef | None:

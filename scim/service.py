@@ -36,8 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
-from idp import passwords
-from idp.accounts import SLUG_RE, InvalidEmail, clean_email, normalise_email
+from idp.accounts import SLUG_RE
+from idp.lifecycle import KEEP, PROTECTED, AccountError, Actor, check_allowed, is_privileged
 from idp.models import Group, GroupMember, User, Workspace, utcnow
 from scim import errors as E
 from scim.config import hash_token, same_hash
@@ -128,6 +128,9 @@ class Caller:
     @property
     def actor(self) -> str:
         return f"scim:{self.token_name}"
+
+    def as_actor(self) -> Actor:
+        return Actor.scim(self.token_name, self.token_id or None)
 
 
 def _is_listing(req: ScimRequest) -> bool:
@@ -953,67 +956,102 @@ class ScimService:
         return self._write(caller, rt, rid, req, change)
 
     def _write(self, caller: Caller, rt: ResourceType, rid: str, req: ScimRequest, change) -> ScimResponse:
-        ended_user = None
-        with self._db() as db:
-            row = self._load(db, caller, rt, rid, lock=True)
-            current = self._render_many(db, caller, rt, [row])[0]
-            im = req.headers.get("if-match")
-            if im and not _etag_matches(im, current["meta"]["version"]):
-                raise E.PreconditionFailed()
-            data = change(current)
-            if rt is USER:
-                was_active = row.active
-                password_set = self._apply_user(db, row, data, replace=True)
-                self._flush_unique(db, "userName")
-                self._index_user(db, row)
-                if was_active and not row.active:
-                    ended_user = row.id
-            else:
-                self._apply_group(db, caller, row, data, replace=True)
-                self._flush_unique(db, "displayName")
-                password_set = False
-            new = self._render_many(db, caller, rt, [row])[0]
-            self._commit(db, "userName" if rt is USER else "displayName")
-        changed = _changed(current, new) + (["password"] if password_set else [])
-        sessions = 0
-        if ended_user:
-            sessions = len(self.hub.sessions.end_all(ended_user, "deprovisioned"))
-        kind = "user" if rt is USER else "group"
-        event = f"scim.{kind}.deactivated" if ended_user else f"scim.{kind}.updated"
-        data_out = {"changed": changed, **({"sessions_ended": sessions} if ended_user else {})}
-        self.hub.audit.record(event, workspace_id=caller.workspace_id, actor_email=caller.actor, subject_id=rid,
-                              data=data_out)
+        """PUT and PATCH. A user's deactivation is deprovisioning (``idp.lifecycle``): the request is checked
+        first (a refused one ends nothing), every session is ended, then the change is written."""
+        actor = caller.as_actor()
+
+        def attempt(final: bool):
+            with self._db() as db:
+                row = self._load(db, caller, rt, rid, lock=True)
+                current = self._render_many(db, caller, rt, [row])[0]
+                im = req.headers.get("if-match")
+                if im and not _etag_matches(im, current["meta"]["version"]):
+                    raise E.PreconditionFailed()
+                data = change(current)
+                if rt is USER:
+                    done = self._apply_user(db, actor, row, data)
+                    if not final and data.get("active") is False:
+                        return None  # deprovisioning: sessions end before anything is written
+                    self._flush_unique(db, "userName")
+                    self._index_user(db, row)
+                else:
+                    self._apply_group(db, caller, row, data, replace=True)
+                    self._flush_unique(db, "displayName")
+                    done = None
+                new = self._render_many(db, caller, rt, [row])[0]
+                self._commit(db, "userName" if rt is USER else "displayName")
+                return current, new, done, row
+
+        out = attempt(final=False)
+        ended = None
+        if out is None:
+            deprovisioned = self.hub.accounts.deprovision([(caller.workspace_id, rid)], "deprovisioned",
+                                                          lambda: attempt(final=True))
+            out, ended = deprovisioned.result, deprovisioned.sessions_ended
+        current, new, done, row = out
+        changed = _changed(current, new) + (["password"] if done is not None and done.password_set else [])
+        if rt is USER:
+            deactivated = done.deactivated
+            verb = "deactivated" if deactivated else "updated"
+            extra = {"sessions_ended": ended} if ended is not None else {}
+            self.hub.accounts.record(actor, caller.workspace_id, verb, rid, changed=changed, **extra)
+            if deactivated and is_privileged(row):
+                self.hub.accounts.alert_admins(self._workspace(caller), actor, row, "deactivated")
+        else:
+            self.hub.audit.record("scim.group.updated", workspace_id=caller.workspace_id, actor_email=caller.actor,
+                                  subject_id=rid, data={"changed": changed})
         return self._respond(200, rt, new, req.query)
 
+    def _workspace(self, caller: Caller) -> Workspace:
+        with self.hub.db() as db:
+            return db.get(Workspace, caller.workspace_id)
+
     def delete(self, caller: Caller, rt: ResourceType, rid: str, req: ScimRequest) -> ScimResponse:
-        with self._db() as db:
-            row = self._load(db, caller, rt, rid, lock=True)
-            im = req.headers.get("if-match")
-            if im:
-                current = self._render_many(db, caller, rt, [row])[0]
-                if not _etag_matches(im, current["meta"]["version"]):
-                    raise E.PreconditionFailed()
-            if rt is USER:
-                db.execute(delete(ScimValue).where(ScimValue.owner_id == rid))
-                db.execute(delete(GroupMember).where(GroupMember.user_id == rid))
-                db.execute(delete(User).where(User.id == rid, User.workspace_id == caller.workspace_id))
-            else:
-                db.execute(delete(GroupMember).where(GroupMember.group_id == rid))
-                db.execute(delete(Group).where(Group.id == rid, Group.workspace_id == caller.workspace_id))
-            db.commit()
-        data: dict = {}
-        if rt is USER:
-            data["sessions_ended"] = len(self.hub.sessions.end_all(rid, "deprovisioned"))
-        self.hub.audit.record(f"scim.{'user' if rt is USER else 'group'}.deleted", workspace_id=caller.workspace_id,
-                              actor_email=caller.actor, subject_id=rid, data=data)
+        """A user's deletion is deprovisioning (``idp.lifecycle``): checked first, every session ended (the apps
+        are told, the grants revoked), then the user deleted; a retry after a crash finishes the job."""
+        actor = caller.as_actor()
+
+        def attempt(final: bool):
+            with self._db() as db:
+                row = self._load(db, caller, rt, rid, lock=True)
+                im = req.headers.get("if-match")
+                if im:
+                    current = self._render_many(db, caller, rt, [row])[0]
+                    if not _etag_matches(im, current["meta"]["version"]):
+                        raise E.PreconditionFailed()
+                if rt is USER:
+                    with scim_account_errors():
+                        check_allowed(actor, row, {"deleted"})
+                    if not final:
+                        return row
+                    db.execute(delete(ScimValue).where(ScimValue.owner_id == rid))
+                    db.execute(delete(GroupMember).where(GroupMember.user_id == rid))
+                    db.execute(delete(User).where(User.id == rid, User.workspace_id == caller.workspace_id))
+                else:
+                    db.execute(delete(GroupMember).where(GroupMember.group_id == rid))
+                    db.execute(delete(Group).where(Group.id == rid, Group.workspace_id == caller.workspace_id))
+                db.commit()
+                return row
+
+        if rt is GROUP:
+            attempt(final=True)
+            self.hub.audit.record("scim.group.deleted", workspace_id=caller.workspace_id, actor_email=caller.actor,
+                                  subject_id=rid, data={})
+            return ScimResponse(204)
+        attempt(final=False)
+        done = self.hub.accounts.deprovision([(caller.workspace_id, rid)], "deprovisioned", lambda: attempt(final=True))
+        self.hub.accounts.record(actor, caller.workspace_id, "deleted", rid, sessions_ended=done.sessions_ended)
+        if is_privileged(done.result):
+            self.hub.accounts.alert_admins(self._workspace(caller), actor, done.result, "deleted")
         return ScimResponse(204)
 
     # -- users
     def _create_user(self, caller: Caller, data: dict, query: dict) -> ScimResponse:
+        actor = caller.as_actor()
         with self._db() as db:
-            now = utcnow()
-            user = User(workspace_id=caller.workspace_id, role="member", active=True, created_at=now)
-            password_set = self._apply_user(db, user, data, replace=True)
+            user = User(workspace_id=caller.workspace_id, email="", email_normalized="", role="member", active=True,
+                        created_at=utcnow())
+            done = self._apply_user(db, actor, user, data, new=True)
             db.add(user)
             self._flush_unique(db, "userName")  # the unique constraint decides (no SELECT first)
             self._index_user(db, user, new=True)
@@ -1021,56 +1059,35 @@ class ScimService:
             changed = sorted(k for k in body if k not in ("schemas", "id", "meta", "groups"))
             # In the create's own transaction, last (it locks the chain's head until the commit): the user and
             # its audit event are committed together, with one commit instead of two.
-            self.hub.audit.record("scim.user.created", workspace_id=caller.workspace_id, actor_email=caller.actor,
-                                  subject_id=user.id,
-                                  data={"changed": changed + (["password"] if password_set else [])},
-                                  connection=db.connection())
+            self.hub.accounts.record(actor, caller.workspace_id, "created", user.id,
+                                     changed=changed + (["password"] if done.password_set else []),
+                                     connection=db.connection())
             self._commit(db, "userName")
         return self._respond(201, USER, body, query, {"Location": body["meta"]["location"]})
 
-    def _apply_user(self, db, user: User, data: dict, *, replace: bool) -> bool:
-        """Set a user from cleaned SCIM data (a full replacement). Returns whether a password was set.
-        ``role`` and other hub-only columns are never touched: SCIM cannot make anyone an admin."""
+    def _apply_user(self, db, actor: Actor, user: User, data: dict, *, new: bool = False):
+        """Set a user from cleaned SCIM data (a full replacement) through the account service, which holds the
+        rules: ``role`` is never SCIM's, and an administrator's userName and password are not either."""
         username = data.get("userName")
         if not isinstance(username, str) or not username.strip():
             raise E.InvalidValue("userName is required")
-        try:
-            email = clean_email(username)
-            key = normalise_email(email)
-        except InvalidEmail:
-            raise E.InvalidValue("userName must be an e-mail address") from None
-        if key != user.email_normalized and user.id is not None:  # a new user: the flush checks
-            taken = db.scalar(select(User.id).where(User.workspace_id == user.workspace_id,
-                                                    User.email_normalized == key))
-            if taken is not None and taken != user.id:
-                raise E.Uniqueness("userName is already in use in this workspace")
-        user.email, user.email_normalized = email, key
-        user.external_id = data.get("externalId")
-        user.display_name = _clip(data.get("displayName"), 200)
         name = dict(data.get("name") or {})
-        user.given_name = _clip(name.pop("givenName", None), 200)
-        user.family_name = _clip(name.pop("familyName", None), 200)
-        if "active" in data:
-            user.active = bool(data["active"])
+        given, family = _clip(name.pop("givenName", None), 200), _clip(name.pop("familyName", None), 200)
+        display = _clip(data.get("displayName"), 200)
         rest = {k: v for k, v in data.items() if k not in USER_COLUMNS_ATTRS and k != "name"}
         if name:
             rest["name"] = name
-        user.scim = rest or None
-        user.name = _clip(user.display_name or name.get("formatted")
-                          or " ".join(p for p in (user.given_name, user.family_name) if p) or user.name or "", 200)
-        user.updated_at = utcnow()
         password = data.get("password")
-        if password is not None:
-            if not isinstance(password, str):
-                raise E.InvalidValue("password must be a string")
-            broken = passwords.check(password, email=email)
-            if broken:
-                raise E.InvalidValue("password does not meet the policy: " + "; ".join(r.text for r in broken))
-            user.password_hash = self.hub.hasher.hash(password)
-            user.password_changed_at = utcnow()
-            user.password_reset_required = False
-            return True
-        return False
+        if password is not None and not isinstance(password, str):
+            raise E.InvalidValue("password must be a string")
+        with scim_account_errors():
+            return self.hub.accounts.write(
+                db, actor, user, new=new, email=username,
+                name=_clip(display or name.get("formatted") or " ".join(p for p in (given, family) if p)
+                           or user.name or "", 200),
+                active=bool(data["active"]) if "active" in data else KEEP, password=password,
+                profile={"external_id": data.get("externalId"), "display_name": display, "given_name": given,
+                         "family_name": family, "scim": rest or None})
 
     def _index_user(self, db, user: User, new: bool = False) -> None:
         if not new:
@@ -1179,6 +1196,23 @@ class ScimService:
         except IntegrityError:
             db.rollback()
             raise E.Uniqueness(f"{attr} is already in use in this workspace") from None
+
+
+@contextmanager
+def scim_account_errors():
+    """``idp.lifecycle``'s refusals as SCIM errors (RFC 7644 §3.12): the attribute named as SCIM names it."""
+    try:
+        yield
+    except AccountError as exc:
+        attr = {"email": "userName"}.get(exc.field or "", exc.field)
+        detail = exc.message if not attr or exc.message.startswith(attr) else f"{attr}: {exc.message}"
+        if exc.kind == "invalid":
+            raise E.InvalidValue(detail) from None
+        if exc.kind == "uniqueness":
+            raise E.Uniqueness("userName is already in use in this workspace") from None
+        if exc.kind == "mutability" or exc.field in PROTECTED:
+            raise E.Mutability(detail) from None
+        raise E.Forbidden(detail) from None
 
 
 def _bulk_refs(value) -> set[str]:

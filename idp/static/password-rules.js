@@ -3,7 +3,8 @@
 (function () {
   "use strict";
   var checks = {
-    length: function (v) { return v.length >= 8; },
+    // invisible and control characters count towards nothing (the server refuses them)
+    length: function (v) { return v.replace(/[\p{Cc}\p{Cf}\p{Co}\p{Cn}\p{Zl}\p{Zp}]/gu, "").length >= 8; },
     upper: function (v) { return /\p{Lu}/u.test(v); },
     lower: function (v) { return /\p{Ll}/u.test(v); },
     digit: function (v) { return /\p{Nd}/u.test(v); },

@@ -16,7 +16,10 @@ def _render(ws, sess, status=200, **extra):
     h = hub()
     with h.db() as db:
         user = db.get(User, sess.user_id)
-        groups = user_groups(db, user.id)
+        groups = user_groups(db, user.id) if user is not None else []
+    if user is None or not user.active:  # deprovisioned while this session was being served: it is over
+        h.sessions.end(sess.id, "deprovisioned")
+        return redirect(url_for("auth.login", ws_slug=ws.slug, ended=1))
     sessions = h.sessions.list(user.id)
     sessions.sort(key=lambda s: (s.id != sess.id, -s.last_active_at.timestamp()))
     enrolled = h.mfa.enrolled(user.id)

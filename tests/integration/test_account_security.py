@@ -328,19 +328,22 @@ def test_no_reset_link_for_an_externally_managed_account(browser_factory, outbox
 def test_deactivating_a_user_in_the_config_ends_their_sessions(browser_factory, hub):
     import copy
 
-    from idp.configfile import apply, validate
+    from idp.configfile import apply_config, validate
     from tests.conftest import BASE_CONFIG
 
     b = signed_in(browser_factory)
     cfg = copy.deepcopy(BASE_CONFIG)
     cfg["workspaces"][0]["users"][0]["active"] = False
-    with hub.db() as db:
-        report = apply(db, validate(cfg), hub.hasher)
-        db.commit()
+    report = apply_config(hub, validate(cfg))  # what `idhub apply` runs
     assert len(report.deactivated) == 1
-    for uid in report.deactivated:  # what `idhub apply` does after committing
-        hub.sessions.end_all(uid, "deactivated")
     assert b.security().status_code == 302
+    from sqlalchemy import select
+
+    from idp.audit import AuditEvent
+
+    with hub.db() as db:
+        [ev] = db.scalars(select(AuditEvent).where(AuditEvent.type == "config.user.deactivated")).all()
+    assert ev.data["sessions_ended"] == 1 and ev.data["channel"] == "config" and ev.actor_email == "config"
     assert browser_factory().login("acme", ALICE, ALICE_PW).status_code in (401, 403)
 
 

@@ -78,7 +78,7 @@ def live():
         yield hub
 
 
-def sign_in(session: requests.Session, url: str, base: str) -> str:
+def sign_in(session: requests.Session, url: str, base: str, email: str = ALICE, password: str = ALICE_PW) -> str:
     """Follow idhub's redirects and sign-in forms until it redirects to the app; return that URL."""
     r = session.get(url, allow_redirects=False, timeout=10)
     for _ in range(8):
@@ -89,11 +89,11 @@ def sign_in(session: requests.Session, url: str, base: str) -> str:
         path = urlsplit(loc).path
         if path.endswith("/login"):
             page = session.get(loc, timeout=10)
-            r = session.post(urljoin(base, path), data={**hidden_fields(page.text), "email": ALICE},
+            r = session.post(urljoin(base, path), data={**hidden_fields(page.text), "email": email},
                              allow_redirects=False, timeout=10)
             page = session.get(urljoin(base, r.headers["Location"]), timeout=10)
             r = session.post(urljoin(base, "/w/acme/login/password"),
-                             data={**hidden_fields(page.text), "password": ALICE_PW}, allow_redirects=False,
+                             data={**hidden_fields(page.text), "password": password}, allow_redirects=False,
                              timeout=10)
             continue
         r = session.get(loc, allow_redirects=False, timeout=10)
@@ -161,6 +161,33 @@ def test_openid_client_es256_client(live):
         "state", "nonce", "verifier")}, "callback": callback})], cwd=NODE_DIR, capture_output=True, text=True,
         timeout=60)
     assert res.returncode != 0 and "alg" in res.stdout, res.stdout
+
+
+OUTSIDER, OUTSIDER_PW = "ceo@another-company.example", "Quartz-Lantern-Ferry-82"
+
+
+def test_openid_client_sees_email_verified_only_for_what_idhub_knows():
+    """The ID token openid-client validates says ``email_verified: true`` for alice@acme.test (acme claims
+    acme.test) and ``false`` for an address outside the workspace's domains that nobody verified — an app that
+    links accounts by verified e-mail must not take it for the real owner's. userinfo and the refreshed ID token
+    say the same."""
+    config = oidc_config()
+    config["workspaces"][0]["users"].append({"email": OUTSIDER, "name": "Not the CEO", "password": OUTSIDER_PW})
+    node = node_peer()
+    with live_oidc_hub(config) as hub:
+        issuer = hub.url("/w/acme")
+        args = {"issuer": issuer, "client_id": "wiki", "client_secret": WIKI_SECRET, "redirect_uri": WIKI_CB,
+                "post_logout_redirect_uri": WIKI_HOME}
+        seen = {}
+        for email, password in ((ALICE, ALICE_PW), (OUTSIDER, OUTSIDER_PW)):
+            started = run_rp(node, "start", args)
+            callback = sign_in(requests.Session(), started["url"], hub.base_url, email, password)
+            out = run_rp(node, "finish", {**args, **{k: started[k] for k in ("state", "nonce", "verifier")},
+                                           "callback": callback})
+            assert out["claims"]["email"] == out["userinfo"]["email"] == email
+            seen[email] = (out["claims"]["email_verified"], out["userinfo"]["email_verified"],
+                           out["refreshed"]["claims"]["email_verified"])
+    assert seen == {ALICE: (True, True, True), OUTSIDER: (False, False, False)}
 
 
 @pytest.mark.browser

@@ -1,0 +1,343 @@
+"""The one account service: every write of account state, from every channel, with one set of rules.
+
+An account is changed through SCIM, the admin API and console, the config file (``idhub apply``), upstream
+sign-in (just-in-time creation) and the user's own security page. Each of them calls this module and says who
+acts (an ``Actor``: ``scim:<token>``, ``admin:<who>``, ``operator:<who>``, ``config``, ``upstream:<connection>``,
+``self``); the rules below are the same whatever the channel:
+
+- identifiers: one normalisation (NFKC + case folding, ``idp.accounts``), look-alike addresses refused;
+- passwords: the rules of ``idp.passwords``;
+- privileged accounts (``admin``, ``operator``) are protected by rule, not by channel (``check_allowed``): a SCIM
+  token cannot set the e-mail, password or role of an admin, nor change an operator at all; a workspace admin
+  cannot change a hub operator, nor another admin's e-mail or password; the config file and operator credentials
+  can change anything;
+- a change of address clears ``email_verified_via`` and kills the reset links mailed to the old one;
+- deprovisioning (``deprovision``) ends every session first — the apps are told through the session-end
+  listeners (OIDC back-channel logout, SAML logout), the user's OAuth grants are revoked — and only then writes,
+  so that a retry after a crash finishes the job; sessions started in between are ended after the write.
+
+``write`` is the only code that sets the columns of ``User`` (the sign-in's transparent argon2 rehash of the
+same password aside). Plain Python: it takes the caller's ORM session, so a channel keeps its own transaction
+(SCIM's row lock and If-Match, the config file's all-or-nothing apply).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from idp import passwords
+from idp.accounts import ADMIN_ROLES, ROLES, InvalidEmail, clean_email, normalise_email
+from idp.models import PasswordResetToken, User
+
+log = logging.getLogger("idhub.lifecycle")
+
+KEEP: Any = object()  # "leave this attribute as it is"
+PROFILE_FIELDS = ("external_id", "display_name", "given_name", "family_name", "scim")
+PROTECTED = frozenset({"email", "password", "role"})  # of a privileged account: not from every channel
+# the audit event prefix of each channel's account events (existing names: scim.user.*, admin.user.*, …)
+EVENT_PREFIX = {"scim": "scim.user", "admin": "admin.user", "operator": "admin.user", "config": "config.user",
+                "upstream": "federation.user", "self": "account", "system": "account"}
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who changes an account, through which channel. ``label`` names both in the audit log."""
+
+    channel: str  # scim | admin | operator | config | upstream | self | system
+    name: str = ""  # the SCIM token's or API token's name, the admin's e-mail, the connection's slug
+    actor_id: str | None = None  # the admin's user id or token id
+    ip: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+    via: str | None = None  # admin: "console" or "api"
+
+    def __post_init__(self):
+        if self.channel not in EVENT_PREFIX:
+            raise ValueError(f"unknown channel {self.channel!r}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.channel}:{self.name}" if self.name and self.channel not in ("config", "self") else self.channel
+
+    @property
+    def audit_name(self) -> str:
+        """The audit log's actor: the admin's e-mail (or ``token:<name>``), ``scim:<token>``, ``config``, …"""
+        return self.name if self.channel in ("admin", "operator", "self") and self.name else self.label
+
+    @property
+    def trusted(self) -> bool:
+        """The operator's own channels: the config file and operator credentials may change any account."""
+        return self.channel in ("config", "operator", "system")
+
+    @classmethod
+    def scim(cls, token_name: str, token_id: str | None = None) -> Actor:
+        return cls("scim", token_name, token_id)
+
+    @classmethod
+    def config(cls) -> Actor:
+        return cls("config", "idhub apply")
+
+    @classmethod
+    def upstream(cls, connection_slug: str) -> Actor:
+        return cls("upstream", connection_slug)
+
+    @classmethod
+    def of_principal(cls, p) -> Actor:
+        """An admin API token or a signed-in admin (``admin.tokens.Principal``)."""
+        return cls("operator" if p.operator else "admin", p.actor_email, p.actor_id, p.ip, p.user_agent,
+                   p.request_id, "console" if p.kind == "user" else "api")
+
+
+class AccountError(Exception):
+    """A change refused. ``kind``: ``invalid`` (a value breaks a rule), ``uniqueness`` (the address is taken),
+    ``mutability`` (this channel may not change this attribute of this account), ``forbidden`` (this channel
+    may not change this account at all). ``field`` names the attribute (``email``, ``password``, ``role``, …)."""
+
+    def __init__(self, kind: str, field: str | None, message: str):
+        super().__init__(message)
+        self.kind, self.field, self.message = kind, field, message
+
+
+@dataclass
+class Change:
+    """What a ``write`` changed."""
+
+    fields: list[str] = field(default_factory=list)
+    old_email: str | None = None
+    old_role: str | None = None
+    activated: bool = False
+    deactivated: bool = False
+    password_set: bool = False
+
+
+def is_privileged(user) -> bool:
+    return getattr(user, "role", None) in ADMIN_ROLES
+
+
+def check_allowed(actor: Actor, user, fields: set[str], *, new: bool = False) -> None:
+    """Raise ``AccountError`` unless ``actor`` may change ``fields`` of ``user`` (rules by account, not by
+    channel; see the module's docstring and docs/security.md)."""
+    if new or actor.trusted or not fields:
+        return
+    role = getattr(user, "role", "member")
+    if role == "operator":
+        if actor.channel == "self" and not fields & {"role", "active", "deleted"}:
+            return
+        first = sorted(fields & PROTECTED) or sorted(fields)
+        raise AccountError("mutability" if first[0] in PROTECTED else "forbidden", first[0],
+                           "a hub operator's account can only be changed by the hub operator (operator credential "
+                           "or the config file)")
+    if actor.channel == "scim":
+        if "role" in fields:
+            raise AccountError("mutability", "role", "SCIM cannot change an account's role")
+        if role == "admin":
+            hit = sorted(fields & {"email", "password"})
+            if hit:
+                what = "userName" if hit[0] == "email" else hit[0]
+                raise AccountError("mutability", hit[0], f"{what} of an administrator's account cannot be set over "
+                                   "SCIM; an admin of the workspace or the hub operator can change it")
+    elif actor.channel == "upstream":
+        bad = sorted(fields & PROTECTED)
+        if bad:
+            raise AccountError("mutability", bad[0], f"an identity provider cannot change {bad[0]}")
+    elif actor.channel == "admin":
+        if role == "admin" and actor.actor_id != getattr(user, "id", None):
+            bad = sorted(fields & {"email", "password"})
+            if bad:
+                raise AccountError("forbidden", bad[0], f"an admin cannot change another admin's {bad[0]}; "
+                                                        "they change it themselves, or the hub operator does")
+
+
+def identifier(value) -> tuple[str, str]:
+    """(address as shown, normalised key) or ``AccountError`` naming ``email``."""
+    if not isinstance(value, str) or not value.strip():
+        raise AccountError("invalid", "email", "an e-mail address is required")
+    try:
+        return clean_email(value), normalise_email(value)
+    except InvalidEmail as exc:
+        raise AccountError("invalid", "email", str(exc) or "not a valid e-mail address") from None
+
+
+def password_errors(password, email: str | None) -> str | None:
+    if not isinstance(password, str):
+        return "must be a string"
+    broken = passwords.check(password, email=email)
+    return "; ".join(r.text for r in broken) if broken else None
+
+
+def write(db, actor: Actor, user: User, *, hasher, clock: Callable, new: bool = False, email=KEEP, name=KEEP,
+          role=KEEP, active=KEEP, password=KEEP, password_hash=KEEP, reset_required=KEEP, verified_via=KEEP,
+          profile: dict | None = None) -> Change:
+    """Set attributes of ``user`` (a ``User`` in ``db``; ``new``: not stored yet) in the caller's transaction,
+    after every rule passed; nothing is set when one fails. The caller commits; ``Change`` says what changed."""
+    change = Change()
+    key = clean = None
+    if email is not KEEP:
+        clean, key = identifier(email)
+    wanted: set[str] = set()
+    if email is not KEEP and (key != user.email_normalized or clean != user.email):
+        wanted.add("email")
+    if role is not KEEP:
+        if role not in ROLES:
+            raise AccountError("invalid", "role", f"must be one of {', '.join(ROLES)}")
+        if role != (user.role or "member"):
+            wanted.add("role")
+    if active is not KEEP and bool(active) != bool(user.active if user.active is not None else True):
+        wanted.add("active")
+    if password is not KEEP and password is not None:
+        wanted.add("password")
+    if password_hash is not KEEP and password_hash is not None:
+        wanted.add("password")
+    if name is not KEEP and (name or "")[:200] != (user.name or ""):
+        wanted.add("name")
+    if profile and any(getattr(user, k, None) != v for k, v in profile.items()):
+        wanted.add("profile")
+    check_allowed(actor, user, wanted, new=new)
+    if password is not KEEP and password is not None:
+        why = password_errors(password, clean or user.email)
+        if why:
+            raise AccountError("invalid", "password", f"does not meet the password rules: {why}")
+    if "email" in wanted and key != user.email_normalized:
+        if not new:
+            taken = db.scalar(select(User.id).where(User.workspace_id == user.workspace_id,
+                                                    User.email_normalized == key))
+            if taken is not None and taken != user.id:
+                raise AccountError("uniqueness", "email", "this e-mail address is already in use in this workspace")
+            change.old_email = user.email
+            # the address is another one: what vouched for the old one does not vouch for it, and the reset links
+            # mailed to the old one die
+            user.email_verified_via = None
+            db.execute(delete(PasswordResetToken).where(PasswordResetToken.user_id == user.id))
+        user.email_normalized = key
+    if "email" in wanted:
+        user.email = clean
+        change.fields.append("email")
+    if name is not KEEP and (name or "") != (user.name or ""):
+        user.name = (name or "")[:200]
+        change.fields.append("name")
+    if "role" in wanted:
+        change.old_role = user.role
+        user.role = role
+        change.fields.append("role")
+    if active is not KEEP:
+        if "active" in wanted:
+            change.fields.append("active")
+            change.activated, change.deactivated = bool(active), not active
+        user.active = bool(active)
+    if profile:
+        for k, v in profile.items():
+            if k not in PROFILE_FIELDS:
+                raise ValueError(f"not a profile attribute: {k}")
+            if getattr(user, k) != v:
+                setattr(user, k, v)
+                change.fields.append(k)
+    if "password" in wanted:
+        user.password_hash = hasher.hash(password) if password is not KEEP and password is not None \
+            else password_hash
+        user.password_changed_at = clock()
+        user.password_reset_required = False
+        change.password_set = True
+        change.fields.append("password")
+        if not new:
+            db.execute(delete(PasswordResetToken).where(PasswordResetToken.user_id == user.id))
+    if verified_via is not KEEP and verified_via != getattr(user, "email_verified_via", None):
+        # how the current address was verified (idp.emailverify: a mail round trip, a trusted upstream)
+        user.email_verified_via = verified_via
+        change.fields.append("email_verified")
+    if reset_required is not KEEP and bool(reset_required) != bool(user.password_reset_required):
+        user.password_reset_required = bool(reset_required)
+        change.fields.append("password_reset_required")
+    if new and user.active is None:
+        user.active = True
+    if change.fields or new:
+        user.updated_at = clock()
+    return change
+
+
+@dataclass
+class Deprovisioned:
+    sessions_ended: int
+    result: Any = None
+    per_user: dict[str, int] = field(default_factory=dict)  # user id -> sessions ended
+
+
+class AccountService:
+    """The effects of account changes: sessions, the apps' logouts, the audit log and alerts (``hub.accounts``)."""
+
+    def __init__(self, hub):
+        self.hub = hub
+        # Called with (workspace id, user id) when an account is deactivated or deleted, after its sessions ended:
+        # the protocols revoke what outlives a session (OIDC grants). A failing listener is logged; it never stops
+        # the deprovisioning.
+        self.deprovision_listeners: list[Callable[[str, str], None]] = []
+
+    def write(self, db, actor: Actor, user: User, **changes) -> Change:
+        return write(db, actor, user, hasher=self.hub.hasher, clock=self.hub.clock, **changes)
+
+    def create(self, db, actor: Actor, workspace_id: str, *, email, role: str = "member", **changes) -> User:
+        """A new account in ``db`` (flushed, so it has its id; the unique address is checked by the flush)."""
+        user = User(workspace_id=workspace_id, email="", email_normalized="", role="member", active=True,
+                    created_at=self.hub.clock())
+        self.write(db, actor, user, new=True, email=email, role=role, **changes)
+        db.add(user)
+        return user
+
+    # ---- events ---------------------------------------------------------------------------------------------
+    def record(self, actor: Actor, workspace_id: str, verb: str, user_id: str | None, *, connection=None,
+               event: str | None = None, **data) -> None:
+        """One audit event per change, naming the channel (``data.channel``); ``event`` overrides the type."""
+        extra = {"via": actor.via} if actor.via else {}
+        self.hub.audit.record(event or f"{EVENT_PREFIX[actor.channel]}.{verb}", workspace_id=workspace_id,
+                              actor_id=actor.actor_id, actor_email=actor.audit_name, subject_id=user_id,
+                              ip=actor.ip, user_agent=(actor.user_agent or "")[:512] or None,
+                              request_id=actor.request_id, data={"channel": actor.label, **extra, **data},
+                              **({"connection": connection} if connection is not None else {}))
+
+    # ---- deprovisioning --------------------------------------------------------------------------------------
+    def end_sessions(self, workspace_id: str, user_id: str, reason: str) -> int:
+        """End every session of the user (the apps are told by the session-end listeners) and revoke what
+        outlives a session. Idempotent: a retry ends what is left."""
+        ended = len(self.hub.sessions.end_all(user_id, reason))
+        for listener in self.deprovision_listeners:
+            try:
+                listener(workspace_id, user_id)
+            except Exception:  # logged; the account is deprovisioned regardless
+                log.exception("deprovision listener failed", extra={"reason": reason})
+        return ended
+
+    def deprovision(self, targets: list[tuple[str, str]], reason: str, write_fn: Callable[[], Any]
+                    ) -> Deprovisioned:
+        """Deactivate or delete accounts (``targets``: (workspace id, user id) pairs): end every session first,
+        then ``write_fn()`` (the caller's transaction, committed there), then end whatever session began in
+        between (none, normally)."""
+        per_user = {uid: self.end_sessions(ws_id, uid, reason) for ws_id, uid in targets}
+        result = write_fn()
+        for _ws, uid in targets:
+            per_user[uid] += len(self.hub.sessions.end_all(uid, reason))
+        return Deprovisioned(sum(per_user.values()), result, per_user)
+
+    def reset_mfa(self, workspace_id: str, user_id: str) -> tuple[list[str], int]:
+        """Remove every second factor (the user enrols again at the next sign-in) and end the user's sessions:
+        (the methods removed, the number of sessions ended)."""
+        methods = list(self.hub.mfa.enrolled(user_id).methods())
+        self.hub.mfa.disable_all(user_id)
+        return methods, len(self.hub.sessions.end_all(user_id, "mfa_reset_by_admin"))
+
+    def alert_admins(self, ws, actor: Actor, user, what: str) -> None:
+        """Mail the workspace's other admins that an administrator's account was ``what`` (deactivated,
+        deleted) through ``actor``'s channel."""
+        with self.hub.db() as db:
+            admins = list(db.scalars(select(User).where(User.workspace_id == ws.id, User.role.in_(ADMIN_ROLES),
+                                                        User.active.is_(True), User.id != user.id)))
+        for admin in admins:
+            self.hub._mail(admin.email, f"An administrator account was {what}", "alert_admin_deprovisioned", {
+                "workspace_name": ws.name, "user_name": admin.name or admin.email, "target_email": user.email,
+                "target_role": user.role, "what": what, "channel": actor.label,
+                "when": self.hub.clock().strftime("%d %b %Y, %H:%M UTC"),
+                "console_url": self.hub.url(f"/w/{ws.slug}/admin/audit"),
+            }, ws_id=ws.id, user_id=admin.id)
