@@ -23,7 +23,7 @@ FAILURES_PER_MINUTE = 20
 def admin_service() -> AdminService:
     ext = current_app.extensions
     if "idhub_admin" not in ext:
-        from idp.app import derive_key
+        from idp.crypto import derive_key
 
         hub = ext["idhub"]
         tokens = TokenService(hub.db, derive_key(hub.settings.secret_key, "admin-api-tokens"), clock=hub.clock)

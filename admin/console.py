@@ -23,7 +23,6 @@ from idp.web.common import (
     load_workspace,
     session_cookie,
 )
-from policies.engine import PolicyContext
 
 bp = Blueprint("admin_console", __name__)
 FIELD_MAX = 4096
@@ -66,12 +65,9 @@ def _console_decision(policy_ws, user, sess, client):
     """The policy engine's answer at the console's door (stage ``admin``: the strictest policy, a second factor)
     under ``policy_ws``'s policies — the user's own workspace. A hub operator needs the second factor whatever
     any workspace's ``require_mfa_for_admins`` says."""
-    policies = dict(policy_ws.policies or {})
-    if user.role == "operator":
-        policies["require_mfa_for_admins"] = True
-    ctx = PolicyContext(workspace_id=policy_ws.id, plan=policy_ws.plan, policies=policies, client_ip=client.ip,
-                        stage="admin", user_id=user.id, user_role="admin", methods=tuple(sess.amr))
-    return hub().policy.evaluate(ctx)
+    h = hub()
+    return h.policy.evaluate(h.policy_context(policy_ws, client.ip, stage="admin", user_id=user.id, account=user,
+                                              methods=sess.amr))
 
 
 def admin_required(view):
@@ -96,6 +92,8 @@ def admin_required(view):
                 user = db.get(User, sess.user_id)
         if user is not None and user.active and user.workspace_id == ws.id and user.role in ADMIN_ROLES:
             decision = _console_decision(ws, user, sess, client)
+            if decision.rule == "admin_second_factor":  # no second factor in this session: add one, in place
+                return redirect(url_for("auth.step_up", ws_slug=ws.slug, next=request.full_path.rstrip("?")))
             if decision.effect != "allow":
                 return render_template("admin/mfa_required.html", ws=ws, reason=decision.reason), 403
             p = Principal("user", user.email, user.role == "operator", ws.id, actor_id=user.id, ip=client.ip,
@@ -113,9 +111,12 @@ def admin_required(view):
             user, op_sess, home = found
             g.session = op_sess  # the console's forms are bound to the operator's own session (CSRF)
             if _console_decision(home, user, op_sess, client).effect != "allow":
-                return render_template("admin/mfa_required.html", ws=home,
-                                       reason="The hub operator signs in with two-factor authentication. Set up "
-                                              "2FA on your security page, sign out and sign in again."), 403
+                # the second factor is added to the operator's own session, in their workspace, then back here
+                back = url_for("admin_console.dashboard", ws_slug=home.slug)
+                return render_template("admin/mfa_required.html", ws=home, step_up_url=url_for(
+                    "auth.step_up", ws_slug=home.slug, next=back), reason="The hub operator uses the console "
+                    "with two-factor authentication. Confirm this session with a second factor (or set one up) "
+                    "and open this workspace again."), 403
             p = Principal("user", user.email, True, ws.id, actor_id=user.id, ip=client.ip,
                           user_agent=client.user_agent, request_id=client.request_id)
             g.operator_home = home

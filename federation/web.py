@@ -22,7 +22,8 @@ from flask import Blueprint, current_app, g, redirect, render_template, request,
 
 from federation.base import UpstreamError
 from federation.service import GENERIC_FAILURE, FederationService
-from idp.flow import AuthnResult, FlowError, LoginFlow
+from idp.flow import FlowError, LoginFlow
+from idp.web.auth import respond
 from idp.web.common import (
     browser_binding,
     check_csrf,
@@ -57,16 +58,26 @@ REAUTH = "reauth"  # LoginFlow.purpose of a re-authentication
 
 
 def fed() -> FederationService:
-    svc = current_app.extensions.get("idhub.federation")
-    if svc is None:
-        svc = current_app.extensions["idhub.federation"] = FederationService(hub())
-    return svc
+    return _service(current_app)
 
 
 def _flows():
-    from idp.web.auth import _flows
+    return hub().signin.flows
 
-    return _flows()
+
+def install(app) -> None:
+    """Federation's strategy in the sign-in core: home-realm discovery and LDAP passwords (``federation.signin``)."""
+    from federation.signin import FederationStrategy
+
+    app.extensions["idhub"].signin.add_strategy(FederationStrategy(app.extensions["idhub"],
+                                                                   lambda: _service(app)))
+
+
+def _service(app) -> FederationService:
+    svc = app.extensions.get("idhub.federation")
+    if svc is None:
+        svc = app.extensions["idhub.federation"] = FederationService(app.extensions["idhub"])
+    return svc
 
 
 def _connection_or_404(ws, slug: str, *protocols: str) -> dict:
@@ -112,88 +123,6 @@ def _unexpected(ws, conn: dict, test: bool, reauth_user: str | None = None):
                     reauth_user=reauth_user)
 
 
-# ---- hooks of the sign-in (called from idp.web.auth) ------------------------------------------------------------
-def identifier_first(ws) -> bool:
-    """Whether the sign-in page asks for the email alone first: when a connection claims email domains, the
-    address decides where the password goes (the upstream IdP, LDAP, idhub), so it is not asked for up front."""
-    return fed().routes_by_domain(ws)
-
-
-def _for_email(ws, email: str) -> dict | None:
-    """``for_email``, once per request (the email step and the password check of a one-page sign-in ask both)."""
-    memo = g.setdefault("federation_for_email", {})
-    key = (ws.id, email)
-    if key not in memo:
-        memo[key] = fed().for_email(ws, email)
-    return memo[key]
-
-
-def route_login(ws, email: str, next_url: str, app: str):
-    """After the email step: a redirect to the upstream IdP (SAML/OIDC) or to the password page of an LDAP
-    connection when the address's domain belongs to a connection; None to carry on with the local password."""
-    conn = _for_email(ws, email)
-    if conn is None:
-        return None
-    if request.form.get("local") == "1" and not conn.get("sso_required"):
-        return None  # "use my idhub password" (break-glass accounts), unless the workspace requires SSO
-    state = "password" if conn["protocol"] == "ldap" else "upstream"
-    flows = _flows()
-    flow = flows.start(ws.id, browser_binding(), next_url, email=email, state=state, app=app)
-    flow.connection = conn["slug"]
-    flows.save(flow)
-    if state == "password":
-        return redirect(url_for("auth.password", ws_slug=ws.slug, flow=flow.id))
-    return redirect(url_for("federation.start", ws_slug=ws.slug, conn_slug=conn["slug"], flow=flow.id))
-
-
-def password_step(ws, flow: LoginFlow, password: str, client):
-    """At the password step: an LDAP connection's bind, or the refusal of a local password where SSO is
-    required. Returns an ``idp.hub.PasswordOutcome``, or None for idhub's own password check."""
-    from idp.hub import PasswordOutcome
-
-    if not flow.connection:
-        conn = _for_email(ws, flow.email)
-        if conn is not None and conn.get("sso_required"):
-            fed().audit("auth.signin.failure", ws, conn, client, actor_email=flow.email, reason="sso_required")
-            return PasswordOutcome(False, f"Your organisation requires single sign-on with {conn['name']}. "
-                                          "Go back and continue with your email address.")
-        return None
-    conn = fed().connection(ws, flow.connection)
-    if conn is None or conn["protocol"] != "ldap":
-        return PasswordOutcome(False, "This sign-in method is no longer available. Start again.")
-    return _ldap_password(ws, conn, flow, password, client)
-
-
-def _ldap_password(ws, conn: dict, flow: LoginFlow, password: str, client):
-    from federation import ldap
-    from idp.hub import PasswordOutcome
-
-    h = hub()
-    now = h.clock()
-    acct_key, addr_key = f"ldap:{ws.id}:{conn['slug']}:{flow.email.casefold()}", f"pwip:{client.ip}"
-    wait, _ = h._reserve_attempt(acct_key, addr_key, now)
-    if wait:
-        fed().audit("auth.signin.throttled", ws, conn, client, actor_email=flow.email, retry_after=wait)
-        return PasswordOutcome(False, f"Too many attempts. Try again in {wait} seconds.", retry_after=wait)
-    try:
-        ident = ldap.authenticate(conn, flow.email, password)
-        signed = fed().sign_in(ws, conn, ident, client)
-    except UpstreamError as err:
-        fed().failed(ws, conn, err, client)
-        if err.check == "unavailable":
-            h.stores.throttle.reset(acct_key)
-            return PasswordOutcome(False, "Your organisation's directory cannot be reached right now. Try again "
-                                          "in a minute.")
-        if err.check == "deactivated":
-            return PasswordOutcome(False, "Your account is deactivated. Contact your IT team.")
-        return PasswordOutcome(False, "Incorrect email or password.")
-    h.stores.throttle.reset(acct_key)
-    amr = ("pwd", "fed")  # the password was checked by idhub (a bind), so it is idhub's first factor
-    fed().audit("federation.signin.success", ws, conn, client, actor_id=signed.user_id, protocol="ldap",
-                amr=list(amr))
-    return PasswordOutcome(True, result=AuthnResult(ws.id, signed.user_id, amr, now, flow.next))
-
-
 # ---- start ------------------------------------------------------------------------------------------------------
 def _load_or_start_flow(ws, conn: dict) -> LoginFlow:
     flows = _flows()
@@ -204,11 +133,8 @@ def _load_or_start_flow(ws, conn: dict) -> LoginFlow:
             raise FlowError("wrong step")  # a re-authentication's flow is never started as a sign-in
         return flow
     # "Sign in with <connection>" without an email first
-    nxt = safe_next(request.values.get("next"), ws.slug)
-    flow = flows.start(ws.id, browser_binding(), nxt, state="upstream")
-    flow.connection = conn["slug"]
-    flows.save(flow)
-    return flow
+    return hub().signin.start_upstream(ws, conn["slug"], binding=browser_binding(),
+                                       next_url=safe_next(request.values.get("next"), ws.slug))
 
 
 def _begin(ws, conn: dict, flow_id: str, *, test: bool = False, login_hint: str = "", actor_id: str | None = None,
@@ -374,10 +300,7 @@ def resume(ws_slug, conn_slug):
     parked = json.loads(raw)
     pending = parked["pending"]
     if pending is None:  # unsolicited (allowed by the connection): a new flow in this browser
-        flows = _flows()
-        flow = flows.start(ws.id, browser_binding(), "", state="upstream")
-        flow.connection = conn["slug"]
-        flows.save(flow)
+        flow = hub().signin.start_upstream(ws, conn["slug"], binding=browser_binding())
         pending = {"flow": flow.id, "conn": conn["id"], "binding": browser_binding(), "test": False}
     elif not hmac.compare_digest(pending["binding"], browser_binding()):
         return _failure(ws, conn, UpstreamError("state", "the sign-in was started in another browser", ""),
@@ -402,8 +325,6 @@ def _ident_from_dict(d: dict):
 
 # ---- after the upstream answered ---------------------------------------------------------------------------------
 def _finish(ws, conn: dict, pending: dict, ident):
-    from idp.web.auth import continue_signin
-
     client = current_client()
     if pending.get("test"):
         return _test_result(ws, conn, ident, pending.get("actor"))
@@ -427,96 +348,11 @@ def _finish(ws, conn: dict, pending: dict, ident):
         return _unexpected(ws, conn, False)
     fed().audit("federation.signin.success", ws, conn, client, actor_id=signed.user_id, protocol=conn["protocol"],
                 amr=list(signed.amr), upstream_amr=list(ident.amr)[:10], mfa=ident.mfa)
-    flow.user_id = signed.user_id
-    flow.amr = list(signed.amr)
-    if ident.email and not flow.email:
-        flow.email = ident.email[:254]
-    return continue_signin(ws, flows, flow, client)
+    return respond(ws, hub().signin.upstream_signed_in(ws, flow, signed.user_id, signed.amr, ident.email or "",
+                                                        client))
 
 
 # ---- re-authentication ("Confirm it's you") ---------------------------------------------------------------------
-def reauth_options(ws, user) -> dict:
-    """How ``user`` can confirm it's them on the re-authentication page (``idp.web.mfa.reauth``):
-
-    ``upstream``: the OIDC/SAML connections their account is linked to ("Continue with <name>"); ``ldap``: the LDAP
-    connection they are linked to — the password field then binds against the directory, never a local hash;
-    ``password``: whether the password field is offered (a directory password, or idhub's own password when the
-    account has one and the domain does not require single sign-on); ``sso_required``: the domain's connection
-    when it requires single sign-on; ``message``: what to do when there is no way to confirm here."""
-    links = fed().linked_connections(ws, user.id)
-    upstream = [c for c in links if c["protocol"] in ("oidc", "saml")]
-    ldap_conn = next((c for c in links if c["protocol"] == "ldap"), None)
-    domain = fed().for_email(ws, user.email)
-    sso = ({k: domain[k] for k in ("slug", "name", "protocol")}
-           if domain is not None and domain.get("sso_required") else None)
-    password = ldap_conn is not None or (bool(user.password_hash) and sso is None)
-    message = None
-    if sso is not None:
-        message = (f"Your organisation requires single sign-on with {sso['name']}, so an idhub password cannot "
-                   "confirm it's you. ")
-        if upstream:
-            message += f"Use “Continue with {upstream[0]['name']}” instead."
-        else:
-            message += (f"Sign out, sign in again with {sso['name']} and retry, or ask your IT team to make this "
-                        "change for you (an admin can reset two-factor authentication).")
-    elif not password and not upstream:
-        message = ("Your account has no idhub password and is not connected to your organisation's sign-in, so "
-                   "idhub cannot confirm it's you here. Ask your IT team to make this change for you (an admin can "
-                   "reset two-factor authentication).")
-    return {"upstream": upstream, "ldap": ldap_conn, "password": password, "sso_required": sso, "message": message}
-
-
-def reauth_password(ws, user, password: str, client, options: dict | None = None):
-    """The password on the re-authentication page: an LDAP-linked user's directory password (a bind, which must
-    land on the entry linked to them); a refusal (audited ``auth.reauth.failure``) where a local password is no
-    proof — single sign-on required, or no idhub password at all. Returns an ``idp.hub.PasswordOutcome``, or None
-    for idhub's own password check."""
-    from idp.hub import PasswordOutcome
-
-    options = options if options is not None else reauth_options(ws, user)
-    if options["ldap"] is not None:
-        conn = fed().connection(ws, options["ldap"]["slug"])
-        if conn is not None and conn["protocol"] == "ldap":
-            return _ldap_reauth(ws, conn, user, password, client)
-    if options["password"]:
-        return None
-    reason = "sso_required" if options["sso_required"] else "no_password"
-    fed().audit("auth.reauth.failure", ws, options["sso_required"], client, actor_id=user.id,
-                actor_email=user.email, reason=reason)
-    return PasswordOutcome(False, options["message"] or "A password cannot confirm it's you here.")
-
-
-def _ldap_reauth(ws, conn: dict, user, password: str, client):
-    """A bind as the user's directory entry (throttled like the LDAP sign-in, on the same key)."""
-    from federation import ldap
-    from idp.hub import PasswordOutcome
-
-    h = hub()
-    now = h.clock()
-    acct_key, addr_key = f"ldap:{ws.id}:{conn['slug']}:{user.email.casefold()}", f"pwip:{client.ip}"
-    wait, _ = h._reserve_attempt(acct_key, addr_key, now)
-    if wait:
-        fed().audit("auth.signin.throttled", ws, conn, client, actor_id=user.id, retry_after=wait, reauth=True)
-        return PasswordOutcome(False, f"Too many attempts. Try again in {wait} seconds.", retry_after=wait)
-    try:
-        ident = ldap.authenticate(conn, user.email, password)
-    except UpstreamError as err:
-        fed().failed(ws, conn, err, client, reauth=True, actor_id=user.id)
-        if err.check == "unavailable":
-            h.stores.throttle.reset(acct_key)
-            return PasswordOutcome(False, "Your organisation's directory cannot be reached right now. Try again "
-                                          "in a minute.")
-        return PasswordOutcome(False, "Incorrect password.")
-    linked_to = fed().linked_user(conn, ident)
-    if linked_to is None or not hmac.compare_digest(linked_to, user.id):
-        fed().audit("auth.reauth.failure", ws, conn, client, actor_id=user.id, actor_email=user.email,
-                    reason="identity_mismatch", other_account=linked_to is not None)
-        return PasswordOutcome(False, f"That password belongs to another {conn['name']} account than the one "
-                                      "linked to you. idhub did not confirm it's you.")
-    h.stores.throttle.reset(acct_key)
-    return PasswordOutcome(True, result=AuthnResult(ws.id, user.id, ("pwd", "fed"), now))
-
-
 def _reauth_refused(ws, conn: dict, message: str, status: int = 403):
     return render_template("federation_error.html", ws=ws, conn=conn, message=message, reauth=True,
                            error_id=g.get("request_id", "")), status

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import re
 import time
@@ -12,90 +10,21 @@ from pathlib import Path
 
 from flask import Flask, g, get_flashed_messages, request, url_for
 from flask.sessions import SecureCookieSessionInterface
-from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from config.settings import Settings, load_settings
 from idp import logs
-from idp.db import make_engine, make_sessionmaker
+from idp.crypto import derive_key  # noqa: F401  (re-exported: the helpers moved out of the app factory)
 from idp.hub import Hub
 from idp.metrics import LATENCY, REQUESTS
-from idp.passwords import Hasher
-from idp.storage.base import StoreUnavailable
+from idp.outage import first_line as _first_line
+from idp.outage import is_unavailable as _is_unavailable
+from idp.web.headers import CSP
+from idp.wiring import build_hub  # noqa: F401  (re-exported)
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("idhub")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
-
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
-)
-
-try:  # redis is optional at run time (no IDHUB_REDIS_URL), but installed
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    REDIS_ERRORS: tuple = (RedisConnectionError, RedisTimeoutError)
-except ImportError:  # pragma: no cover
-    REDIS_ERRORS = ()
-
-
-_CONNECTION_HINTS = ("could not connect", "connection", "server closed", "timeout", "timed out", "refused",
-                     "database is locked", "unable to open database", "terminating", "too many clients")
-
-
-def _first_line(exc: Exception) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    return (str(orig).strip().splitlines() or [""])[0][:200]
-
-
-def _is_unavailable(exc: Exception) -> bool:
-    """A backend that cannot be reached (503), as opposed to a bug such as a missing table (500)."""
-    if isinstance(exc, (StoreUnavailable, *REDIS_ERRORS)):
-        return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        if isinstance(exc, OperationalError):
-            text = _first_line(exc).lower()
-            return any(h in text for h in _CONNECTION_HINTS)
-    return False
-
-
-def derive_key(master: str, purpose: str) -> str:
-    """A separate key per purpose, so that no two uses share the master secret."""
-    return hmac.new(master.encode(), f"idhub|{purpose}".encode(), hashlib.sha256).hexdigest()
-
-
-def build_hub(settings: Settings, *, hasher: Hasher | None = None) -> Hub:
-    from idp.audit import AuditLog
-    from idp.devices import GeoLocator, describe_user_agent, fingerprint, location_fingerprint
-    from idp.mail import make_mailer
-    from idp.mfa.crypto import SecretBox
-    from idp.mfa.service import MfaService
-    from idp.sms import make_sms_sender
-    from idp.storage.factory import build_stores
-
-    engine = make_engine(settings.database_url)
-    sm = make_sessionmaker(engine)
-    stores = build_stores(settings, sm)
-    hub = Hub(
-        settings,
-        sm,
-        stores,
-        hasher or Hasher(),
-        AuditLog(sm),
-        make_mailer(settings),
-        GeoLocator(settings.geoip_db),
-        describe_user_agent,
-        (fingerprint, location_fingerprint),
-    )
-    hub.mfa = MfaService(sm, SecretBox(settings.secret_key, "mfa-totp"), stores.one_time, stores.throttle,
-                         make_sms_sender(settings), hmac_key=derive_key(settings.secret_key, "mfa-backup-codes"),
-                         clock=lambda: hub.clock())
-    hub.engine = engine
-    return hub
 
 
 class FlashCookieSession(SecureCookieSessionInterface):
@@ -156,7 +85,9 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
     app.register_blueprint(admin_api.bp)
     app.register_blueprint(admin_console_bp)
     from federation.web import bp as federation_bp
+    from federation.web import install as install_federation
     app.register_blueprint(federation_bp)
+    install_federation(app)
 
     from idp.passwords import RULES
 

@@ -118,7 +118,7 @@ def _start_maintenance(interval: int) -> None:
 def maintenance_cmd(quiet):
     """Housekeeping: expired rows, audit retention, OIDC purge, SAML metadata refresh (idhub serve runs it hourly)."""
     from idp import logs, maintenance
-    from idp.app import build_hub
+    from idp.wiring import build_hub
 
     settings = _settings()
     logs.configure(settings.log_level)  # JSON lines on stderr, as the server's: the run's result, failures
@@ -179,7 +179,7 @@ def apply_cmd(files):
             click.echo(e, err=True)
         click.echo(f"idhub: {len(errors)} error(s); nothing was applied", err=True)
         sys.exit(2)
-    from idp.app import build_hub
+    from idp.wiring import build_hub
 
     hub = build_hub(_settings())
     report = apply_config(hub, workspaces, before_logout=lambda: _session_end_listeners(hub))
@@ -219,7 +219,7 @@ def _workspace(hub, slug):
 @click.option("--type", "types", multiple=True, help="event type (repeatable), e.g. auth.signin.failure")
 def audit_export(slug, fmt, since, until, types):
     """Write a workspace's audit events to stdout."""
-    from idp.app import build_hub
+    from idp.wiring import build_hub
 
     since_t, until_t = _parse_time(since, "--since"), _parse_time(until, "--until")
     hub = build_hub(_settings())
@@ -234,7 +234,7 @@ def audit_export(slug, fmt, since, until, types):
 @click.option("--workspace", "slug", default=None, help="one workspace (default: every chain)")
 def audit_verify(slug):
     """Recompute the hash chain; exit 1 if any event was altered, removed or reordered."""
-    from idp.app import build_hub
+    from idp.wiring import build_hub
 
     hub = build_hub(_settings())
     ws_id = _workspace(hub, slug).id if slug else None
@@ -251,9 +251,9 @@ def audit_prune():
     """Delete events past each workspace's retention (by plan), keeping the chain verifiable."""
     from sqlalchemy import select
 
-    from idp.app import build_hub
     from idp.audit import RETENTION_DAYS
     from idp.models import Workspace
+    from idp.wiring import build_hub
 
     hub = build_hub(_settings())
     with hub.db() as session:
@@ -273,7 +273,7 @@ def export_config(slug, output):
     import yaml
 
     from admin.export import export_workspace
-    from idp.app import build_hub
+    from idp.wiring import build_hub
 
     hub = build_hub(_settings())
     ws = _workspace(hub, slug)
@@ -297,7 +297,7 @@ def oidc():
 @oidc.command("purge")
 def oidc_purge():
     """Delete expired OIDC codes and tokens, retired signing keys past their overlap, expired one-time values."""
-    from idp.app import build_hub
+    from idp.wiring import build_hub
     from oidc import install
 
     counts = install(build_hub(_settings())).purge()
@@ -311,7 +311,7 @@ def oidc_purge():
 def oidc_rotate_keys(slug, alg):
     """Make a new signing key (printed: its kid); the previous one stops signing now and stays in the JWKS for
     the overlap (two days), so tokens it signed still verify. Audited."""
-    from idp.app import build_hub
+    from idp.wiring import build_hub
     from oidc import install
 
     hub = build_hub(_settings())
@@ -331,7 +331,7 @@ def admin_token():
 
 def _admin_tokens(hub):
     from admin.tokens import TokenService
-    from idp.app import derive_key
+    from idp.crypto import derive_key
 
     return TokenService(hub.db, derive_key(hub.settings.secret_key, "admin-api-tokens"))
 
@@ -344,7 +344,7 @@ def _admin_tokens(hub):
 def admin_token_create(slug, operator, expires, name):
     """Create an admin API token and print it once."""
     from admin.tokens import TokenError, parse_ttl
-    from idp.app import build_hub
+    from idp.wiring import build_hub
 
     if operator == bool(slug):
         raise click.UsageError("give --workspace SLUG, or --operator for a hub operator token")
@@ -371,7 +371,7 @@ def admin_token_create(slug, operator, expires, name):
 @click.option("--workspace", "slug", default=None)
 def admin_token_list(slug):
     """List admin API tokens (never their values)."""
-    from idp.app import build_hub
+    from idp.wiring import build_hub
 
     hub = build_hub(_settings())
     ws_id = _workspace(hub, slug).id if slug else None
@@ -385,7 +385,7 @@ def admin_token_list(slug):
 @click.argument("token_id")
 def admin_token_revoke(token_id):
     """Revoke an admin API token by its id."""
-    from idp.app import build_hub
+    from idp.wiring import build_hub
 
     hub = build_hub(_settings())
     tokens = _admin_tokens(hub)

@@ -5,10 +5,13 @@
        └────────────┘       └─► enroll (2FA required) ─► backup_codes ─► done
    ("Use another account")
 
-Each step returns ``Render``, ``Redirect`` or ``Done``; the web layer only turns those into responses.
+The sign-in core (``idp.signin``) moves the flow through its steps; the web layer only turns its answers into
+responses.
 The browser holds only the flow id, and the flow is bound to the browser that started it (the hash of
 its CSRF cookie), so a flow id sent to someone else is useless (no login CSRF through shared links).
-Later issues add states (second factor, upstream IdP, LDAP) by extending ``TRANSITIONS``.
+
+The steps themselves are ``idp.signin``'s (the sign-in core). A flow that ``upgrades`` a session (a step-up, or
+a sign-in again by the same person with ``prompt=login``) ends by upgrading that session in place.
 
 A flow with ``purpose="reauth"`` is not a sign-in: it confirms, at the upstream IdP, that the person holding an
 existing session is still its user (the security page's "Confirm it's you"). It goes ``upstream`` -> ``done``,
@@ -59,6 +62,9 @@ class LoginFlow:
     connection: str = ""  # the upstream connection (federation) this flow signs in through, if any
     purpose: str = ""  # "" a sign-in; "reauth" re-authentication of an existing session at the upstream IdP
     session: str = ""  # purpose "reauth": the public id of the session being confirmed (user_id is its user)
+    upgrades: str = ""  # the id of the browser's session this sign-in steps up, if it is the same user's
+    wants: list[str] = field(default_factory=list)  # a step-up's demands: "mfa" (a second factor)
+    routed: bool = False  # home-realm discovery ran in this very request and left the address to idhub's password
 
     def move(self, state: str) -> None:
         if state not in TRANSITIONS[self.state]:
@@ -74,18 +80,6 @@ class LoginFlow:
 
 
 @dataclass(frozen=True)
-class Render:
-    template: str
-    context: dict
-    status: int = 200
-
-
-@dataclass(frozen=True)
-class Redirect:
-    url: str
-
-
-@dataclass(frozen=True)
 class AuthnResult:
     """What a finished sign-in hands back to whoever asked (security page, OIDC, SAML)."""
 
@@ -94,11 +88,6 @@ class AuthnResult:
     amr: tuple[str, ...]
     auth_time: datetime
     next: str = ""
-
-
-@dataclass(frozen=True)
-class Done:
-    result: AuthnResult
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -26,6 +26,7 @@ from idp.lifecycle import AccountService, Actor
 from idp.mfa.service import enrolled_columns, enrolled_from
 from idp.models import KnownDevice, PasswordResetToken, User, Workspace
 from idp.sessions import SessionManager, effective_lifetimes, new_secret_token, token_hash
+from idp.signin import SigninCore
 from idp.storage.base import Backoff, SessionData, Stores
 from policies.engine import Decision, PolicyContext, PolicyEngine
 
@@ -40,7 +41,7 @@ FAILED_ALERT_EVERY = 5
 # Hub.decide: is the account active, and what 2FA has it set up (one statement)
 # (a caller that reads the account anyway selects ACCOUNT_COLUMNS with it and hands the row to ``decide``)
 _U = User.__table__.c
-ACCOUNT_COLUMNS = (_U.active, *enrolled_columns(_U.id))  # the enrolment's subqueries correlate with users.id
+ACCOUNT_COLUMNS = (_U.active, _U.role, *enrolled_columns(_U.id))  # the enrolment's subqueries correlate with users.id
 _USER_AND_ENROLMENT = select(*ACCOUNT_COLUMNS).where(_U.id == bindparam("u"))
 _UNREAD = object()
 _KD = KnownDevice.__table__.c
@@ -103,6 +104,7 @@ class Hub:
         self.sessions = SessionManager(stores.sessions, lambda: self.clock())
         self.mfa = mfa
         self.accounts = AccountService(self)  # every write of account state (idp.lifecycle)
+        self.signin = SigninCore(self)  # every step of every sign-in (idp.signin)
         self.policy = PolicyEngine(record=self._record_decision)
         # Downstream apps register a look-up of their per-app policies (OIDC clients, SAML SPs).
         self.app_policy_lookups: list = []
@@ -144,25 +146,42 @@ class Hub:
                           data={"effect": decision.effect, "rule": decision.rule, "stage": ctx.stage,
                                 "app": ctx.app, "methods": list(ctx.methods), "reason": decision.reason[:200]})
 
+    def policy_context(self, ws: Workspace, client_ip: str, *, stage: str = "signin", user_id: str | None = None,
+                       account=None, methods=(), app: str | None = None, app_policies: dict | None = None,
+                       enrolled=(), policies: dict | None = None) -> PolicyContext:
+        """The one builder of the policy engine's context, for every decision: sign-in, SSO to an app, a token
+        refresh, the admin console, each request of a session. ``account``: the user's row (``active``, ``role``);
+        ``policies``: the workspace's, unless the caller narrows them (a refresh leaves out the IP allowlist).
+        A hub operator is always held to a second factor, whatever their workspace's ``require_mfa_for_admins``;
+        ``upstream_mfa_trusted`` is set when the session's methods carry a trusted upstream's MFA."""
+        role = getattr(account, "role", None) if account is not None else None
+        pol = dict(ws.policies or {}) if policies is None else dict(policies)
+        if role == "operator":
+            pol["require_mfa_for_admins"] = True
+        active = True if user_id is None else bool(account is not None and account.active)
+        return PolicyContext(workspace_id=ws.id, plan=ws.plan, policies=pol, client_ip=client_ip, stage=stage,
+                             user_id=user_id, user_active=active, app=app, app_policies=app_policies or {},
+                             methods=tuple(methods), enrolled=tuple(enrolled), user_role=role,
+                             upstream_mfa_trusted="upstream_mfa" in methods)
+
     def decide(self, ws: Workspace, client: Client, *, user_id: str | None = None, methods=(),
                stage: str = "signin", app: str | None = None, app_policies: dict | None = None,
                account=_UNREAD) -> Decision:
-        """Ask the policy engine about this workspace, user and address (the user's 2FA enrolment included).
+        """Ask the policy engine about this workspace, user and address (the user's role and 2FA enrolment
+        included).
 
         ``account``: the user's row with ``ACCOUNT_COLUMNS``, already read by the caller (None: there is no such
         user); read here when not given."""
-        active, enrolled = True, ()
+        row, enrolled = None, ()
         if user_id is not None:
             row = account
             if row is _UNREAD:
-                with self.connect() as conn:  # the account and its 2FA enrolment in one round trip
+                with self.connect() as conn:  # the account, its role and its 2FA enrolment in one round trip
                     row = conn.execute(_USER_AND_ENROLMENT, {"u": user_id}).first()
-            active = bool(row and row.active)
             if row is not None and self.mfa is not None and stage == "signin":
                 enrolled = tuple(enrolled_from(row).methods())
-        ctx = PolicyContext(workspace_id=ws.id, plan=ws.plan, policies=ws.policies or {}, client_ip=client.ip,
-                            stage=stage, user_id=user_id, user_active=active, app=app,
-                            app_policies=app_policies or {}, methods=tuple(methods), enrolled=enrolled)
+        ctx = self.policy_context(ws, client.ip, stage=stage, user_id=user_id, account=row, methods=methods,
+                                  app=app, app_policies=app_policies, enrolled=enrolled)
         return self.policy.evaluate(ctx)
 
     def app_policies(self, ws: Workspace, app: str | None) -> dict:
@@ -177,9 +196,8 @@ class Hub:
 
     def session_allowed(self, ws: Workspace, session: SessionData, client: Client) -> Decision:
         """The per-request check of an existing session (IP allowlist): cheap, no database access."""
-        ctx = PolicyContext(workspace_id=ws.id, plan=ws.plan, policies=ws.policies or {}, client_ip=client.ip,
-                            stage="session", user_id=session.user_id, methods=tuple(session.amr))
-        return self.policy.evaluate(ctx)
+        ctx = self.policy_context(ws, client.ip, stage="session", user_id=session.user_id, methods=session.amr)
+        return self.policy.evaluate(replace(ctx, user_active=True))  # the account is checked where it is read
 
     # ---- sign-in -----------------------------------------------------------------------------
     def _reserve_attempt(self, acct_key: str, addr_key: str | None, now) -> tuple[int, int]:

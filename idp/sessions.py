@@ -119,6 +119,16 @@ class SessionManager:
             self._notify(ids, reason)
         return ids
 
+    def upgrade(self, session_id: str, amr) -> SessionData | None:
+        """A step-up of a still-active session (a second factor, or the first factor again): the same record —
+        its cookie, its ``sid``, the apps that took part in it — now carries the methods used so far and this
+        authentication's time. None when the session ended meanwhile."""
+        current = self.store.get(session_id)
+        if current is None or not current.is_active(self.clock()):
+            return None
+        methods = list(dict.fromkeys([*current.amr, *amr]))
+        return self.store.upgrade(session_id, methods, self.clock())
+
     def list(self, user_id: str) -> list[SessionData]:
         return self.store.list_user(user_id, self.clock())
 

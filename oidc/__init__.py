@@ -7,7 +7,7 @@ def install(hub):
     """Give the hub its OIDC service, the per-app policy look-up and the back-channel logout listener. Idempotent."""
     if getattr(hub, "oidc", None) is not None:
         return hub.oidc
-    from idp.app import derive_key
+    from idp.crypto import derive_key
     from idp.mfa.crypto import SecretBox
     from oidc.backchannel import BackchannelLogout
     from oidc.backchannel import install as install_backchannel

@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 import uuid
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode, urlsplit
 
@@ -59,7 +59,7 @@ from oidc.auditbatch import AuditBatcher
 from oidc.config import SCOPES, check_secret, client_jwks, find_client, guarded, jwks_uri_problem
 from oidc.keys import ALGORITHMS, KeyStore
 from oidc.models import OidcAccessToken, OidcClient, OidcCode, OidcRefreshToken, OidcSessionClient
-from policies.engine import ALLOW, AccountActive, PolicyContext, PolicyEngine, SecondFactor
+from policies.engine import ALLOW, AccountActive, PolicyEngine, SecondFactor
 
 log = logging.getLogger("idhub.oidc")
 
@@ -909,10 +909,11 @@ class OidcService:
         app_policies = {k: v for k, v in self.hub.app_policies(ws, client_id).items() if k != "ip_allowlist"}
         policies = {k: v for k, v in (ws.policies or {}).items() if k != "ip_allowlist"}
         enrolled = tuple(self.hub.mfa.enrolled(user.id).methods()) if self.hub.mfa is not None else ()
-        active = bool(user.active and user.workspace_id == ws.id)  # read by active_user just before
-        ctx = PolicyContext(workspace_id=ws.id, plan=ws.plan, policies=policies, client_ip=http_client.ip,
-                            stage="signin", user_id=user.id, user_active=active, app=client_id,
-                            app_policies=app_policies, methods=tuple(methods or ()), enrolled=enrolled)
+        ctx = self.hub.policy_context(ws, http_client.ip, user_id=user.id, account=user, methods=methods or (),
+                                      app=client_id, app_policies=app_policies, enrolled=enrolled,
+                                      policies=policies)
+        if user.workspace_id != ws.id:  # read by active_user just before
+            ctx = replace(ctx, user_active=False)
         return self._refresh_engine.evaluate(ctx)
 
     # -- users --

@@ -52,20 +52,16 @@ def _json_workspace(slug: str):
 
 
 def _step_up(ws, step: StepUp):
-    """A login flow of the signed-in user, already past the password, at the second-factor step (or its set-up):
-    the sign-in's own pages finish it (a new session with the factor) and return to the authorization request."""
-    from idp.flow import FlowManager
+    """The signed-in user adds a second factor (or sets one up) to the session they have — the sign-in core's
+    step-up, the same one the admin console and SAML apps use — and comes back to the authorization request."""
+    from idp.web.auth import respond  # the sign-in's own answers (pages, cookies)
 
-    flows = FlowManager(hub().stores.flows, hub().clock)
-    flow = flows.start(ws.id, browser_binding(), step.next, email=step.email, state="password", app=step.app)
-    flow.user_id = step.user_id
-    flow.amr = list(step.amr)
-    flow.move(step.effect)
-    flow.choices = list(step.choices)
-    flow.method = flow.choices[0]
-    flows.save(flow)
-    endpoint = "mfa.second_factor" if step.effect == "mfa" else "mfa.enroll"
-    return redirect(url_for(endpoint, ws_slug=ws.slug, flow=flow.id), code=302)
+    sess = load_session(ws)
+    if sess is None or sess.user_id != step.user_id:
+        return redirect(url_for("auth.login", ws_slug=ws.slug, next=step.next), code=302)
+    with hub().audit.deferred():
+        return respond(ws, hub().signin.step_up(ws, sess, current_client(), binding=browser_binding(),
+                                                next_url=step.next, app=step.app))
 
 
 def _respond(ans: Answer, ws=None):

@@ -18,6 +18,7 @@ log = logging.getLogger("idhub.policies")
 ALLOW, DENY, MFA, ENROLL = "allow", "deny", "mfa", "enroll"
 ALL_METHODS = ("totp", "sms", "backup_codes")
 SECOND_FACTORS = frozenset({"totp", "sms", "backup_codes", "upstream_mfa"})
+ADMIN_ROLES = ("admin", "operator")  # as idp.accounts: an operator is also an admin of their own workspace
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class PolicyContext:
     methods: tuple[str, ...] = ()  # authentication methods used so far ("pwd", "totp", "sms", …)
     enrolled: tuple[str, ...] = ()  # second-factor methods the user has set up
     upstream_mfa_trusted: bool = False  # an upstream IdP did MFA and the workspace trusts it
-    user_role: str | None = None  # "admin" holds admins to require_mfa_for_admins (signin, and stage "admin")
+    user_role: str | None = None  # "admin" or "operator": held to require_mfa_for_admins (signin, stage "admin")
 
 
 @dataclass(frozen=True)
@@ -150,18 +151,23 @@ class AdminSecondFactor:
     name = "admin_second_factor"
 
     def evaluate(self, ctx: PolicyContext) -> Decision | None:
-        if ctx.user_role != "admin" or ctx.user_id is None or ctx.stage not in ("signin", "admin"):
+        if ctx.user_role not in ADMIN_ROLES or ctx.user_id is None or ctx.stage not in ("signin", "admin"):
             return None
         if not ctx.policies.get("require_mfa_for_admins", True):
             return None
         if ctx.stage == "signin":
             if ctx.upstream_mfa_trusted:
                 return None
-            return SecondFactor().evaluate(replace(ctx, policies={**ctx.policies, "require_mfa": True}))
+            d = SecondFactor().evaluate(replace(ctx, policies={**ctx.policies, "require_mfa": True}))
+            if d is not None and d.effect == ENROLL and not ctx.enrolled:
+                d = replace(d, rule=self.name, reason="As an admin, you sign in with two-factor authentication. "
+                                                      "Set it up to continue.")
+            return d
         if SECOND_FACTORS.intersection(ctx.methods):
             return None
-        return Decision(DENY, self.name, "Admins must sign in with two-factor authentication. Set up 2FA on your "
-                                         "security page, sign out and sign in again.")
+        # the console steps the session up (idp.signin) when it sees this rule: a second factor, in place
+        return Decision(DENY, self.name, "Admins use the console with two-factor authentication: confirm this "
+                                         "session with a second factor to continue.")
 
 
 DEFAULT_RULES: tuple[Rule, ...] = (AccountActive(), IpAllowlist(), SecondFactor(), AdminSecondFactor())

@@ -134,7 +134,7 @@ def new_id() -> str:
 
 class SamlIdp:
     def __init__(self, hub):
-        from idp.app import derive_key
+        from idp.crypto import derive_key
         from idp.mfa.crypto import SecretBox
 
         self.hub = hub

@@ -124,7 +124,7 @@ class SamlKeys:
                 row = db.get(SamlKey, ws.id)
         value = row.nameid_salt
         if value is None:
-            from idp.app import derive_key
+            from idp.crypto import derive_key
 
             legacy = derive_key(self.hub.settings.secret_key, LEGACY_NAMEID_PURPOSE)
             with self.hub.db() as db:

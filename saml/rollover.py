@@ -26,7 +26,7 @@ from saml.keys import MIN_PUBLISH, ROLLOVER_RETIRE, human_duration, rollover_rul
 
 def _hub():
     from config.settings import SettingsError, load_settings
-    from idp.app import build_hub
+    from idp.wiring import build_hub
 
     try:
         return build_hub(load_settings())

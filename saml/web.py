@@ -54,7 +54,7 @@ def service():
 
 
 def _serializer() -> URLSafeTimedSerializer:
-    from idp.app import derive_key
+    from idp.crypto import derive_key
 
     return URLSafeTimedSerializer(derive_key(hub().settings.secret_key, "saml-resume"), salt="idhub.saml-resume")
 
@@ -241,10 +241,12 @@ def _continue_step(ws, sp, pending: Pending):
             return render_template("denied.html", ws=ws, reason=decision.reason), 403
         return _post_page(ws, svc.error_response(ws, sp, pending, (STATUS_RESPONDER, STATUS_REQUEST_DENIED),
                                                  "Access is not allowed by the workspace's policies."))
-    if decision.effect in ("mfa", "enroll"):
+    if decision.effect in ("mfa", "enroll"):  # the app requires a second factor: this session steps up, in place
         if pending.passive:
             return _post_page(ws, svc.error_response(ws, sp, pending, (STATUS_RESPONDER, STATUS_NO_PASSIVE)))
-        return _login_redirect(ws, sp, pending, force=True)
+        token = _serializer().dumps({"w": ws.id, "p": pending.dump()})
+        resume = f"/w/{ws.slug}/saml/resume?" + urlencode({"r": token})
+        return redirect(f"/w/{ws.slug}/login/step-up?" + urlencode({"next": resume, "app": sp.slug or ""}))
     return _post_page(ws, svc.success_response(ws, sp, pending, sess, rows))
 
 
@@ -255,7 +257,7 @@ def _post_page(ws, out: Outgoing):
 
 def _form_page(ws, url: str, field: str, value: str, relay_state: str | None, heading: str, message: str):
     """The auto-submitting form to an SP (our registered URL only); the CSP allows exactly that form target."""
-    from idp.app import CSP
+    from idp.web.headers import CSP
 
     resp = make_response(render_template("saml_post.html", ws=ws, acs_url=url, field=field, saml_response=value,
                                          relay_state=relay_state, heading=heading, message=message))

@@ -93,7 +93,7 @@ def _http_error(exc: HTTPException):
 
 @bp.errorhandler(Exception)
 def _unexpected(exc: Exception):
-    from idp.app import _is_unavailable
+    from idp.outage import is_unavailable as _is_unavailable
 
     if _is_unavailable(exc):
         log.error("store unavailable", extra={"error": type(exc).__name__})

@@ -33,7 +33,7 @@ BASE_CONFIG = {
             "name": "Acme Corp",
             "plan": "enterprise",
             "domains": ["acme.test"],
-            "policies": {"session_idle_timeout": "30d", "session_max_lifetime": "90d"},
+            "policies": {"session_idle_timeout": "30d", "session_max_lifetime": "90d", "require_mfa_for_admins": False},
             "groups": [{"name": "engineering"}],
             "users": [
                 {"email": ALICE, "name": "Alice Example", "password": ALICE_PW, "groups": ["engineering"],

@@ -84,6 +84,10 @@ class SessionStore(Protocol):
     def get_public(self, user_id: str, public_id: str) -> SessionData | None:
         """A user's session by its public id (None if it belongs to someone else)."""
 
+    def upgrade(self, session_id: str, amr: list[str], auth_time: datetime) -> SessionData | None:
+        """A step-up: the still-active session now carries these methods, authenticated at ``auth_time``; its
+        new state (None when it is no longer active). Every node sees it at the session's next request."""
+
 
 class OneTimeStore(Protocol):
     """One-time values: state, nonces, codes, used TOTP steps, assertion ids."""

@@ -100,6 +100,14 @@ class MemorySessionStore:
                     return copy.deepcopy(s)
         return None
 
+    def upgrade(self, session_id: str, amr: list[str], auth_time: datetime) -> SessionData | None:
+        with self._lock:
+            found = self._data.get(session_id)
+            if found is None or not found.is_active(datetime.now(UTC)):
+                return None
+            found.amr, found.auth_time = list(amr), as_utc(auth_time)
+            return copy.deepcopy(found)
+
 
 class MemoryOneTimeStore:
     """One-time values with monotonic-clock expiry."""

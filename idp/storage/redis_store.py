@@ -357,6 +357,14 @@ class CachedSessionStore:
         self._tombstone([session_id])
         return was_active
 
+    def upgrade(self, session_id: str, amr: list[str], auth_time: datetime) -> SessionData | None:
+        """In the database, then the cached copy dropped (every node reads the upgrade from there)."""
+        data = self.sql.upgrade(session_id, amr, auth_time)
+        ok, _ = self._cache("upgrade", lambda: self._r.delete(self._k(session_id)))
+        if not ok:
+            self._repair_soon()
+        return data
+
     def revoke_user(self, user_id: str, reason: str, except_id: str | None = None) -> list[str]:
         ended, revoked = self.sql.revoke_user_all(user_id, reason, except_id)
         self._tombstone(revoked)

@@ -231,6 +231,20 @@ class SqlSessionStore(_SqlStore):
             ).first()
             return _to_data(row) if row is not None else None
 
+    def upgrade(self, session_id: str, amr: list[str], auth_time: datetime) -> SessionData | None:
+        now = _now()
+        with self._tx() as s:
+            row = s.execute(
+                update(SessionRow)
+                .where(SessionRow.id == session_id, SessionRow.revoked_at.is_(None), SessionRow.expires_at > now)
+                .values(amr=list(amr), auth_time=as_utc(auth_time))
+                .returning(SessionRow.last_active_at, SessionRow.idle_timeout, SessionRow.expires_at)
+                .execution_options(**NOSYNC)
+            ).first()
+        if row is None or not _is_active(row[0], row[1], row[2], now):
+            return None
+        return self.get(session_id)
+
     def purge_expired(self, now: datetime | None = None) -> int:
         """Delete sessions past their absolute lifetime; returns how many."""
         now = as_utc(now or _now())

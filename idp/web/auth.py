@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, flash, g, make_response, redirect, render_template, request, url_for
 
-from idp.flow import AuthnResult, FlowError, FlowManager, LoginFlow, identify
+from idp.flow import FlowError, FlowManager, identify
 from idp.hub import DEVICE_MAX_AGE
 from idp.metrics import SIGNINS
+from idp.signin import Denied, Done, Failed, Invalid, Step
 from idp.web.common import (
     browser_binding,
     check_csrf,
@@ -33,7 +34,7 @@ def _field(name: str) -> str:
 
 
 def _flows() -> FlowManager:
-    return FlowManager(hub().stores.flows, hub().clock)
+    return hub().signin.flows
 
 
 @bp.route("/")
@@ -53,7 +54,8 @@ def workspace_home(ws_slug):
 def login(ws_slug):
     """The sign-in page. Email and password on one page (one POST signs in), unless a connection claims email
     domains: then identifier-first (the email decides between the upstream IdP, LDAP and idhub's password).
-    An email without a password always goes on to the password page, whichever the page showed."""
+    An email without a password always goes on to the password page, whichever the page showed. The steps are
+    the sign-in core's (``idp.signin``); this view only translates."""
     ws = load_workspace(ws_slug)
     nxt = safe_next(request.values.get("next"), ws.slug)
     app = _app_param()
@@ -66,37 +68,24 @@ def login(ws_slug):
         if request.args.get("ended"):
             notice = "Your session has ended. Please sign in again."
         return _login_page(ws, nxt, app, request.args.get("email", "")[:254], notice=notice)
-    load_session(ws)  # the form's CSRF token is bound to the session a signed-in browser (prompt=login) has
+    current = load_session(ws)  # the form's CSRF token is bound to the session a signed-in browser has
     check_csrf()
-    email = _field("email")
-    error, cleaned = identify(email)
-    if error:
-        return _login_page(ws, nxt, app, cleaned, error=error), 400
-    # e.g. the IP allowlist, before any password is tried
     client = current_client()
-    early = hub().decide(ws, client, app=app or None, app_policies=hub().app_policies(ws, app))
-    if early.effect == "deny":
-        return render_template("denied.html", ws=ws, reason=early.reason), 403
-    from federation.web import route_login  # home-realm discovery: the address's domain may belong to an IdP
-
-    routed = route_login(ws, cleaned, nxt, app)
-    if routed is not None:
-        return routed  # a password sent along is never looked at: the address's connection checks it
-    flows = _flows()
-    if not request.form.get("password"):
-        flow = flows.start(ws.id, browser_binding(), nxt, email=cleaned, state="password", app=app)
-        return redirect(url_for("auth.password", ws_slug=ws.slug, flow=flow.id))
-    # the one-page form: the same password step as the password page, on a flow stored only if it goes on
-    flow = flows.new(ws.id, browser_binding(), nxt, email=cleaned, state="password", app=app)
-    with hub().audit.deferred():
-        return _password_step(ws, flows, flow, client, stored=False)
+    with hub().audit.deferred():  # this step's audit events (outcome, policy decision, sign-in) in one transaction
+        out = hub().signin.begin(ws, client, email=_field("email"), password=request.form.get("password", "") and
+                                 _field("password"), binding=browser_binding(), next_url=nxt, app=app,
+                                 local=request.form.get("local") == "1",
+                                 device=request.cookies.get(device_cookie(ws.slug)), current=current)
+        if isinstance(out, Invalid):
+            return _login_page(ws, nxt, app, out.email, error=out.error), 400
+        if isinstance(out, Failed):  # the one-page form's password: the sign-in page again
+            return _failed(out, _login_page(ws, nxt, app, _field("email")[:254], error=out.error))
+        return respond(ws, out)
 
 
 def _login_page(ws, nxt: str, app: str, email: str, *, error: str | None = None, notice: str | None = None):
-    from federation.web import identifier_first
-
     return render_template("login.html", ws=ws, next=nxt, email=email, error=error, notice=notice, app=app,
-                           one_page=not identifier_first(ws))
+                           one_page=not hub().signin.identifier_first(ws))
 
 
 def _app_param() -> str:
@@ -129,68 +118,58 @@ def password(ws_slug):
     check_csrf()
     client = current_client()
     with hub().audit.deferred():  # this step's audit events (outcome, policy decision, sign-in) in one transaction
-        return _password_step(ws, flows, flow, client)
+        out = hub().signin.password(ws, flow, _field("password"), client,
+                                    device=request.cookies.get(device_cookie(ws.slug)))
+        if isinstance(out, Failed):
+            return _failed(out, render_template("password.html", ws=ws, flow=flow, error=out.error))
+        return respond(ws, out)
 
 
-def _password_step(ws, flows: FlowManager, flow: LoginFlow, client, stored: bool = True):
-    """Check the password of ``flow``'s email; ``stored=False``: the flow of a one-page sign-in, not stored yet
-    (a wrong password shows the sign-in page again)."""
-    from federation.web import password_step  # LDAP connections; no local password where SSO is required
-
-    outcome = password_step(ws, flow, _field("password"), client)
-    if outcome is None:
-        outcome = hub().check_password(ws, flow.email, _field("password"), client, flow.next,
-                                       device=request.cookies.get(device_cookie(ws.slug)))
-    if not outcome.ok:
-        SIGNINS.labels(outcome="throttled" if outcome.retry_after else "failure").inc()
-        status = 429 if outcome.retry_after else 401
-        if stored:
-            resp = render_template("password.html", ws=ws, flow=flow, error=outcome.error)
-        else:
-            resp = _login_page(ws, flow.next, flow.app, flow.email, error=outcome.error)
-        headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else {}
-        return resp, status, headers
-    flow.user_id = outcome.result.user_id
-    flow.amr = list(outcome.result.amr)
-    return continue_signin(ws, flows, flow, client, stored=stored, account=outcome.account,
-                           known_devices=outcome.known_devices)
+def _failed(out: Failed, page):
+    SIGNINS.labels(outcome="throttled" if out.retry_after else "failure").inc()
+    headers = {"Retry-After": str(out.retry_after)} if out.retry_after else {}
+    return page, 429 if out.retry_after else 401, headers
 
 
-def continue_signin(ws, flows: FlowManager, flow: LoginFlow, client, stored: bool = True, account=None,
-                    known_devices: frozenset = frozenset()):
-    """Ask the policy engine what the flow needs next: a second factor, enrolment, a denial, or the session.
-    ``stored=False``: a flow made with ``FlowManager.new``, stored here only if it goes on to another step.
-    ``account``/``known_devices``: what the password check read of the user (``PasswordOutcome``), if it did."""
-    read = {"account": account} if account is not None else {}
-    decision = hub().decide(ws, client, user_id=flow.user_id, methods=flow.amr, app=flow.app or None,
-                            app_policies=hub().app_policies(ws, flow.app), **read)
-    if decision.effect == "deny":
-        if stored:
-            flows.finish(flow)
+STEP_ENDPOINTS = {"password": "auth.password", "mfa": "mfa.second_factor", "enroll": "mfa.enroll"}
+
+
+def respond(ws, out):
+    """The HTTP answer to what the sign-in core says comes next: a denial, the next step's page, or the session
+    (its cookie set, or the browser's session upgraded in place)."""
+    if isinstance(out, Denied):
         SIGNINS.labels(outcome="denied").inc()
-        return render_template("denied.html", ws=ws, reason=decision.reason), 403
-    if decision.effect in ("mfa", "enroll"):
-        flow.move(decision.effect)
-        flow.choices = list(decision.methods)
-        flow.method = flow.method if flow.method in flow.choices else flow.choices[0]
-        if stored:
-            flows.save(flow)
-        else:
-            flows.keep(flow)
-        endpoint = "mfa.second_factor" if decision.effect == "mfa" else "mfa.enroll"
-        return redirect(url_for(endpoint, ws_slug=ws.slug, flow=flow.id))
-    flow.move("done")
-    if stored:
-        flows.finish(flow)
-    result = AuthnResult(ws.id, flow.user_id, tuple(flow.amr), hub().clock(), flow.next)
-    token, data = hub().complete_signin(ws, result, client, account, known_devices)
-    SIGNINS.labels(outcome="success").inc()
+        return render_template("denied.html", ws=ws, reason=out.reason), 403
+    if isinstance(out, Step):
+        if out.state == "upstream":
+            return redirect(url_for("federation.start", ws_slug=ws.slug, conn_slug=out.flow.connection,
+                                    flow=out.flow.id))
+        return redirect(url_for(STEP_ENDPOINTS[out.state], ws_slug=ws.slug, flow=out.flow.id))
+    assert isinstance(out, Done), out
+    SIGNINS.labels(outcome="stepped_up" if out.upgraded else "success").inc()
     rotate_csrf()
-    resp = redirect(flow.next or url_for("security.page", ws_slug=ws.slug))
-    set_cookie(resp, session_cookie(ws.slug), token, max_age=int((data.expires_at - data.created_at).total_seconds()))
-    if "pwd" in flow.amr:  # this browser now knows the password: its own throttle from here on
-        set_cookie(resp, device_cookie(ws.slug), hub().device_token(ws, flow.email), max_age=DEVICE_MAX_AGE)
+    resp = redirect(out.next or url_for("security.page", ws_slug=ws.slug))
+    data = out.session
+    if out.token is not None:
+        set_cookie(resp, session_cookie(ws.slug), out.token,
+                   max_age=int((data.expires_at - data.created_at).total_seconds()))
+    if out.device_email:  # this browser now knows the password: its own throttle from here on
+        set_cookie(resp, device_cookie(ws.slug), hub().device_token(ws, out.device_email), max_age=DEVICE_MAX_AGE)
     return resp
+
+
+@bp.route("/w/<ws_slug>/login/step-up")
+def step_up(ws_slug):
+    """Raise the browser's session to a second factor (OIDC acr_values, an app's or the console's demand), in
+    place: the sign-in's second-factor (or set-up) pages, then back to ``next`` with the same session."""
+    ws = load_workspace(ws_slug)
+    nxt = safe_next(request.args.get("next"), ws.slug)
+    sess = load_session(ws)
+    if sess is None:
+        return redirect(url_for("auth.login", ws_slug=ws.slug, next=nxt))
+    with hub().audit.deferred():
+        return respond(ws, hub().signin.step_up(ws, sess, current_client(), binding=browser_binding(),
+                                                next_url=nxt, app=_app_param()))
 
 
 @bp.route("/w/<ws_slug>/login/restart")

@@ -6,7 +6,8 @@ from __future__ import annotations
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 
 from idp.models import User
-from idp.web.auth import continue_signin, load_flow
+from idp.signin import Failed
+from idp.web.auth import load_flow, respond
 from idp.web.common import check_csrf, current_client, hub, login_required
 
 bp = Blueprint("mfa", __name__)
@@ -57,11 +58,11 @@ def second_factor(ws_slug):
             else:
                 error, status = res.error, 429 if res.retry_after else 503
         else:
-            error = hub().verify_second_factor(ws, flow.user_id, flow.method, _field("code"), client, binding=flow.id)
-            if error is None:
-                flow.amr = [*flow.amr, flow.method]
-                return continue_signin(ws, flows, flow, client)
-            status = 429 if "Too many" in error else 401
+            with hub().audit.deferred():
+                out = hub().signin.second_factor(ws, flow, _field("code"), client)
+                if not isinstance(out, Failed):
+                    return respond(ws, out)
+            error, status = out.error, 429 if out.retry_after else 401
     enrolled = hub().mfa.enrolled(flow.user_id)
     return render_template("mfa.html", **_ctx(ws=ws, flow=flow, error=error, notice=notice, enrolled=enrolled)), status
 
@@ -79,7 +80,8 @@ def enroll(ws_slug):
     if flow.state == "backup_codes":
         if request.method == "POST":
             check_csrf()
-            return continue_signin(ws, flows, flow, client)
+            with hub().audit.deferred():
+                return respond(ws, hub().signin.proceed(ws, flow, client))
         # a reload: the codes were shown once and are stored only as hashes; offer to continue
         return render_template("backup_codes.html", **_ctx(ws=ws, codes=None, flow=flow, signing_in=True,
                                                            action=url_for("mfa.enroll", ws_slug=ws.slug,
@@ -90,11 +92,11 @@ def enroll(ws_slug):
         flows.save(flow)
     user = _user(flow.user_id)
     action = url_for("mfa.enroll", ws_slug=ws.slug, flow=flow.id)
-    outcome = _enrolment_step(ws, user, flow.method, action, client, current=None)
+    # a step-up keeps the session it upgrades: setting up the method ends the user's *other* sessions only
+    upgrading = hub().sessions.store.get(flow.upgrades) if flow.upgrades else None
+    outcome = _enrolment_step(ws, user, flow.method, action, client, current=upgrading)
     if outcome == "done":
-        flow.amr = [*flow.amr, flow.method]
-        flow.move("backup_codes")
-        flows.save(flow)
+        hub().signin.enrolled(ws, flow)
         codes = hub().mfa.backup_generate(user.id)
         return render_template("backup_codes.html", **_ctx(ws=ws, codes=codes, flow=flow, signing_in=True,
                                                            action=action))
@@ -184,7 +186,6 @@ def mark_reauthenticated(ws, sess, level: str, client, **data) -> None:
 @bp.route("/w/<ws_slug>/settings/security/reauth", methods=["GET", "POST"])
 @login_required
 def reauth(ws, sess):
-    from federation.web import reauth_options, reauth_password
     from idp.web.common import safe_next
 
     nxt = safe_next(request.values.get("next"), ws.slug)
@@ -198,7 +199,7 @@ def reauth(ws, sess):
     # the first factor was confirmed a moment ago (at the organisation's identity provider, or with the password
     # on the way to a page that needed no code): only a current code is left
     code_only = bool(methods) and hub().stores.one_time.get(_reauth_key(sess)) == "pwd"
-    options = reauth_options(ws, user)
+    options = hub().signin.reauth_options(ws, user)
     error = notice = None
     client = current_client()
     if request.method == "POST":
@@ -216,9 +217,7 @@ def reauth(ws, sess):
         else:
             password = request.form.get("password", "")[:1025]
             # LDAP users: a bind against the directory; sso_required or no idhub password: refused
-            outcome = reauth_password(ws, user, password, client, options)
-            if outcome is None:
-                outcome = hub().check_password(ws, user.email, password, client)
+            outcome = hub().signin.reauth_password(ws, user, password, client, options)
             error = outcome.error
             if outcome.ok and methods:
                 error = hub().verify_second_factor(ws, sess.user_id, method, _field("code"), client,

@@ -291,7 +291,8 @@ def test_workspace_policy_can_only_shorten_sessions(tmp_path):
     from tests.conftest import BASE_CONFIG, Browser, make_app, make_settings
 
     cfg = copy.deepcopy(BASE_CONFIG)
-    cfg["workspaces"][0]["policies"] = {"session_idle_timeout": "2h", "session_max_lifetime": "8h"}
+    cfg["workspaces"][0]["policies"] = {"session_idle_timeout": "2h", "session_max_lifetime": "8h",
+                                        "require_mfa_for_admins": False}  # alice is an admin
     app = make_app(make_settings(tmp_path), cfg)
     hub = app.extensions["idhub"]
     b = Browser(app)
@@ -355,7 +356,7 @@ def test_a_session_that_timed_out_is_ended_so_the_apps_hear_of_it(tmp_path):
     from tests.conftest import BASE_CONFIG, Browser, make_app, make_settings
 
     cfg = copy.deepcopy(BASE_CONFIG)
-    cfg["workspaces"][0]["policies"] = {"session_idle_timeout": "2h"}
+    cfg["workspaces"][0]["policies"] = {"session_idle_timeout": "2h", "require_mfa_for_admins": False}
     app = make_app(make_settings(tmp_path), cfg)
     hub = app.extensions["idhub"]
     heard = []

@@ -508,8 +508,9 @@ def test_policies_are_validated_like_the_config_file_and_summarised(app, hub, ap
                  field="ip_allowlist")
     assert api.get("/workspaces/acme/policies").get_json()["policies"] == view["policies"]
     [ev] = events(hub, "admin.policies.updated")
-    # PUT replaces: the 90d session_max_lifetime of BASE_CONFIG is gone
-    assert ev.data["changed"] == ["ip_allowlist", "require_mfa", "session_idle_timeout", "session_max_lifetime"]
+    # PUT replaces: the 90d session_max_lifetime (and require_mfa_for_admins) of BASE_CONFIG are gone
+    assert ev.data["changed"] == ["ip_allowlist", "require_mfa", "require_mfa_for_admins", "session_idle_timeout",
+                                  "session_max_lifetime"]
 
 
 # ---- SCIM tokens ----------------------------------------------------------------------------------------------

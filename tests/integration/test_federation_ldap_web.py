@@ -111,11 +111,20 @@ def test_ldap_test_connection_with_a_failing_check_is_audited(settings, slapd):
     assert not audit_events(hub, "federation.test.succeeded")
 
 
-def test_ldap_test_connection_needs_an_admin_with_a_second_factor(app):
-    b, r = ldap_login(app, ALICE, ALICE_PW, local=True)  # alice is an admin, signed in with a password only
-    assert b.get("/w/acme/sso/corp/test").status_code == 403
-    assert b.post("/w/acme/sso/corp/test", {"csrf_token": b.csrf(b.security().get_data(as_text=True))}) \
-        .status_code == 403
+def test_ldap_test_connection_needs_an_admin_with_a_second_factor(settings, slapd):
+    cfg = copy.deepcopy(BASE_CONFIG)
+    cfg["workspaces"][0]["policies"].pop("require_mfa_for_admins")  # the default: admins need a second factor
+    conn = slapd.conn(domains=["acme.test"])
+    conn.pop("user_filter")
+    cfg["workspaces"][0]["connections"] = [conn]
+    app = make_fed_app(settings, cfg)
+    b, r = ldap_login(app, ALICE, ALICE_PW, local=True)  # alice is an admin without 2FA: she sets it up first
+    assert r.status_code == 302 and "/login/enroll" in r.headers["Location"]
+    b = admin_browser(app, amr=("pwd",))  # an admin session with a password only
+    r = b.get("/w/acme/sso/corp/test")
+    assert r.status_code == 302 and "/w/acme/login/step-up" in r.headers["Location"]
+    r = b.post("/w/acme/sso/corp/test", {"csrf_token": b.csrf(b.security().get_data(as_text=True))})
+    assert r.status_code == 302 and "/w/acme/login/step-up" in r.headers["Location"]
     assert not audit_events(app.extensions["idhub"], "federation.test.started")
 
 

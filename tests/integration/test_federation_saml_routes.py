@@ -390,15 +390,20 @@ def test_expiring_extra_pinned_certificate_is_warned_about(settings):
 
 
 # ---- Test connection: who may, and what is audited ----------------------------------------------------------------
-def test_test_connection_needs_an_admin_with_a_second_factor(app):
+def test_test_connection_needs_an_admin_with_a_second_factor(settings):
     from tests.conftest import ALICE, ALICE_PW, BOB, BOB_PW
 
+    cfg = saml_config()
+    cfg["workspaces"][0]["policies"].pop("require_mfa_for_admins")  # the default: admins need a second factor
+    app = make_fed_app(settings, cfg)
     b = Browser(app)
-    assert b.login("acme", ALICE, ALICE_PW).status_code == 302  # an admin, password only
+    r = b.login("acme", ALICE, ALICE_PW)  # an admin without 2FA: led to set it up inside the sign-in
+    assert r.status_code == 302 and "/login/enroll" in r.headers["Location"]
+    b = admin_browser(app, ALICE, amr=("pwd",))  # an admin session with the password only
     r = b.get("/w/acme/sso/okta-saml/test")
-    assert r.status_code == 403 and "Admins must sign in with two-factor authentication" in r.get_data(as_text=True)
+    assert r.status_code == 302 and "/w/acme/login/step-up" in r.headers["Location"]  # a second factor first
     r = b.post("/w/acme/sso/okta-saml/test", {"csrf_token": b.csrf(b.security().get_data(as_text=True))})
-    assert r.status_code == 403
+    assert r.status_code == 302 and "/w/acme/login/step-up" in r.headers["Location"]
     assert not audit_events(app.extensions["idhub"], "federation.test.started")
     member = admin_browser(app, BOB, amr=("pwd", "totp"))  # a member, even with 2FA
     assert member.get("/w/acme/sso/okta-saml/test").status_code == 403

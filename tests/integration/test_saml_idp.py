@@ -473,18 +473,28 @@ def test_app_requiring_mfa_gets_a_second_factor_and_the_mfa_context(env):
     totp, _codes = enable_totp(b, hub)
     real = hub.clock
     hub.clock = lambda: real() + timedelta(seconds=60)  # the next TOTP step (codes are single use)
+    cookie = b.client.get_cookie("idhub_session_acme").value
     try:
         reqid, url = redirect_request(client)
-        r = b.get(url)  # the session lacks the app's second factor: sign in again, for this app
+        r = b.get(url)  # the session lacks the app's second factor: it steps up, in place, for this app
         assert r.status_code == 302
-        query = parse_qs(urlsplit(r.headers["Location"]).query)
-        assert query["prompt"] == ["login"] and query["app"] == ["payroll"]
-        mfa_page = sign_in(b, r.headers["Location"])
-        assert "/login/" in mfa_page and "flow=" in mfa_page
+        step = urlsplit(r.headers["Location"])
+        assert step.path == "/w/acme/login/step-up" and parse_qs(step.query)["app"] == ["payroll"]
+        r = b.get(r.headers["Location"])
+        mfa_page = r.headers["Location"]
+        assert mfa_page.startswith("/w/acme/login/mfa?flow=")  # the code only: not the password again
         r = submit_code(b, mfa_page, totp.at(hub.clock()))
         assert r.status_code == 302 and r.headers["Location"].startswith("/w/acme/saml/resume?")
     finally:
         hub.clock = real
+    assert b.client.get_cookie("idhub_session_acme").value == cookie  # the same session, upgraded
+    from sqlalchemy import select
+
+    from idp.models import User
+
+    with hub.db() as db:
+        uid = db.scalar(select(User.id).where(User.email_normalized == ALICE))
+    assert len(hub.sessions.list(uid)) == 1 and "totp" in hub.sessions.list(uid)[0].amr
     _a, saml_response, _r = post_form(b.get(r.headers["Location"]))
     resp = client.parse_authn_request_response(saml_response, BINDING_HTTP_POST, outstanding={reqid: "/"})
     assert resp.assertion.authn_statement[0].authn_context.authn_context_class_ref.text == (

@@ -84,12 +84,12 @@ def test_launch_needs_csrf_and_a_session(env):
 
 
 def test_app_policy_applies_to_launches(env):
-    """An app that requires a second factor: listed with a note; the launch goes through sign-in again."""
+    """An app that requires a second factor: listed with a note; the launch steps the session up (in place)."""
     app, tmp = env
     enrol(app, tmp, idp_initiated=True, require_mfa=True)
     b = signed_in(app)
     text = b.get("/w/acme/apps").get_data(as_text=True)
     assert "asks for your second factor first" in text
     r = b.post(LAUNCH, {"csrf_token": b.csrf()})
-    assert r.status_code == 302 and r.headers["Location"].startswith("/w/acme/login?")
-    assert "prompt=login" in r.headers["Location"] and re.search(r"app=payroll", r.headers["Location"])
+    assert r.status_code == 302 and r.headers["Location"].startswith("/w/acme/login/step-up?")
+    assert re.search(r"app=payroll", r.headers["Location"])

@@ -231,7 +231,8 @@ def test_enrol_sms_and_sign_in_with_a_text_message(tmp_path, gateway):
 
 def workspace_app(tmp_path, policies, **settings_kw):
     cfg = copy.deepcopy(BASE_CONFIG)
-    cfg["workspaces"][0]["policies"] = policies
+    # alice is an admin: these tests are about the workspace's policies, not about require_mfa_for_admins
+    cfg["workspaces"][0]["policies"] = {"require_mfa_for_admins": False, **policies}
     return make_app(make_settings(tmp_path, **settings_kw), cfg)
 
 

@@ -1,0 +1,40 @@
+"""The hub wired together from settings: engine, stores, mailer, audit log, 2FA. Plain Python (no Flask): the app
+factory (``idp.app``), the command line and tests without a web app all start here."""
+
+from __future__ import annotations
+
+from config.settings import Settings
+from idp.crypto import derive_key
+from idp.db import make_engine, make_sessionmaker
+from idp.hub import Hub
+from idp.passwords import Hasher
+
+
+def build_hub(settings: Settings, *, hasher: Hasher | None = None) -> Hub:
+    from idp.audit import AuditLog
+    from idp.devices import GeoLocator, describe_user_agent, fingerprint, location_fingerprint
+    from idp.mail import make_mailer
+    from idp.mfa.crypto import SecretBox
+    from idp.mfa.service import MfaService
+    from idp.sms import make_sms_sender
+    from idp.storage.factory import build_stores
+
+    engine = make_engine(settings.database_url)
+    sm = make_sessionmaker(engine)
+    stores = build_stores(settings, sm)
+    hub = Hub(
+        settings,
+        sm,
+        stores,
+        hasher or Hasher(),
+        AuditLog(sm),
+        make_mailer(settings),
+        GeoLocator(settings.geoip_db),
+        describe_user_agent,
+        (fingerprint, location_fingerprint),
+    )
+    hub.mfa = MfaService(sm, SecretBox(settings.secret_key, "mfa-totp"), stores.one_time, stores.throttle,
+                         make_sms_sender(settings), hmac_key=derive_key(settings.secret_key, "mfa-backup-codes"),
+                         clock=lambda: hub.clock())
+    hub.engine = engine
+    return hub
