@@ -53,6 +53,10 @@ def export_workspace(db: Session, ws: Workspace) -> tuple[dict, list[str]]:
     if users:
         out["users"] = users
     apps = _oidc_apps(db, ws, env) + _saml_apps(db, ws)
+    known = {g.name for g in groups}
+    for a in apps:  # a group deleted since it was assigned: its members are nobody now, and the file stays valid
+        if a.get("assigned_groups") is not None:
+            a["assigned_groups"] = [g for g in a["assigned_groups"] if g in known]
     if apps:
         out["apps"] = sorted(apps, key=lambda a: a["slug"])
     connections = _connections(db, ws, env)
@@ -90,6 +94,8 @@ def _oidc_apps(db: Session, ws: Workspace, env: list[str]) -> list[dict]:
             a["backchannel_logout_uri"] = r.backchannel_logout_uri
         if r.require_mfa:
             a["require_mfa"] = True
+        if r.assigned_groups is not None:
+            a["assigned_groups"] = list(r.assigned_groups)
         if r.id_token_signed_response_alg and r.id_token_signed_response_alg != DEFAULT_ALG:
             a["id_token_signed_response_alg"] = r.id_token_signed_response_alg
         if r.token_endpoint_auth_method == "private_key_jwt":
@@ -155,6 +161,8 @@ def _saml_apps(db: Session, ws: Workspace) -> list[dict]:
         for key in ("encrypt_assertions", "require_mfa", "idp_initiated"):
             if getattr(r, key):
                 a[key] = True
+        if r.assigned_groups is not None:
+            a["assigned_groups"] = list(r.assigned_groups)
         out.append(a)
     return out
 

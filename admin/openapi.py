@@ -30,6 +30,11 @@ def _q(name: str, schema: dict, description: str) -> dict:
 
 
 NULLABLE_STR = {"type": ["string", "null"]}
+ASSIGNED_GROUPS = {"type": ["array", "null"], "items": {"type": "string"}, "uniqueItems": True,
+                   "description": "who may use the app: null (or absent) everyone in the workspace; else only members "
+                                  "of these groups of the workspace ([]: nobody). An unknown group is 422 naming "
+                                  "assigned_groups[i]. Removing a group (or a member from one) revokes the app's "
+                                  "tokens of those who lose access and sends them its back-channel logout."}
 # What the API does with a metadata_url (SAML apps and connections): idp.netfetch's outbound checks.
 FETCH_NOTE = ("idhub fetches a metadata_url through its outbound checks: https only (plain http only to a loopback "
               "host), no redirects, at most 10 s and 512 KiB (apps) or 1 MiB (connections), and refused (422 naming "
@@ -97,7 +102,7 @@ SCHEMAS: dict = {
     "App": {"type": "object", "required": ["slug", "name", "protocol", "settings"], "properties": {
         "slug": {"type": "string"}, "name": {"type": "string"}, "protocol": {"type": "string",
                                                                              "enum": ["oidc", "saml"]},
-        "require_mfa": {"type": "boolean"}, "created_at": NULLABLE_STR,
+        "require_mfa": {"type": "boolean"}, "assigned_groups": ASSIGNED_GROUPS, "created_at": NULLABLE_STR,
         "settings": {"type": "object", "description": "copy-ready settings for the app's side; a SAML app's "
                      "sp_metadata_url (null unless registered by metadata_url) and sp_metadata_fetched_at say where "
                      "its own metadata came from"},
@@ -112,7 +117,7 @@ SCHEMAS: dict = {
                               "redirect_uris": STR_LIST, "post_logout_redirect_uris": STR_LIST,
                               "token_endpoint_auth_method": {"type": "string"}, "scopes": STR_LIST,
                               "grant_types": STR_LIST, "require_mfa": {"type": "boolean"},
-                              "metadata_xml": {"type": "string"},
+                              "assigned_groups": ASSIGNED_GROUPS, "metadata_xml": {"type": "string"},
                               "metadata_url": {"type": "string", "description": "the SP's metadata URL (https)"},
                               "entity_id": {"type": "string"}, "acs_url": {"type": "string"},
                               "backchannel_logout_uri": {"type": "string", "description": "where idhub POSTs "
@@ -177,6 +182,8 @@ SCHEMAS: dict = {
     "AppChange": {"type": "object", "additionalProperties": False, "properties": {
         "name": {"type": "string"}, "redirect_uris": STR_LIST, "post_logout_redirect_uris": STR_LIST,
         "scopes": STR_LIST, "require_mfa": {"type": "boolean"},
+        "assigned_groups": {**ASSIGNED_GROUPS, "description": "(also for SAML apps, whose other settings change by "
+                            "registering again) " + ASSIGNED_GROUPS["description"]},
         "backchannel_logout_uri": {**NULLABLE_STR, "description": "a new one gets the outbound checks (registered_via: "
                                    "api); null removes it"}}},
     "Policies": {"type": "object", "additionalProperties": False, "properties": {

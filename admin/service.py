@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, or_, select
@@ -427,7 +427,8 @@ class AdminService:
         body = _body(body, {"name", "email", "role", "groups"})
         self._check_role(p, body.get("role"))
         actor = Actor.of_principal(p)
-        with self.hub.db() as db:
+        watch = self._access(ws, p, "group_membership", [user_id]) if "groups" in body else nullcontext()
+        with watch, self.hub.db() as db:
             user = self._user(db, ws, user_id, changed_by=p)
             known = self._group_names(db, ws)
             v = Validator()
@@ -507,6 +508,15 @@ class AdminService:
         return {"sessions_ended": ended}
 
     # ---- groups -----------------------------------------------------------------------------------------------
+    def _access(self, ws: Workspace, p: Principal, why: str, user_ids=None):
+        """Around a write that can take apps away from people (``idp.assignments``): what they lost is revoked."""
+        return self.hub.app_access.watch(ws.id, why, user_ids, actor_id=getattr(p, "actor_id", None))
+
+    def _members(self, ws: Workspace, group_id: str) -> list[str]:
+        with self.hub.db() as db:
+            return list(db.scalars(select(GroupMember.user_id).join(Group, Group.id == GroupMember.group_id)
+                                   .where(Group.id == str(group_id)[:64], Group.workspace_id == ws.id)))
+
     def _group(self, db, ws: Workspace, group_id: str) -> Group:
         _check_id(group_id, "group")
         g = db.scalar(select(Group).where(Group.id == group_id, Group.workspace_id == ws.id))
@@ -573,7 +583,7 @@ class AdminService:
 
     def delete_group(self, p: Principal, slug: str, group_id: str) -> None:
         ws = self.workspace(p, slug)
-        with self.hub.db() as db:
+        with self._access(ws, p, "group_deleted", self._members(ws, group_id)), self.hub.db() as db:
             g = self._group(db, ws, group_id)
             db.execute(delete(GroupMember).where(GroupMember.group_id == g.id))
             db.delete(g)
@@ -592,7 +602,8 @@ class AdminService:
 
     def set_member(self, p: Principal, slug: str, group_id: str, user_id: str, member: bool) -> dict:
         ws = self.workspace(p, slug)
-        with self.hub.db() as db:
+        watch = nullcontext() if member else self._access(ws, p, "group_membership", [user_id])
+        with watch, self.hub.db() as db:
             g = self._group(db, ws, group_id)
             u = self._user(db, ws, user_id)
             present = db.get(GroupMember, (g.id, u.id)) is not None
@@ -627,6 +638,7 @@ class AdminService:
 
     def render_app(self, ws: Workspace, kind: str, row) -> dict:
         out = {"slug": row.slug, "name": row.name, "protocol": kind, "require_mfa": bool(row.require_mfa),
+               "assigned_groups": None if row.assigned_groups is None else list(row.assigned_groups),
                "created_at": _iso(row.created_at), "settings": self.app_settings(ws, kind, row)}
         return out
 
@@ -682,7 +694,9 @@ class AdminService:
                 secret = secrets.token_urlsafe(32)
                 entry["client_secret"] = secret
         v = Validator()
-        apps = validate_apps(v, [entry], "app")
+        with self.hub.db() as db:
+            known = set(self._group_names(db, ws))
+        apps = validate_apps(v, [entry], "app", known)
         if not v.errors:
             from saml.config import REGISTERED_VIA
 
@@ -737,17 +751,22 @@ class AdminService:
 
         ws = self.workspace(p, slug)
         body = _body(body, {"name", "redirect_uris", "post_logout_redirect_uris", "scopes", "require_mfa",
-                            "backchannel_logout_uri"})
-        with self.hub.db() as db:
+                            "backchannel_logout_uri", "assigned_groups"})
+        watch = self._access(ws, p, "app_assignment") if "assigned_groups" in body else nullcontext()
+        with watch, self.hub.db() as db:
             kind, row = self._app(db, ws, app_slug)
+            known = set(self._group_names(db, ws))
             if kind != "oidc":
-                raise AdminError(409, "not_supported", "change a SAML app by registering it again")
+                if set(body) - {"assigned_groups"}:
+                    raise AdminError(409, "not_supported", "change a SAML app by registering it again (only its "
+                                                           "assigned_groups change in place)")
+                return self._assign_saml(p, ws, kind, row, body, known, db)
             current = {"slug": row.slug, "name": row.name, "protocol": "oidc", "client_id": row.client_id,
                        "token_endpoint_auth_method": "none", "redirect_uris": list(row.redirect_uris or []),
                        "post_logout_redirect_uris": list(row.post_logout_redirect_uris or []),
                        "backchannel_logout_uri": row.backchannel_logout_uri, "scopes": list(row.scopes or [])}
             v = Validator()
-            validate_apps(v, [{**current, **body}], "app")
+            validate_apps(v, [{**current, **body}], "app", known)
             if "require_mfa" in body:
                 v.boolean(body["require_mfa"], "app[0].require_mfa")
             if v.errors:
@@ -761,6 +780,24 @@ class AdminService:
             db.commit()
             out = self.render_app(ws, kind, row)
         self.audit(p, ws.id, "admin.app.updated", subject_id=app_slug, changed=changed)
+        return out
+
+    def _assign_saml(self, p: Principal, ws: Workspace, kind: str, row, body: dict, known: set, db) -> dict:
+        """A SAML app's ``assigned_groups`` changed in place (its other settings come from its metadata)."""
+        from idp.configfile import check_assigned_groups
+        from saml.config import GENERATION
+
+        v = Validator()
+        check_assigned_groups(v, body["assigned_groups"], "app[0].assigned_groups", known)
+        if v.errors:
+            raise invalid(v.errors, "app[0]")
+        new = None if body["assigned_groups"] is None else list(body["assigned_groups"])
+        changed = ["assigned_groups"] if new != row.assigned_groups else []
+        row.assigned_groups = new
+        db.commit()
+        GENERATION[0] += 1  # this process's SP cache; other processes' within SP_CACHE_TTL
+        out = self.render_app(ws, kind, row)
+        self.audit(p, ws.id, "admin.app.updated", subject_id=row.slug, changed=changed)
         return out
 
     def rotate_app_secret(self, p: Principal, slug: str, app_slug: str) -> dict:

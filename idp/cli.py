@@ -182,6 +182,8 @@ def apply_cmd(files):
     from idp.wiring import build_hub
 
     hub = build_hub(_settings())
+    # the protocols first: an app taken from someone (groups, members, assigned_groups) is logged out at once
+    _session_end_listeners(hub)
     report = apply_config(hub, workspaces, before_logout=lambda: _session_end_listeners(hub))
     from idp.accounts import workspace_by_slug
 

@@ -3,6 +3,7 @@ all of it in one transaction — or nothing. Plain Python."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -163,7 +164,7 @@ APP_KEYS = {"slug", "name", "protocol", "client_id", "client_secret", "redirect_
             "token_endpoint_auth_method", "require_mfa", "idp_initiated", "jwks", "jwks_uri",
             "require_signed_requests", "sign_response", "sign_assertion", "slo_url", "slo_binding",
             "id_token_signed_response_alg",
-            "encrypt_assertions", "encryption_certificate", "client_secret_env"}
+            "encrypt_assertions", "encryption_certificate", "client_secret_env", "assigned_groups"}
 CONNECTION_KEYS = {"slug", "name", "protocol", "preset", "metadata_file", "metadata_url", "metadata_xml", "domains",
                    "issuer", "client_id", "client_secret", "url", "bind_dn", "bind_password", "user_search_base",
                    "user_filter", "group_search_base", "trust_mfa", "attribute_mapping", "allowed_tenants",
@@ -210,7 +211,28 @@ def secrets_from_env(v: Validator, entry: dict, path: str, keys: tuple[str, ...]
         entry.pop(f"{key}_env", None)
 
 
-def _apps(v: Validator, raw, path: str) -> list[dict]:
+def check_assigned_groups(v: Validator, value, path: str, groups) -> None:
+    """``apps[].assigned_groups``: absent (None) or a list of distinct names of the workspace's groups (``groups``;
+    None: only the shape is checked). Groups are per workspace: another workspace's group is simply unknown."""
+    if value is None:
+        return
+    if not isinstance(value, list):
+        v.err(path, "must be a list of group names")
+        return
+    seen = set()
+    for k, name in enumerate(value):
+        if not isinstance(name, str) or not name:
+            v.err(f"{path}[{k}]", "must be a group name")
+            continue
+        if name in seen:
+            v.err(f"{path}[{k}]", f"duplicate group {name!r}")
+        elif groups is not None and name not in groups:
+            v.err(f"{path}[{k}]", f"unknown group {name!r} (declare it under groups)")
+        seen.add(name)
+
+
+def _apps(v: Validator, raw, path: str, groups=None) -> list[dict]:
+    """``groups``: the workspace's group names, which ``assigned_groups`` may name (None: not checked here)."""
     def _client_jwks(jwks, path: str) -> None:
         """An app's inline JWKS (private_key_jwt): public RSA or P-256 keys only, usable with RS256 or ES256."""
         keys = jwks.get("keys") if isinstance(jwks, dict) else None
@@ -262,6 +284,7 @@ def _apps(v: Validator, raw, path: str) -> list[dict]:
         proto = app.get("protocol")
         if proto not in ("oidc", "saml"):
             v.err(f"{p}.protocol", "must be oidc or saml")
+        check_assigned_groups(v, app.get("assigned_groups"), f"{p}.assigned_groups", groups)
         if proto == "oidc":
             if not app.get("client_id"):
                 v.err(f"{p}.client_id", "required")
@@ -427,7 +450,7 @@ def validate(doc, base_dir: str | None = None) -> list[dict]:
             u = validate_user(v, u, f"{p}.users[{j}]", groups, emails)
             if u is not None:
                 users.append(u)
-        apps = _apps(v, ws.get("apps"), f"{p}.apps")
+        apps = _apps(v, ws.get("apps"), f"{p}.apps", set(groups))
         from saml.config import saml_app_errors
 
         for j, app in enumerate(apps):
@@ -494,9 +517,15 @@ def apply_config(hub, workspaces: list[dict], before_logout=None) -> ApplyReport
         before_logout()
 
     def write():
-        with hub.db() as session:
-            report = apply(session, workspaces, hub.hasher)
-            session.commit()
+        with contextlib.ExitStack() as watches:  # who lost an app (groups, members, assignments) loses its grants
+            with hub.db() as session:
+                existing = list(session.scalars(select(Workspace.id).where(
+                    Workspace.slug.in_([w["slug"] for w in workspaces]))))
+            for ws_id in existing:
+                watches.enter_context(hub.app_access.watch(ws_id, "config_file"))
+            with hub.db() as session:
+                report = apply(session, workspaces, hub.hasher)
+                session.commit()
         return report
 
     done = hub.accounts.deprovision(targets, "deactivated", write)

@@ -21,10 +21,11 @@ from sqlalchemy.orm import sessionmaker
 from config.settings import Settings
 from idp import emailverify, passwords
 from idp.accounts import normalise_email, user_by_email
+from idp.assignments import AppAccess
 from idp.flow import AuthnResult, Client
 from idp.lifecycle import AccountService, Actor
 from idp.mfa.service import enrolled_columns, enrolled_from
-from idp.models import KnownDevice, PasswordResetToken, User, Workspace
+from idp.models import Group, GroupMember, KnownDevice, PasswordResetToken, User, Workspace
 from idp.sessions import SessionManager, effective_lifetimes, new_secret_token, token_hash
 from idp.signin import SigninCore
 from idp.storage.base import Backoff, SessionData, Stores
@@ -43,6 +44,8 @@ FAILED_ALERT_EVERY = 5
 _U = User.__table__.c
 ACCOUNT_COLUMNS = (_U.active, _U.role, *enrolled_columns(_U.id))  # the enrolment's subqueries correlate with users.id
 _USER_AND_ENROLMENT = select(*ACCOUNT_COLUMNS).where(_U.id == bindparam("u"))
+_USER_GROUP_NAMES = (select(Group.name).join(GroupMember, GroupMember.group_id == Group.id)
+                     .where(GroupMember.user_id == bindparam("u"), Group.workspace_id == bindparam("w")))
 _UNREAD = object()
 _KD = KnownDevice.__table__.c
 # Hub.check_password, before the hash: the account (the check, the failed-attempts alert), its 2FA enrolment
@@ -108,6 +111,7 @@ class Hub:
         self.policy = PolicyEngine(record=self._record_decision)
         # Downstream apps register a look-up of their per-app policies (OIDC clients, SAML SPs).
         self.app_policy_lookups: list = []
+        self.app_access = AppAccess(self)  # who lost access to which app, for every channel (idp.assignments)
         self._signer = URLSafeTimedSerializer(settings.secret_key, salt="idhub.not-me")
         self._devices = URLSafeTimedSerializer(settings.secret_key, salt="idhub.device-cookie")
 
@@ -148,25 +152,44 @@ class Hub:
 
     def policy_context(self, ws: Workspace, client_ip: str, *, stage: str = "signin", user_id: str | None = None,
                        account=None, methods=(), app: str | None = None, app_policies: dict | None = None,
-                       enrolled=(), policies: dict | None = None) -> PolicyContext:
+                       enrolled=(), policies: dict | None = None, groups=None) -> PolicyContext:
         """The one builder of the policy engine's context, for every decision: sign-in, SSO to an app, a token
         refresh, the admin console, each request of a session. ``account``: the user's row (``active``, ``role``);
         ``policies``: the workspace's, unless the caller narrows them (a refresh leaves out the IP allowlist).
         A hub operator is always held to a second factor, whatever their workspace's ``require_mfa_for_admins``;
-        ``upstream_mfa_trusted`` is set when the session's methods carry a trusted upstream's MFA."""
+        ``upstream_mfa_trusted`` is set when the session's methods carry a trusted upstream's MFA.
+
+        The app's assignment (``app_policies["assigned_groups"]``, from the app's look-up) goes to the context's
+        ``assigned_groups``; the user's group names are then read here (one query) unless the caller already has
+        them (``groups``: SAML SSO reads them with the account)."""
         role = getattr(account, "role", None) if account is not None else None
         pol = dict(ws.policies or {}) if policies is None else dict(policies)
         if role == "operator":
             pol["require_mfa_for_admins"] = True
         active = True if user_id is None else bool(account is not None and account.active)
+        app_pol = dict(app_policies or {})
+        assigned = app_pol.pop("assigned_groups", None)
+        user_groups = None
+        if assigned is not None:
+            assigned = tuple(assigned)
+            if groups is not None:
+                user_groups = frozenset(groups)
+            elif user_id is not None:
+                user_groups = self.group_names(ws.id, user_id)
         return PolicyContext(workspace_id=ws.id, plan=ws.plan, policies=pol, client_ip=client_ip, stage=stage,
-                             user_id=user_id, user_active=active, app=app, app_policies=app_policies or {},
+                             user_id=user_id, user_active=active, app=app, app_policies=app_pol,
                              methods=tuple(methods), enrolled=tuple(enrolled), user_role=role,
-                             upstream_mfa_trusted="upstream_mfa" in methods)
+                             upstream_mfa_trusted="upstream_mfa" in methods, assigned_groups=assigned,
+                             user_groups=user_groups)
+
+    def group_names(self, ws_id: str, user_id: str) -> frozenset[str]:
+        """The names of the user's groups in the workspace (one query)."""
+        with self.connect() as conn:
+            return frozenset(conn.execute(_USER_GROUP_NAMES, {"u": user_id, "w": ws_id}).scalars())
 
     def decide(self, ws: Workspace, client: Client, *, user_id: str | None = None, methods=(),
                stage: str = "signin", app: str | None = None, app_policies: dict | None = None,
-               account=_UNREAD) -> Decision:
+               account=_UNREAD, groups=None) -> Decision:
         """Ask the policy engine about this workspace, user and address (the user's role and 2FA enrolment
         included).
 
@@ -181,7 +204,7 @@ class Hub:
             if row is not None and self.mfa is not None and stage == "signin":
                 enrolled = tuple(enrolled_from(row).methods())
         ctx = self.policy_context(ws, client.ip, stage=stage, user_id=user_id, account=row, methods=methods,
-                                  app=app, app_policies=app_policies, enrolled=enrolled)
+                                  app=app, app_policies=app_policies, enrolled=enrolled, groups=groups)
         return self.policy.evaluate(ctx)
 
     def app_policies(self, ws: Workspace, app: str | None) -> dict:

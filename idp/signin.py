@@ -245,8 +245,10 @@ class SigninCore:
         return Done(token, data, flow.next, remember)
 
     def policies_of(self, ws, flow: LoginFlow) -> dict:
-        """The app's policies, plus what a step-up asked for (a second factor)."""
-        policies = self.hub.app_policies(ws, flow.app)
+        """The app's policies, plus what a step-up asked for (a second factor). Not the app's assignment: signing
+        in to idhub is not the app's door; the app's own door (OIDC authorize, SAML SSO) refuses an unassigned
+        user in the app's protocol (``access_denied``, ``RequestDenied``), so the app learns of it."""
+        policies = {k: v for k, v in self.hub.app_policies(ws, flow.app).items() if k != "assigned_groups"}
         if "mfa" in (flow.wants or ()):
             policies = {**policies, "require_mfa": True}
         return policies

@@ -20,6 +20,13 @@ def install(hub):
     hub.app_policy_lookups.append(app_policy_lookup(hub))
     svc.backchannel = BackchannelLogout(svc)
     install_backchannel(hub, svc.backchannel)
+    access = getattr(hub, "app_access", None)
+    if access is not None:  # who may use which app: the clients, and a lost app's tokens and sessions ended
+        from oidc.config import assigned_apps
+
+        access.readers.append(assigned_apps)
+        access.revokers["oidc"] = lambda ws_id, user_id, app, why: svc.backchannel.client_logged_out(
+            ws_id, user_id, app.key, why)
     accounts = getattr(hub, "accounts", None)
     if accounts is not None:  # deprovisioning revokes every grant of the account, whatever its session
         accounts.deprovision_listeners.append(svc.revoke_user)

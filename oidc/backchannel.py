@@ -94,27 +94,57 @@ class BackchannelLogout:
                 Workspace.id.in_({w for _, w in found.values()})))} if found else {}
         for sid in ids:
             self.svc.revoke_session(sid)
-        now = hub.clock()
         for (session_id, client_id), (user_id, ws_id) in sorted(found.items()):
             url, checked = clients.get((ws_id, client_id), (None, False))
             ws = workspaces.get(ws_id)
-            if not url or ws is None:
-                continue
-            claims = {"iss": self.svc.issuer(ws), "aud": client_id, "iat": _ts(now),
-                      "exp": _ts(now) + LOGOUT_TOKEN_TTL, "jti": secrets.token_urlsafe(16), "sub": user_id,
-                      "sid": self.svc.sid(session_id), "events": {BACKCHANNEL_EVENT: {}}}
-            token = self.svc.sign(ws, claims, typ="logout+jwt")
-            if checked:
-                self.dispatch(lambda url=url, token=token, ws_id=ws.id, client_id=client_id, user_id=user_id:
-                              self.deliver_checked(ws_id, client_id, user_id, url, token))
-            else:
-                self.dispatch(lambda url=url, token=token: self.post(url, token))
-            self.svc.audit("oidc.backchannel_logout", ws.id, actor_id=user_id, client_id=client_id)
+            if url and ws is not None:
+                self._send(ws, session_id, client_id, user_id, url, checked)
         with hub.db() as db:  # the session is over: so is the record of its apps
             db.execute(delete(OidcSessionClient).where(OidcSessionClient.session_id.in_(ids))
                        .execution_options(synchronize_session=False))
             db.commit()
 
+
+    def _send(self, ws, session_id: str, client_id: str, user_id: str, url: str, checked: bool, **audit) -> None:
+        """Sign a logout token for (session, client) and POST it (off the request, by ``dispatch``)."""
+        now = self.svc.hub.clock()
+        claims = {"iss": self.svc.issuer(ws), "aud": client_id, "iat": _ts(now),
+                  "exp": _ts(now) + LOGOUT_TOKEN_TTL, "jti": secrets.token_urlsafe(16), "sub": user_id,
+                  "sid": self.svc.sid(session_id), "events": {BACKCHANNEL_EVENT: {}}}
+        token = self.svc.sign(ws, claims, typ="logout+jwt")
+        if checked:
+            self.dispatch(lambda url=url, token=token, ws_id=ws.id, client_id=client_id, user_id=user_id:
+                          self.deliver_checked(ws_id, client_id, user_id, url, token))
+        else:
+            self.dispatch(lambda url=url, token=token: self.post(url, token))
+        self.svc.audit("oidc.backchannel_logout", ws.id, actor_id=user_id, client_id=client_id, **audit)
+
+    def client_logged_out(self, ws_id: str, user_id: str, client_id: str, reason: str) -> int:
+        """Log one client out of every session of one user, without ending any idhub session: the user's refresh
+        and access tokens of that client are revoked, the client gets a logout token per session it took part in
+        (``oidc_session_clients``, or where its tokens were issued), and it is no longer a participant of those
+        sessions. The other apps and the idhub sessions are untouched. The number of sessions named."""
+        hub = self.svc.hub
+        with hub.db() as db:
+            sessions: set[str] = set()
+            for model in (OidcSessionClient, OidcRefreshToken, OidcAccessToken):
+                sessions.update(sid for sid in db.scalars(select(model.session_id).where(
+                    model.workspace_id == ws_id, model.user_id == user_id, model.client_id == client_id).distinct())
+                    if sid)
+            client = db.scalar(select(OidcClient).where(OidcClient.workspace_id == ws_id,
+                                                        OidcClient.client_id == client_id))
+            ws = db.get(Workspace, ws_id)
+            url, checked = (client.backchannel_logout_uri, guarded(client)) if client is not None else (None, False)
+        self.svc.revoke_user_client(ws_id, user_id, client_id)
+        if url and ws is not None:
+            for sid in sorted(sessions):
+                self._send(ws, sid, client_id, user_id, url, checked, reason=reason)
+        with hub.db() as db:
+            db.execute(delete(OidcSessionClient).where(
+                OidcSessionClient.workspace_id == ws_id, OidcSessionClient.user_id == user_id,
+                OidcSessionClient.client_id == client_id).execution_options(synchronize_session=False))
+            db.commit()
+        return len(sessions)
 
     def deliver_checked(self, ws_id: str, client_id: str, user_id: str, url: str, token: str) -> None:
         """The POST for a client registered over the admin API or console (through ``idp.netfetch``); a refusal

@@ -103,6 +103,7 @@ def apply_oidc_apps(db, workspace, apps: list[dict]) -> None:
         scopes = app.get("scopes")
         row.scopes = [s for s in scopes if isinstance(s, str)] if isinstance(scopes, list) else list(SCOPES)
         row.require_mfa = bool(app.get("require_mfa"))
+        row.assigned_groups = list(app["assigned_groups"]) if app.get("assigned_groups") is not None else None
         alg = app.get("id_token_signed_response_alg") or DEFAULT_ALG
         row.id_token_signed_response_alg = alg if alg in ALGORITHMS else DEFAULT_ALG
         if method == "private_key_jwt":
@@ -137,11 +138,29 @@ def app_policy_lookup(hub):
         if not app or not isinstance(app, str) or len(app) > 128:
             return None
         with hub.db() as db:  # by client_id or by slug, in one query; a client_id match wins
-            rows = db.execute(select(OidcClient.client_id, OidcClient.require_mfa).where(
+            rows = db.execute(select(OidcClient.client_id, OidcClient.require_mfa, OidcClient.assigned_groups).where(
                 OidcClient.workspace_id == ws.id, or_(OidcClient.client_id == app, OidcClient.slug == app))).all()
         if not rows:
             return None
         row = next((r for r in rows if r.client_id == app), rows[0])
-        return {"require_mfa": True} if row.require_mfa else {}
+        return client_policies(row)
 
     return lookup
+
+
+def client_policies(row) -> dict:
+    """The per-app policies of an OIDC client row (``require_mfa``, ``assigned_groups``) for the policy engine."""
+    out: dict = {"require_mfa": True} if row.require_mfa else {}
+    if row.assigned_groups is not None:
+        out["assigned_groups"] = list(row.assigned_groups)
+    return out
+
+
+def assigned_apps(db, ws_id: str) -> list:
+    """For ``hub.app_access.readers``: the workspace's OIDC clients and their assignments."""
+    from idp.assignments import App
+
+    return [App("oidc", r.client_id, r.slug or r.client_id, None if r.assigned_groups is None
+                else tuple(r.assigned_groups))
+            for r in db.execute(select(OidcClient.client_id, OidcClient.slug, OidcClient.assigned_groups)
+                                .where(OidcClient.workspace_id == ws_id))]

@@ -34,6 +34,8 @@ class OidcClient(Base):
     # "api" when the admin API or console registered the client (or last changed a URL idhub calls): its
     # backchannel_logout_uri and jwks_uri then go through idp.netfetch's SSRF checks. NULL: the config file.
     registered_via: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Who may use the app: NULL everyone in the workspace; a list of group names only their members ([]: nobody).
+    assigned_groups: Mapped[list | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

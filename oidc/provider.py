@@ -59,7 +59,7 @@ from oidc.auditbatch import AuditBatcher
 from oidc.config import SCOPES, check_secret, client_jwks, find_client, guarded, jwks_uri_problem
 from oidc.keys import ALGORITHMS, KeyStore
 from oidc.models import OidcAccessToken, OidcClient, OidcCode, OidcRefreshToken, OidcSessionClient
-from policies.engine import ALLOW, AccountActive, PolicyEngine, SecondFactor
+from policies.engine import ALLOW, NOT_ASSIGNED, AccountActive, AppAssignment, PolicyEngine, SecondFactor
 
 log = logging.getLogger("idhub.oidc")
 
@@ -460,6 +460,8 @@ class RefreshTokenGrant(oauth_grants.RefreshTokenGrant):
         if decision.effect != "allow":
             svc.audit("oidc.refresh.denied", ws.id, actor_id=user.id, client_id=client.client_id,
                       rule=decision.rule)
+            if decision.rule == "app_assignment":  # no longer assigned: the grant is over, not just this use
+                svc.revoke_family(ws.id, row.family_id, reason="app_assignment")
             raise InvalidGrantError("Access is not allowed by the workspace's policies. Sign in again.")
         token = svc.issue(ws, client, user, self.request.idhub["scope"], family_id=row.family_id,
                           session_id=row.session_id, auth_time=row.auth_time, amr=row.amr, nonce=None,
@@ -615,7 +617,9 @@ class OidcService:
             if decision.effect != ALLOW:
                 record(decision, ctx)
 
-        self._refresh_engine = PolicyEngine(rules=(AccountActive(), SecondFactor()), record=record_refusals)
+        self._refresh_engine = PolicyEngine(rules=(AccountActive(), AppAssignment(), SecondFactor()),
+                                            record=record_refusals)
+        self._assignment_engine = PolicyEngine(rules=(AppAssignment(),), record=record_refusals)
         self._audit = AuditBatcher(hub.audit)
         self._workspaces: dict[str, tuple[float, object]] = {}
         self._next_purge = time.monotonic() + PURGE_INTERVAL
@@ -1074,6 +1078,16 @@ class OidcService:
                                                model.revoked_at.is_(None)).values(revoked_at=now))
             db.commit()
 
+    def revoke_user_client(self, ws_id: str, user_id: str, client_id: str) -> None:
+        """Revoke every refresh and access token of one user at one client (the app was taken from them)."""
+        now = self.hub.clock()
+        with self.hub.db() as db:
+            for model in (OidcRefreshToken, OidcAccessToken):
+                db.execute(update(model).where(model.workspace_id == ws_id, model.user_id == user_id,
+                                               model.client_id == client_id, model.revoked_at.is_(None))
+                           .values(revoked_at=now))
+            db.commit()
+
     def find_token(self, ws_id: str, value, hint) -> TokenRef | None:
         if not isinstance(value, str) or not value or len(value) > MAX_TOKEN:
             return None
@@ -1178,6 +1192,8 @@ class OidcService:
         if decision.effect == "deny":
             self.audit("oidc.authorize.denied", ws.id, actor_id=session.user_id, client_id=client.client_id,
                        rule=decision.rule)
+            if decision.rule == "app_assignment":  # the one reason text, told to the app (error_description)
+                return fail(AccessDeniedError, decision.reason)
             return fail(AccessDeniedError, "Access is not allowed by the workspace's policies.")
         user = self.active_user(session.user_id, session.id, ws.id)
         if user is None:
@@ -1318,7 +1334,22 @@ class OidcService:
         if "openid" not in scopes:
             return Answer(403, {"error": "insufficient_scope"},
                           [("WWW-Authenticate", 'Bearer realm="idhub", error="insufficient_scope"')])
+        if not self.may_use(ws, user, ref.client_id):  # unassigned since the token was issued: no longer valid
+            self.audit("oidc.userinfo.denied", ws.id, actor_id=user.id, client_id=ref.client_id,
+                       rule="app_assignment")
+            return Answer(401, {"error": "invalid_token", "error_description": NOT_ASSIGNED},
+                          [("WWW-Authenticate", 'Bearer realm="idhub", error="invalid_token"')])
         return Answer(200, {"sub": user.id, **self.user_claims(user, scopes)}, [("Cache-Control", "no-store")])
+
+    def may_use(self, ws, user: User, client_id: str) -> bool:
+        """Whether the app's assignment (the policy engine's ``app_assignment`` rule) lets ``user`` use it now: for
+        a request of the app's server (userinfo), where only the assignment is in question."""
+        app_policies = self.hub.app_policies(ws, client_id)
+        if app_policies.get("assigned_groups") is None:
+            return True
+        ctx = self.hub.policy_context(ws, "", user_id=user.id, account=user, app=client_id,
+                                      app_policies={"assigned_groups": app_policies["assigned_groups"]})
+        return self._assignment_engine.evaluate(ctx).allowed
 
     # -- RP-initiated logout --
     def end_session(self, ws, req: HttpRequest, session, confirmed: bool = False) -> tuple[Answer, bool]:

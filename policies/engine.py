@@ -36,6 +36,9 @@ class PolicyContext:
     enrolled: tuple[str, ...] = ()  # second-factor methods the user has set up
     upstream_mfa_trusted: bool = False  # an upstream IdP did MFA and the workspace trusts it
     user_role: str | None = None  # "admin" or "operator": held to require_mfa_for_admins (signin, stage "admin")
+    # The app's assignment: None, everyone in the workspace; else the names of the groups whose members may use it
+    assigned_groups: tuple[str, ...] | None = None
+    user_groups: frozenset[str] | None = None  # the user's group names (read only when the app has an assignment)
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,33 @@ class AdminSecondFactor:
                                          "session with a second factor to continue.")
 
 
-DEFAULT_RULES: tuple[Rule, ...] = (AccountActive(), IpAllowlist(), SecondFactor(), AdminSecondFactor())
+NOT_ASSIGNED = "You don't have access to this app. Ask your IT team to assign it to you."
+
+
+def may_use(assigned_groups, user_groups) -> bool:
+    """Whether a member of ``user_groups`` may use an app assigned to ``assigned_groups`` (None: everyone).
+    The one answer to "who may use which app": the policy rule below and ``idp.assignments`` both ask it."""
+    if assigned_groups is None:
+        return True
+    return bool(set(assigned_groups).intersection(user_groups or ()))
+
+
+class AppAssignment:
+    """An app assigned to groups is open only to their members (``apps[].assigned_groups``); an app without an
+    assignment is open to everyone in the workspace. The user's groups unknown for an assigned app: denied."""
+
+    name = "app_assignment"
+
+    def evaluate(self, ctx: PolicyContext) -> Decision | None:
+        if ctx.assigned_groups is None or ctx.user_id is None:
+            return None
+        if ctx.user_groups is None or not may_use(ctx.assigned_groups, ctx.user_groups):
+            return Decision(DENY, self.name, NOT_ASSIGNED)
+        return None
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (AccountActive(), AppAssignment(), IpAllowlist(), SecondFactor(),
+                                   AdminSecondFactor())
 
 
 class PolicyEngine:

@@ -17,4 +17,8 @@ def install(hub):
     hub.saml = svc
     hub.app_policy_lookups.append(app_policy_lookup(hub))
     hub.sessions.end_listeners.append(svc.slo.session_ended)
+    if getattr(hub, "app_access", None) is not None:
+        from saml.config import assigned_apps
+
+        hub.app_access.readers.append(assigned_apps)
     return svc

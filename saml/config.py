@@ -219,6 +219,7 @@ def apply_saml_apps(db, workspace, apps: list[dict], base_dir: Path | None = Non
         row.require_signed_requests = require_signed
         row.require_mfa = bool(app.get("require_mfa"))
         row.idp_initiated = bool(app.get("idp_initiated"))
+        row.assigned_groups = list(app["assigned_groups"]) if app.get("assigned_groups") is not None else None
         from_url = bool(app.get("metadata_url")) and not (app.get("metadata_xml") or app.get("metadata_file"))
         row.metadata_url = app["metadata_url"] if from_url else None
         row.metadata_fetched_at = utcnow() if from_url else None
@@ -339,6 +340,7 @@ def refresh_metadata(db, workspace, *, max_age: float = REFRESH_AFTER, audit=Non
             continue
         app = dict(row.app_settings or {"slug": row.slug, "name": row.name, "protocol": "saml"})
         app["metadata_url"] = row.metadata_url
+        app["assigned_groups"] = row.assigned_groups  # as it is now (the admin API may have changed it since)
         try:
             entity = _sp_settings(app, None, fresh=True)["entity_id"]
             if entity != row.entity_id:
@@ -374,7 +376,10 @@ def app_policy_lookup(hub):
 
 def sp_policies(sp) -> dict:
     """The per-app policy overrides of a SAML SP row (what the policy engine gets as ``app_policies``)."""
-    return {"require_mfa": True} if sp.require_mfa else {}
+    out: dict = {"require_mfa": True} if sp.require_mfa else {}
+    if sp.assigned_groups is not None:
+        out["assigned_groups"] = list(sp.assigned_groups)
+    return out
 
 
 def saml_app_errors(app: dict, base_dir: Path | None = None) -> list[str]:
@@ -395,3 +400,15 @@ def saml_app_errors(app: dict, base_dir: Path | None = None) -> list[str]:
     if bool(app.get("require_signed_requests", s["authn_requests_signed"])) and not s["certificate"]:
         errors.append("signed requests are required but the SP has no certificate")
     return errors
+
+
+def assigned_apps(db, ws_id: str) -> list:
+    """For ``hub.app_access.readers``: the workspace's SAML SPs and their assignments. A SAML app has no grant
+    held at idhub to revoke: losing it is audited, and every later SSO to it is refused."""
+    from idp.assignments import App
+
+    return [App("saml", r.entity_id, r.slug or r.entity_id, None if r.assigned_groups is None
+                else tuple(r.assigned_groups))
+            for r in db.execute(select(SamlServiceProvider.entity_id, SamlServiceProvider.slug,
+                                       SamlServiceProvider.assigned_groups)
+                                .where(SamlServiceProvider.workspace_id == ws_id))]

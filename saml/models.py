@@ -64,6 +64,8 @@ class SamlServiceProvider(Base):
     metadata_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     metadata_fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     app_settings: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # Who may use the app: NULL everyone in the workspace; a list of group names only their members ([]: nobody).
+    assigned_groups: Mapped[list | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

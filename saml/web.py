@@ -187,10 +187,13 @@ def apps(ws, sess):
     the policies let this user open now (an app that needs a second factor says so)."""
     client = current_client()
     listed = []
-    for sp in service().launchable(ws):
+    sps = service().launchable(ws)
+    # an app assigned to groups is listed (and named) only to their members: the user's groups read once
+    groups = hub().group_names(ws.id, sess.user_id) if any(sp.assigned_groups is not None for sp in sps) else None
+    for sp in sps:
         app = sp.slug or sp.entity_id
         decision = hub().decide(ws, client, user_id=sess.user_id, methods=sess.amr, app=app,
-                                app_policies=hub().app_policies(ws, app))
+                                app_policies=hub().app_policies(ws, app), groups=groups)
         if decision.effect != "deny":
             listed.append({"slug": sp.slug, "name": sp.name or sp.slug, "step_up": decision.effect != "allow"})
     return render_template("apps.html", ws=ws, apps=listed)
@@ -234,12 +237,14 @@ def _continue_step(ws, sp, pending: Pending):
     # this SP's own overrides: the app is known here, no need to look it up by name among every kind of app
     rows = svc.account(ws, sess.user_id)  # the user, their groups and 2FA enrolment: one statement for the SSO
     decision = hub().decide(ws, current_client(), user_id=sess.user_id, methods=sess.amr, app=sp.slug or sp.entity_id,
-                            app_policies=sp_policies(sp), account=rows[0] if rows else None)
+                            app_policies=sp_policies(sp), account=rows[0] if rows else None,
+                            groups={r.group_name for r in rows if r.group_name is not None})
     if decision.effect == "deny":
         svc.audit("saml.sso.denied", ws, actor_id=sess.user_id, sp=sp.entity_id, rule=decision.rule)
         if not pending.request_id:  # unsolicited (app launcher): nobody at the app is waiting for an answer
             return render_template("denied.html", ws=ws, reason=decision.reason), 403
         return _post_page(ws, svc.error_response(ws, sp, pending, (STATUS_RESPONDER, STATUS_REQUEST_DENIED),
+                                                 decision.reason if decision.rule == "app_assignment" else
                                                  "Access is not allowed by the workspace's policies."))
     if decision.effect in ("mfa", "enroll"):  # the app requires a second factor: this session steps up, in place
         if pending.passive:

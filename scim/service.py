@@ -982,7 +982,11 @@ class ScimService:
                 self._commit(db, "userName" if rt is USER else "displayName")
                 return current, new, done, row
 
-        out = attempt(final=False)
+        if rt is USER:
+            out = attempt(final=False)
+        else:  # the group's members (or its name) change: who lost an app assigned to it loses its grants now
+            with self._access(caller, "scim", rid):
+                out = attempt(final=False)
         ended = None
         if out is None:
             deprovisioned = self.hub.accounts.deprovision([(caller.workspace_id, rid)], "deprovisioned",
@@ -1001,6 +1005,14 @@ class ScimService:
             self.hub.audit.record("scim.group.updated", workspace_id=caller.workspace_id, actor_email=caller.actor,
                                   subject_id=rid, data={"changed": changed})
         return self._respond(200, rt, new, req.query)
+
+    def _access(self, caller: Caller, why: str, group_id: str):
+        """``idp.assignments``' watch over the members of a group being changed or deleted."""
+        with self.hub.db() as db:
+            members = list(db.scalars(select(GroupMember.user_id).join(Group, Group.id == GroupMember.group_id)
+                                      .where(Group.id == str(group_id)[:64],
+                                             Group.workspace_id == caller.workspace_id)))
+        return self.hub.app_access.watch(caller.workspace_id, why, members)
 
     def _workspace(self, caller: Caller) -> Workspace:
         with self.hub.db() as db:
@@ -1034,7 +1046,8 @@ class ScimService:
                 return row
 
         if rt is GROUP:
-            attempt(final=True)
+            with self._access(caller, "scim", rid):
+                attempt(final=True)
             self.hub.audit.record("scim.group.deleted", workspace_id=caller.workspace_id, actor_email=caller.actor,
                                   subject_id=rid, data={})
             return ScimResponse(204)

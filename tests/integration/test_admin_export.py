@@ -29,11 +29,12 @@ CONFIG = {"workspaces": [{
     ],
     "apps": [
         {"slug": "wiki", "name": "Wiki", "protocol": "oidc", "client_id": "wiki", "client_secret": WIKI_SECRET,
-         "redirect_uris": ["https://wiki.acme.test/cb"], "scopes": ["openid", "email"], "require_mfa": True},
+         "redirect_uris": ["https://wiki.acme.test/cb"], "scopes": ["openid", "email"], "require_mfa": True,
+         "assigned_groups": ["engineering", "sales"]},
         {"slug": "spa", "name": "SPA", "protocol": "oidc", "client_id": "spa",
          "token_endpoint_auth_method": "none", "redirect_uris": ["https://spa.acme.test/"]},
         {"slug": "crm", "name": "CRM", "protocol": "saml", "entity_id": "https://crm.test/sp",
-         "acs_url": "https://crm.test/acs", "slo_url": "https://crm.test/slo"},
+         "acs_url": "https://crm.test/acs", "slo_url": "https://crm.test/slo", "assigned_groups": []},
     ],
     "scim_tokens": [{"name": "okta", "token": SCIM_TOKEN}],
 }]}
@@ -45,10 +46,11 @@ QUERIES = {
     "members": "select g.name, u.email from group_members m join groups g on g.id = m.group_id "
                "join users u on u.id = m.user_id order by 1, 2",
     "oidc": "select client_id, slug, name, secret_hash, token_endpoint_auth_method, redirect_uris, "
-            "post_logout_redirect_uris, grant_types, scopes, require_mfa from oidc_clients order by client_id",
+            "post_logout_redirect_uris, grant_types, scopes, require_mfa, assigned_groups from oidc_clients "
+            "order by client_id",
     "saml": "select entity_id, slug, name, acs, slo_url, slo_binding, certificate, nameid_format, attributes, "
             "sign_assertion, sign_response, require_signed_requests, require_mfa, idp_initiated, "
-            "encryption_certificate, encrypt_assertions from saml_service_providers",
+            "encryption_certificate, encrypt_assertions, assigned_groups from saml_service_providers",
     "scim": "select name, token_hash, read_only, created_at, revoked_at from scim_tokens order by name",
 }
 
@@ -76,6 +78,9 @@ def test_apply_export_apply_is_a_no_op_and_exports_no_secret(tmp_path):
     assert ws["users"][2]["active"] is False and ws["users"][0]["groups"] == ["engineering", "sales"]
     wiki = next(a for a in ws["apps"] if a["slug"] == "wiki")
     assert wiki["client_secret_env"] == "IDHUB_APP_ACME_WIKI_CLIENT_SECRET" and "client_secret" not in wiki
+    crm, spa = (next(a for a in ws["apps"] if a["slug"] == s) for s in ("crm", "spa"))
+    assert wiki["assigned_groups"] == ["engineering", "sales"] and crm["assigned_groups"] == []
+    assert "assigned_groups" not in spa  # open to everyone: the key stays absent
     assert ws["scim_tokens"] == [{"name": "okta", "token_env": "IDHUB_SCIM_ACME_OKTA_TOKEN"}]
     assert "IDHUB_APP_ACME_WIKI_CLIENT_SECRET" in exported.splitlines()[0]  # the header says what to set
 
