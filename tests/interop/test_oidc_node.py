@@ -166,6 +166,34 @@ def test_openid_client_es256_client(live):
 OUTSIDER, OUTSIDER_PW = "ceo@another-company.example", "Quartz-Lantern-Ferry-82"
 
 
+def test_openid_client_reads_access_denied_for_an_unassigned_user_and_a_code_for_an_assigned_one():
+    """``apps[].assigned_groups``: the wiki is assigned to engineering. Bob (no group) signs in at idhub and is
+    sent back to the app with ``error=access_denied`` (which openid-client reads as the authorization server's
+    refusal); alice (engineering) gets a normal code flow."""
+    from tests.conftest import BOB, BOB_PW
+
+    config = oidc_config()
+    wiki = next(a for a in config["workspaces"][0]["apps"] if a["slug"] == "wiki")
+    wiki["assigned_groups"] = ["engineering"]
+    node = node_peer()
+    with live_oidc_hub(config) as hub:
+        issuer = hub.url("/w/acme")
+        args = {"issuer": issuer, "client_id": "wiki", "client_secret": WIKI_SECRET, "redirect_uri": WIKI_CB,
+                "post_logout_redirect_uri": WIKI_HOME}
+        started = run_rp(node, "start", args)
+        callback = sign_in(requests.Session(), started["url"], hub.base_url, BOB, BOB_PW)
+        assert callback.startswith(WIKI_CB + "?") and "code=" not in callback
+        out = run_rp(node, "callback", {**args, **{k: started[k] for k in ("state", "nonce", "verifier")},
+                                         "callback": callback})
+        assert out["granted"] is False and out["error"] == "access_denied", out
+        assert "assign it to you" in out["error_description"]
+        started = run_rp(node, "start", args)
+        callback = sign_in(requests.Session(), started["url"], hub.base_url)
+        out = run_rp(node, "callback", {**args, **{k: started[k] for k in ("state", "nonce", "verifier")},
+                                         "callback": callback})
+        assert out["granted"] is True and out["sub"], out
+
+
 def test_openid_client_sees_email_verified_only_for_what_idhub_knows():
     """The ID token openid-client validates says ``email_verified: true`` for alice@acme.test (acme claims
     acme.test) and ``false`` for an address outside the workspace's domains that nobody verified — an app that

@@ -4,6 +4,8 @@
 //       → {"url", "state", "nonce", "verifier"}           (discovery + authorization URL with S256 PKCE)
 //   node rp.mjs finish '{…, "callback", "state", "nonce", "verifier", "post_logout_redirect_uri"}'
 //       → the results of authorizationCodeGrant, fetchUserInfo, refreshTokenGrant, revocation, end-session URL
+//   node rp.mjs callback '{…, "callback", "state", "nonce", "verifier"}'
+//       → {"granted": true, "sub"} or openid-client's reading of an error answer {"error", "error_description"}
 import * as client from 'openid-client'
 
 const [, , phase, raw] = process.argv
@@ -81,8 +83,24 @@ async function finish() {
   return out
 }
 
+async function callback() {
+  const config = await configure()
+  try {
+    const tokens = await client.authorizationCodeGrant(config, new URL(args.callback), {
+      pkceCodeVerifier: args.verifier,
+      expectedState: args.state,
+      expectedNonce: args.nonce,
+      idTokenExpected: true,
+    })
+    return { granted: true, sub: tokens.claims().sub }
+  } catch (err) {
+    return { granted: false, name: err.name, error: err.error ?? err.code, error_description: err.error_description }
+  }
+}
+
 try {
-  const result = phase === 'start' ? await start() : await finish()
+  const phases = { start, finish, callback }
+  const result = await phases[phase]()
   process.stdout.write(JSON.stringify(result))
 } catch (err) {
   process.stdout.write(JSON.stringify({ failure: String(err), code: err.code, error: err.error, cause: String(err.cause ?? '') }))
