@@ -132,6 +132,8 @@ class SessionRow(Base):
     city: Mapped[str] = mapped_column(String(100), default="")
     amr: Mapped[list] = mapped_column(JSON, default=list)
     auth_time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # the SHA-256 of the cookie value once a step-up renewed it (the record, its id and sid stay); NULL: ``id``
+    token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
 
 
 class PasswordResetToken(Base):

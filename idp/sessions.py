@@ -95,7 +95,12 @@ class SessionManager:
         """The active session behind a cookie, or None (unknown, ended, expired, other workspace)."""
         if not token or len(token) > 128:
             return None
-        data = self.store.get(token_hash(token))
+        cookie = token_hash(token)
+        data = self.store.get(cookie)
+        if data is not None and not data.matches(cookie):
+            return None  # the cookie this session had before a step-up renewed it
+        if data is None:
+            data = self.store.get_by_token(cookie)  # a renewed cookie
         now = self.clock()
         if data is None or data.workspace_id != workspace_id:
             return None
@@ -119,15 +124,18 @@ class SessionManager:
             self._notify(ids, reason)
         return ids
 
-    def upgrade(self, session_id: str, amr) -> SessionData | None:
-        """A step-up of a still-active session (a second factor, or the first factor again): the same record —
-        its cookie, its ``sid``, the apps that took part in it — now carries the methods used so far and this
-        authentication's time. None when the session ended meanwhile."""
+    def upgrade(self, session_id: str, amr) -> tuple[str, SessionData] | None:
+        """A step-up of a still-active session (a second factor, or the first factor again): a new cookie (the
+        old one stops working: no fixation across a privilege change) for the same record — its id, its
+        ``sid``, the apps that took part in it — which now carries the methods used so far and this
+        authentication's time. (new cookie value, data); None when the session ended meanwhile."""
         current = self.store.get(session_id)
         if current is None or not current.is_active(self.clock()):
             return None
         methods = list(dict.fromkeys([*current.amr, *amr]))
-        return self.store.upgrade(session_id, methods, self.clock())
+        token = secrets.token_urlsafe(32)
+        data = self.store.upgrade(session_id, methods, self.clock(), token_hash(token))
+        return (token, data) if data is not None else None
 
     def list(self, user_id: str) -> list[SessionData]:
         return self.store.list_user(user_id, self.clock())

@@ -20,8 +20,9 @@ password (``LocalPassword``) is the last strategy and takes what no other claims
 A flow that ``upgrades`` a session raises its assurance: a step-up (``step_up``: a second factor for OIDC
 ``acr_values``, a SAML app's ``require_mfa``, the admin console) or the same person signing in again (OIDC
 ``prompt=login``/``max_age``, SAML ``ForceAuthn``). When it is done the session is upgraded in place
-(``SessionManager.upgrade``: the same record with the new methods and authentication time), so no stale session
-stays listed and back-channel logout still reaches the apps that took part in it. A different person signing in
+(``SessionManager.upgrade``: a new cookie for the same record — its id, ``sid`` and participants — with the new
+methods and authentication time), so no stale session stays listed and back-channel logout still reaches the apps
+that took part in it. A different person signing in
 in that browser gets a session of their own.
 """
 
@@ -75,7 +76,7 @@ class Done:
     """Signed in: the session's cookie value and data; ``device_email``: remember this browser for that address
     (a local or LDAP password was typed in it); ``upgraded``: a step-up upgraded the existing session."""
 
-    token: str | None  # None: the browser's session was upgraded, its cookie stays
+    token: str | None  # the session cookie's new value; None: the browser's session is as it was
     session: object
     next: str
     device_email: str | None = None
@@ -233,12 +234,13 @@ class SigninCore:
             if current is not None and current.user_id == flow.user_id and current.workspace_id == ws.id:
                 if stepping and set(flow.amr) <= set(current.amr):  # nothing was asked: the session is as it was
                     return Done(None, current, flow.next)
-                data = self.hub.sessions.upgrade(current.id, flow.amr)
-                if data is not None:
+                upgraded = self.hub.sessions.upgrade(current.id, flow.amr)
+                if upgraded is not None:
+                    token, data = upgraded
                     self.hub.audit.record("session.stepped_up", workspace_id=ws.id, actor_id=flow.user_id,
                                           ip=client.ip, request_id=client.request_id,
                                           data={"session": data.public_id, "amr": list(data.amr), "app": flow.app})
-                    return Done(None, data, flow.next, remember, upgraded=True)
+                    return Done(token, data, flow.next, remember, upgraded=True)
             # the session ended meanwhile, or another person signed in: a session of their own
         result = AuthnResult(ws.id, flow.user_id, tuple(flow.amr), self.hub.clock(), flow.next)
         token, data = self.hub.complete_signin(ws, result, client, account, known_devices)

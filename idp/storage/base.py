@@ -8,6 +8,7 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -38,6 +39,13 @@ class SessionData:
     city: str = ""
     amr: list[str] = field(default_factory=list)
     auth_time: datetime | None = None
+    # SHA-256 hex of the cookie value once the session was renewed (a step-up gives the browser a new cookie for
+    # the same session record); None: the cookie's hash is ``id``
+    token_hash: str | None = None
+
+    def matches(self, cookie_hash: str) -> bool:
+        """Whether this is the session of a cookie with this hash (a renewed session's old cookie is not)."""
+        return hmac.compare_digest(self.token_hash or self.id, cookie_hash)
 
     def is_active(self, now: datetime | None = None) -> bool:
         now = now or datetime.now(UTC)
@@ -84,9 +92,13 @@ class SessionStore(Protocol):
     def get_public(self, user_id: str, public_id: str) -> SessionData | None:
         """A user's session by its public id (None if it belongs to someone else)."""
 
-    def upgrade(self, session_id: str, amr: list[str], auth_time: datetime) -> SessionData | None:
-        """A step-up: the still-active session now carries these methods, authenticated at ``auth_time``; its
-        new state (None when it is no longer active). Every node sees it at the session's next request."""
+    def get_by_token(self, token_hash: str) -> SessionData | None:
+        """The session a renewed cookie belongs to (``SessionData.token_hash``), or None."""
+
+    def upgrade(self, session_id: str, amr: list[str], auth_time: datetime, token_hash: str) -> SessionData | None:
+        """A step-up: the still-active session now carries these methods, authenticated at ``auth_time``, and its
+        cookie is the one whose hash is ``token_hash`` (the old cookie no longer works); its new state (None when
+        it is no longer active). Every node sees it at the session's next request."""
 
 
 class OneTimeStore(Protocol):

@@ -100,12 +100,19 @@ class MemorySessionStore:
                     return copy.deepcopy(s)
         return None
 
-    def upgrade(self, session_id: str, amr: list[str], auth_time: datetime) -> SessionData | None:
+    def get_by_token(self, token_hash: str) -> SessionData | None:
+        with self._lock:
+            for s in self._data.values():
+                if s.token_hash == token_hash:
+                    return copy.deepcopy(s)
+        return None
+
+    def upgrade(self, session_id: str, amr: list[str], auth_time: datetime, token_hash: str) -> SessionData | None:
         with self._lock:
             found = self._data.get(session_id)
             if found is None or not found.is_active(datetime.now(UTC)):
                 return None
-            found.amr, found.auth_time = list(amr), as_utc(auth_time)
+            found.amr, found.auth_time, found.token_hash = list(amr), as_utc(auth_time), token_hash
             return copy.deepcopy(found)
 
 

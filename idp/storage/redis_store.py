@@ -357,9 +357,25 @@ class CachedSessionStore:
         self._tombstone([session_id])
         return was_active
 
-    def upgrade(self, session_id: str, amr: list[str], auth_time: datetime) -> SessionData | None:
-        """In the database, then the cached copy dropped (every node reads the upgrade from there)."""
-        data = self.sql.upgrade(session_id, amr, auth_time)
+    def get_by_token(self, token_hash: str) -> SessionData | None:
+        """A renewed cookie: the cache keeps an alias from its hash to the session's id (the session itself is
+        cached, and tombstoned, under its id); on a miss, the database."""
+        alias = self._k("tok:" + token_hash)
+        ok, sid = self._cache("get", lambda: self._r.get(alias))
+        if ok and sid:
+            data = self.get(_text(sid))
+            if data is not None and data.token_hash == token_hash:
+                return data
+        data = self.sql.get_by_token(token_hash)
+        if data is not None:
+            self._put(data)
+            self._cache("fill", lambda: self._r.set(alias, data.id, ex=self._ttl))
+        return data
+
+    def upgrade(self, session_id: str, amr: list[str], auth_time: datetime, token_hash: str) -> SessionData | None:
+        """In the database, then the cached copy dropped (every node reads the upgrade, and refuses the old
+        cookie, from there)."""
+        data = self.sql.upgrade(session_id, amr, auth_time, token_hash)
         ok, _ = self._cache("upgrade", lambda: self._r.delete(self._k(session_id)))
         if not ok:
             self._repair_soon()

@@ -129,6 +129,8 @@ def _unavailable(exc: DBAPIError) -> StoreUnavailable:
 _SESSION_FIELDS = [f.name for f in fields(SessionData)]
 _SESSION_BY_ID = select(*(SessionRow.__table__.c[name] for name in _SESSION_FIELDS)).where(
     SessionRow.__table__.c.id == bindparam("id"))
+_SESSION_BY_TOKEN = select(*(SessionRow.__table__.c[name] for name in _SESSION_FIELDS)).where(
+    SessionRow.__table__.c.token_hash == bindparam("t"))
 
 
 _S = SessionRow.__table__.c
@@ -231,13 +233,18 @@ class SqlSessionStore(_SqlStore):
             ).first()
             return _to_data(row) if row is not None else None
 
-    def upgrade(self, session_id: str, amr: list[str], auth_time: datetime) -> SessionData | None:
+    def get_by_token(self, token_hash: str) -> SessionData | None:
+        with self._core() as c:
+            row = c.execute(_SESSION_BY_TOKEN, {"t": token_hash}).first()
+        return _to_data(row) if row is not None else None
+
+    def upgrade(self, session_id: str, amr: list[str], auth_time: datetime, token_hash: str) -> SessionData | None:
         now = _now()
         with self._tx() as s:
             row = s.execute(
                 update(SessionRow)
                 .where(SessionRow.id == session_id, SessionRow.revoked_at.is_(None), SessionRow.expires_at > now)
-                .values(amr=list(amr), auth_time=as_utc(auth_time))
+                .values(amr=list(amr), auth_time=as_utc(auth_time), token_hash=token_hash)
                 .returning(SessionRow.last_active_at, SessionRow.idle_timeout, SessionRow.expires_at)
                 .execution_options(**NOSYNC)
             ).first()

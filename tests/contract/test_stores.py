@@ -241,6 +241,23 @@ def test_session_create_get(sessions):
     assert sessions.store.get("0" * 64) is None
 
 
+def test_session_upgrade_renews_the_cookie_of_the_same_record(sessions):
+    ws, user = sessions.new_user()
+    data = new_session(ws, user, amr=["pwd"])
+    sessions.store.create(data)
+    new, other = secrets.token_hex(32), secrets.token_hex(32)
+    assert sessions.store.get_by_token(new) is None
+    later = data.created_at + timedelta(minutes=5)
+    up = sessions.store.upgrade(data.id, ["pwd", "totp"], later, new)
+    assert (up.id, up.public_id, up.amr, up.auth_time, up.token_hash) == (data.id, data.public_id, ["pwd", "totp"],
+                                                                          later, new)
+    assert sessions.store.get_by_token(new) == up == sessions.store.get(data.id)
+    assert up.matches(new) and not up.matches(data.id)  # the old cookie's hash no longer matches
+    assert sessions.store.revoke(data.id, "signed_out") is True
+    assert sessions.store.upgrade(data.id, ["pwd"], later, other) is None  # an ended session stays ended
+    assert not sessions.store.get_by_token(new).is_active()
+
+
 def test_session_touch(sessions):
     ws, user = sessions.new_user()
     t0 = datetime.now(UTC) - timedelta(minutes=10)
@@ -361,6 +378,23 @@ def test_cache_revocation_reaches_every_process(request, db):
     assert b.store.get(data.id).is_active()
     assert a.store.revoke(data.id, "signed_out") is True
     assert not b.store.get(data.id).is_active()
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_cache_upgrade_reaches_every_process(request, db):
+    a = make_session_backend(request, f"cached-{db}")
+    b = make_session_backend(request, f"cached-{db}")
+    ws, user = a.new_user()
+    data = new_session(ws, user, amr=["pwd"])
+    a.store.create(data)
+    assert b.store.get(data.id).amr == ["pwd"]  # cached on the other worker
+    new = secrets.token_hex(32)
+    a.store.upgrade(data.id, ["pwd", "totp"], datetime.now(UTC), new)
+    assert b.store.get(data.id).amr == ["pwd", "totp"] and not b.store.get(data.id).matches(data.id)
+    assert b.store.get_by_token(new).id == data.id
+    assert b.store.get_by_token(new).id == data.id  # again, through the cache's alias
+    a.store.revoke(data.id, "signed_out")
+    assert not b.store.get_by_token(new).is_active()
 
 
 @pytest.mark.parametrize("db", ["sqlite", "postgres"])

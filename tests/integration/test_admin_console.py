@@ -113,7 +113,11 @@ def test_admins_need_a_second_factor_by_default(app, tmp_path):
     r = b2.post(r.headers["Location"], {"code": pyotp.TOTP(secret).at(h.clock() + timedelta(seconds=30)),
                                         "csrf_token": b2.csrf(page)})
     assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/admin/users"), text(r)[:300]
-    assert b2.client.get_cookie("idhub_session_acme").value == cookie  # upgraded in place
+    renewed = b2.client.get_cookie("idhub_session_acme").value
+    assert renewed != cookie  # upgraded in place, with a new cookie: the one from before no longer works
+    stale = Browser(strict)
+    stale.client.set_cookie("idhub_session_acme", cookie)
+    assert stale.security().status_code == 302
     assert b2.get("/w/acme/admin/users").status_code == 200
     with h.db() as db:
         uid = db.scalar(select(User.id).where(User.email_normalized == ALICE))

@@ -487,7 +487,7 @@ def test_app_requiring_mfa_gets_a_second_factor_and_the_mfa_context(env):
         assert r.status_code == 302 and r.headers["Location"].startswith("/w/acme/saml/resume?")
     finally:
         hub.clock = real
-    assert b.client.get_cookie("idhub_session_acme").value == cookie  # the same session, upgraded
+    assert b.client.get_cookie("idhub_session_acme").value != cookie  # the same session, upgraded, a new cookie
     from sqlalchemy import select
 
     from idp.models import User

@@ -274,15 +274,17 @@ def test_a_signed_in_browser_can_sign_in_again_with_prompt_login(browser_factory
     html = page.get_data(as_text=True)
     r = b.post("/w/acme/login/password", {"flow": FLOW_RE.search(html).group(1), "password": ALICE_PW,
                                           "csrf_token": b.csrf(html)})
-    # the same person signed in again: the session is upgraded in place (its authentication time is now), so
-    # the apps that took part in it keep it and nothing stale stays listed
-    assert r.status_code == 302 and b.client.get_cookie("idhub_session_acme").value == first
+    # the same person signed in again: the session is upgraded in place — a new cookie, the same record (its
+    # authentication time is now), so the apps that took part in it keep it and nothing stale stays listed
+    renewed = b.client.get_cookie("idhub_session_acme").value
+    assert r.status_code == 302 and renewed != first
     from idp.sessions import token_hash
 
     hub = b.client.application.extensions["idhub"]
-    stepped = hub.sessions.store.get(token_hash(first))
+    stepped = hub.sessions.store.get(token_hash(first))  # the record keeps its id
     assert [s.id for s in hub.sessions.list(stepped.user_id)] == [stepped.id]
-    assert stepped.auth_time > stepped.created_at
+    assert stepped.auth_time > stepped.created_at and stepped.matches(token_hash(renewed))
+    assert hub.sessions.load(first, stepped.workspace_id) is None  # the old cookie no longer signs in
 
 
 def test_parallel_guesses_cannot_exceed_the_free_allowance(hub):

@@ -167,17 +167,19 @@ def test_a_step_up_upgrades_the_session_in_place(hub):
     assert isinstance(out, Step) and out.state == "mfa"
     flow = hub.signin.flows.load(out.flow.id, ws(hub).id, BINDING)
     done = hub.signin.second_factor(ws(hub), flow, totp.now(), CLIENT)
-    assert isinstance(done, Done) and done.upgraded and done.token is None and done.next == "/w/acme/admin/"
+    assert isinstance(done, Done) and done.upgraded and done.token and done.next == "/w/acme/admin/"
     assert done.session.id == first.session.id and done.session.public_id == first.session.public_id
     assert done.session.amr == ["pwd", "totp"] and done.session.auth_time >= first.session.auth_time
     assert [s.id for s in hub.sessions.list(bob)] == [first.session.id]  # nothing stale listed
-    assert hub.sessions.load(first.token, ws(hub).id).amr == ["pwd", "totp"]
+    assert hub.sessions.load(done.token, ws(hub).id).amr == ["pwd", "totp"]  # a new cookie for the same record
+    assert hub.sessions.load(first.token, ws(hub).id) is None  # the cookie from before the step-up: refused
 
 
 def test_signing_in_again_as_the_same_person_upgrades_a_different_person_gets_their_own(hub):
     first = begin(hub, BOB, BOB_PW)
     again = begin(hub, BOB, BOB_PW, current=first.session)
     assert isinstance(again, Done) and again.upgraded and again.session.id == first.session.id
+    assert again.token != first.token
     with hub.db() as db:
         db.execute(User.__table__.update().where(User.email_normalized == ALICE).values(role="member"))
         db.commit()
