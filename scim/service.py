@@ -1007,11 +1007,13 @@ class ScimService:
         return self._respond(200, rt, new, req.query)
 
     def _access(self, caller: Caller, why: str, group_id: str):
-        """``idp.assignments``' watch over the members of a group being changed or deleted."""
-        with self.hub.db() as db:
-            members = list(db.scalars(select(GroupMember.user_id).join(Group, Group.id == GroupMember.group_id)
-                                      .where(Group.id == str(group_id)[:64],
-                                             Group.workspace_id == caller.workspace_id)))
+        """``idp.assignments``' watch over the members of a group being changed or deleted. An id that is not one
+        (hostile bytes such as NUL, which PostgreSQL refuses in text) has no members: ``_load`` then answers 404."""
+        members: list[str] = []
+        if ID_RE.fullmatch(group_id or ""):
+            with self.hub.db() as db:
+                members = list(db.scalars(select(GroupMember.user_id).join(Group, Group.id == GroupMember.group_id)
+                                          .where(Group.id == group_id, Group.workspace_id == caller.workspace_id)))
         return self.hub.app_access.watch(caller.workspace_id, why, members)
 
     def _workspace(self, caller: Caller) -> Workspace:
