@@ -18,6 +18,8 @@ from idp.models import Group, GroupMember, User, Workspace
 DEFAULT_CONFIDENTIAL = "client_secret_basic,client_secret_post"
 
 
+POSITION = "_launcher_position"
+
 def env_name(*parts: str) -> str:
     return "IDHUB_" + "_".join(re.sub(r"[^A-Za-z0-9]+", "_", p).strip("_").upper() for p in parts)
 
@@ -52,13 +54,15 @@ def export_workspace(db: Session, ws: Workspace) -> tuple[dict, list[str]]:
         users.append(entry)
     if users:
         out["users"] = users
-    apps = _oidc_apps(db, ws, env) + _saml_apps(db, ws)
+    apps = sorted(_oidc_apps(db, ws, env) + _saml_apps(db, ws), key=lambda a: a[POSITION])  # the launcher's order
+    for a in apps:
+        del a[POSITION]
     known = {g.name for g in groups}
     for a in apps:  # a group deleted since it was assigned: its members are nobody now, and the file stays valid
         if a.get("assigned_groups") is not None:
             a["assigned_groups"] = [g for g in a["assigned_groups"] if g in known]
     if apps:
-        out["apps"] = sorted(apps, key=lambda a: a["slug"])
+        out["apps"] = apps  # in the launcher's order (the config file's), so that applying it keeps that order
     connections = _connections(db, ws, env)
     if connections:
         out["connections"] = connections
@@ -96,6 +100,7 @@ def _oidc_apps(db: Session, ws: Workspace, env: list[str]) -> list[dict]:
             a["require_mfa"] = True
         if r.assigned_groups is not None:
             a["assigned_groups"] = list(r.assigned_groups)
+        _launcher(a, r)
         if r.id_token_signed_response_alg and r.id_token_signed_response_alg != DEFAULT_ALG:
             a["id_token_signed_response_alg"] = r.id_token_signed_response_alg
         if r.token_endpoint_auth_method == "private_key_jwt":
@@ -163,8 +168,20 @@ def _saml_apps(db: Session, ws: Workspace) -> list[dict]:
                 a[key] = True
         if r.assigned_groups is not None:
             a["assigned_groups"] = list(r.assigned_groups)
+        _launcher(a, r)
         out.append(a)
     return out
+
+
+def _launcher(a: dict, r) -> None:
+    """The launcher settings that differ from the defaults, and the app's place in it (for the order, popped)."""
+    if r.show_in_launcher is False:
+        a["show_in_launcher"] = False
+    if r.description:
+        a["description"] = r.description
+    if getattr(r, "initiate_login_uri", None):
+        a["initiate_login_uri"] = r.initiate_login_uri
+    a[POSITION] = (r.launcher_position is None, r.launcher_position or 0, r.created_at)
 
 
 def sp_metadata_xml(r) -> str:

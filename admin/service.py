@@ -230,6 +230,10 @@ def _check_soap_slo(url: str | None, field: str) -> None:
                 from None
 
 
+# what changes in place on a SAML app (its other settings come from its metadata)
+SAML_IN_PLACE = frozenset({"assigned_groups", "show_in_launcher", "description"})
+
+
 class AdminService:
     def __init__(self, hub, tokens):
         self.hub = hub
@@ -627,7 +631,7 @@ class AdminService:
             return {"issuer": issuer, "discovery_url": f"{issuer}/.well-known/openid-configuration",
                     "client_id": row.client_id, "redirect_uris": list(row.redirect_uris or []),
                     "token_endpoint_auth_method": row.token_endpoint_auth_method, "pkce": "S256 (required)",
-                    "scopes": list(row.scopes or [])}
+                    "scopes": list(row.scopes or []), "initiate_login_uri": row.initiate_login_uri}
         saml = f"{base}/w/{ws.slug}/saml"
         return {"metadata_url": f"{saml}/metadata", "entity_id": f"{saml}/metadata", "sso_url": f"{saml}/sso",
                 "slo_url": f"{saml}/slo", "sp_entity_id": row.entity_id,
@@ -639,6 +643,7 @@ class AdminService:
     def render_app(self, ws: Workspace, kind: str, row) -> dict:
         out = {"slug": row.slug, "name": row.name, "protocol": kind, "require_mfa": bool(row.require_mfa),
                "assigned_groups": None if row.assigned_groups is None else list(row.assigned_groups),
+               "show_in_launcher": row.show_in_launcher is not False, "description": row.description,
                "created_at": _iso(row.created_at), "settings": self.app_settings(ws, kind, row)}
         return out
 
@@ -751,15 +756,17 @@ class AdminService:
 
         ws = self.workspace(p, slug)
         body = _body(body, {"name", "redirect_uris", "post_logout_redirect_uris", "scopes", "require_mfa",
-                            "backchannel_logout_uri", "assigned_groups"})
+                            "backchannel_logout_uri", "assigned_groups", "show_in_launcher", "description",
+                            "initiate_login_uri"})
         watch = self._access(ws, p, "app_assignment") if "assigned_groups" in body else nullcontext()
         with watch, self.hub.db() as db:
             kind, row = self._app(db, ws, app_slug)
             known = set(self._group_names(db, ws))
             if kind != "oidc":
-                if set(body) - {"assigned_groups"}:
+                if set(body) - SAML_IN_PLACE:
                     raise AdminError(409, "not_supported", "change a SAML app by registering it again (only its "
-                                                           "assigned_groups change in place)")
+                                                           "assigned_groups, show_in_launcher and description "
+                                                           "change in place)")
                 return self._assign_saml(p, ws, kind, row, body, known, db)
             current = {"slug": row.slug, "name": row.name, "protocol": "oidc", "client_id": row.client_id,
                        "token_endpoint_auth_method": "none", "redirect_uris": list(row.redirect_uris or []),
@@ -767,8 +774,9 @@ class AdminService:
                        "backchannel_logout_uri": row.backchannel_logout_uri, "scopes": list(row.scopes or [])}
             v = Validator()
             validate_apps(v, [{**current, **body}], "app", known)
-            if "require_mfa" in body:
-                v.boolean(body["require_mfa"], "app[0].require_mfa")
+            for key in ("require_mfa", "show_in_launcher"):
+                if key in body:
+                    v.boolean(body[key], f"app[0].{key}")
             if v.errors:
                 raise invalid(v.errors, "app[0]")
             _check_app_urls(body, current)
@@ -788,12 +796,23 @@ class AdminService:
         from saml.config import GENERATION
 
         v = Validator()
-        check_assigned_groups(v, body["assigned_groups"], "app[0].assigned_groups", known)
+        if "assigned_groups" in body:
+            check_assigned_groups(v, body["assigned_groups"], "app[0].assigned_groups", known)
+        if "show_in_launcher" in body:
+            v.boolean(body["show_in_launcher"], "app[0].show_in_launcher")
+        if "description" in body and body["description"] is not None and (
+                not isinstance(body["description"], str) or len(body["description"]) > 300):
+            v.err("app[0].description", "must be a string of at most 300 characters")
         if v.errors:
             raise invalid(v.errors, "app[0]")
-        new = None if body["assigned_groups"] is None else list(body["assigned_groups"])
-        changed = ["assigned_groups"] if new != row.assigned_groups else []
-        row.assigned_groups = new
+        changed = []
+        for key in sorted(body):
+            new = list(body[key]) if isinstance(body[key], list) else body[key]
+            if key == "description":
+                new = new or None
+            if new != getattr(row, key):
+                changed.append(key)
+            setattr(row, key, new)
         db.commit()
         GENERATION[0] += 1  # this process's SP cache; other processes' within SP_CACHE_TTL
         out = self.render_app(ws, kind, row)

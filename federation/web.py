@@ -431,7 +431,7 @@ def _finish_reauth(ws, conn: dict, pending: dict, ident):
     level = "mfa" if "upstream_mfa" in FederationService.amr(conn, ident) else "pwd"
     mark_reauthenticated(ws, sess, level, client, method=conn["protocol"], connection=conn["slug"],
                          upstream_amr=list(ident.amr)[:10])
-    return redirect(flow.next or url_for("security.page", ws_slug=ws.slug))
+    return redirect(flow.next or url_for("apps.page", ws_slug=ws.slug))
 
 
 # ---- Test connection (workspace admins) --------------------------------------------------------------------------

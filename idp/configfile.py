@@ -164,7 +164,8 @@ APP_KEYS = {"slug", "name", "protocol", "client_id", "client_secret", "redirect_
             "token_endpoint_auth_method", "require_mfa", "idp_initiated", "jwks", "jwks_uri",
             "require_signed_requests", "sign_response", "sign_assertion", "slo_url", "slo_binding",
             "id_token_signed_response_alg",
-            "encrypt_assertions", "encryption_certificate", "client_secret_env", "assigned_groups"}
+            "encrypt_assertions", "encryption_certificate", "client_secret_env", "assigned_groups",
+            "show_in_launcher", "description", "initiate_login_uri"}
 CONNECTION_KEYS = {"slug", "name", "protocol", "preset", "metadata_file", "metadata_url", "metadata_xml", "domains",
                    "issuer", "client_id", "client_secret", "url", "bind_dn", "bind_password", "user_search_base",
                    "user_filter", "group_search_base", "trust_mfa", "attribute_mapping", "allowed_tenants",
@@ -177,7 +178,8 @@ CONNECTION_KEYS = CONNECTION_KEYS | _FEDERATION_KEYS
 
 APP_STRING_KEYS = ("slug", "name", "protocol", "client_id", "entity_id", "certificate", "encryption_certificate",
                    "metadata_xml", "metadata_file", "metadata_url", "nameid_format", "slo_url", "slo_binding",
-                   "token_endpoint_auth_method", "backchannel_logout_uri", "jwks_uri", "id_token_signed_response_alg")
+                   "token_endpoint_auth_method", "backchannel_logout_uri", "jwks_uri", "id_token_signed_response_alg",
+                   "description", "initiate_login_uri")
 
 
 def _strings(v: Validator, entry: dict, path: str, keys) -> bool:
@@ -285,6 +287,16 @@ def _apps(v: Validator, raw, path: str, groups=None) -> list[dict]:
         if proto not in ("oidc", "saml"):
             v.err(f"{p}.protocol", "must be oidc or saml")
         check_assigned_groups(v, app.get("assigned_groups"), f"{p}.assigned_groups", groups)
+        if app.get("show_in_launcher") is not None:
+            v.boolean(app["show_in_launcher"], f"{p}.show_in_launcher")
+        if app.get("description") is not None and len(app["description"]) > 300:
+            v.err(f"{p}.description", "must be at most 300 characters")
+        if app.get("initiate_login_uri") is not None:
+            if proto != "oidc":
+                v.err(f"{p}.initiate_login_uri", "is for OIDC apps (a SAML app opens by idp_initiated)")
+            elif v.url(app["initiate_login_uri"], f"{p}.initiate_login_uri") and \
+                    not app["initiate_login_uri"].startswith("https://"):
+                v.err(f"{p}.initiate_login_uri", "must be an https URL (OIDC Core 4)")
         if proto == "oidc":
             if not app.get("client_id"):
                 v.err(f"{p}.client_id", "required")

@@ -23,6 +23,7 @@ from idp import emailverify, passwords
 from idp.accounts import normalise_email, user_by_email
 from idp.assignments import AppAccess
 from idp.flow import AuthnResult, Client
+from idp.launcher import Launcher
 from idp.lifecycle import AccountService, Actor
 from idp.mfa.service import enrolled_columns, enrolled_from
 from idp.models import Group, GroupMember, KnownDevice, PasswordResetToken, User, Workspace
@@ -112,6 +113,7 @@ class Hub:
         # Downstream apps register a look-up of their per-app policies (OIDC clients, SAML SPs).
         self.app_policy_lookups: list = []
         self.app_access = AppAccess(self)  # who lost access to which app, for every channel (idp.assignments)
+        self.launcher = Launcher(self)  # which apps a user sees on the launcher (idp.launcher)
         self._signer = URLSafeTimedSerializer(settings.secret_key, salt="idhub.not-me")
         self._devices = URLSafeTimedSerializer(settings.secret_key, salt="idhub.device-cookie")
 

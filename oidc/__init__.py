@@ -27,6 +27,9 @@ def install(hub):
         access.readers.append(assigned_apps)
         access.revokers["oidc"] = lambda ws_id, user_id, app, why: svc.backchannel.client_logged_out(
             ws_id, user_id, app.key, why)
+    if getattr(hub, "launcher", None) is not None:
+        from oidc.config import launcher_entries
+        hub.launcher.readers.append(launcher_entries(hub))
     accounts = getattr(hub, "accounts", None)
     if accounts is not None:  # deprovisioning revokes every grant of the account, whatever its session
         accounts.deprovision_listeners.append(svc.revoke_user)

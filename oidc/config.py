@@ -71,7 +71,7 @@ def apply_oidc_apps(db, workspace, apps: list[dict]) -> None:
     """Upsert the workspace's OIDC apps by ``client_id``. Apps removed from the file are left alone.
 
     ``apps`` are validated entries (``idp.configfile._apps``); SAML apps in the list are skipped."""
-    for app in apps:
+    for position, app in enumerate(apps):
         if app.get("protocol") != "oidc" or not app.get("client_id"):
             continue
         client_id = str(app["client_id"])
@@ -104,6 +104,11 @@ def apply_oidc_apps(db, workspace, apps: list[dict]) -> None:
         row.scopes = [s for s in scopes if isinstance(s, str)] if isinstance(scopes, list) else list(SCOPES)
         row.require_mfa = bool(app.get("require_mfa"))
         row.assigned_groups = list(app["assigned_groups"]) if app.get("assigned_groups") is not None else None
+        row.show_in_launcher = app.get("show_in_launcher") is not False
+        row.description = app.get("description") or None
+        row.initiate_login_uri = app.get("initiate_login_uri") or None
+        if app.get(REGISTERED_VIA) != "api":  # the config file's order is the launcher's; API apps come after
+            row.launcher_position = position
         alg = app.get("id_token_signed_response_alg") or DEFAULT_ALG
         row.id_token_signed_response_alg = alg if alg in ALGORITHMS else DEFAULT_ALG
         if method == "private_key_jwt":
@@ -164,3 +169,20 @@ def assigned_apps(db, ws_id: str) -> list:
                 else tuple(r.assigned_groups))
             for r in db.execute(select(OidcClient.client_id, OidcClient.slug, OidcClient.assigned_groups)
                                 .where(OidcClient.workspace_id == ws_id))]
+
+
+def launcher_entries(hub):
+    """For ``hub.launcher.readers``: the workspace's OIDC clients as launcher tiles (``idp.launcher``)."""
+    def read(db, ws) -> list:
+        from idp.launcher import Entry, oidc_url
+
+        issuer = hub.url(f"/w/{ws.slug}")
+        out = []
+        for r in db.scalars(select(OidcClient).where(OidcClient.workspace_id == ws.id, OidcClient.slug != "")):
+            url = oidc_url(r.initiate_login_uri, r.redirect_uris, issuer)
+            out.append(Entry("oidc", r.slug, r.name or "", None if r.assigned_groups is None
+                             else tuple(r.assigned_groups), r.show_in_launcher is not False, r.description,
+                             r.launcher_position, r.created_at, url, url is not None, bool(r.require_mfa)))
+        return out
+
+    return read

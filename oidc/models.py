@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from idp.db import Base
@@ -36,6 +36,12 @@ class OidcClient(Base):
     registered_via: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # Who may use the app: NULL everyone in the workspace; a list of group names only their members ([]: nobody).
     assigned_groups: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    # The launcher (idp.launcher): listed or not, the tile's text, the place in the config file's apps list (NULL:
+    # registered over the API, after them), and where the tile opens (OIDC Core 4, Third-Party Initiated Login).
+    show_in_launcher: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    description: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    launcher_position: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    initiate_login_uri: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

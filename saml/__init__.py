@@ -21,4 +21,7 @@ def install(hub):
         from saml.config import assigned_apps
 
         hub.app_access.readers.append(assigned_apps)
+    if getattr(hub, "launcher", None) is not None:
+        from saml.config import launcher_entries
+        hub.launcher.readers.append(launcher_entries)
     return svc

@@ -180,7 +180,7 @@ def apply_saml_apps(db, workspace, apps: list[dict], base_dir: Path | None = Non
     ``apps`` are validated entries (``idp.configfile._apps``); OIDC apps in the list are skipped. A bad entry
     raises ``SamlConfigError`` (a ``ValueError``) naming the app. A ``metadata_url`` is fetched now (see
     ``fetch_metadata``) and again by ``refresh_metadata``."""
-    for app in apps:
+    for position, app in enumerate(apps):
         if app.get("protocol") != "saml":
             continue
         try:
@@ -220,6 +220,10 @@ def apply_saml_apps(db, workspace, apps: list[dict], base_dir: Path | None = Non
         row.require_mfa = bool(app.get("require_mfa"))
         row.idp_initiated = bool(app.get("idp_initiated"))
         row.assigned_groups = list(app["assigned_groups"]) if app.get("assigned_groups") is not None else None
+        row.show_in_launcher = app.get("show_in_launcher") is not False
+        row.description = app.get("description") or None
+        if app.get(REGISTERED_VIA) != "api":  # the config file's order is the launcher's; API apps come after
+            row.launcher_position = position
         from_url = bool(app.get("metadata_url")) and not (app.get("metadata_xml") or app.get("metadata_file"))
         row.metadata_url = app["metadata_url"] if from_url else None
         row.metadata_fetched_at = utcnow() if from_url else None
@@ -341,11 +345,14 @@ def refresh_metadata(db, workspace, *, max_age: float = REFRESH_AFTER, audit=Non
         app = dict(row.app_settings or {"slug": row.slug, "name": row.name, "protocol": "saml"})
         app["metadata_url"] = row.metadata_url
         app["assigned_groups"] = row.assigned_groups  # as it is now (the admin API may have changed it since)
+        app["show_in_launcher"], app["description"] = row.show_in_launcher, row.description
+        position = row.launcher_position
         try:
             entity = _sp_settings(app, None, fresh=True)["entity_id"]
             if entity != row.entity_id:
                 raise SamlConfigError("metadata_url: the metadata now names another entityID")
             apply_saml_apps(db, workspace, [app])
+            row.launcher_position = position  # its place in the config file, not in this one-app list
         except (SamlConfigError, OSError) as exc:
             events.append(("saml.metadata.refresh_failed", {"sp": row.entity_id, "error": str(exc)[:200]}))
             continue
@@ -412,3 +419,15 @@ def assigned_apps(db, ws_id: str) -> list:
             for r in db.execute(select(SamlServiceProvider.entity_id, SamlServiceProvider.slug,
                                        SamlServiceProvider.assigned_groups)
                                 .where(SamlServiceProvider.workspace_id == ws_id))]
+
+
+def launcher_entries(db, ws) -> list:
+    """For ``hub.launcher.readers``: the workspace's SAML SPs as launcher tiles (``idp.launcher``); an SP opens
+    from idhub only with ``idp_initiated`` (the launch POST)."""
+    from idp.launcher import Entry
+
+    return [Entry("saml", r.slug, r.name or "", None if r.assigned_groups is None else tuple(r.assigned_groups),
+                  r.show_in_launcher is not False, r.description, r.launcher_position, r.created_at, None,
+                  bool(r.idp_initiated), bool(r.require_mfa))
+            for r in db.scalars(select(SamlServiceProvider).where(SamlServiceProvider.workspace_id == ws.id,
+                                                                  SamlServiceProvider.slug != ""))]

@@ -180,25 +180,6 @@ def resume(ws_slug):
     return _continue(ws, sp, pending)
 
 
-@bp.route("/w/<ws_slug>/apps")
-@login_required
-def apps(ws, sess):
-    """The app launcher: the SAML apps this workspace lets users open from idhub (``idp_initiated``) and that
-    the policies let this user open now (an app that needs a second factor says so)."""
-    client = current_client()
-    listed = []
-    sps = service().launchable(ws)
-    # an app assigned to groups is listed (and named) only to their members: the user's groups read once
-    groups = hub().group_names(ws.id, sess.user_id) if any(sp.assigned_groups is not None for sp in sps) else None
-    for sp in sps:
-        app = sp.slug or sp.entity_id
-        decision = hub().decide(ws, client, user_id=sess.user_id, methods=sess.amr, app=app,
-                                app_policies=hub().app_policies(ws, app), groups=groups)
-        if decision.effect != "deny":
-            listed.append({"slug": sp.slug, "name": sp.name or sp.slug, "step_up": decision.effect != "allow"})
-    return render_template("apps.html", ws=ws, apps=listed)
-
-
 @bp.route("/w/<ws_slug>/apps/<slug>/launch", methods=["POST"])
 @login_required
 def launch(ws, sess, slug):

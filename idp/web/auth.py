@@ -47,7 +47,7 @@ def home():
 
 @bp.route("/w/<ws_slug>/")
 def workspace_home(ws_slug):
-    return redirect(url_for("security.page", ws_slug=ws_slug))
+    return redirect(url_for("apps.page", ws_slug=ws_slug))
 
 
 @bp.route("/w/<ws_slug>/login", methods=["GET", "POST"])
@@ -148,7 +148,7 @@ def respond(ws, out):
     assert isinstance(out, Done), out
     SIGNINS.labels(outcome="stepped_up" if out.upgraded else "success").inc()
     rotate_csrf()
-    resp = redirect(out.next or url_for("security.page", ws_slug=ws.slug))
+    resp = redirect(out.next or url_for("apps.page", ws_slug=ws.slug))
     data = out.session
     if out.token is not None:
         set_cookie(resp, session_cookie(ws.slug), out.token,

@@ -137,8 +137,9 @@ def login_required(view):
 
 
 def safe_next(value: str | None, ws_slug: str) -> str:
-    """Only same-origin paths inside the workspace; anything else falls back to the security page."""
-    default = f"/w/{ws_slug}/settings/security"
+    """Only same-origin paths inside the workspace; anything else falls back to the app launcher (the contract:
+    after sign-in without a ``next`` target, employees land there)."""
+    default = f"/w/{ws_slug}/apps"
     if not value or len(value) > 2048:
         return default
     if not value.startswith(f"/w/{ws_slug}/") or value.startswith("//") or "\\" in value:

@@ -100,7 +100,7 @@ def test_admins_need_a_second_factor_by_default(app, tmp_path):
     r = b.post(enroll, {"action": "verify", "code": pyotp.TOTP(secret).at(h.clock()), "csrf_token": b.csrf(page)})
     assert r.status_code == 200 and "backup codes" in text(r).lower()
     r = b.post(enroll, {"csrf_token": b.csrf(text(r))})  # "I have saved them": on into the session
-    assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/settings/security")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/apps")
     assert b.get("/w/acme/admin/").status_code == 200  # the same session: no sign-out, no second sign-in
     # a session without the second factor (as if alice had been made an admin after she signed in) steps up
     b2 = signed_in(strict, ALICE, amr=("pwd",))

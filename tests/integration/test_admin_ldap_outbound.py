@@ -260,7 +260,7 @@ def test_with_the_allow_list_an_api_registered_directory_signs_people_in(app, hu
     r = api.post("/workspaces/acme/connections", directory(f"ldap://dir{INTERNAL}:{slapd.port}"))
     assert r.status_code == 201, r.get_data(as_text=True)
     b, r = ldap_login(app, "ada@acme.test", PASSWORDS["ada"])
-    assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security"), r.get_data(as_text=True)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/apps"), r.get_data(as_text=True)
     assert b.security().status_code == 200
     with hub.db() as db:
         ada = db.scalar(select(User).where(User.email_normalized == "ada@acme.test"))

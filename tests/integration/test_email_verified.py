@@ -194,7 +194,7 @@ def test_an_invitation_link_verifies_the_address(app, hub, admin_api, outbox):
 def upstream_sign_in(app, idp, **claims) -> Browser:
     b, state, nonce = begin(app, "a")
     r = callback(b, "a", code=idp.issue_code(idp.sign(idp.claims(nonce, **claims))), state=state, iss=A)
-    assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security"), \
+    assert r.status_code == 302 and r.headers["Location"].endswith("/apps"), \
         r.get_data(as_text=True)[:500]
     return b
 

@@ -169,7 +169,7 @@ def test_the_honest_path_works(fed, idps):
     b, state, nonce = begin(fed, "a")
     code = idps["a"].issue_code(idps["a"].sign(idps["a"].claims(nonce)))
     r = callback(b, "a", code=code, state=state, iss=A)
-    assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/apps")
     assert b.security().status_code == 200
 
 

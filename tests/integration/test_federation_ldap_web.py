@@ -48,7 +48,7 @@ def ldap_login(app, email: str, password: str, *, local: bool = False, b: Browse
 def test_directory_password_signs_in_and_links_on_the_entry(app):
     hub = app.extensions["idhub"]
     b, r = ldap_login(app, "ada@acme.test", PASSWORDS["ada"])
-    assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/apps")
     assert b.security().status_code == 200
     with hub.db() as db:
         ada = db.scalar(select(User).where(User.email_normalized == "ada@acme.test"))
@@ -73,7 +73,7 @@ def test_wrong_directory_password(app):
 
 def test_local_password_of_a_directory_domain_is_still_possible_when_sso_is_optional(app):
     _, r = ldap_login(app, ALICE, ALICE_PW, local=True)
-    assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/apps")
 
 
 def test_ldap_test_connection_page(app):

@@ -92,7 +92,7 @@ def test_sign_in_through_the_acs_and_resume(app):
     r = post_acs(b, signed_response(request_id), relay)
     assert r.status_code == 302 and "/sso/okta-saml/resume?r=" in r.headers["Location"]
     r = b.get(r.headers["Location"])
-    assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security"), r.get_data(as_text=True)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/apps"), r.get_data(as_text=True)
     assert b.security().status_code == 200
     with hub.db() as db:
         sam = db.scalar(select(User).where(User.email_normalized == "sam@saml-corp.test"))
@@ -120,7 +120,7 @@ def test_replay_cache_when_unsolicited_responses_are_allowed(settings):
     b = Browser(app)
     r = post_acs(b, response, None)
     assert r.status_code == 302
-    assert b.get(r.headers["Location"]).headers["Location"].endswith("/settings/security")
+    assert b.get(r.headers["Location"]).headers["Location"].endswith("/apps")
     r = post_acs(Browser(app), response, None)
     assert r.status_code == 400
     assert audit_events(hub, "federation.signin.failure")[-1].data["check"] == "replay"
@@ -288,7 +288,7 @@ def test_saml_email_verified_by_idp_links_on_the_nameid(settings):
     app = make_fed_app(settings, saml_config(domains=["acme.test"], link_by_email=True, email_verified_by_idp=True))
     b, relay, request_id = start(app, email=BOB)
     r = b.get(post_acs(b, signed_response(request_id, attributes={**ATTRS, "email": BOB}), relay).headers["Location"])
-    assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/apps")
     assert sam_link(app, BOB) == ["00u1sam"]
 
 
@@ -360,7 +360,7 @@ def test_a_broken_metadata_fetch_keeps_the_old_metadata_and_is_audited(settings,
         server.mode = mode
         b, relay, request_id = start(app)  # the refresh fails; the sign-in goes on with the pinned metadata
         r = b.get(post_acs(b, signed_response(request_id), relay).headers["Location"])
-        assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security")
+        assert r.status_code == 302 and r.headers["Location"].endswith("/apps")
         with hub.db() as db:
             assert db.scalar(select(FederationConnection)).settings["metadata_xml"] == old
         failed = audit_events(hub, "federation.metadata.refresh_failed")
@@ -549,7 +549,7 @@ def test_saml_trust_mfa_end_to_end(settings, trust, context, second_factor_by_id
         assert "/enroll" in r.headers["Location"] or "/login/mfa" in r.headers["Location"], r.headers["Location"]
         assert b.security().status_code == 302
     else:
-        assert r.headers["Location"].endswith("/settings/security")
+        assert r.headers["Location"].endswith("/apps")
         assert b.security().status_code == 200
         ok = audit_events(hub, "federation.signin.success")[-1].data
         assert ok["amr"] == ["fed", "upstream_mfa"] and ok["mfa"] is True

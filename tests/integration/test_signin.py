@@ -21,7 +21,7 @@ def test_sign_in_sets_a_hardened_session_cookie_and_lands_on_the_security_page(b
     b = browser_factory()
     r = b.login("acme", ALICE, ALICE_PW)
     assert r.status_code == 302
-    assert r.headers["Location"].endswith("/w/acme/settings/security")
+    assert r.headers["Location"].endswith("/w/acme/apps")
     cookies = [c for c in r.headers.getlist("Set-Cookie") if c.startswith("idhub_session_acme=")]
     assert len(cookies) == 1
     c = cookies[0].lower()
@@ -220,7 +220,7 @@ def test_next_only_accepts_paths_inside_the_workspace(browser_factory):
                 "javascript:alert(1)"):
         b = browser_factory()
         r = b.login("acme", ALICE, ALICE_PW, next_url=bad)
-        assert r.headers["Location"].endswith("/w/acme/settings/security"), bad
+        assert r.headers["Location"].endswith("/w/acme/apps"), bad
     b = browser_factory()
     r = b.login("acme", ALICE, ALICE_PW, next_url="/w/acme/settings/security#sessions")
     assert r.headers["Location"].endswith("/w/acme/settings/security#sessions")

@@ -34,7 +34,7 @@ def test_the_page_asks_for_email_and_password_and_one_post_signs_in(browser_fact
     assert '<label for="email">Email</label>' in page and '<label for="password">Password</label>' in page
     assert PASSWORD_INPUT.search(page) and ">Sign in</button>" in page and ">Continue</button>" not in page
     r = b.sign_in("acme", ALICE, ALICE_PW)
-    assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/settings/security")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/apps")
     assert any(c.startswith("idhub_session_acme=") for c in r.headers.getlist("Set-Cookie"))
     assert any(c.startswith("idhub_device_acme=") for c in r.headers.getlist("Set-Cookie"))
     assert b.security().status_code == 200
@@ -66,7 +66,7 @@ def test_a_wrong_password_shows_the_page_again_with_the_email_and_no_session(bro
     assert all("Wrong-Password" not in str(e.data) for e in events(hub, "auth.signin.failure"))
     # the page it showed signs in (its CSRF token is good)
     r = b.post("/w/acme/login", {"email": ALICE, "password": ALICE_PW, "csrf_token": b.csrf(html)})
-    assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/apps")
 
 
 def test_the_throttle_is_the_password_pages_throttle(browser_factory, hub):
@@ -138,6 +138,6 @@ def test_a_second_factor_continues_on_a_stored_flow(tmp_path):
     r = b.post(loc, {"action": "verify", "code": pyotp.TOTP(secret).at(hub.clock()), "csrf_token": b.csrf(page)})
     assert r.status_code == 200 and b.security().status_code == 302  # the backup codes come first
     r = b.post(loc, {"csrf_token": b.csrf(r.get_data(as_text=True))})
-    assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/apps")
     assert b.security().status_code == 200
     assert stored_flows(hub) == 0 and flow

@@ -29,7 +29,7 @@ def text(r) -> str:
 def signed_in(app, **kw) -> Browser:
     b = Browser(app, **kw)
     r = b.login("acme", ALICE, ALICE_PW)
-    assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security"), r.headers.get("Location")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/apps"), r.headers.get("Location")
     return b
 
 
@@ -106,7 +106,7 @@ def test_enable_totp_then_sign_in_with_a_code_once(app, hub, outbox, clock_hub):
     assert "/login/mfa" in loc
     code = totp.at(hub.clock())
     r = submit_code(c, loc, code)
-    assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/apps")
     assert c.security().status_code == 200
     # the same code, from another browser in the same time step: refused (replay)
     d, loc2 = password_step(app)
@@ -155,7 +155,7 @@ def test_disable_2fa_needs_a_current_code(app, hub, outbox, clock_hub):
     assert r.status_code == 302
     assert "is <strong>off</strong>" in text(b.security())
     c, loc = password_step(app)
-    assert loc.endswith("/settings/security")  # no second step any more
+    assert loc.endswith("/apps")  # no second step any more
 
 
 def test_security_changes_need_recent_reauthentication(app):
@@ -249,7 +249,7 @@ def test_require_mfa_forces_enrolment_before_anything_else(tmp_path):
     r = b.post(loc, {"action": "verify", "code": pyotp.TOTP(secret).at(hub.clock()), "csrf_token": b.csrf(page)})
     assert r.status_code == 200 and len(CODE_RE.findall(text(r))) == 10
     r = b.post(loc, {"csrf_token": b.csrf(text(r))})
-    assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/apps")
     assert b.security().status_code == 200
 
 
@@ -372,7 +372,7 @@ def test_reloading_the_backup_codes_page_during_enrolment_does_not_loop(tmp_path
     r = b.get(loc)
     assert r.status_code == 200 and "not shown again" in text(r)
     r = b.post(loc, {"csrf_token": b.csrf(text(r))})
-    assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/apps")
 
 
 def test_a_confirmed_first_factor_leaves_only_the_code_to_enter(app, hub, clock_hub):

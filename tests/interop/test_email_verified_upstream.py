@@ -45,7 +45,7 @@ def okta_sign_in(app, email: str, username: str) -> Browser:
     authorize = navigate_target(b.get(r.headers["Location"]).get_data(as_text=True))
     assert parse_qs(urlsplit(authorize).query)["login_hint"] == [email]
     r = b.get(upstream_login(requests.Session(), authorize, username).removeprefix(BASE))
-    assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/settings/security"), \
+    assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/apps"), \
         r.get_data(as_text=True)[:800]
     return b
 

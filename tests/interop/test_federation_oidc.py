@@ -99,7 +99,7 @@ def test_okta_just_in_time_user_groups_session_and_audit(settings, okta):
     app = make_fed_app(settings, config_with(okta_connection(okta.issuer)))
     hub = app.extensions["idhub"]
     b, r = sso_signin(app, "ada@acme.test", "ada")
-    assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/settings/security"), \
+    assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/apps"), \
         r.get_data(as_text=True)[:800]
     page = b.security()
     assert page.status_code == 200 and "ada@acme.test" in page.get_data(as_text=True)
@@ -138,7 +138,7 @@ def test_trusted_upstream_mfa_satisfies_require_mfa(settings, okta):
     _, r = sso_signin(app, "ada@acme.test", "ada", mfa=False)  # trusted, but the IdP says it did not do MFA
     assert "/enroll" in r.headers["Location"]
     _, r = sso_signin(app, "ada@acme.test", "ada", mfa=True)
-    assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security"), r.headers["Location"]
+    assert r.status_code == 302 and r.headers["Location"].endswith("/apps"), r.headers["Location"]
     assert audit_events(hub, "federation.signin.success")[-1].data["amr"] == ["fed", "pwd", "upstream_mfa"]
 
 
@@ -300,7 +300,7 @@ def test_okta_org_authorization_server_issuer(settings, trailing_slash):
         app = make_fed_app(settings, config_with(okta_connection(issuer)))
         hub = app.extensions["idhub"]
         b, r = sso_signin(app, "ada@acme.test", "ada")
-        assert r.status_code == 302 and r.headers["Location"].endswith("/settings/security"), \
+        assert r.status_code == 302 and r.headers["Location"].endswith("/apps"), \
             r.get_data(as_text=True)[:500]
         assert b.security().status_code == 200
         assert groups_of(hub, user(hub, "ada@acme.test").id) == ["Everyone", "eng"]

@@ -98,7 +98,7 @@ def test_okta_shaped_saml_sign_in_through_idhub(node, tmp_path, settings):
         hub = app.extensions["idhub"]
         b, posted, r = sign_in(app, "okta", "ada@acme.test")
         r = finish(b, r)
-        assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/settings/security"), \
+        assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/apps"), \
             r.get_data(as_text=True)[:800]
         assert "ada@acme.test" in b.security().get_data(as_text=True)
         ada, groups, link = user_and_groups(hub, "ada@acme.test")
@@ -119,7 +119,7 @@ def test_azure_shaped_saml_sign_in_through_idhub(node, tmp_path, settings):
         hub = app.extensions["idhub"]
         b, _, r = sign_in(app, "azure_ad", "ada@contoso.test")
         r = finish(b, r)
-        assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/settings/security"), \
+        assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/apps"), \
             r.get_data(as_text=True)[:800]
         ada, groups, link = user_and_groups(hub, "ada@contoso.test")
         assert link.subject == f"{TID}:{OID}"  # tid:oid, never the NameID or the email
