@@ -248,7 +248,8 @@ def user(ws, p, user_id):
     u = svc.get_user(p, ws.slug, user_id)
     groups = svc.list_groups(p, ws.slug, limit=200)["items"]
     events = svc.search_events(p, ws.slug, actor=user_id, limit=10)["items"]
-    return _render("user.html", ws, status, u=u, groups=groups, errors=errors, events=events)
+    return _render("user.html", ws, status, u=u, groups=groups, errors=errors, events=events,
+                   user_apps=svc.apps_of_user(p, ws.slug, u["id"]))
 
 
 @bp.route("/w/<ws_slug>/admin/users/<user_id>/<action>", methods=["POST"])
@@ -296,7 +297,8 @@ def groups(ws, p):
         else:
             flash(f"Created the group {_form('name').strip()}.", "status")
             return redirect(url_for("admin_console.groups", ws_slug=ws.slug))
-    return _render("groups.html", ws, status, groups=svc.list_groups(p, ws.slug, limit=200)["items"], errors=errors)
+    return _render("groups.html", ws, status, groups=svc.list_groups(p, ws.slug, limit=200)["items"], errors=errors,
+                   apps_by_group=svc.apps_by_group(p, ws.slug))
 
 
 @bp.route("/w/<ws_slug>/admin/groups/<group_id>/delete", methods=["POST"])
@@ -363,7 +365,33 @@ def app_detail(ws, p, app_slug):
         else:
             flash("Saved.", "status")
             return redirect(url_for("admin_console.app_detail", ws_slug=ws.slug, app_slug=app_slug))
-    return _render("app.html", ws, status, app=svc.get_app(p, ws.slug, app_slug), secret=None, errors=errors)
+    return _app_page(ws, p, app_slug, status, errors=errors)
+
+
+def _app_page(ws, p, app_slug: str, status: int = 200, errors=(), access_errors=()):
+    svc = admin_service()
+    return _render("app.html", ws, status, app=svc.get_app(p, ws.slug, app_slug), secret=None, errors=list(errors),
+                   access_errors=list(access_errors), groups=svc.list_groups(p, ws.slug, limit=200)["items"])
+
+
+@bp.route("/w/<ws_slug>/admin/apps/<app_slug>/access", methods=["POST"])
+@admin_required
+def app_access(ws, p, app_slug):
+    """Who may use the app (everyone, or the members of the checked groups) and its launcher tile: through
+    ``AdminService.update_app``, audited, and an app taken from someone is revoked at once, as over the API."""
+    check_csrf()
+    body = {"assigned_groups": None if request.form.get("access") != "groups"
+            else list(dict.fromkeys(request.form.getlist("assigned_groups")[:200])),
+            "show_in_launcher": bool(request.form.get("show_in_launcher")),
+            "description": _form("description").strip() or None}
+    try:
+        admin_service().update_app(p, ws.slug, app_slug, body)
+    except AdminError as exc:
+        if exc.status == 404:
+            raise
+        return _app_page(ws, p, app_slug, exc.status, access_errors=[_error_text(exc)])
+    flash("Saved who may use this app.", "status")
+    return redirect(url_for("admin_console.app_detail", ws_slug=ws.slug, app_slug=app_slug))
 
 
 @bp.route("/w/<ws_slug>/admin/apps/<app_slug>/secret", methods=["POST"])

@@ -130,6 +130,9 @@ def _saml_apps(db: Session, ws: Workspace) -> list[dict]:
             a.update({k: v for k, v in r.app_settings.items() if k in APP_KEYS and k not in a and v is not None
                       and k not in ("metadata_xml", "metadata_file")})
             a["metadata_url"] = r.metadata_url
+            for key in ("show_in_launcher", "description"):  # as they are now (the API may have changed them)
+                a.pop(key, None)
+            _launcher(a, r)
             out.append(a)
             continue
         acs = [x["url"] for x in sorted(r.acs or [], key=lambda x: (not x.get("default"), x.get("index", 0)))]

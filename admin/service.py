@@ -656,6 +656,27 @@ class AdminService:
                                                  .where(SamlServiceProvider.workspace_id == ws.id))]
         return sorted(rows, key=lambda kr: (kr[1].slug, kr[0]))
 
+    def apps_of_user(self, p: Principal, slug: str, user_id: str) -> list[dict]:
+        """The apps a user may use and why ("everyone", "via Engineering"): ``policies.engine.may_use``, the doors'
+        answer (listed on the launcher or not)."""
+        from idp.launcher import usable_by
+
+        ws = self.workspace(p, slug)
+        groups = self.hub.group_names(ws.id, user_id)
+        return [{"slug": e.slug, "name": e.title, "protocol": e.protocol, "why": why}
+                for e, why in usable_by(self.hub.launcher.entries(ws), groups)]
+
+    def apps_by_group(self, p: Principal, slug: str) -> dict[str, list[dict]]:
+        """For each group name, the apps assigned to it."""
+        from idp.launcher import sort_key
+
+        ws = self.workspace(p, slug)
+        out: dict[str, list[dict]] = {}
+        for e in sorted(self.hub.launcher.entries(ws), key=sort_key):
+            for name in e.assigned_groups or ():
+                out.setdefault(name, []).append({"slug": e.slug, "name": e.title})
+        return out
+
     def list_apps(self, p: Principal, slug: str, *, limit=None, offset=None) -> dict:
         ws = self.workspace(p, slug)
         with self.hub.db() as db:

@@ -8,6 +8,7 @@ from flask import Blueprint, render_template, request
 
 from idp.launcher import Q_MAX
 from idp.web.common import hub, login_required
+from policies.engine import SECOND_FACTORS
 
 bp = Blueprint("apps", __name__)
 
@@ -17,4 +18,6 @@ bp = Blueprint("apps", __name__)
 def page(ws, sess):
     q = request.args.get("q", "")[:Q_MAX].strip()
     tiles = hub().launcher.for_user(ws, sess.user_id, q)
-    return render_template("apps.html", ws=ws, tiles=tiles, q=q)
+    # an app that requires a second factor the session has not shown: its launch steps the session up first
+    step_up = set() if SECOND_FACTORS.intersection(sess.amr or ()) else {t.slug for t in tiles if t.require_mfa}
+    return render_template("apps.html", ws=ws, tiles=tiles, q=q, step_up=step_up)
