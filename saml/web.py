@@ -180,10 +180,18 @@ def resume(ws_slug):
     return _continue(ws, sp, pending)
 
 
-@bp.route("/w/<ws_slug>/apps/<slug>/launch", methods=["POST"])
+@bp.route("/w/<ws_slug>/apps/<slug>/launch", methods=["GET", "POST"])
 @login_required
 def launch(ws, sess, slug):
-    """IdP-initiated SSO: an unsolicited Response to the app's default ACS, after the policy engine."""
+    """IdP-initiated SSO: an unsolicited Response to the app's default ACS, after the policy engine. A GET (the
+    launch URL opened directly) goes to the app's tile on the launcher, or says that the app is not the user's,
+    without saying whether it exists."""
+    if request.method == "GET":
+        from policies.engine import NOT_ASSIGNED
+
+        if any(t.protocol == "saml" and t.slug == slug for t in hub().launcher.for_user(ws, sess.user_id)):
+            return redirect(f"/w/{ws.slug}/apps?" + urlencode({"q": slug}))
+        return render_template("denied.html", ws=ws, reason=NOT_ASSIGNED, apps_link=True), 403
     check_csrf()
     svc = service()
     sp = svc.sp_for_app(ws.id, slug[:63])

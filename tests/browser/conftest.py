@@ -243,9 +243,26 @@ class Ui:
         page.get_by_label("Password").fill(password)
         page.get_by_role("button", name="Sign in", exact=True).click()
 
-    def sign_in(self, page: Page, account: Account | str, password: str | None = None) -> None:
+    def sign_in(self, page: Page, account: Account | str, password: str | None = None, *,
+                security: bool = True) -> None:
+        """Sign in: employees land on the app launcher (the contract); then, unless ``security=False``, open the
+        security page, where most walks go on."""
         self.submit_credentials(page, account, password)
-        self.expect_security_page(page)
+        self.expect_signed_in(page, security=security)
+
+    def expect_signed_in(self, page: Page, *, security: bool = True) -> None:
+        """A sign-in without a ``next`` target finished: the launcher; then (``security``) the security page."""
+        self.expect_launcher_page(page)
+        if security:
+            self.open_security(page)
+
+    @property
+    def launcher_url_re(self) -> re.Pattern:
+        return re.compile(re.escape(self.url("/apps")) + r"(\?.*)?$")
+
+    def expect_launcher_page(self, page: Page) -> None:
+        expect(page).to_have_url(self.launcher_url_re)
+        expect(page.get_by_role("heading", name="Apps", exact=True)).to_be_visible()
 
     def expect_sign_in_refused(self, page: Page, account: Account | str, password: str) -> None:
         self.submit_credentials(page, account, password)

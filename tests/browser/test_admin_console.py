@@ -72,7 +72,7 @@ def sign_in_enrolling_totp(ui: Ui, page: Page) -> pyotp.TOTP:
     page.get_by_role("button", name="Verify", exact=True).click()
     expect(page.get_by_role("heading", name="Save your backup codes")).to_be_visible()
     page.get_by_role("button", name="Continue", exact=True).click()
-    ui.expect_security_page(page)
+    ui.expect_signed_in(page)
     return totp
 
 

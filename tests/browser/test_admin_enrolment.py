@@ -31,7 +31,7 @@ def admin_hub(hub_factory):
 def test_a_new_admin_enrols_inside_the_sign_in_and_reaches_the_console(admin_hub, new_page):
     ui = Ui(admin_hub)
     page = new_page(viewport={"width": 1280, "height": 900})
-    sign_in_enrolling_totp(ui, page)  # password, then "Set up an authenticator app", backup codes, security page
+    sign_in_enrolling_totp(ui, page)  # password, "Set up an authenticator app", backup codes, launcher, security page
     page.get_by_role("link", name="Admin console").click()
     expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
     expect(page).to_have_url(re.compile(re.escape(ui.url("/admin/"))))
@@ -42,7 +42,7 @@ def test_a_new_admin_enrols_inside_the_sign_in_and_reaches_the_console(admin_hub
     expect(ui.session_rows(page)).to_have_count(1)
 
     member = new_page()
-    ui.sign_in(member, ui.bob)  # straight to the security page: no enrolment asked of a member
+    ui.sign_in(member, ui.bob)  # straight to the launcher (then the security page): no enrolment asked
     ui.expect_security_page(member)
     member.goto(ui.url("/admin/"))
     expect(member.get_by_text("The admin console is for this workspace's admins")).to_be_visible()

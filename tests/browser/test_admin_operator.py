@@ -40,7 +40,7 @@ def test_the_operator_runs_every_workspace_from_their_own_sign_in(hub_factory, n
     page.get_by_role("button", name="Verify", exact=True).click()
     expect(page.get_by_role("heading", name="Save your backup codes")).to_be_visible()
     page.get_by_role("button", name="Continue", exact=True).click()
-    ui.expect_security_page(page)
+    ui.expect_signed_in(page)
 
     page.goto(hub.url("/w/hq/admin/workspaces"))
     expect(page.get_by_role("heading", name="Workspaces", exact=True)).to_be_visible()

@@ -62,7 +62,7 @@ def test_require_mfa_forces_enrolment_before_anything_else(hub_factory, new_cont
     tab.close()
 
     page.get_by_role("button", name="Continue", exact=True).click()
-    ui.expect_security_page(page)
+    ui.expect_signed_in(page)
     section = two_factor_section(page)
     expect(section).to_contain_text("Two-factor authentication is on")
     expect(section).to_contain_text("Authenticator app: set up")

@@ -37,7 +37,7 @@ def _walk(ui, page, shoot):
     shoot("password")
     page.get_by_label("Password").fill(ui.alice.password)
     page.get_by_role("button", name="Sign in", exact=True).click()
-    ui.expect_security_page(page)
+    ui.expect_signed_in(page)
     shoot("security")
     page.goto(ui.url("/password/forgot"))
     expect(page.get_by_label("Email")).to_be_visible()

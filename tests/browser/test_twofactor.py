@@ -152,7 +152,7 @@ def test_enable_authenticator_app_and_sign_in_with_a_code_once(ui, new_page):
     expect(page.get_by_text("Open your authenticator app and enter the 6-digit code")).to_be_visible()
     code, _ = code_now(totp)
     submit_code(page, "Code from your authenticator app", code)
-    ui.expect_security_page(page)
+    ui.expect_signed_in(page)
     expect_2fa_on(page)
 
     # the same code from another browser: refused
@@ -180,7 +180,7 @@ def test_backup_code_signs_in_once(ui, new_page):
     choose_other_way(page, "Backup code")
     expect(page.get_by_text("Enter one of the backup codes you saved")).to_be_visible()
     submit_code(page, "Backup code", codes[0])
-    ui.expect_security_page(page)
+    ui.expect_signed_in(page)
     expect(two_factor_section(page)).to_contain_text("Backup codes: 9 left")
 
     other = new_page()
@@ -191,7 +191,7 @@ def test_backup_code_signs_in_once(ui, new_page):
 
     # another, unused code still works there
     submit_code(other, "Backup code", codes[1])
-    ui.expect_security_page(other)
+    ui.expect_signed_in(other)
     expect(two_factor_section(other)).to_contain_text("Backup codes: 8 left")
 
 
@@ -320,7 +320,7 @@ def test_enrol_sms_and_sign_in_with_a_texted_code(hub_factory, new_page, gateway
     expect(ui.notice(page, "We sent a code to")).to_be_visible()
     code = gateway.code_after(seen, PHONE_E164)
     submit_code(page, "Code from the text message", code)
-    ui.expect_security_page(page)
+    ui.expect_signed_in(page)
     expect_2fa_on(page)
 
 
