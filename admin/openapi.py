@@ -35,6 +35,12 @@ ASSIGNED_GROUPS = {"type": ["array", "null"], "items": {"type": "string"}, "uniq
                                   "of these groups of the workspace ([]: nobody). An unknown group is 422 naming "
                                   "assigned_groups[i]. Removing a group (or a member from one) revokes the app's "
                                   "tokens of those who lose access and sends them its back-channel logout."}
+# The app launcher (/w/{ws}/apps): whether the app has a tile, and the tile's text (both also for SAML apps, in place).
+LAUNCHER = {"show_in_launcher": {"type": "boolean", "description": "a tile on the employees' app launcher "
+                                 "(default true); a SAML app needs idp_initiated too"},
+            "description": {"type": ["string", "null"], "maxLength": 300, "description": "the tile's short text"}}
+INITIATE_LOGIN = {"type": "string", "description": "OIDC apps: where the launcher tile opens (OIDC Core 4, "
+                  "Third-Party Initiated Login; https; idhub adds iss). Absent: the origin of the first redirect URI"}
 # What the API does with a metadata_url (SAML apps and connections): idp.netfetch's outbound checks.
 FETCH_NOTE = ("idhub fetches a metadata_url through its outbound checks: https only (plain http only to a loopback "
               "host), no redirects, at most 10 s and 512 KiB (apps) or 1 MiB (connections), and refused (422 naming "
@@ -103,6 +109,7 @@ SCHEMAS: dict = {
         "slug": {"type": "string"}, "name": {"type": "string"}, "protocol": {"type": "string",
                                                                              "enum": ["oidc", "saml"]},
         "require_mfa": {"type": "boolean"}, "assigned_groups": ASSIGNED_GROUPS, "created_at": NULLABLE_STR,
+        **LAUNCHER,
         "settings": {"type": "object", "description": "copy-ready settings for the app's side; a SAML app's "
                      "sp_metadata_url (null unless registered by metadata_url) and sp_metadata_fetched_at say where "
                      "its own metadata came from"},
@@ -117,7 +124,8 @@ SCHEMAS: dict = {
                               "redirect_uris": STR_LIST, "post_logout_redirect_uris": STR_LIST,
                               "token_endpoint_auth_method": {"type": "string"}, "scopes": STR_LIST,
                               "grant_types": STR_LIST, "require_mfa": {"type": "boolean"},
-                              "assigned_groups": ASSIGNED_GROUPS, "metadata_xml": {"type": "string"},
+                              "assigned_groups": ASSIGNED_GROUPS, "metadata_xml": {"type": "string"}, **LAUNCHER,
+                              "initiate_login_uri": INITIATE_LOGIN,
                               "metadata_url": {"type": "string", "description": "the SP's metadata URL (https)"},
                               "entity_id": {"type": "string"}, "acs_url": {"type": "string"},
                               "backchannel_logout_uri": {"type": "string", "description": "where idhub POSTs "
@@ -185,7 +193,8 @@ SCHEMAS: dict = {
         "assigned_groups": {**ASSIGNED_GROUPS, "description": "(also for SAML apps, whose other settings change by "
                             "registering again) " + ASSIGNED_GROUPS["description"]},
         "backchannel_logout_uri": {**NULLABLE_STR, "description": "a new one gets the outbound checks (registered_via: "
-                                   "api); null removes it"}}},
+                                   "api); null removes it"},
+        **LAUNCHER, "initiate_login_uri": {**INITIATE_LOGIN, "type": ["string", "null"]}}},
     "Policies": {"type": "object", "additionalProperties": False, "properties": {
         "require_mfa": {"type": "boolean"}, "require_mfa_for_admins": {"type": "boolean"},
         "mfa_methods": {"type": "array", "items": {"type": "string", "enum": ["totp", "sms", "backup_codes"]}},
