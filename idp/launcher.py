@@ -20,7 +20,7 @@ insensitive). The protocols register a ``reader`` each (``hub.launcher.readers``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlencode, urlsplit
 
@@ -42,7 +42,6 @@ class Entry:
     url: str | None = None  # an OIDC tile's link; None with a SAML app (the launch POST)
     launchable: bool = True
     require_mfa: bool = False
-    order: tuple = field(default=(), compare=False)
 
     @property
     def title(self) -> str:
