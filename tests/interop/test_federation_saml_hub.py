@@ -175,7 +175,9 @@ def test_saml_sign_in_in_chromium_against_idhub_serve(node, tmp_path, browser):
                 page.get_by_role("button", name="Continue").click()
                 page.wait_for_url(idp.url + "/saml/sso**")
                 page.locator("form.form-profile button[type=submit]").first.click()
-                page.wait_for_url(hub.url("/w/acme/settings/security"))
+                page.wait_for_url(hub.url("/w/acme/apps"))  # employees land on the app launcher
+                expect(page.get_by_role("heading", name="Apps", exact=True)).to_be_visible()
+                page.goto(hub.url("/w/acme/settings/security"))
                 expect(page.get_by_text("ada@acme.test").first).to_be_visible()
             finally:
                 context.close()
