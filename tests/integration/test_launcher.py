@@ -113,6 +113,14 @@ def test_the_launch_of_an_app_the_user_may_not_open_is_refused(app, hub):
     r = bob.post("/w/acme/apps/expenses/launch", {"csrf_token": bob.csrf()})
     assert r.status_code == 403
     assert "access to this app" in r.get_data(as_text=True)
+    # the launch URL opened directly: the same page for an app not theirs and for no app at all
+    for slug in ("expenses", "no-such-app"):
+        r = bob.get(f"/w/acme/apps/{slug}/launch")
+        assert r.status_code == 403 and "access to this app" in r.get_data(as_text=True)
+        assert "Expenses" not in r.get_data(as_text=True) and "Back to your apps" in r.get_data(as_text=True)
+    alice = signed_in(app2, ALICE, ALICE_PW)
+    r = alice.get("/w/acme/apps/expenses/launch")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/apps?q=expenses")
 
 
 def console_save_access(b: Browser, slug: str, fields: dict):
