@@ -21,7 +21,9 @@ def install(hub):
         from saml.config import assigned_apps
 
         hub.app_access.readers.append(assigned_apps)
+        hub.app_access.revokers["saml"] = svc.slo.app_lost  # the SP is told over SOAP where it can be
     if getattr(hub, "launcher", None) is not None:
         from saml.config import launcher_entries
+
         hub.launcher.readers.append(launcher_entries)
     return svc

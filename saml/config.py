@@ -410,8 +410,9 @@ def saml_app_errors(app: dict, base_dir: Path | None = None) -> list[str]:
 
 
 def assigned_apps(db, ws_id: str) -> list:
-    """For ``hub.app_access.readers``: the workspace's SAML SPs and their assignments. A SAML app has no grant
-    held at idhub to revoke: losing it is audited, and every later SSO to it is refused."""
+    """For ``hub.app_access.readers``: the workspace's SAML SPs and their assignments. Losing one is audited, the
+    SP is sent a back-channel LogoutRequest where it has a SOAP SingleLogoutService (``slo.app_lost``), and every
+    later SSO to it is refused."""
     from idp.assignments import App
 
     return [App("saml", r.entity_id, r.slug or r.entity_id, None if r.assigned_groups is None

@@ -50,7 +50,7 @@ from lxml import etree
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from idp.models import Workspace
+from idp.models import SessionRow, Workspace
 from idp.netfetch import FetchError
 from saml.config import NAMEID_PERSISTENT, NAMEID_TRANSIENT, guarded
 from saml.keys import private_key
@@ -217,6 +217,32 @@ class SingleLogout:
             else:
                 self.hub.audit.record("saml.slo.not_propagated", workspace_id=r.workspace_id,
                                       data={"sp": sp.entity_id, "reason": reason})
+
+    def app_lost(self, ws_id: str, user_id: str, app, why: str) -> None:
+        """``hub.app_access``' revoker for a SAML app a user may no longer use (``apps[].assigned_groups``): the
+        user's idhub sessions stay, but this SP's participation in them ends — an SP with a SOAP
+        SingleLogoutService gets a back-channel LogoutRequest for each of them (as when a session ends without its
+        browser); one without is named in the audit log (``saml.slo.not_propagated``) and refuses the next SSO."""
+        with self.hub.db() as db:
+            sp = db.scalar(select(SamlServiceProvider).where(SamlServiceProvider.workspace_id == ws_id,
+                                                             SamlServiceProvider.entity_id == app.key))
+            if sp is None:
+                return
+            rows = list(db.scalars(select(SamlSessionParticipant).join(
+                SessionRow, SessionRow.id == SamlSessionParticipant.session_id).where(
+                SessionRow.user_id == user_id, SamlSessionParticipant.sp_id == sp.id)))
+            if not rows:
+                return
+            ws = db.get(Workspace, ws_id)
+            db.execute(delete(SamlSessionParticipant).where(SamlSessionParticipant.id.in_([r.id for r in rows])))
+            db.commit()
+        for r in rows:
+            if sp.slo_soap_url and ws is not None:
+                hop = {"n": r.name_id, "f": r.nameid_format, "i": r.session_index}
+                self.dispatch(lambda sp=sp, hop=hop: self.backchannel(ws, sp, hop))
+            else:
+                self.hub.audit.record("saml.slo.not_propagated", workspace_id=ws_id,
+                                      data={"sp": sp.entity_id, "reason": why})
 
     # ---- incoming messages -----------------------------------------------------------------------
     def read(self, ws, *, binding: str, params: dict, raw_query: bytes) -> Incoming:

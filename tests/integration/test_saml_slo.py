@@ -353,6 +353,43 @@ def test_ended_session_reaches_soap_sps_over_the_back_channel(env):
         soap.close()
 
 
+def test_losing_a_saml_app_sends_its_sp_a_back_channel_logout_and_keeps_the_idhub_session(env):
+    """apps[].assigned_groups: alice leaves the group the SP is assigned to. The SP gets a signed SOAP
+    LogoutRequest (pysaml2 accepts it and logs her out); her idhub session stays; the next SSO is refused."""
+    from idp.models import Group, GroupMember, User, Workspace
+
+    app, tmp = env
+    hub = app.extensions["idhub"]
+    soap = SoapSp()
+    try:
+        client = sp_client(tmp, idp_metadata(app), signed=True, cn="crm", entity=CRM + "/metadata",
+                           acs=CRM + "/acs", slo=soap.url, slo_binding=BINDING_SOAP)
+        register(app, [{"slug": "crm", "name": "CRM", "protocol": "saml", "metadata_xml": sp_metadata(client),
+                        "assigned_groups": ["engineering"]}])
+        soap.client = client
+        hub.saml.slo.dispatch = lambda fn: fn()
+        b = Browser(app)
+        soap.name_id = sso(app, b, client, first=True)
+        assert client.is_logged_in(soap.name_id)
+        with hub.db() as db:
+            ws = db.scalar(select(Workspace).where(Workspace.slug == "acme"))
+            alice = db.scalar(select(User.id).where(User.email_normalized == ALICE))
+            eng = db.scalar(select(Group.id).where(Group.workspace_id == ws.id, Group.name == "engineering"))
+        with hub.app_access.watch(ws.id, "group_membership", [alice]):
+            with hub.db() as db:
+                db.execute(GroupMember.__table__.delete().where(GroupMember.user_id == alice,
+                                                                GroupMember.group_id == eng))
+                db.commit()
+        assert len(soap.received) == 1 and "LogoutRequest" in soap.received[0]
+        assert not client.is_logged_in(soap.name_id)  # pysaml2 accepted our signed request
+        assert participants(app) == 0
+        assert b.security().status_code == 200  # signed in to idhub still
+        types = audit_types(hub)
+        assert "app.access.revoked" in types and "saml.slo.backchannel" in types
+    finally:
+        soap.close()
+
+
 def test_sign_out_reaches_a_soap_only_sp(env):
     app, tmp = env
     hub = app.extensions["idhub"]
