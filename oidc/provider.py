@@ -1193,7 +1193,14 @@ class OidcService:
             self.audit("oidc.authorize.denied", ws.id, actor_id=session.user_id, client_id=client.client_id,
                        rule=decision.rule)
             if decision.rule == "app_assignment":  # the one reason text, told to the app (error_description)
-                return fail(AccessDeniedError, decision.reason)
+                back = fail(AccessDeniedError, decision.reason)
+                if "none" in prompt:  # no page may be shown: straight back to the app
+                    return back
+                # a page that tells the person whom to ask, then back to the app with access_denied (RFC 6749
+                # 4.1.2.1): the app learns of the refusal; nothing is shown that the person could not already see
+                return Answer(403, template=("app_denied.html", {
+                    "app_name": client.row.name or client.client_id, "reason": decision.reason,
+                    "continue_url": back.location}))
             return fail(AccessDeniedError, "Access is not allowed by the workspace's policies.")
         user = self.active_user(session.user_id, session.id, ws.id)
         if user is None:

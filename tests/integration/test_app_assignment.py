@@ -90,9 +90,12 @@ def capture_backchannel(hub) -> list[str]:
 
 
 # ---- the doors ------------------------------------------------------------------------------------------------
-def test_unassigned_user_gets_access_denied_at_the_apps_redirect_uri_and_no_code(app):
+def test_unassigned_user_is_told_whom_to_ask_then_the_app_gets_access_denied_and_no_code(app):
     b = Browser(app)
     cb = browser_authorize(b, authorize_path(challenge=pkce()[1], state="s-1"), email=BOB, password=BOB_PW)
+    page = b.last.get_data(as_text=True)  # the page in between: who decides, and the way back to the app
+    assert b.last.status_code == 403 and "You don't have access to Wiki" in page, page[:800]
+    assert "Ask them to assign Wiki to you" in page and 'id="back-to-app"' in page
     assert cb.startswith(WIKI_CB + "?"), cb
     q = query(cb)
     assert q["error"] == "access_denied" and "code" not in q and q["state"] == "s-1"
@@ -100,6 +103,15 @@ def test_unassigned_user_gets_access_denied_at_the_apps_redirect_uri_and_no_code
     # signed in to idhub all the same (the sign-in is not the app's door): an app open to everyone still works
     cb = browser_authorize(b, authorize_path(client_id="spa", redirect_uri=SPA_CB, challenge=pkce()[1]))
     assert "code" in query(cb)
+
+
+def test_with_prompt_none_the_unassigned_user_goes_straight_back_to_the_app(app):
+    b = Browser(app)
+    b.login("acme", BOB, BOB_PW)
+    r = b.get(authorize_path(challenge=pkce()[1], state="s-2", prompt="none"))
+    assert r.status_code == 302 and r.headers["Location"].startswith(WIKI_CB + "?")  # no page may be shown
+    q = query(r.headers["Location"])
+    assert q["error"] == "access_denied" and q["state"] == "s-2" and "code" not in q
 
 
 def test_assigned_user_gets_a_code(app, api):

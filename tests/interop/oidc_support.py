@@ -123,6 +123,8 @@ def browser_authorize(browser, path: str, email=ALICE, password=ALICE_PW, ws="ac
     """GET the authorize URL; sign in through the pages if asked; return the final redirect to the app."""
     r = browser.get(path)
     for _ in range(6):
+        if r.status_code == 403 and BACK_RE.search(r.get_data(as_text=True)):  # "You don't have access to …"
+            return html.unescape(BACK_RE.search(r.get_data(as_text=True)).group(1))
         assert r.status_code == 302, r.get_data(as_text=True)[:800]
         loc = r.headers["Location"]
         if not loc.startswith("/") and not loc.startswith("http://localhost/"):
@@ -143,6 +145,7 @@ def browser_authorize(browser, path: str, email=ALICE, password=ALICE_PW, ws="ac
 
 
 META_RE = re.compile(r'<meta http-equiv="refresh" content="0;url=([^"]+)">')
+BACK_RE = re.compile(r'<a class="button-link primary" id="back-to-app" href="([^"]+)">')  # the no-access page
 
 
 def resume_target(page: str) -> str:
