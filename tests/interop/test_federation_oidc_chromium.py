@@ -122,6 +122,8 @@ def test_okta_user_confirms_with_okta_then_sets_up_totp(browser, peers):
             page.get_by_label("Username").fill("ada")
             page.get_by_label("Password").fill(PASSWORD)
             page.get_by_role("button", name="Sign in upstream").click()
+            expect(page.get_by_role("heading", name="Apps")).to_be_visible()  # signed in: the app launcher
+            page.get_by_role("link", name="Security settings").click()
             expect(page.get_by_text("ada@acme.test").first).to_be_visible()
             page.goto(hub.url("/w/acme/settings/security/2fa/totp"))
             expect(page.get_by_role("heading", name="Confirm it's you")).to_be_visible()
