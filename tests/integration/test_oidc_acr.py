@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import pyotp
 import pytest
+from authlib.jose import jwt
 from sqlalchemy import select
 
 from idp.audit import AuditEvent
@@ -241,3 +242,33 @@ def test_step_up_keeps_the_request_but_not_prompt(browser, hub):
     q = query(nxt)
     assert q["acr_values"] == ACR_MFA and q["code_challenge"] == challenge and "max_age" not in q
     assert data["app"] == "wiki" and data["state"] == "mfa" and data["user_id"] == user_id(hub)
+
+
+# ---- one step-up (idp.signin): the session the app's earlier tokens came from is upgraded in place --------------
+def test_acr_step_up_upgrades_the_session_in_place_and_logout_still_reaches_the_earlier_app(browser, api, hub):
+    posted = []
+    hub.oidc.backchannel.dispatch = lambda fn: fn()
+    hub.oidc.backchannel.post = lambda url, token, guarded=False: posted.append(token)
+    code, verifier = code_flow(browser)  # a password session; the app gets its tokens
+    before = decode_id_token(api, redeem(api, code, verifier).get_json()["id_token"])
+    uid = user_id(hub)
+    [session] = hub.sessions.list(uid)
+    totp = add_totp(hub, uid)
+    verifier, challenge = pkce()
+    r = browser.get(step_up_path(challenge, acr_values=ACR_MFA))
+    loc = r.headers["Location"].removeprefix("http://localhost")
+    assert loc.startswith("/w/acme/login/mfa?flow="), loc
+    browser.get(loc)
+    r = browser.post(loc, {"code": totp.at(hub.clock() + timedelta(seconds=30)), "csrf_token": browser.csrf()})
+    cb = follow_to_app(browser, r)
+    after = decode_id_token(api, redeem(api, query(cb)["code"], verifier).get_json()["id_token"])
+    assert after["acr"] == ACR_MFA and before["acr"] != ACR_MFA
+    assert after["sid"] == before["sid"]  # the same idhub session, upgraded
+    [upgraded] = hub.sessions.list(uid)
+    assert upgraded.id == session.id and "totp" in upgraded.amr  # nothing stale listed
+    # signing out ends it; the app that signed in before the step-up hears of it, with the sid it knows
+    r = browser.get("/w/acme/settings/security")
+    browser.post("/w/acme/logout", {"csrf_token": browser.csrf(r.get_data(as_text=True))})
+    assert posted, "no logout token was sent"
+    claims = jwt.decode(posted[0], api.get("/w/acme/oauth2/jwks").get_json())
+    assert claims["sid"] == before["sid"] and claims["aud"] == "wiki" and claims["sub"] == uid
