@@ -12,11 +12,12 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+	@# the filter hides setuptools's notice about editable installs, which is information, not a problem
+	PYTHONWARNINGS="ignore:Editable installation.:UserWarning" $(BIN)/pip install -q -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[test]'
+	PYTHONWARNINGS="ignore:Editable installation.:UserWarning" $(BIN)/pip install -q -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed

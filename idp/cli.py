@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import click
 
 from config.settings import SettingsError, load_settings
+from idp import __version__
 
 
 def _settings():
@@ -34,6 +35,7 @@ def _parse_time(value: str | None, name: str) -> datetime | None:
 _SHM = "/dev/shm"  # noqa: S108
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="idhub", message="%(prog)s %(version)s")
 def main():
     """idhub: identity hub and SSO gateway."""
 

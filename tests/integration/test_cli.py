@@ -113,3 +113,27 @@ def test_tampering_is_detected_by_verify(tmp_path):
     con.close()
     r = run(["audit", "verify"], tmp_path)
     assert r.returncode == 1 and "TAMPERED" in r.stderr
+
+
+def test_version_has_one_source(tmp_path):
+    """`idhub --version` prints idp.__version__, which is also the version the package was built with and the
+    newest numbered release in the README's changelog."""
+    import importlib.metadata
+    import re
+
+    import idp
+
+    out = run(["--version"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"idhub {idp.__version__}"
+    assert importlib.metadata.version("idhub") == idp.__version__
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    changelog = readme.split("## Changelog", 1)[1]
+    assert re.findall(r"^- (\d+\.\d+\.\d+) ", changelog, re.M)[0] == idp.__version__
+
+
+def test_license_file_is_the_apache_license():
+    root = Path(__file__).resolve().parents[2]
+    assert "Apache License" in (root / "LICENSE").read_text()[:200]
+    assert "Version 2.0" in (root / "LICENSE").read_text()[:300]
+    assert 'license = "Apache-2.0"' in (root / "pyproject.toml").read_text()
