@@ -19,6 +19,9 @@ SCIM_MAX_BODY_DEFAULT = 1024 * 1024
 SCIM_MAX_BODY_RANGE = (4 * 1024, 64 * 1024 * 1024)  # a SCIM user needs a few KiB; the whole body is held in memory
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
 class SettingsError(ValueError):
     """A configuration value is missing or malformed."""
 
@@ -50,6 +53,11 @@ class Settings:
     maintenance_interval: int = 3600
     # The largest SCIM request body (bytes), /Bulk included; a larger one is answered 413.
     scim_max_body: int = SCIM_MAX_BODY_DEFAULT
+    # Audit streaming (idp/auditstream.py): a SIEM webhook with its shared secret, JSON lines to a file or "-"
+    audit_webhook_url: str | None = None
+    audit_webhook_secret: str | None = None
+    audit_stream_file: str | None = None
+    node_name: str | None = None
     extra: dict = field(default_factory=dict)
 
     def with_(self, **kw) -> Settings:
@@ -142,6 +150,20 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         if not v.strip().isdigit() or not (int(v) == 0 or 60 <= int(v) <= 7 * 24 * 3600):
             raise SettingsError("IDHUB_MAINTENANCE_INTERVAL: seconds between 60 and 604800, or 0 to turn it off")
         kw["maintenance_interval"] = int(v)
+    if v := _read(env, "IDHUB_AUDIT_WEBHOOK_URL"):
+        u = urlsplit(v)
+        if not (u.scheme == "https" and u.hostname) and not (u.scheme == "http" and u.hostname in LOOPBACK_HOSTS):
+            raise SettingsError("IDHUB_AUDIT_WEBHOOK_URL: must be an https URL (plain http only to 127.0.0.1, ::1 or "
+                                "localhost, a forwarder on this host)")
+        secret = _read(env, "IDHUB_AUDIT_WEBHOOK_SECRET")
+        if not secret or len(secret) < 32:
+            raise SettingsError("IDHUB_AUDIT_WEBHOOK_SECRET: required with IDHUB_AUDIT_WEBHOOK_URL, at least 32 "
+                                "characters (the receiver checks each batch's signature with it)")
+        kw["audit_webhook_url"], kw["audit_webhook_secret"] = v, secret
+    if v := _read(env, "IDHUB_AUDIT_STREAM_FILE"):
+        kw["audit_stream_file"] = v
+    if v := _read(env, "IDHUB_NODE_NAME"):
+        kw["node_name"] = v
     kw.update(overrides)
     s = Settings(**kw)
     if not s.secret_key:

@@ -62,6 +62,8 @@ def serve(host, port, workers, threads):
     def when_ready(_server):
         if settings.maintenance_interval:
             _start_maintenance(settings.maintenance_interval)
+        if settings.audit_webhook_url or settings.audit_stream_file:
+            _start_audit_stream()
 
     class Server(BaseApplication):
         def load_config(self):
@@ -113,6 +115,26 @@ def _start_maintenance(interval: int) -> None:
             time.sleep(interval)
 
     threading.Thread(target=loop, name="idhub-maintenance", daemon=True).start()
+
+
+def _start_audit_stream() -> None:
+    """From gunicorn's master: `idhub audit stream` as a child process, restarted (after a pause) if it ends. Its
+    cursors are durable, so a restart resumes where the last acknowledged batch ended."""
+    import subprocess
+    import threading
+    import time
+
+    def loop():
+        while True:
+            try:
+                proc = subprocess.Popen([sys.executable, "-m", "idp.cli", "audit", "stream"],
+                                        env={**os.environ, "IDHUB_AUDIT_STREAM_PARENT": str(os.getpid())})
+                proc.wait()
+            except Exception as exc:
+                click.echo(f"idhub: audit streamer failed: {type(exc).__name__}", err=True)
+            time.sleep(5)
+
+    threading.Thread(target=loop, name="idhub-audit-stream", daemon=True).start()
 
 
 @main.command("maintenance")
@@ -266,6 +288,48 @@ def audit_prune():
     for ws in workspaces:
         n = hub.audit.prune(ws.id, RETENTION_DAYS.get(ws.plan, 30), now)
         click.echo(f"{ws.slug}: pruned {n} event(s) older than {RETENTION_DAYS.get(ws.plan, 30)} days")
+
+
+@audit.command("stream")
+@click.option("--once", is_flag=True, help="one pass: deliver what is there, then exit (1 if a sink failed)")
+@click.option("--status", is_flag=True, help="print each sink's backlog (sealed events not yet delivered)")
+def audit_stream(once, status):
+    """Stream audit events to the SIEM webhook and/or JSON-lines file (`idhub serve` runs this when configured)."""
+    import signal
+    import threading
+
+    from idp import logs
+    from idp.auditstream import AuditStreamer, sinks_from_settings, workspaces_of
+    from idp.wiring import build_hub
+
+    settings = _settings()
+    logs.configure(settings.log_level)
+    sinks = sinks_from_settings(settings)
+    if not sinks:
+        click.echo("idhub: no audit sink configured (IDHUB_AUDIT_WEBHOOK_URL or IDHUB_AUDIT_STREAM_FILE)", err=True)
+        sys.exit(2)
+    hub = build_hub(settings)
+    streamer = AuditStreamer(hub.db, hub.audit, sinks, workspaces_of(hub.db))
+    if status:
+        for name, backlog in streamer.lag().items():
+            click.echo(f"{name}: {backlog} event(s) not yet delivered")
+        return
+    if once:
+        result = streamer.run_once()
+        click.echo(f"delivered {result.delivered} event(s) in {result.batches} batch(es)", err=True)
+        sys.exit(1 if result.failed else 0)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if parent := os.environ.get("IDHUB_AUDIT_STREAM_PARENT"):  # started by `idhub serve`: end with it
+
+        def watch():
+            while not stop.wait(1.0):
+                if str(os.getppid()) != parent:
+                    stop.set()
+
+        threading.Thread(target=watch, name="idhub-audit-stream-parent", daemon=True).start()
+    streamer.run(stop)
 
 
 @main.command("export-config")

@@ -14,6 +14,9 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 SIGNINS = Counter("idhub_signins_total", "Sign-in attempts by outcome", ["outcome"])
+AUDIT_STREAM_EVENTS = Counter("idhub_audit_stream_events_total", "Audit events delivered to a SIEM sink", ["sink"])
+AUDIT_STREAM_FAILURES = Counter("idhub_audit_stream_failures_total", "Failed deliveries to a SIEM sink (retried)",
+                                ["sink"])
 
 
 def render() -> tuple[bytes, str]:
