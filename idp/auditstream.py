@@ -197,16 +197,14 @@ class AuditStreamer:
     def run_once(self, now: float | None = None) -> StreamResult:
         now = time.monotonic() if now is None else now
         result = StreamResult()
-        chains = self.workspaces()
-        for ws_id in chains:
-            self.audit.seal(ws_id)
+        slugs = self.workspaces()
         for sink in self.sinks:
             if self._retry_at.get(sink.name, 0.0) > now:
                 continue
             try:
-                for ws_id, slug in chains.items():
+                for ws_id in self._pending(sink.name, slugs, now):
                     while True:
-                        n = self._deliver_chain(sink, ws_id, slug, now)
+                        n = self._deliver_chain(sink, ws_id, slugs.get(ws_id), now)
                         result.delivered += n
                         if n:
                             result.batches += 1
@@ -225,6 +223,27 @@ class AuditStreamer:
             self._failures.pop(sink.name, None)
             self._retry_at.pop(sink.name, None)
         return result
+
+    def _pending(self, sink: str, slugs: dict[str | None, str | None], now: float) -> list[str | None]:
+        """The chains with sealed events past the sink's cursor (one query), and those due a checkpoint."""
+        from idp.audit import HUB_CHAIN, AuditChainHead
+
+        with self.sm() as db:
+            rows = db.execute(
+                select(AuditChainHead.chain, AuditChainHead.seq, StreamCursor.seq)
+                .join(StreamCursor, (StreamCursor.chain == AuditChainHead.chain) & (StreamCursor.sink == sink),
+                      isouter=True)
+            ).all()  # fmt: skip
+        out: list[str | None] = []
+        for chain, head, cursor in rows:
+            ws_id = None if chain == HUB_CHAIN else chain
+            if ws_id not in slugs:
+                continue
+            if (head or 0) > (cursor or 0):
+                out.append(ws_id)
+            elif head and now - self._last_checkpoint.get((sink, ws_id), -1e18) >= self.checkpoint_interval:
+                out.append(ws_id)
+        return out
 
     def _deliver_chain(self, sink, ws_id: str | None, slug: str | None, now: float) -> int:
         from idp.audit import _export_row, chain_for, read_sealed
@@ -294,18 +313,15 @@ class AuditStreamer:
 
     def lag(self) -> dict[str, int]:
         """Per sink: sealed events not yet delivered (for /metrics and `idhub audit stream --status`)."""
-        from idp.audit import AuditChainHead, chain_for
+        from idp.audit import AuditChainHead
 
         out: dict[str, int] = {}
         with self.sm() as db:
-            heads = {h.chain: h.seq for h in db.execute(select(AuditChainHead)).scalars()}
+            heads = {h.chain: h.seq or 0 for h in db.execute(select(AuditChainHead)).scalars()}
             for sink in self.sinks:
-                total = 0
-                for ws_id in self.workspaces():
-                    chain = chain_for(ws_id)
-                    cur = db.get(StreamCursor, (sink.name, chain))
-                    total += max(0, heads.get(chain, 0) - (cur.seq if cur else 0))
-                out[sink.name] = total
+                done = {c.chain: c.seq for c in db.execute(
+                    select(StreamCursor).where(StreamCursor.sink == sink.name)).scalars()}
+                out[sink.name] = sum(max(0, seq - done.get(chain, 0)) for chain, seq in heads.items())
         return out
 
 
