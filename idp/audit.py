@@ -470,24 +470,38 @@ class AuditLog:
 
     # ---- sealing ----------------------------------------------------------------------------------------
     def wake(self) -> None:
-        """Have this process's sealer thread seal soon (started on first use, and again after a fork)."""
+        """Have this process's sealer thread seal soon (started on demand, and again after a fork; it ends
+        after a minute without appends)."""
+        self._wake.set()
         if self._sealer_pid != os.getpid():
             with self._sealer_lock:
-                if self._sealer_pid != os.getpid():
-                    self._wake = threading.Event()
-                    threading.Thread(target=self._sealer_loop, name="idhub-audit-sealer", daemon=True).start()
+                if self._sealer_pid != os.getpid() and not self._stop.is_set():
                     self._sealer_pid = os.getpid()
-        self._wake.set()
+                    threading.Thread(target=self._sealer_loop, name="idhub-audit-sealer", daemon=True).start()
 
     def _sealer_loop(self) -> None:
+        idle, failing = 0, False
         while not self._stop.is_set():
-            self._wake.wait(self.seal_interval)
+            woke = self._wake.wait(self.seal_interval)
+            if self._stop.is_set():
+                break
             self._wake.clear()
             try:
-                self.seal()
-            except Exception:  # the next round retries; nothing is lost (the rows are durable, unsealed)
-                log.exception("audit.seal_failed")
+                n = self.seal()
+                failing = False
+            except Exception as exc:  # the next round retries; nothing is lost (the rows are durable, unsealed)
+                if not failing:
+                    log.warning("audit.seal_failed", extra={"error": type(exc).__name__})
+                failing, n = True, 1
                 self._stop.wait(self.seal_interval)
+            idle = 0 if (woke or n) else idle + 1
+            if idle >= 60:
+                with self._sealer_lock:  # an append that wakes us from here on starts a new thread
+                    if not self._wake.is_set():
+                        self._sealer_pid = None
+                        return
+        with self._sealer_lock:
+            self._sealer_pid = None
 
     def stop(self) -> None:
         """Stop the sealer thread (tests)."""
