@@ -145,6 +145,10 @@ _UNSEALED = (select(_E.id, *[_E[c] for c in _CONTENT], _E.mac)
              .where(_E.chain == bindparam("c"), _E.seq.is_(None)).order_by(_E.id).limit(bindparam("n")))
 _SEAL_ROW = (update(AuditEvent.__table__).where(_E.id == bindparam("_id"), _E.seq.is_(None))
              .values(seq=bindparam("_seq"), prev_hash=bindparam("_prev"), hash=bindparam("_hash")))
+_SEAL_ROWS_PG = text(
+    "UPDATE audit_events AS e SET seq = v.seq, prev_hash = v.prev, hash = v.hash "
+    "FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS bigint[]), CAST(:prevs AS varchar[]), "
+    "CAST(:hashes AS varchar[])) AS v(id, seq, prev, hash) WHERE e.id = v.id AND e.seq IS NULL")
 _SET_HEAD = update(AuditChainHead.__table__).where(_H.chain == bindparam("c")).values(
     seq=bindparam("s"), hash=bindparam("h"))
 
@@ -569,7 +573,12 @@ class AuditLog:
                 ev.seq, ev.prev_hash, ev.hash = seq, prev, h
             prev = h
         if params:
-            conn.execute(_SEAL_ROW, params)
+            if conn.dialect.name == "postgresql":  # one statement for the batch
+                conn.execute(_SEAL_ROWS_PG, {"ids": [p["_id"] for p in params], "seqs": [p["_seq"] for p in params],
+                                             "prevs": [p["_prev"] for p in params],
+                                             "hashes": [p["_hash"] for p in params]})
+            else:
+                conn.execute(_SEAL_ROW, params)
             conn.execute(_SET_HEAD, {"c": chain, "s": seq, "h": prev})
         return len(params)
 
