@@ -1,4 +1,4 @@
-"""The ``idhub`` command line (see the contract): serve, db upgrade, apply, audit export/verify/prune."""
+"""The ``idhub`` command line (see the contract): serve, db upgrade, apply, audit (export, verify, checkpoint, …)."""
 
 from __future__ import annotations
 
@@ -258,18 +258,60 @@ def audit_export(slug, fmt, since, until, types):
 
 @audit.command("verify")
 @click.option("--workspace", "slug", default=None, help="one workspace (default: every chain)")
-def audit_verify(slug):
-    """Recompute the hash chain; exit 1 if any event was altered, removed or reordered."""
+@click.option("--checkpoint", "checkpoint_file", type=click.File("r"), default=None,
+              help="a signed checkpoint (from `idhub audit checkpoint` or the log): also fail on any truncation "
+                   "or rewrite of the events it covers")
+def audit_verify(slug, checkpoint_file):
+    """Check the keyed hash chain; exit 1 if any event was altered, removed or reordered."""
+    import json
+
     from idp.wiring import build_hub
 
     hub = build_hub(_settings())
     ws_id = _workspace(hub, slug).id if slug else None
-    result = hub.audit.verify(ws_id)
+    checkpoint = None
+    if checkpoint_file is not None:
+        try:
+            checkpoint = json.loads(checkpoint_file.read())
+        except ValueError:
+            click.echo("idhub: the checkpoint file is not JSON", err=True)
+            sys.exit(2)
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get("checkpoint"), dict):
+            checkpoint = checkpoint["checkpoint"]  # a whole `audit.checkpoint` log line
+        if ws_id is None and isinstance(checkpoint, dict):
+            ws_id = checkpoint.get("workspace_id")
+    result = hub.audit.verify(ws_id, checkpoint=checkpoint)
     if result.ok:
-        click.echo(f"audit log intact: {result.checked} event(s) verified")
+        pending = f", {result.unsealed} not sealed yet" if result.unsealed else ""
+        click.echo(f"audit log intact: {result.checked} event(s) verified{pending}")
         return
-    click.echo(f"audit log TAMPERED: first bad event seq {result.first_bad_seq}: {result.reason}", err=True)
+    where = f"first bad event seq {result.first_bad_seq}: " if result.first_bad_seq is not None else ""
+    click.echo(f"audit log TAMPERED: {where}{result.reason}", err=True)
     sys.exit(1)
+
+
+@audit.command("checkpoint")
+@click.option("--workspace", "slug", required=True)
+def audit_checkpoint(slug):
+    """Print a signed checkpoint of the workspace's chain (JSON); keep it outside the database."""
+    import json
+
+    from idp.wiring import build_hub
+
+    hub = build_hub(_settings())
+    ws = _workspace(hub, slug)
+    click.echo(json.dumps(hub.audit.checkpoint(ws.id, ws.slug), sort_keys=True))
+
+
+@audit.command("seal")
+@click.option("--workspace", "slug", default=None, help="one workspace (default: every chain)")
+def audit_seal(slug):
+    """Seal events appended but not sealed yet (e.g. by a process that died); idhub maintenance does it too."""
+    from idp.wiring import build_hub
+
+    hub = build_hub(_settings())
+    n = hub.audit.seal(_workspace(hub, slug).id if slug else None)
+    click.echo(f"sealed {n} event(s)")
 
 
 @audit.command("prune")

@@ -9,6 +9,9 @@ to run on several nodes at once (the audit prune takes the chain head's row lock
 Jobs:
 - ``stores``: expired sessions, one-time values, throttles and login flows in the SQL stores (Redis expires its
   keys itself);
+- ``audit_seal``: seals audit events a process appended but did not seal (it died, or stopped), then writes a
+  signed checkpoint of every chain to the log (``audit.checkpoint`` lines: keep them outside the database, they
+  are what ``idhub audit verify --checkpoint`` checks a chain against);
 - ``audit``: events past each workspace's retention (by plan), and the hub chain's, keeping the chains verifiable;
 - ``oidc``: expired authorization codes and tokens, retired signing keys past their overlap;
 - ``saml_metadata``: SPs registered by ``metadata_url`` whose metadata is older than a day.
@@ -44,6 +47,22 @@ def _audit(hub) -> int:
     return total
 
 
+def _audit_seal(hub) -> int:
+    from idp.audit import HUB_CHAIN, AuditChainHead
+    from idp.models import Workspace
+
+    hub.audit.seal()
+    with hub.db() as db:
+        slugs = {ws.id: ws.slug for ws in db.scalars(select(Workspace))}
+        chains = list(db.scalars(select(AuditChainHead.chain)))
+    for chain in chains:
+        ws_id = None if chain == HUB_CHAIN else chain
+        if ws_id is not None and ws_id not in slugs:
+            continue
+        log.info("audit.checkpoint", extra={"checkpoint": hub.audit.checkpoint(ws_id, slugs.get(ws_id))})
+    return len(chains)
+
+
 def _oidc(hub) -> int:
     from oidc import install
 
@@ -62,7 +81,8 @@ def _saml_metadata(hub) -> int:
     return done
 
 
-JOBS: dict[str, Callable] = {"stores": _stores, "audit": _audit, "oidc": _oidc, "saml_metadata": _saml_metadata}
+JOBS: dict[str, Callable] = {"stores": _stores, "audit_seal": _audit_seal, "audit": _audit, "oidc": _oidc,
+                             "saml_metadata": _saml_metadata}
 
 
 def run(hub, jobs: dict[str, Callable] | None = None) -> dict[str, int | str]:

@@ -4,7 +4,7 @@ factory (``idp.app``), the command line and tests without a web app all start he
 from __future__ import annotations
 
 from config.settings import Settings
-from idp.crypto import derive_key
+from idp.crypto import derive_key, secret_keys
 from idp.db import make_engine, make_sessionmaker
 from idp.hub import Hub
 from idp.passwords import Hasher
@@ -27,7 +27,7 @@ def build_hub(settings: Settings, *, hasher: Hasher | None = None) -> Hub:
         sm,
         stores,
         hasher or Hasher(),
-        AuditLog(sm),
+        AuditLog(sm, secrets=secret_keys(settings)),
         make_mailer(settings),
         GeoLocator(settings.geoip_db),
         describe_user_agent,

@@ -23,7 +23,7 @@ def test_maintenance_removes_expired_rows_and_old_events(hub):
     with hub.db() as db:
         free = db.scalar(select(Workspace).where(Workspace.slug == "other"))  # plan free: 30 days of audit log
     past = datetime.now(UTC) - timedelta(days=45)
-    old_log = AuditLog(hub.db, clock=lambda: past)
+    old_log = AuditLog(hub.db, clock=lambda: past, secrets=[hub.settings.secret_key])
     for _ in range(3):
         old_log.record("auth.signin.success", workspace_id=free.id)
     hub.audit.record("auth.signout", workspace_id=free.id)

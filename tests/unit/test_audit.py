@@ -21,7 +21,8 @@ from idp.audit import (
     AuditChainHead,
     AuditEvent,
     AuditLog,
-    compute_hash,
+    chain_hash,
+    content_mac,
     redact,
     retention_days,
 )
@@ -77,7 +78,7 @@ def clock():
 
 @pytest.fixture
 def log(engine, clock):
-    return AuditLog(make_sessionmaker(engine), clock=clock)
+    return AuditLog(make_sessionmaker(engine), clock=clock, secrets=["k" * 32], seal="inline")
 
 
 def raw(engine, sql: str, **params) -> None:
@@ -153,21 +154,31 @@ def test_events_are_chained_per_workspace(log, clock, engine):
         assert db.get(AuditChainHead, "ws-a").hash == a2.hash
         got = db.scalar(select(AuditEvent).where(AuditEvent.chain == "ws-a", AuditEvent.seq == 1))
         assert got.occurred_at == T0 and got.occurred_at.tzinfo is not None
-        assert compute_hash(got) == a1.hash  # what came back from the database hashes the same
+        key = log.keys.current  # what came back from the database MACs and hashes the same
+        assert got.mac == content_mac(key, got) == a1.mac and got.key_id == key.key_id
+        assert chain_hash(key, "ws-a", 1, GENESIS_HASH, got.mac) == a1.hash
     assert log.verify() == log.verify(None)
     assert log.verify().ok and log.verify().checked == 4
 
 
-def test_hash_covers_every_field(log):
+def test_mac_covers_every_field_and_the_hash_links_seq_and_previous(log):
     ev = log.record("auth.signin.failure", workspace_id="ws-1", actor_email="a@acme.test", ip="198.51.100.1")
+    key = log.keys.current
     for field, value in [("ip", "198.51.100.2"), ("type", "auth.signin.success"), ("data", {"x": 1}),
-                         ("occurred_at", T0 + timedelta(microseconds=1)), ("prev_hash", "1" * 64), ("seq", 2),
-                         ("user_agent", "x"), ("actor_id", "u"), ("subject_id", "s"), ("request_id", "r")]:
-        copy = AuditEvent(**{c: getattr(ev, c) for c in ("chain", "seq", "workspace_id", "occurred_at", "type",
+                         ("occurred_at", T0 + timedelta(microseconds=1)), ("chain", "ws-2"), ("key_id", "x"),
+                         ("user_agent", "x"), ("actor_id", "u"), ("subject_id", "s"), ("request_id", "r"),
+                         ("workspace_id", "ws-2"), ("actor_email", "b@acme.test")]:
+        copy = AuditEvent(**{c: getattr(ev, c) for c in ("chain", "workspace_id", "occurred_at", "type", "key_id",
                                                          "actor_id", "actor_email", "subject_id", "ip",
-                                                         "user_agent", "request_id", "data", "prev_hash")})
+                                                         "user_agent", "request_id", "data")})
+        assert content_mac(key, copy) == ev.mac
         setattr(copy, field, value)
-        assert compute_hash(copy) != ev.hash, field
+        assert content_mac(key, copy) != ev.mac, field
+    assert chain_hash(key, "ws-1", 1, GENESIS_HASH, ev.mac) == ev.hash
+    assert chain_hash(key, "ws-1", 2, GENESIS_HASH, ev.mac) != ev.hash
+    assert chain_hash(key, "ws-1", 1, "1" * 64, ev.mac) != ev.hash
+    other = AuditLog(log._sm, secrets=["other-secret-" * 3], seal="inline").keys.current
+    assert chain_hash(other, "ws-1", 1, GENESIS_HASH, ev.mac) != ev.hash  # keyed: no key, no hash
 
 
 def test_invalid_type_is_refused(log):
@@ -248,7 +259,7 @@ def test_verify_detects_an_edited_field(log, clock, engine):
     raw(engine, "UPDATE audit_events SET actor_email = 'someone-else@acme.test' WHERE chain = 'ws-1' AND seq = 3")
     result = log.verify()
     assert (result.ok, result.first_bad_seq, result.chain) == (False, 3, "ws-1")
-    assert "hash" in result.reason and result.checked == 2
+    assert "MAC" in result.reason and result.checked == 2
 
 
 def test_verify_detects_edited_data(log, clock, engine):
@@ -294,11 +305,14 @@ def test_verify_detects_a_forged_hash(log, clock, engine, ):
     events = fill(log, clock, 5)
     forged = events[2]
     forged.actor_id = "attacker"
-    raw(engine, "UPDATE audit_events SET actor_id = 'attacker', hash = :h WHERE chain = 'ws-1' AND seq = 3",
-        h=compute_hash(forged))
+    wrong = AuditLog(log._sm, secrets=["a-guessed-secret" * 2], seal="inline").keys.current
+    forged.key_id = log.keys.current.key_id
+    mac = content_mac(wrong, forged)  # an attacker without the key MACs and hashes with one of their own
+    raw(engine, "UPDATE audit_events SET actor_id = 'attacker', mac = :m, hash = :h WHERE chain = 'ws-1' AND seq = 3",
+        m=mac, h=chain_hash(wrong, "ws-1", 3, forged.prev_hash, mac))
     result = log.verify("ws-1")
-    assert (result.ok, result.first_bad_seq) == (False, 4)  # the next event no longer points at it
-    assert "previous" in result.reason
+    assert (result.ok, result.first_bad_seq) == (False, 3)
+    assert "MAC" in result.reason
 
 
 def test_verify_detects_an_inserted_event(log, clock, engine):
@@ -400,16 +414,17 @@ def test_prune_keeps_the_chain_verifiable(log, clock, engine):
     clock.now = T0
 
     assert log.prune("ws-1", 30, now=T0) == 3
-    assert [r.seq for r in rows(engine, "ws-1")] == [4, 5]
+    assert [r.seq for r in rows(engine, "ws-1")] == [4, 5, 6]
+    assert rows(engine, "ws-1")[-1].type == "audit.pruned"  # the prune's own sealed record
     with make_sessionmaker(engine)() as db:
         head = db.get(AuditChainHead, "ws-1")
         assert head.pruned_through_seq == 3 and head.anchor_hash == rows(engine, "ws-1")[0].prev_hash
-    assert log.verify("ws-1") == log.verify("ws-1").__class__(True, 2)
+    assert log.verify("ws-1") == log.verify("ws-1").__class__(True, 3)
     assert len(rows(engine, "ws-2")) == 1  # other workspaces untouched
 
     assert log.prune("ws-1", 30, now=T0) == 0  # idempotent
     ev = log.record("auth.signout", workspace_id="ws-1")
-    assert ev.seq == 6
+    assert ev.seq == 7
     assert log.verify().ok
 
     # Still tamper-evident after pruning: removing the oldest remaining event is noticed.
@@ -420,9 +435,9 @@ def test_prune_keeps_the_chain_verifiable(log, clock, engine):
 def test_prune_everything_then_continue(log, clock):
     fill(log, clock, 3)
     assert log.prune("ws-1", 0, now=clock.now + timedelta(seconds=1)) == 3
-    assert log.verify("ws-1").ok and log.verify("ws-1").checked == 0
+    assert log.verify("ws-1").ok and log.verify("ws-1").checked == 1  # the audit.pruned record
     log.record("auth.signout", workspace_id="ws-1")
-    assert log.verify("ws-1") == log.verify("ws-1").__class__(True, 1)
+    assert log.verify("ws-1") == log.verify("ws-1").__class__(True, 2)
 
 
 def test_prune_only_removes_a_contiguous_prefix(log, clock, engine):
@@ -433,7 +448,7 @@ def test_prune_only_removes_a_contiguous_prefix(log, clock, engine):
     clock.now = T0 - timedelta(days=95)  # a clock that went backwards
     log.record("auth.signout", workspace_id="ws-1")
     assert log.prune("ws-1", 30, now=T0) == 1
-    assert [r.seq for r in rows(engine, "ws-1")] == [2, 3]
+    assert [r.seq for r in rows(engine, "ws-1")] == [2, 3, 4]
     assert log.verify().ok
 
 
