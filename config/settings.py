@@ -58,6 +58,16 @@ class Settings:
     audit_webhook_secret: str | None = None
     audit_stream_file: str | None = None
     node_name: str | None = None
+    # Fleet: database connections per worker process (pool + overflow), Redis timeouts and circuit breaker, how
+    # stale a node's cached session may be, the refresh-token retry grace.
+    db_pool_size: int = 5
+    db_max_overflow: int = 5
+    db_pool_timeout: int = 10
+    db_pool_recycle: int = 1800
+    redis_timeout: float = 0.5
+    redis_retry_interval: float = 5.0
+    session_recheck: float = 1.0
+    oidc_refresh_grace: int = 10
     extra: dict = field(default_factory=dict)
 
     def with_(self, **kw) -> Settings:
@@ -164,6 +174,7 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         kw["audit_stream_file"] = v
     if v := _read(env, "IDHUB_NODE_NAME"):
         kw["node_name"] = v
+    kw.update(_fleet_settings(env))
     kw.update(overrides)
     s = Settings(**kw)
     if not s.secret_key:
@@ -171,6 +182,36 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
     if len(s.secret_key) < 32:
         raise SettingsError("IDHUB_SECRET_KEY: must be at least 32 characters")
     return s
+
+
+# name: (setting, type, low, high)
+_FLEET = {
+    "IDHUB_DB_POOL_SIZE": ("db_pool_size", int, 1, 200),
+    "IDHUB_DB_MAX_OVERFLOW": ("db_max_overflow", int, 0, 200),
+    "IDHUB_DB_POOL_TIMEOUT": ("db_pool_timeout", int, 1, 300),
+    "IDHUB_DB_POOL_RECYCLE": ("db_pool_recycle", int, 0, 86400),
+    "IDHUB_REDIS_TIMEOUT": ("redis_timeout", float, 0.05, 10.0),
+    "IDHUB_REDIS_RETRY_INTERVAL": ("redis_retry_interval", float, 0.5, 300.0),
+    "IDHUB_SESSION_RECHECK": ("session_recheck", float, 0.1, 30.0),
+    "IDHUB_OIDC_REFRESH_GRACE": ("oidc_refresh_grace", int, 0, 60),
+}
+
+
+def _fleet_settings(env: dict) -> dict:
+    kw = {}
+    for name, (attr, kind, low, high) in _FLEET.items():
+        v = _read(env, name)
+        if v is None:
+            continue
+        try:
+            value = kind(v.strip())
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise SettingsError(f"{name}: expected {'a whole number' if kind is int else 'a number'} "
+                                f"between {low} and {high}, got {v!r}")
+        kw[attr] = value
+    return kw
 
 
 def _instance_secret() -> str:

@@ -21,7 +21,10 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5, pool_timeout: int = 10,
+                pool_recycle: int = 1800) -> Engine:
+    """An engine; for PostgreSQL a pool of ``pool_size`` connections kept open plus ``max_overflow`` opened under
+    load, per process (``IDHUB_DB_POOL_SIZE`` …): a fleet holds nodes × workers × (size + overflow) at most."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
 
@@ -36,7 +39,8 @@ def make_engine(url: str) -> Engine:
 
         return engine
     # hide_parameters: an error message must never carry a bound value (codes, token hashes, e-mail addresses)
-    engine = create_engine(url, pool_size=10, max_overflow=20, hide_parameters=True)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout,
+                           pool_recycle=pool_recycle if pool_recycle > 0 else -1, hide_parameters=True)
     ping_idle_connections(engine)
     return engine
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REQUESTS = Counter("idhub_http_requests_total", "HTTP requests", ["method", "endpoint", "status"])
 LATENCY = Histogram(
@@ -17,6 +17,10 @@ SIGNINS = Counter("idhub_signins_total", "Sign-in attempts by outcome", ["outcom
 AUDIT_STREAM_EVENTS = Counter("idhub_audit_stream_events_total", "Audit events delivered to a SIEM sink", ["sink"])
 AUDIT_STREAM_FAILURES = Counter("idhub_audit_stream_failures_total", "Failed deliveries to a SIEM sink (retried)",
                                 ["sink"])
+# 1 while a backend answers, 0 while it is away (Redis: its circuit breaker is open); the lowest of the live workers
+BACKEND_UP = Gauge("idhub_backend_up", "Whether a backend (database, redis) answers", ["backend"],
+                   multiprocess_mode="livemin")
+REDIS_BREAKER_OPENED = Counter("idhub_redis_circuit_opened_total", "Times Redis was found away (circuit opened)")
 
 
 def render() -> tuple[bytes, str]:

@@ -4,6 +4,7 @@ Plain Python."""
 from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from idp.storage.base import StoreUnavailable
 
@@ -27,7 +28,7 @@ def first_line(exc: Exception) -> str:
 
 def is_unavailable(exc: Exception) -> bool:
     """A backend that cannot be reached (503), as opposed to a bug such as a missing table (500)."""
-    if isinstance(exc, (StoreUnavailable, *REDIS_ERRORS)):
+    if isinstance(exc, (StoreUnavailable, PoolTimeout, *REDIS_ERRORS)):  # PoolTimeout: every connection busy
         return True
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:

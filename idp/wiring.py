@@ -19,7 +19,9 @@ def build_hub(settings: Settings, *, hasher: Hasher | None = None) -> Hub:
     from idp.sms import make_sms_sender
     from idp.storage.factory import build_stores
 
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
+                         max_overflow=settings.db_max_overflow, pool_timeout=settings.db_pool_timeout,
+                         pool_recycle=settings.db_pool_recycle)
     sm = make_sessionmaker(engine)
     stores = build_stores(settings, sm)
     hub = Hub(

@@ -122,6 +122,9 @@ class OidcRefreshToken(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # the token response of this token's rotation, AES-GCM encrypted under a key derived from the token itself
+    # (never readable without it): a retry within the grace window gets the same answer
+    retry_answer: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class OidcAccessToken(Base):

@@ -49,11 +49,14 @@ from authlib.oauth2.rfc6749.errors import (
 from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc import jwk, jwt
 from joserfc.errors import JoseError
 from sqlalchemy import insert, select, update
 
 from idp import emailverify
+from idp.crypto import derive_key
 from idp.models import Group, GroupMember, User
 from oidc.auditbatch import AuditBatcher
 from oidc.config import SCOPES, check_secret, client_jwks, find_client, guarded, jwks_uri_problem
@@ -427,6 +430,15 @@ class AuthorizationCodeGrant(oauth_grants.AuthorizationCodeGrant):
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
 
+class RefreshRetry(Exception):  # noqa: N818 (not an error: the answer to a retried request)
+    """A used refresh token presented again within the grace window, its successor still unused: the client lost
+    the answer (a timeout, a retry against another node). ``answer`` is the token response it was given."""
+
+    def __init__(self, answer: dict) -> None:
+        super().__init__("refresh retried")
+        self.answer = answer
+
+
 class RefreshTokenGrant(oauth_grants.RefreshTokenGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH
     INCLUDE_NEW_REFRESH_TOKEN = True
@@ -440,7 +452,11 @@ class RefreshTokenGrant(oauth_grants.RefreshTokenGrant):
         if not presented or not isinstance(presented, str) or len(presented) > 256:
             raise InvalidRequestError("Missing 'refresh_token' in request.")
         svc: OidcService = self.server.svc
-        row, user = svc.find_refresh(self.server.ws.id, client.client_id, presented)
+        try:
+            row, user = svc.find_refresh(self.server.ws.id, client.client_id, presented)
+        except RefreshRetry as retry:  # the same request again, within the grace window: the same answer
+            self.request.idhub["retry_answer"] = retry.answer
+            return
         self.request.refresh_token, self.request.idhub["user"] = row, user
         scope = self.request.payload.scope
         if scope and not set(scope_to_list(scope)).issubset(scope_to_list(row.scope)):
@@ -448,6 +464,8 @@ class RefreshTokenGrant(oauth_grants.RefreshTokenGrant):
         self.request.idhub["scope"] = scope or row.scope
 
     def create_token_response(self):
+        if "retry_answer" in self.request.idhub:
+            return 200, self.request.idhub["retry_answer"], self.TOKEN_RESPONSE_HEADER
         svc: OidcService = self.server.svc
         row: OidcRefreshToken = self.request.refresh_token
         client: Client = self.request.client
@@ -463,9 +481,12 @@ class RefreshTokenGrant(oauth_grants.RefreshTokenGrant):
             if decision.rule == "app_assignment":  # no longer assigned: the grant is over, not just this use
                 svc.revoke_family(ws.id, row.family_id, reason="app_assignment")
             raise InvalidGrantError("Access is not allowed by the workspace's policies. Sign in again.")
-        token = svc.issue(ws, client, user, self.request.idhub["scope"], family_id=row.family_id,
-                          session_id=row.session_id, auth_time=row.auth_time, amr=row.amr, nonce=None,
-                          refresh=True, rotate_from=row)
+        try:
+            token = svc.issue(ws, client, user, self.request.idhub["scope"], family_id=row.family_id,
+                              session_id=row.session_id, auth_time=row.auth_time, amr=row.amr, nonce=None,
+                              refresh=True, rotate_from=row, presented=self.request.form.get("refresh_token"))
+        except RefreshRetry as retry:  # the same request, sent twice at once, lost the race: the winner's answer
+            return 200, retry.answer, self.TOKEN_RESPONSE_HEADER
         return 200, token, self.TOKEN_RESPONSE_HEADER
 
 
@@ -960,7 +981,7 @@ class OidcService:
     # -- issuing --
     def issue(self, ws, client: Client, user: User | None, scope: str, *, family_id: str, session_id: str | None,
               auth_time: datetime | None, amr, nonce: str | None, refresh: bool,
-              rotate_from: OidcRefreshToken | None = None) -> dict:
+              rotate_from: OidcRefreshToken | None = None, presented: str | None = None) -> dict:
         """Sign and record the tokens of a grant. ``rotate_from``: the refresh token being used, marked used in
         the same transaction as the new tokens are recorded (a rotation is all or nothing, one commit); if it
         was used meanwhile (a parallel replay), nothing is issued and its family is revoked. A user's tokens also
@@ -980,14 +1001,37 @@ class OidcService:
         token = {"access_token": access, "token_type": "Bearer", "expires_in": ACCESS_TTL}
         if scopes:
             token["scope"] = " ".join(scopes)
+        rt = secrets.token_urlsafe(32) if refresh and user is not None else None
+        if rt is not None:
+            token["refresh_token"] = rt
+        if user is not None and "openid" in scopes:
+            id_claims = {"iss": iss, "sub": user.id, "aud": client.client_id, "azp": client.client_id,
+                         "iat": _ts(now), "exp": _ts(now) + ID_TOKEN_TTL, "auth_time": _ts(auth_time),
+                         "acr": acr_claim(amr), "amr": amr_claim(amr), "sid": self.sid(session_id),
+                         "at_hash": half_hash(access)}
+            if nonce:
+                id_claims["nonce"] = nonce
+            id_claims.update(self.user_claims(user, scopes))
+            token["id_token"] = self.sign(ws, id_claims, alg=client.row.id_token_signed_response_alg or "RS256")
         # A client credentials token is not recorded (see find_token); a user's token is, with its session.
         with self.hub.db() if user is not None else nullcontext() as db:  # Core INSERTs, one transaction
-            if rotate_from is not None and db.execute(update(OidcRefreshToken).where(
-                    OidcRefreshToken.token_hash == rotate_from.token_hash, OidcRefreshToken.used_at.is_(None),
-                    OidcRefreshToken.revoked_at.is_(None), OidcRefreshToken.expires_at > now,
-            ).values(used_at=now).execution_options(synchronize_session=False)).rowcount != 1:
-                db.rollback()
-                self._refresh_reused(ws.id, rotate_from.family_id, rotate_from.user_id, client.client_id)
+            if rotate_from is not None:
+                # the answer is kept (encrypted under the presented token) for a retry within the grace window
+                retry = self._seal_retry(presented, rotate_from.token_hash, token) if presented else None
+                if db.execute(update(OidcRefreshToken).where(
+                        OidcRefreshToken.token_hash == rotate_from.token_hash, OidcRefreshToken.used_at.is_(None),
+                        OidcRefreshToken.revoked_at.is_(None), OidcRefreshToken.expires_at > now,
+                ).values(used_at=now, retry_answer=retry).execution_options(synchronize_session=False)).rowcount != 1:
+                    db.rollback()
+                    # used meanwhile: by the same request sent twice at once (the same answer), or by a replay
+                    with self.hub.db() as again:
+                        used = again.get(OidcRefreshToken, rotate_from.token_hash)
+                        answer = (self._retry_answer(again, used, presented, self.hub.clock())
+                                  if used is not None and used.used_at is not None and presented else None)
+                    if answer is not None:
+                        self.audit("oidc.refresh.retried", ws.id, actor_id=user.id, client_id=client.client_id)
+                        raise RefreshRetry(answer)
+                    self._refresh_reused(ws.id, rotate_from.family_id, rotate_from.user_id, client.client_id)
             if user is not None:
                 db.execute(insert(OidcAccessToken).values(
                     jti=jti, family_id=family_id, workspace_id=ws.id, client_id=client.client_id, user_id=user.id,
@@ -998,24 +1042,13 @@ class OidcService:
                 db.execute(_insert_ignore(db, OidcSessionClient, ("session_id", "client_id")).values(
                     id=str(uuid.uuid4()), workspace_id=ws.id, session_id=session_id, client_id=client.client_id,
                     user_id=user.id, created_at=now))
-            if refresh and user is not None:
-                rt = secrets.token_urlsafe(32)
+            if rt is not None:
                 db.execute(insert(OidcRefreshToken).values(
                     token_hash=sha256_hex(rt), family_id=family_id, workspace_id=ws.id, client_id=client.client_id,
                     user_id=user.id, session_id=session_id, scope=" ".join(scopes), auth_time=auth_time,
                     amr=list(amr), created_at=now, expires_at=now + timedelta(seconds=REFRESH_TTL)))
-                token["refresh_token"] = rt
             if db is not None:
                 db.commit()
-        if user is not None and "openid" in scopes:
-            id_claims = {"iss": iss, "sub": user.id, "aud": client.client_id, "azp": client.client_id,
-                         "iat": _ts(now), "exp": _ts(now) + ID_TOKEN_TTL, "auth_time": _ts(auth_time),
-                         "acr": acr_claim(amr), "amr": amr_claim(amr), "sid": self.sid(session_id),
-                         "at_hash": half_hash(access)}
-            if nonce:
-                id_claims["nonce"] = nonce
-            id_claims.update(self.user_claims(user, scopes))
-            token["id_token"] = self.sign(ws, id_claims, alg=client.row.id_token_signed_response_alg or "RS256")
         self.audit("oidc.token.issued", ws.id, actor_id=user.id if user else None, client_id=client.client_id,
                    refresh=bool(token.get("refresh_token")), scope=" ".join(scopes))
         return token
@@ -1034,10 +1067,44 @@ class OidcService:
             if row.used_at is not None:
                 family_id, user_id = row.family_id, row.user_id
                 user = None
+                answer = self._retry_answer(db, row, presented, now)
             else:
                 return row, db.get(User, row.user_id)
+        if answer is not None:
+            self.audit("oidc.refresh.retried", ws_id, actor_id=user_id, client_id=client_id)
+            raise RefreshRetry(answer)
         self._refresh_reused(ws_id, family_id, user_id, client_id)
         return row, user  # not reached
+
+    # -- refresh retries --
+    def _retry_box(self, presented: str) -> AESGCM:
+        """The key of a rotation's kept answer: the server's key for the purpose, keyed again by the presented
+        refresh token (256 random bits), so neither a copy of the database nor the server key alone opens it."""
+        base = derive_key(self.hub.settings.secret_key, "oidc-refresh-retry").encode()
+        return AESGCM(hmac.new(base, presented.encode(), hashlib.sha256).digest())
+
+    def _seal_retry(self, presented: str, token_hash: str, token: dict) -> str | None:
+        if not self.hub.settings.oidc_refresh_grace:
+            return None
+        nonce = secrets.token_bytes(12)
+        sealed = self._retry_box(presented).encrypt(nonce, json.dumps(token).encode(), token_hash.encode())
+        return base64.urlsafe_b64encode(nonce + sealed).decode()
+
+    def _retry_answer(self, db, row: OidcRefreshToken, presented: str, now: datetime) -> dict | None:
+        """The answer a used token's rotation gave, when it is presented again within the grace window and the
+        token it was replaced by has not been used (the client never got it); else None (a replay)."""
+        grace = self.hub.settings.oidc_refresh_grace
+        if not grace or not row.retry_answer or now - row.used_at > timedelta(seconds=grace):
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(row.retry_answer.encode())
+            answer = json.loads(self._retry_box(presented).decrypt(raw[:12], raw[12:], row.token_hash.encode()))
+        except (ValueError, InvalidTag):
+            return None
+        successor = db.get(OidcRefreshToken, sha256_hex(answer.get("refresh_token") or ""))
+        if successor is None or successor.used_at is not None or successor.revoked_at is not None:
+            return None
+        return answer
 
     def _refresh_reused(self, ws_id: str, family_id: str, user_id: str, client_id: str):
         """A used refresh token presented again (or a lost race): revoke the whole family, audit, refuse."""

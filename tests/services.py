@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -133,6 +134,7 @@ class PrivateRedis:
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGCONT)  # a frozen server must be able to hear SIGTERM
             self._proc.terminate()
             try:
                 self._proc.wait(10)
@@ -144,6 +146,13 @@ class PrivateRedis:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers (a hung Redis, not a dead one)."""
+        os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self._proc.pid, signal.SIGCONT)
 
     @property
     def running(self) -> bool:

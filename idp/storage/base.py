@@ -182,4 +182,5 @@ class Stores:
     one_time: OneTimeStore
     throttle: ThrottleStore
     flows: FlowStore
-    ping: object = None  # callable() raising StoreUnavailable when a backend is down; for /readyz
+    ping: object = None  # callable() raising StoreUnavailable when a backend is down
+    health: object = None  # callable() -> {"database": "ok"|"unavailable", "redis": "ok"|"degraded"}; for /readyz

@@ -22,14 +22,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from idp.storage.base import Backoff, SessionData, StoreUnavailable, ThrottleState
+from idp.storage.breaker import Breaker
 from idp.storage.memory import TOUCH_WRITE_INTERVAL, as_utc, check_ttl, window_start
 from idp.storage.sql import SqlSessionStore
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "idhub:"
-SESSION_CACHE_TTL = 300  # also bounds how long a revocation that could not reach Redis can be missed
-REPAIR_MAX_DELAY = 5.0
+SESSION_CACHE_TTL = 300
+# No node trusts a cached session for longer than this without reading the database's change records: the bound on
+# how long a revocation that could not reach Redis can be missed.
+SESSION_RECHECK = 1.0
+CHANGE_MARGIN = 10.0  # seconds of change records read back (writers' clocks, commit delays)
 T = TypeVar("T")
 _OUTAGE = (RedisConnectionError, RedisTimeoutError)
 
@@ -53,18 +57,43 @@ def _glob_escape(s: str) -> str:
 
 
 @contextmanager
-def redis_guard(what: str) -> Iterator[None]:
+def redis_guard(what: str, breaker: Breaker | None = None) -> Iterator[None]:
+    """Redis errors → ``StoreUnavailable``. With a breaker: an open circuit fails at once without a network call,
+    an outage error opens it, a success closes it."""
+    if breaker is not None and not breaker.allow():
+        raise StoreUnavailable("redis unavailable (circuit open)")
     try:
         yield
     except _OUTAGE as exc:
+        if breaker is not None:
+            breaker.failure()
         log.warning("redis unavailable (%s): %s", what, type(exc).__name__)
         raise StoreUnavailable(f"redis unavailable ({type(exc).__name__})") from None
+    except Exception:
+        if breaker is not None:
+            breaker.success()  # Redis answered (with an error of ours): it is there
+        raise
+    if breaker is not None:
+        breaker.success()
+
+
+def breaker_of(client: redis.Redis) -> Breaker:
+    """The process's breaker for this client (``factory.redis_client`` sets one; else one is made)."""
+    found = getattr(client, "idhub_breaker", None)
+    if found is None:
+        found = Breaker("redis")
+        client.idhub_breaker = found
+    return found
 
 
 class _RedisStore:
     def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
         self._r = client
         self._prefix = prefix
+        self.breaker = breaker_of(client)
+
+    def _guard(self, what: str):
+        return redis_guard(what, self.breaker)
 
 
 class RedisOneTimeStore(_RedisStore):
@@ -74,24 +103,25 @@ class RedisOneTimeStore(_RedisStore):
         return f"{self._prefix}ot:{key}"
 
     def put(self, key: str, value: str, ttl: int) -> None:
-        with redis_guard("one-time put"):
+        with self._guard("one-time put"):
             self._r.set(self._k(key), value, ex=check_ttl(ttl))
 
     def add(self, key: str, value: str, ttl: int) -> bool:
-        with redis_guard("one-time add"):
+        with self._guard("one-time add"):
             return bool(self._r.set(self._k(key), value, ex=check_ttl(ttl), nx=True))
 
     def get(self, key: str) -> str | None:
-        with redis_guard("one-time get"):
+        with self._guard("one-time get"):
             return _text(self._r.get(self._k(key)))
 
     def consume(self, key: str) -> str | None:
-        with redis_guard("one-time consume"):
+        with self._guard("one-time consume"):
             return _text(self._r.getdel(self._k(key)))
 
-    def delete(self, key: str) -> None:
-        with redis_guard("one-time delete"):
-            self._r.delete(self._k(key))
+    def delete(self, key: str) -> int:
+        """How many keys were deleted (0 or 1)."""
+        with self._guard("one-time delete"):
+            return int(self._r.delete(self._k(key)))
 
 
 # Hash fields: n = failures, forget = microseconds at which they are forgotten, delay = seconds blocked
@@ -130,7 +160,7 @@ class RedisThrottleStore(_RedisStore):
         return f"{self._prefix}thr:{key}"
 
     def state(self, key: str, now: datetime) -> ThrottleState:
-        with redis_guard("throttle state"):
+        with self._guard("throttle state"):
             found = self._r.hmget(self._k(key), ["n", "last", "forget", "delay"])
         return self._state(found, now)
 
@@ -144,7 +174,7 @@ class RedisThrottleStore(_RedisStore):
         return ThrottleState(int(n), blocked)
 
     def states(self, keys: list[str], now: datetime) -> list[ThrottleState]:
-        with redis_guard("throttle state"):
+        with self._guard("throttle state"):
             pipe = self._r.pipeline(transaction=False)
             for key in keys:
                 pipe.hmget(self._k(key), ["n", "last", "forget", "delay"])
@@ -154,18 +184,18 @@ class RedisThrottleStore(_RedisStore):
     def record_failure(self, key: str, now: datetime, backoff: Backoff) -> ThrottleState:
         now = as_utc(now)
         args = [_micros(now), backoff.window, backoff.free, backoff.base, backoff.cap]
-        with redis_guard("throttle record_failure"):
+        with self._guard("throttle record_failure"):
             failures = int(self._record(keys=[self._k(key)], args=args))
         delay = backoff.delay(failures)
         return ThrottleState(failures, now + timedelta(seconds=delay) if delay else None)
 
     def reset(self, key: str) -> None:
-        with redis_guard("throttle reset"):
+        with self._guard("throttle reset"):
             self._r.delete(self._k(key))
 
     def hit(self, key: str, limit: int, window: int, now: datetime) -> bool:
         start = window_start(now, window)
-        with redis_guard("throttle hit"):
+        with self._guard("throttle hit"):
             hits = int(self._hit(keys=[f"{self._prefix}rate:{key}:{start}"], args=[window + 60]))
         return hits <= limit
 
@@ -177,21 +207,22 @@ class RedisFlowStore(_RedisStore):
         return f"{self._prefix}flow:{flow_id}"
 
     def create(self, flow_id: str, data: dict, ttl: int) -> None:
-        with redis_guard("flow create"):
+        with self._guard("flow create"):
             self._r.set(self._k(flow_id), json.dumps(data), ex=check_ttl(ttl))
 
     def get(self, flow_id: str) -> dict | None:
-        with redis_guard("flow get"):
+        with self._guard("flow get"):
             raw = self._r.get(self._k(flow_id))
         return json.loads(raw) if raw is not None else None
 
     def update(self, flow_id: str, data: dict, ttl: int) -> bool:
-        with redis_guard("flow update"):
+        with self._guard("flow update"):
             return bool(self._r.set(self._k(flow_id), json.dumps(data), ex=check_ttl(ttl), xx=True))
 
-    def delete(self, flow_id: str) -> None:
-        with redis_guard("flow delete"):
-            self._r.delete(self._k(flow_id))
+    def delete(self, flow_id: str) -> int:
+        """How many keys were deleted (0 or 1)."""
+        with self._guard("flow delete"):
+            return int(self._r.delete(self._k(flow_id)))
 
 
 # Cached sessions are hashes: data = SessionData JSON, la = last activity (µs), db = last activity the
@@ -222,8 +253,17 @@ return 0
 
 
 class CachedSessionStore:
-    """Sessions in SQL with a Redis read cache. Redis errors fall back to SQL and mark the cache dirty;
-    a dirty cache is emptied (its whole key prefix) at the next successful contact before it is trusted.
+    """Sessions in SQL with a Redis read cache.
+
+    The database is the authority. Ending or renewing a session writes the session row and a ``session_changes``
+    record in one transaction, then tombstones the cached copy (at once, for every node, when Redis answers).
+    Because the tombstone may not arrive (this node cannot reach Redis, or Redis froze), no node trusts a cached
+    copy for longer than ``recheck`` seconds without asking the database which sessions changed since its last
+    look (one indexed query per process per ``recheck`` seconds, not per request). A session listed there is read
+    from the database for as long as a cached copy made before the change could live (the cache TTL), and its
+    cache key is deleted. So a change committed at time T is honoured by every node for every request that starts
+    after T + ``recheck``, whatever Redis does. A Redis outage never wipes the cache: there is nothing to repair
+    beyond the keys the change records name.
     """
 
     def __init__(
@@ -232,75 +272,84 @@ class CachedSessionStore:
         client: redis.Redis,
         prefix: str = DEFAULT_PREFIX,
         ttl: int = SESSION_CACHE_TTL,
+        recheck: float = SESSION_RECHECK,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.sql = sql
         self._r = client
         self._prefix = prefix
         self._ttl = ttl
+        self.recheck = recheck
+        self.breaker = breaker_of(client)
         self._fill = client.register_script(_FILL)
         self._touch = client.register_script(_TOUCH)
+        self._clock = clock
+        self._wall = wall
         self._lock = threading.Lock()
-        self._dirty = False
-        self._repairing = False
+        self._checked_at: float | None = None  # monotonic time of the last look at the change records
+        self._since: datetime | None = None  # the next look reads changes from here on
+        self._stale: dict[str, float] = {}  # session id -> monotonic time until which its cached copy is not used
+        self._undeleted: set[str] = set()  # stale ids whose cache key could not be deleted yet
+        self.rechecks = 0  # looks at the change records (for tests)
 
     def _k(self, session_id: str) -> str:
         return f"{self._prefix}session:{session_id}"
 
-    @property
-    def dirty(self) -> bool:
-        return self._dirty
-
-    def _flush(self) -> None:
-        pattern = _glob_escape(self._prefix) + "session:*"
-        batch: list = []
-        for key in self._r.scan_iter(match=pattern, count=500):
-            batch.append(key)
-            if len(batch) >= 500:
-                self._r.delete(*batch)
-                batch = []
-        if batch:
-            self._r.delete(*batch)
-
-    def _clean(self) -> None:
-        if self._dirty:
-            with self._lock:
-                if self._dirty:
-                    self._flush()
-                    self._dirty = False
-                    log.info("session cache flushed after a redis outage")
-
-    def _cache(self, what: str, fn: Callable[[], T]) -> tuple[bool, T | None]:
-        """Run ``fn`` against Redis; (False, None) on an outage, which marks the cache dirty."""
-        try:
-            self._clean()
-            return True, fn()
-        except _OUTAGE as exc:
-            self._dirty = True
-            log.warning("session cache unavailable (%s), using the database: %s", what, type(exc).__name__)
-            return False, None
-
-    def _repair_soon(self) -> None:
-        """A revocation could not reach the cache, so other processes may still find the session there. Do not
-        wait for this process's next request: retry the flush in the background until Redis answers."""
+    # -- the change records ---------------------------------------------------------------------------------
+    def _refresh(self) -> None:
+        """Read the change records when the last look is ``recheck`` seconds old (one thread does, the others of
+        the process wait for it). Raises StoreUnavailable when the database cannot be read: a node that cannot
+        know about revocations does not serve cached sessions."""
+        now = self._clock()
+        if self._checked_at is not None and now - self._checked_at < self.recheck:
+            return
         with self._lock:
-            if self._repairing:
+            now = self._clock()
+            if self._checked_at is not None and now - self._checked_at < self.recheck:
                 return
-            self._repairing = True
+            started, wall = now, self._wall()
+            # Writers stamp changes with their own clock, in transactions that may commit a moment after the
+            # stamp: read back CHANGE_MARGIN seconds (ids already known cost nothing).
+            since = (self._since or wall - timedelta(seconds=self._ttl)) - timedelta(seconds=CHANGE_MARGIN)
+            ids = self.sql.changes_since(since)
+            self.rechecks += 1
+            until = started + self._ttl + CHANGE_MARGIN
+            for sid in ids:
+                if sid not in self._stale:
+                    self._undeleted.add(sid)
+                self._stale[sid] = max(self._stale.get(sid, 0.0), until)
+            if len(self._stale) > 1024:
+                self._stale = {k: v for k, v in self._stale.items() if v > started}
+            self._since, self._checked_at = wall, started
+        self._drop_stale_keys()
 
-        def run() -> None:
-            delay = 0.2
-            try:
-                while self._dirty:
-                    try:
-                        self._clean()
-                    except _OUTAGE:
-                        time.sleep(delay)
-                        delay = min(delay * 2, REPAIR_MAX_DELAY)
-            finally:
-                with self._lock:
-                    self._repairing = False
+    def _drop_stale_keys(self) -> None:
+        """Delete the cache keys of sessions changed elsewhere (hygiene: they are not trusted anyway)."""
+        if not self._undeleted or not self.breaker.allow():
+            return
+        with self._lock:
+            batch, self._undeleted = list(self._undeleted), set()
+        try:
+            with redis_guard("session cache repair", self.breaker):
+                for i in range(0, len(batch), 500):
+                    self._r.delete(*(self._k(sid) for sid in batch[i:i + 500]))
+        except StoreUnavailable:
+            with self._lock:
+                self._undeleted.update(batch)
 
-        threading.Thread(target=run, name="idhub-session-cache-repair", daemon=True).start()
+    def _trusted(self, session_id: str) -> bool:
+        until = self._stale.get(session_id)
+        return until is None or until <= self._clock()
+
+    # -- Redis access, through the breaker ------------------------------------------------------------------
+    def _cache(self, what: str, fn: Callable[[], T]) -> tuple[bool, T | None]:
+        """Run ``fn`` against Redis; (False, None) when Redis is away (the caller uses the database)."""
+        try:
+            with redis_guard(what, self.breaker):
+                return True, fn()
+        except StoreUnavailable:
+            return False, None
 
     def _put(self, data: SessionData) -> None:
         args = [
@@ -324,22 +373,25 @@ class CachedSessionStore:
                 pipe.expire(self._k(sid), self._ttl)
             pipe.execute()
 
-        ok, _ = self._cache("revoke", write)
-        if not ok:
-            self._repair_soon()
+        self._cache("revoke", write)  # if Redis is away, the change records tell every node
 
+    # -- the store ------------------------------------------------------------------------------------------
     def create(self, data: SessionData) -> None:
         self.sql.create(data)
         self._put(data)
 
     def get(self, session_id: str) -> SessionData | None:
-        ok, cached = self._cache("get", lambda: self._r.hgetall(self._k(session_id)))
+        self._refresh()
+        trusted = self._trusted(session_id)
+        ok, cached = self._cache("get", lambda: self._r.hgetall(self._k(session_id))) if trusted else (False, None)
         if ok and cached:
             cached = {_text(k): _text(v) for k, v in cached.items()}
             if "data" in cached:
                 data = SessionData.from_dict(json.loads(cached["data"]))
                 data.last_active_at = _from_micros(int(cached["la"]))
-                return data
+                if data.is_active():
+                    return data
+                # an inactive copy (idle by the cache's activity time): the database may know better
             return self.sql.get(session_id)  # tombstone: the database has the revocation
         data = self.sql.get(session_id)
         if data is not None and ok:
@@ -373,12 +425,10 @@ class CachedSessionStore:
         return data
 
     def upgrade(self, session_id: str, amr: list[str], auth_time: datetime, token_hash: str) -> SessionData | None:
-        """In the database, then the cached copy dropped (every node reads the upgrade, and refuses the old
-        cookie, from there)."""
+        """In the database (with a change record), then the cached copy dropped (every node reads the upgrade, and
+        refuses the old cookie, from there)."""
         data = self.sql.upgrade(session_id, amr, auth_time, token_hash)
-        ok, _ = self._cache("upgrade", lambda: self._r.delete(self._k(session_id)))
-        if not ok:
-            self._repair_soon()
+        self._cache("upgrade", lambda: self._r.delete(self._k(session_id)))
         return data
 
     def revoke_user(self, user_id: str, reason: str, except_id: str | None = None) -> list[str]:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import JSON, Integer, String, Text, bindparam, case, delete, select, text, update
+from sqlalchemy import JSON, BigInteger, Integer, String, Text, bindparam, case, delete, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -64,6 +64,21 @@ class LoginFlow(Base):
     id: Mapped[str] = mapped_column(String(KEY_LEN), primary_key=True)
     data: Mapped[dict] = mapped_column(JSON)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class SessionChange(Base):
+    """A session ended or renewed (step-up), in the transaction that did it: every node reads these at most
+    ``SESSION_RECHECK`` seconds apart and stops trusting its cached copy, even when the node that made the change
+    could not reach the cache. Rows older than a day are purged."""
+
+    __tablename__ = "session_changes"
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+SESSION_CHANGES_KEPT = timedelta(days=1)
 
 
 def _key(key: str) -> str:
@@ -141,6 +156,15 @@ _SESSION_TOUCH = update(SessionRow.__table__).where(
 ).values(last_active_at=bindparam("now"))
 
 
+_CHANGES_SINCE = select(SessionChange.__table__.c.session_id).where(
+    SessionChange.__table__.c.at >= bindparam("since"))
+
+
+def _log_changes(s: Session, ids: list[str], now: datetime) -> None:
+    if ids:
+        s.execute(insert(SessionChange.__table__), [{"session_id": i, "at": now} for i in ids])
+
+
 def _to_data(row) -> SessionData:
     """A ``SessionData`` from a ``SessionRow`` or a Core row with its columns."""
     d = {name: getattr(row, name) for name in _SESSION_FIELDS}
@@ -189,6 +213,8 @@ class SqlSessionStore(_SqlStore):
                 .returning(SessionRow.last_active_at, SessionRow.idle_timeout, SessionRow.expires_at)
                 .execution_options(**NOSYNC)
             ).first()
+            if row is not None:
+                _log_changes(s, [session_id], now)
         return row is not None and _is_active(row[0], row[1], row[2], now)
 
     def revoke_user_all(self, user_id: str, reason: str, except_id: str | None = None) -> tuple[list[str], list[str]]:
@@ -205,6 +231,7 @@ class SqlSessionStore(_SqlStore):
                 .returning(SessionRow.id, SessionRow.last_active_at, SessionRow.idle_timeout, SessionRow.expires_at)
                 .execution_options(**NOSYNC)
             ).all()
+            _log_changes(s, [r[0] for r in rows], now)
         active = [r[0] for r in rows if _is_active(r[1], r[2], r[3], now)]
         return active, [r[0] for r in rows]
 
@@ -248,17 +275,27 @@ class SqlSessionStore(_SqlStore):
                 .returning(SessionRow.last_active_at, SessionRow.idle_timeout, SessionRow.expires_at)
                 .execution_options(**NOSYNC)
             ).first()
+            if row is not None:
+                _log_changes(s, [session_id], now)
         if row is None or not _is_active(row[0], row[1], row[2], now):
             return None
         return self.get(session_id)
 
+    def changes_since(self, since: datetime) -> list[str]:
+        """Ids of the sessions ended or renewed at or after ``since`` (one indexed range query)."""
+        with self._core() as c:
+            return list(c.execute(_CHANGES_SINCE, {"since": as_utc(since)}).scalars())
+
     def purge_expired(self, now: datetime | None = None) -> int:
-        """Delete sessions past their absolute lifetime; returns how many."""
+        """Delete sessions past their absolute lifetime (and day-old change records); returns how many."""
         now = as_utc(now or _now())
         with self._tx() as s:
-            return s.execute(
+            n = s.execute(
                 delete(SessionRow).where(SessionRow.expires_at <= now).execution_options(**NOSYNC)
             ).rowcount
+            s.execute(delete(SessionChange).where(SessionChange.at < now - SESSION_CHANGES_KEPT)
+                      .execution_options(**NOSYNC))
+            return n
 
 
 class SqlOneTimeStore(_SqlStore):

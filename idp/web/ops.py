@@ -12,6 +12,7 @@ from idp.storage.base import StoreUnavailable
 from idp.web.common import current_client, hub
 
 bp = Blueprint("ops", __name__)
+READY_RETRY_AFTER = 5  # seconds
 
 
 @bp.route("/healthz")
@@ -21,14 +22,29 @@ def healthz():
 
 @bp.route("/readyz")
 def readyz():
+    """Whether a load balancer should send this node traffic: yes while it can serve from the database, Redis or
+    not (``"status": "degraded"`` and ``"redis": "degraded"`` say Redis is away; sign-in and sessions then run on
+    the database). No when the database cannot be reached: 503 with Retry-After. Only one node's own database
+    trouble makes it unready, so a Redis outage never drains the whole fleet."""
+    stores = hub().stores
     try:
-        if hub().stores.ping:
-            hub().stores.ping()
+        if stores.health is not None:
+            found = stores.health()
+        else:
+            if stores.ping:
+                stores.ping()
+            found = {"database": "ok"}
     except StoreUnavailable as exc:
-        return jsonify(status="unavailable", reason=str(exc)), 503
+        found = {"database": "unavailable", "reason": str(exc)}
     except Exception:  # any failure to check is "not ready" (fail closed)
-        return jsonify(status="unavailable", reason="check failed"), 503
-    return jsonify(status="ok")
+        found = {"database": "unavailable", "reason": "check failed"}
+    for backend in ("database", "redis"):
+        if backend in found:
+            metrics.BACKEND_UP.labels(backend=backend).set(1 if found[backend] == "ok" else 0)
+    if found.get("database") != "ok":
+        return jsonify(status="unavailable", **found), 503, {"Retry-After": str(READY_RETRY_AFTER)}
+    degraded = any(v != "ok" for v in found.values())
+    return jsonify(status="degraded" if degraded else "ok", **found)
 
 
 @bp.route("/help/security")

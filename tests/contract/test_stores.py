@@ -440,46 +440,66 @@ def test_cache_outage_falls_back_to_the_database(private_cache):
     store.touch(active.id, active.last_active_at + timedelta(seconds=90))
     assert backend.sql.get(active.id).last_active_at == active.last_active_at + timedelta(seconds=90)
     assert [s.id for s in store.list_user(user)][0] == active.id
-    assert store.dirty
+    assert store.breaker.state != "closed"
 
     server.start()
     # Worst case: the cache survived the outage (a network split rather than a restart) and still holds
-    # the pre-revocation state. The store must not trust it.
+    # the pre-revocation state. No process trusts it: the database's change records name the session.
     raw = redis.Redis.from_url(server.url)
     for sid, dump in saved.items():
         raw.restore(store._k(sid), 0, dump, replace=True)
+    other_process = CachedSessionStore(store.sql, factory.redis_client(server.url), "idhub-outage:")
+    assert not other_process.get(revoked.id).is_active()
+    assert other_process.get(active.id).is_active()
+    assert not raw.exists(store._k(revoked.id))  # the stale key was deleted, nothing else was
+    assert raw.exists(store._k(active.id))
     raw.close()
+    store.breaker.success()  # as after its next trial call
     assert not store.get(revoked.id).is_active()
     assert store.get(active.id).is_active()
     assert store.get(fresh.id).is_active()
-    assert not store.dirty
 
 
-def test_a_revocation_that_missed_the_cache_is_repaired_without_further_requests(private_cache):
-    """Another process reads the shared cache: a stale entry left by a failed tombstone must not wait for this
-    process's next request to be flushed."""
+def test_a_revocation_that_missed_the_cache_is_enforced_by_every_process_within_the_recheck(private_cache):
+    """Another process reads the shared cache, which still holds the session (the revoking process could not
+    reach Redis): within ``recheck`` seconds of the revocation it refuses the session, with no help from the
+    revoking process."""
     server, client, store, backend = private_cache
     ws, user = backend.new_user()
     revoked = new_session(ws, user)
     store.create(revoked)
-    assert store.get(revoked.id).is_active()
+    now = [1000.0]
+    other = CachedSessionStore(store.sql, factory.redis_client(server.url), "idhub-outage:", clock=lambda: now[0])
+    assert other.get(revoked.id).is_active()  # cached, and the other process has just looked at the changes
+    looks = other.rechecks
     stale = client.dump(store._k(revoked.id))
     server.stop()
     assert store.revoke(revoked.id, "ended_by_user") is True  # the tombstone cannot be written
     server.start()
     raw = redis.Redis.from_url(server.url)
     raw.restore(store._k(revoked.id), 0, stale, replace=True)  # a split, not a restart: the cache kept it
-    try:
-        deadline = time.monotonic() + 15
-        while raw.exists(store._k(revoked.id)) and time.monotonic() < deadline:
-            time.sleep(0.1)  # no call into ``store`` here: only its background repair may act
-        assert not raw.exists(store._k(revoked.id))
-        other_process = CachedSessionStore(store.sql,
-                                           factory.redis_client(server.url, timeout=0.5), "idhub-outage:")
-        assert not other_process.get(revoked.id).is_active()
-    finally:
-        raw.close()
-    assert not store.dirty
+    raw.close()
+    assert other.get(revoked.id).is_active()  # within the recheck interval the cached copy may still be served
+    assert other.rechecks == looks  # (no database look yet: that is the cost saved)
+    now[0] += other.recheck
+    assert not other.get(revoked.id).is_active()  # one interval later it is not, whatever the cache says
+    assert other.rechecks == looks + 1
+    for _ in range(3):  # the next reads within the interval make no further database look
+        assert not other.get(revoked.id).is_active()
+    assert other.rechecks == looks + 1
+
+
+def test_a_cached_copy_that_looks_idle_is_checked_against_the_database(private_cache):
+    """A node that could not reach Redis recorded the activity in the database only: another node's stale
+    cached activity time must not end a live session."""
+    _server, client, store, backend = private_cache
+    ws, user = backend.new_user()
+    data = new_session(ws, user)
+    data.idle_timeout = 60
+    store.create(data)
+    old = data.last_active_at - timedelta(seconds=600)
+    client.hset(store._k(data.id), "la", str(int(old.timestamp() * 1_000_000)))
+    assert store.get(data.id).is_active()
 
 
 def test_cache_restart_keeps_revocations(private_cache):
@@ -586,15 +606,17 @@ def test_factory_with_redis(sqlite_sm):
     with start_private_redis() as server:
         stores = factory.build_stores(Settings(redis_url=server.url, extra={"redis_prefix": "p:"}), sqlite_sm)
         assert isinstance(stores.sessions, CachedSessionStore)
-        assert isinstance(stores.one_time, RedisOneTimeStore)
-        assert isinstance(stores.throttle, RedisThrottleStore)
-        assert isinstance(stores.flows, RedisFlowStore)
+        assert isinstance(stores.one_time.redis, RedisOneTimeStore)
+        assert isinstance(stores.throttle.redis, RedisThrottleStore)
+        assert isinstance(stores.flows.redis, RedisFlowStore)
         stores.ping()
         stores.one_time.put("a", "b", 5)
         assert redis.Redis.from_url(server.url).get("p:ot:a") == b"b"
+        assert stores.health() == {"database": "ok", "redis": "ok"}
         server.stop()
         with pytest.raises(StoreUnavailable):
             stores.ping()
+        assert stores.health() == {"database": "ok", "redis": "degraded"}
 
 
 def test_factory_ping_database_down():

@@ -6,6 +6,7 @@ import base64
 import json
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from authlib.jose import JsonWebKey, JsonWebToken
@@ -194,7 +195,7 @@ def test_client_secret_post(browser, api):
     assert "refresh_token" not in r.get_json()  # no refresh_token grant for this app
 
 
-def test_refresh_rotation_and_reuse_revokes_family(browser, api):
+def test_refresh_rotation_and_reuse_revokes_family(browser, api, hub):
     code, verifier = code_flow(browser)
     tok = redeem(api, code, verifier).get_json()
     rt1 = tok["refresh_token"]
@@ -206,7 +207,10 @@ def test_refresh_rotation_and_reuse_revokes_family(browser, api):
     assert rt2 != rt1
     first, again = decode_id_token(api, tok["id_token"]), decode_id_token(api, tok2["id_token"], nonce=None)
     assert again["sub"] == first["sub"] and again["auth_time"] == first["auth_time"] and "nonce" not in again
-    # replaying the used refresh token: refused, and the whole family dies (rt2 and its access token)
+    # replaying the used refresh token after the retry grace window: refused, and the whole family dies (rt2
+    # and its access token)
+    later = datetime.now(UTC) + timedelta(seconds=hub.settings.oidc_refresh_grace + 1)
+    hub.clock = lambda: later
     r = api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": rt1},
                  headers=WIKI_AUTH)
     assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
@@ -217,6 +221,54 @@ def test_refresh_rotation_and_reuse_revokes_family(browser, api):
     assert r.status_code == 401
     r = api.get("/w/acme/oauth2/userinfo", headers={"Authorization": "Bearer " + tok["access_token"]})
     assert r.status_code == 401
+
+
+def refresh(api, rt, auth=WIKI_AUTH):
+    return api.post("/w/acme/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": rt}, headers=auth)
+
+
+def test_a_refresh_retried_within_the_grace_window_gets_the_same_answer(browser, api, hub):
+    """The app lost the answer (a timeout, a retry through another node): the same request again within
+    IDHUB_OIDC_REFRESH_GRACE seconds gets the same token pair, and the family lives on. The kept answer is
+    stored encrypted, never in clear."""
+    from oidc.models import OidcRefreshToken
+    from oidc.provider import sha256_hex
+
+    code, verifier = code_flow(browser)
+    rt1 = redeem(api, code, verifier).get_json()["refresh_token"]
+    first = refresh(api, rt1)
+    assert first.status_code == 200
+    again = refresh(api, rt1)
+    assert again.status_code == 200 and again.get_json() == first.get_json()
+    with hub.db() as db:
+        kept = db.get(OidcRefreshToken, sha256_hex(rt1)).retry_answer
+    tok = first.get_json()
+    assert kept and tok["refresh_token"] not in kept and tok["access_token"] not in kept
+    for secret_part in (tok["refresh_token"], tok["access_token"].split(".")[1]):
+        assert secret_part not in kept
+    # another client presenting it is refused (and does not get the answer)
+    other = refresh(api, rt1, auth={})
+    assert other.status_code in (400, 401) and "access_token" not in other.get_json()
+    # the app goes on with the new token: the family is intact
+    third = refresh(api, tok["refresh_token"])
+    assert third.status_code == 200
+    # once the new token was used, the old one is a replay even within the window: the family dies
+    r = refresh(api, rt1)
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
+    assert refresh(api, third.get_json()["refresh_token"]).status_code == 400
+    assert api.get("/w/acme/oauth2/userinfo",
+                   headers={"Authorization": "Bearer " + third.get_json()["access_token"]}).status_code == 401
+
+
+def test_a_refresh_retry_after_the_grace_window_revokes_the_family(browser, api, hub):
+    code, verifier = code_flow(browser)
+    rt1 = redeem(api, code, verifier).get_json()["refresh_token"]
+    tok = refresh(api, rt1).get_json()
+    later = datetime.now(UTC) + timedelta(seconds=hub.settings.oidc_refresh_grace + 1)
+    hub.clock = lambda: later
+    r = refresh(api, rt1)
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
+    assert refresh(api, tok["refresh_token"]).status_code == 400
 
 
 def test_refresh_token_of_another_client_refused(browser, api):

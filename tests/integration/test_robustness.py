@@ -107,7 +107,7 @@ def test_wrong_methods_and_unknown_pages(browser_factory):
 def test_operations_endpoints(browser_factory):
     b = browser_factory()
     assert b.get("/healthz").json == {"status": "ok"}
-    assert b.get("/readyz").json == {"status": "ok"}
+    assert b.get("/readyz").json == {"status": "ok", "database": "ok"}
     b.login("acme", ALICE, ALICE_PW)
     metrics = b.get("/metrics").get_data(as_text=True)
     assert 'idhub_signins_total{outcome="success"}' in metrics
@@ -132,19 +132,25 @@ def test_database_down_answers_503_with_an_error_id(tmp_path, settings):
     r = b.get("/w/acme/login")
     assert r.status_code == 503
     assert "Error id" in r.get_data(as_text=True) and r.headers["Retry-After"]
-    assert b.get("/readyz").status_code == 503
+    ready = b.get("/readyz")
+    assert ready.status_code == 503 and ready.headers["Retry-After"]
+    assert ready.json["status"] == "unavailable" and ready.json["database"] == "unavailable"
     assert b.get("/healthz").status_code == 200
     assert hub  # the healthy app is unaffected
 
 
-def test_redis_down_fails_closed(tmp_path):
+def test_redis_down_signs_in_from_the_database(tmp_path):
+    """Redis away: sign-in (its flow, throttles and one-time values) runs on the database, and the node stays
+    ready for the load balancer, saying Redis is degraded."""
     app = make_app(make_settings(tmp_path, redis_url="redis://127.0.0.1:1/0"))
     b = Browser(app)
-    r = b.get("/w/acme/login")
-    assert r.status_code == 200  # the page itself needs no store
-    r = b.post("/w/acme/login", {"email": ALICE, "csrf_token": b.csrf()})
-    assert r.status_code == 503 and "Nothing was changed" in r.get_data(as_text=True)
-    assert b.get("/readyz").status_code == 503
+    b.login("acme", ALICE, ALICE_PW)
+    assert b.get("/w/acme/settings/security").status_code == 200
+    ready = b.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json == {"status": "degraded", "database": "ok", "redis": "degraded"}
+    metrics = b.get("/metrics").get_data(as_text=True)
+    assert 'idhub_backend_up{backend="redis"} 0.0' in metrics
 
 
 def test_a_bug_is_a_500_not_an_outage(tmp_path):
