@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
         g.request_id = rid if REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
         logs.request_id_var.set(g.request_id)
         g.t0 = time.perf_counter()
+        app.extensions["idhub"].invalidation.check()  # changes made by other processes (idp.invalidation)
 
     @app.after_request
     def _finish(resp):
