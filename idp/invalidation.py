@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from datetime import UTC, datetime
 
 from sqlalchemy import BigInteger, Column, String, Table, select, update
@@ -158,8 +159,10 @@ class Invalidation:
             log.debug("cache versions unreadable", extra={"error": type(exc).__name__})
             return []
         seen, self._seen = self._seen, rows
-        if seen is None:
-            return []  # the first read: this process's caches are younger than any version
+        if seen is None:  # the first read: whatever a racing request cached before it is dropped
+            for kind in KINDS:
+                drop(kind)
+            return []
         moved = [k for k, v in rows.items() if seen.get(k) != v]
         for kind in moved:
             drop(kind)
@@ -176,47 +179,14 @@ class Invalidation:
         self._seen = None
         self._next_check = 0.0
         if self.redis_url:
-            self._thread = threading.Thread(target=self._listen, name="idhub-invalidation", daemon=True)
+            # the thread holds the object weakly: a hub thrown away (tests) lets its subscriber end
+            self._thread = threading.Thread(target=_listen, name="idhub-invalidation", daemon=True,
+                                            args=(weakref.ref(self), self.redis_url, self.channel, self._stop,
+                                                  self.subscribed))
             self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-
-    def _listen(self) -> None:
-        import redis
-
-        wait = RECONNECT_MIN
-        while not self._stop.is_set():
-            client = pubsub = None
-            try:
-                client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=5,
-                                              health_check_interval=10)
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.channel)
-                self.subscribed.set()
-                # messages published while we were away are lost: the version rows say what changed
-                self._next_check = 0.0
-                wait = RECONNECT_MIN
-                while not self._stop.is_set():
-                    msg = pubsub.get_message(timeout=1.0)
-                    if msg is None or msg.get("type") != "message":
-                        continue
-                    self._handle(msg.get("data"))
-            except Exception as exc:  # noqa: BLE001 - any Redis failure: reconnect after a pause
-                if self.subscribed.is_set():
-                    log.warning("invalidation subscriber lost redis; reconnecting",
-                                extra={"error": type(exc).__name__})
-                self.subscribed.clear()
-                self._next_check = 0.0
-            finally:
-                for closable in (pubsub, client):
-                    try:
-                        if closable is not None:
-                            closable.close()
-                    except Exception:  # noqa: BLE001, S110 - closing a broken connection
-                        pass
-            self._stop.wait(wait)
-            wait = min(RECONNECT_MAX, wait * 2)
 
     @staticmethod
     def _handle(data) -> None:
@@ -228,3 +198,51 @@ class Invalidation:
             return
         if kind in KINDS:
             drop(kind, msg.get("key"))
+
+
+def _listen(ref, url: str, channel: str, stop: threading.Event, subscribed: threading.Event) -> None:
+    """The subscriber loop of one process: listen on ``channel``, drop caches per message; on any Redis failure
+    reconnect after a pause (doubling up to ``RECONNECT_MAX``) and make the owner read the version rows (messages
+    sent meanwhile are lost). Ends when stopped or when its ``Invalidation`` is gone."""
+    import redis
+
+    def owner_alive() -> bool:
+        return not stop.is_set() and ref() is not None
+
+    def read_versions_soon() -> None:
+        inv = ref()
+        if inv is not None:
+            inv._next_check = 0.0
+
+    wait = RECONNECT_MIN
+    while owner_alive():
+        client = pubsub = None
+        try:
+            client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(channel)
+            msg = pubsub.get_message(timeout=0.5)  # reads the subscription's confirmation: connected for real
+            subscribed.set()
+            read_versions_soon()
+            wait = RECONNECT_MIN
+            while True:
+                if msg is not None and msg.get("type") == "message":
+                    Invalidation._handle(msg.get("data"))
+                if not owner_alive():
+                    break
+                msg = pubsub.get_message(timeout=1.0)
+        except Exception as exc:  # noqa: BLE001 - any Redis failure: reconnect after a pause
+            if subscribed.is_set():
+                log.warning("invalidation subscriber lost redis; reconnecting", extra={"error": type(exc).__name__})
+            subscribed.clear()
+            read_versions_soon()
+        finally:
+            for closable in (pubsub, client):
+                try:
+                    if closable is not None:
+                        closable.close()
+                except Exception:  # noqa: BLE001, S110 - closing a broken connection
+                    pass
+        stop.wait(wait)
+        wait = min(RECONNECT_MAX, wait * 2)
+    subscribed.clear()

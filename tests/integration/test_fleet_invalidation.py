@@ -17,6 +17,7 @@ Two fleets, one fresh database each:
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import re
@@ -213,20 +214,24 @@ def test_a_user_deleted_over_scim_on_a_is_signed_out_on_b(fleet):
     enforced_within(session_ended_on(c, fleet.b), "SCIM DELETE /Users")
 
 
-def test_a_stricter_session_lifetime_ends_older_sessions_on_b(fleet):
-    """A session signed in two hours ago under a 90-day lifetime; the workspace's lifetime becomes one hour."""
+@pytest.mark.parametrize(("policy", "column"), [("session_max_lifetime", "created_at"),
+                                                ("session_idle_timeout", "last_active_at")])
+def test_a_stricter_session_lifetime_ends_older_sessions_on_b(fleet, policy, column):
+    """A session signed in (or last active) two hours ago under the hub's 90-day (30-day idle) limits; the
+    workspace's limit becomes one hour."""
     sessions_shared(fleet)
     c = Client().login(fleet.a)
-    sid = __import__("hashlib").sha256(c.s.cookies.get("idhub_session_acme").encode()).hexdigest()
-    fleet.psql("UPDATE sessions SET created_at = created_at - interval '2 hours' WHERE id = %s", sid)
+    sid = hashlib.sha256(c.s.cookies.get("idhub_session_acme").encode()).hexdigest()
+    fleet.psql("UPDATE sessions SET created_at = created_at - interval '2 hours', "
+               "last_active_at = last_active_at - interval '2 hours' WHERE id = %s", sid)
     # the Redis session cache holds the copy made at sign-in: empty it, so that B reads the row as it is now
     redis.Redis.from_url(fleet.a.redis_url).flushall()
-    assert c.signed_in(fleet.b)  # two hours old, the lifetime is 90 days
+    assert c.signed_in(fleet.b)  # two hours old, two hours idle: within the hub's limits
     try:
-        assert fleet.api("PUT", "/policies", {"session_max_lifetime": "1h"}).status_code == 200
-        enforced_within(session_ended_on(c, fleet.b), "session_max_lifetime 1h")
+        assert fleet.api("PUT", "/policies", {policy: "1h"}).status_code == 200
+        enforced_within(session_ended_on(c, fleet.b), f"{policy} 1h ({column} two hours ago)")
         fresh = Client().login(fleet.a)
-        assert fresh.signed_in(fleet.b)  # a session younger than the new lifetime goes on
+        assert fresh.signed_in(fleet.b)  # a session within the new limit goes on
     finally:
         assert fleet.api("PUT", "/policies", {}).status_code == 200
 
@@ -379,9 +384,14 @@ class Wiki:
 
     def kid_signing_on_b(self) -> str:
         r = token(self.fleet.b, grant_type="refresh_token", refresh_token=self.refresh)
-        assert r.status_code == 200, r.text
+        assert r.status_code == 200, r.text  # refresh tokens are opaque: a key revocation does not touch them
         self.refresh = r.json()["refresh_token"]
-        return jws.extract_compact(r.json()["access_token"].encode()).protected["kid"]
+        self.access = r.json()["access_token"]
+        return jws.extract_compact(self.access.encode()).protected["kid"]
+
+    def userinfo(self, node: LiveHub, access: str) -> int:
+        return requests.get(node.url(WS + "/oauth2/userinfo"), headers={"Authorization": f"Bearer {access}"},
+                            timeout=10).status_code
 
 
 def b_jwks_kids(fleet: Fleet) -> set[str]:
@@ -399,7 +409,8 @@ def test_an_oidc_key_rotated_from_the_cli_signs_on_b_at_once(fleet):
 def test_an_oidc_key_revoked_on_a_is_never_used_again_by_b(fleet):
     wiki = Wiki(fleet)
     compromised = wiki.kid_signing_on_b()
-    assert compromised in b_jwks_kids(fleet)
+    signed_by_it = wiki.access
+    assert compromised in b_jwks_kids(fleet) and wiki.userinfo(fleet.b, signed_by_it) == 200
     r = fleet.api("POST", f"/signing-keys/{compromised}/revoke")
     assert r.status_code == 200, r.text
 
@@ -407,6 +418,8 @@ def test_an_oidc_key_revoked_on_a_is_never_used_again_by_b(fleet):
         kid = wiki.kid_signing_on_b()
         return kid != compromised and compromised not in b_jwks_kids(fleet), kid
     enforced_within(probe, "OIDC signing key revoked")
+    assert wiki.userinfo(fleet.b, signed_by_it) == 401  # what it signed no longer verifies
+    assert wiki.userinfo(fleet.b, wiki.access) == 200
     events = json.loads(fleet.a.run("audit", "export", "--workspace", "acme", "--format", "json",
                                     "--type", "oidc.key.revoked").stdout)
     assert [e["data"]["kid"] for e in events][-1] == compromised
