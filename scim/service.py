@@ -275,10 +275,11 @@ class ScimService:
         self.hub = hub
         self._clock = clock
         self.max_body = max_body  # the largest request body, in bytes (413 above it)
-        # (workspace slug, SHA-256 of the token) → (Caller, expiry, generation of SCIM_TOKENS). Only tokens that
-        # authenticated are added, so wrong tokens cannot fill it; the slug is part of the key and every read
-        # re-checks the token's workspace.
-        self._callers: dict[tuple[str, str], tuple[Caller, float, int]] = {}
+        # (workspace slug, SHA-256 of the token) → (Caller, expiry). Only tokens that authenticated are added, so
+        # wrong tokens cannot fill it; the slug is part of the key and every read re-checks the token's workspace.
+        # Emptied when a token is revoked on any node (the generation of SCIM_TOKENS moved: idp.invalidation).
+        self._callers: dict[tuple[str, str], tuple[Caller, float]] = {}
+        self._callers_generation = generation(SCIM_TOKENS)
         self._callers_lock = threading.Lock()
 
     # -- URLs
@@ -338,18 +339,24 @@ class ScimService:
         if not SLUG_RE.match(ws_slug or ""):
             raise E.NotFound("There is no workspace at this address.")
         key = (ws_slug, hashed)
-        gen = generation(SCIM_TOKENS)  # a token revoked on any node drops every entry (idp.invalidation)
+        gen = generation(SCIM_TOKENS)  # a token revoked on any node empties the cache (idp.invalidation)
+        if gen != self._callers_generation:
+            with self._callers_lock:
+                self._callers.clear()
+                self._callers_generation = gen
         if cached:
             hit = self._callers.get(key)
-            if hit is not None and hit[1] > self._clock() and hit[2] == gen:
+            if hit is not None and hit[1] > self._clock():
                 return hit[0]
         caller = self._authenticate_db(ws_slug, hashed)
+        if generation(SCIM_TOKENS) != gen:  # revoked meanwhile: this answer may be stale, do not keep it
+            return caller
         with self._callers_lock:
             if len(self._callers) >= CALLER_CACHE_MAX:
                 now = self._clock()
-                for k in [k for k, (_c, exp, _g) in self._callers.items() if exp <= now] or list(self._callers)[:64]:
+                for k in [k for k, (_c, exp) in self._callers.items() if exp <= now] or list(self._callers)[:64]:
                     self._callers.pop(k, None)
-            self._callers[key] = (replace(caller, cached=True), self._clock() + CALLER_TTL, gen)
+            self._callers[key] = (replace(caller, cached=True), self._clock() + CALLER_TTL)
         return caller
 
     def forget_tokens(self) -> None:
