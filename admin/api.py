@@ -164,6 +164,8 @@ def _handlers(svc: AdminService, p: Principal, kw: dict):
         "listScimTokens": lambda: svc.list_scim_tokens(p, ws, limit=_q("limit"), offset=_q("offset")),
         "createScimToken": lambda: svc.create_scim_token(p, ws, _json_body()),
         "revokeScimToken": lambda: svc.revoke_scim_token(p, ws, kw["token_id"]),
+        "listSigningKeys": lambda: svc.list_signing_keys(p, ws),
+        "revokeSigningKey": lambda: svc.revoke_signing_key(p, ws, kw["key_id"]),
         "searchAuditEvents": lambda: svc.search_events(p, ws, type=_q("type"), actor=_q("actor"),
                                                        since=_q("since"), until=_q("until"), limit=_q("limit"),
                                                        before=_q("before")),

@@ -48,7 +48,7 @@ def _operator_session(ws, client):
             home = workspace_snapshot(db, name[len(prefix):])
         if home is None:
             continue
-        sess = h.sessions.load(token, home.id)
+        sess = h.sessions.load(token, home.id, h.lifetimes(home))
         if sess is None:
             continue
         with h.db() as db:

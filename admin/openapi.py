@@ -208,6 +208,16 @@ SCHEMAS: dict = {
         "token": {"type": "string", "description": "only in the answer to the creation, never again"},
         "scim_base_url": {"type": "string"}}},
     "ScimTokenPage": _page_schema("ScimToken"),
+    "SigningKey": {"type": "object", "required": ["id", "protocol", "alg", "state"], "properties": {
+        "id": {"type": "string", "description": "OIDC: the kid; SAML: the certificate's SHA-256 (hex)"},
+        "protocol": {"type": "string", "enum": ["oidc", "saml"]}, "alg": {"type": "string"},
+        "state": {"type": "string", "enum": ["signing", "next", "published"]},
+        "created_at": NULLABLE_STR, "expires_at": NULLABLE_STR}},
+    "SigningKeyList": {"type": "object", "required": ["items"], "properties": {
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/SigningKey"}}}},
+    "RevokedKey": {"type": "object", "required": ["revoked", "protocol"], "properties": {
+        "revoked": {"type": "string"}, "protocol": {"type": "string"},
+        "signing": {"type": ["string", "null"], "description": "the key that signs in its place"}}},
     "NewScimToken": {"type": "object", "required": ["name"], "additionalProperties": False,
                      "properties": {"name": {"type": "string"}, "read_only": {"type": "boolean"}}},
     "Event": {"type": "object", "required": ["seq", "occurred_at", "type", "data"], "properties": {
@@ -246,6 +256,8 @@ U = _id("user_id", "user")
 G = _id("group_id", "group")
 T = _id("token_id", "SCIM token")
 W = "/workspaces/{ws}"
+KEY = {"name": "key_id", "in": "path", "required": True, "description": "OIDC kid or SAML certificate SHA-256",
+       "schema": {"type": "string", "pattern": "^[A-Za-z0-9_:-]{1,128}$"}}
 
 OPERATIONS: tuple[Op, ...] = (
     Op("get", "/workspaces", "listWorkspaces", "List every workspace (hub operator; paginated)", (LIMIT, OFFSET),
@@ -312,6 +324,11 @@ OPERATIONS: tuple[Op, ...] = (
     Op("post", W + "/scim-tokens", "createScimToken", "Create a SCIM token (shown once)", (WS,),
        body="NewScimToken", ok="201", result="ScimToken"),
     Op("delete", W + "/scim-tokens/{token_id}", "revokeScimToken", "Revoke a SCIM token", (WS, T), ok="204"),
+    Op("get", W + "/signing-keys", "listSigningKeys", "The workspace's published OIDC and SAML signing keys", (WS,),
+       result="SigningKeyList"),
+    Op("post", W + "/signing-keys/{key_id}/revoke", "revokeSigningKey", "Emergency revocation of a compromised "
+       "signing key: unpublished and never used again on any node (a signing key is replaced at once)",
+       (WS, KEY), result="RevokedKey"),
     Op("get", W + "/audit/events", "searchAuditEvents", "Search the audit log, newest first",
        (WS, _q("type", {"type": "string"}, "event type, or a prefix ending in *"),
         _q("actor", {"type": "string"}, "actor e-mail or id"), _q("since", TIME, "from (inclusive)"),

@@ -22,6 +22,7 @@ from idp.accounts import normalise_email
 from idp.audit import AuditEvent, chain_for, iso_utc
 from idp.configfile import ConfigError, Validator, validate, validate_apps, validate_policies, validate_user
 from idp.flow import Client
+from idp.invalidation import CONNECTIONS, SAML_APPS, SCIM_TOKENS, WORKSPACES
 from idp.lifecycle import KEEP, AccountError, Actor, check_allowed, is_privileged
 from idp.models import Group, GroupMember, SessionRow, User, Workspace
 from policies.engine import parse_allowlist
@@ -762,6 +763,8 @@ class AdminService:
                 db.rollback()
                 raise AdminError(409, "conflict", "an app with this slug exists", "slug") from None
             out = self.render_app(ws, *self._app(db, ws, entry["slug"]))
+        if entry["protocol"] == "saml":
+            self.hub.changed(SAML_APPS, entry["slug"])
         self.audit(p, ws.id, "admin.app.created", subject_id=entry["slug"], protocol=entry["protocol"],
                    client_id=entry.get("client_id"),
                    **({"metadata_url": entry["metadata_url"]} if entry.get("metadata_url") else {}))
@@ -814,7 +817,6 @@ class AdminService:
     def _assign_saml(self, p: Principal, ws: Workspace, kind: str, row, body: dict, known: set, db) -> dict:
         """A SAML app's ``assigned_groups`` changed in place (its other settings come from its metadata)."""
         from idp.configfile import check_assigned_groups
-        from saml.config import GENERATION
 
         v = Validator()
         if "assigned_groups" in body:
@@ -835,7 +837,7 @@ class AdminService:
                 changed.append(key)
             setattr(row, key, new)
         db.commit()
-        GENERATION[0] += 1  # this process's SP cache; other processes' within SP_CACHE_TTL
+        self.hub.changed(SAML_APPS, row.slug)  # every node's SP cache (the assignment is part of it)
         out = self.render_app(ws, kind, row)
         self.audit(p, ws.id, "admin.app.updated", subject_id=row.slug, changed=changed)
         return out
@@ -863,6 +865,8 @@ class AdminService:
             kind, row = self._app(db, ws, app_slug)
             db.delete(row)
             db.commit()
+        if kind == "saml":
+            self.hub.changed(SAML_APPS, app_slug)
         self.audit(p, ws.id, "admin.app.deleted", subject_id=app_slug, protocol=kind)
 
     # ---- connections (upstream Okta / Azure AD / SAML / OIDC / LDAP) -------------------------------------------
@@ -962,6 +966,7 @@ class AdminService:
                 db.rollback()
                 raise AdminError(409, "conflict", "a connection with this slug exists", "slug") from None
             out = self.render_connection(ws, self._connection(db, ws, conn["slug"]))
+        self.hub.changed(CONNECTIONS, conn["slug"])
         self.audit(p, ws.id, "admin.connection.created", subject_id=conn["slug"], protocol=conn["protocol"],
                    domains=conn.get("domains") or [],
                    **({"metadata_url": conn["metadata_url"]} if conn.get("metadata_url") else {}))
@@ -1066,6 +1071,7 @@ class AdminService:
             out = self.render_connection(ws, self._connection(db, ws, row.slug))
         changed = sorted(k for k in set(old) | set(conn)
                          if old.get(k) != conn.get(k) and k not in (REGISTERED_VIA, TRUST_SET_VIA))
+        self.hub.changed(CONNECTIONS, row.slug)
         self.audit(p, ws.id, "admin.connection.updated", subject_id=row.slug, protocol=row.protocol, changed=changed,
                    **({"metadata_url": conn["metadata_url"]} if new_url else {}))
         out["changed"] = changed
@@ -1080,9 +1086,7 @@ class AdminService:
             db.execute(delete(FederationConnection).where(FederationConnection.id == row.id,
                                                           FederationConnection.workspace_id == ws.id))
             db.commit()
-        from federation.config import GENERATION
-
-        GENERATION[0] += 1
+        self.hub.changed(CONNECTIONS, conn_slug)
         self.audit(p, ws.id, "admin.connection.deleted", subject_id=conn_slug, protocol=row.protocol)
 
     # ---- policies ---------------------------------------------------------------------------------------------
@@ -1112,9 +1116,47 @@ class AdminService:
             old = dict(row.policies or {})
             row.policies = policies
             db.commit()
+        self.hub.changed(WORKSPACES, ws.slug)  # policies are read per request; copies of the workspace are dropped
         changed = sorted(k for k in set(old) | set(policies) if old.get(k) != policies.get(k))
         self.audit(p, ws.id, "admin.policies.updated", changed=changed, policies=policies)
         return {"policies": policies, "summary": summarise(policies)}
+
+    # ---- signing keys -----------------------------------------------------------------------------------------
+    def _protocols(self):
+        from oidc import install as install_oidc
+        from saml import install as install_saml
+
+        return (getattr(self.hub, "oidc", None) or install_oidc(self.hub),
+                getattr(self.hub, "saml", None) or install_saml(self.hub))
+
+    def list_signing_keys(self, p: Principal, slug: str) -> dict:
+        ws = self.workspace(p, slug)
+        oidc, saml = self._protocols()
+        items = [{"id": row.kid, "protocol": "oidc", "alg": row.alg,
+                  "state": "published" if row.retired_at else "signing", "created_at": _iso(row.created_at),
+                  "expires_at": _iso(row.expires_at)} for row in oidc.keys.published(ws.id)]
+        items += [{"id": k["id"], "protocol": "saml", "alg": "RS256", "state": k["state"], "created_at": None,
+                   "expires_at": _iso(k["not_after"])} for k in saml.keys.listing(ws)]
+        return {"items": items}
+
+    def revoke_signing_key(self, p: Principal, slug: str, key_id: str) -> dict:
+        """Emergency revocation of an OIDC key (by kid) or a SAML key (by certificate SHA-256), on every node at
+        once; audited with the admin as actor."""
+        ws = self.workspace(p, slug)
+        if not isinstance(key_id, str) or not re.fullmatch(r"[A-Za-z0-9_:-]{1,128}", key_id):
+            raise AdminError(404, "not_found", "no such signing key")
+        oidc, saml = self._protocols()
+
+        def record(type_: str, data: dict) -> None:
+            self.audit(p, ws.id, type_, subject_id=data.get("kid") or data.get("revoked"), **data)
+        done = oidc.revoke_key(ws, key_id, record=record)
+        if done is not None:
+            return {"revoked": key_id, "protocol": "oidc", "signing": done["replacement"]}
+        if re.fullmatch(r"[0-9a-fA-F:]{64,95}", key_id):
+            done = saml.keys.revoke(ws, key_id, record=record)
+            if done is not None:
+                return {"revoked": done["revoked"], "protocol": "saml", "signing": done["signing"]}
+        raise AdminError(404, "not_found", "no such signing key")
 
     # ---- SCIM tokens ------------------------------------------------------------------------------------------
     def list_scim_tokens(self, p: Principal, slug: str, *, limit=None, offset=None) -> dict:
@@ -1166,6 +1208,7 @@ class AdminService:
             if row.revoked_at is None:
                 row.revoked_at = self.hub.clock()
                 db.commit()
+        self.hub.changed(SCIM_TOKENS, token_id)
         self.audit(p, ws.id, "admin.scim_token.revoked", subject_id=token_id, name=row.name)
 
     # ---- audit log --------------------------------------------------------------------------------------------

@@ -11,13 +11,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from federation.models import FederationConnection
+from idp.invalidation import CONNECTIONS, drop
 
 PROTOCOLS = ("saml", "oidc", "ldap")
 PRESETS = ("okta", "azure_ad", "generic")
 SECRET_KEYS = ("client_secret", "bind_password")
-# Bumped at every change of a workspace's connections in this process: per-process caches of what the
-# connections say (FederationService.routes_by_domain) drop their entries at once here, within seconds elsewhere.
-GENERATION = [0]
 MAPPED_FIELDS = ("subject", "email", "name", "given_name", "family_name", "groups")
 TENANT_TEMPLATE = "{tenantid}"
 MAX_METADATA = 1024 * 1024
@@ -362,7 +360,7 @@ def apply_connections(db: Session, ws, connections: list[dict], secret_key: str)
     """Upsert the workspace's connections (idempotent) and delete the ones no longer declared (their identity
     links go with them). Returns a line per created connection."""
     box = secret_box(secret_key) if any(c.get(k) for c in connections for k in SECRET_KEYS) else None
-    GENERATION[0] += 1
+    drop(CONNECTIONS)  # this process at once; the caller publishes to the others after its commit
     created = []
     have = {c.slug: c for c in db.scalars(select(FederationConnection)
                                           .where(FederationConnection.workspace_id == ws.id))}

@@ -15,10 +15,11 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from federation.base import UpstreamError, UpstreamIdentity
-from federation.config import GENERATION, admin_chosen_trust, connection_settings, guarded
+from federation.config import admin_chosen_trust, connection_settings, guarded
 from federation.models import FederationConnection, FederationLink
 from idp import emailverify
 from idp.accounts import InvalidEmail, normalise_email
+from idp.invalidation import CONNECTIONS, generation
 from idp.lifecycle import KEEP, AccountError, Actor
 from idp.models import Group, GroupMember, User
 
@@ -27,7 +28,7 @@ log = logging.getLogger("idhub.federation")
 _DOMAINS_OF_WORKSPACE = select(FederationConnection.id, FederationConnection.domains).where(
     FederationConnection.workspace_id == bindparam("w"))
 
-ROUTES_TTL = 5.0  # seconds: a connection changed in another process changes its sign-in page within this time
+ROUTES_TTL = 5.0  # seconds at most; a connection changed on any node drops the entries at once (idp.invalidation)
 METADATA_REFRESH = timedelta(hours=24)
 METADATA_RETRY = timedelta(hours=1)
 GENERIC_FAILURE = "Sign-in through your organisation's identity provider failed. Try again, or contact your IT team."
@@ -95,7 +96,8 @@ class FederationService:
 
         self.hub = hub
         self.rp = OidcRp(http, clock=lambda: hub.clock())
-        self._routes: dict[str, tuple[float, int, bool]] = {}  # workspace id -> (expires, GENERATION, answer)
+        # workspace id -> (expires, generation, answer)
+        self._routes: dict[str, tuple[float, int, bool]] = {}
 
     # ---- connections ------------------------------------------------------------------------------------------------
     def connections(self, ws) -> list[dict]:
@@ -165,19 +167,19 @@ class FederationService:
         """Whether any connection of the workspace claims email domains (home-realm discovery): then the sign-in
         page asks for the email first, so nobody types a password idhub will not check.
 
-        Asked at every sign-in page, so cached per process for ROUTES_TTL seconds (dropped at once by a change in
-        this process). A stale answer only picks the form: the POST routes the address with fresh data, and a
-        password sent along with a routed address is never looked at."""
+        Asked at every sign-in page, so cached per process for ROUTES_TTL seconds (dropped at once by a change of
+        a connection on any node: ``idp.invalidation``). A stale answer only picks the form: the POST routes the
+        address with fresh data, and a password sent along with a routed address is never looked at."""
         now = time.monotonic()
         hit = self._routes.get(ws.id)
-        if hit is not None and hit[0] > now and hit[1] == GENERATION[0]:
+        gen = generation(CONNECTIONS)
+        if hit is not None and hit[0] > now and hit[1] == gen:
             return hit[2]
-        generation = GENERATION[0]
         with self.hub.connect() as conn:
             routed = any(domains for _, domains in conn.execute(_DOMAINS_OF_WORKSPACE, {"w": ws.id}))
         if len(self._routes) > 4096:
             self._routes.clear()
-        self._routes[ws.id] = (now + ROUTES_TTL, generation, routed)
+        self._routes[ws.id] = (now + ROUTES_TTL, gen, routed)
         return routed
 
     # ---- audit ----------------------------------------------------------------------------------------------

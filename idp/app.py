@@ -23,6 +23,8 @@ from idp.web.headers import CSP
 from idp.wiring import build_hub  # noqa: F401  (re-exported)
 
 ROOT = Path(__file__).resolve().parent.parent
+# probes that must answer without the database: no cache of theirs to check
+UNCACHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 log = logging.getLogger("idhub")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
@@ -113,6 +115,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
         g.request_id = rid if REQUEST_ID_RE.match(rid) else uuid.uuid4().hex
         logs.request_id_var.set(g.request_id)
         g.t0 = time.perf_counter()
+        if request.path not in UNCACHED_PATHS:  # changes made by other processes (idp.invalidation)
+            app.extensions["idhub"].invalidation.check()
 
     @app.after_request
     def _finish(resp):

@@ -429,6 +429,27 @@ def oidc_rotate_keys(slug, alg):
     click.echo(install(hub).rotate_keys(ws, alg))
 
 
+@oidc.command("revoke-key")
+@click.option("--workspace", "slug", required=True, help="the workspace whose key is revoked")
+@click.option("--kid", required=True, help="the key's id (kid), as in the JWKS or a token's header")
+@click.option("--yes", is_flag=True, help="revoke without asking")
+def oidc_revoke_key(slug, kid, yes):
+    """Emergency revocation of a compromised signing key: it leaves the JWKS now (tokens it signed no longer
+    verify) and never signs again on any node; a signing key is replaced by a new one at once. Audited."""
+    from idp.wiring import build_hub
+    from oidc import install
+
+    hub = build_hub(_settings())
+    ws = _workspace(hub, slug)
+    if not yes:
+        click.confirm(f"Revoke signing key {kid} of {slug}? Tokens it signed stop verifying now", abort=True)
+    done = install(hub).revoke_key(ws, kid)
+    if done is None:
+        click.echo(f"idhub: {slug} publishes no signing key {kid!r}", err=True)
+        sys.exit(2)
+    click.echo(f"revoked {kid}" + (f"; signing with {done['replacement']}" if done["replacement"] else ""))
+
+
 @main.group()
 def admin():
     """The admin API."""

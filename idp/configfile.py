@@ -14,7 +14,7 @@ import yaml
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from idp import lifecycle, passwords
+from idp import invalidation, lifecycle, passwords
 from idp.accounts import INVALID_EMAIL, PLANS, ROLES, SLUG_RE, InvalidEmail, normalise_email, parse_email
 from idp.models import Group, GroupMember, User, Workspace, utcnow
 
@@ -518,6 +518,11 @@ class ApplyReport:
     deactivated: list[tuple[str, str]] = field(default_factory=list)  # (workspace id, user id) deactivated
 
 
+# what a config file sets that serving processes cache (idp.invalidation); keys are never in the file
+APPLIED_KINDS = (invalidation.SAML_APPS, invalidation.CONNECTIONS, invalidation.SCIM_TOKENS,
+                 invalidation.WORKSPACES)
+
+
 def apply_config(hub, workspaces: list[dict], before_logout=None) -> ApplyReport:
     """``apply`` as ``idhub apply`` runs it: accounts the file deactivates are deprovisioned through the account
     service (every session ended and the apps told first, then the file applied in one transaction), each with
@@ -542,6 +547,8 @@ def apply_config(hub, workspaces: list[dict], before_logout=None) -> ApplyReport
 
     done = hub.accounts.deprovision(targets, "deactivated", write)
     report = done.result
+    for kind in APPLIED_KINDS:  # every node forgets its copies of what the file may have changed
+        hub.changed(kind, ",".join(w["slug"] for w in workspaces))
     for ws_id, user_id in report.deactivated:
         ended = done.per_user.get(user_id)
         if ended is None:  # deactivated by another write in between: its sessions end now

@@ -23,11 +23,12 @@ from idp import emailverify, passwords
 from idp.accounts import normalise_email, user_by_email
 from idp.assignments import AppAccess
 from idp.flow import AuthnResult, Client
+from idp.invalidation import Invalidation
 from idp.launcher import Launcher
 from idp.lifecycle import AccountService, Actor
 from idp.mfa.service import enrolled_columns, enrolled_from
 from idp.models import Group, GroupMember, KnownDevice, PasswordResetToken, User, Workspace
-from idp.sessions import SessionManager, effective_lifetimes, new_secret_token, token_hash
+from idp.sessions import Lifetimes, SessionManager, effective_lifetimes, new_secret_token, token_hash
 from idp.signin import SigninCore
 from idp.storage.base import Backoff, SessionData, Stores
 from policies.engine import Decision, PolicyContext, PolicyEngine
@@ -48,6 +49,7 @@ _USER_AND_ENROLMENT = select(*ACCOUNT_COLUMNS).where(_U.id == bindparam("u"))
 _USER_GROUP_NAMES = (select(Group.name).join(GroupMember, GroupMember.group_id == Group.id)
                      .where(GroupMember.user_id == bindparam("u"), Group.workspace_id == bindparam("w")))
 _UNREAD = object()
+_WORKSPACE_POLICIES = select(Workspace.__table__.c.policies).where(Workspace.__table__.c.id == bindparam("w"))
 _KD = KnownDevice.__table__.c
 # Hub.check_password, before the hash: the account (the check, the failed-attempts alert), its 2FA enrolment
 # (the policy check after it, ``decide``'s ``account``) and the devices and places it signed in from (the
@@ -105,7 +107,7 @@ class Hub:
         self.describe_ua = describe_ua
         self.device_fp, self.location_fp = fingerprints
         self.clock = clock
-        self.sessions = SessionManager(stores.sessions, lambda: self.clock())
+        self.sessions = SessionManager(stores.sessions, lambda: self.clock(), lifetimes_of=self._lifetimes_of)
         self.mfa = mfa
         self.accounts = AccountService(self)  # every write of account state (idp.lifecycle)
         self.signin = SigninCore(self)  # every step of every sign-in (idp.signin)
@@ -116,6 +118,25 @@ class Hub:
         self.launcher = Launcher(self)  # which apps a user sees on the launcher (idp.launcher)
         self._signer = URLSafeTimedSerializer(settings.secret_key, salt="idhub.not-me")
         self._devices = URLSafeTimedSerializer(settings.secret_key, salt="idhub.device-cookie")
+        # per-process caches dropped on every node when something they hold changes (idp.invalidation)
+        self.invalidation = Invalidation(db.kw["bind"], settings.redis_url,
+                                         (settings.extra or {}).get("redis_prefix", "idhub:"))
+
+    def lifetimes(self, ws) -> Lifetimes:
+        """The session lifetimes of workspace ``ws`` (a row read for this request) as its policy says now."""
+        return effective_lifetimes(self.settings.session_idle_timeout, self.settings.session_max_lifetime,
+                                   ws.policies)
+
+    def _lifetimes_of(self, workspace_id: str) -> Lifetimes:
+        with self.connect() as conn:
+            policies = conn.execute(_WORKSPACE_POLICIES, {"w": workspace_id}).scalar()
+        return effective_lifetimes(self.settings.session_idle_timeout, self.settings.session_max_lifetime,
+                                   policies)
+
+    def changed(self, kind: str, key: str | None = None) -> None:
+        """Call after committing a change that per-process caches hold (``idp.invalidation.KINDS``): every
+        process of every node forgets them within a second."""
+        self.invalidation.publish(kind, key)
 
     # ---- helpers -------------------------------------------------------------------------
     def connect(self):

@@ -78,6 +78,10 @@ def _saml_metadata(hub) -> int:
     with hub.db() as db:
         for ws in list(db.scalars(select(Workspace))):
             done += len(refresh_metadata(db, ws, audit=hub.audit))
+    if done:
+        from idp.invalidation import SAML_APPS
+
+        hub.changed(SAML_APPS)  # every node uses the new metadata at once
     return done
 
 

@@ -16,6 +16,7 @@ def import_all_models() -> None:
     import federation.models  # noqa: F401
     import idp.audit  # noqa: F401
     import idp.auditstream  # noqa: F401
+    import idp.invalidation  # noqa: F401
     import idp.mfa.models  # noqa: F401
     import idp.models  # noqa: F401
     import idp.storage.sql  # noqa: F401

@@ -36,10 +36,26 @@ def effective_lifetimes(hub_idle: int, hub_max: int, policy: dict | None) -> Lif
     return Lifetimes(idle=max(60, idle), absolute=max(60, absolute))
 
 
+def active_under(data: SessionData, now: datetime, lifetimes: Lifetimes | None) -> bool:
+    """Whether a session is active now: not ended, within the lifetimes it started with and within
+    ``lifetimes``, the workspace's *current* ones — a stricter policy ends older sessions too, on their next
+    request."""
+    if not data.is_active(now):
+        return False
+    if lifetimes is None:
+        return True
+    if now >= data.created_at + timedelta(seconds=lifetimes.absolute):
+        return False
+    return now < data.last_active_at + timedelta(seconds=lifetimes.idle)
+
+
 class SessionManager:
-    def __init__(self, store: SessionStore, clock=lambda: datetime.now(UTC)):
+    def __init__(self, store: SessionStore, clock=lambda: datetime.now(UTC), lifetimes_of=None):
         self.store = store
         self.clock = clock
+        # workspace id -> its current Lifetimes (read from the database), for callers that have no workspace at
+        # hand (the OIDC token endpoints); None: only the lifetimes a session started with apply
+        self.lifetimes_of = lifetimes_of
         # Called with (ended session ids, reason) after sessions end: downstream protocols log the apps out
         # (OIDC back-channel logout, SAML single logout). A failing listener never un-ends a session.
         self.end_listeners: list = []
@@ -91,8 +107,15 @@ class SessionManager:
         self.store.create(data)
         return token, data
 
-    def load(self, token: str | None, workspace_id: str) -> SessionData | None:
-        """The active session behind a cookie, or None (unknown, ended, expired, other workspace)."""
+    def is_active(self, data: SessionData, lifetimes: Lifetimes | None = None) -> bool:
+        """``active_under`` the workspace's current lifetimes (``lifetimes``, else looked up)."""
+        if lifetimes is None and self.lifetimes_of is not None and data.is_active(self.clock()):
+            lifetimes = self.lifetimes_of(data.workspace_id)
+        return active_under(data, self.clock(), lifetimes)
+
+    def load(self, token: str | None, workspace_id: str, lifetimes: Lifetimes | None = None) -> SessionData | None:
+        """The active session behind a cookie, or None (unknown, ended, expired, other workspace). ``lifetimes``:
+        the workspace's current ones (``Hub.lifetimes``), checked on every request, else looked up."""
         if not token or len(token) > 128:
             return None
         cookie = token_hash(token)
@@ -104,7 +127,7 @@ class SessionManager:
         now = self.clock()
         if data is None or data.workspace_id != workspace_id:
             return None
-        if not data.is_active(now):
+        if not self.is_active(data, lifetimes):
             if data.revoked_at is None:  # timed out (idle or absolute): end it, so the apps hear of it too
                 self.end(data.id, "expired")
             return None
@@ -130,21 +153,23 @@ class SessionManager:
         ``sid``, the apps that took part in it — which now carries the methods used so far and this
         authentication's time. (new cookie value, data); None when the session ended meanwhile."""
         current = self.store.get(session_id)
-        if current is None or not current.is_active(self.clock()):
+        if current is None or not self.is_active(current):
             return None
         methods = list(dict.fromkeys([*current.amr, *amr]))
         token = secrets.token_urlsafe(32)
         data = self.store.upgrade(session_id, methods, self.clock(), token_hash(token))
         return (token, data) if data is not None else None
 
-    def list(self, user_id: str) -> list[SessionData]:
-        return self.store.list_user(user_id, self.clock())
+    def list(self, user_id: str, lifetimes: Lifetimes | None = None) -> list[SessionData]:
+        """The user's active sessions; ``lifetimes``: the workspace's current ones (else only each session's)."""
+        now = self.clock()
+        return [s for s in self.store.list_user(user_id, now) if active_under(s, now, lifetimes)]
 
     def by_public_id(self, user_id: str, public_id: str) -> SessionData | None:
         if not public_id or len(public_id) > 64:
             return None
         data = self.store.get_public(user_id, public_id)
-        return data if data and data.is_active(self.clock()) else None
+        return data if data and self.is_active(data) else None
 
 
 def new_secret_token() -> tuple[str, str]:

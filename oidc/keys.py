@@ -11,11 +11,13 @@ from joserfc import jwk
 from joserfc.jwk import ECKey, KeySet, RSAKey
 from sqlalchemy import or_, select
 
+from idp.invalidation import OIDC_KEYS, generation
 from oidc.models import OidcKey
 
 ALGORITHMS = ("RS256", "ES256")  # the only algorithms we sign with and accept
 DEFAULT_ALG = "RS256"
-SIGNING_KEY_TTL = 60.0  # seconds a process keeps using the signing key it looked up
+SIGNING_KEY_TTL = 60.0  # seconds at most a process keeps the signing key it looked up (a rotation or revocation
+# on any node drops it at once: idp.invalidation)
 DEFAULT_OVERLAP = timedelta(days=2)  # longer than any token we sign lives (id_token 1 h, logout token 2 min)
 
 
@@ -36,7 +38,7 @@ class KeyStore:
         self.clock = clock
         self._private: dict[str, object] = {}
         self._lock = threading.Lock()
-        self._current: dict[tuple[str, str], tuple[float, str, object]] = {}
+        self._current: dict[tuple[str, str], tuple[float, str, object, int]] = {}
 
     # ---- public side ------------------------------------------------------------------------------
     def published(self, workspace_id: str) -> list[OidcKey]:
@@ -71,11 +73,11 @@ class KeyStore:
     def signing_key(self, workspace_id: str, alg: str = DEFAULT_ALG):
         """(kid, private key) of the newest non-retired key of ``alg``; one is created on first use.
 
-        Remembered for ``SIGNING_KEY_TTL`` seconds per process (the parsed key too): after a rotation made by
-        another process, this one signs with the previous key for at most that long — harmless, the previous
-        key stays published for the whole overlap."""
+        Remembered for ``SIGNING_KEY_TTL`` seconds per process (the parsed key too), and no longer than the next
+        rotation or revocation on any node (``idp.invalidation``): a revoked key never signs again anywhere."""
+        gen = generation(OIDC_KEYS)
         hit = self._current.get((workspace_id, alg))
-        if hit is not None and time.monotonic() - hit[0] < SIGNING_KEY_TTL:
+        if hit is not None and time.monotonic() - hit[0] < SIGNING_KEY_TTL and hit[3] == gen:
             return hit[1], hit[2]
         now = self.clock()
         with self.db() as db:
@@ -87,7 +89,7 @@ class KeyStore:
                 db.commit()
         key = self._load_private(row)
         with self._lock:
-            self._current[(workspace_id, alg)] = (time.monotonic(), row.kid, key)
+            self._current[(workspace_id, alg)] = (time.monotonic(), row.kid, key, gen)
         return row.kid, key
 
     def _create(self, db, workspace_id: str, alg: str, now: datetime) -> OidcKey:
@@ -121,3 +123,25 @@ class KeyStore:
             db.commit()
         self.invalidate()
         return row.kid
+
+    def revoke(self, workspace_id: str, kid: str) -> tuple[str, str | None] | None:
+        """Emergency revocation of a (compromised) key: it leaves the JWKS now (no overlap: what it signed no
+        longer verifies) and never signs again; if it was signing, a new key of its algorithm replaces it.
+        (alg, the replacement's kid or None); None when the workspace has no such published key."""
+        now = self.clock()
+        with self.db() as db:
+            row = db.scalar(select(OidcKey).where(OidcKey.workspace_id == workspace_id, OidcKey.kid == kid,
+                                                  or_(OidcKey.expires_at.is_(None), OidcKey.expires_at > now)))
+            if row is None:
+                return None
+            signing = row.retired_at is None
+            row.retired_at = row.retired_at or now
+            row.expires_at = now
+            replacement = self._create(db, workspace_id, row.alg, now + timedelta(microseconds=1)) if signing \
+                else None
+            db.commit()
+            alg = row.alg
+        with self._lock:
+            self._private.pop(kid, None)
+        self.invalidate()
+        return alg, replacement.kid if replacement is not None else None

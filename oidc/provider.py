@@ -57,6 +57,7 @@ from sqlalchemy import insert, select, update
 
 from idp import emailverify
 from idp.crypto import derive_key
+from idp.invalidation import OIDC_KEYS, WORKSPACES, generation
 from idp.models import Group, GroupMember, User
 from oidc.auditbatch import AuditBatcher
 from oidc.config import SCOPES, check_secret, client_jwks, find_client, guarded, jwks_uri_problem
@@ -642,7 +643,7 @@ class OidcService:
                                             record=record_refusals)
         self._assignment_engine = PolicyEngine(rules=(AppAssignment(),), record=record_refusals)
         self._audit = AuditBatcher(hub.audit)
-        self._workspaces: dict[str, tuple[float, object]] = {}
+        self._workspaces: dict[str, tuple[float, object, int]] = {}
         self._next_purge = time.monotonic() + PURGE_INTERVAL
         self._purge_lock = threading.Lock()
         # how the opportunistic purge runs: a daemon thread, off the request (tests run it inline)
@@ -668,10 +669,28 @@ class OidcService:
             raise ValueError(f"unsupported signing algorithm {alg!r}")
         before = {k.kid for k in self.keys.published(ws.id) if k.alg == alg and k.retired_at is None}
         kid = self.keys.rotate(ws.id, alg, DEFAULT_OVERLAP)
+        self.hub.changed(OIDC_KEYS, ws.id)  # every node signs with the new key at once
         self.hub.audit.record("oidc.keys.rotated", workspace_id=ws.id, actor_email=actor,
                               data={"kid": kid, "alg": alg, "retired": sorted(before),
                                     "overlap_seconds": int(DEFAULT_OVERLAP.total_seconds())})
         return kid
+
+    def revoke_key(self, ws, kid: str, record=None) -> dict | None:
+        """Emergency revocation of signing key ``kid`` (``KeyStore.revoke``), on every node at once; audited
+        (``record(type, data)``: the caller's audit, with its actor; by default the command line's).
+        {"kid", "alg", "replacement"}; None when the workspace publishes no such key."""
+        done = self.keys.revoke(ws.id, kid)
+        if done is None:
+            return None
+        alg, replacement = done
+        self.hub.changed(OIDC_KEYS, ws.id)
+        out = {"kid": kid, "alg": alg, "replacement": replacement}
+        if record is None:
+            self.hub.audit.record("oidc.key.revoked", workspace_id=ws.id, actor_email="idhub oidc revoke-key",
+                                  data=out)
+        else:
+            record("oidc.key.revoked", out)
+        return out
 
     def maybe_purge(self) -> None:
         """Opportunistic clean-up: at most once per ``PURGE_INTERVAL`` per process, from the token endpoint."""
@@ -704,14 +723,15 @@ class OidcService:
         from idp.accounts import workspace_by_slug
 
         hit = self._workspaces.get(slug)
-        if hit is not None and time.monotonic() - hit[0] < WORKSPACE_CACHE_TTL:
+        if hit is not None and time.monotonic() - hit[0] < WORKSPACE_CACHE_TTL and hit[2] == generation(WORKSPACES):
             return hit[1]
+        gen = generation(WORKSPACES)
         with self.hub.db() as db:
             ws = workspace_by_slug(db, slug)
         if ws is not None:
             if len(self._workspaces) > 1024:
                 self._workspaces.clear()
-            self._workspaces[slug] = (time.monotonic(), ws)
+            self._workspaces[slug] = (time.monotonic(), ws, gen)
         return ws
 
     def invalidate(self) -> None:
@@ -949,7 +969,7 @@ class OidcService:
         if session_id is not None:
             sess = self.hub.stores.sessions.get(session_id)
             if sess is None or sess.workspace_id != ws_id or sess.user_id != user_id \
-                    or not sess.is_active(self.hub.clock()):
+                    or not self.hub.sessions.is_active(sess):  # the workspace's session lifetimes as they are now
                 return None
         if user is None or user.id != user_id:
             with self.hub.db() as db:

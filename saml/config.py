@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from sqlalchemy import select
 
+from idp.invalidation import SAML_APPS, drop
 from idp.models import utcnow
 from saml.models import SamlServiceProvider
 from saml.xml import (
@@ -40,8 +41,6 @@ DEFAULT_ATTRIBUTES = {"email": "email", "name": "name", "groups": "groups"}
 _URL_BAD = re.compile(r"[\s;,'\"<>\\]")
 
 
-# Bumped by every apply in this process; SamlIdp's short-lived SP cache drops older entries at once.
-GENERATION = [0]
 
 
 class SamlConfigError(ValueError):
@@ -232,7 +231,7 @@ def apply_saml_apps(db, workspace, apps: list[dict], base_dir: Path | None = Non
         api = app.get(REGISTERED_VIA) == "api"
         row.app_settings = dict(app) if from_url else ({REGISTERED_VIA: "api"} if api else None)
     db.flush()
-    GENERATION[0] += 1
+    drop(SAML_APPS)  # this process at once; the caller publishes to the others after its commit
 
 
 # ---- metadata_url --------------------------------------------------------------------------------------

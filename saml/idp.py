@@ -15,9 +15,9 @@ from lxml import etree
 from sqlalchemy import and_, bindparam, select
 
 from idp.hub import ACCOUNT_COLUMNS
+from idp.invalidation import SAML_APPS, generation
 from idp.models import Group, GroupMember, User
 from saml.config import (
-    GENERATION,
     NAMEID_EMAIL,
     NAMEID_FORMATS,
     NAMEID_PERSISTENT,
@@ -45,7 +45,7 @@ from saml.xml import (
 )
 
 RESPONSE_TTL = timedelta(minutes=5)
-SP_CACHE_TTL = 5.0  # seconds: an SP changed by ``idhub apply`` in another process is seen within this time
+SP_CACHE_TTL = 5.0  # seconds at most; a change of any SAML app anywhere drops the cache at once (idp.invalidation)
 MAX_RELAY_STATE = 80  # bytes (SAML bindings §3.4.3 / §3.5.3)
 SAMLP = "{" + NS["samlp"] + "}"
 SAML = "{" + NS["saml"] + "}"
@@ -281,17 +281,19 @@ class SamlIdp:
     # ---- service providers, cached briefly per process ------------------------------------------------
     def _cached(self, key, load):
         """An SP row (detached) from the cache, or loaded. Entries live SP_CACHE_TTL seconds, and no longer than
-        the next ``apply`` in this process; misses are not cached (a newly registered app works at once)."""
+        the next change of any SAML app on any node (``idp.invalidation``); misses are not cached (a newly
+        registered app works at once)."""
         now = time.monotonic()
+        gen = generation(SAML_APPS)  # read before the load: a change meanwhile makes this entry stale
         hit = self._sp_cache.get(key)
-        if hit is not None and hit[0] > now and hit[1] == GENERATION[0]:
+        if hit is not None and hit[0] > now and hit[1] == gen:
             return hit[2]
         with self.hub.db() as db:
             row = load(db)
         if row is not None:
             if len(self._sp_cache) > 4096:
                 self._sp_cache.clear()
-            self._sp_cache[key] = (now + SP_CACHE_TTL, GENERATION[0], row)
+            self._sp_cache[key] = (now + SP_CACHE_TTL, gen, row)
         return row
 
     def launchable(self, ws) -> list[SamlServiceProvider]:

@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from idp.invalidation import SAML_KEYS, generation
 from saml.models import SamlKey
 
 CERT_LIFETIME = timedelta(days=3650)
@@ -44,6 +45,11 @@ def xs_duration(td: timedelta) -> str:
     hours, rest = divmod(int(td.total_seconds()), 3600)
     minutes, seconds = divmod(rest, 60)
     return "PT" + ("".join(f"{v}{u}" for v, u in ((hours, "H"), (minutes, "M"), (seconds, "S")) if v) or "0S")
+
+
+def fingerprint(cert_pem: str) -> str:
+    """A certificate's SHA-256 fingerprint, lower-case hex without separators: a SAML key's id."""
+    return x509.load_pem_x509_certificate(cert_pem.encode()).fingerprint(hashes.SHA256()).hex()
 
 
 def human_duration(td: timedelta) -> str:
@@ -67,11 +73,12 @@ class KeyState:
     next: tuple[bytes, str] | None
     next_active_at: datetime | None
     loaded: float  # time.monotonic() of the read
+    generation: int = 0  # of SAML_KEYS, read before the load (idp.invalidation)
 
 
 class SamlKeys:
-    """The workspace's signing keys. Read from the database at most every ``CACHE_TTL`` seconds per process, so a
-    key staged by another process (``python -m saml.rollover``) is published and used without a restart."""
+    """The workspace's signing keys. Read from the database at most every ``CACHE_TTL`` seconds per process, and
+    again at once after a key is staged, rolled over or revoked on any node (``idp.invalidation``)."""
 
     def __init__(self, hub, box):
         self.hub = hub
@@ -80,8 +87,9 @@ class SamlKeys:
         self._salts: dict[str, bytes] = {}
 
     def state(self, ws) -> KeyState:
+        gen = generation(SAML_KEYS)
         st = self._cache.get(ws.id)
-        if st is not None and time.monotonic() - st.loaded < CACHE_TTL:
+        if st is not None and time.monotonic() - st.loaded < CACHE_TTL and st.generation == gen:
             return st
         with self.hub.db() as db:
             row = db.get(SamlKey, ws.id)
@@ -103,7 +111,7 @@ class SamlKeys:
             st = KeyState(current=(self.box.decrypt(row.private_enc).encode(), row.certificate),
                           next=(self.box.decrypt(row.next_private_enc).encode(), row.next_certificate)
                           if row.next_certificate else None,
-                          next_active_at=row.next_active_at, loaded=time.monotonic())
+                          next_active_at=row.next_active_at, loaded=time.monotonic(), generation=gen)
         self._cache[ws.id] = st
         return st
 
@@ -177,8 +185,60 @@ class SamlKeys:
             row.next_active_at = active_at
             db.commit()
         self._cache.pop(ws.id, None)
+        self.hub.changed(SAML_KEYS, ws.id)  # every node publishes it at once
         self.hub.audit.record("saml.key.staged", workspace_id=ws.id, data={"active_at": active_at.isoformat()})
         return cert
+
+    def listing(self, ws) -> list[dict]:
+        """The workspace's SAML signing keys: {"id" (the certificate's SHA-256, hex), "state" ("signing",
+        "next" or "published"), "not_after"}."""
+        st = self.state(ws)
+        signing = self.signing(ws)[1]
+        out = []
+        for cert in self.published(ws):
+            state = "signing" if cert == signing else ("next" if st.next and cert == st.next[1] else "published")
+            out.append({"id": fingerprint(cert), "state": state,
+                        "not_after": x509.load_pem_x509_certificate(cert.encode()).not_valid_after_utc})
+        return out
+
+    def revoke(self, ws, key_id: str | None = None, record=None) -> dict | None:
+        """Emergency revocation of a (compromised) signing key, ``key_id`` its certificate's SHA-256 (hex; None:
+        the key signing now). It leaves the metadata at once and never signs again on any node: the staged next
+        key, if there is one, signs from now on, else a new key is made. SPs must fetch the metadata again (or be
+        given the new certificate) before they accept idhub's responses: there is no overlap. Audited
+        (``record(type, data)``, by default as the command line). {"revoked", "signing"} (fingerprints); None
+        when no published key has this id."""
+        self.state(ws)  # the key exists
+        with self.hub.db() as db:
+            row = db.get(SamlKey, ws.id, with_for_update=True)
+            current, nxt = row.certificate, row.next_certificate
+            signing = self.signing(ws)[1]
+            wanted = fingerprint(signing) if key_id is None else key_id.replace(":", "").lower()
+            if wanted == fingerprint(current):
+                if nxt:  # the staged key (published already) takes over now
+                    row.certificate, row.private_enc = nxt, row.next_private_enc
+                else:
+                    cert, key_pem = self._generate(ws)
+                    row.certificate, row.private_enc = cert, self.box.encrypt(key_pem)
+                row.next_certificate = row.next_private_enc = row.next_active_at = None
+                revoked = current
+            elif nxt and wanted == fingerprint(nxt):
+                # the staged key leaves; the current one (still published) signs, or again signs
+                row.next_certificate = row.next_private_enc = row.next_active_at = None
+                revoked = nxt
+            else:
+                return None
+            db.commit()
+            now_signing = row.certificate
+        self._cache.pop(ws.id, None)
+        self.hub.changed(SAML_KEYS, ws.id)
+        out = {"revoked": fingerprint(revoked), "signing": fingerprint(now_signing)}
+        if record is None:
+            self.hub.audit.record("saml.key.revoked", workspace_id=ws.id, actor_email="idhub saml revoke-key",
+                                  data=out)
+        else:
+            record("saml.key.revoked", out)
+        return out
 
     def certificate(self, ws) -> str:
         return self.get(ws)[1]

@@ -97,6 +97,26 @@ def status(slug):
     click.echo(f"rule:    {rollover_rule()}")
 
 
+@cli.command("revoke-key")
+@click.option("--workspace", "slug", required=True)
+@click.option("--key", "key_id", default=None,
+              help="the certificate's SHA-256 fingerprint (as `status` prints it); default: the key signing now")
+@click.option("--yes", is_flag=True, help="revoke without asking")
+def revoke_key(slug, key_id, yes):
+    """Emergency revocation of a compromised signing key: it leaves the metadata now and never signs again on any
+    node; the staged next key (if any) or a new key signs from now on. SPs must load the new metadata before they
+    accept idhub's responses again. Audited."""
+    _hub, svc, ws = _service(slug)
+    if not yes:
+        click.confirm(f"Revoke the SAML signing key of {slug}? Apps reject sign-ins until they have the new "
+                      "certificate", abort=True)
+    done = svc.keys.revoke(ws, key_id)
+    if done is None:
+        click.echo(f"idhub: {slug} publishes no SAML signing key {key_id!r}", err=True)
+        sys.exit(2)
+    click.echo(f"revoked {done['revoked']}; signing now with {done['signing']} (give the apps the new metadata)")
+
+
 @cli.command("refresh-metadata")
 @click.option("--workspace", "slug", required=True)
 @click.option("--max-age", default=REFRESH_AFTER, show_default=True, help="seconds; 0 fetches every SP again")
@@ -105,6 +125,10 @@ def refresh(slug, max_age):
     hub, _svc, ws = _service(slug)
     with hub.db() as db:
         done = refresh_metadata(db, ws, max_age=max_age, audit=hub.audit)
+    if done:
+        from idp.invalidation import SAML_APPS
+
+        hub.changed(SAML_APPS, ws.slug)
     for entity in done:
         click.echo(f"refreshed: {entity}")
 

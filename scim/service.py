@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
 from idp.accounts import SLUG_RE
+from idp.invalidation import SCIM_TOKENS, generation
 from idp.lifecycle import KEEP, PROTECTED, AccountError, Actor, check_allowed, is_privileged
 from idp.models import Group, GroupMember, User, Workspace, utcnow
 from scim import errors as E
@@ -262,7 +263,8 @@ def project(body: dict, rt: ResourceType, attributes: list[str], excluded: list[
 
 
 # ---- the service ----------------------------------------------------------------------------------------------
-CALLER_TTL = 30.0  # seconds a validated token is remembered (reads re-check it in their own query anyway)
+CALLER_TTL = 30.0  # seconds a validated token is remembered at most (reads re-check it in their own query anyway;
+# a token revoked on any node drops the entries at once: idp.invalidation)
 CALLER_CACHE_MAX = 1024
 
 
@@ -275,7 +277,9 @@ class ScimService:
         self.max_body = max_body  # the largest request body, in bytes (413 above it)
         # (workspace slug, SHA-256 of the token) → (Caller, expiry). Only tokens that authenticated are added, so
         # wrong tokens cannot fill it; the slug is part of the key and every read re-checks the token's workspace.
+        # Emptied when a token is revoked on any node (the generation of SCIM_TOKENS moved: idp.invalidation).
         self._callers: dict[tuple[str, str], tuple[Caller, float]] = {}
+        self._callers_generation = generation(SCIM_TOKENS)
         self._callers_lock = threading.Lock()
 
     # -- URLs
@@ -335,11 +339,18 @@ class ScimService:
         if not SLUG_RE.match(ws_slug or ""):
             raise E.NotFound("There is no workspace at this address.")
         key = (ws_slug, hashed)
+        gen = generation(SCIM_TOKENS)  # a token revoked on any node empties the cache (idp.invalidation)
+        if gen != self._callers_generation:
+            with self._callers_lock:
+                self._callers.clear()
+                self._callers_generation = gen
         if cached:
             hit = self._callers.get(key)
             if hit is not None and hit[1] > self._clock():
                 return hit[0]
         caller = self._authenticate_db(ws_slug, hashed)
+        if generation(SCIM_TOKENS) != gen:  # revoked meanwhile: this answer may be stale, do not keep it
+            return caller
         with self._callers_lock:
             if len(self._callers) >= CALLER_CACHE_MAX:
                 now = self._clock()

@@ -110,7 +110,7 @@ def load_workspace(slug: str):
 
 def load_session(ws):
     token = request.cookies.get(session_cookie(ws.slug))
-    sess = hub().sessions.load(token, ws.id) if token else None
+    sess = hub().sessions.load(token, ws.id, hub().lifetimes(ws)) if token else None  # the policy as it is now
     g.session = sess
     g.session_cookie_stale = bool(token) and sess is None
     return sess

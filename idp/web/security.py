@@ -20,7 +20,7 @@ def _render(ws, sess, status=200, **extra):
     if user is None or not user.active:  # deprovisioned while this session was being served: it is over
         h.sessions.end(sess.id, "deprovisioned")
         return redirect(url_for("auth.login", ws_slug=ws.slug, ended=1))
-    sessions = h.sessions.list(user.id)
+    sessions = h.sessions.list(user.id, h.lifetimes(ws))
     sessions.sort(key=lambda s: (s.id != sess.id, -s.last_active_at.timestamp()))
     enrolled = h.mfa.enrolled(user.id)
     return render_template("security.html", ws=ws, user=user, groups=groups, current=sess, sessions=sessions,

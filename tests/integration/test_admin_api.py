@@ -175,7 +175,8 @@ def test_every_operation_refuses_another_workspace(app, hub, tokens):
         other = ws_id(hub, "other")
         ids = {"ws": "other", "user_id": user_id(hub, "other", ALICE),
                "group_id": db.scalar(select(Group.id).where(Group.workspace_id == other)),
-               "token_id": "00000000-0000-4000-8000-000000000000", "app": "evil", "conn": "evil"}
+               "token_id": "00000000-0000-4000-8000-000000000000", "app": "evil", "conn": "evil",
+               "key_id": "evil"}
         before = db.scalar(select(Workspace).where(Workspace.id == other)).policies
     n_events = len(events(hub, "admin.access.denied"))
     acme = Api(app, tokens["acme"])
