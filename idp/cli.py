@@ -63,25 +63,10 @@ def serve(host, port, workers, threads):
 
     class Server(BaseApplication):
         def load_config(self):
-            for key, value in {
-                "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                "workers": workers,
-                "threads": threads,
-                "worker_class": "idp.serving.BalancedThreadWorker",  # gthread, accepts spread over workers
-                "timeout": 60,
-                "graceful_timeout": 10,
-                "accesslog": None,
-                "errorlog": "-",
-                "loglevel": "warning",
-                "child_exit": child_exit,
-                "when_ready": when_ready,
-                "limit_request_line": 8190,
-                "limit_request_field_size": 8190,
-                # The workers' heartbeat touches a file on every loop turn: keep it in memory, not on disk
-                # (gunicorn's advice for containers; ~5 % of a worker's CPU on this disk).
-                "worker_tmp_dir": _SHM if os.path.isdir(_SHM) else None,
-            }.items():
+            for key, value in gunicorn_options(host, port, workers, threads).items():
                 self.cfg.set(key, value)
+            self.cfg.set("child_exit", child_exit)
+            self.cfg.set("when_ready", when_ready)
 
         def load(self):
             from idp.app import create_app
@@ -90,6 +75,27 @@ def serve(host, port, workers, threads):
 
     click.echo(f"idhub serving {settings.base_url} on http://{host}:{port} with {workers} worker(s)", err=True)
     Server().run()
+
+
+def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict:
+    """gunicorn's settings for ``idhub serve``: its stock ``gthread`` worker (each worker a thread pool; idle
+    keep-alive connections wait in the worker's event loop, not on a thread)."""
+    return {
+        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread",
+        "timeout": 60,
+        "graceful_timeout": 10,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "warning",
+        "limit_request_line": 8190,
+        "limit_request_field_size": 8190,
+        # The workers' heartbeat touches a file on every loop turn: keep it in memory, not on disk
+        # (gunicorn's advice for containers; ~5 % of a worker's CPU on this disk).
+        "worker_tmp_dir": _SHM if os.path.isdir(_SHM) else None,
+    }
 
 
 def _start_maintenance(interval: int) -> None:
