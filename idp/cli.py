@@ -341,7 +341,8 @@ def _admin_tokens(hub):
     from admin.tokens import TokenService
     from idp.crypto import derive_key
 
-    return TokenService(hub.db, derive_key(hub.settings.secret_key, "admin-api-tokens"))
+    return TokenService(hub.db, derive_key(hub.settings.secret_key, "admin-api-tokens"),
+                        keys=lambda: hub.keyring.hmac_keys("admin-api-tokens"))
 
 
 @admin_token.command("create")
@@ -404,6 +405,47 @@ def admin_token_revoke(token_id):
     hub.audit.record("admin.token.revoked", workspace_id=row.workspace_id, actor_email="idhub admin token revoke",
                      subject_id=token_id, data={"name": row.name})
     click.echo(f"revoked {token_id}")
+
+
+@main.group("secrets")
+def secrets_group():
+    """IDHUB_SECRET_KEY rotation (IDHUB_SECRET_KEY_PREVIOUS lists the earlier keys while it is under way)."""
+
+
+@secrets_group.command("rotate")
+@click.option("--check", "check_only", is_flag=True,
+              help="only report what still needs a previous key (exit 1 if anything does); change nothing")
+@click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 100000),
+              help="rows per transaction")
+def secrets_rotate(check_only, batch):
+    """Re-encrypt everything stored under a previous IDHUB_SECRET_KEY with the current one. Safe to run again
+    (what is already under the current key is left alone) and while nodes serve; audited. Afterwards remove the
+    previous key from IDHUB_SECRET_KEY_PREVIOUS."""
+    from idp import rotation
+    from idp.crypto import key_id, secret_keys
+    from idp.wiring import build_hub
+
+    hub = build_hub(_settings())
+    keys = secret_keys(hub.settings)
+    click.echo(f"current key {key_id(keys[0])}; previous: {', '.join(key_id(k) for k in keys[1:]) or 'none'}")
+    report = rotation.check(hub) if check_only else rotation.rotate(hub, batch)
+    for line in report.lines(done=not check_only):
+        click.echo(line)
+    if check_only:
+        if report.pending:
+            click.echo("idhub: data still needs a previous key: run `idhub secrets rotate`", err=True)
+            sys.exit(1)
+        click.echo("nothing needs a previous key: IDHUB_SECRET_KEY_PREVIOUS can be removed")
+        return
+    counts = {name: {"reencrypted": c.previous, "unreadable": c.unreadable} for name, c in report.sealed.items()}
+    hub.audit.record("admin.secrets.rotated", actor_email="idhub secrets rotate",
+                     data={"key_id": key_id(keys[0]), "previous_key_ids": [key_id(k) for k in keys[1:]],
+                           "sealed": counts, "retained_keys_stored": report.retained_added,
+                           "nameid_salts_stored": report.nameid_salts})
+    unreadable = sum(c.unreadable for c in report.sealed.values())
+    if unreadable:
+        click.echo(f"idhub: {unreadable} value(s) opened by no listed key were left as they are", err=True)
+        sys.exit(1)
 
 
 def _attach_saml() -> None:

@@ -4,7 +4,7 @@ factory (``idp.app``), the command line and tests without a web app all start he
 from __future__ import annotations
 
 from config.settings import Settings
-from idp.crypto import derive_key
+from idp.crypto import derive_key, secret_keys
 from idp.db import make_engine, make_sessionmaker
 from idp.hub import Hub
 from idp.passwords import Hasher
@@ -33,8 +33,8 @@ def build_hub(settings: Settings, *, hasher: Hasher | None = None) -> Hub:
         describe_user_agent,
         (fingerprint, location_fingerprint),
     )
-    hub.mfa = MfaService(sm, SecretBox(settings.secret_key, "mfa-totp"), stores.one_time, stores.throttle,
+    hub.mfa = MfaService(sm, SecretBox(secret_keys(settings), "mfa-totp"), stores.one_time, stores.throttle,
                          make_sms_sender(settings), hmac_key=derive_key(settings.secret_key, "mfa-backup-codes"),
-                         clock=lambda: hub.clock())
+                         clock=lambda: hub.clock(), hmac_keys=lambda: hub.keyring.hmac_keys("mfa-backup-codes"))
     hub.engine = engine
     return hub
