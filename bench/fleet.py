@@ -17,6 +17,7 @@ coordination (shared sessions, the audit chain, throttles), not what a second ma
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import re
 import sys
@@ -51,12 +52,17 @@ class LockSampler(threading.Thread):
         super().__init__(daemon=True)
         self.dsn, self.interval = dsn, interval
         self.samples: list[int] = []
+        self.what: collections.Counter = collections.Counter()  # (lock type, relation or "-", mode) of each waiter
         self.stop_at = threading.Event()
 
     def run(self):
         with psycopg.connect(self.dsn, autocommit=True) as c:
             while not self.stop_at.is_set():
                 self.samples.append(c.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0])
+                if self.samples[-1]:
+                    for row in c.execute("SELECT locktype, coalesce(relation::regclass::text, '-'), mode "
+                                         "FROM pg_locks WHERE NOT granted"):
+                        self.what[tuple(row)] += 1
                 time.sleep(self.interval)
 
 
@@ -112,6 +118,8 @@ def drive(bases: list[str], concurrency: int, hits: int, users: int, seconds: fl
         t.join()
     if errors:
         raise SystemExit(f"bench failed: {errors[:3]}")
+    if not signin_lat or not page_lat:
+        raise SystemExit(f"bench failed: nothing finished inside the {seconds:g} s window (machine too loaded?)")
     return {"signins": counts["signins"] / seconds, "pages": counts["pages"] / seconds,
             "signin_p50": pct(signin_lat, 50), "signin_p99": pct(signin_lat, 99),
             "page_p50": pct(page_lat, 50), "page_p99": pct(page_lat, 99)}
@@ -134,7 +142,7 @@ def run(layout: str, nodes: int, workers: int, db: str, args) -> dict:
         sampler.join()
         waits = sampler.samples
         out.update(layout=layout, lock_share=sum(1 for w in waits if w) / max(len(waits), 1),
-                   lock_max=max(waits, default=0), samples=len(waits))
+                   lock_max=max(waits, default=0), samples=len(waits), lock_what=sampler.what.most_common(3))
         return out
     finally:
         for h in hubs:
@@ -164,6 +172,10 @@ def main() -> None:
         print(f"| {r['layout']} | {r['signins']:.1f} | {r['signin_p50'] * 1000:.0f} / {r['signin_p99'] * 1000:.0f} | "
               f"{r['pages']:.1f} | {r['page_p50'] * 1000:.1f} / {r['page_p99'] * 1000:.1f} | "
               f"{r['lock_share'] * 100:.1f} % of {r['samples']} | {r['lock_max']} |")
+    for r in rows:
+        if r["lock_what"]:
+            print(f"  {r['layout']}: waiters seen on " + ", ".join(f"{t} {rel} {mode} ({n})"
+                                                                for (t, rel, mode), n in r["lock_what"]))
     one, two = rows
     print(f"two nodes / one node: sign-ins {two['signins'] / one['signins']:.2f}x, "
           f"page hits {two['pages'] / one['pages']:.2f}x (load {loadavg()})")
