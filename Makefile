@@ -52,13 +52,15 @@ test: install-test
 # rows; BENCH_ARGS are passed to bench/signin.py, SCIM_BENCH_ARGS to bench/scim.py, SAML_BENCH_ARGS to
 # bench/saml_sso.py (signed SAML Responses vs pysaml2's IdP), OIDC_BENCH_ARGS to bench/oidc_tokens.py (token
 # endpoint grants/s vs node oidc-provider; needs node + npm and PostgreSQL); bench/federation.py and
-# bench/federation_saml.py: upstream OIDC callbacks and SAML responses vs authlib's and python3-saml's raw cost.
+# bench/federation_saml.py: upstream OIDC callbacks and SAML responses vs authlib's and python3-saml's raw cost;
+# FLEET_BENCH_ARGS to bench/fleet.py (one node vs two on PostgreSQL + Redis, with pg_locks lock waits).
 bench: install-test
 	$(BIN)/python bench/signin.py $(BENCH_ARGS)
 	$(BIN)/python bench/policy_totp.py
 	$(BIN)/python bench/scim.py $(SCIM_BENCH_ARGS)
 	$(BIN)/python bench/saml_sso.py $(SAML_BENCH_ARGS)
 	$(BIN)/python bench/oidc_tokens.py $(OIDC_BENCH_ARGS)
+	$(BIN)/python bench/fleet.py $(FLEET_BENCH_ARGS)
 	$(BIN)/python bench/federation.py
 	$(BIN)/python bench/federation_saml.py
 

@@ -26,7 +26,8 @@ def admin_service() -> AdminService:
         from idp.crypto import derive_key
 
         hub = ext["idhub"]
-        tokens = TokenService(hub.db, derive_key(hub.settings.secret_key, "admin-api-tokens"), clock=hub.clock)
+        tokens = TokenService(hub.db, derive_key(hub.settings.secret_key, "admin-api-tokens"), clock=hub.clock,
+                              keys=lambda: hub.keyring.hmac_keys("admin-api-tokens"))
         ext["idhub_admin"] = AdminService(hub, tokens)
     return ext["idhub_admin"]
 

@@ -21,6 +21,7 @@ from admin.tokens import Principal
 from idp.accounts import normalise_email
 from idp.audit import AuditEvent, chain_for, iso_utc
 from idp.configfile import ConfigError, Validator, validate, validate_apps, validate_policies, validate_user
+from idp.crypto import secret_keys
 from idp.flow import Client
 from idp.invalidation import CONNECTIONS, SAML_APPS, SCIM_TOKENS, WORKSPACES
 from idp.lifecycle import KEEP, AccountError, Actor, check_allowed, is_privileged
@@ -949,7 +950,7 @@ class AdminService:
             raise invalid(v.errors, "connection[0]")
         [conn] = conns
         conn[REGISTERED_VIA] = "api"
-        key = self.hub.settings.secret_key
+        key = secret_keys(self.hub.settings)  # encrypts under the current key, reads under any listed
         with self.hub.db() as db:
             rows = self._connection_rows(db, ws)
             if any(r.slug == conn["slug"] for r in rows):
@@ -1011,7 +1012,7 @@ class AdminService:
         allowed = CONNECTION_KEYS - set(REFUSED)
         if not isinstance(body, dict):
             raise AdminError(400, "bad_request", "the body must be a JSON object")
-        key = self.hub.settings.secret_key
+        key = secret_keys(self.hub.settings)  # encrypts under the current key, reads under any listed
         with self.hub.db() as db:
             rows = self._connection_rows(db, ws)
             row = self._connection(db, ws, conn_slug)

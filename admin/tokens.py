@@ -78,10 +78,13 @@ def parse_ttl(value: str | None) -> timedelta:
 
 
 class TokenService:
-    def __init__(self, sm: sessionmaker, key: str, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+    def __init__(self, sm: sessionmaker, key: str, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 keys: Callable[[], list[str]] | None = None):
         self.sm = sm
         self._key = key.encode()
         self.clock = clock
+        # every key a stored token may have been hashed under, current first (idp.crypto.KeyRing)
+        self._keys = keys or (lambda: [key])
 
     def hash(self, token: str) -> str:
         return hmac.new(self._key, token.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
@@ -109,11 +112,12 @@ class TokenService:
             return AuthResult(None, "missing")
         if len(token) > 128 or not TOKEN_RE.match(token):
             return AuthResult(None, "malformed")
-        hashed = self.hash(token)
+        raw = token.encode("utf-8", "surrogatepass")
+        hashes = [hmac.new(k.encode(), raw, hashlib.sha256).hexdigest() for k in self._keys()]
         now = self.clock()
         with self.sm() as db:
-            row = db.scalar(select(AdminToken).where(AdminToken.token_hash == hashed))
-            if row is None or not hmac.compare_digest(row.token_hash.encode(), hashed.encode()):
+            row = db.scalar(select(AdminToken).where(AdminToken.token_hash.in_(hashes)))
+            if row is None or not any(hmac.compare_digest(row.token_hash.encode(), h.encode()) for h in hashes):
                 return AuthResult(None, "unknown")
             if row.revoked_at is not None:
                 return AuthResult(None, "revoked")

@@ -148,7 +148,7 @@ def start_app(d: Path, workers: int):
     env = {**os.environ, "MINI_REPO": str(REPO), "MINI_DB": f"sqlite:///{db}", "MINI_HASH": Hasher().hash(PASSWORD),
            "MINI_KEY": key, "MINI_CERT": cert}
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
-    proc = subprocess.Popen([gunicorn, "-k", "idp.serving.BalancedThreadWorker", "-w", str(workers), "--threads", "4",
+    proc = subprocess.Popen([gunicorn, "-k", "gthread", "-w", str(workers), "--threads", "4",
                              "-b", f"127.0.0.1:{port}", "--worker-tmp-dir", "/dev/shm", "mini:app"], cwd=d, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

@@ -32,6 +32,9 @@ class Settings:
     redis_url: str | None = None
     base_url: str = "http://127.0.0.1:5000"
     secret_key: str = ""
+    # Earlier master secrets, newest first, while a rotation is under way (IDHUB_SECRET_KEY_PREVIOUS): data made
+    # with them keeps working; everything new uses secret_key. `idhub secrets rotate` moves the rest over.
+    previous_secret_keys: tuple[str, ...] = ()
     smtp_url: str | None = None
     sms_webhook_url: str | None = None
     outbox_dir: str = "instance/outbox"
@@ -127,6 +130,11 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         kw["base_url"] = _url("IDHUB_BASE_URL", v, ("http", "https")).rstrip("/")
     if v := _read(env, "IDHUB_SECRET_KEY"):
         kw["secret_key"] = v
+    if v := _read(env, "IDHUB_SECRET_KEY_PREVIOUS"):
+        previous = tuple(p.strip() for p in v.replace("\n", ",").split(",") if p.strip())
+        if any(len(p) < 32 for p in previous):
+            raise SettingsError("IDHUB_SECRET_KEY_PREVIOUS: every key must be at least 32 characters")
+        kw["previous_secret_keys"] = previous
     if v := _read(env, "IDHUB_SMTP_URL"):
         kw["smtp_url"] = _url("IDHUB_SMTP_URL", v, ("smtp", "smtps"))
     if v := _read(env, "IDHUB_SMS_WEBHOOK_URL"):
@@ -181,6 +189,8 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         s = s.with_(secret_key=_instance_secret())
     if len(s.secret_key) < 32:
         raise SettingsError("IDHUB_SECRET_KEY: must be at least 32 characters")
+    if s.secret_key in s.previous_secret_keys:
+        s = s.with_(previous_secret_keys=tuple(p for p in s.previous_secret_keys if p != s.secret_key))
     return s
 
 

@@ -350,7 +350,7 @@ def check_domains(v, connections: list[dict], p: str) -> None:
 
 
 # ---- apply ------------------------------------------------------------------------------------------------------
-def secret_box(secret_key: str):
+def secret_box(secret_key: str | list[str]):
     from idp.mfa.crypto import SecretBox
 
     return SecretBox(secret_key, SECRET_PURPOSE)

@@ -19,6 +19,7 @@ from federation.config import admin_chosen_trust, connection_settings, guarded
 from federation.models import FederationConnection, FederationLink
 from idp import emailverify
 from idp.accounts import InvalidEmail, normalise_email
+from idp.crypto import secret_keys
 from idp.invalidation import CONNECTIONS, generation
 from idp.lifecycle import KEEP, AccountError, Actor
 from idp.models import Group, GroupMember, User
@@ -104,7 +105,7 @@ class FederationService:
         with self.hub.db() as db:
             rows = db.scalars(select(FederationConnection).where(FederationConnection.workspace_id == ws.id)
                               .order_by(FederationConnection.slug)).all()
-        return [connection_settings(r, self.hub.settings.secret_key) for r in rows]
+        return [connection_settings(r, secret_keys(self.hub.settings)) for r in rows]
 
     def connection(self, ws, slug: str) -> dict | None:
         if not slug or len(slug) > 63:
@@ -116,7 +117,7 @@ class FederationService:
                 return None
             if row.settings.get("metadata_url") and self.hub.clock() - row.updated_at > METADATA_REFRESH:
                 self._refresh_metadata(db, ws, row)
-            return connection_settings(row, self.hub.settings.secret_key)
+            return connection_settings(row, secret_keys(self.hub.settings))
 
     def _refresh_metadata(self, db, ws, row: FederationConnection) -> None:
         """Re-read a SAML connection's ``metadata_url`` (new certificates before a rollover). A failed or unusable
@@ -161,7 +162,7 @@ class FederationService:
             return None
         with self.hub.db() as db:
             row = db.get(FederationConnection, match)
-            return connection_settings(row, self.hub.settings.secret_key) if row is not None else None
+            return connection_settings(row, secret_keys(self.hub.settings)) if row is not None else None
 
     def routes_by_domain(self, ws) -> bool:
         """Whether any connection of the workspace claims email domains (home-realm discovery): then the sign-in

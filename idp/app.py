@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
     )
     app.config.update(
         SECRET_KEY=settings.secret_key,
+        SECRET_KEY_FALLBACKS=list(settings.previous_secret_keys),  # cookies signed before a rotation still open
         SESSION_COOKIE_NAME=("__Host-" if settings.cookie_secure else "") + "idhub_flash",
         SESSION_COOKIE_SECURE=settings.cookie_secure,
         SESSION_COOKIE_HTTPONLY=True,

@@ -67,25 +67,10 @@ def serve(host, port, workers, threads):
 
     class Server(BaseApplication):
         def load_config(self):
-            for key, value in {
-                "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                "workers": workers,
-                "threads": threads,
-                "worker_class": "idp.serving.BalancedThreadWorker",  # gthread, accepts spread over workers
-                "timeout": 60,
-                "graceful_timeout": 10,
-                "accesslog": None,
-                "errorlog": "-",
-                "loglevel": "warning",
-                "child_exit": child_exit,
-                "when_ready": when_ready,
-                "limit_request_line": 8190,
-                "limit_request_field_size": 8190,
-                # The workers' heartbeat touches a file on every loop turn: keep it in memory, not on disk
-                # (gunicorn's advice for containers; ~5 % of a worker's CPU on this disk).
-                "worker_tmp_dir": _SHM if os.path.isdir(_SHM) else None,
-            }.items():
+            for key, value in gunicorn_options(host, port, workers, threads).items():
                 self.cfg.set(key, value)
+            self.cfg.set("child_exit", child_exit)
+            self.cfg.set("when_ready", when_ready)
 
         def load(self):
             from idp.app import create_app
@@ -94,6 +79,27 @@ def serve(host, port, workers, threads):
 
     click.echo(f"idhub serving {settings.base_url} on http://{host}:{port} with {workers} worker(s)", err=True)
     Server().run()
+
+
+def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict:
+    """gunicorn's settings for ``idhub serve``: its stock ``gthread`` worker (each worker a thread pool; idle
+    keep-alive connections wait in the worker's event loop, not on a thread)."""
+    return {
+        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread",
+        "timeout": 60,
+        "graceful_timeout": 10,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "warning",
+        "limit_request_line": 8190,
+        "limit_request_field_size": 8190,
+        # The workers' heartbeat touches a file on every loop turn: keep it in memory, not on disk
+        # (gunicorn's advice for containers; ~5 % of a worker's CPU on this disk).
+        "worker_tmp_dir": _SHM if os.path.isdir(_SHM) else None,
+    }
 
 
 def _start_maintenance(interval: int) -> None:
@@ -464,7 +470,8 @@ def _admin_tokens(hub):
     from admin.tokens import TokenService
     from idp.crypto import derive_key
 
-    return TokenService(hub.db, derive_key(hub.settings.secret_key, "admin-api-tokens"))
+    return TokenService(hub.db, derive_key(hub.settings.secret_key, "admin-api-tokens"),
+                        keys=lambda: hub.keyring.hmac_keys("admin-api-tokens"))
 
 
 @admin_token.command("create")
@@ -527,6 +534,47 @@ def admin_token_revoke(token_id):
     hub.audit.record("admin.token.revoked", workspace_id=row.workspace_id, actor_email="idhub admin token revoke",
                      subject_id=token_id, data={"name": row.name})
     click.echo(f"revoked {token_id}")
+
+
+@main.group("secrets")
+def secrets_group():
+    """IDHUB_SECRET_KEY rotation (IDHUB_SECRET_KEY_PREVIOUS lists the earlier keys while it is under way)."""
+
+
+@secrets_group.command("rotate")
+@click.option("--check", "check_only", is_flag=True,
+              help="only report what still needs a previous key (exit 1 if anything does); change nothing")
+@click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 100000),
+              help="rows per transaction")
+def secrets_rotate(check_only, batch):
+    """Re-encrypt everything stored under a previous IDHUB_SECRET_KEY with the current one. Safe to run again
+    (what is already under the current key is left alone) and while nodes serve; audited. Afterwards remove the
+    previous key from IDHUB_SECRET_KEY_PREVIOUS."""
+    from idp import rotation
+    from idp.crypto import key_id, secret_keys
+    from idp.wiring import build_hub
+
+    hub = build_hub(_settings())
+    keys = secret_keys(hub.settings)
+    click.echo(f"current key {key_id(keys[0])}; previous: {', '.join(key_id(k) for k in keys[1:]) or 'none'}")
+    report = rotation.check(hub) if check_only else rotation.rotate(hub, batch)
+    for line in report.lines(done=not check_only):
+        click.echo(line)
+    if check_only:
+        if report.pending:
+            click.echo("idhub: data still needs a previous key: run `idhub secrets rotate`", err=True)
+            sys.exit(1)
+        click.echo("nothing needs a previous key: IDHUB_SECRET_KEY_PREVIOUS can be removed")
+        return
+    counts = {name: {"reencrypted": c.previous, "unreadable": c.unreadable} for name, c in report.sealed.items()}
+    hub.audit.record("admin.secrets.rotated", actor_email="idhub secrets rotate",
+                     data={"key_id": key_id(keys[0]), "previous_key_ids": [key_id(k) for k in keys[1:]],
+                           "sealed": counts, "retained_keys_stored": report.retained_added,
+                           "nameid_salts_stored": report.nameid_salts})
+    unreadable = sum(c.unreadable for c in report.sealed.values())
+    if unreadable:
+        click.echo(f"idhub: {unreadable} value(s) opened by no listed key were left as they are", err=True)
+        sys.exit(1)
 
 
 def _attach_saml() -> None:

@@ -634,8 +634,9 @@ def apply(db: Session, workspaces: list[dict], hasher: passwords.Hasher, *, secr
 
         if w.get("connections") and secret_key is None:  # `idhub apply`: the hub's master key, from the environment
             from config.settings import load_settings
+            from idp.crypto import secret_keys
 
-            secret_key = load_settings().secret_key
+            secret_key = secret_keys(load_settings())
         report.created.extend(apply_connections(db, ws, w.get("connections") or [], secret_key or ""))
         report.updated.append(f"workspace {w['slug']}")
     return report

@@ -22,6 +22,7 @@ from config.settings import Settings
 from idp import emailverify, passwords
 from idp.accounts import normalise_email, user_by_email
 from idp.assignments import AppAccess
+from idp.crypto import KeyRing, signer_keys
 from idp.flow import AuthnResult, Client
 from idp.invalidation import Invalidation
 from idp.launcher import Launcher
@@ -116,8 +117,10 @@ class Hub:
         self.app_policy_lookups: list = []
         self.app_access = AppAccess(self)  # who lost access to which app, for every channel (idp.assignments)
         self.launcher = Launcher(self)  # which apps a user sees on the launcher (idp.launcher)
-        self._signer = URLSafeTimedSerializer(settings.secret_key, salt="idhub.not-me")
-        self._devices = URLSafeTimedSerializer(settings.secret_key, salt="idhub.device-cookie")
+        # itsdangerous signs with the last key of the list, verifies with any (IDHUB_SECRET_KEY_PREVIOUS)
+        self._signer = URLSafeTimedSerializer(signer_keys(settings), salt="idhub.not-me")
+        self._devices = URLSafeTimedSerializer(signer_keys(settings), salt="idhub.device-cookie")
+        self.keyring = KeyRing(settings, db)  # build_hub's; derived keys of the listed and retained masters
         # per-process caches dropped on every node when something they hold changes (idp.invalidation)
         self.invalidation = Invalidation(db.kw["bind"], settings.redis_url,
                                          (settings.extra or {}).get("redis_prefix", "idhub:"))

@@ -154,3 +154,15 @@ class KnownDevice(Base):
     fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
     label: Mapped[str] = mapped_column(Text, default="")
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RetainedKey(Base):
+    """A derived key of an earlier ``IDHUB_SECRET_KEY`` that stored keyed hashes still need (``idp.crypto``:
+    ``RETAINED_PURPOSES``), sealed under the current master. Written by ``idhub secrets rotate``."""
+
+    __tablename__ = "retained_keys"
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)  # "<purpose>:<key id of the earlier master>"
+    purpose: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(16))
+    sealed: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

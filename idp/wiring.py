@@ -35,8 +35,8 @@ def build_hub(settings: Settings, *, hasher: Hasher | None = None) -> Hub:
         describe_user_agent,
         (fingerprint, location_fingerprint),
     )
-    hub.mfa = MfaService(sm, SecretBox(settings.secret_key, "mfa-totp"), stores.one_time, stores.throttle,
+    hub.mfa = MfaService(sm, SecretBox(secret_keys(settings), "mfa-totp"), stores.one_time, stores.throttle,
                          make_sms_sender(settings), hmac_key=derive_key(settings.secret_key, "mfa-backup-codes"),
-                         clock=lambda: hub.clock())
+                         clock=lambda: hub.clock(), hmac_keys=lambda: hub.keyring.hmac_keys("mfa-backup-codes"))
     hub.engine = engine
     return hub

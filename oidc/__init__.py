@@ -7,15 +7,17 @@ def install(hub):
     """Give the hub its OIDC service, the per-app policy look-up and the back-channel logout listener. Idempotent."""
     if getattr(hub, "oidc", None) is not None:
         return hub.oidc
-    from idp.crypto import derive_key
+    from idp.crypto import derive_key, secret_keys
     from idp.mfa.crypto import SecretBox
     from oidc.backchannel import BackchannelLogout
     from oidc.backchannel import install as install_backchannel
     from oidc.config import app_policy_lookup
     from oidc.provider import OidcService
 
-    svc = OidcService(hub, SecretBox(hub.settings.secret_key, "oidc-keys"),
-                      derive_key(hub.settings.secret_key, "oidc-sid"))
+    # the sid key is pinned to the oldest master idhub has had (kept across rotations): apps compare sids at logout
+    svc = OidcService(hub, SecretBox(secret_keys(hub.settings), "oidc-keys"),
+                      hub.keyring.pinned_key("oidc-sid") if getattr(hub, "keyring", None)
+                      else derive_key(hub.settings.secret_key, "oidc-sid"))
     hub.oidc = svc
     hub.app_policy_lookups.append(app_policy_lookup(hub))
     svc.backchannel = BackchannelLogout(svc)

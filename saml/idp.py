@@ -134,11 +134,11 @@ def new_id() -> str:
 
 class SamlIdp:
     def __init__(self, hub):
-        from idp.crypto import derive_key
+        from idp.crypto import derive_key, secret_keys
         from idp.mfa.crypto import SecretBox
 
         self.hub = hub
-        self.keys = SamlKeys(hub, SecretBox(hub.settings.secret_key, "saml-keys"))
+        self.keys = SamlKeys(hub, SecretBox(secret_keys(hub.settings), "saml-keys"))
         self._session_key = derive_key(hub.settings.secret_key, "saml-session-index").encode()
         self.slo = SingleLogout(self)
         self._sp_cache: dict = {}

@@ -132,9 +132,10 @@ class SamlKeys:
                 row = db.get(SamlKey, ws.id)
         value = row.nameid_salt
         if value is None:
-            from idp.crypto import derive_key
+            from idp.crypto import derive_key, secret_keys
 
-            legacy = derive_key(self.hub.settings.secret_key, LEGACY_NAMEID_PURPOSE)
+            # the oldest listed key: during a rotation of IDHUB_SECRET_KEY the NameIDs were made with an earlier one
+            legacy = derive_key(secret_keys(self.hub.settings)[-1], LEGACY_NAMEID_PURPOSE)
             with self.hub.db() as db:
                 done = db.execute(update(SamlKey).where(SamlKey.workspace_id == ws.id,
                                                         SamlKey.nameid_salt.is_(None)).values(nameid_salt=legacy))

@@ -54,9 +54,10 @@ def service():
 
 
 def _serializer() -> URLSafeTimedSerializer:
-    from idp.crypto import derive_key
+    from idp.crypto import derive_key, signer_keys
 
-    return URLSafeTimedSerializer(derive_key(hub().settings.secret_key, "saml-resume"), salt="idhub.saml-resume")
+    keys = [derive_key(m, "saml-resume") for m in signer_keys(hub().settings)]  # signs with the last: the current
+    return URLSafeTimedSerializer(keys, salt="idhub.saml-resume")
 
 
 def _refused(message: str, title: str = "Sign-in request refused"):

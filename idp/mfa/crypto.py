@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -22,19 +23,25 @@ class SecretBox:
 
     Tokens look like ``v1:<urlsafe-b64(nonce || ciphertext+tag)>``; the purpose is the associated data, so a
     token made for one purpose never decrypts under another (even with the same master secret).
+
+    ``master_key`` may be a list, current first (``idp.crypto.secret_keys``): encryption always uses the current
+    key, decryption tries each in turn (``IDHUB_SECRET_KEY_PREVIOUS`` during a rotation). The token format does not
+    change with the key, so nodes that do not know a rotation is under way read what the others write as long as
+    they have the key.
     """
 
-    def __init__(self, master_key: str, purpose: str) -> None:
-        if not master_key:
+    def __init__(self, master_key: str | Sequence[str], purpose: str) -> None:
+        masters = [master_key] if isinstance(master_key, str) else list(master_key)
+        if not masters or not all(masters):
             raise ValueError("SecretBox needs a non-empty master key")
         if not purpose:
             raise ValueError("SecretBox needs a purpose label")
         self.purpose = purpose
         self._aad = purpose.encode()
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=b"idhub:" + self._aad).derive(
-            master_key.encode()
-        )
-        self._aead = AESGCM(key)
+        info = b"idhub:" + self._aad
+        self._aeads = [AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=info).derive(m.encode()))
+                       for m in masters]
+        self._aead = self._aeads[0]
 
     def __repr__(self) -> str:  # never shows the key
         return f"SecretBox(purpose={self.purpose!r})"
@@ -46,6 +53,10 @@ class SecretBox:
 
     def decrypt(self, token: str) -> str:
         """The plaintext; ``ValueError`` (without details) on tampering, a wrong key or an unknown version."""
+        return self.decrypt_with_index(token)[0]
+
+    def decrypt_with_index(self, token: str) -> tuple[str, int]:
+        """(the plaintext, which key opened it: 0 the current one, 1… a previous one)."""
         if not isinstance(token, str):
             raise ValueError("not an encrypted value")
         version, sep, body = token.partition(":")
@@ -57,8 +68,14 @@ class SecretBox:
             raise ValueError("malformed encrypted value") from None
         if len(raw) < NONCE_LEN + TAG_LEN:
             raise ValueError("malformed encrypted value")
-        try:
-            plain = self._aead.decrypt(raw[:NONCE_LEN], raw[NONCE_LEN:], self._aad)
-        except InvalidTag:
-            raise ValueError("cannot decrypt: wrong key or tampered value") from None
-        return plain.decode()
+        for i, aead in enumerate(self._aeads):
+            try:
+                return aead.decrypt(raw[:NONCE_LEN], raw[NONCE_LEN:], self._aad).decode(), i
+            except InvalidTag:
+                continue
+        raise ValueError("cannot decrypt: wrong key or tampered value")
+
+    def reseal(self, token: str) -> str | None:
+        """``token`` encrypted under the current key, or None when it already is (``ValueError`` as ``decrypt``)."""
+        plain, i = self.decrypt_with_index(token)
+        return None if i == 0 else self.encrypt(plain)

@@ -175,6 +175,7 @@ class MfaService:
         hmac_key: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         issuer: str = "idhub",
+        hmac_keys: Callable[[], list[str]] | None = None,
     ) -> None:
         if not hmac_key:
             raise ValueError("MfaService needs a non-empty hmac_key")
@@ -184,6 +185,8 @@ class MfaService:
         self.throttle = throttle
         self.sms_sender = sms_sender
         self._hmac_key = hmac_key.encode()
+        # every key a stored backup code may have been hashed under, current first (idp.crypto.KeyRing)
+        self._hmac_keys = hmac_keys or (lambda: [hmac_key])
         self.clock = clock
         self.issuer = issuer
 
@@ -512,6 +515,11 @@ class MfaService:
         # the user id is mixed in so that two users' codes can never collide on the unique index
         return self._mac("backup", user_id, normalised)
 
+    def _backup_hashes(self, user_id: str, normalised: str) -> list[str]:
+        """The code's hash under every key it may have been stored with (one indexed ``IN`` look-up)."""
+        msg = "\x00".join(("backup", user_id, normalised)).encode()
+        return [hmac.new(k.encode(), msg, hashlib.sha256).hexdigest() for k in self._hmac_keys()]
+
     def backup_generate(self, user_id: str) -> list[str]:
         """10 new codes ("xxxxx-xxxxx"); the old ones are deleted in the same transaction."""
         codes: list[str] = []
@@ -543,7 +551,7 @@ class MfaService:
                 update(BackupCode)
                 .where(
                     BackupCode.user_id == user_id,
-                    BackupCode.code_hash == self._backup_hash(user_id, code),
+                    BackupCode.code_hash.in_(self._backup_hashes(user_id, code)),
                     BackupCode.used_at.is_(None),
                 )
                 .values(used_at=self._now())

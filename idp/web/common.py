@@ -13,6 +13,7 @@ from flask import abort, current_app, g, redirect, render_template, request, url
 
 from idp.accounts import workspace_snapshot
 from idp.clientip import UntrustedAddress, client_ip
+from idp.crypto import secret_keys
 from idp.flow import Client
 
 log = logging.getLogger("idhub.web")
@@ -79,15 +80,17 @@ def browser_binding() -> str:
     return hashlib.sha256(("flow|" + csrf_cookie_value()).encode()).hexdigest()
 
 
-def csrf_token() -> str:
+def csrf_token(master: str | None = None) -> str:
     sess = g.get("session")
     msg = f"csrf|{csrf_cookie_value()}|{sess.id if sess else ''}".encode()
-    return hmac.new(hub().settings.secret_key.encode(), msg, hashlib.sha256).hexdigest()
+    return hmac.new((master or hub().settings.secret_key).encode(), msg, hashlib.sha256).hexdigest()
 
 
 def check_csrf() -> None:
-    sent = request.form.get(CSRF_FIELD, "")
-    if not sent or not hmac.compare_digest(sent.encode(), csrf_token().encode()):
+    sent = request.form.get(CSRF_FIELD, "").encode()
+    # a form rendered before IDHUB_SECRET_KEY changed still posts (IDHUB_SECRET_KEY_PREVIOUS); every key is compared
+    ok = [hmac.compare_digest(sent, csrf_token(k).encode()) for k in secret_keys(hub().settings)]
+    if not sent or not any(ok):
         abort(400, description="Your form expired or came from another site. Go back, reload the page and try again.")
 
 
