@@ -168,7 +168,8 @@ def _policies(v: Validator, raw, path: str, plan: str | None) -> dict:
 APP_KEYS = {"slug", "name", "protocol", "client_id", "client_secret", "redirect_uris", "post_logout_redirect_uris",
             "backchannel_logout_uri", "grant_types", "metadata_xml", "metadata_file", "metadata_url",
             "nameid_format", "attributes", "entity_id", "acs_url", "certificate", "scopes",
-            "token_endpoint_auth_method", "require_mfa", "idp_initiated", "jwks", "jwks_uri",
+            "token_endpoint_auth_method", "require_mfa", "require_phishing_resistant_mfa", "idp_initiated", "jwks",
+            "jwks_uri",
             "require_signed_requests", "sign_response", "sign_assertion", "slo_url", "slo_binding",
             "id_token_signed_response_alg",
             "encrypt_assertions", "encryption_certificate", "client_secret_env", "assigned_groups",
@@ -296,6 +297,8 @@ def _apps(v: Validator, raw, path: str, groups=None) -> list[dict]:
         check_assigned_groups(v, app.get("assigned_groups"), f"{p}.assigned_groups", groups)
         if app.get("show_in_launcher") is not None:
             v.boolean(app["show_in_launcher"], f"{p}.show_in_launcher")
+        if app.get("require_phishing_resistant_mfa") is not None:
+            v.boolean(app["require_phishing_resistant_mfa"], f"{p}.require_phishing_resistant_mfa")
         if app.get("description") is not None and len(app["description"]) > 300:
             v.err(f"{p}.description", "must be at most 300 characters")
         if app.get("initiate_login_uri") is not None:

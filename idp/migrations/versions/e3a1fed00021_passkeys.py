@@ -1,7 +1,8 @@
 """Passkeys (WebAuthn): one row per registered credential
 
 ``credential_id`` (base64url) is unique across the hub, so a credential belongs to one user of one workspace;
-only the public key (COSE) and the authenticator's signature counter are kept.
+only the public key (COSE) and the authenticator's signature counter are kept. Apps (OIDC clients, SAML SPs) gain
+``require_phishing_resistant_mfa``.
 
 Revision ID: e3a1fed00021
 Revises: e3a1fed00020
@@ -17,6 +18,8 @@ revision = 'e3a1fed00021'
 down_revision = 'e3a1fed00020'
 branch_labels = None
 depends_on = None
+
+APP_TABLES = ('oidc_clients', 'saml_service_providers')
 
 
 def upgrade() -> None:
@@ -39,9 +42,16 @@ def upgrade() -> None:
     )
     op.create_index('ix_mfa_webauthn_credentials_user_id', 'mfa_webauthn_credentials', ['user_id'])
     op.create_index('ix_mfa_webauthn_credentials_workspace_id', 'mfa_webauthn_credentials', ['workspace_id'])
+    for table in APP_TABLES:
+        with op.batch_alter_table(table) as batch:
+            batch.add_column(sa.Column('require_phishing_resistant_mfa', sa.Boolean(), nullable=False,
+                                       server_default=sa.false()))
 
 
 def downgrade() -> None:
+    for table in APP_TABLES:
+        with op.batch_alter_table(table) as batch:
+            batch.drop_column('require_phishing_resistant_mfa')
     op.drop_index('ix_mfa_webauthn_credentials_workspace_id', 'mfa_webauthn_credentials')
     op.drop_index('ix_mfa_webauthn_credentials_user_id', 'mfa_webauthn_credentials')
     op.drop_table('mfa_webauthn_credentials')
