@@ -156,7 +156,7 @@ def test_passkey_register_sign_in_and_remove(lui, localhost_hub, new_context, sm
     # add a passkey on the security page (confirming with the password first)
     ui.sign_in(page, ui.alice)
     expect(passkeys_region(page)).to_contain_text("You have no passkeys yet.")
-    passkeys_region(page).get_by_role("link", name="Add a passkey").click()
+    passkeys_region(page).get_by_role("button", name="Add a passkey").click()
     confirm_it_is_me(ui, page, "Add a passkey")
     mark = smtp.mark()
     page.get_by_label("Passkey name").fill("Work laptop")
