@@ -98,6 +98,8 @@ def _oidc_apps(db: Session, ws: Workspace, env: list[str]) -> list[dict]:
             a["backchannel_logout_uri"] = r.backchannel_logout_uri
         if r.require_mfa:
             a["require_mfa"] = True
+        if r.require_phishing_resistant_mfa:
+            a["require_phishing_resistant_mfa"] = True
         if r.assigned_groups is not None:
             a["assigned_groups"] = list(r.assigned_groups)
         _launcher(a, r)
@@ -166,7 +168,7 @@ def _saml_apps(db: Session, ws: Workspace) -> list[dict]:
             a["sign_assertion"] = False
         if r.require_signed_requests:  # the default (entity_id form, and the metadata written here) is false
             a["require_signed_requests"] = True
-        for key in ("encrypt_assertions", "require_mfa", "idp_initiated"):
+        for key in ("encrypt_assertions", "require_mfa", "require_phishing_resistant_mfa", "idp_initiated"):
             if getattr(r, key):
                 a[key] = True
         if r.assigned_groups is not None:

@@ -18,7 +18,7 @@ from idp import invalidation, lifecycle, passwords
 from idp.accounts import INVALID_EMAIL, PLANS, ROLES, SLUG_RE, InvalidEmail, normalise_email, parse_email
 from idp.models import Group, GroupMember, User, Workspace, utcnow
 
-MFA_METHODS = ("totp", "sms", "backup_codes")
+MFA_METHODS = ("totp", "sms", "backup_codes", "webauthn")
 DURATION_RE = re.compile(r"^(\d{1,9})([smhdw]?)$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_FILE = 5 * 1024 * 1024
@@ -127,7 +127,8 @@ def validate_cidr(v: Validator, value, path: str) -> str | None:
 
 def _policies(v: Validator, raw, path: str, plan: str | None) -> dict:
     raw = v.mapping(raw or {}, path, {"require_mfa", "mfa_methods", "ip_allowlist", "session_idle_timeout",
-                                      "session_max_lifetime", "require_mfa_for_admins"})
+                                      "session_max_lifetime", "require_mfa_for_admins",
+                                      "require_phishing_resistant_mfa", "require_phishing_resistant_mfa_for_admins"})
     if raw is None:
         return {}
     out: dict = {}
@@ -135,6 +136,9 @@ def _policies(v: Validator, raw, path: str, plan: str | None) -> dict:
         out["require_mfa"] = v.boolean(raw["require_mfa"], f"{path}.require_mfa")
     if "require_mfa_for_admins" in raw:  # default true (policies/engine.py): admins use 2FA unless turned off
         out["require_mfa_for_admins"] = v.boolean(raw["require_mfa_for_admins"], f"{path}.require_mfa_for_admins")
+    for key in ("require_phishing_resistant_mfa", "require_phishing_resistant_mfa_for_admins"):
+        if key in raw:  # a passkey or security key (WebAuthn) at every sign-in (of everyone; of admins)
+            out[key] = v.boolean(raw[key], f"{path}.{key}")
     if "mfa_methods" in raw:
         methods = v.seq(raw["mfa_methods"], f"{path}.mfa_methods")
         for i, m in enumerate(methods):
@@ -143,6 +147,9 @@ def _policies(v: Validator, raw, path: str, plan: str | None) -> dict:
         if isinstance(raw["mfa_methods"], list) and not methods:
             v.err(f"{path}.mfa_methods", "must allow at least one method")
         out["mfa_methods"] = list(dict.fromkeys(methods))
+        if isinstance(raw["mfa_methods"], list) and "webauthn" not in methods and (
+                out.get("require_phishing_resistant_mfa") or out.get("require_phishing_resistant_mfa_for_admins")):
+            v.err(f"{path}.mfa_methods", "must allow webauthn where phishing-resistant MFA is required")
     if "ip_allowlist" in raw:
         nets = [validate_cidr(v, c, f"{path}.ip_allowlist[{i}]")
                 for i, c in enumerate(v.seq(raw["ip_allowlist"], f"{path}.ip_allowlist"))]
@@ -161,7 +168,8 @@ def _policies(v: Validator, raw, path: str, plan: str | None) -> dict:
 APP_KEYS = {"slug", "name", "protocol", "client_id", "client_secret", "redirect_uris", "post_logout_redirect_uris",
             "backchannel_logout_uri", "grant_types", "metadata_xml", "metadata_file", "metadata_url",
             "nameid_format", "attributes", "entity_id", "acs_url", "certificate", "scopes",
-            "token_endpoint_auth_method", "require_mfa", "idp_initiated", "jwks", "jwks_uri",
+            "token_endpoint_auth_method", "require_mfa", "require_phishing_resistant_mfa", "idp_initiated", "jwks",
+            "jwks_uri",
             "require_signed_requests", "sign_response", "sign_assertion", "slo_url", "slo_binding",
             "id_token_signed_response_alg",
             "encrypt_assertions", "encryption_certificate", "client_secret_env", "assigned_groups",
@@ -289,6 +297,8 @@ def _apps(v: Validator, raw, path: str, groups=None) -> list[dict]:
         check_assigned_groups(v, app.get("assigned_groups"), f"{p}.assigned_groups", groups)
         if app.get("show_in_launcher") is not None:
             v.boolean(app["show_in_launcher"], f"{p}.show_in_launcher")
+        if app.get("require_phishing_resistant_mfa") is not None:
+            v.boolean(app["require_phishing_resistant_mfa"], f"{p}.require_phishing_resistant_mfa")
         if app.get("description") is not None and len(app["description"]) > 300:
             v.err(f"{p}.description", "must be at most 300 characters")
         if app.get("initiate_login_uri") is not None:

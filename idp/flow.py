@@ -3,6 +3,7 @@
     identify ──► password ──┬──────────────────────────────► done
        ▲            │       ├─► mfa (second factor) ──────────► done
        └────────────┘       └─► enroll (2FA required) ─► backup_codes ─► done
+       └──► passkey (a passwordless sign-in: the passkey was both factors) ─► (mfa, enroll) ─► done
    ("Use another account")
 
 The sign-in core (``idp.signin``) moves the flow through its steps; the web layer only turns its answers into
@@ -30,10 +31,11 @@ from idp.accounts import InvalidEmail, clean_email, normalise_email
 FLOW_TTL = 15 * 60
 
 TRANSITIONS: dict[str, set[str]] = {
-    "identify": {"password", "upstream"},
+    "identify": {"password", "upstream", "passkey"},
+    "passkey": {"identify", "mfa", "enroll", "done"},  # signed in with a passkey (passwordless)
     "password": {"identify", "mfa", "enroll", "done"},
     "upstream": {"identify", "mfa", "enroll", "done"},  # at an upstream IdP (federation)
-    "mfa": {"identify", "done"},
+    "mfa": {"identify", "enroll", "done"},  # enroll: a factor proven, the policy wants another kind (a passkey)
     "enroll": {"identify", "backup_codes", "done"},
     "backup_codes": {"done"},
     "done": set(),

@@ -20,13 +20,14 @@ from sqlalchemy.orm import sessionmaker
 
 from config.settings import Settings
 from idp import emailverify, passwords
-from idp.accounts import normalise_email, user_by_email
+from idp.accounts import ADMIN_ROLES, normalise_email, user_by_email
 from idp.assignments import AppAccess
 from idp.crypto import KeyRing, signer_keys
 from idp.flow import AuthnResult, Client
 from idp.invalidation import Invalidation
 from idp.launcher import Launcher
 from idp.lifecycle import AccountService, Actor
+from idp.mfa.passkeys import PASSWORDLESS, SECOND_FACTOR, PasskeyClone, PasskeyError
 from idp.mfa.service import enrolled_columns, enrolled_from
 from idp.models import Group, GroupMember, KnownDevice, PasswordResetToken, User, Workspace
 from idp.sessions import Lifetimes, SessionManager, effective_lifetimes, new_secret_token, token_hash
@@ -400,6 +401,9 @@ class Hub:
         if wait:
             self._event("auth.mfa.throttled", ws.id, client, actor_id=user_id, data={"method": method})
             return f"Too many attempts. Try again in {wait} seconds."
+        if method == "webauthn":  # the browser's answer to the passkey challenge issued for ``binding``
+            error, _ = self.verify_passkey(ws, code, client, binding=binding or "", user_id=user_id)
+            return error
         code = (code or "").strip()[:64]
         if not code:
             return "Enter the code."
@@ -411,6 +415,107 @@ class Hub:
         if wait:
             return f"That code is not valid. Too many attempts: try again in {wait} seconds."
         return "That code is not valid. Check it and try again."
+
+    def verify_passkey(self, ws: Workspace, response: str, client: Client, *, binding: str,
+                       user_id: str | None = None):
+        """A passkey's answer (WebAuthn assertion): (None, Verified) when it holds, else (the message to show,
+        None). ``user_id``: a second factor or a confirmation of that user (throttled with the other codes);
+        None: a passwordless sign-in, whose credential names the user. Every refusal is audited
+        (``auth.passkey.failure`` with its reason); a counter that went backwards alerts the user and the
+        workspace's admins (``auth.passkey.clone``)."""
+        purpose = SECOND_FACTOR if user_id else PASSWORDLESS
+        if user_id is not None:
+            wait = self.mfa.mfa_retry_after(user_id)
+            if wait:
+                self._event("auth.mfa.throttled", ws.id, client, actor_id=user_id, data={"method": "webauthn"})
+                return f"Too many attempts. Try again in {wait} seconds.", None
+        try:
+            verified = self.mfa.passkeys.authenticate(purpose=purpose, binding=binding, response=response,
+                                                      workspace_id=ws.id, user_id=user_id)
+        except PasskeyClone as clone:
+            self._event("auth.passkey.clone", ws.id, client, actor_id=clone.user_id,
+                        data={"passkey": clone.name, "passwordless": user_id is None})
+            self._passkey_clone_alerts(ws, clone, client)
+            if user_id is not None:
+                self.mfa.record_failure(user_id)
+            return clone.message, None
+        except PasskeyError as exc:
+            self._event("auth.passkey.failure", ws.id, client, actor_id=user_id,
+                        data={"reason": exc.reason, "passwordless": user_id is None})
+            if user_id is not None:
+                self.mfa.record_failure(user_id)
+            return exc.message, None
+        if user_id is not None:
+            self.mfa.record_success(user_id)
+        self._event("auth.mfa.success" if user_id else "auth.passkey.success", ws.id, client,
+                    actor_id=verified.user_id, data={"method": "webauthn", "passkey": verified.name,
+                                                     "user_verified": verified.user_verified})
+        return None, verified
+
+    def _passkey_clone_alerts(self, ws: Workspace, clone, client: Client) -> None:
+        with self.db() as db:
+            user = db.get(User, clone.user_id)
+            admins = list(db.scalars(select(User).where(User.workspace_id == ws.id, User.role.in_(ADMIN_ROLES),
+                                                        User.active.is_(True), User.id != clone.user_id)))
+        if user is None:
+            return
+        self._alert(user, ws, "alert_passkey_clone", "A passkey of your account may have been copied", client,
+                    passkey_name=clone.name)
+        for admin in admins:
+            self._mail(admin.email, "A passkey may have been copied", "alert_admin_passkey_clone", {
+                "workspace_name": ws.name, "user_name": admin.name or admin.email, "target_email": user.email,
+                "passkey_name": clone.name, "ip": client.ip, "when": self.clock().strftime("%d %b %Y, %H:%M UTC"),
+                "console_url": self.url(f"/w/{ws.slug}/admin/audit"),
+            }, ws_id=ws.id, user_id=admin.id)
+
+    # ---- passkeys ---------------------------------------------------------------------------------
+    def add_passkey(self, ws: Workspace, user, binding: str, response: str, name: str, client: Client,
+                    current: SessionData | None) -> str | None:
+        """Register the browser's new passkey for ``user`` (the challenge issued for ``binding``); on success
+        the other sessions end, the user is alerted and it is audited (``mfa.webauthn.added``). The message to
+        show when it is refused (audited as ``mfa.webauthn.refused``)."""
+        try:
+            passkey = self.mfa.passkeys.register(user_id=user.id, workspace_id=ws.id, binding=binding,
+                                                 response=response, name=name)
+        except PasskeyError as exc:
+            self._event("mfa.webauthn.refused", ws.id, client, actor_id=user.id, data={"reason": exc.reason})
+            return exc.message
+        self.mfa_changed(ws, user.id, f"A passkey was added ({passkey.name}).", "mfa.webauthn.added", client,
+                         current)
+        return None
+
+    def rename_passkey(self, ws: Workspace, user_id: str, passkey, name: str, client: Client) -> None:
+        if self.mfa.passkeys.rename(user_id, passkey.id, name):
+            self._event("mfa.webauthn.renamed", ws.id, client, actor_id=user_id,
+                        data={"passkey": passkey.id, "from": passkey.name, "to": name})
+
+    def remove_passkey(self, ws: Workspace, user_id: str, passkey, client: Client,
+                       current: SessionData | None) -> str | None:
+        """Remove one of the user's passkeys, unless the policies would then want a factor set up again (the
+        last passkey where phishing-resistant MFA is required, the last factor where 2FA is): the message then.
+        Ends the other sessions, alerts, audits (``mfa.webauthn.removed``)."""
+        from policies.engine import removal_refused
+
+        enrolled = self.mfa.enrolled(user_id)
+        left = replace(enrolled, passkeys=max(enrolled.passkeys - 1, 0))
+        with self.connect() as conn:
+            row = conn.execute(_USER_AND_ENROLMENT, {"u": user_id}).first()
+        ctx = self.policy_context(ws, client.ip, user_id=user_id, account=row, methods=("pwd",),
+                                  enrolled=tuple(left.methods()))
+        refused = removal_refused(ctx)
+        if refused is not None:
+            self._event("mfa.webauthn.remove_refused", ws.id, client, actor_id=user_id,
+                        data={"passkey": passkey.id, "rule": refused.rule})
+            if refused.rule == "phishing_resistant_mfa":
+                return ("Your organisation requires a passkey to sign in, and this is your last one. Add another "
+                        "passkey first, then remove this one.")
+            return ("Your organisation requires two-factor authentication, and this is your last method. Add "
+                    "another one first, then remove this one.")
+        if not self.mfa.passkeys.remove(user_id, passkey.id):
+            return None  # already removed (another tab)
+        self.mfa_changed(ws, user_id, f"A passkey was removed ({passkey.name}).", "mfa.webauthn.removed", client,
+                         current)
+        return None
 
     def mfa_changed(self, ws: Workspace, user_id: str, change: str, event: str, client: Client,
                     current: SessionData | None) -> None:

@@ -15,7 +15,8 @@ Given a login flow (``idp.flow``) and the input of a step, the core answers what
 Strategies say whether a step is theirs (``Strategy``): home-realm discovery (``route``: this address signs in at
 an upstream IdP, or with an LDAP directory's password) and the password check (``check_password``). idhub's own
 password (``LocalPassword``) is the last strategy and takes what no other claims; federation registers its own
-(OIDC, SAML, LDAP) in front of it (``federation.signin``). A passkey strategy plugs in the same way.
+(OIDC, SAML, LDAP) in front of it (``federation.signin``). A passwordless sign-in with a passkey (``passkey``)
+skips the password: the passkey, with user verification, is both factors, and the policy engine decides the rest.
 
 A flow that ``upgrades`` a session raises its assurance: a step-up (``step_up``: a second factor for OIDC
 ``acr_values``, a SAML app's ``require_mfa``, the admin console) or the same person signing in again (OIDC
@@ -203,6 +204,34 @@ class SigninCore:
         if email and not flow.email:
             flow.email = email[:254]
         return self.proceed(ws, flow, client)
+
+    def passkey(self, ws, client, *, response: str, binding: str, next_url: str = "", app: str = "", current=None):
+        """A passwordless sign-in: the browser's answer to the sign-in page's passkey challenge (a discoverable
+        credential, user verification required). The credential names the user; the IP allowlist is checked
+        first, and an address that must sign in at the organisation's IdP (``sso_required``) is refused. The
+        passkey counts as both factors (``webauthn``: possession of a hardware-bound key, verified user)."""
+        early = self.hub.decide(ws, client, app=app or None, app_policies=self.hub.app_policies(ws, app))
+        if early.effect == "deny":
+            return Denied(early.reason, early.rule)
+        error, verified = self.hub.verify_passkey(ws, response, client, binding=binding)
+        if error is not None:
+            return Failed(error)
+        from idp.models import User
+
+        with self.hub.db() as db:
+            user = db.get(User, verified.user_id)
+            email = user.email if user is not None else ""
+        for strategy in self.strategies:  # single sign-on required for this address: its IdP signs it in
+            routed = strategy.route(ws, email, local=True) if email else None
+            if routed is not None and routed.state == "upstream":
+                self.hub.audit.record("auth.passkey.failure", workspace_id=ws.id, actor_id=verified.user_id,
+                                      ip=client.ip, request_id=client.request_id, data={"reason": "sso_required"})
+                return Failed("Your organisation signs you in through its identity provider. Enter your email "
+                              "address to continue.")
+        flow = self.flows.new(ws.id, binding, next_url, email=email, state="passkey", app=app)
+        flow.user_id, flow.amr = verified.user_id, ["webauthn"]
+        flow.upgrades = current.id if current is not None else ""
+        return self.proceed(ws, flow, client, stored=False)
 
     # ---- what comes next -----------------------------------------------------------------------------------------
     def proceed(self, ws, flow: LoginFlow, client, *, stored: bool = True, account=None,

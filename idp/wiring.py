@@ -15,6 +15,7 @@ def build_hub(settings: Settings, *, hasher: Hasher | None = None) -> Hub:
     from idp.devices import GeoLocator, describe_user_agent, fingerprint, location_fingerprint
     from idp.mail import make_mailer
     from idp.mfa.crypto import SecretBox
+    from idp.mfa.passkeys import PasskeyService
     from idp.mfa.service import MfaService
     from idp.sms import make_sms_sender
     from idp.storage.factory import build_stores
@@ -37,6 +38,7 @@ def build_hub(settings: Settings, *, hasher: Hasher | None = None) -> Hub:
     )
     hub.mfa = MfaService(sm, SecretBox(secret_keys(settings), "mfa-totp"), stores.one_time, stores.throttle,
                          make_sms_sender(settings), hmac_key=derive_key(settings.secret_key, "mfa-backup-codes"),
-                         clock=lambda: hub.clock(), hmac_keys=lambda: hub.keyring.hmac_keys("mfa-backup-codes"))
+                         clock=lambda: hub.clock(), hmac_keys=lambda: hub.keyring.hmac_keys("mfa-backup-codes"),
+                         passkeys=PasskeyService(sm, stores.one_time, settings.base_url, clock=lambda: hub.clock()))
     hub.engine = engine
     return hub

@@ -103,6 +103,7 @@ def apply_oidc_apps(db, workspace, apps: list[dict]) -> None:
         scopes = app.get("scopes")
         row.scopes = [s for s in scopes if isinstance(s, str)] if isinstance(scopes, list) else list(SCOPES)
         row.require_mfa = bool(app.get("require_mfa"))
+        row.require_phishing_resistant_mfa = bool(app.get("require_phishing_resistant_mfa"))
         row.assigned_groups = list(app["assigned_groups"]) if app.get("assigned_groups") is not None else None
         row.show_in_launcher = app.get("show_in_launcher") is not False
         row.description = app.get("description") or None
@@ -143,7 +144,8 @@ def app_policy_lookup(hub):
         if not app or not isinstance(app, str) or len(app) > 128:
             return None
         with hub.db() as db:  # by client_id or by slug, in one query; a client_id match wins
-            rows = db.execute(select(OidcClient.client_id, OidcClient.require_mfa, OidcClient.assigned_groups).where(
+            rows = db.execute(select(OidcClient.client_id, OidcClient.require_mfa,
+                                     OidcClient.require_phishing_resistant_mfa, OidcClient.assigned_groups).where(
                 OidcClient.workspace_id == ws.id, or_(OidcClient.client_id == app, OidcClient.slug == app))).all()
         if not rows:
             return None
@@ -156,6 +158,8 @@ def app_policy_lookup(hub):
 def client_policies(row) -> dict:
     """The per-app policies of an OIDC client row (``require_mfa``, ``assigned_groups``) for the policy engine."""
     out: dict = {"require_mfa": True} if row.require_mfa else {}
+    if getattr(row, "require_phishing_resistant_mfa", False):
+        out["require_phishing_resistant_mfa"] = True
     if row.assigned_groups is not None:
         out["assigned_groups"] = list(row.assigned_groups)
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, true
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from idp.db import Base
@@ -29,6 +29,7 @@ class OidcClient(Base):
     grant_types: Mapped[list] = mapped_column(JSON, default=list)
     scopes: Mapped[list] = mapped_column(JSON, default=list)
     require_mfa: Mapped[bool] = mapped_column(Boolean, default=False)
+    require_phishing_resistant_mfa: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # the ID token's signing algorithm (OIDC Dynamic Client Registration's metadata name): RS256 or ES256
     id_token_signed_response_alg: Mapped[str] = mapped_column(String(10), default="RS256", server_default="RS256")
     # "api" when the admin API or console registered the client (or last changed a URL idhub calls): its

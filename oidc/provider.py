@@ -76,9 +76,14 @@ MAX_TOKEN = 8192
 CHALLENGE_RE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 VERIFIER_RE = CHALLENGE_RE
 AMR_MAP = {"pwd": "pwd", "totp": "otp", "sms": "sms", "backup_codes": "otp", "upstream_mfa": "mfa"}
-SECOND_FACTORS = {"totp", "sms", "backup_codes", "upstream_mfa"}
+# a passkey (RFC 8176): proof of possession of a hardware-bound key ("hwk") and a user presence test ("user")
+PASSKEY_AMR = ("hwk", "user")
+SECOND_FACTORS = {"totp", "sms", "backup_codes", "upstream_mfa", "webauthn"}
 ACR_MFA = "urn:idhub:acr:mfa"
 ACR_PWD = "urn:idhub:acr:pwd"
+# a passkey or security key was used: MFA that is phishing-resistant (bound to idhub's origin); it also
+# satisfies urn:idhub:acr:mfa and urn:idhub:acr:pwd
+ACR_PHR = "urn:idhub:acr:phishing-resistant"
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ("RS256", "ES256")  # private_key_jwt: asymmetric only, never none or HS256
@@ -153,13 +158,16 @@ def half_hash(value: str) -> str:
 
 
 def amr_claim(methods) -> list[str]:
-    out = list(dict.fromkeys(AMR_MAP[m] for m in methods if m in AMR_MAP))
+    out = list(dict.fromkeys(v for m in methods
+                             for v in (PASSKEY_AMR if m == "webauthn" else (AMR_MAP[m],) if m in AMR_MAP else ())))
     if SECOND_FACTORS.intersection(methods) and "mfa" not in out:
         out.append("mfa")
     return out
 
 
 def acr_claim(methods) -> str:
+    if "webauthn" in methods:
+        return ACR_PHR
     return ACR_MFA if SECOND_FACTORS.intersection(methods) else ACR_PWD
 
 
@@ -775,7 +783,7 @@ class OidcService:
             "code_challenge_methods_supported": ["S256"],
             "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "sid",
                                  "azp", "at_hash", "email", "email_verified", "name", "groups"],
-            "acr_values_supported": [ACR_MFA, ACR_PWD],
+            "acr_values_supported": [ACR_MFA, ACR_PWD, ACR_PHR],
             "prompt_values_supported": ["none", "login", "consent", "select_account"],
             "authorization_response_iss_parameter_supported": True,
             "backchannel_logout_supported": True,
@@ -1296,7 +1304,7 @@ class OidcService:
         # app asked for the MFA authentication context. The user goes through the sign-in's second-factor step
         # (or sets one up), which makes a session with the factor and comes back here; never with prompt=none.
         step, why = (decision, "policy") if decision.effect in ("mfa", "enroll") else (None, None)
-        if step is None and wanted_acr == ACR_MFA and acr_claim(session.amr) != ACR_MFA:
+        if step is None and wanted_acr == ACR_MFA and acr_claim(session.amr) not in (ACR_MFA, ACR_PHR):
             step, why = self.hub.decide(ws, http_client, user_id=user.id, methods=session.amr,
                                         app=client.client_id, app_policies={**app_policies, "require_mfa": True}), \
                 "acr"

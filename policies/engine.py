@@ -16,8 +16,9 @@ from typing import Protocol
 log = logging.getLogger("idhub.policies")
 
 ALLOW, DENY, MFA, ENROLL = "allow", "deny", "mfa", "enroll"
-ALL_METHODS = ("totp", "sms", "backup_codes")
-SECOND_FACTORS = frozenset({"totp", "sms", "backup_codes", "upstream_mfa"})
+ALL_METHODS = ("totp", "sms", "backup_codes", "webauthn")
+SECOND_FACTORS = frozenset({"totp", "sms", "backup_codes", "upstream_mfa", "webauthn"})
+PHISHING_RESISTANT = "webauthn"  # a passkey or security key: bound to idhub's origin, so it cannot be phished
 ADMIN_ROLES = ("admin", "operator")  # as idp.accounts: an operator is also an admin of their own workspace
 
 
@@ -147,6 +148,55 @@ class SecondFactor:
         return None
 
 
+def phishing_resistant_required(ctx: PolicyContext) -> bool:
+    """``require_phishing_resistant_mfa`` of the workspace or the app, or, for an admin, the workspace's
+    ``require_phishing_resistant_mfa_for_admins``."""
+    return bool(ctx.policies.get("require_phishing_resistant_mfa")
+                or ctx.app_policies.get("require_phishing_resistant_mfa")
+                or (ctx.user_role in ADMIN_ROLES and ctx.policies.get("require_phishing_resistant_mfa_for_admins")))
+
+
+class PhishingResistant:
+    """Where the workspace, the app or (for admins) the workspace's admin policy requires phishing-resistant MFA,
+    a sign-in ends only with a passkey (``webauthn``); no other factor, nor an upstream IdP's MFA, stands in for it.
+
+    A user who has a passkey uses it (or, to recover, a backup code, then registers a new passkey). A user who
+    has none proves a factor they already have first (a password alone never enrols a new factor), then adds a
+    passkey inside the sign-in. Placed before ``SecondFactor``, whose broader choice it narrows."""
+
+    name = "phishing_resistant_mfa"
+
+    def evaluate(self, ctx: PolicyContext) -> Decision | None:
+        if ctx.stage != "signin" or ctx.user_id is None or not phishing_resistant_required(ctx):
+            return None
+        if PHISHING_RESISTANT in ctx.methods:
+            return None
+        used = SECOND_FACTORS.intersection(ctx.methods) - {"upstream_mfa"}
+        if PHISHING_RESISTANT in ctx.enrolled and not used:
+            recovery = ("backup_codes",) if "backup_codes" in ctx.enrolled else ()
+            return Decision(MFA, self.name, "Sign in with your passkey.", (PHISHING_RESISTANT, *recovery))
+        primary = tuple(m for m in ctx.enrolled if m != "backup_codes")
+        if primary and not used:
+            return Decision(MFA, self.name, "Confirm it's you with your current method; your organisation then "
+                                            "asks you to add a passkey.", tuple(ctx.enrolled))
+        return Decision(ENROLL, self.name, "Your organisation requires a passkey or security key to sign in. "
+                                           "Add one to continue.", (PHISHING_RESISTANT,))
+
+
+def removal_refused(ctx: PolicyContext) -> Decision | None:
+    """Whether removing a factor would leave the user short of what the policies require: ``ctx`` is a sign-in
+    with the password alone (``methods``) and the factors that would be left (``enrolled``). The refusal when
+    the next sign-in would have to set a factor up (the rules' ``enroll``), else None."""
+    if ctx.stage == "signin" and phishing_resistant_required(ctx) and PHISHING_RESISTANT not in ctx.enrolled:
+        return Decision(ENROLL, PhishingResistant.name, "Your organisation requires a passkey to sign in.",
+                        (PHISHING_RESISTANT,))
+    for rule in (SecondFactor(), AdminSecondFactor()):
+        d = rule.evaluate(ctx)
+        if d is not None and d.effect == ENROLL:
+            return d
+    return None
+
+
 class AdminSecondFactor:
     """Admins are held to the strictest policy: ``require_mfa_for_admins`` (default true) makes a second factor
     required for an admin's sign-in, and denies the admin console (stage ``"admin"``) to a session without one."""
@@ -198,8 +248,8 @@ class AppAssignment:
         return None
 
 
-DEFAULT_RULES: tuple[Rule, ...] = (AccountActive(), AppAssignment(), IpAllowlist(), SecondFactor(),
-                                   AdminSecondFactor())
+DEFAULT_RULES: tuple[Rule, ...] = (AccountActive(), AppAssignment(), IpAllowlist(), PhishingResistant(),
+                                   SecondFactor(), AdminSecondFactor())
 
 
 class PolicyEngine:

@@ -217,6 +217,7 @@ def apply_saml_apps(db, workspace, apps: list[dict], base_dir: Path | None = Non
         row.sign_assertion = bool(app.get("sign_assertion", True)) or not row.sign_response
         row.require_signed_requests = require_signed
         row.require_mfa = bool(app.get("require_mfa"))
+        row.require_phishing_resistant_mfa = bool(app.get("require_phishing_resistant_mfa"))
         row.idp_initiated = bool(app.get("idp_initiated"))
         row.assigned_groups = list(app["assigned_groups"]) if app.get("assigned_groups") is not None else None
         row.show_in_launcher = app.get("show_in_launcher") is not False
@@ -383,6 +384,8 @@ def app_policy_lookup(hub):
 def sp_policies(sp) -> dict:
     """The per-app policy overrides of a SAML SP row (what the policy engine gets as ``app_policies``)."""
     out: dict = {"require_mfa": True} if sp.require_mfa else {}
+    if getattr(sp, "require_phishing_resistant_mfa", False):
+        out["require_phishing_resistant_mfa"] = True
     if sp.assigned_groups is not None:
         out["assigned_groups"] = list(sp.assigned_groups)
     return out

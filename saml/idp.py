@@ -66,7 +66,7 @@ AC_TOTP = "urn:oasis:names:tc:SAML:2.0:ac:classes:TimeSyncToken"
 AC_SMS = "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorUnregistered"
 AC_MFA = "urn:idhub:ac:mfa"
 AC_UNSPECIFIED = "urn:oasis:names:tc:SAML:2.0:ac:classes:unspecified"
-MFA_METHODS = ("totp", "sms", "backup_codes", "otp", "mfa", "hwk", "swk")
+MFA_METHODS = ("totp", "sms", "backup_codes", "otp", "mfa", "hwk", "swk", "webauthn")
 
 _U, _G, _GM = User.__table__.c, Group.__table__.c, GroupMember.__table__.c
 # SamlIdp.account: what an assertion says of the user, a row per group of theirs in the workspace, with the

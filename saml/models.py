@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint, true
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint, false, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from idp.db import Base
@@ -51,6 +51,7 @@ class SamlServiceProvider(Base):
     sign_response: Mapped[bool] = mapped_column(Boolean, default=False)
     require_signed_requests: Mapped[bool] = mapped_column(Boolean, default=False)
     require_mfa: Mapped[bool] = mapped_column(Boolean, default=False)
+    require_phishing_resistant_mfa: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     idp_initiated: Mapped[bool] = mapped_column(Boolean, default=False)
     # How our LogoutRequests and LogoutResponses reach the SP's SingleLogoutService (HTTP-Redirect or HTTP-POST).
     slo_binding: Mapped[str | None] = mapped_column(String(100), nullable=True)

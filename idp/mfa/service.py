@@ -31,7 +31,7 @@ import segno
 from sqlalchemy import bindparam, delete, func, select, update
 
 from idp.mfa.crypto import SecretBox
-from idp.mfa.models import BackupCode, MfaPhone, MfaTotp
+from idp.mfa.models import BackupCode, MfaPhone, MfaTotp, WebAuthnCredential
 from idp.storage.base import Backoff, OneTimeStore, ThrottleStore
 
 log = logging.getLogger("idhub.mfa")
@@ -60,7 +60,7 @@ BACKUP_LEN = 10  # ~49.5 bits, shown as "xxxxx-xxxxx"
 MFA_BACKOFF = Backoff(free=5, base=2, cap=900, window=3600)
 MAX_CODE_INPUT = 64
 
-METHODS = ("totp", "sms", "backup_codes")
+METHODS = ("webauthn", "totp", "sms", "backup_codes")
 
 MSG_TOO_MANY_SENT = "Too many codes sent. Try again later."
 MSG_SEND_FAILED = "We could not send a text message right now. Try again or use another method."
@@ -77,14 +77,19 @@ class Enrolled:
     sms: bool
     phone_masked: str | None
     backup_codes_left: int
+    passkeys: int = 0
+
+    @property
+    def webauthn(self) -> bool:
+        return self.passkeys > 0
 
     @property
     def any(self) -> bool:
         """True when a real second factor is set up (backup codes alone do not count as 2FA)."""
-        return self.totp or self.sms
+        return self.totp or self.sms or self.webauthn
 
     def methods(self) -> list[str]:
-        out = []
+        out = ["webauthn"] if self.webauthn else []  # the phishing-resistant one first: the sign-in offers it first
         if self.totp:
             out.append("totp")
         if self.sms:
@@ -95,7 +100,7 @@ class Enrolled:
 
 
 def enrolled_columns(user_id) -> tuple:
-    """The enrolment overview as three labelled scalar subqueries (totp, phone, backup_left) on ``user_id``: a
+    """The enrolment overview as four labelled scalar subqueries (totp, phone, backup_left, passkeys) on ``user_id``: a
     bound parameter, or a users.id column (they then correlate with a statement on users)."""
     return (
         select(func.count()).select_from(MfaTotp).where(
@@ -106,6 +111,8 @@ def enrolled_columns(user_id) -> tuple:
         select(func.count()).select_from(BackupCode).where(BackupCode.user_id == user_id,
                                                            BackupCode.used_at.is_(None))
         .scalar_subquery().label("backup_left"),
+        select(func.count()).select_from(WebAuthnCredential).where(WebAuthnCredential.user_id == user_id)
+        .scalar_subquery().label("passkeys"),
     )
 
 
@@ -114,10 +121,10 @@ ENROLLED = select(*enrolled_columns(bindparam("u")))
 
 
 def enrolled_from(row) -> Enrolled:
-    """An ``Enrolled`` from a row with the columns of ``ENROLLED`` (totp, phone, backup_left)."""
+    """An ``Enrolled`` from a row with the columns of ``ENROLLED`` (totp, phone, backup_left, passkeys)."""
     has_sms = bool(row.phone)
     return Enrolled(totp=bool(row.totp), sms=has_sms, phone_masked=mask_phone(row.phone) if has_sms else None,
-                    backup_codes_left=int(row.backup_left or 0))
+                    backup_codes_left=int(row.backup_left or 0), passkeys=int(getattr(row, "passkeys", 0) or 0))
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,7 @@ class MfaService:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         issuer: str = "idhub",
         hmac_keys: Callable[[], list[str]] | None = None,
+        passkeys=None,
     ) -> None:
         if not hmac_key:
             raise ValueError("MfaService needs a non-empty hmac_key")
@@ -189,6 +197,7 @@ class MfaService:
         self._hmac_keys = hmac_keys or (lambda: [hmac_key])
         self.clock = clock
         self.issuer = issuer
+        self.passkeys = passkeys  # idp.mfa.passkeys.PasskeyService (WebAuthn), when the hub has one
 
     def __repr__(self) -> str:
         return f"MfaService(issuer={self.issuer!r})"
@@ -205,6 +214,13 @@ class MfaService:
     @staticmethod
     def _throttle_key(user_id: str) -> str:
         return f"mfa:{user_id}"
+
+    def record_failure(self, user_id: str) -> None:
+        """A refused factor checked outside ``verify`` (a passkey) counts against the account-wide backoff."""
+        self.throttle.record_failure(self._throttle_key(user_id), self._now(), MFA_BACKOFF)
+
+    def record_success(self, user_id: str) -> None:
+        self.throttle.reset(self._throttle_key(user_id))
 
     def mfa_retry_after(self, user_id: str) -> int:
         """Seconds until the account may try a code again (0: now)."""
@@ -576,9 +592,9 @@ class MfaService:
     # --- everything ------------------------------------------------------------------------------
 
     def disable_all(self, user_id: str) -> None:
-        """Remove the authenticator app, the phone and the backup codes (one transaction)."""
+        """Remove the passkeys, the authenticator app, the phone and the backup codes (one transaction)."""
         with self.sm() as s, s.begin():
-            for model in (MfaTotp, MfaPhone, BackupCode):
+            for model in (WebAuthnCredential, MfaTotp, MfaPhone, BackupCode):
                 s.execute(delete(model).where(model.user_id == user_id).execution_options(**NOSYNC))
         self.one_time.delete(self._code_key(SMS_CODE_PURPOSE_ENROL, user_id, ""))
         log.info("2fa disabled", extra={"user_id": user_id})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 
+from idp.mfa.passkeys import MAX_RESPONSE
 from idp.models import User
 from idp.signin import Failed
 from idp.web.auth import load_flow, respond
@@ -13,13 +14,24 @@ from idp.web.common import check_csrf, current_client, hub, login_required
 bp = Blueprint("mfa", __name__)
 
 REAUTH_TTL = 600
-METHOD_NAMES = {"totp": "Authenticator app", "sms": "Text message (SMS)", "backup_codes": "Backup code"}
+METHOD_NAMES = {"totp": "Authenticator app", "sms": "Text message (SMS)", "backup_codes": "Backup code",
+                "webauthn": "Passkey or security key"}
 CODE_LABELS = {"totp": "Code from your authenticator app", "sms": "Code from the text message",
                "backup_codes": "Backup code"}
 
 
 def _field(name: str, limit: int = 64) -> str:
     return request.form.get(name, "")[:limit]
+
+
+def credential_field() -> str:
+    """A passkey's answer (JSON), cut one character past the limit (an oversized one is refused, not truncated)."""
+    return request.form.get("credential", "")[: MAX_RESPONSE + 1]
+
+
+def _factor(method: str) -> str:
+    """What the person sent for ``method``: a code, or a passkey's answer for ``webauthn``."""
+    return credential_field() if method == "webauthn" else _field("code")
 
 
 def _user(user_id: str) -> User:
@@ -59,7 +71,7 @@ def second_factor(ws_slug):
                 error, status = res.error, 429 if res.retry_after else 503
         else:
             with hub().audit.deferred():
-                out = hub().signin.second_factor(ws, flow, _field("code"), client)
+                out = hub().signin.second_factor(ws, flow, _factor(flow.method), client)
                 if not isinstance(out, Failed):
                     return respond(ws, out)
             error, status = out.error, 429 if out.retry_after else 401
@@ -97,6 +109,9 @@ def enroll(ws_slug):
     outcome = _enrolment_step(ws, user, flow.method, action, client, current=upgrading)
     if outcome == "done":
         hub().signin.enrolled(ws, flow)
+        if flow.method == "webauthn" and hub().mfa.backup_remaining(user.id) > 0:
+            with hub().audit.deferred():  # the backup codes the user has stay the recovery path: nothing to show
+                return respond(ws, hub().signin.proceed(ws, flow, client))
         codes = hub().mfa.backup_generate(user.id)
         return render_template("backup_codes.html", **_ctx(ws=ws, codes=codes, flow=flow, signing_in=True,
                                                            action=action))
@@ -141,6 +156,17 @@ def _enrolment_step(ws, user: User, method: str, action: str, client, current):
             return "sms_setup.html", {"method": method, "sent": True, "phone": _field("phone", 40),
                                       "error": "That code is not valid or has expired."}, 400
         return "sms_setup.html", {"method": method}, 200
+    if method == "webauthn":
+        options_url = url_for("passkeys.enrol_options", ws_slug=ws.slug, flow=request.values.get("flow", ""))
+        ctx = {"method": method, "options_url": options_url}
+        if request.method == "POST" and request.form.get("action") == "register":
+            check_csrf()
+            error = hub().add_passkey(ws, user, "enroll:" + request.values.get("flow", "")[:64], credential_field(),
+                                      request.form.get("name", "")[:200], client, current)
+            if error is None:
+                return "done"
+            return "passkey_setup.html", {**ctx, "error": error, "name": request.form.get("name", "")[:64]}, 400
+        return "passkey_setup.html", ctx, 200
     return "error.html", {"status": 400, "title": "Unknown method", "message": "Choose a listed method.",
                           "error_id": g.get("request_id", "")}, 400
 
@@ -209,7 +235,7 @@ def reauth(ws, sess):
             notice = f"We sent a code to {enrolled.phone_masked}." if res.ok else None
             error = None if res.ok else res.error
         elif code_only:
-            error = hub().verify_second_factor(ws, sess.user_id, method, _field("code"), client,
+            error = hub().verify_second_factor(ws, sess.user_id, method, _factor(method), client,
                                                binding=f"reauth:{sess.id}")
             if error is None:
                 mark_reauthenticated(ws, sess, "mfa", client, method=method)
@@ -220,7 +246,7 @@ def reauth(ws, sess):
             outcome = hub().signin.reauth_password(ws, user, password, client, options)
             error = outcome.error
             if outcome.ok and methods:
-                error = hub().verify_second_factor(ws, sess.user_id, method, _field("code"), client,
+                error = hub().verify_second_factor(ws, sess.user_id, method, _factor(method), client,
                                                    binding=f"reauth:{sess.id}")
             if error is None:
                 ldap = options["ldap"]
@@ -252,6 +278,8 @@ def _allowed(ws) -> list[str]:
 @bp.route("/w/<ws_slug>/settings/security/2fa/<method>", methods=["GET", "POST"])
 @login_required
 def setup(ws, sess, method):
+    if method == "webauthn" and method in _allowed(ws):
+        return redirect(url_for("passkeys.add", ws_slug=ws.slug))
     if method not in ("totp", "sms") or method not in _allowed(ws):
         return render_template("error.html", status=404, title="Not available",
                                message="Your organisation does not allow this method.", error_id=g.request_id), 404
@@ -310,7 +338,7 @@ def disable(ws, sess):
             notice = f"We sent a code to {enrolled.phone_masked}." if res.ok else None
             error = None if res.ok else res.error
         else:
-            error = hub().verify_second_factor(ws, sess.user_id, method, _field("code"), client,
+            error = hub().verify_second_factor(ws, sess.user_id, method, _factor(method), client,
                                                binding=f"disable:{sess.id}")
             if error is None:
                 mfa.disable_all(sess.user_id)

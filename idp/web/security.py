@@ -1,4 +1,4 @@
-"""The self-service security page: sessions, password, (2FA from the next issue)."""
+"""The self-service security page: password, two-factor authentication, passkeys, sessions."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from idp import passwords
 from idp.accounts import user_groups
 from idp.models import User
 from idp.web.common import check_csrf, current_client, hub, login_required
+from idp.web.mfa import _allowed
 
 bp = Blueprint("security", __name__)
 
@@ -24,7 +25,8 @@ def _render(ws, sess, status=200, **extra):
     sessions.sort(key=lambda s: (s.id != sess.id, -s.last_active_at.timestamp()))
     enrolled = h.mfa.enrolled(user.id)
     return render_template("security.html", ws=ws, user=user, groups=groups, current=sess, sessions=sessions,
-                           rules=passwords.RULES, enrolled=enrolled, **extra), status
+                           rules=passwords.RULES, enrolled=enrolled, passkeys=h.mfa.passkeys.list(user.id),
+                           passkeys_allowed="webauthn" in _allowed(ws), **extra), status
 
 
 @bp.route("/w/<ws_slug>/settings/security")

@@ -95,7 +95,7 @@ def audit_types(hub) -> list[str]:
 
 def test_discovery_advertises_the_acr_values(api):
     meta = api.get("/w/acme/.well-known/openid-configuration").get_json()
-    assert set(meta["acr_values_supported"]) == {ACR_MFA, ACR_PWD}
+    assert set(meta["acr_values_supported"]) == {ACR_MFA, ACR_PWD, "urn:idhub:acr:phishing-resistant"}
 
 
 def test_acr_mfa_steps_a_password_session_up_through_the_second_factor(browser, api, hub):

@@ -68,7 +68,7 @@ def test_enrolled_user_needs_a_second_factor_even_without_a_policy():
 
 def test_require_mfa_leads_to_enrolment():
     d = PolicyEngine().evaluate(ctx(policies={"require_mfa": True}))
-    assert d.effect == ENROLL and d.methods == ("totp", "sms")
+    assert d.effect == ENROLL and d.methods == ("totp", "sms", "webauthn")
     d = PolicyEngine().evaluate(ctx(policies={"require_mfa": True, "mfa_methods": ["totp", "backup_codes"]}))
     assert d.methods == ("totp",)
 
@@ -134,3 +134,53 @@ def test_allowlist_parsing_is_cached_but_lists_stay_independent():
 
     assert parse_allowlist(["192.0.2.0/24"]) is parse_allowlist(["192.0.2.0/24"])
     assert parse_allowlist(["198.51.100.0/24"]) != parse_allowlist(["192.0.2.0/24"])
+
+
+# ---- phishing-resistant MFA (passkeys) -------------------------------------------------------------------------
+def _pr(**kw):
+    from policies.engine import PolicyContext
+
+    base = dict(workspace_id="w", plan="enterprise", policies={"require_phishing_resistant_mfa": True},
+                client_ip="203.0.113.5", user_id="u", methods=("pwd",))
+    base.update(kw)
+    return PolicyContext(**base)
+
+
+def test_phishing_resistant_refuses_totp_and_leads_to_a_passkey():
+    from policies.engine import MFA, PolicyEngine
+
+    engine = PolicyEngine()
+    d = engine.evaluate(_pr(enrolled=("totp", "backup_codes")))  # prove the app first: a password never enrols
+    assert d.effect == MFA and d.rule == "phishing_resistant_mfa" and "totp" in d.methods
+    d = engine.evaluate(_pr(methods=("pwd", "totp"), enrolled=("totp", "backup_codes")))
+    assert d.effect == ENROLL and d.methods == ("webauthn",)
+    d = engine.evaluate(_pr(enrolled=()))
+    assert d.effect == ENROLL and d.methods == ("webauthn",)
+    d = engine.evaluate(_pr(enrolled=("webauthn", "totp", "backup_codes")))
+    assert d.effect == MFA and d.methods == ("webauthn", "backup_codes")
+    assert engine.evaluate(_pr(methods=("pwd", "webauthn"), enrolled=("webauthn",))).allowed
+    assert engine.evaluate(_pr(methods=("webauthn",), enrolled=("webauthn",))).allowed  # passwordless
+    # an upstream IdP's MFA is not a passkey
+    assert not engine.evaluate(_pr(methods=("upstream_mfa",), upstream_mfa_trusted=True)).allowed
+
+
+def test_phishing_resistant_for_admins_and_apps():
+    from policies.engine import PolicyEngine
+
+    engine = PolicyEngine()
+    admins = {"require_phishing_resistant_mfa_for_admins": True, "require_mfa_for_admins": False}
+    assert engine.evaluate(_pr(policies=admins, methods=("pwd",), user_role="member")).allowed
+    d = engine.evaluate(_pr(policies=admins, methods=("pwd",), user_role="admin"))
+    assert d.effect == ENROLL and d.rule == "phishing_resistant_mfa"
+    d = engine.evaluate(_pr(policies={}, app="crm", app_policies={"require_phishing_resistant_mfa": True}))
+    assert d.effect == ENROLL and d.methods == ("webauthn",)
+    assert engine.evaluate(_pr(policies={}, app="crm", app_policies={})).allowed
+
+
+def test_removing_the_last_passkey_or_factor_is_refused_where_required():
+    from policies.engine import removal_refused
+
+    assert removal_refused(_pr(enrolled=("totp",))).rule == "phishing_resistant_mfa"
+    assert removal_refused(_pr(enrolled=("webauthn",))) is None  # another passkey is left
+    assert removal_refused(_pr(policies={"require_mfa": True}, enrolled=("backup_codes",))).rule == "second_factor"
+    assert removal_refused(_pr(policies={}, enrolled=())) is None
