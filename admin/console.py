@@ -283,8 +283,8 @@ def user_action(ws, p, user_id, action):
 
 
 # ---- forms: every error under its field, what was typed kept -----------------------------------------------
-# A form with errors is shown again with everything that was typed, secrets included (masked, in a password
-# input, on a no-store page): the admin just typed or pasted them and need not fetch them again.
+# A form with errors is shown again with everything that was typed except secrets (a client secret, a bind
+# password): those are never sent back to the browser; the field says so and asks for them again.
 GROUP_LABELS = {"name": "Name"}
 APP_LABELS = {
     "oidc": {"name": "Name", "slug": "Short name", "redirect_uris": "Redirect URIs"},

@@ -36,10 +36,12 @@ class FormErrors:
 
 
 def sentence(text: str) -> str:
+    """A message as a sentence: a capital first letter (not for a first word such as ``saml.test``) and a stop."""
     text = text.strip()
     if not text:
         return text
-    text = text[0].upper() + text[1:]
+    if re.match(r"^[a-z]+\b(?![.:/@_-])", text):
+        text = text[0].upper() + text[1:]
     return text if text[-1] in ".!?)" else text + "."
 
 
@@ -71,6 +73,9 @@ def _cidr(value: str | None, message: str) -> str | None:
     return None
 
 
+EXAMPLES = {"Redirect URIs": "https://app.example.com/callback", "Issuer URL": "https://example.okta.com",
+            "Server URL": "ldaps://ldap.example.com", "Metadata URL": "https://idp.example.com/saml/metadata",
+            "ACS URL": "https://app.example.com/saml/acs", "Groups endpoint": "https://graph.microsoft.com/v1.0/me/memberOf"}
 THINGS = {"workspace": "workspace", "app": "app", "connection": "connection", "group": "group",
           "SCIM token": "token"}
 
@@ -86,8 +91,9 @@ def humanise(label: str, message: str, value: str | None) -> str:
     if cidr:
         return cidr
     if m == "not an absolute URL":
-        return (f"{value} is not a full address: start it with https://" if value else
-                f"{label} must be a full address starting with https://.")
+        example = EXAMPLES.get(label, "https://app.example.com")
+        return (f"“{value}” is not a full address such as {example}." if value else
+                f"{label} must be a full address such as {example}.")
     if m == "must not contain a fragment":
         return f"{value or label} must not contain a # part."
     if m.startswith("must be a duration"):
@@ -114,8 +120,8 @@ def humanise(label: str, message: str, value: str | None) -> str:
         return "Another app is already registered with this entity ID."
     if m == "must be a string" or m == "must be a list":
         return f"{label} is not valid."
-    if m.startswith("unknown group"):
-        return sentence(m)
+    if m.startswith("must "):
+        return f"{label} {m}" + ("" if m[-1] in ".)" else ".")
     return sentence(m)
 
 
@@ -129,8 +135,12 @@ def form_errors(exc, values, labels: dict[str, str], names: dict[str, str] | Non
         m = PATH_RE.match(path)
         base, index = (m.group(1), int(m.group(2)) if m.group(2) else None) if m else (None, None)
         name = (names or {}).get(base, base) if base else None
-        if m and m.group(3):  # a nested key (app[0].x.y): say it above the form
-            name = None
+        if m and m.group(3):  # a nested key (attribute_map.upn): under the field, naming the key
+            if name in labels:
+                out.add(name, f"{labels[name]}: {m.group(3)} {message}" + ("" if message[-1:] in ".)" else "."))
+            else:
+                out.add(None, sentence(f"{path}: {message}"))
+            continue
         if name in labels:
             out.add(name, humanise(labels[name], message, _item(values, name, index)))
         else:
@@ -160,6 +170,8 @@ def join_duration(number: str, unit: str) -> str | None:
     if not number:
         return None
     suffix = {u: s for u, s, _n in DURATION_UNITS}.get(unit)
+    if not unit:  # no unit field (a script posting the config file's syntax, "12h"): as typed
+        return number[:40]
     if suffix is None or not number.isdigit() or len(number) > 6:
         return f"{number} {unit}"[:40]
     return f"{int(number)}{suffix}"
