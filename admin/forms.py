@@ -120,7 +120,7 @@ def humanise(label: str, message: str, value: str | None) -> str:
         return "Another app is already registered with this entity ID."
     if m == "must be a string" or m == "must be a list":
         return f"{label} is not valid."
-    if m.startswith("must "):
+    if m.startswith(("must ", "points to ", "is ")):
         return f"{label} {m}" + ("" if m[-1] in ".)" else ".")
     return sentence(m)
 
