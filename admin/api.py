@@ -98,7 +98,10 @@ def _authenticate():
 
 @bp.errorhandler(AdminError)
 def _admin_error(exc: AdminError):
-    return error(exc.status, exc.code, exc.message, exc.field)
+    resp = error(exc.status, exc.code, exc.message, exc.field)
+    if exc.status == 422:  # every invalid field at once, the first also as field/message
+        resp.set_data(json.dumps({"error": {**resp.get_json()["error"], "errors": exc.errors}}))
+    return resp
 
 
 def _json_body():

@@ -9,6 +9,7 @@ from functools import wraps
 from flask import Blueprint, Response, flash, g, redirect, render_template, request, url_for
 
 from admin.api import admin_service
+from admin.forms import DURATION_UNITS, FormErrors, form_errors, join_duration, sentence, split_duration
 from admin.service import AdminError
 from admin.tokens import Principal
 from idp.accounts import ADMIN_ROLES, PLANS, workspace_snapshot
@@ -281,97 +282,179 @@ def user_action(ws, p, user_id, action):
     return back
 
 
+# ---- forms: every error under its field, what was typed kept -----------------------------------------------
+# A form with errors is shown again with everything that was typed except secrets (a client secret, a bind
+# password): those are never sent back to the browser; the field says so and asks for them again.
+GROUP_LABELS = {"name": "Name"}
+APP_LABELS = {
+    "oidc": {"name": "Name", "slug": "Short name", "redirect_uris": "Redirect URIs"},
+    "saml": {"name": "Name", "slug": "Short name", "metadata_xml": "Metadata", "metadata_url": "Metadata URL",
+             "entity_id": "Entity ID", "acs_url": "ACS URL"},
+}
+CONN_LABELS = {
+    "name": "Name", "slug": "Short name", "preset": "Provider", "domains": "Email domain", "issuer": "Issuer URL",
+    "client_id": "Client ID", "client_secret": "Client secret", "metadata_xml": "Metadata",
+    "metadata_url": "Metadata URL", "url": "Server URL", "bind_dn": "Bind DN", "bind_password": "Bind password",
+    "user_search_base": "User search base", "user_filter": "User filter", "group_search_base": "Group search base",
+    "scopes": "Scopes", "allowed_tenants": "Tenant ID", "groups_endpoint": "Groups endpoint",
+    "certs": "Pinned certificates", "clock_skew": "Clock skew", "timeout": "Timeout",
+    "attribute_map": "Attribute mapping", "require_signed_assertion": "Signed assertion",
+}
+POLICY_LABELS = {"ip_allowlist": "Allowed networks", "mfa_methods": "Second factors",
+                 "session_idle_timeout": "Idle timeout", "session_max_lifetime": "Sign-in lifetime"}
+SCIM_LABELS = {"name": "Token name"}
+# where the service names a field the form shows under another name
+SAML_APP_NAMES = {"metadata": "metadata_xml", "acs": "acs_url"}
+CONN_NAMES = {"metadata": "metadata_xml", "attribute_mapping": "attribute_map"}
+
+
+def _errors(exc: AdminError, labels: dict, names: dict | None = None) -> FormErrors:
+    return form_errors(exc, request.form, labels, names)
+
+
+def _confirmed() -> bool:
+    """A destructive action runs only when its confirmation form was sent (``confirm=1``); otherwise the
+    confirmation page is shown (no JavaScript needed)."""
+    return request.form.get("confirm") == "1"
+
+
+def _confirm_page(ws, title: str, question: str, details: list[str], button: str, cancel: str):
+    return _render("confirm.html", ws, 200, title=title, question=question, details=details, button=button,
+                   cancel=cancel, action=request.path)
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 # ---- groups ------------------------------------------------------------------------------------------------
 @bp.route("/w/<ws_slug>/admin/groups", methods=["GET", "POST"])
 @admin_required
 def groups(ws, p):
     svc = admin_service()
-    errors: list[str] = []
-    status = 200
+    fe, status = FormErrors(), 200
     if request.method == "POST":
         check_csrf()
         try:
-            svc.create_group(p, ws.slug, {"name": _form("name")})
+            svc.create_group(p, ws.slug, {"name": _form("name").strip()})
         except AdminError as exc:
-            errors, status = [_error_text(exc)], exc.status
+            fe, status = _errors(exc, GROUP_LABELS), exc.status
         else:
             flash(f"Created the group {_form('name').strip()}.", "status")
             return redirect(url_for("admin_console.groups", ws_slug=ws.slug))
-    return _render("groups.html", ws, status, groups=svc.list_groups(p, ws.slug, limit=200)["items"], errors=errors,
-                   apps_by_group=svc.apps_by_group(p, ws.slug))
+    return _render("groups.html", ws, status, groups=svc.list_groups(p, ws.slug, limit=200)["items"], errors=[],
+                   fe=fe, form=request.form if fe else {}, apps_by_group=svc.apps_by_group(p, ws.slug))
 
 
 @bp.route("/w/<ws_slug>/admin/groups/<group_id>/delete", methods=["POST"])
 @admin_required
 def group_delete(ws, p, group_id):
     check_csrf()
-    admin_service().delete_group(p, ws.slug, group_id)
+    svc = admin_service()
+    if not _confirmed():
+        g_ = svc.group_impact(p, ws.slug, group_id)
+        apps = g_["apps"]
+        question = f"Delete group {g_['name']}?"
+        if apps:
+            losing = max(a["losing"] for a in apps)
+            question += (f" {_plural(losing, 'member')} lose access to {_plural(len(apps), 'app')} assigned through "
+                         "it." if losing else " Its members keep their apps through their other groups.")
+        details = [f"{_plural(g_['members'], 'person', 'people')} {'is' if g_['members'] == 1 else 'are'} in this "
+                   "group; their accounts stay, only their membership ends."]
+        details += [f"{a['name']}: {_plural(a['losing'], 'member')} of this group lose{'s' if a['losing'] == 1 else ''}"
+                    " access (signed out of it at once)" + ("" if a["losing"] == g_["members"] else
+                                                             "; the others keep it through another group")
+                    for a in apps]
+        if g_["managed_by"] == "scim":
+            details.append("This group comes from SCIM provisioning: the identity provider may create it again.")
+        return _confirm_page(ws, f"Delete group {g_['name']}", question, details, "Delete group",
+                             url_for("admin_console.groups", ws_slug=ws.slug))
+    svc.delete_group(p, ws.slug, group_id)
     flash("The group was deleted.", "status")
     return redirect(url_for("admin_console.groups", ws_slug=ws.slug))
 
 
 # ---- apps --------------------------------------------------------------------------------------------------
+def _saml_source(current: dict | None = None) -> dict:
+    """The SAML form's source of the app's settings: pasted metadata, a metadata URL, or entity ID and ACS URL.
+    On the edit page (``current``: the app's settings) an unchanged entity ID and ACS URL are no change."""
+    body: dict = {}
+    if _form("metadata_url").strip():
+        body["metadata_url"] = _form("metadata_url").strip()[:2048]
+    if request.form.get("metadata_xml", "").strip():
+        body["metadata_xml"] = request.form.get("metadata_xml", "")[:60000]
+    entity, acs = _form("entity_id").strip(), _lines("acs_url")
+    if current is not None and entity == (current.get("sp_entity_id") or "") and acs == current.get("acs_urls"):
+        entity, acs = "", []
+    if (entity or acs) if current is not None else not body:
+        body["entity_id"] = entity
+        body["acs_url"] = acs[0] if len(acs) == 1 else (acs or "")
+    return body
+
+
 @bp.route("/w/<ws_slug>/admin/apps", methods=["GET", "POST"])
 @admin_required
 def apps(ws, p):
     svc = admin_service()
     errors: list[str] = []
-    status = 200
+    fe, status = FormErrors(), 200
+    proto = _form("protocol") if request.method == "POST" else ""
     if request.method == "POST":
         check_csrf()
-        proto = _form("protocol")
         body: dict = {"slug": _form("slug").strip(), "name": _form("name").strip(), "protocol": proto}
         if proto == "oidc":
             body["redirect_uris"] = _lines("redirect_uris")
             if request.form.get("public"):
                 body["token_endpoint_auth_method"] = "none"
         elif proto == "saml":  # metadata pasted, or by URL (fetched with idp.netfetch's checks), or the two fields
-            if _form("metadata_url").strip():
-                body["metadata_url"] = _form("metadata_url").strip()[:2048]
-            if _form("metadata_xml").strip():
-                body["metadata_xml"] = request.form.get("metadata_xml", "")[:60000]
-            if not _form("metadata_url").strip() and not _form("metadata_xml").strip():
-                body["entity_id"] = _form("entity_id").strip()
-                body["acs_url"] = _form("acs_url").strip()
+            body.update(_saml_source())
         if request.form.get("require_mfa"):
             body["require_mfa"] = True
         try:
             created = svc.create_app(p, ws.slug, body)
         except AdminError as exc:
-            errors, status = [_error_text(exc)], exc.status
+            fe, status = _errors(exc, APP_LABELS.get(proto, {}), SAML_APP_NAMES), exc.status
         else:
-            return _render("app.html", ws, 201, app=created, secret=created.get("client_secret"), errors=[])
+            return _render("app.html", ws, 201, app=created, secret=created.get("client_secret"), errors=[],
+                           fe=FormErrors(), form=None, access_errors=[],
+                           groups=svc.list_groups(p, ws.slug, limit=200)["items"])
     page = _listing(errors, svc.list_apps, p, ws.slug)
     return _render("apps.html", ws, status if status != 200 or not errors else 400, page=page, apps=page["items"],
-                   errors=errors, form=request.form if errors else {})
+                   errors=errors, fe=fe, proto=proto, form=request.form if fe else {})
 
 
 @bp.route("/w/<ws_slug>/admin/apps/<app_slug>", methods=["GET", "POST"])
 @admin_required
 def app_detail(ws, p, app_slug):
+    """An app's settings for its side, who may use it, and every setting of the create form, changed in place
+    (the short name stays: it is in the app's addresses)."""
     svc = admin_service()
-    errors: list[str] = []
-    status = 200
+    fe, status = FormErrors(), 200
     if request.method == "POST":
         check_csrf()
+        current = svc.get_app(p, ws.slug, app_slug)
+        body: dict = {"name": _form("name").strip(), "require_mfa": bool(request.form.get("require_mfa"))}
+        if current["protocol"] == "oidc":
+            body["redirect_uris"] = _lines("redirect_uris")
+        else:
+            body.update(_saml_source(current["settings"]))
         try:
-            svc.update_app(p, ws.slug, app_slug, {"name": _form("name").strip(),
-                                                  "redirect_uris": _lines("redirect_uris"),
-                                                  "require_mfa": bool(request.form.get("require_mfa"))})
+            out = svc.update_app(p, ws.slug, app_slug, body)
         except AdminError as exc:
             if exc.status == 404:
                 raise
-            errors, status = [_error_text(exc)], exc.status
+            fe, status = _errors(exc, APP_LABELS[current["protocol"]], SAML_APP_NAMES), exc.status
         else:
-            flash("Saved.", "status")
+            flash(f"Saved the app {out['name']}.", "status")
             return redirect(url_for("admin_console.app_detail", ws_slug=ws.slug, app_slug=app_slug))
-    return _app_page(ws, p, app_slug, status, errors=errors)
+    return _app_page(ws, p, app_slug, status, fe=fe)
 
 
-def _app_page(ws, p, app_slug: str, status: int = 200, errors=(), access_errors=()):
+def _app_page(ws, p, app_slug: str, status: int = 200, fe: FormErrors | None = None, access_errors=()):
     svc = admin_service()
-    return _render("app.html", ws, status, app=svc.get_app(p, ws.slug, app_slug), secret=None, errors=list(errors),
-                   access_errors=list(access_errors), groups=svc.list_groups(p, ws.slug, limit=200)["items"])
+    return _render("app.html", ws, status, app=svc.get_app(p, ws.slug, app_slug), secret=None, errors=[],
+                   fe=fe or FormErrors(), form=request.form if fe else None, access_errors=list(access_errors),
+                   groups=svc.list_groups(p, ws.slug, limit=200)["items"])
 
 
 @bp.route("/w/<ws_slug>/admin/apps/<app_slug>/access", methods=["POST"])
@@ -389,7 +472,8 @@ def app_access(ws, p, app_slug):
     except AdminError as exc:
         if exc.status == 404:
             raise
-        return _app_page(ws, p, app_slug, exc.status, access_errors=[_error_text(exc)])
+        return _app_page(ws, p, app_slug, exc.status, access_errors=[_errors(exc, {}).general[0]
+                                                                     if _errors(exc, {}).general else exc.message])
     flash("Saved who may use this app.", "status")
     return redirect(url_for("admin_console.app_detail", ws_slug=ws.slug, app_slug=app_slug))
 
@@ -398,35 +482,62 @@ def app_access(ws, p, app_slug):
 @admin_required
 def app_secret(ws, p, app_slug):
     check_csrf()
+    svc = admin_service()
+    if not _confirmed():
+        app = svc.get_app(p, ws.slug, app_slug)
+        return _confirm_page(ws, f"New client secret for {app['name']}", f"Replace the client secret of {app['name']}?",
+                             ["The current secret stops working at once: the app cannot sign anyone in until its "
+                              "configuration has the new secret.", "The new secret is shown once, on the next page."],
+                             "Replace the secret", url_for("admin_console.app_detail", ws_slug=ws.slug,
+                                                           app_slug=app_slug))
     try:
-        app = admin_service().rotate_app_secret(p, ws.slug, app_slug)
+        app = svc.rotate_app_secret(p, ws.slug, app_slug)
     except AdminError as exc:
         if exc.status == 404:
             raise
-        flash(_error_text(exc), "error")
+        flash(sentence(exc.message), "error")
         return redirect(url_for("admin_console.app_detail", ws_slug=ws.slug, app_slug=app_slug))
-    return _render("app.html", ws, 201, app=app, secret=app["client_secret"], errors=[])
+    return _render("app.html", ws, 201, app=app, secret=app["client_secret"], errors=[], fe=FormErrors(), form=None,
+                   access_errors=[], groups=svc.list_groups(p, ws.slug, limit=200)["items"])
 
 
 @bp.route("/w/<ws_slug>/admin/apps/<app_slug>/delete", methods=["POST"])
 @admin_required
 def app_delete(ws, p, app_slug):
     check_csrf()
-    admin_service().delete_app(p, ws.slug, app_slug)
+    svc = admin_service()
+    if not _confirmed():
+        app = svc.get_app(p, ws.slug, app_slug)
+        who = ("everyone in the workspace" if app["assigned_groups"] is None else
+               "the members of " + ", ".join(app["assigned_groups"]) if app["assigned_groups"] else "nobody")
+        ident = (f"client ID {app['settings']['client_id']}" if app["protocol"] == "oidc" else
+                 f"entity ID {app['settings']['sp_entity_id']}")
+        return _confirm_page(ws, f"Remove {app['name']}", f"Remove the app {app['name']}?",
+                             [f"It may now be used by {who}: nobody can sign in to it through idhub any more, and "
+                              "its tile leaves the app launcher.",
+                              f"Its registration ({ident}) is deleted and cannot be restored; adding it again gives "
+                              "it new settings to configure in the app."],
+                             "Remove app", url_for("admin_console.app_detail", ws_slug=ws.slug, app_slug=app_slug))
+    svc.delete_app(p, ws.slug, app_slug)
     flash("The app was removed.", "status")
     return redirect(url_for("admin_console.apps", ws_slug=ws.slug))
 
 
 # ---- connections -------------------------------------------------------------------------------------------
+def _redirect_pattern(ws) -> str:
+    """The redirect URI of an OIDC connection, with ``{slug}`` for its short name (shown before it exists)."""
+    return hub().url(f"/w/{ws.slug}/sso/") + "{slug}/callback"
+
+
 @bp.route("/w/<ws_slug>/admin/connections", methods=["GET", "POST"])
 @admin_required
 def connections(ws, p):
     svc = admin_service()
     errors: list[str] = []
-    status = 200
+    fe, status = FormErrors(), 200
+    proto = _form("protocol") if request.method == "POST" else ""
     if request.method == "POST":
         check_csrf()
-        proto = _form("protocol")
         body: dict = {"slug": _form("slug").strip(), "name": _form("name").strip(), "protocol": proto,
                       "domains": _lines("domains")}
         if _form("preset") in ("okta", "azure_ad", "generic"):
@@ -447,14 +558,14 @@ def connections(ws, p):
         try:
             created = svc.create_connection(p, ws.slug, body)
         except AdminError as exc:
-            errors, status = [_error_text(exc)], exc.status
+            fe, status = _errors(exc, CONN_LABELS, CONN_NAMES), exc.status
         else:
             flash(f"Added the connection {created['name']}. Test it before people rely on it.", "status")
             return redirect(url_for("admin_console.connections", ws_slug=ws.slug))
     page = _listing(errors, svc.list_connections, p, ws.slug)
     return _render("connections.html", ws, status if status != 200 or not errors else 400, page=page,
-                   connections=page["items"], tests=_last_tests(svc, p, ws.slug), errors=errors,
-                   form=request.form if errors else {})
+                   connections=page["items"], tests=_last_tests(svc, p, ws.slug), errors=errors, fe=fe, proto=proto,
+                   form=request.form if fe else {}, redirect_pattern=_redirect_pattern(ws))
 
 
 def _last_tests(svc, p, slug: str) -> dict[str, dict]:
@@ -561,8 +672,7 @@ def _metadata_summary(xml: str | None) -> dict | None:
 @admin_required
 def connection_edit(ws, p, conn_slug):
     svc = admin_service()
-    errors: list[str] = []
-    status = 200
+    fe, status = FormErrors(), 200
     conn = svc.get_connection(p, ws.slug, conn_slug)
     if request.method == "POST":
         check_csrf()
@@ -571,7 +681,7 @@ def connection_edit(ws, p, conn_slug):
         except AdminError as exc:
             if exc.status == 404:
                 raise
-            errors, status = [_error_text(exc)], exc.status
+            fe, status = _errors(exc, CONN_LABELS, CONN_NAMES), exc.status
         else:
             changed = ", ".join(out["changed"])
             flash(f"Saved the connection {out['name']}" + (f" (changed: {changed})." if changed else
@@ -580,26 +690,49 @@ def connection_edit(ws, p, conn_slug):
     declared = svc.connection_entry(p, ws.slug, conn_slug)
     return _render("connection.html", ws, status, c=conn, entry=declared["entry"],
                    metadata_url=declared["metadata_url"], metadata=_metadata_summary(declared["metadata_xml"]),
-                   errors=errors,
-                   form=request.form if errors else None)
+                   errors=[], fe=fe, form=request.form if fe else None)
 
 
 @bp.route("/w/<ws_slug>/admin/connections/<conn_slug>/delete", methods=["POST"])
 @admin_required
 def connection_delete(ws, p, conn_slug):
     check_csrf()
-    admin_service().delete_connection(p, ws.slug, conn_slug)
+    svc = admin_service()
+    if not _confirmed():
+        c = svc.get_connection(p, ws.slug, conn_slug)
+        linked = svc.connection_links(p, ws.slug, conn_slug)
+        details = [f"{_plural(linked, 'account')} signed in through it: they can no longer sign in this way"
+                   + (" (those with an idhub password or another connection still can)." if linked else ".")]
+        if c["domains"]:
+            details.append("Addresses at " + ", ".join(c["domains"]) + " are no longer sent to it from the sign-in "
+                           "page.")
+        if c["secrets_set"]:
+            details.append("Its stored secrets are deleted: adding it again means entering them again.")
+        return _confirm_page(ws, f"Remove {c['name']}", f"Remove the connection {c['name']}?", details,
+                             "Remove connection", url_for("admin_console.connection_edit", ws_slug=ws.slug,
+                                                          conn_slug=conn_slug))
+    svc.delete_connection(p, ws.slug, conn_slug)
     flash("The connection was removed.", "status")
     return redirect(url_for("admin_console.connections", ws_slug=ws.slug))
 
 
 # ---- policies ----------------------------------------------------------------------------------------------
+def _policy_form(pol: dict) -> dict:
+    """The policy form's values: stored policies, durations as a number and a unit."""
+    idle, max_ = split_duration(pol.get("session_idle_timeout")), split_duration(pol.get("session_max_lifetime"))
+    return {"require_mfa": bool(pol.get("require_mfa")), "require_mfa_for_admins": pol.get("require_mfa_for_admins",
+                                                                                              True),
+            "mfa_methods": pol.get("mfa_methods", ["totp", "sms", "backup_codes"]),
+            "ip_allowlist": "\n".join(pol.get("ip_allowlist", [])),
+            "session_idle_timeout": idle[0], "session_idle_timeout_unit": idle[1],
+            "session_max_lifetime": max_[0], "session_max_lifetime_unit": max_[1]}
+
+
 @bp.route("/w/<ws_slug>/admin/policies", methods=["GET", "POST"])
 @admin_required
 def policies(ws, p):
     svc = admin_service()
-    errors: list[str] = []
-    status = 200
+    fe, status = FormErrors(), 200
     if request.method == "POST":
         check_csrf()
         body: dict = {"require_mfa": bool(request.form.get("require_mfa")),
@@ -609,17 +742,27 @@ def policies(ws, p):
         if methods:
             body["mfa_methods"] = methods
         for key in ("session_idle_timeout", "session_max_lifetime"):
-            if _form(key).strip():
-                body[key] = _form(key).strip()
+            value = join_duration(_form(key), _form(f"{key}_unit"))
+            if value is not None:
+                body[key] = value
         try:
             svc.put_policies(p, ws.slug, body)
         except AdminError as exc:
-            errors, status = [_error_text(exc)], exc.status
+            fe, status = _errors(exc, POLICY_LABELS), exc.status
         else:
             flash("Policies saved.", "status")
             return redirect(url_for("admin_console.policies", ws_slug=ws.slug))
     view = svc.get_policies(p, ws.slug)
-    return _render("policies.html", ws, status, view=view, errors=errors, my_ip=p.ip)
+    if fe:
+        form = {k: _form(k) for k in ("ip_allowlist", "session_idle_timeout", "session_idle_timeout_unit",
+                                      "session_max_lifetime", "session_max_lifetime_unit")}
+        form.update(require_mfa=bool(request.form.get("require_mfa")),
+                    require_mfa_for_admins=bool(request.form.get("require_mfa_for_admins")),
+                    mfa_methods=request.form.getlist("mfa_methods")[:10])
+    else:
+        form = _policy_form(view["policies"])
+    return _render("policies.html", ws, status, view=view, errors=[], fe=fe, form=form, my_ip=p.ip,
+                   units=[u for u, _s, _n in DURATION_UNITS])
 
 
 # ---- SCIM --------------------------------------------------------------------------------------------------
@@ -628,7 +771,7 @@ def policies(ws, p):
 def scim(ws, p):
     svc = admin_service()
     errors: list[str] = []
-    status = 200
+    fe, status = FormErrors(), 200
     created = None
     if request.method == "POST":
         check_csrf()
@@ -637,18 +780,30 @@ def scim(ws, p):
                                                          "read_only": bool(request.form.get("read_only"))})
             status = 201
         except AdminError as exc:
-            errors, status = [_error_text(exc)], exc.status
+            fe, status = _errors(exc, SCIM_LABELS), exc.status
     log = svc.search_events(p, ws.slug, type="scim.*", limit=50)["items"]
     page = _listing(errors, svc.list_scim_tokens, p, ws.slug)
     return _render("scim.html", ws, status if status != 200 or not errors else 400, page=page,
-                   tokens=page["items"], created=created, errors=errors, log=log)
+                   tokens=page["items"], created=created, errors=errors, fe=fe, form=request.form if fe else {},
+                   log=log)
 
 
 @bp.route("/w/<ws_slug>/admin/scim/<token_id>/revoke", methods=["POST"])
 @admin_required
 def scim_revoke(ws, p, token_id):
     check_csrf()
-    admin_service().revoke_scim_token(p, ws.slug, token_id)
+    svc = admin_service()
+    if not _confirmed():
+        tokens = svc.list_scim_tokens(p, ws.slug, limit=200)["items"]
+        t = next((t for t in tokens if t["id"] == token_id), None)
+        if t is None:
+            raise AdminError(404, "not_found", "no such SCIM token")
+        return _confirm_page(ws, f"Revoke {t['name']}", f"Revoke the SCIM token {t['name']}?",
+                             ["The identity provider that uses it can no longer create, change or deactivate "
+                              "accounts and groups here: provisioning stops until it has a new token.",
+                              "A revoked token cannot be used again."],
+                             "Revoke token", url_for("admin_console.scim", ws_slug=ws.slug))
+    svc.revoke_scim_token(p, ws.slug, token_id)
     flash("The SCIM token was revoked.", "status")
     return redirect(url_for("admin_console.scim", ws_slug=ws.slug))
 

@@ -70,7 +70,11 @@ ROLE = {"type": "string", "enum": ["member", "admin", "operator"],
 SCHEMAS: dict = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["code", "message", "field"],
-        "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": NULLABLE_STR}}}},
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": NULLABLE_STR,
+                       "errors": {"type": "array", "description": "422: every invalid field at once (the first is "
+                                  "also field and message)", "items": {
+                                      "type": "object", "required": ["field", "message"],
+                                      "properties": {"field": NULLABLE_STR, "message": {"type": "string"}}}}}}}},
     "Workspace": {"type": "object", "required": ["id", "slug", "name", "plan", "domains"], "properties": {
         "id": {"type": "string"}, "slug": {"type": "string"}, "name": {"type": "string"},
         "plan": {"type": "string", "enum": ["free", "pro", "enterprise"]}, "domains": STR_LIST,
@@ -190,8 +194,12 @@ SCHEMAS: dict = {
     "AppChange": {"type": "object", "additionalProperties": False, "properties": {
         "name": {"type": "string"}, "redirect_uris": STR_LIST, "post_logout_redirect_uris": STR_LIST,
         "scopes": STR_LIST, "require_mfa": {"type": "boolean"},
-        "assigned_groups": {**ASSIGNED_GROUPS, "description": "(also for SAML apps, whose other settings change by "
-                            "registering again) " + ASSIGNED_GROUPS["description"]},
+        "assigned_groups": {**ASSIGNED_GROUPS, "description": "(also for SAML apps) " + ASSIGNED_GROUPS["description"]},
+        **{k: {"type": "string", "description": "SAML apps: a new service provider (exactly one of metadata_xml, "
+                                                "metadata_url, or entity_id with acs_url), validated as on creation"}
+           for k in ("metadata_xml", "metadata_url", "entity_id")},
+        "acs_url": {"type": ["string", "array"], "items": {"type": "string"},
+                    "description": "SAML apps: with entity_id, the ACS URL(s)"},
         "backchannel_logout_uri": {**NULLABLE_STR, "description": "a new one gets the outbound checks (registered_via: "
                                    "api); null removes it"},
         **LAUNCHER, "initiate_login_uri": {**INITIATE_LOGIN, "type": ["string", "null"]}}},
@@ -300,7 +308,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("post", W + "/apps", "createApp", "Register an app (an OIDC client's secret is shown once)", (WS,),
        body="NewApp", ok="201", result="App"),
     Op("get", W + "/apps/{app}", "getApp", "Get an app and its copy-ready settings", (WS, APP_SLUG), result="App"),
-    Op("patch", W + "/apps/{app}", "updateApp", "Change an OIDC client's name, redirect URIs, scopes or 2FA",
+    Op("patch", W + "/apps/{app}", "updateApp", "Change an app (OIDC: name, redirect URIs, scopes, 2FA; SAML: "
+       "name, 2FA, metadata)",
        (WS, APP_SLUG), body="AppChange", result="App"),
     Op("post", W + "/apps/{app}/secret", "rotateAppSecret", "A new client secret (shown once; the old one stops "
        "working)", (WS, APP_SLUG), ok="201", result="App"),

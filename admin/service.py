@@ -38,24 +38,36 @@ APP_SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 class AdminError(Exception):
     """An answer other than success: HTTP status, a stable code, a message for people, the field at fault."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 errors: list[dict] | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
+        # every problem found at once, each ``{"field", "message"}`` (the first is ``field``/``message``)
+        self.errors = errors if errors else [{"field": field, "message": message}]
 
     def to_dict(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+        return {"error": {"code": self.code, "message": self.message, "field": self.field, "errors": self.errors}}
 
 
-def invalid(errors: list[str], prefix: str = "") -> AdminError:
-    """The first validation error of the config-file validators (``path: message``) as a 422 naming the field."""
-    first = errors[0] if errors else "invalid"
-    path, _, message = first.partition(": ")
+def _split_error(text: str, prefix: str = "") -> dict:
+    """One config-file validator error (``path: message``) as ``{"field", "message"}``, the path relative to
+    ``prefix`` (``app[0].slug`` -> ``slug``)."""
+    path, _, message = text.partition(": ")
+    if not message:
+        path, message = "", text
     if prefix and path.startswith(prefix):
         path = path[len(prefix):].lstrip(".")
     inner = re.match(r"^(?:SAML app '[^']*': )?([a-z_]+(?:\[\d+\])?): (.+)$", message or "")
     if not path and inner:  # saml.config names the field inside its message
         path, message = inner.group(1), inner.group(2)
-    return AdminError(422, "invalid", message or first, path or None)
+    return {"field": path or None, "message": message or text}
+
+
+def invalid(errors: list[str], prefix: str = "") -> AdminError:
+    """The config-file validators' errors (``path: message``) as one 422: the first names ``field`` and
+    ``message``, all of them are in ``errors``."""
+    found = [_split_error(e, prefix) for e in errors] or [{"field": None, "message": "invalid"}]
+    return AdminError(422, "invalid", found[0]["message"], found[0]["field"], found)
 
 
 @contextmanager
@@ -155,9 +167,9 @@ def _body(body, allowed: set[str], required: tuple[str, ...] = (), refused: dict
         if k not in allowed:
             reason = (refused or {}).get(k) if isinstance(k, str) else None
             raise AdminError(422, "invalid", reason or "unknown field", str(k)[:100])
-    for k in required:
-        if body.get(k) in (None, ""):
-            raise AdminError(422, "invalid", "required", k)
+    missing = [k for k in required if body.get(k) in (None, "")]
+    if missing:
+        raise AdminError(422, "invalid", "required", missing[0], [{"field": k, "message": "required"} for k in missing])
     return body
 
 
@@ -234,6 +246,8 @@ def _check_soap_slo(url: str | None, field: str) -> None:
 
 # what changes in place on a SAML app (its other settings come from its metadata)
 SAML_IN_PLACE = frozenset({"assigned_groups", "show_in_launcher", "description"})
+# what else changes on a SAML app: its name, per-app 2FA, and the service provider (metadata, or entity ID + ACS)
+SAML_CHANGES = frozenset({"name", "require_mfa", "metadata_xml", "metadata_url", "entity_id", "acs_url"})
 
 
 class AdminService:
@@ -596,6 +610,28 @@ class AdminService:
             db.commit()
         self.audit(p, ws.id, "admin.group.deleted", subject_id=group_id, name=g.name)
 
+    def group_impact(self, p: Principal, slug: str, group_id: str) -> dict:
+        """What deleting a group takes away: its members, and for each app assigned through it how many of them
+        lose that app (those no other assigned group of theirs keeps it for)."""
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            g = self._group(db, ws, group_id)
+            out = self.render_group(db, g)
+            members = set(db.scalars(select(GroupMember.user_id).where(GroupMember.group_id == g.id)))
+            by_name = {}
+            for name, uid in db.execute(select(Group.name, GroupMember.user_id).join(
+                    GroupMember, GroupMember.group_id == Group.id).where(Group.workspace_id == ws.id,
+                                                                         Group.id != g.id)):
+                by_name.setdefault(name, set()).add(uid)
+        apps = []
+        for app in self.apps_by_group(p, slug).get(g.name, []):
+            entry = next((e for e in self.hub.launcher.entries(ws) if e.slug == app["slug"]), None)
+            kept = set().union(*(by_name.get(n, set()) for n in (entry.assigned_groups or ()) if n != g.name)) \
+                if entry else set()
+            apps.append({**app, "losing": len(members - kept)})
+        out["apps"] = apps
+        return out
+
     def group_members(self, p: Principal, slug: str, group_id: str, *, limit=None, offset=None) -> dict:
         ws = self.workspace(p, slug)
         with self.hub.db() as db:
@@ -635,7 +671,8 @@ class AdminService:
                     "token_endpoint_auth_method": row.token_endpoint_auth_method, "pkce": "S256 (required)",
                     "scopes": list(row.scopes or []), "initiate_login_uri": row.initiate_login_uri}
         saml = f"{base}/w/{ws.slug}/saml"
-        return {"metadata_url": f"{saml}/metadata", "entity_id": f"{saml}/metadata", "sso_url": f"{saml}/sso",
+        # the IdP's entity ID is the one its metadata names (saml.idp.SamlIdP.entity_id), not the metadata's URL
+        return {"metadata_url": f"{saml}/metadata", "entity_id": saml, "sso_url": f"{saml}/sso",
                 "slo_url": f"{saml}/slo", "sp_entity_id": row.entity_id,
                 "acs_urls": [a.get("url") for a in (row.acs or []) if isinstance(a, dict)],
                 "nameid_format": row.nameid_format,
@@ -782,16 +819,17 @@ class AdminService:
         ws = self.workspace(p, slug)
         body = _body(body, {"name", "redirect_uris", "post_logout_redirect_uris", "scopes", "require_mfa",
                             "backchannel_logout_uri", "assigned_groups", "show_in_launcher", "description",
-                            "initiate_login_uri"})
+                            "initiate_login_uri"} | SAML_CHANGES)
         watch = self._access(ws, p, "app_assignment") if "assigned_groups" in body else nullcontext()
         with watch, self.hub.db() as db:
             kind, row = self._app(db, ws, app_slug)
             known = set(self._group_names(db, ws))
             if kind != "oidc":
-                if set(body) - SAML_IN_PLACE:
-                    raise AdminError(409, "not_supported", "change a SAML app by registering it again (only its "
-                                                           "assigned_groups, show_in_launcher and description "
-                                                           "change in place)")
+                if set(body) - SAML_IN_PLACE - SAML_CHANGES:
+                    raise AdminError(422, "invalid", "not a setting of a SAML app",
+                                     sorted(set(body) - SAML_IN_PLACE - SAML_CHANGES)[0])
+                if set(body) & SAML_CHANGES:
+                    return self._update_saml(p, ws, row, body, known, db)
                 return self._assign_saml(p, ws, kind, row, body, known, db)
             current = {"slug": row.slug, "name": row.name, "protocol": "oidc", "client_id": row.client_id,
                        "token_endpoint_auth_method": "none", "redirect_uris": list(row.redirect_uris or []),
@@ -813,6 +851,78 @@ class AdminService:
             db.commit()
             out = self.render_app(ws, kind, row)
         self.audit(p, ws.id, "admin.app.updated", subject_id=app_slug, changed=changed)
+        return out
+
+    def _update_saml(self, p: Principal, ws: Workspace, row, body: dict, known: set, db) -> dict:
+        """A SAML app's name, per-app 2FA and the service provider itself (new metadata pasted or by URL, or a new
+        entity ID with ACS URL), validated as on creation; the app keeps its identity (assignments, launcher
+        tile, the sessions that used it). Without a new source its metadata stays as it is."""
+        from saml.config import REGISTERED_VIA, SamlConfigError, _sp_settings, apply_saml_apps, saml_app_errors
+        from saml.models import SamlServiceProvider
+
+        sources = ("metadata_xml", "metadata_url", "entity_id", "acs_url")
+        new_source = {k: body[k] for k in sources if body.get(k) not in (None, "")}
+        if new_source:
+            _one_saml_source(new_source, alternatives=("entity_id", "acs_url"))
+        entry = {"slug": row.slug, "protocol": "saml", "name": body.get("name", row.name),
+                 "require_mfa": body.get("require_mfa", bool(row.require_mfa)),
+                 "assigned_groups": body.get("assigned_groups", row.assigned_groups),
+                 "show_in_launcher": body.get("show_in_launcher", row.show_in_launcher is not False),
+                 "description": body.get("description", row.description) or None}
+        entry = {k: val for k, val in entry.items() if val is not None}
+        v = Validator()
+        if new_source:
+            entry.update(new_source, nameid_format=row.nameid_format, attributes=row.attributes,
+                         sign_response=bool(row.sign_response), sign_assertion=bool(row.sign_assertion),
+                         encrypt_assertions=bool(row.encrypt_assertions), idp_initiated=bool(row.idp_initiated))
+            entry = {k: val for k, val in entry.items() if val is not None}
+        else:  # the app's settings stay: check the changed keys as the config file would, on a stand-in source
+            entry.update(entity_id=row.entity_id, acs_url=[a.get("url") for a in row.acs or []] or None)
+        apps = validate_apps(v, [entry], "app", known)
+        for key in ("require_mfa", "show_in_launcher"):
+            if key in body:
+                v.boolean(body[key], f"app[0].{key}")
+        if not v.errors and new_source:
+            apps[0][REGISTERED_VIA] = "api"
+            for problem in saml_app_errors(apps[0]):
+                v.err("app[0]", problem)
+        if v.errors:
+            raise invalid(v.errors, "app[0]")
+        before = self.render_app(ws, "saml", row)
+        if new_source:
+            try:
+                sp = _sp_settings(apps[0], None)
+            except (SamlConfigError, ValueError) as exc:
+                raise invalid([str(exc)[:300]]) from None
+            _check_soap_slo(sp["slo_soap_url"], "metadata_url" if new_source.get("metadata_url") else "metadata_xml")
+            other = db.scalar(select(SamlServiceProvider.id).where(
+                SamlServiceProvider.workspace_id == ws.id, SamlServiceProvider.entity_id == sp["entity_id"],
+                SamlServiceProvider.id != row.id))
+            if other:
+                raise AdminError(409, "conflict", "another app has this SAML entity ID", "entity_id")
+            row.entity_id = sp["entity_id"]  # apply_saml_apps finds the app by its entity ID: this row
+            db.flush()
+            try:
+                apply_saml_apps(db, ws, apps)
+            except (SamlConfigError, ValueError) as exc:
+                db.rollback()
+                raise invalid([str(exc)[:300]]) from None
+        else:
+            row.name = entry["name"]
+            row.require_mfa = bool(entry.get("require_mfa"))
+            for key in SAML_IN_PLACE & set(body):
+                setattr(row, key, entry.get(key))
+        db.commit()
+        from saml.config import GENERATION
+
+        GENERATION[0] += 1  # this process's SP cache; other processes' within SP_CACHE_TTL
+        out = self.render_app(ws, "saml", row)
+        changed = sorted({k for k in ("name", "require_mfa", "assigned_groups", "show_in_launcher", "description")
+                          if before[k] != out[k]} | {k for k in ("sp_entity_id", "acs_urls", "nameid_format",
+                                                                 "sp_metadata_url")
+                                                     if before["settings"][k] != out["settings"][k]})
+        self.audit(p, ws.id, "admin.app.updated", subject_id=row.slug, protocol="saml", changed=changed,
+                   **({"metadata_url": new_source["metadata_url"]} if new_source.get("metadata_url") else {}))
         return out
 
     def _assign_saml(self, p: Principal, ws: Workspace, kind: str, row, body: dict, known: set, db) -> dict:
@@ -1077,6 +1187,16 @@ class AdminService:
                    **({"metadata_url": conn["metadata_url"]} if new_url else {}))
         out["changed"] = changed
         return out
+
+    def connection_links(self, p: Principal, slug: str, conn_slug: str) -> int:
+        """How many idhub accounts are linked to the connection (they lose that way in when it is removed)."""
+        from federation.models import FederationLink
+
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            row = self._connection(db, ws, conn_slug)
+            return db.scalar(select(func.count()).select_from(FederationLink)
+                             .where(FederationLink.connection_id == row.id)) or 0
 
     def delete_connection(self, p: Principal, slug: str, conn_slug: str) -> None:
         from federation.models import FederationConnection

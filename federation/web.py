@@ -529,6 +529,31 @@ def _test_ldap(ws, conn: dict, actor_id: str):
                            checks=checks, cert_warnings=[], urls={})
 
 
+# what idhub records for a sign-in through a connection (FederationService.amr), in words
+RECORDED = {"fed": "single sign-on through this connection", "pwd": "a password at the identity provider",
+            "upstream_mfa": "two-factor authentication at the identity provider (counted as idhub's second factor)"}
+
+
+def _mapped_rows(conn: dict, ident) -> list[tuple[str, str]]:
+    """The test page's "what idhub understood" table: a label and a value in plain words for each row."""
+    def text(value) -> str:
+        return value if value else "(not sent)"
+
+    recorded = FederationService.amr(conn, ident)
+    if ident.mfa and "upstream_mfa" not in recorded:
+        mfa = "Yes, but idhub does not count it: the connection does not trust the identity provider's two-factor " \
+              "authentication"
+    else:
+        mfa = "Yes" if ident.mfa else "No"
+    return [("User ID at the identity provider", text(ident.subject)), ("Email", text(ident.email)),
+            ("Name", text(ident.name)), ("First name", text(ident.given_name)), ("Last name", text(ident.family_name)),
+            ("Groups", ", ".join(ident.groups) if ident.groups else "None"),
+            ("How the identity provider says the person signed in", ", ".join(ident.amr) if ident.amr
+             else "(not sent)"),
+            ("Two-factor authentication at the identity provider", mfa),
+            ("What idhub records for this sign-in", "; ".join(RECORDED.get(m, m) for m in recorded).capitalize())]
+
+
 def _test_result(ws, conn: dict, ident, actor_id: str | None = None):
     """Show what the IdP sent and who it maps to, without signing anyone in or changing any account."""
     from sqlalchemy import select
@@ -572,9 +597,7 @@ def _test_result(ws, conn: dict, ident, actor_id: str | None = None):
     fed().audit("federation.test.succeeded", ws, conn, current_client(), actor_id=actor_id,
                 subject=ident.subject[:200], warnings=list(ident.warnings))
     claims = {k: v for k, v in ident.claims.items() if k not in ("nonce", "at_hash", "c_hash")}
-    mapped = {"subject": ident.subject, "email": ident.email, "name": ident.name, "given_name": ident.given_name,
-              "family_name": ident.family_name, "groups": list(ident.groups), "amr": list(ident.amr),
-              "mfa": ident.mfa, "idhub amr": list(FederationService.amr(conn, ident))}
+    mapped = _mapped_rows(conn, ident)
     return render_template("federation_test.html", ws=ws, conn=conn, error=None,
                            claims=json.dumps(claims, indent=2, sort_keys=True, default=str), mapped=mapped,
                            mapped_user=mapped_user, jit=conn.get("jit", True), jit_refusal=jit_refusal,

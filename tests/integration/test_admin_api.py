@@ -68,7 +68,9 @@ def assert_error(r, status: int, code: str | None = None, field: str | None = No
     assert r.status_code == status, (r.status_code, r.get_data(as_text=True)[:400])
     assert r.mimetype == "application/json"
     err = r.get_json()["error"]
-    assert set(err) == {"code", "message", "field"}
+    assert set(err) == ({"code", "message", "field", "errors"} if status == 422 else {"code", "message", "field"})
+    if status == 422:  # every invalid field, the first as field and message
+        assert err["errors"][0] == {"field": err["field"], "message": err["message"]}
     if code:
         assert err["code"] == code, err
     if field is not None:
