@@ -23,6 +23,7 @@ from idp import emailverify, passwords
 from idp.accounts import normalise_email, user_by_email
 from idp.assignments import AppAccess
 from idp.flow import AuthnResult, Client
+from idp.invitations import Invitations
 from idp.launcher import Launcher
 from idp.lifecycle import AccountService, Actor
 from idp.mfa.service import enrolled_columns, enrolled_from
@@ -114,6 +115,7 @@ class Hub:
         self.app_policy_lookups: list = []
         self.app_access = AppAccess(self)  # who lost access to which app, for every channel (idp.assignments)
         self.launcher = Launcher(self)  # which apps a user sees on the launcher (idp.launcher)
+        self.invitations = Invitations(self)  # invited people's set-password links (idp.invitations)
         self._signer = URLSafeTimedSerializer(settings.secret_key, salt="idhub.not-me")
         self._devices = URLSafeTimedSerializer(settings.secret_key, salt="idhub.device-cookie")
 
@@ -445,8 +447,10 @@ class Hub:
         """The user's own new password (checked by the caller), through the account service."""
         self.accounts.write(db, Actor("self", user.email, user.id), user, password=new, **more)
 
-    def request_reset(self, ws: Workspace, email: str, client: Client, later=None) -> None:
-        """Same outcome whether or not the address exists; a new link kills older ones.
+    def request_reset(self, ws: Workspace, email: str, client: Client, later=None) -> str:
+        """Same outcome for the requester whether or not the address exists; a new link kills older ones. Returns
+        what happened, for an admin who asked for it: ``sent``, ``throttled``, ``unknown``, ``externally_managed``
+        or ``invited`` (an invitation not accepted yet: its link, not a reset link, lets them in).
 
         ``later(fn)``, when given, runs the mail delivery after the response has gone out (the web layer
         passes the response's close hook), so the answer takes as long for an unknown address as for a known
@@ -455,10 +459,10 @@ class Hub:
         try:
             key = normalise_email(email)
         except ValueError:
-            return
+            return "unknown"
         if not self.stores.throttle.hit(f"reset:{ws.id}:{key}", RESET_REQUESTS_PER_HOUR, 3600, now):
             self._event("password.reset.throttled", ws.id, client, actor_email=key)
-            return
+            return "throttled"
         with self.db() as db:
             user = user_by_email(db, ws.id, email)
             if user is None or not user.active:
@@ -468,7 +472,11 @@ class Hub:
                 # Provisioned by an HR system or IdP over SCIM: its password is managed there (same answer).
                 self._event("password.reset.requested", ws.id, client, actor_id=user.id,
                             data={"known": True, "sent": False, "reason": "externally_managed"})
-                return
+                return "externally_managed"
+            if self.invitations.blocks_reset(db, user):
+                self._event("password.reset.requested", ws.id, client, actor_id=user.id,
+                            data={"known": True, "sent": False, "reason": "invitation_not_accepted"})
+                return "invited"
             token, hashed = new_secret_token()
             db.execute(delete(PasswordResetToken).where(PasswordResetToken.user_id == user.id))
             db.add(PasswordResetToken(token_hash=hashed, user_id=user.id, created_at=now, expires_at=now + RESET_TTL))
@@ -483,6 +491,7 @@ class Hub:
             }, ws_id=ws.id, user_id=uid)
 
         (later or (lambda fn: fn()))(deliver)
+        return "sent"
 
     def reset_user(self, ws: Workspace, token: str) -> User | None:
         """The user a still-valid reset link belongs to (no side effects)."""

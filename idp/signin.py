@@ -204,6 +204,14 @@ class SigninCore:
             flow.email = email[:254]
         return self.proceed(ws, flow, client)
 
+    def activated(self, ws, user_id: str, email: str, client, *, binding: str):
+        """An invited person just chose their password with their invitation link (``idp.invitations``): that is
+        this sign-in's first factor. The policy engine decides what else — two-factor set-up where the workspace
+        or the role requires it — and the walk ends in a session, as any sign-in."""
+        flow = self.flows.new(ws.id, binding, "", email=email, state="password")
+        flow.user_id, flow.amr = user_id, ["pwd"]
+        return self.proceed(ws, flow, client, stored=False)
+
     # ---- what comes next -----------------------------------------------------------------------------------------
     def proceed(self, ws, flow: LoginFlow, client, *, stored: bool = True, account=None,
                 known_devices: frozenset = frozenset()):
