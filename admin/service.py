@@ -415,7 +415,8 @@ class AdminService:
                 raise AdminError(409, "conflict", "a user with this email address exists", "email")
             with account_errors():
                 user = self.hub.accounts.create(db, actor, ws.id, email=u["email"], name=u.get("name") or "",
-                                                role=u.get("role", "member"), password=u.get("password"))
+                                                role=u.get("role", "member"), password=u.get("password"),
+                                                profile=_name_profile(None, u.get("name") or ""))
             try:
                 db.flush()
             except IntegrityError:
@@ -592,8 +593,9 @@ class AdminService:
             with account_errors():
                 change = self.hub.accounts.write(
                     db, actor, user, name=(u.get("name") or "") if "name" in body else KEEP,
-                    email=u["email"] if "email" in body else KEEP, role=u["role"] if "role" in body else KEEP)
-            changed = list(change.fields)
+                    email=u["email"] if "email" in body else KEEP, role=u["role"] if "role" in body else KEEP,
+                    profile=_name_profile(user, u.get("name") or "") if "name" in body else None)
+            changed = [f for f in change.fields if f not in ("display_name", "scim")]
             if "groups" in body:
                 before = self._groups_of(db, [user.id])[user.id]
                 self._set_groups(db, ws, user, list(dict.fromkeys(u.get("groups") or [])), known)
@@ -1398,6 +1400,22 @@ class AdminService:
                 SessionRow.workspace_id == ws.id, SessionRow.revoked_at.is_(None), SessionRow.expires_at > now))
             return {"signins_24h": count("auth.signin.success"), "failures_24h": count("auth.signin.failure"),
                     "active_sessions": sessions, "users": users, "disabled_users": disabled}
+
+
+def _name_profile(user: User | None, name: str) -> dict:
+    """An admin-given name as SCIM shows names: ``displayName`` and ``name.formatted`` (a SCIM client that writes
+    them later replaces both)."""
+    scim = dict((user.scim if user is not None else None) or {})
+    parts = dict(scim.get("name") or {})
+    if name:
+        parts["formatted"] = name[:200]
+    else:
+        parts.pop("formatted", None)
+    if parts:
+        scim["name"] = parts
+    else:
+        scim.pop("name", None)
+    return {"display_name": name[:200] or None, "scim": scim or None}
 
 
 def summarise(policies: dict) -> list[str]:

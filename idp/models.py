@@ -68,8 +68,8 @@ class User(Base):
                       Index("ix_users_workspace_id_id", "workspace_id", "id"))
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
-    email: Mapped[str] = mapped_column(String(320))
-    email_normalized: Mapped[str] = mapped_column(String(320))
+    email: Mapped[str] = mapped_column(String(320))  # "" for a SCIM user whose client sent no address
+    email_normalized: Mapped[str | None] = mapped_column(String(320), nullable=True)  # NULL: no address
     name: Mapped[str] = mapped_column(String(200), default="")
     role: Mapped[str] = mapped_column(String(20), default="member")
     active: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -299,7 +299,7 @@ class SigninCore:
                 outcome = strategy.reauth_password(ws, user, password, client, options)
                 if outcome is not None:
                     return outcome
-        return self.hub.check_password(ws, user.email, password, client)
+        return self.hub.check_password(ws, user.email or user.username, password, client)
 
     # ---- step-up -------------------------------------------------------------------------------------------------
     def step_up(self, ws, session, client, *, binding: str, next_url: str, app: str = ""):

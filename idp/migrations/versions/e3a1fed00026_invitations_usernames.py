@@ -2,7 +2,8 @@
 
 ``invitations`` holds the SHA-256 of each invitation link's secret, who invited, when it expires, and whether it
 was accepted or ended (resent, revoked). ``users.username`` is a SCIM userName that is not the user's e-mail
-address (NULL: the userName is the address); ``username_normalized`` (NFKC, case-folded) is unique per workspace.
+address (NULL: the userName is the address); ``username_normalized`` (NFKC, case-folded) is unique per workspace;
+``users.email_normalized`` becomes nullable (a SCIM user with no address).
 
 Revision ID: e3a1fed00026
 Revises: e3a1fed00020
@@ -41,10 +42,14 @@ def upgrade() -> None:
         batch.add_column(sa.Column('username', sa.String(320), nullable=True))
         batch.add_column(sa.Column('username_normalized', sa.String(320), nullable=True))
         batch.create_unique_constraint('uq_users_workspace_username', ['workspace_id', 'username_normalized'])
+        # a SCIM user with a userName that is not an address and no emails has none (email ''): NULL keys
+        # do not collide in the (workspace, email) unique constraint
+        batch.alter_column('email_normalized', existing_type=sa.String(320), nullable=True)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('users') as batch:
+        batch.alter_column('email_normalized', existing_type=sa.String(320), nullable=False)
         batch.drop_constraint('uq_users_workspace_username', type_='unique')
         batch.drop_column('username_normalized')
         batch.drop_column('username')
