@@ -562,6 +562,8 @@ class AdminService:
                                  "managed by their identity provider")
             if not user.active:
                 raise AdminError(409, "disabled", "this user is disabled: enable them first")
+            if not user.email:
+                raise AdminError(409, "no_email", "this user has no e-mail address to send the link to")
             if self.hub.invitations.blocks_reset(db, user):
                 raise AdminError(409, "invited", "this user has not accepted their invitation yet: resend the "
                                  "invitation instead")

@@ -76,6 +76,14 @@ def test_invite_activate_with_2fa_and_end_one_of_the_users_sessions(admin_hub, n
     viewer.set_content(html)
     expect(viewer.get_by_role("link", name="Accept the invitation")).to_be_visible()
     shoot(viewer, "invite-mail")
+    # the invited user's page: when it was sent, until when it works, resend or revoke
+    admin.get_by_role("link", name=NINA).click()
+    expect(admin.locator("#user-status")).to_have_text("Invited")
+    expect(admin.locator("#invitation-state")).to_contain_text("by alice@acme.test")
+    expect(admin.get_by_role("button", name="Resend invitation")).to_be_visible()
+    expect(admin.get_by_role("button", name="Revoke invitation")).to_be_visible()
+    expect(admin.get_by_role("button", name="Send password reset")).to_have_count(0)
+    shoot(admin, "user-invited")
 
     # 3. the new hire activates: a password, then an authenticator app, then the launcher
     laptop = new_page(viewport={"width": 1280, "height": 900})
