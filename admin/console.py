@@ -214,8 +214,8 @@ def users(ws, p):
         except AdminError as exc:
             errors, status = [_error_text(exc)], exc.status
         else:
-            flash(f"Invited {u['email']}: a link to set a password is on its way." if u["status"] == "invited"
-                  else f"Created {u['email']}.", "status")
+            flash(f"Invited {u['email']}: the invitation is on its way (its link works for 7 days)."
+                  if u["status"] == "invited" else f"Created {u['email']}.", "status")
             return redirect(url_for("admin_console.users", ws_slug=ws.slug))
     try:
         page = svc.list_users(p, ws.slug, q=request.args.get("q"), status=request.args.get("status"),
@@ -248,9 +248,11 @@ def user(ws, p, user_id):
             return redirect(url_for("admin_console.user", ws_slug=ws.slug, user_id=user_id))
     u = svc.get_user(p, ws.slug, user_id)
     groups = svc.list_groups(p, ws.slug, limit=200)["items"]
-    events = svc.search_events(p, ws.slug, actor=user_id, limit=10)["items"]
-    return _render("user.html", ws, status, u=u, groups=groups, errors=errors, events=events,
-                   user_apps=svc.apps_of_user(p, ws.slug, u["id"]))
+    return _render("user.html", ws, status, u=u, groups=groups, errors=errors,
+                   events=svc.user_events(p, ws.slug, u["id"], limit=20),
+                   user_apps=svc.apps_of_user(p, ws.slug, u["id"]),
+                   sessions=svc.user_sessions(p, ws.slug, u["id"])["items"],
+                   factors=svc.second_factors(p, ws.slug, u["id"]))
 
 
 @bp.route("/w/<ws_slug>/admin/users/<user_id>/<action>", methods=["POST"])
@@ -273,6 +275,18 @@ def user_action(ws, p, user_id, action):
         elif action == "end-sessions":
             r = svc.end_sessions(p, ws.slug, user_id)
             flash(f"Ended {r['sessions_ended']} session(s).", "status")
+        elif action == "end-session":
+            svc.end_user_session(p, ws.slug, user_id, _form("session"))
+            flash("The session has ended: that browser is back at the sign-in page.", "status")
+        elif action == "password-reset":
+            r = svc.send_password_reset(p, ws.slug, user_id)
+            flash(f"A password reset link is on its way to {r['email']} (it works once, for 24 hours).", "status")
+        elif action == "resend-invitation":
+            r = svc.resend_invitation(p, ws.slug, user_id)
+            flash(f"A new invitation is on its way to {r['email']}; the previous link no longer works.", "status")
+        elif action == "revoke-invitation":
+            svc.revoke_invitation(p, ws.slug, user_id)
+            flash("The invitation was revoked: its link no longer works.", "status")
         else:
             return error_page(404, "Not found", "That action does not exist.")
     except AdminError as exc:

@@ -89,10 +89,29 @@ SCHEMAS: dict = {
                  "role": ROLE, "active": {"type": "boolean"},
                  "status": {"type": "string", "enum": ["active", "disabled", "invited"]}, "groups": STR_LIST,
                  "managed_by": NULLABLE_STR, "created_at": NULLABLE_STR, "updated_at": NULLABLE_STR,
-                 "mfa_methods": STR_LIST}},
+                 "mfa_methods": STR_LIST,
+                 "username": {"type": "string", "description": "the SCIM userName (the e-mail address unless the "
+                              "identity provider sent another); the user signs in with either"},
+                 "invitation": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Invitation"}]}}},
+    "Invitation": {"type": "object", "required": ["status", "sent_at", "expires_at"],
+                   "description": "The user's latest invitation (never its link).", "properties": {
+                       "status": {"type": "string", "enum": ["pending", "expired", "revoked", "accepted"]},
+                       "sent_at": {"type": "string"}, "expires_at": {"type": "string"},
+                       "invited_by": NULLABLE_STR, "accepted_at": NULLABLE_STR, "revoked_at": NULLABLE_STR}},
+    "Session": {"type": "object", "required": ["id", "started_at", "last_seen_at"], "properties": {
+        "id": {"type": "string", "description": "the session's public id (never its cookie)"},
+        "browser": {"type": "string"}, "os": {"type": "string"}, "device": {"type": "string"},
+        "ip": {"type": "string"}, "location": NULLABLE_STR, "started_at": {"type": "string"},
+        "last_seen_at": {"type": "string"}, "expires_at": {"type": "string"}, "methods": STR_LIST}},
+    "SessionList": {"type": "object", "required": ["items"], "properties": {
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Session"}}}},
+    "ResetSent": {"type": "object", "required": ["sent", "email"], "properties": {
+        "sent": {"type": "boolean"}, "email": {"type": "string"}}},
     "UserPage": _page_schema("User"),
     "NewUser": {"type": "object", "required": ["email"], "additionalProperties": False,
-                "description": "Without a password the user is invited: a set-password link is mailed.",
+                "description": "Without a password the user is invited: an invitation mail naming who invited them "
+                               "carries a link that works once, for 7 days, to choose a password (and set up 2FA "
+                               "where required).",
                 "properties": {"email": {"type": "string"}, "name": {"type": "string"},
                                "password": {"type": "string"}, "role": ROLE,
                                "groups": STR_LIST}},
@@ -263,6 +282,8 @@ class Op:
 U = _id("user_id", "user")
 G = _id("group_id", "group")
 T = _id("token_id", "SCIM token")
+SESSION = {"name": "session_id", "in": "path", "required": True, "description": "a session's public id",
+           "schema": {"type": "string", "maxLength": 64}}
 W = "/workspaces/{ws}"
 KEY = {"name": "key_id", "in": "path", "required": True, "description": "OIDC kid or SAML certificate SHA-256",
        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_:-]{1,128}$"}}
@@ -291,6 +312,16 @@ OPERATIONS: tuple[Op, ...] = (
        result="Count"),
     Op("post", W + "/users/{user_id}/end-sessions", "endUserSessions", "End every session of a user", (WS, U),
        result="Count"),
+    Op("get", W + "/users/{user_id}/sessions", "listUserSessions", "A user's active sessions (device, IP, started, "
+       "last seen)", (WS, U), result="SessionList"),
+    Op("delete", W + "/users/{user_id}/sessions/{session_id}", "endUserSession", "End one session of a user (its "
+       "browser gets the sign-in page; the apps are told)", (WS, U, SESSION), ok="204"),
+    Op("post", W + "/users/{user_id}/password-reset", "sendUserPasswordReset", "Mail the user the password-reset link "
+       "(24 hours, single use; 5 an hour, then 429)", (WS, U), result="ResetSent"),
+    Op("post", W + "/users/{user_id}/invitation", "resendUserInvitation", "Send the invitation again: a new 7-day "
+       "link (the old one stops working); 409 once the user has activated", (WS, U), result="User"),
+    Op("delete", W + "/users/{user_id}/invitation", "revokeUserInvitation", "Revoke the invitation: its link stops "
+       "working until an admin resends it", (WS, U), result="User"),
     Op("get", W + "/groups", "listGroups", "List groups (paginated)", (WS, LIMIT, OFFSET), result="GroupPage"),
     Op("post", W + "/groups", "createGroup", "Create a group", (WS,), body="GroupBody", ok="201", result="Group"),
     Op("get", W + "/groups/{group_id}", "getGroup", "Get a group", (WS, G), result="Group"),

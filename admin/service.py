@@ -326,12 +326,16 @@ class AdminService:
                 out[uid].append(name)
         return out
 
-    def render_user(self, u: User, groups: list[str], mfa: list[str] | None = None) -> dict:
+    def render_user(self, u: User, groups: list[str], mfa: list[str] | None = None, invitation=None) -> dict:
         status = "disabled" if not u.active else ("invited" if u.password_hash is None and not u.external_id
                                                    else "active")
         out = {"id": u.id, "email": u.email, "name": u.name or "", "role": u.role, "active": bool(u.active),
                "status": status, "groups": groups, "managed_by": "scim" if u.external_id else None,
-               "created_at": _iso(u.created_at), "updated_at": _iso(u.updated_at)}
+               "created_at": _iso(u.created_at), "updated_at": _iso(u.updated_at),
+               "username": getattr(u, "username", None) or u.email}
+        inv = self.hub.invitations.view(invitation)
+        out["invitation"] = None if inv is None else {k: _iso(v) if isinstance(v, datetime) else v
+                                                      for k, v in inv.items()}
         if mfa is not None:
             out["mfa_methods"] = mfa
         return out
@@ -366,7 +370,8 @@ class AdminService:
             total = db.scalar(select(func.count()).select_from(stmt.subquery()))
             rows = list(db.scalars(stmt.order_by(User.email_normalized, User.id).limit(limit).offset(offset)))
             groups = self._groups_of(db, [u.id for u in rows])
-        items = [self.render_user(u, groups[u.id]) for u in rows]
+            invites = self.hub.invitations.latest(db, [u.id for u in rows])
+        items = [self.render_user(u, groups[u.id], invitation=invites.get(u.id)) for u in rows]
         nxt = offset + len(items) if offset + len(items) < total else None
         return {"items": items, "total": total, "limit": limit, "offset": offset, "next_offset": nxt}
 
@@ -391,8 +396,9 @@ class AdminService:
         with self.hub.db() as db:
             u = self._user(db, ws, user_id)
             groups = self._groups_of(db, [u.id])[u.id]
+            invite = self.hub.invitations.latest(db, [u.id]).get(u.id)
         mfa = self.hub.mfa.enrolled(u.id).methods() if self.hub.mfa else []
-        return self.render_user(u, groups, list(mfa))
+        return self.render_user(u, groups, list(mfa), invitation=invite)
 
     def _group_names(self, db, ws: Workspace) -> dict[str, str]:
         return {g.name: g.id for g in db.scalars(select(Group).where(Group.workspace_id == ws.id))}
@@ -425,7 +431,8 @@ class AdminService:
                 raise AdminError(409, "conflict", "a user with this email address exists", "email")
             with account_errors():
                 user = self.hub.accounts.create(db, actor, ws.id, email=u["email"], name=u.get("name") or "",
-                                                role=u.get("role", "member"), password=u.get("password"))
+                                                role=u.get("role", "member"), password=u.get("password"),
+                                                profile=_name_profile(None, u.get("name") or ""))
             try:
                 db.flush()
             except IntegrityError:
@@ -436,9 +443,153 @@ class AdminService:
         invited = u.get("password") is None
         self.hub.accounts.record(actor, ws.id, "invited" if invited else "created", user.id, email=user.email,
                                  role=user.role, groups=groups)
+        invite = None
         if invited:
-            self.hub.request_reset(ws, user.email, self._client(p))
-        return self.render_user(user, groups)
+            self.hub.invitations.issue(ws, user, invited_by=p.actor_email, invited_by_name=self._name_of(p))
+            with self.hub.db() as db:
+                invite = self.hub.invitations.latest(db, [user.id]).get(user.id)
+        return self.render_user(user, groups, invitation=invite)
+
+    def _name_of(self, p: Principal) -> str:
+        """The acting admin's name (for the invitation mail), when a signed-in admin acts."""
+        if p.kind != "user" or not p.actor_id:
+            return ""
+        with self.hub.db() as db:
+            return db.scalar(select(User.name).where(User.id == p.actor_id)) or ""
+
+    # ---- invitations ------------------------------------------------------------------------------------------
+    def _invited(self, db, ws: Workspace, user_id: str, p: Principal) -> User:
+        user = self._user(db, ws, user_id, changed_by=p)
+        if user.password_hash is not None or user.external_id:
+            raise AdminError(409, "not_invited", "this user has already activated their account (use Send password "
+                             "reset instead)" if user.password_hash is not None else "this user is provisioned over "
+                             "SCIM: their identity provider signs them in")
+        if not user.active:
+            raise AdminError(409, "disabled", "this user is disabled: enable them first")
+        return user
+
+    def resend_invitation(self, p: Principal, slug: str, user_id: str) -> dict:
+        """A new invitation link, mailed (the old link stops working). 409 for a user who already has a password,
+        429 after 10 sends to one user in an hour."""
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            user = self._invited(db, ws, user_id, p)
+            db.expunge(user)
+        sent = self.hub.invitations.issue(ws, user, invited_by=p.actor_email, invited_by_name=self._name_of(p))
+        if sent is None:
+            raise AdminError(429, "too_many_requests", "this user was sent too many invitations in the last hour; "
+                             "try again later")
+        self.audit(p, ws.id, "admin.user.invitation_resent", subject_id=user.id, email=user.email,
+                   expires_at=_iso(sent.expires_at), mailed=sent.mailed)
+        return self.get_user(p, slug, user_id)
+
+    def revoke_invitation(self, p: Principal, slug: str, user_id: str) -> dict:
+        """End the user's invitation link (they cannot activate the account until an admin resends it)."""
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            user = self._invited(db, ws, user_id, p)
+        ended = self.hub.invitations.revoke(user.id)
+        self.audit(p, ws.id, "admin.user.invitation_revoked", subject_id=user.id, email=user.email,
+                   link_was_valid=ended)
+        return self.get_user(p, slug, user_id)
+
+    # ---- a user's sessions, factors, events; password reset ---------------------------------------------------
+    @staticmethod
+    def render_session(s) -> dict:
+        where = ", ".join(x for x in (s.city, s.country) if x and x != "unknown")
+        return {"id": s.public_id, "browser": s.browser, "os": s.os, "device": s.device, "ip": s.ip,
+                "location": where or None, "started_at": _iso(s.created_at), "last_seen_at": _iso(s.last_active_at),
+                "expires_at": _iso(s.expires_at), "methods": list(s.amr or [])}
+
+    def user_sessions(self, p: Principal, slug: str, user_id: str) -> dict:
+        """The user's active sessions, most recently seen first (never a cookie value: ``id`` is the public id)."""
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            user = self._user(db, ws, user_id)
+        sessions = sorted(self.hub.sessions.list(user.id), key=lambda s: s.last_active_at, reverse=True)
+        return {"items": [self.render_session(s) for s in sessions if s.workspace_id == ws.id]}
+
+    def end_user_session(self, p: Principal, slug: str, user_id: str, session_id: str) -> None:
+        """End one session of the user (its browser gets the sign-in page; the apps are told)."""
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            user = self._user(db, ws, user_id, changed_by=p)
+        target = self.hub.sessions.by_public_id(user.id, str(session_id)[:64]) if isinstance(session_id, str) \
+            else None
+        if target is None or target.workspace_id != ws.id:
+            raise AdminError(404, "not_found", "no such active session")
+        self.hub.sessions.end(target.id, "ended_by_admin")
+        self.audit(p, ws.id, "admin.user.session_ended", subject_id=user.id, session=target.public_id,
+                   browser=target.browser, ip=target.ip)
+
+    def second_factors(self, p: Principal, slug: str, user_id: str) -> list[dict]:
+        """Which second factors the user set up and when (never a secret; a phone number masked)."""
+        from idp.mfa.models import BackupCode, MfaPhone, MfaTotp
+        from idp.mfa.service import mask_phone
+
+        ws = self.workspace(p, slug)
+        out = []
+        with self.hub.db() as db:
+            user = self._user(db, ws, user_id)
+            totp = db.get(MfaTotp, user.id)
+            if totp is not None and totp.confirmed_at is not None and totp.secret_enc:
+                out.append({"method": "totp", "label": "Authenticator app", "added_at": _iso(totp.confirmed_at)})
+            phone = db.get(MfaPhone, user.id)
+            if phone is not None and phone.phone and phone.verified_at is not None:
+                out.append({"method": "sms", "label": f"Text message to {mask_phone(phone.phone)}",
+                            "added_at": _iso(phone.verified_at)})
+            left, made = db.execute(select(func.count(BackupCode.id).filter(BackupCode.used_at.is_(None)),
+                                           func.max(BackupCode.created_at)).where(BackupCode.user_id == user.id)
+                                    ).one()
+            if left:
+                out.append({"method": "backup_codes", "label": f"Backup codes ({left} left)", "added_at": _iso(made)})
+        return out
+
+    def user_events(self, p: Principal, slug: str, user_id: str, limit: int = 20) -> list[dict]:
+        """The latest audit events where the user acted or was acted on (newest first)."""
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            user = self._user(db, ws, user_id)
+            rows = list(db.scalars(select(AuditEvent).where(
+                AuditEvent.chain == chain_for(ws.id),
+                or_(AuditEvent.actor_id == user.id, AuditEvent.subject_id == user.id))
+                .order_by(AuditEvent.seq.desc()).limit(limit)))
+            ids = {i for e in rows for i in (e.actor_id, e.subject_id) if i and ID_RE.match(i)}
+            emails = {uid: email for uid, email in db.execute(
+                select(User.id, User.email).where(User.workspace_id == ws.id, User.id.in_(ids)))} if ids else {}
+        items = []
+        for e in rows:
+            item = self.render_event(e)
+            item["actor_label"] = e.actor_email or emails.get(e.actor_id or "") or e.actor_id
+            item["subject_label"] = emails.get(e.subject_id or "") or e.subject_id
+            items.append(item)
+        return items
+
+    def send_password_reset(self, p: Principal, slug: str, user_id: str) -> dict:
+        """Mail the user the normal password-reset link (24 hours, single use). Audited; limited like every reset
+        request (5 an hour for an address: 429 beyond)."""
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            user = self._user(db, ws, user_id, changed_by=p)
+            with account_errors():  # what the admin may not set, they may not have reset either
+                check_allowed(Actor.of_principal(p), user, {"password"})
+            if user.external_id:
+                raise AdminError(409, "externally_managed", "this user is provisioned over SCIM: their password is "
+                                 "managed by their identity provider")
+            if not user.active:
+                raise AdminError(409, "disabled", "this user is disabled: enable them first")
+            if not user.email:
+                raise AdminError(409, "no_email", "this user has no e-mail address to send the link to")
+            if self.hub.invitations.blocks_reset(db, user):
+                raise AdminError(409, "invited", "this user has not accepted their invitation yet: resend the "
+                                 "invitation instead")
+        outcome = self.hub.request_reset(ws, user.email, self._client(p))
+        if outcome == "throttled":
+            raise AdminError(429, "too_many_requests", "too many password resets were requested for this user in "
+                             "the last hour; try again later")
+        self.audit(p, ws.id, "admin.user.password_reset_sent", subject_id=user.id, email=user.email,
+                   outcome=outcome)
+        return {"sent": outcome == "sent", "email": user.email}
 
     def update_user(self, p: Principal, slug: str, user_id: str, body) -> dict:
         """Change a user's name, e-mail address, role or groups (the rules of ``idp.lifecycle``: a workspace
@@ -460,8 +611,9 @@ class AdminService:
             with account_errors():
                 change = self.hub.accounts.write(
                     db, actor, user, name=(u.get("name") or "") if "name" in body else KEEP,
-                    email=u["email"] if "email" in body else KEEP, role=u["role"] if "role" in body else KEEP)
-            changed = list(change.fields)
+                    email=u["email"] if "email" in body else KEEP, role=u["role"] if "role" in body else KEEP,
+                    profile=_name_profile(user, u.get("name") or "") if "name" in body else None)
+            changed = [f for f in change.fields if f not in ("display_name", "scim")]
             if "groups" in body:
                 before = self._groups_of(db, [user.id])[user.id]
                 self._set_groups(db, ws, user, list(dict.fromkeys(u.get("groups") or [])), known)
@@ -1414,6 +1566,22 @@ class AdminService:
                 SessionRow.workspace_id == ws.id, SessionRow.revoked_at.is_(None), SessionRow.expires_at > now))
             return {"signins_24h": count("auth.signin.success"), "failures_24h": count("auth.signin.failure"),
                     "active_sessions": sessions, "users": users, "disabled_users": disabled}
+
+
+def _name_profile(user: User | None, name: str) -> dict:
+    """An admin-given name as SCIM shows names: ``displayName`` and ``name.formatted`` (a SCIM client that writes
+    them later replaces both)."""
+    scim = dict((user.scim if user is not None else None) or {})
+    parts = dict(scim.get("name") or {})
+    if name:
+        parts["formatted"] = name[:200]
+    else:
+        parts.pop("formatted", None)
+    if parts:
+        scim["name"] = parts
+    else:
+        scim.pop("name", None)
+    return {"display_name": name[:200] or None, "scim": scim or None}
 
 
 def summarise(policies: dict) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, make_transient_to_detached
 
@@ -109,6 +109,60 @@ def normalise_email(email: str) -> str:
 def clean_email(email: str) -> str:
     """The address as typed, NFKC-normalised and trimmed (for display and for sending mail)."""
     return parse_email(email)[0]
+
+
+INVALID_IDENTIFIER = "Enter your email address or username."
+MAX_USERNAME = 254
+
+
+def parse_username(value: str) -> tuple[str, str]:
+    """(the userName as shown, its unique key) for an identifier that need not be an e-mail address (a SCIM
+    ``userName``: RFC 7643 allows any string). The rules of ``parse_email``'s family: trimmed of ordinary
+    whitespace, NFKC, the key case-folded; refused (InvalidEmail, with a specific message) when empty, over
+    ``MAX_USERNAME`` characters, or holding invisible, control or bidi characters or spaces — as given or in its
+    NFKC form — so that no two identifiers look alike but differ."""
+    if not isinstance(value, str):
+        raise InvalidEmail(INVALID_IDENTIFIER)
+    raw = value.strip(_TRIM)
+    if not raw or len(raw) > 4 * MAX_USERNAME:
+        raise InvalidEmail(INVALID_IDENTIFIER)
+    problem = identifier_problem(raw, "Usernames")
+    if problem:
+        raise InvalidEmail(problem)
+    shown = unicodedata.normalize("NFKC", raw)
+    key = shown.casefold()
+    if len(shown) > MAX_USERNAME or len(key) > MAX_USERNAME:
+        raise InvalidEmail(f"Usernames have at most {MAX_USERNAME} characters.")
+    return shown, key
+
+
+def identifier_key(value: str) -> str | None:
+    """The key a sign-in identifier is looked up by — an e-mail address's (``normalise_email``) or a username's
+    (``parse_username``) — or None when it can be neither."""
+    try:
+        return normalise_email(value)
+    except InvalidEmail:
+        pass
+    try:
+        return parse_username(value)[1]
+    except InvalidEmail:
+        return None
+
+
+def identifier_matches(columns, key):
+    """The one lookup rule, for every way in (sign-in, reset, re-authentication): a user is found by their primary
+    e-mail address or their username. ``columns``: ``User`` or ``User.__table__.c``; ``key``: an
+    ``identifier_key`` or a bound parameter. Writes keep the two apart (``idp.lifecycle``: no username equals
+    another user's address), so at most one user of a workspace matches."""
+    return or_(columns.email_normalized == key, columns.username_normalized == key)
+
+
+def user_by_identifier(db: Session, workspace_id: str, identifier: str) -> User | None:
+    """The user an identifier typed at sign-in (or "Forgot password?") names: their e-mail address or username."""
+    key = identifier_key(identifier)
+    if key is None:
+        return None
+    return db.scalar(select(User).where(User.workspace_id == workspace_id, identifier_matches(User, key)))
 
 
 def workspace_by_slug(db: Session, slug: str) -> Workspace | None:

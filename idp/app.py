@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
     app.session_interface = FlashCookieSession()
     app.extensions["idhub"] = hub or build_hub(settings)
 
-    from idp.web import apps, auth, mfa, ops, passkeys, security
+    from idp.web import apps, auth, invite, mfa, ops, passkeys, security
     from idp.web.common import csrf_token, error_page, new_error_id
 
     app.register_blueprint(ops.bp)
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
     app.register_blueprint(mfa.bp)
     app.register_blueprint(passkeys.bp)
     app.register_blueprint(apps.bp)
+    app.register_blueprint(invite.bp)
     from oidc.web import bp as oidc_bp
     app.register_blueprint(oidc_bp)
     from scim.web import bp as scim_bp

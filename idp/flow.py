@@ -26,7 +26,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from idp.accounts import InvalidEmail, clean_email, normalise_email
+from idp.accounts import InvalidEmail, clean_email, normalise_email, parse_username
 
 FLOW_TTL = 15 * 60
 
@@ -152,14 +152,22 @@ class FlowManager:
 
 
 def identify(email: str) -> tuple[str | None, str]:
-    """Validate the identifier step. Returns (error, cleaned email).
+    """Validate the identifier step: an e-mail address, or a username (a SCIM userName that is not an address).
+    Returns (error, cleaned identifier).
 
     The answer never depends on whether the account exists (no user enumeration); home-realm
-    discovery (upstream IdPs, LDAP) hooks in here once connections exist.
+    discovery (upstream IdPs, LDAP) hooks in here once connections exist. Something with an @ is read as an
+    address (its error says what is wrong with it); anything else as a username, held to the same rules for
+    invisible and control characters and spaces (``idp.accounts.parse_username``).
     """
     try:
         cleaned = clean_email(email)
         normalise_email(cleaned)
     except InvalidEmail as exc:
+        if isinstance(email, str) and "@" not in email:
+            try:
+                return None, parse_username(email)[0]
+            except InvalidEmail as uexc:
+                return str(uexc), (email or "")[:254]
         return str(exc), (email or "")[:254]
     return None, cleaned

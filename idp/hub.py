@@ -20,11 +20,17 @@ from sqlalchemy.orm import sessionmaker
 
 from config.settings import Settings
 from idp import emailverify, passwords
-from idp.accounts import ADMIN_ROLES, normalise_email, user_by_email
+from idp.accounts import (
+    ADMIN_ROLES,
+    identifier_key,
+    identifier_matches,
+    user_by_identifier,
+)
 from idp.assignments import AppAccess
 from idp.crypto import KeyRing, signer_keys
 from idp.flow import AuthnResult, Client
 from idp.invalidation import Invalidation
+from idp.invitations import Invitations
 from idp.launcher import Launcher
 from idp.lifecycle import AccountService, Actor
 from idp.mfa.passkeys import PASSWORDLESS, SECOND_FACTOR, PasskeyClone, PasskeyError
@@ -58,10 +64,11 @@ _KD = KnownDevice.__table__.c
 # new-device alert): one statement, a row per known device (one with NULLs when there is none). Read before
 # the hash, not after it: the hash evicts the caches, and whatever runs after it runs cold.
 _USER_FOR_PASSWORD = (
-    select(_U.id, _U.workspace_id, _U.email, _U.name, _U.password_hash, _U.password_reset_required,
+    select(_U.id, _U.workspace_id, _U.email, _U.email_normalized, _U.username_normalized, _U.name, _U.password_hash,
+           _U.password_reset_required,
            *ACCOUNT_COLUMNS, _KD.kind, _KD.fingerprint)
     .select_from(User.__table__.outerjoin(KnownDevice.__table__, _KD.user_id == _U.id))
-    .where(_U.workspace_id == bindparam("w"), _U.email_normalized == bindparam("e"))
+    .where(_U.workspace_id == bindparam("w"), identifier_matches(_U, bindparam("e")))  # address or username
 )
 _REHASH = update(User.__table__).where(_U.id == bindparam("u")).values(password_hash=bindparam("h"))
 # Hub.complete_signin without check_password's rows (federation, a second factor): the same, by user id
@@ -141,6 +148,7 @@ class Hub:
         """Call after committing a change that per-process caches hold (``idp.invalidation.KINDS``): every
         process of every node forgets them within a second."""
         self.invalidation.publish(kind, key)
+        self.invitations = Invitations(self)  # invited people's set-password links (idp.invitations)
 
     # ---- helpers -------------------------------------------------------------------------
     def connect(self):
@@ -162,6 +170,10 @@ class Hub:
         )
 
     def _mail(self, to: str, subject: str, template: str, context: dict, *, ws_id: str, user_id: str) -> bool:
+        if not to:  # an account without an address (SCIM sent none): nothing to send, and the log says so
+            self.audit.record("alert.failed", workspace_id=ws_id, subject_id=user_id,
+                              data={"template": template, "reason": "no_email"})
+            return False
         try:
             self.mailer.send(to, subject, template, context)
         except Exception as exc:  # a mail failure must not break sign-in; it is logged and audited
@@ -269,7 +281,7 @@ class Hub:
     # ---- device cookies (OWASP: "Slow down online guessing attacks with device cookies") ------------------
     def device_token(self, ws: Workspace, email: str) -> str:
         """The value of the device cookie a browser gets when it completes a sign-in to ``email``."""
-        return self._devices.dumps({"w": ws.id, "e": _email_digest(ws.id, normalise_email(email)),
+        return self._devices.dumps({"w": ws.id, "e": _email_digest(ws.id, identifier_key(email) or ""),
                                     "n": secrets.token_urlsafe(12)})
 
     def _device_key(self, ws: Workspace, key_email: str, device: str | None) -> str | None:
@@ -286,20 +298,24 @@ class Hub:
 
     def check_password(self, ws: Workspace, email: str, password: str, client: Client, next_url: str = "",
                        device: str | None = None) -> PasswordOutcome:
+        """The password of the account ``email`` names — its e-mail address or its username
+        (``idp.accounts.identifier_matches``: one rule for every way in)."""
         now = self.clock()
-        key_email = normalise_email(email)
+        key_email = identifier_key(email) or ""
+        with self.connect() as conn:  # released before the hash: no connection or transaction held across it
+            rows = conn.execute(_USER_FOR_PASSWORD, {"w": ws.id, "e": key_email}).all()
+        user = rows[0] if rows else None
+        # one throttle per account, whichever identifier was typed (its address, else its username)
+        account = (user.email_normalized or user.username_normalized) if user is not None else key_email
         # A browser that signed in to this account before (a valid device cookie) is throttled on its own key:
         # someone else's guesses, which lock the account for every other browser, do not lock the owner out.
-        acct_key = self._device_key(ws, key_email, device) or f"pw:{ws.id}:{key_email}"
+        acct_key = self._device_key(ws, key_email, device) or f"pw:{ws.id}:{account}"
         addr_key = f"pwip:{client.ip}"
         throttle = self.stores.throttle
         wait, failures = self._reserve_attempt(acct_key, addr_key, now)
         if wait:
             self._event("auth.signin.throttled", ws.id, client, actor_email=key_email, data={"retry_after": wait})
             return PasswordOutcome(False, f"Too many attempts. Try again in {wait} seconds.", retry_after=wait)
-        with self.connect() as conn:  # released before the hash: no connection or transaction held across it
-            rows = conn.execute(_USER_FOR_PASSWORD, {"w": ws.id, "e": key_email}).all()
-        user = rows[0] if rows else None
         ok = self.hasher.verify(user.password_hash if user else None, password)
         if ok and user and user.active and not user.password_reset_required:
             if self.hasher.needs_rehash(user.password_hash):
@@ -552,7 +568,7 @@ class Hub:
         with self.db() as db:
             user = db.get(User, session.user_id)
             # the same per-account throttle as sign-in: a stolen session must not become a password oracle
-            acct_key = f"pw:{ws.id}:{user.email_normalized}"
+            acct_key = f"pw:{ws.id}:{user.email_normalized or user.username_normalized}"
             wait, _ = self._reserve_attempt(acct_key, None, self.clock())
             if wait:
                 return [f"Too many attempts. Try again in {wait} seconds."]
@@ -574,22 +590,23 @@ class Hub:
         """The user's own new password (checked by the caller), through the account service."""
         self.accounts.write(db, Actor("self", user.email, user.id), user, password=new, **more)
 
-    def request_reset(self, ws: Workspace, email: str, client: Client, later=None) -> None:
-        """Same outcome whether or not the address exists; a new link kills older ones.
+    def request_reset(self, ws: Workspace, email: str, client: Client, later=None) -> str:
+        """Same outcome for the requester whether or not the address exists; a new link kills older ones. Returns
+        what happened, for an admin who asked for it: ``sent``, ``throttled``, ``unknown``, ``externally_managed``
+        or ``invited`` (an invitation not accepted yet: its link, not a reset link, lets them in).
 
         ``later(fn)``, when given, runs the mail delivery after the response has gone out (the web layer
         passes the response's close hook), so the answer takes as long for an unknown address as for a known
         one: no account enumeration through the SMTP round trip."""
         now = self.clock()
-        try:
-            key = normalise_email(email)
-        except ValueError:
-            return
+        key = identifier_key(email)
+        if key is None:
+            return "unknown"
         if not self.stores.throttle.hit(f"reset:{ws.id}:{key}", RESET_REQUESTS_PER_HOUR, 3600, now):
             self._event("password.reset.throttled", ws.id, client, actor_email=key)
-            return
+            return "throttled"
         with self.db() as db:
-            user = user_by_email(db, ws.id, email)
+            user = user_by_identifier(db, ws.id, email)
             if user is None or not user.active:
                 self._event("password.reset.requested", ws.id, client, actor_email=key, data={"known": False})
                 return
@@ -597,7 +614,15 @@ class Hub:
                 # Provisioned by an HR system or IdP over SCIM: its password is managed there (same answer).
                 self._event("password.reset.requested", ws.id, client, actor_id=user.id,
                             data={"known": True, "sent": False, "reason": "externally_managed"})
-                return
+                return "externally_managed"
+            if self.invitations.blocks_reset(db, user):
+                self._event("password.reset.requested", ws.id, client, actor_id=user.id,
+                            data={"known": True, "sent": False, "reason": "invitation_not_accepted"})
+                return "invited"
+            if not user.email:  # a SCIM user whose client sent no address: nowhere to send the link
+                self._event("password.reset.requested", ws.id, client, actor_id=user.id,
+                            data={"known": True, "sent": False, "reason": "no_email"})
+                return "no_email"
             token, hashed = new_secret_token()
             db.execute(delete(PasswordResetToken).where(PasswordResetToken.user_id == user.id))
             db.add(PasswordResetToken(token_hash=hashed, user_id=user.id, created_at=now, expires_at=now + RESET_TTL))
@@ -612,6 +637,7 @@ class Hub:
             }, ws_id=ws.id, user_id=uid)
 
         (later or (lambda fn: fn()))(deliver)
+        return "sent"
 
     def reset_user(self, ws: Workspace, token: str) -> User | None:
         """The user a still-valid reset link belongs to (no side effects)."""
@@ -648,7 +674,7 @@ class Hub:
             self._set_password(db, user, new, verified_via=emailverify.MAIL)
             db.commit()
         ended = self.sessions.end_all(user.id, "password_reset")
-        self.stores.throttle.reset(f"pw:{ws.id}:{user.email_normalized}")
+        self.stores.throttle.reset(f"pw:{ws.id}:{user.email_normalized or user.username_normalized}")
         self._event("password.reset.completed", ws.id, client, actor_id=user.id, data={"sessions_ended": len(ended)})
         self._alert(user, ws, "alert_password_changed", "Your password was changed", client)
         return []

@@ -31,14 +31,14 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from idp import passwords
-from idp.accounts import ADMIN_ROLES, ROLES, InvalidEmail, clean_email, normalise_email
+from idp.accounts import ADMIN_ROLES, ROLES, InvalidEmail, clean_email, normalise_email, parse_username
 from idp.models import PasswordResetToken, User
 
 log = logging.getLogger("idhub.lifecycle")
 
 KEEP: Any = object()  # "leave this attribute as it is"
 PROFILE_FIELDS = ("external_id", "display_name", "given_name", "family_name", "scim")
-PROTECTED = frozenset({"email", "password", "role"})  # of a privileged account: not from every channel
+PROTECTED = frozenset({"email", "username", "password", "role"})  # of a privileged account: not from every channel
 # the audit event prefix of each channel's account events (existing names: scim.user.*, admin.user.*, …)
 EVENT_PREFIX = {"scim": "scim.user", "admin": "admin.user", "operator": "admin.user", "config": "config.user",
                 "upstream": "federation.user", "self": "account", "system": "account"}
@@ -136,9 +136,9 @@ def check_allowed(actor: Actor, user, fields: set[str], *, new: bool = False) ->
         if "role" in fields:
             raise AccountError("mutability", "role", "SCIM cannot change an account's role")
         if role == "admin":
-            hit = sorted(fields & {"email", "password"})
+            hit = sorted(fields & {"email", "password", "username"})
             if hit:
-                what = "userName" if hit[0] == "email" else hit[0]
+                what = "userName" if hit[0] in ("email", "username") else hit[0]
                 raise AccountError("mutability", hit[0], f"{what} of an administrator's account cannot be set over "
                                    "SCIM; an admin of the workspace or the hub operator can change it")
     elif actor.channel == "upstream":
@@ -163,6 +163,20 @@ def identifier(value) -> tuple[str, str]:
         raise AccountError("invalid", "email", str(exc) or "not a valid e-mail address") from None
 
 
+def username_of(value) -> tuple[str, str]:
+    """(userName as shown, normalised key) or ``AccountError`` naming ``userName`` (``idp.accounts.parse_username``:
+    any string, but no invisible, control or bidi characters and no spaces)."""
+    try:
+        return parse_username(value)
+    except InvalidEmail as exc:
+        raise AccountError("invalid", "userName", str(exc)) from None
+
+
+def _taken(db, user: User, column, key: str) -> bool:
+    found = db.scalar(select(User.id).where(User.workspace_id == user.workspace_id, column == key).limit(1))
+    return found is not None and found != user.id
+
+
 def password_errors(password, email: str | None) -> str | None:
     if not isinstance(password, str):
         return "must be a string"
@@ -172,16 +186,36 @@ def password_errors(password, email: str | None) -> str | None:
 
 def write(db, actor: Actor, user: User, *, hasher, clock: Callable, new: bool = False, email=KEEP, name=KEEP,
           role=KEEP, active=KEEP, password=KEEP, password_hash=KEEP, reset_required=KEEP, verified_via=KEEP,
-          profile: dict | None = None) -> Change:
+          profile: dict | None = None, username=KEEP) -> Change:
     """Set attributes of ``user`` (a ``User`` in ``db``; ``new``: not stored yet) in the caller's transaction,
-    after every rule passed; nothing is set when one fails. The caller commits; ``Change`` says what changed."""
+    after every rule passed; nothing is set when one fails. The caller commits; ``Change`` says what changed.
+
+    ``email=None`` removes the address (a SCIM user whose client sent none: they sign in with their username and
+    get no mail); ``username``: a userName that is not the address (None: the userName is the address). A
+    username that is the user's own address is stored as None. Sign-in finds a user by either
+    (``idp.accounts.identifier_matches``), so neither may be another user's address or username."""
     change = Change()
     key = clean = None
-    if email is not KEEP:
+    if email is None:
+        clean, key = "", None
+    elif email is not KEEP:
         clean, key = identifier(email)
+    uname = ukey = None
+    if username is not KEEP and username is not None:
+        uname, ukey = username_of(username)
+    final_email_key = key if email is not KEEP else user.email_normalized
+    if username is not KEEP and ukey is not None and ukey == final_email_key:
+        uname = ukey = None  # the userName is the address
+    if username is not KEEP and ukey is None and final_email_key is None:
+        raise AccountError("invalid", "userName", "a user without an e-mail address needs a username")
+    if username is KEEP and email is None and not getattr(user, "username_normalized", None):
+        raise AccountError("invalid", "email", "an e-mail address is required")
     wanted: set[str] = set()
     if email is not KEEP and (key != user.email_normalized or clean != user.email):
         wanted.add("email")
+    if username is not KEEP and (ukey != getattr(user, "username_normalized", None)
+                                 or uname != getattr(user, "username", None)):
+        wanted.add("username")
     if role is not KEEP:
         if role not in ROLES:
             raise AccountError("invalid", "role", f"must be one of {', '.join(ROLES)}")
@@ -202,8 +236,17 @@ def write(db, actor: Actor, user: User, *, hasher, clock: Callable, new: bool = 
         why = password_errors(password, clean or user.email)
         if why:
             raise AccountError("invalid", "password", f"does not meet the password rules: {why}")
+    if "email" in wanted and key is not None and key != user.email_normalized \
+            and _taken(db, user, User.username_normalized, key):
+        raise AccountError("uniqueness", "email", "this e-mail address is another user's username in this workspace")
+    if "username" in wanted and ukey is not None:
+        if _taken(db, user, User.email_normalized, ukey):
+            raise AccountError("uniqueness", "userName", "this userName is another user's e-mail address in this "
+                               "workspace")
+        if _taken(db, user, User.username_normalized, ukey):
+            raise AccountError("uniqueness", "userName", "this userName is already in use in this workspace")
     if "email" in wanted and key != user.email_normalized:
-        if not new:
+        if not new and key is not None:
             taken = db.scalar(select(User.id).where(User.workspace_id == user.workspace_id,
                                                     User.email_normalized == key))
             if taken is not None and taken != user.id:
@@ -215,8 +258,15 @@ def write(db, actor: Actor, user: User, *, hasher, clock: Callable, new: bool = 
             db.execute(delete(PasswordResetToken).where(PasswordResetToken.user_id == user.id))
         user.email_normalized = key
     if "email" in wanted:
+        if key is None and not new:
+            change.old_email = user.email or None
+            user.email_verified_via = None
+            db.execute(delete(PasswordResetToken).where(PasswordResetToken.user_id == user.id))
         user.email = clean
         change.fields.append("email")
+    if "username" in wanted:
+        user.username, user.username_normalized = uname, ukey
+        change.fields.append("username")
     if name is not KEEP and (name or "") != (user.name or ""):
         user.name = (name or "")[:200]
         change.fields.append("name")

@@ -63,12 +63,13 @@ class Workspace(Base):
 class User(Base):
     __tablename__ = "users"
     __table_args__ = (UniqueConstraint("workspace_id", "email_normalized", name="uq_users_workspace_email"),
+                      UniqueConstraint("workspace_id", "username_normalized", name="uq_users_workspace_username"),
                       # SCIM listing: WHERE workspace_id = ? ORDER BY id OFFSET … LIMIT … walks this index
                       Index("ix_users_workspace_id_id", "workspace_id", "id"))
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
-    email: Mapped[str] = mapped_column(String(320))
-    email_normalized: Mapped[str] = mapped_column(String(320))
+    email: Mapped[str] = mapped_column(String(320))  # "" for a SCIM user whose client sent no address
+    email_normalized: Mapped[str | None] = mapped_column(String(320), nullable=True)  # NULL: no address
     name: Mapped[str] = mapped_column(String(200), default="")
     role: Mapped[str] = mapped_column(String(20), default="member")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -86,6 +87,10 @@ class User(Base):
     scim: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     # How the current address was verified (idp.emailverify): "mail", "upstream:<connection slug>" or NULL.
     email_verified_via: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # A SCIM userName that is not the e-mail address (NULL: the userName is the address); its key is unique
+    # per workspace and never another user's address (idp.accounts.user_by_identifier: one rule for both).
+    username: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    username_normalized: Mapped[str | None] = mapped_column(String(320), nullable=True)
 
     workspace: Mapped[Workspace] = relationship(lazy="joined")
 
@@ -166,3 +171,22 @@ class RetainedKey(Base):
     key_id: Mapped[str] = mapped_column(String(16))
     sealed: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Invitation(Base):
+    """A link that lets an invited person choose their password (``idp.invitations``). Only the SHA-256 of the link's
+    secret is stored; a resend or a revocation ends the old link (``revoked_at``), accepting it sets ``accepted_at``
+    (atomically: one request wins)."""
+
+    __tablename__ = "invitations"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    invited_by: Mapped[str] = mapped_column(String(320), default="")  # the admin's address, or token:<name>
+    invited_by_name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)  # resent | revoked

@@ -233,6 +233,14 @@ class SigninCore:
         flow.upgrades = current.id if current is not None else ""
         return self.proceed(ws, flow, client, stored=False)
 
+    def activated(self, ws, user_id: str, email: str, client, *, binding: str):
+        """An invited person just chose their password with their invitation link (``idp.invitations``): that is
+        this sign-in's first factor. The policy engine decides what else — two-factor set-up where the workspace
+        or the role requires it — and the walk ends in a session, as any sign-in."""
+        flow = self.flows.new(ws.id, binding, "", email=email, state="password")
+        flow.user_id, flow.amr = user_id, ["pwd"]
+        return self.proceed(ws, flow, client, stored=False)
+
     # ---- what comes next -----------------------------------------------------------------------------------------
     def proceed(self, ws, flow: LoginFlow, client, *, stored: bool = True, account=None,
                 known_devices: frozenset = frozenset()):
@@ -320,7 +328,7 @@ class SigninCore:
                 outcome = strategy.reauth_password(ws, user, password, client, options)
                 if outcome is not None:
                     return outcome
-        return self.hub.check_password(ws, user.email, password, client)
+        return self.hub.check_password(ws, user.email or user.username, password, client)
 
     # ---- step-up -------------------------------------------------------------------------------------------------
     def step_up(self, ws, session, client, *, binding: str, next_url: str, app: str = ""):

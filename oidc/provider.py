@@ -992,7 +992,7 @@ class OidcService:
 
     def user_claims(self, user: User, scopes: list[str]) -> dict:
         out: dict = {}
-        if "email" in scopes:
+        if "email" in scopes and user.email:  # a SCIM user may have no address: then no email claim at all
             # Only what idhub knows: an address of a domain the workspace claims, or one whose owner completed a
             # mail round trip or a trusted upstream vouched for (never an address an admin or SCIM client typed).
             out.update({"email": user.email, "email_verified": emailverify.is_verified(

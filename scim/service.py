@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     Integer,
     String,
+    and_,
     asc,
     bindparam,
     delete,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     null,
+    or_,
     select,
     true,
     union_all,
@@ -36,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
-from idp.accounts import SLUG_RE
+from idp.accounts import SLUG_RE, InvalidEmail, clean_email
 from idp.invalidation import SCIM_TOKENS, generation
 from idp.lifecycle import KEEP, PROTECTED, AccountError, Actor, check_allowed, is_privileged
 from idp.models import Group, GroupMember, User, Workspace, utcnow
@@ -526,7 +528,7 @@ class ScimService:
             columns = {
                 "id": Column(User.id, case_exact=True),
                 "externalid": Column(User.external_id, case_exact=True),
-                "username": Column(User.email_normalized, "folded"),
+                "username": Column(func.coalesce(User.username_normalized, User.email_normalized), "folded"),
                 "displayname": Column(User.display_name),
                 "name.givenname": Column(User.given_name),
                 "name.familyname": Column(User.family_name),
@@ -820,12 +822,15 @@ class ScimService:
         translator's ``eq`` on that column, the caller's workspace, and the token re-check of ``_still_valid``."""
         stmt = cls._lookup_statements.get(key)
         if stmt is None:
-            col = {"username": User.email_normalized, "externalid": User.external_id, "id": User.id}[key]
+            col = {"externalid": User.external_id, "id": User.id}.get(key)
             valid = exists(select(ScimToken.id).join(Workspace, Workspace.id == ScimToken.workspace_id).where(
                 ScimToken.id == bindparam("tid"), ScimToken.revoked_at.is_(None),
                 ScimToken.workspace_id == bindparam("ws"), Workspace.slug == bindparam("slug"),
                 Workspace.plan == "enterprise"))
-            page = (select(User.id).where(User.workspace_id == bindparam("ws"), col == bindparam("v"), valid)
+            match = col == bindparam("v") if col is not None else or_(  # userName: the username, else the address
+                User.username_normalized == bindparam("v"),
+                and_(User.username_normalized.is_(None), User.email_normalized == bindparam("v")))
+            page = (select(User.id).where(User.workspace_id == bindparam("ws"), match, valid)
                     .order_by(User.id).limit(bindparam("lim", type_=Integer)))
             stmt = cls._lookup_statements[key] = cls.user_statement(User.id.in_(page), [User.id])
         return stmt
@@ -849,8 +854,8 @@ class ScimService:
         return bodies if len(bodies) < count else None  # a full page: totalResults needs the COUNT
 
     # -- rendering
-    _USER_COLUMNS = (User.id, User.email, User.external_id, User.display_name, User.given_name, User.family_name,
-                     User.active, User.created_at, User.updated_at, User.scim)
+    _USER_COLUMNS = (User.id, User.email, User.username, User.external_id, User.display_name, User.given_name,
+                     User.family_name, User.active, User.created_at, User.updated_at, User.scim)
 
     @classmethod
     def user_statement(cls, where, order: list):
@@ -1097,6 +1102,7 @@ class ScimService:
         username = data.get("userName")
         if not isinstance(username, str) or not username.strip():
             raise E.InvalidValue("userName is required")
+        email = account_email(username, data.get("emails"))
         name = dict(data.get("name") or {})
         given, family = _clip(name.pop("givenName", None), 200), _clip(name.pop("familyName", None), 200)
         display = _clip(data.get("displayName"), 200)
@@ -1108,7 +1114,7 @@ class ScimService:
             raise E.InvalidValue("password must be a string")
         with scim_account_errors():
             return self.hub.accounts.write(
-                db, actor, user, new=new, email=username,
+                db, actor, user, new=new, email=email, username=username,
                 name=_clip(display or name.get("formatted") or " ".join(p for p in (given, family) if p)
                            or user.name or "", 200),
                 active=bool(data["active"]) if "active" in data else KEEP, password=password,
@@ -1235,7 +1241,8 @@ def scim_account_errors():
         if exc.kind == "invalid":
             raise E.InvalidValue(detail) from None
         if exc.kind == "uniqueness":
-            raise E.Uniqueness("userName is already in use in this workspace") from None
+            raise E.Uniqueness("userName is already in use in this workspace" if "already in use" in exc.message
+                               else detail) from None
         if exc.kind == "mutability" or exc.field in PROTECTED:
             raise E.Mutability(detail) from None
         raise E.Forbidden(detail) from None
@@ -1334,6 +1341,26 @@ def _changed(old: dict, new: dict) -> list[str]:
     return out
 
 
+def account_email(username: str, emails) -> str | None:
+    """The account's e-mail address from a SCIM user: ``emails`` (the primary one, else the first with a value),
+    else the ``userName`` when it is an address; None when neither gives one — the user then signs in with their
+    username and gets no mail (invitations, resets, alerts). An address in ``emails`` is held to the rules of
+    ``idp.accounts.parse_email``: it becomes a sign-in identifier."""
+    chosen = None
+    if isinstance(emails, list):
+        values = [e for e in emails if isinstance(e, dict) and isinstance(e.get("value"), str) and e["value"].strip()]
+        chosen = next((e for e in values if e.get("primary") is True), values[0] if values else None)
+    if chosen is not None:
+        try:
+            return clean_email(chosen["value"])
+        except InvalidEmail as exc:
+            raise E.InvalidValue(f"emails: {exc}") from None
+    try:
+        return clean_email(username)
+    except InvalidEmail:
+        return None
+
+
 def render_user(u: User, groups: list[dict], base: str) -> dict:
     scim = dict(u.scim or {})
     name = dict(scim.pop("name", None) or {})
@@ -1346,7 +1373,7 @@ def render_user(u: User, groups: list[dict], base: str) -> dict:
                   "id": u.id}
     if u.external_id:
         body["externalId"] = u.external_id
-    body["userName"] = u.email
+    body["userName"] = u.username or u.email
     if name:
         body["name"] = name
     if u.display_name:

@@ -131,7 +131,7 @@ def test_admin_connects_okta_tests_it_adds_apps_sets_an_allowlist_and_sees_it_al
     add.get_by_label("Name", exact=True).fill("Carol Example")
     add.get_by_role("button", name="Add user").click()
     expect(ui.notice(page, "Invited carol@acme.test")).to_be_visible()
-    expect(page.locator('tr[data-user="carol@acme.test"]')).to_contain_text("invited")
+    expect(page.locator('tr[data-user="carol@acme.test"]')).to_contain_text("Invited")
     shoot("users")
 
     # 2. a group

@@ -178,7 +178,7 @@ def test_every_operation_refuses_another_workspace(app, hub, tokens):
         ids = {"ws": "other", "user_id": user_id(hub, "other", ALICE),
                "group_id": db.scalar(select(Group.id).where(Group.workspace_id == other)),
                "token_id": "00000000-0000-4000-8000-000000000000", "app": "evil", "conn": "evil",
-               "key_id": "evil"}
+               "key_id": "evil", "session_id": "0" * 22}
         before = db.scalar(select(Workspace).where(Workspace.id == other)).policies
     n_events = len(events(hub, "admin.access.denied"))
     acme = Api(app, tokens["acme"])
@@ -243,7 +243,8 @@ def test_users_create_invite_list_filter_and_page(app, hub, api, outbox):
     r = api.post("/workspaces/acme/users", {"email": "dave@acme.test", "name": "Dave"})
     assert r.status_code == 201 and r.get_json()["status"] == "invited"
     [mail] = outbox.find(to="dave@acme.test")
-    link = outbox.link(mail, r"http://localhost/w/acme/password/reset/\S+")
+    assert mail["Subject"].startswith("You're invited to ")
+    link = outbox.link(mail, r"http://localhost/w/acme/invite/\S+")
     b = Browser(app)
     assert b.get(link.removeprefix("http://localhost")).status_code == 200  # the set-password page
 

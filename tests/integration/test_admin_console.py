@@ -245,7 +245,7 @@ def test_invite_user_disable_and_audit_as_the_admin(app, hub, admin, outbox):
     assert r.status_code == 302
     page = text(admin.get("/w/acme/admin/users"))
     assert "Invited carol@acme.test" in page and 'data-user="carol@acme.test"' in page
-    assert outbox.find(to="carol@acme.test", subject="Reset your password")
+    assert outbox.find(to="carol@acme.test", subject="You're invited to ")
     r = admin.form_post("/w/acme/admin/users", "/w/acme/admin/users", {"email": "carol@acme.test"})
     assert r.status_code == 409 and "already" not in text(r) and "exists" in text(r)
     with hub.db() as db:

@@ -185,7 +185,7 @@ def test_an_invitation_link_verifies_the_address(app, hub, admin_api, outbox):
     assert r.status_code == 201 and r.get_json()["status"] == "invited"
     assert stored(hub, CEO) is None
     [mail] = outbox.find(to=CEO)
-    path = outbox.link(mail, r"http://localhost/w/acme/password/reset/[A-Za-z0-9_-]+").removeprefix("http://localhost")
+    path = outbox.link(mail, r"http://localhost/w/acme/invite/[A-Za-z0-9_-]+").removeprefix("http://localhost")
     b = Browser(app)
     assert b.form_post(path, path, {"new_password": NEW_PW, "confirm_password": NEW_PW}).status_code == 302
     assert verified(app, email=CEO, password=NEW_PW) == (True, True)
