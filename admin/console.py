@@ -166,7 +166,7 @@ def _listing(errors: list[str], list_page, *args) -> dict:
 def dashboard(ws, p):
     svc = admin_service()
     stats = svc.dashboard(p, ws.slug)
-    recent = svc.search_events(p, ws.slug, limit=10)["items"]
+    recent = svc.search_events(p, ws.slug, limit=10, decisions=False)["items"]
     return _render("dashboard.html", ws, stats=stats, recent=recent)
 
 

@@ -183,8 +183,9 @@ def _ways_back(ws) -> list[tuple[str, str]]:
     links = []
     if request.path.startswith(f"/w/{ws.slug}/admin"):
         links.append(("Admin console", url_for("admin_console.dashboard", ws_slug=ws.slug)))
-    links += [("Your apps", url_for("apps.page", ws_slug=ws.slug)),
-              (f"Sign in to {ws.name}", url_for("auth.login", ws_slug=ws.slug))]
+    links.append(("Your apps", url_for("apps.page", ws_slug=ws.slug)))
+    if not request.cookies.get(session_cookie(ws.slug)):  # signed in: the apps page is the way back
+        links.append((f"Sign in to {ws.name}", url_for("auth.login", ws_slug=ws.slug)))
     return links
 
 

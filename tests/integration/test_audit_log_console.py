@@ -81,7 +81,7 @@ def test_a_failed_2fa_code_is_found_by_kind_outcome_and_user_and_exported_with_t
     assert who.text_content() == BOB and who.get("href") == f"/w/acme/admin/users/{bob}"
     # details as key: value, never JSON
     details = tr.xpath("td[@data-label='Details']")[0]
-    assert [d.text_content() for d in details.xpath(".//dt")] == ["method"]
+    assert [d.text_content() for d in details.xpath(".//dt")] == ["method:"]
     assert details.xpath(".//dd")[0].text_content() == "totp" and "{" not in details.text_content()
 
     # by user: ?user=<id> (the user page's link) and by part of the e-mail; the admin's own sign-in is not Bob's
