@@ -191,3 +191,18 @@ def test_bad_filters_are_a_400_on_the_page_naming_the_field(app, hub):
             r = admin.get(f"{path}?{q}")
             assert r.status_code == 400 and r.mimetype == "text/html", (path, q)
             assert f"{field}:" in text(r) and "<h1>Audit log</h1>" in text(r)
+
+
+def test_outcomes_read_from_the_data_filter_alike_on_every_database(app, hub):
+    ws, bob, _alice = ids(hub)
+    admin = signed_in(app, ALICE)
+    hub.audit.record("saml.slo.backchannel", workspace_id=ws.id, data={"sp": "https://a.test", "success": False,
+                                                                       "error": "timeout"})
+    hub.audit.record("saml.slo.backchannel", workspace_id=ws.id, data={"sp": "https://b.test", "success": True})
+    hub.audit.record("policy.decision", workspace_id=ws.id, actor_id=bob, data={"effect": "allow", "rule": "all"})
+    failed = rows(text(admin.get("/w/acme/admin/audit?outcome=failure&kind=session")))
+    assert [(tr.get("data-type"), tr.get("data-outcome")) for tr in failed] == [("saml.slo.backchannel", "failure")]
+    assert "timeout" in failed[0].text_content()
+    ok = rows(text(admin.get("/w/acme/admin/audit?outcome=success&kind=session&kind=policy&decisions=1")))
+    assert {tr.get("data-type") for tr in ok} == {"saml.slo.backchannel", "policy.decision"}
+    assert all(tr.get("data-outcome") == "success" for tr in ok)
