@@ -175,15 +175,21 @@ def _handlers(svc: AdminService, p: Principal, kw: dict):
         "revokeScimToken": lambda: svc.revoke_scim_token(p, ws, kw["token_id"]),
         "listSigningKeys": lambda: svc.list_signing_keys(p, ws),
         "revokeSigningKey": lambda: svc.revoke_signing_key(p, ws, kw["key_id"]),
-        "searchAuditEvents": lambda: svc.search_events(p, ws, type=_q("type"), actor=_q("actor"),
-                                                       since=_q("since"), until=_q("until"), limit=_q("limit"),
-                                                       before=_q("before")),
+        "searchAuditEvents": lambda: svc.search_events(p, ws, limit=_q("limit"), before=_q("before"),
+                                                       **_audit_filters()),
     }
+
+
+def _audit_filters() -> dict:
+    """The audit log's filters (``admin.auditlog``): policy decisions are included unless ``decisions=false``."""
+    return {"type": _q("type"), "actor": _q("actor"), "since": _q("since"), "until": _q("until"),
+            "user": _q("user"), "app": _q("app"), "kind": request.args.getlist("kind"), "outcome": _q("outcome"),
+            "decisions": (_q("decisions") or "true").lower() not in ("false", "0", "no")}
 
 
 def _export(svc: AdminService, p: Principal, ws: str):
     fmt = _q("format") or "json"
-    chunks = svc.export_events(p, ws, fmt=fmt, type=_q("type"), since=_q("since"), until=_q("until"))
+    chunks = svc.export_events(p, ws, fmt=fmt, **_audit_filters())
     mimetype = "text/csv" if fmt == "csv" else "application/json"
     resp = Response(chunks, mimetype=mimetype)
     resp.headers["Content-Disposition"] = f'attachment; filename="audit-{ws}.{fmt}"'

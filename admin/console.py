@@ -4,6 +4,7 @@ same operations as the API, acting as the signed-in admin (role ``admin`` in thi
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 
 from flask import Blueprint, Response, flash, g, redirect, render_template, request, url_for
@@ -13,6 +14,7 @@ from admin.forms import DURATION_UNITS, FormErrors, form_errors, join_duration, 
 from admin.service import AdminError
 from admin.tokens import Principal
 from idp.accounts import ADMIN_ROLES, PLANS, workspace_snapshot
+from idp.eventcatalog import KINDS, OUTCOMES
 from idp.models import User
 from idp.web.common import (
     check_csrf,
@@ -165,7 +167,7 @@ def _listing(errors: list[str], list_page, *args) -> dict:
 def dashboard(ws, p):
     svc = admin_service()
     stats = svc.dashboard(p, ws.slug)
-    recent = svc.search_events(p, ws.slug, limit=10)["items"]
+    recent = svc.search_events(p, ws.slug, limit=10, decisions=False)["items"]
     return _render("dashboard.html", ws, stats=stats, recent=recent)
 
 
@@ -823,29 +825,62 @@ def scim_revoke(ws, p, token_id):
 
 
 # ---- audit log ---------------------------------------------------------------------------------------------
-AUDIT_FILTERS = ("type", "actor", "since", "until", "before")
+AUDIT_TEXT = ("type", "actor", "user", "app", "outcome", "since", "until")
 
 
-def _audit_args(names) -> dict:
-    args = {k: request.args.get(k) or None for k in names}
-    for k in ("since", "until"):  # the date inputs send YYYY-MM-DD
-        if args.get(k) and len(args[k]) == 10:
-            args[k] += "T00:00:00Z"
+def _audit_query() -> dict:
+    """The audit page's filters as given (what the form shows again, and what its links carry)."""
+    q: dict = {k: request.args.get(k, "")[:320] for k in AUDIT_TEXT}
+    q["kind"] = [k[:32] for k in request.args.getlist("kind")[:20] if k]
+    q["decisions"] = "1" if request.args.get("decisions") else ""
+    return q
+
+
+def _audit_filters(q: dict) -> dict:
+    """The filters for ``AdminService``: the date inputs send YYYY-MM-DD (the start of that day, UTC); a date
+    for "until" means up to the end of that day."""
+    args = {k: q[k] or None for k in AUDIT_TEXT}
+    for k in ("since", "until"):
+        value = args.get(k)
+        if value and len(value) == 10:
+            args[k] = value + "T00:00:00Z"
+            if k == "until":
+                try:
+                    day = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+                    args[k] = (day + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+                except ValueError:
+                    pass  # refused, naming the field, by the service
+                except OverflowError:
+                    args[k] = value + "T00:00:00Z"
+    args["kind"] = q["kind"]
+    args["decisions"] = bool(q["decisions"])
     return args
+
+
+def _link_args(q: dict) -> dict:
+    """The filters as URL arguments (empty ones left out), for the pager and the export links."""
+    return {k: v for k, v in q.items() if v}
 
 
 def _audit_page(ws, p, errors: list[str], page: dict | None = None):
     if page is None:
         page = {"items": [], "next_before": None}
-    filters = {k: request.args.get(k, "")[:100] for k in AUDIT_FILTERS if k != "before"}
-    return _render("audit.html", ws, 400 if errors else 200, page=page, errors=errors, filters=filters)
+    q = _audit_query()
+    try:
+        apps = admin_service().audit_apps(p, ws.slug)
+    except AdminError:
+        apps = []
+    return _render("audit.html", ws, 400 if errors else 200, page=page, errors=errors, filters=q,
+                   link_args=_link_args(q), kinds=KINDS, outcomes=OUTCOMES, apps=apps,
+                   paged=bool(request.args.get("before")))
 
 
 @bp.route("/w/<ws_slug>/admin/audit")
 @admin_required
 def audit(ws, p):
     try:
-        page = admin_service().search_events(p, ws.slug, limit=50, **_audit_args(AUDIT_FILTERS))
+        page = admin_service().search_events(p, ws.slug, limit=50, before=request.args.get("before") or None,
+                                             **_audit_filters(_audit_query()))
     except AdminError as exc:
         return _audit_page(ws, p, [_error_text(exc)])
     return _audit_page(ws, p, [], page)
@@ -856,7 +891,7 @@ def audit(ws, p):
 def audit_export(ws, p):
     fmt = request.args.get("format", "csv")
     try:
-        chunks = admin_service().export_events(p, ws.slug, fmt=fmt, **_audit_args(("type", "since", "until")))
+        chunks = admin_service().export_events(p, ws.slug, fmt=fmt, **_audit_filters(_audit_query()))
     except AdminError as exc:  # shown on the audit page, with the filters as given
         return _audit_page(ws, p, [_error_text(exc)])
     resp = Response(chunks, mimetype="text/csv" if fmt == "csv" else "application/json")

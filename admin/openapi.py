@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from idp.eventcatalog import KINDS, OUTCOMES
+
 API_PREFIX = "/api/v1"
 ERROR_STATUSES = ("400", "401", "403", "404", "409", "413", "422", "429")
 
@@ -263,6 +265,13 @@ SCHEMAS: dict = {
 LIMIT = _q("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "page size (default 50)")
 OFFSET = _q("offset", {"type": "integer", "minimum": 0}, "items to skip")
 TIME = {"type": "string", "format": "date-time"}
+AUDIT_FILTERS = (
+    _q("user", {"type": "string"}, "a user's id, or part of an e-mail: events they did or that were done to them"),
+    _q("app", {"type": "string"}, "an app's slug, client id or entity id"),
+    _q("kind", {"type": "string", "enum": list(KINDS)}, "the event's kind (docs/events.md); may be repeated"),
+    _q("outcome", {"type": "string", "enum": list(OUTCOMES)}, "the event's outcome"),
+    _q("decisions", {"type": "boolean"}, "include policy.decision events (default true)"),
+)
 
 
 @dataclass(frozen=True)
@@ -371,13 +380,14 @@ OPERATIONS: tuple[Op, ...] = (
        (WS, KEY), result="RevokedKey"),
     Op("get", W + "/audit/events", "searchAuditEvents", "Search the audit log, newest first",
        (WS, _q("type", {"type": "string"}, "event type, or a prefix ending in *"),
-        _q("actor", {"type": "string"}, "actor e-mail or id"), _q("since", TIME, "from (inclusive)"),
+        _q("actor", {"type": "string"}, "actor e-mail or id"), *AUDIT_FILTERS, _q("since", TIME, "from (inclusive)"),
         _q("until", TIME, "to (exclusive)"), LIMIT,
         _q("before", {"type": "integer", "minimum": 0}, "page back from this seq")), result="EventPage"),
     Op("get", W + "/audit/export", "exportAuditEvents", "Export the audit log as CSV or JSON",
        (WS, _q("format", {"type": "string", "enum": ["csv", "json"]}, "csv or json (default)"),
-        _q("type", {"type": "string"}, "event type"), _q("since", TIME, "from (inclusive)"),
-        _q("until", TIME, "to (exclusive)")),
+        _q("type", {"type": "string"}, "event type, or a prefix ending in *"),
+        _q("actor", {"type": "string"}, "actor e-mail or id"), *AUDIT_FILTERS,
+        _q("since", TIME, "from (inclusive)"), _q("until", TIME, "to (exclusive)")),
        media={"application/json": {"type": "array", "items": {"type": "object"}}, "text/csv": {"type": "string"}}),
 )
 

@@ -17,11 +17,13 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
+from admin import auditlog
 from admin.tokens import Principal
 from idp.accounts import normalise_email
 from idp.audit import AuditEvent, chain_for, iso_utc
 from idp.configfile import ConfigError, Validator, validate, validate_apps, validate_policies, validate_user
 from idp.crypto import secret_keys
+from idp.eventcatalog import failed_factor_types
 from idp.flow import Client
 from idp.invalidation import CONNECTIONS, SAML_APPS, SCIM_TOKENS, WORKSPACES
 from idp.lifecycle import KEEP, AccountError, Actor, check_allowed, is_privileged
@@ -1491,63 +1493,51 @@ class AdminService:
                 "actor_email": ev.actor_email, "subject_id": ev.subject_id, "ip": ev.ip,
                 "request_id": ev.request_id, "data": ev.data or {}}
 
-    def _event_filter(self, ws: Workspace, type_, actor, since, until):
-        stmt = select(AuditEvent).where(AuditEvent.chain == chain_for(ws.id))
-        if type_ not in (None, ""):
-            if not isinstance(type_, str) or len(type_) > 64 or not re.match(r"^[a-z0-9_.]+\*?$", type_):
-                raise AdminError(400, "bad_parameter", "type is an event type such as auth.signin.failure, "
-                                 "or a prefix ending in *", "type")
-            if type_.endswith("*"):
-                stmt = stmt.where(AuditEvent.type.startswith(type_[:-1], autoescape=True))
-            else:
-                stmt = stmt.where(AuditEvent.type == type_)
-        if actor not in (None, ""):
-            if not isinstance(actor, str) or len(actor) > 320:
-                raise AdminError(400, "bad_parameter", "actor is too long", "actor")
-            stmt = stmt.where(or_(AuditEvent.actor_email == actor.strip().casefold(), AuditEvent.actor_email == actor,
-                                  AuditEvent.actor_id == actor))
-        s, u = parse_time(since, "since"), parse_time(until, "until")
-        if s is not None:
-            stmt = stmt.where(AuditEvent.occurred_at >= s)
-        if u is not None:
-            stmt = stmt.where(AuditEvent.occurred_at < u)
-        return stmt
+    @staticmethod
+    def audit_filters(*, type=None, actor=None, since=None, until=None, user=None, app=None,  # noqa: A002
+                      kind=None, outcome=None, decisions=True) -> auditlog.Filters:
+        """The audit log's filters (``admin.auditlog``), checked; ``kind`` is one kind or a list of them."""
+        kinds = [k for k in ([kind] if isinstance(kind, str) else list(kind or [])) if k]
+        f = auditlog.Filters(type=type or None, actor=actor or None, user=user or None, app=app or None,
+                             kinds=kinds, outcome=outcome or None, since=parse_time(since, "since"),
+                             until=parse_time(until, "until"), decisions=bool(decisions))
+        try:
+            return f.check()
+        except auditlog.FilterError as exc:
+            raise AdminError(400, "bad_parameter", exc.message, exc.field) from None
 
-    def search_events(self, p: Principal, slug: str, *, type=None, actor=None, since=None, until=None,  # noqa: A002
-                      limit=None, before=None) -> dict:
-        """Newest first; ``before`` (a ``seq``) pages back."""
+    def search_events(self, p: Principal, slug: str, *, limit=None, before=None, **filters) -> dict:
+        """Newest first; ``before`` (a ``seq``) pages back. Each event as ``admin.auditlog`` presents it (the
+        recorded fields, and its description, kind, outcome, actor's e-mail, target, app, readable details)."""
         ws = self.workspace(p, slug)
         limit = _int(limit, "limit", 50, 1, MAX_LIMIT)
         before_seq = _int(before, "before", 0, 0, 2**62) if before not in (None, "") else None
-        stmt = self._event_filter(ws, type, actor, since, until)
-        if before_seq is not None:
-            stmt = stmt.where(AuditEvent.seq < before_seq)
+        f = self.audit_filters(**filters)
         with self.hub.db() as db:
-            rows = list(db.scalars(stmt.order_by(AuditEvent.seq.desc()).limit(limit + 1)))
-            more = len(rows) > limit
-            rows = rows[:limit]
-            ids = {i for e in rows for i in (e.actor_id, e.subject_id) if i and ID_RE.match(i)}
-            emails = {uid: email for uid, email in db.execute(
-                select(User.id, User.email).where(User.workspace_id == ws.id, User.id.in_(ids)))} if ids else {}
-        items = []
-        for e in rows:
-            item = self.render_event(e)
-            item["actor_label"] = e.actor_email or emails.get(e.actor_id or "") or e.actor_id
-            item["subject_label"] = emails.get(e.subject_id or "") or e.subject_id
-            items.append(item)
-        return {"items": items, "next_before": rows[-1].seq if more and rows else None}
+            out = auditlog.page(db, ws.id, f, limit=limit, before=before_seq)
+        for item in out["items"]:  # the names this API has always given them
+            item["subject_id"] = item["target_id"]
+            item["actor_label"] = item["actor_email"] or item["actor_id"]
+            item["subject_label"] = item["target"]
+            item["details"] = dict(item["details"])
+            for key in ("prev_hash", "hash", "workspace_id", "user_agent"):
+                item.pop(key, None)
+        return out
 
-    def export_events(self, p: Principal, slug: str, *, fmt="json", type=None, since=None,  # noqa: A002
-                      until=None):
+    def export_events(self, p: Principal, slug: str, *, fmt="json", **filters):
+        """The matching events, oldest first, with the columns of ``idp.eventcatalog.EXPORT_COLUMNS``."""
         ws = self.workspace(p, slug)
         if fmt not in ("json", "csv"):
             raise AdminError(400, "bad_parameter", "format must be csv or json", "format")
-        if type not in (None, "") and (not isinstance(type, str) or len(type) > 64
-                                       or not re.match(r"^[a-z0-9_.]+$", type)):
-            raise AdminError(400, "bad_parameter", "type is an event type such as auth.signin.failure", "type")
-        s, u = parse_time(since, "since"), parse_time(until, "until")
+        f = self.audit_filters(**filters)
         self.audit(p, ws.id, "admin.audit.exported", format=fmt)
-        return self.hub.audit.export(ws.id, fmt=fmt, since=s, until=u, types=[type] if type else None)
+        return auditlog.export(self.hub.db, ws.id, f, fmt)
+
+    def audit_apps(self, p: Principal, slug: str) -> list[auditlog.AppRef]:
+        """The workspace's apps, for the audit log's app filter."""
+        ws = self.workspace(p, slug)
+        with self.hub.db() as db:
+            return auditlog.workspace_apps(db, ws.id)
 
     # ---- dashboard --------------------------------------------------------------------------------------------
     def dashboard(self, p: Principal, slug: str) -> dict:
@@ -1564,7 +1554,11 @@ class AdminService:
                                                                               User.active.is_(False)))
             sessions = db.scalar(select(func.count()).select_from(SessionRow).where(
                 SessionRow.workspace_id == ws.id, SessionRow.revoked_at.is_(None), SessionRow.expires_at > now))
-            return {"signins_24h": count("auth.signin.success"), "failures_24h": count("auth.signin.failure"),
+            failed = db.scalar(select(func.count()).select_from(AuditEvent).where(
+                AuditEvent.chain == chain_for(ws.id), AuditEvent.type.in_(failed_factor_types()),
+                AuditEvent.occurred_at >= since))
+            return {"signins_24h": count("auth.signin.success"), "failures_24h": failed,
+                    "since_iso": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
                     "active_sessions": sessions, "users": users, "disabled_users": disabled}
 
 

@@ -8,7 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
-from flask import Flask, g, get_flashed_messages, request, url_for
+from flask import Flask, g, get_flashed_messages, jsonify, request, url_for
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 UNCACHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 log = logging.getLogger("idhub")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+# the URLs apps and provisioning clients call: their errors keep the protocol's format, never an HTML page
+PROTOCOL_PATH = re.compile(r"^/w/[^/]+/(?:scim(?:/|$)|oauth2/|\.well-known/)")
 
 
 class FlashCookieSession(SecureCookieSessionInterface):
@@ -152,14 +154,33 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
     def _http_error(exc: HTTPException):
         if admin_api.is_api_path(request.path):  # the admin API answers in its own JSON error format
             return admin_api.http_error(exc)
-        titles = {400: "Bad request", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
+        if PROTOCOL_PATH.match(request.path):  # an app or a provisioning client: its protocol's error format
+            return _protocol_error(exc)
+        titles = {400: "Bad request", 403: "Forbidden", 404: "Page not found", 405: "Method not allowed",
                   413: "Request too large", 429: "Too many requests"}
-        message = exc.description if exc.code in (400, 403, 404) and exc.description else {
-            404: "The page you asked for does not exist.",
+        ours = exc.description and exc.description != type(exc).description  # not werkzeug's stock text
+        message = exc.description if exc.code in (400, 403, 404) and ours else {
+            400: "The request could not be processed.",
+            403: "You are not allowed to open this page.",
+            404: "There is no page at this address. Check the link, or start again from one of the pages below.",
             405: "That action is not available here.",
             413: "What you sent is too large. Shorten it and try again.",
         }.get(exc.code, "The request could not be processed.")
         return error_page(exc.code or 500, titles.get(exc.code, exc.name), message)
+
+    def _protocol_error(exc: HTTPException):
+        """A 404/405/… under a protocol URL no view matched: SCIM's error, or OAuth's JSON error."""
+        status = exc.code or 400
+        if "/scim" in request.path:
+            from scim.errors import ScimError
+            from scim.web import _error as scim_error
+
+            err = ScimError(exc.name)
+            err.status = status
+            return scim_error(err)
+        resp = jsonify({"error": "invalid_request", "error_description": exc.name})
+        resp.status_code = status
+        return resp
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, flash, g, make_response, redirect, render_template, request, url_for
 
+from idp.accounts import SLUG_RE, workspace_snapshot
 from idp.flow import FlowError, FlowManager, identify
 from idp.hub import DEVICE_MAX_AGE
 from idp.metrics import SIGNINS
@@ -39,10 +40,22 @@ def _flows() -> FlowManager:
 
 @bp.route("/")
 def home():
-    slug = request.args.get("workspace", "").strip().lower()
-    if slug:
-        return redirect(url_for("auth.login", ws_slug=slug))
-    return render_template("home.html")
+    """The start page: the workspace's name, then its sign-in page; a name no workspace has is said under the
+    field, keeping what was typed."""
+    typed = request.args.get("workspace", "")[:100]
+    slug = typed.strip().lower()
+    if not slug:
+        return render_template("home.html", typed="", error=None)
+    with hub().connect() as conn:
+        ws = workspace_snapshot(conn, slug)
+    if ws is None:
+        shown = slug if slug.isprintable() else "that name"
+        error = (f"No workspace called '{shown}' — check the name your IT team gave you."
+                 if SLUG_RE.match(slug) else
+                 "A workspace name has only lowercase letters, digits and dashes — check the name your IT team "
+                 "gave you.")
+        return render_template("home.html", typed=typed, error=error), 404
+    return redirect(url_for("auth.login", ws_slug=ws.slug))
 
 
 @bp.route("/w/<ws_slug>/")

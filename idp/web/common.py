@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import uuid
 from functools import wraps
@@ -105,7 +106,9 @@ def load_workspace(slug: str):
     with hub().connect() as conn:
         ws = workspace_snapshot(conn, slug)
     if ws is None:
-        abort(404, description="There is no workspace at this address.")
+        shown = slug if len(slug) <= 63 and slug.isprintable() else slug[:63] + "…"
+        abort(404, description=f"There is no workspace called '{shown}'. Check the address, or the workspace "
+                               "name your IT team gave you.")
     g.workspace = ws
     current_client()  # an unreadable forwarding header from a trusted proxy denies every workspace page
     return ws
@@ -156,6 +159,43 @@ def new_error_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+_WS_PATH = re.compile(r"^/w/([a-z0-9-]{1,63})(?:/|$)")
+
+
+def _workspace_of_request():
+    """The workspace the URL names (``/w/<slug>/…``), if it exists: an error page keeps it and the ways back.
+    Never raises (an error page must render even when the store is down)."""
+    ws = g.get("workspace")
+    if ws is not None:
+        return ws
+    m = _WS_PATH.match(request.path)
+    if m is None:
+        return None
+    try:
+        with hub().connect() as conn:
+            return workspace_snapshot(conn, m.group(1))
+    except Exception:  # noqa: BLE001 - the page shows the error it was asked to show, whatever else is wrong
+        return None
+
+
+def _ways_back(ws) -> list[tuple[str, str]]:
+    """(label, URL) of the pages to go back to from an error in ``ws``: its console when the error was in it,
+    the user's apps, the workspace's sign-in page; the start page when the URL names no workspace."""
+    if ws is None:
+        return [("Go to the start page", "/")]
+    links = []
+    if request.path.startswith(f"/w/{ws.slug}/admin"):
+        links.append(("Admin console", url_for("admin_console.dashboard", ws_slug=ws.slug)))
+    links.append(("Your apps", url_for("apps.page", ws_slug=ws.slug)))
+    if not request.cookies.get(session_cookie(ws.slug)):  # signed in: the apps page is the way back
+        links.append((f"Sign in to {ws.name}", url_for("auth.login", ws_slug=ws.slug)))
+    return links
+
+
 def error_page(status: int, title: str, message: str, error_id: str | None = None):
-    return render_template("error.html", status=status, title=title, message=message,
+    """The styled error page (templates/error.html): the workspace the URL names, if any, with the ways back
+    to it, and an error id (the request's) to give the IT team."""
+    ws = _workspace_of_request() if status != 503 else g.get("workspace")
+    return render_template("error.html", status=status, title=title, message=message, ws=ws,
+                           links=_ways_back(ws),
                            error_id=error_id or g.get("request_id") or new_error_id()), status
