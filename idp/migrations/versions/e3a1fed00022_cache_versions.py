@@ -4,7 +4,7 @@ Every serving process reads these few rows at most every half second and drops i
 version moved (idp.invalidation): the fallback when Redis pub/sub does not reach it.
 
 Revision ID: e3a1fed00022
-Revises: e3a1fed00020
+Revises: e3a1fed00021
 Create Date: 2026-12-07 16:45:00
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import idp.models
 
 revision = 'e3a1fed00022'
-down_revision = 'e3a1fed00020'
+down_revision = 'e3a1fed00021'
 branch_labels = None
 depends_on = None
 

@@ -6,7 +6,7 @@ refresh token is the token response its rotation gave, encrypted with a key deri
 client that lost the response and retries within the grace window gets the same answer.
 
 Revision ID: e3a1fed00023
-Revises: e3a1fed00020
+Revises: e3a1fed00022
 Create Date: 2026-12-07 16:40:00
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 import idp.models
 
 revision = 'e3a1fed00023'
-down_revision = 'e3a1fed00020'
+down_revision = 'e3a1fed00022'
 branch_labels = None
 depends_on = None
 

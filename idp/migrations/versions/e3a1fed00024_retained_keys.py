@@ -1,7 +1,7 @@
 """Secret rotation: retained_keys, the derived keys of earlier IDHUB_SECRET_KEYs that stored keyed hashes need
 
 Revision ID: e3a1fed00024
-Revises: e3a1fed00020
+Revises: e3a1fed00023
 Create Date: 2026-12-07 17:00:00
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = 'e3a1fed00024'
-down_revision = 'e3a1fed00020'
+down_revision = 'e3a1fed00023'
 branch_labels = None
 depends_on = None
 

@@ -6,7 +6,7 @@ are new, with a partial index of the rows still to seal. Existing chains are mar
 seal after the upgrade checks their unkeyed hashes and re-links them under the key.
 
 Revision ID: e3a1fed00025
-Revises: e3a1fed00020
+Revises: e3a1fed00024
 Create Date: 2026-12-07 16:40:00
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = 'e3a1fed00025'
-down_revision = 'e3a1fed00020'
+down_revision = 'e3a1fed00024'
 branch_labels = None
 depends_on = None
 

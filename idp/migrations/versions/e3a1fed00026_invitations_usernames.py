@@ -6,7 +6,7 @@ address (NULL: the userName is the address); ``username_normalized`` (NFKC, case
 ``users.email_normalized`` becomes nullable (a SCIM user with no address).
 
 Revision ID: e3a1fed00026
-Revises: e3a1fed00020
+Revises: e3a1fed00025
 Create Date: 2026-12-07 16:40:00
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 from idp.models import UTCDateTime
 
 revision = 'e3a1fed00026'
-down_revision = 'e3a1fed00020'
+down_revision = 'e3a1fed00025'
 branch_labels = None
 depends_on = None
 

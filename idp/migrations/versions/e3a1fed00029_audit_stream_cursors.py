@@ -4,7 +4,7 @@ A sink (the SIEM webhook, or a node's JSON-lines file) has delivered a chain's s
 streamer advances it only once the sink has acknowledged them, so a SIEM outage or a restart loses nothing.
 
 Revision ID: e3a1fed00029
-Revises: e3a1fed00025
+Revises: e3a1fed00026
 Create Date: 2026-12-07 16:50:00
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import idp.models
 
 revision = 'e3a1fed00029'
-down_revision = 'e3a1fed00025'
+down_revision = 'e3a1fed00026'
 branch_labels = None
 depends_on = None
 
