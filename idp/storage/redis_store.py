@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from idp.storage.base import Backoff, SessionData, StoreUnavailable, ThrottleState
-from idp.storage.breaker import Breaker
+from idp.storage.breaker import CLOSED, Breaker
 from idp.storage.memory import TOUCH_WRITE_INTERVAL, as_utc, check_ttl, window_start
 from idp.storage.sql import SqlSessionStore
 
@@ -326,7 +326,7 @@ class CachedSessionStore:
 
     def _drop_stale_keys(self) -> None:
         """Delete the cache keys of sessions changed elsewhere (hygiene: they are not trusted anyway)."""
-        if not self._undeleted or not self.breaker.allow():
+        if not self._undeleted or self.breaker.state != CLOSED:  # never the breaker's trial call: requests make it
             return
         with self._lock:
             batch, self._undeleted = list(self._undeleted), set()
