@@ -52,10 +52,6 @@ def _from_micros(us: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
 
 
-def _glob_escape(s: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in s)
-
-
 @contextmanager
 def redis_guard(what: str, breaker: Breaker | None = None) -> Iterator[None]:
     """Redis errors → ``StoreUnavailable``. With a breaker: an open circuit fails at once without a network call,
@@ -72,6 +68,10 @@ def redis_guard(what: str, breaker: Breaker | None = None) -> Iterator[None]:
     except Exception:
         if breaker is not None:
             breaker.success()  # Redis answered (with an error of ours): it is there
+        raise
+    except BaseException:  # interrupted (worker shutdown): no verdict, but never leave a trial call hanging
+        if breaker is not None:
+            breaker.abandon()
         raise
     if breaker is not None:
         breaker.success()
