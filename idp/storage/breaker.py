@@ -62,6 +62,11 @@ class Breaker:
             log.info("%s is back; circuit closed", self.name)
             self._tell(True)
 
+    def abandon(self) -> None:
+        """A call ended without a verdict (interrupted): let the next caller make the trial."""
+        with self._lock:
+            self._trial = False
+
     def failure(self) -> None:
         with self._lock:
             was = self._state

@@ -94,6 +94,12 @@ def _report_redis(up: bool) -> None:
         metrics.REDIS_BREAKER_OPENED.inc()
 
 
+def _report_redis_start() -> None:
+    from idp import metrics
+
+    metrics.BACKEND_UP.labels(backend="redis").set(1)  # until a call finds it away
+
+
 def build_stores(settings, sessionmaker: SessionMaker) -> Stores:
     """SQL stores, or Redis ones (sessions: SQL behind a Redis cache) when ``settings.redis_url`` is set.
 
@@ -115,6 +121,7 @@ def build_stores(settings, sessionmaker: SessionMaker) -> Stores:
     client = redis_client(url, timeout=getattr(settings, "redis_timeout", 0.5),
                           retry_interval=getattr(settings, "redis_retry_interval", 5.0))
     client.idhub_breaker.listeners.append(_report_redis)
+    _report_redis_start()
     return Stores(
         sessions=CachedSessionStore(sql_sessions, client, prefix, recheck=getattr(settings, "session_recheck", 1.0)),
         one_time=FailoverOneTimeStore(RedisOneTimeStore(client, prefix), SqlOneTimeStore(sessionmaker)),

@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from idp.storage.base import Backoff, SessionData, StoreUnavailable, ThrottleState
-from idp.storage.breaker import Breaker
+from idp.storage.breaker import CLOSED, Breaker
 from idp.storage.memory import TOUCH_WRITE_INTERVAL, as_utc, check_ttl, window_start
 from idp.storage.sql import SqlSessionStore
 
@@ -52,10 +52,6 @@ def _from_micros(us: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
 
 
-def _glob_escape(s: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in s)
-
-
 @contextmanager
 def redis_guard(what: str, breaker: Breaker | None = None) -> Iterator[None]:
     """Redis errors → ``StoreUnavailable``. With a breaker: an open circuit fails at once without a network call,
@@ -72,6 +68,10 @@ def redis_guard(what: str, breaker: Breaker | None = None) -> Iterator[None]:
     except Exception:
         if breaker is not None:
             breaker.success()  # Redis answered (with an error of ours): it is there
+        raise
+    except BaseException:  # interrupted (worker shutdown): no verdict, but never leave a trial call hanging
+        if breaker is not None:
+            breaker.abandon()
         raise
     if breaker is not None:
         breaker.success()
@@ -326,7 +326,7 @@ class CachedSessionStore:
 
     def _drop_stale_keys(self) -> None:
         """Delete the cache keys of sessions changed elsewhere (hygiene: they are not trusted anyway)."""
-        if not self._undeleted or not self.breaker.allow():
+        if not self._undeleted or self.breaker.state != CLOSED:  # never the breaker's trial call: requests make it
             return
         with self._lock:
             batch, self._undeleted = list(self._undeleted), set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+import redis
 
 from idp.storage import factory
 from idp.storage.base import Backoff, StoreUnavailable
@@ -179,3 +180,53 @@ def test_throttles_never_start_from_zero_across_an_outage(failover):
     assert throttle.state(key, now).blocked_until is not None
     throttle.reset(key)
     assert throttle.state(key, now).failures == 0
+
+
+def test_the_session_cache_repair_never_wedges_the_breaker(sqlite_sm):
+    """A process that saw session changes while Redis was away deletes their cache keys once Redis is back; the
+    repair must not take the breaker's one trial call (else the breaker would stay half-open for good)."""
+    import uuid
+    from datetime import timedelta
+
+    from idp.models import User, Workspace
+    from idp.storage.base import SessionData
+    from idp.storage.redis_store import CachedSessionStore
+    from idp.storage.sql import SqlSessionStore
+
+    ws_id, uid = str(uuid.uuid4()), str(uuid.uuid4())
+    with sqlite_sm() as s, s.begin():
+        s.add(Workspace(id=ws_id, slug="ws-" + ws_id[:8], name="Breaker"))
+        s.flush()
+        s.add(User(id=uid, workspace_id=ws_id, email=f"{uid}@example.test", email_normalized=f"{uid}@example.test"))
+    with start_private_redis() as server:
+        client = factory.redis_client(server.url, timeout=0.3, retry_interval=5)
+        clock = Clock()
+        client.idhub_breaker._clock = clock
+        store = CachedSessionStore(SqlSessionStore(sqlite_sm), client, "wedge:", clock=clock)
+        now = datetime.now(UTC)
+        data = SessionData(id=uuid.uuid4().hex * 2, public_id=uuid.uuid4().hex[:16], workspace_id=ws_id, user_id=uid,
+                           created_at=now, last_active_at=now, expires_at=now + timedelta(hours=1), idle_timeout=600)
+        store.create(data)
+        server.freeze()
+        try:
+            assert store.get(data.id).is_active()  # opens the breaker (one timeout), answered from the database
+            assert store.revoke(data.id, "signed_out")
+            clock.t += 5  # half-open; the change record is due to be read and its key deleted
+            assert not store.get(data.id).is_active()
+        finally:
+            server.thaw()
+        assert not client.idhub_breaker._trial  # no trial call left hanging
+        clock.t += 5
+        other = SessionData(id=uuid.uuid4().hex * 2, public_id=uuid.uuid4().hex[:16], workspace_id=ws_id,
+                            user_id=uid, created_at=now, last_active_at=now, expires_at=now + timedelta(hours=1),
+                            idle_timeout=600)
+        store.create(other)  # the next Redis call is the trial; Redis answers: closed
+        assert client.idhub_breaker.state == CLOSED
+        clock.t += store.recheck
+        assert not store.get(data.id).is_active()
+        assert store.get(other.id).is_active()
+        raw = redis.Redis.from_url(server.url)
+        assert not raw.exists(store._k(data.id))  # repaired: the changed session's key, and only it
+        assert raw.exists(store._k(other.id))
+        raw.close()
+        client.close()

@@ -649,3 +649,29 @@ def test_purge_expired(request, db):
     assert factory.purge_expired(stores) >= 2
     assert backend.store.get(gone.id) is None
     assert backend.store.get(kept.id) is not None
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_session_changes_are_recorded_with_the_change_and_purged_after_a_day(request, db):
+    from sqlalchemy import insert
+
+    from idp.storage.sql import SessionChange
+
+    backend = make_session_backend(request, db)
+    ws, user = backend.new_user()
+    one, two, three = (new_session(ws, user) for _ in range(3))
+    for s in (one, two, three):
+        backend.sql.create(s)
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    backend.sql.revoke(one.id, "signed_out")
+    backend.sql.upgrade(two.id, ["pwd", "totp"], datetime.now(UTC), secrets.token_hex(32))
+    assert backend.sql.revoke(one.id, "again") is False  # nothing changed: nothing recorded
+    mine = {one.id, two.id, three.id}  # the database is shared with other tests
+    assert mine & set(backend.sql.changes_since(since)) == {one.id, two.id}
+    with backend.sm() as s, s.begin():
+        s.execute(insert(SessionChange),
+                  [{"session_id": "0ld" + three.id[3:], "at": datetime.now(UTC) - timedelta(days=2)}])
+    assert "0ld" + three.id[3:] in backend.sql.changes_since(datetime.now(UTC) - timedelta(days=3))
+    backend.sql.purge_expired()
+    assert "0ld" + three.id[3:] not in backend.sql.changes_since(datetime.now(UTC) - timedelta(days=3))
+    assert mine & set(backend.sql.changes_since(since)) == {one.id, two.id}

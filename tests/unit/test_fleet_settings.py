@@ -40,3 +40,13 @@ def test_the_engine_gets_the_pool_settings():
         assert (pool.size(), pool._max_overflow, pool._timeout, pool._recycle) == (3, 2, 7, 900)
     finally:
         engine.dispose()
+
+
+def test_a_pool_with_every_connection_busy_is_an_outage_not_a_bug():
+    """Waiting IDHUB_DB_POOL_TIMEOUT seconds for a connection ends in 503 + Retry-After, never a 500."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from idp.outage import is_unavailable
+
+    assert is_unavailable(PoolTimeout("QueuePool limit of size 5 overflow 5 reached"))
+    assert not is_unavailable(ValueError("a bug"))
