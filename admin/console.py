@@ -824,6 +824,27 @@ def scim_revoke(ws, p, token_id):
     return redirect(url_for("admin_console.scim", ws_slug=ws.slug))
 
 
+# ---- signing keys --------------------------------------------------------------------------------------------
+@bp.route("/w/<ws_slug>/admin/keys")
+@admin_required
+def keys(ws, p):
+    svc = admin_service()
+    log = sorted((e for prefix in ("oidc.key*", "saml.key*")
+                  for e in svc.search_events(p, ws.slug, type=prefix, limit=20)["items"]),
+                 key=lambda e: e["seq"], reverse=True)[:20]
+    return _render("keys.html", ws, keys=svc.list_signing_keys(p, ws.slug)["items"], log=log)
+
+
+@bp.route("/w/<ws_slug>/admin/keys/<key_id>/revoke", methods=["POST"])
+@admin_required
+def key_revoke(ws, p, key_id):
+    check_csrf()
+    done = admin_service().revoke_signing_key(p, ws.slug, key_id)
+    flash(f"The signing key {done['revoked'][:16]}… was revoked on every server"
+          + (f"; {done['signing'][:16]}… signs from now on." if done["signing"] else "."), "status")
+    return redirect(url_for("admin_console.keys", ws_slug=ws.slug))
+
+
 # ---- audit log ---------------------------------------------------------------------------------------------
 AUDIT_TEXT = ("type", "actor", "user", "app", "outcome", "since", "until")
 

@@ -18,7 +18,7 @@ from idp.flow import AuthnResult, Client
 from idp.models import User, Workspace
 from tests.conftest import ALICE, ALICE_PW, BASE_CONFIG, BOB, BOB_PW, Browser, make_app
 
-PAGES = ("", "users", "groups", "apps", "connections", "policies", "scim", "audit")
+PAGES = ("", "users", "groups", "apps", "connections", "policies", "scim", "keys", "audit")
 
 
 def text(r) -> str:
@@ -203,7 +203,7 @@ def csrf_targets(app, hub, admin):
                                           "issuer": "https://acme.okta.test", "client_id": "0oa1"})
         token = svc.create_scim_token(p, "acme", {"name": "okta"})["id"]
     return {"ws_slug": "acme", "user_id": bob, "group_id": group, "app_slug": "wiki", "conn_slug": "okta",
-            "token_id": token}
+            "token_id": token, "key_id": "0" * 64}
 
 
 def urls_for(rule: str, targets: dict) -> list[str]:

@@ -93,3 +93,36 @@ def test_rotate_keys_refuses_bad_input(cli):
     assert r.returncode == 2 and "HS256" in r.stderr
     r = cli("oidc", "rotate-keys")
     assert r.returncode == 2 and "--workspace" in r.stderr
+
+
+def test_revoke_key(cli):
+    """``idhub oidc revoke-key``: the key leaves the JWKS, a new one signs; the serving processes learn it from the
+    version row the command bumps (no restart, no manual invalidation)."""
+    from idp.accounts import workspace_by_slug
+    from idp.audit import AuditEvent
+    from idp.invalidation import OIDC_KEYS
+
+    hub = _hub(cli)
+    with hub.db() as db:
+        ws = workspace_by_slug(db, "acme")
+    compromised, _ = hub.oidc.keys.signing_key(ws.id, "RS256")
+    hub.invalidation.poll()  # this process's baseline
+
+    r = cli("oidc", "revoke-key", "--workspace", "acme", "--kid", compromised)  # no --yes, no answer: nothing
+    assert r.returncode == 1 and "Aborted" in r.stderr
+    assert hub.oidc.keys.signing_key(ws.id, "RS256")[0] == compromised
+    r = cli("oidc", "revoke-key", "--workspace", "acme", "--kid", "no-such-kid", "--yes")
+    assert r.returncode == 2 and "no signing key" in r.stderr
+
+    r = cli("oidc", "revoke-key", "--workspace", "acme", "--kid", compromised, "--yes")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"revoked {compromised}; signing with ")
+    replacement = r.stdout.strip().rsplit(" ", 1)[1]
+    assert hub.invalidation.poll() == [OIDC_KEYS]  # what a serving process reads at its next request
+    assert hub.oidc.keys.signing_key(ws.id, "RS256")[0] == replacement
+    assert compromised not in {k["kid"] for k in hub.oidc.keys.jwks(ws.id)["keys"]}
+    with hub.db() as db:
+        (event,) = db.scalars(select(AuditEvent).where(AuditEvent.type == "oidc.key.revoked"))
+    assert event.data == {"kid": compromised, "alg": "RS256", "replacement": replacement}
+    r = cli("oidc", "revoke-key", "--workspace", "acme", "--kid", compromised, "--yes")
+    assert r.returncode == 2  # gone

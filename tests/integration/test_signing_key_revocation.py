@@ -94,3 +94,24 @@ def test_another_workspace_cannot_revoke_keys(app, tokens):  # noqa: F811
     kid = sorted(jwks_kids(app))[0]
     assert api.post(f"/workspaces/acme/signing-keys/{kid}/revoke", {}).status_code == 403
     assert kid in jwks_kids(app)
+
+
+def test_the_console_lists_and_revokes_keys(app, tokens):  # noqa: F811
+    from tests.conftest import ALICE
+    from tests.integration.test_admin_console import signed_in
+
+    hub = app.extensions["idhub"]
+    kids = jwks_kids(app)
+    browser = signed_in(app, ALICE)
+    page = browser.get("/w/acme/admin/keys").get_data(as_text=True)
+    assert "Signing keys" in page and all(f'data-key="{kid}"' in page for kid in kids)
+    kid = sorted(kids)[0]
+    r = browser.post(f"/w/acme/admin/keys/{kid}/revoke", {"csrf_token": browser.csrf()})
+    assert r.status_code == 302, r.get_data(as_text=True)[:300]
+    assert kid not in jwks_kids(app)
+    page = browser.get("/w/acme/admin/keys").get_data(as_text=True)
+    assert "was revoked on every server" in page and f'data-key="{kid}"' not in page
+    (event,) = audit(hub, "oidc.key.revoked")
+    assert event.data["via"] == "console" and event.actor_email == ALICE
+    r = browser.post(f"/w/acme/admin/keys/{kid}/revoke", {"csrf_token": browser.csrf()})
+    assert r.status_code == 404
