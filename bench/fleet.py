@@ -101,11 +101,14 @@ def drive(bases: list[str], concurrency: int, hits: int, users: int, seconds: fl
                     counts["signins"] += 1
             for _ in range(hits):
                 t0 = time.monotonic()
-                r = s.get(next(nodes) + "/w/fleet/settings/security", allow_redirects=False)
-                t1 = time.monotonic()
-                if r.status_code != 200:
-                    errors.append(f"page: {r.status_code}")
+                try:
+                    r = s.get(next(nodes) + "/w/fleet/settings/security", allow_redirects=False)
+                    if r.status_code != 200:
+                        raise RuntimeError(f"answered {r.status_code}")
+                except Exception as exc:  # reported, and the run is invalid
+                    errors.append(f"page: {exc}")
                     return
+                t1 = time.monotonic()
                 if t0 >= measure_from and t1 <= end:
                     with lock:
                         page_lat.append(t1 - t0)

@@ -17,6 +17,7 @@ from idp import logs
 from idp.crypto import derive_key  # noqa: F401  (re-exported: the helpers moved out of the app factory)
 from idp.hub import Hub
 from idp.metrics import LATENCY, REQUESTS
+from idp.mfa.crypto import UnreadableSecret
 from idp.outage import first_line as _first_line
 from idp.outage import is_unavailable as _is_unavailable
 from idp.web.headers import CSP
@@ -194,6 +195,13 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
                               "idhub cannot reach its database or cache right now. Nothing was changed. "
                               "Please try again in a minute.", error_id)
             return resp[0], 503, {"Retry-After": "30"}
+        if isinstance(exc, UnreadableSecret):  # e.g. a signing key sealed under a key no longer listed
+            log.error("sealed value unreadable: is IDHUB_SECRET_KEY (or IDHUB_SECRET_KEY_PREVIOUS) right?",
+                      extra={"error_id": error_id})
+            if admin_api.is_api_path(request.path):
+                return admin_api.unexpected_error(error_id, True)
+            return error_page(503, "Temporarily unavailable", "idhub cannot open one of its keys right now. Nothing "
+                              "was changed. Give this error id to your IT team.", error_id)
         log.exception("unhandled error", extra={"error_id": error_id})
         if admin_api.is_api_path(request.path):
             return admin_api.unexpected_error(error_id, False)

@@ -18,6 +18,10 @@ TAG_LEN = 16
 _SALT = b"idhub-secretbox-v1"
 
 
+class UnreadableSecret(ValueError):
+    """A sealed value that no listed key opens: made under a key that is not (or no longer) configured."""
+
+
 class SecretBox:
     """AES-256-GCM (cryptography's AESGCM) with a key derived by HKDF-SHA256 from the master secret and a purpose label.
 
@@ -73,7 +77,7 @@ class SecretBox:
                 return aead.decrypt(raw[:NONCE_LEN], raw[NONCE_LEN:], self._aad).decode(), i
             except InvalidTag:
                 continue
-        raise ValueError("cannot decrypt: wrong key or tampered value")
+        raise UnreadableSecret("cannot decrypt: wrong key or tampered value")
 
     def reseal(self, token: str) -> str | None:
         """``token`` encrypted under the current key, or None when it already is (``ValueError`` as ``decrypt``)."""

@@ -19,6 +19,7 @@ from idp.accounts import user_by_email, workspace_by_slug
 from idp.mfa.crypto import SecretBox
 from idp.mfa.models import MfaTotp
 from idp.wiring import build_hub
+from saml.models import SamlKey
 from tests.helpers.live import LiveHub, random_secret
 from tests.services import drop_postgres, postgres_url, start_private_redis
 
@@ -180,12 +181,22 @@ def test_a_value_sealed_under_an_unknown_key_is_refused_not_a_500(cluster, tmp_p
     r = b.second_factor(node, page, code_at(secret))
     assert r.status_code == 401 and "Two-step verification" in r.text  # a wrong code, not a server error
     assert not b.signed_in(node)
+    with hub.db() as s:  # a signing key sealed under a key nobody listed: the page says so, with an error id
+        assert requests.get(node.url("/w/acme/saml/metadata")).status_code == 200
+        row = s.get(SamlKey, ws.id)
+        row.private_enc = SecretBox(stranger, "saml-keys").encrypt("-----BEGIN PRIVATE KEY-----")
+        s.commit()
+    restart(node, node.extra_env["IDHUB_SECRET_KEY"], None)  # a fresh process: no key cached
+    meta = requests.get(node.url("/w/acme/saml/metadata"))
+    assert meta.status_code == 503 and "error id" in meta.text.lower(), meta.status_code
+    assert "Traceback" not in meta.text and "BEGIN" not in meta.text
     forged = requests.get(node.url("/api/v1/workspaces/acme"),
                           headers={"Authorization": "Bearer idhub_adm_" + "A" * 43})
     assert forged.status_code == 401
     check = node.run("secrets", "rotate", "--check", check=False)
     assert check.returncode == 1 and "authenticator apps: 0 under the current key, 0 under a previous key, " \
                                       "1 unreadable" in check.stdout
+    assert "SAML signing keys: 0 under the current key, 0 under a previous key, 1 unreadable" in check.stdout
     done = node.run("secrets", "rotate", check=False)
     assert done.returncode == 1 and "left as they are" in done.stderr
     with hub.db() as s:  # left as it was: nothing destroyed
