@@ -1005,7 +1005,10 @@ class OidcService:
                     user_id=user.id, session_id=session_id, scope=" ".join(scopes), auth_time=auth_time,
                     amr=list(amr), created_at=now, expires_at=now + timedelta(seconds=REFRESH_TTL)))
                 token["refresh_token"] = rt
-            if db is not None:
+            if db is not None:  # the grant's event commits with its tokens (an append: no lock, no extra commit)
+                self.hub.audit.record("oidc.token.issued", workspace_id=ws.id, actor_id=user.id,
+                                      data={"client": client.client_id, "refresh": bool(token.get("refresh_token")),
+                                            "scope": " ".join(scopes)}, connection=db.connection())
                 db.commit()
         if user is not None and "openid" in scopes:
             id_claims = {"iss": iss, "sub": user.id, "aud": client.client_id, "azp": client.client_id,
@@ -1016,8 +1019,8 @@ class OidcService:
                 id_claims["nonce"] = nonce
             id_claims.update(self.user_claims(user, scopes))
             token["id_token"] = self.sign(ws, id_claims, alg=client.row.id_token_signed_response_alg or "RS256")
-        self.audit("oidc.token.issued", ws.id, actor_id=user.id if user else None, client_id=client.client_id,
-                   refresh=bool(token.get("refresh_token")), scope=" ".join(scopes))
+        if user is None:  # nothing else to commit: through the group commit
+            self.audit("oidc.token.issued", ws.id, client_id=client.client_id, refresh=False, scope=" ".join(scopes))
         return token
 
     def find_refresh(self, ws_id: str, client_id: str, presented: str) -> tuple[OidcRefreshToken, User | None]:
