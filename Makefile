@@ -52,12 +52,14 @@ test: install-test
 # bench/saml_sso.py (signed SAML Responses vs pysaml2's IdP), OIDC_BENCH_ARGS to bench/oidc_tokens.py (token
 # endpoint grants/s vs node oidc-provider; needs node + npm and PostgreSQL); bench/federation.py and
 # bench/federation_saml.py: upstream OIDC callbacks and SAML responses vs authlib's and python3-saml's raw cost.
+# bench/audit.py (AUDIT_BENCH_ARGS): audit events/s of one workspace from 32 writers, before/after (PostgreSQL).
 bench: install-test
 	$(BIN)/python bench/signin.py $(BENCH_ARGS)
 	$(BIN)/python bench/policy_totp.py
 	$(BIN)/python bench/scim.py $(SCIM_BENCH_ARGS)
 	$(BIN)/python bench/saml_sso.py $(SAML_BENCH_ARGS)
 	$(BIN)/python bench/oidc_tokens.py $(OIDC_BENCH_ARGS)
+	$(BIN)/python bench/audit.py $(AUDIT_BENCH_ARGS)
 	$(BIN)/python bench/federation.py
 	$(BIN)/python bench/federation_saml.py
 
