@@ -54,6 +54,7 @@ test: install-test
 # endpoint grants/s vs node oidc-provider; needs node + npm and PostgreSQL); bench/federation.py and
 # bench/federation_saml.py: upstream OIDC callbacks and SAML responses vs authlib's and python3-saml's raw cost;
 # FLEET_BENCH_ARGS to bench/fleet.py (one node vs two on PostgreSQL + Redis, with pg_locks lock waits).
+# bench/audit.py (AUDIT_BENCH_ARGS): audit events/s of one workspace from 32 writers, before/after (PostgreSQL).
 bench: install-test
 	$(BIN)/python bench/signin.py $(BENCH_ARGS)
 	$(BIN)/python bench/policy_totp.py
@@ -61,6 +62,7 @@ bench: install-test
 	$(BIN)/python bench/saml_sso.py $(SAML_BENCH_ARGS)
 	$(BIN)/python bench/oidc_tokens.py $(OIDC_BENCH_ARGS)
 	$(BIN)/python bench/fleet.py $(FLEET_BENCH_ARGS)
+	$(BIN)/python bench/audit.py $(AUDIT_BENCH_ARGS)
 	$(BIN)/python bench/federation.py
 	$(BIN)/python bench/federation_saml.py
 

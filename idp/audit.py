@@ -630,6 +630,8 @@ class AuditLog:
             if checkpoint["chain"] != chain_for(workspace_id):
                 return VerifyResult(False, 0, None, "the checkpoint is of another workspace", chain_for(workspace_id))
         with self._sm() as db:
+            if self._engine.dialect.name == "postgresql":  # one snapshot: heads and events as one sealer left them
+                db.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             if workspace_id is not None:
                 chains = [chain_for(workspace_id)]
             else:

@@ -1075,10 +1075,13 @@ class OidcService:
                     token_hash=sha256_hex(rt), family_id=family_id, workspace_id=ws.id, client_id=client.client_id,
                     user_id=user.id, session_id=session_id, scope=" ".join(scopes), auth_time=auth_time,
                     amr=list(amr), created_at=now, expires_at=now + timedelta(seconds=REFRESH_TTL)))
-            if db is not None:
+            if db is not None:  # the grant's event commits with its tokens (an append: no lock, no extra commit)
+                self.hub.audit.record("oidc.token.issued", workspace_id=ws.id, actor_id=user.id,
+                                      data={"client": client.client_id, "refresh": bool(token.get("refresh_token")),
+                                            "scope": " ".join(scopes)}, connection=db.connection())
                 db.commit()
-        self.audit("oidc.token.issued", ws.id, actor_id=user.id if user else None, client_id=client.client_id,
-                   refresh=bool(token.get("refresh_token")), scope=" ".join(scopes))
+        if user is None:  # nothing else to commit: through the group commit
+            self.audit("oidc.token.issued", ws.id, client_id=client.client_id, refresh=False, scope=" ".join(scopes))
         return token
 
     def find_refresh(self, ws_id: str, client_id: str, presented: str) -> tuple[OidcRefreshToken, User | None]:

@@ -3,6 +3,7 @@ stays verifiable, and one failing job does not stop the others."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select, update
@@ -19,7 +20,7 @@ def _events(hub, ws_id: str) -> int:
         return db.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.chain == ws_id))
 
 
-def test_maintenance_removes_expired_rows_and_old_events(hub):
+def test_maintenance_removes_expired_rows_and_old_events(hub, caplog):
     with hub.db() as db:
         free = db.scalar(select(Workspace).where(Workspace.slug == "other"))  # plan free: 30 days of audit log
     past = datetime.now(UTC) - timedelta(days=45)
@@ -34,14 +35,18 @@ def test_maintenance_removes_expired_rows_and_old_events(hub):
         db.execute(update(OneTimeValue).where(OneTimeValue.value == "x").values(expires_at=past))
         db.commit()
 
+    caplog.set_level(logging.INFO, logger="idhub.maintenance")
     result = maintenance.run(hub)
 
-    assert set(result) == {"stores", "audit", "oidc", "saml_metadata"}
+    assert set(result) == {"stores", "audit_seal", "audit", "oidc", "saml_metadata"}
     assert all(isinstance(v, int) for v in result.values()), result
     assert result["audit"] >= 3 and result["stores"] >= 1
     with hub.db() as db:
         assert sorted(db.scalars(select(OneTimeValue.value))) == ["y"]
-    assert _events(hub, free.id) == before - 3
+    assert _events(hub, free.id) == before - 3 + 1  # and the prune's own audit.pruned record
+    checkpoints = {r.checkpoint["workspace"]: r.checkpoint for r in caplog.records if r.msg == "audit.checkpoint"}
+    assert "other" in checkpoints  # a signed checkpoint of every chain, in the log
+    assert hub.audit.verify(free.id, checkpoint=checkpoints["other"]).ok
     assert hub.audit.verify(free.id).ok  # pruning keeps what is left verifiable
     assert maintenance.run(hub)["audit"] == 0  # idempotent
 
