@@ -226,7 +226,10 @@ SCHEMAS: dict = {
         **LAUNCHER, "initiate_login_uri": {**INITIATE_LOGIN, "type": ["string", "null"]}}},
     "Policies": {"type": "object", "additionalProperties": False, "properties": {
         "require_mfa": {"type": "boolean"}, "require_mfa_for_admins": {"type": "boolean"},
-        "mfa_methods": {"type": "array", "items": {"type": "string", "enum": ["totp", "sms", "backup_codes"]}},
+        "require_phishing_resistant_mfa": {"type": "boolean"},
+        "require_phishing_resistant_mfa_for_admins": {"type": "boolean"},
+        "mfa_methods": {"type": "array", "items": {"type": "string",
+                                                   "enum": ["totp", "sms", "backup_codes", "webauthn"]}},
         "ip_allowlist": STR_LIST, "session_idle_timeout": {"type": ["string", "integer"]},
         "session_max_lifetime": {"type": ["string", "integer"]}}},
     "PolicyView": {"type": "object", "required": ["policies", "summary"], "properties": {

@@ -1588,7 +1588,12 @@ def summarise(policies: dict) -> list[str]:
     else:
         out.append("Two-factor authentication is optional (also for admins).")
     methods = policies.get("mfa_methods")
-    names = {"totp": "an authenticator app", "sms": "text messages", "backup_codes": "backup codes"}
+    names = {"totp": "an authenticator app", "sms": "text messages", "backup_codes": "backup codes",
+             "webauthn": "passkeys and security keys"}
+    if policies.get("require_phishing_resistant_mfa"):
+        out.append("Everyone signs in with a passkey or security key (phishing-resistant).")
+    elif policies.get("require_phishing_resistant_mfa_for_admins"):
+        out.append("Admins sign in with a passkey or security key (phishing-resistant).")
     if methods:
         out.append("Allowed second factors: " + ", ".join(names.get(m, m) for m in methods) + ".")
     if policies.get("ip_allowlist"):

@@ -366,9 +366,10 @@ class AccountService:
         remove the accounts' passkeys, then ``write_fn()`` (the caller's transaction, committed there), then end
         whatever session began in between (none, normally)."""
         per_user = {uid: self.end_sessions(ws_id, uid, reason) for ws_id, uid in targets}
-        if self.hub.mfa is not None and self.hub.mfa.passkeys is not None:
+        passkeys = getattr(getattr(self.hub, "mfa", None), "passkeys", None)
+        if passkeys is not None:
             for _ws, uid in targets:  # a deprovisioned account's passkeys sign no one in, ever again
-                self.hub.mfa.passkeys.remove_all(uid)
+                passkeys.remove_all(uid)
         result = write_fn()
         for _ws, uid in targets:
             per_user[uid] += len(self.hub.sessions.end_all(uid, reason))

@@ -290,6 +290,8 @@ class SigninCore:
         policies = {k: v for k, v in self.hub.app_policies(ws, flow.app).items() if k != "assigned_groups"}
         if "mfa" in (flow.wants or ()):
             policies = {**policies, "require_mfa": True}
+        if "phr" in (flow.wants or ()):  # the app asked for a passkey (OIDC acr urn:idhub:acr:phishing-resistant)
+            policies = {**policies, "require_mfa": True, "require_phishing_resistant_mfa": True}
         return policies
 
     # ---- second factor -------------------------------------------------------------------------------------------
@@ -331,7 +333,7 @@ class SigninCore:
         return self.hub.check_password(ws, user.email or user.username, password, client)
 
     # ---- step-up -------------------------------------------------------------------------------------------------
-    def step_up(self, ws, session, client, *, binding: str, next_url: str, app: str = ""):
+    def step_up(self, ws, session, client, *, binding: str, next_url: str, app: str = "", wants=("mfa",)):
         """Raise ``session`` to a second factor (OIDC ``acr_values``, an app's ``require_mfa``, the admin
         console): a flow of the session's user, past the first factor, at what the policy engine asks — the
         second factor, or its set-up — and ending in the same session, upgraded."""
@@ -342,6 +344,6 @@ class SigninCore:
         if user is None or not user.active:
             return Denied("This account is disabled. Contact your IT team.", "account_active")
         flow = self.flows.new(ws.id, binding, next_url, email=user.email, state="password", app=app)
-        flow.user_id, flow.amr, flow.upgrades, flow.wants = session.user_id, list(session.amr), session.id, ["mfa"]
+        flow.user_id, flow.amr, flow.upgrades, flow.wants = session.user_id, list(session.amr), session.id, list(wants)
         flow.purpose = STEP_UP
         return self.proceed(ws, flow, client, stored=False)

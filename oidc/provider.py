@@ -185,8 +185,10 @@ def requested_acr(acr_values: str | None, claims: str | None) -> str | None:
     ``acr`` whose values are only ``urn:idhub:acr:mfa``. Unknown ``acr_values`` are ignored (they are a
     preference); other members of ``claims`` are ignored (``claims_parameter_supported`` is false)."""
     wanted = None
-    known = [v for v in (acr_values or "").split() if v in (ACR_MFA, ACR_PWD)]
-    if ACR_MFA in known and ACR_PWD not in known:
+    known = [v for v in (acr_values or "").split() if v in (ACR_MFA, ACR_PWD, ACR_PHR)]
+    if ACR_PHR in known and ACR_MFA not in known and ACR_PWD not in known:
+        wanted = ACR_PHR
+    elif ACR_MFA in known and ACR_PWD not in known:
         wanted = ACR_MFA
     if claims is None:
         return wanted
@@ -214,10 +216,12 @@ def requested_acr(acr_values: str | None, claims: str | None) -> str | None:
     accepted = set(values or ()) | ({value} if value is not None else set())
     if not essential or not accepted:
         return wanted
-    supported = accepted & {ACR_MFA, ACR_PWD}
+    supported = accepted & {ACR_MFA, ACR_PWD, ACR_PHR}
     if not supported:
         return ACR_UNSUPPORTED
-    return ACR_MFA if supported == {ACR_MFA} else wanted
+    if supported == {ACR_PHR}:
+        return ACR_PHR
+    return ACR_MFA if supported <= {ACR_MFA, ACR_PHR} else wanted
 
 
 def _ts(dt: datetime) -> int:
@@ -261,6 +265,7 @@ class StepUp:
     choices: tuple[str, ...]
     next: str
     app: str
+    wants: tuple[str, ...] = ("mfa",)  # "phr": the app asked for a passkey (acr urn:idhub:acr:phishing-resistant)
 
 
 class _Payload(OAuth2Payload):
@@ -1307,10 +1312,16 @@ class OidcService:
         # app asked for the MFA authentication context. The user goes through the sign-in's second-factor step
         # (or sets one up), which makes a session with the factor and comes back here; never with prompt=none.
         step, why = (decision, "policy") if decision.effect in ("mfa", "enroll") else (None, None)
+        wants = ("phr",) if wanted_acr == ACR_PHR else ("mfa",)
+        if step is None and wanted_acr == ACR_PHR and acr_claim(session.amr) != ACR_PHR:
+            step, why = self.hub.decide(ws, http_client, user_id=user.id, methods=session.amr,
+                                        app=client.client_id, app_policies={
+                                            **app_policies, "require_phishing_resistant_mfa": True}), "acr"
         if step is None and wanted_acr == ACR_MFA and acr_claim(session.amr) not in (ACR_MFA, ACR_PHR):
             step, why = self.hub.decide(ws, http_client, user_id=user.id, methods=session.amr,
                                         app=client.client_id, app_policies={**app_policies, "require_mfa": True}), \
                 "acr"
+        if step is not None and why == "acr":
             if step.effect not in ("mfa", "enroll"):
                 self.audit("oidc.authorize.denied", ws.id, actor_id=user.id, client_id=client.client_id,
                            rule=step.rule or "acr")
@@ -1328,7 +1339,7 @@ class OidcService:
                        step=step.effect)
             return Answer(302, step_up=StepUp(user_id=user.id, email=user.email, amr=tuple(session.amr),
                                               effect=step.effect, choices=tuple(step.methods),
-                                              next=self._resume_url(ws, req), app=client.client_id))
+                                              next=self._resume_url(ws, req), app=client.client_id, wants=wants))
         oreq.idhub = {"user_id": user.id, "session_id": session.id, "amr": list(session.amr),
                       "auth_time": session.auth_time or session.created_at}
         try:

@@ -61,7 +61,7 @@ def _step_up(ws, step: StepUp):
         return redirect(url_for("auth.login", ws_slug=ws.slug, next=step.next), code=302)
     with hub().audit.deferred():
         return respond(ws, hub().signin.step_up(ws, sess, current_client(), binding=browser_binding(),
-                                                next_url=step.next, app=step.app))
+                                                next_url=step.next, app=step.app, wants=step.wants))
 
 
 def _respond(ans: Answer, ws=None):

@@ -172,7 +172,7 @@ class PhishingResistant:
         if PHISHING_RESISTANT in ctx.methods:
             return None
         used = SECOND_FACTORS.intersection(ctx.methods) - {"upstream_mfa"}
-        if PHISHING_RESISTANT in ctx.enrolled and not used:
+        if PHISHING_RESISTANT in ctx.enrolled and "backup_codes" not in used:  # a backup code: the passkey is lost
             recovery = ("backup_codes",) if "backup_codes" in ctx.enrolled else ()
             return Decision(MFA, self.name, "Sign in with your passkey.", (PHISHING_RESISTANT, *recovery))
         primary = tuple(m for m in ctx.enrolled if m != "backup_codes")

@@ -32,13 +32,7 @@ pytestmark = pytest.mark.browser
 OUT = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
-@pytest.fixture
-def localhost_hub(smtp):
-    """The acme hub at http://localhost:<port> (an admin, carol, receives the clone alerts)."""
-    config = acme_config()
-    config["workspaces"][0]["users"].append({"email": "carol@acme.test", "name": "Carol Admin",
-                                             "password": "C4rol-Admin-Pass!", "role": "admin"})
-    config["workspaces"][0]["policies"]["require_mfa_for_admins"] = False
+def serve_at_localhost(smtp, config):
     cleanups = []
     kwargs = {"smtp_url": smtp.url, "redis_url": os.environ.get("IDHUB_TEST_REDIS_URL") or None}
     if os.environ.get("IDHUB_TEST_DATABASE_URL"):
@@ -54,6 +48,24 @@ def localhost_hub(smtp):
         hub.cleanup()
         for cm in cleanups:
             cm.__exit__(None, None, None)
+
+
+@pytest.fixture
+def localhost_hub(smtp):
+    """The acme hub at http://localhost:<port> (an admin, carol, receives the clone alerts)."""
+    config = acme_config()
+    config["workspaces"][0]["users"].append({"email": "carol@acme.test", "name": "Carol Admin",
+                                             "password": "C4rol-Admin-Pass!", "role": "admin"})
+    config["workspaces"][0]["policies"]["require_mfa_for_admins"] = False
+    yield from serve_at_localhost(smtp, config)
+
+
+@pytest.fixture
+def phishing_resistant_hub(smtp):
+    """acme requires phishing-resistant MFA (a passkey) of everyone."""
+    config = acme_config()
+    config["workspaces"][0]["policies"]["require_phishing_resistant_mfa"] = True
+    yield from serve_at_localhost(smtp, config)
 
 
 @pytest.fixture
@@ -253,3 +265,29 @@ def test_passkey_register_sign_in_and_remove(lui, localhost_hub, new_context, sm
     page.get_by_role("button", name="Remove passkey").click()
     expect(ui.notice(page, "The passkey was removed.")).to_be_visible()
     expect(passkeys_region(page)).to_contain_text("You have no passkeys yet.")
+
+
+def test_a_workspace_requiring_passkeys_leads_the_user_to_add_one_inside_the_sign_in(phishing_resistant_hub,
+                                                                                    new_context):
+    ui = Ui(phishing_resistant_hub)
+    page = new_context(viewport={"width": 1280, "height": 900}).new_page()
+    authn = Authenticator(page)
+    ui.submit_credentials(page, ui.alice)
+    expect(page.get_by_role("heading", name="Add a passkey")).to_be_visible()
+    expect(ui.notice(page, "Your organisation requires a passkey or security key.")).to_be_visible()
+    page.screenshot(path=str(OUT / "passkey-enrolment-desktop.png"), full_page=True)
+    page.get_by_label("Passkey name").fill("Laptop")
+    page.get_by_role("button", name="Add a passkey").click()
+    expect(page.get_by_role("heading", name="Save your backup codes")).to_be_visible()
+    page.get_by_role("button", name="Continue").click()
+    ui.expect_launcher_page(page)
+    assert len(authn.credentials()) == 1
+    # next time the password alone is not enough: the passkey is asked for
+    authn.hide()
+    sign_out(page)
+    ui.submit_credentials(page, ui.alice)
+    expect(page.get_by_role("heading", name="Two-step verification")).to_be_visible()
+    expect(page.get_by_role("link", name="Authenticator app")).to_have_count(0)
+    authn.restore()
+    page.get_by_role("button", name="Use a passkey").click()
+    ui.expect_launcher_page(page)

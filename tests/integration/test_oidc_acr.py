@@ -272,3 +272,74 @@ def test_acr_step_up_upgrades_the_session_in_place_and_logout_still_reaches_the_
     assert posted, "no logout token was sent"
     claims = jwt.decode(posted[0], api.get("/w/acme/oauth2/jwks").get_json())
     assert claims["sid"] == before["sid"] and claims["aud"] == "wiki" and claims["sub"] == uid
+
+
+ACR_PHR = "urn:idhub:acr:phishing-resistant"
+
+
+def test_requested_acr_understands_the_phishing_resistant_value():
+    from oidc.provider import ACR_UNSUPPORTED, requested_acr
+
+    assert requested_acr(ACR_PHR, None) == ACR_PHR
+    assert requested_acr(f"{ACR_PHR} {ACR_MFA}", None) == ACR_MFA  # either will do: MFA is enough
+    assert requested_acr(f"{ACR_PHR} {ACR_PWD}", None) is None
+    essential = json.dumps({"id_token": {"acr": {"essential": True, "values": [ACR_PHR]}}})
+    assert requested_acr(None, essential) == ACR_PHR
+    unknown = json.dumps({"id_token": {"acr": {"essential": True, "values": ["urn:other"]}}})
+    assert requested_acr(None, unknown) == ACR_UNSUPPORTED
+
+
+def test_acr_phishing_resistant_steps_a_totp_session_up_to_the_passkey(browser, api, hub):
+    """An app that asks for urn:idhub:acr:phishing-resistant: alice (authenticator app and a passkey) signed in
+    with her password and a code is sent through the second step again, where only her passkey (or a backup code
+    to recover) is offered; the ID token then says phishing-resistant, with amr hwk and user."""
+    from tests.helpers.webauthn_soft import SoftAuthenticator
+
+    uid = user_id(hub)
+    totp = add_totp(hub, uid)
+    auth = SoftAuthenticator()
+    binding = "test-registration"
+    hub.mfa.passkeys.register(user_id=uid, workspace_id=hub_ws_id(hub), binding=binding, name="Laptop",
+                              response=auth.create(hub.mfa.passkeys.registration_options(
+                                  user_id=uid, user_name=ALICE, display_name="Alice", binding=binding)))
+    verifier, challenge = pkce()
+    r = browser.get(step_up_path(challenge))  # sign in: password, then (her own 2FA) the authenticator app
+    loc = r.headers["Location"].removeprefix("http://localhost")
+    page = browser.get(loc)
+    r = browser.post("/w/acme/login", {
+        **hidden_fields(page.get_data(as_text=True)), "email": ALICE, "password": ALICE_PW})
+    loc = r.headers["Location"].removeprefix("http://localhost")
+    assert loc.startswith("/w/acme/login/mfa"), loc
+    r = browser.post(loc + "&method=totp", {"action": "verify", "code": totp.at(hub.clock() + timedelta(seconds=30)),
+                                            "csrf_token": browser.csrf(browser.get(loc + "&method=totp")
+                                                                       .get_data(as_text=True))})
+    cb = follow_to_app(browser, r)
+    q = query(cb)
+    assert decode_id_token(api, redeem(api, q["code"], verifier).get_json()["id_token"])["acr"] == ACR_MFA
+    # the app now asks for a passkey
+    verifier, challenge = pkce()
+    r = browser.get(step_up_path(challenge, acr_values=ACR_PHR))
+    loc = r.headers["Location"].removeprefix("http://localhost")
+    assert loc.startswith("/w/acme/login/mfa?flow="), loc
+    page = browser.get(loc).get_data(as_text=True)
+    assert "Use a passkey" in page and "Authenticator app" not in page
+    flow = re.search(r"flow=([\w-]+)", loc)[1]
+    opts = browser.post(f"/w/acme/login/mfa/passkey-options?flow={flow}", {"csrf_token": browser.csrf(page)})
+    r = browser.post(loc, {"action": "verify", "credential": auth.get(opts.get_data(as_text=True)),
+                           "csrf_token": browser.csrf(page)})
+    cb = follow_to_app(browser, r)
+    q = query(cb)
+    claims = decode_id_token(api, redeem(api, q["code"], verifier).get_json()["id_token"])
+    assert claims["acr"] == ACR_PHR and {"hwk", "user", "mfa", "otp", "pwd"} <= set(claims["amr"])
+    # with prompt=none the phishing-resistant session needs no step-up (and satisfies urn:idhub:acr:mfa too)
+    for acr in (ACR_PHR, ACR_MFA):
+        verifier, challenge = pkce()
+        r = browser.get(step_up_path(challenge, acr_values=acr, prompt="none"))
+        assert "code" in query(r.headers["Location"])
+
+
+def hub_ws_id(hub) -> str:
+    from idp.models import Workspace
+
+    with hub.db() as db:
+        return db.scalar(select(Workspace.id).where(Workspace.slug == "acme"))

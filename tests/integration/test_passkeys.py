@@ -384,3 +384,24 @@ def test_reset_2fa_and_deprovisioning_remove_passkeys(app, hub):
     hub.accounts.deprovision([(hub_ws(hub, "acme"), bob)], "deprovisioned", deactivate)
     assert hub.mfa.passkeys.count(bob) == 0
     refused(passwordless(Browser(app), bk), pk.MSG_UNKNOWN)
+
+
+def test_disable_2fa_with_the_passkey_and_the_pages_without_javascript(app, hub, outbox):
+    b = signed_in(app)
+    auth = SoftAuthenticator()
+    add_passkey(b, auth)
+    uid = user_id(hub, ALICE)
+    # the sign-in page: password sign-in needs no script; the passkey button says why it needs one
+    page = text(Browser(app).get("/w/acme/login"))
+    assert "<noscript>" in page and "Passkeys need JavaScript" in page and 'name="password"' in page
+    assert "<script>" not in page and 'src="/static/passkeys.js' in page  # no inline script (CSP script-src 'self')
+    # "Disable 2FA", confirmed with the passkey: everything goes, passkeys included
+    page = text(b.get("/w/acme/settings/security/2fa/disable?method=webauthn"))
+    assert 'data-passkey="get"' in page
+    csrf = b.csrf(page)
+    opts = b.post("/w/acme/settings/security/passkeys/confirm-options?for=disable", {"csrf_token": csrf})
+    r = b.post("/w/acme/settings/security/2fa/disable?method=webauthn",
+               {"action": "verify", "credential": auth.get(opts.get_data(as_text=True)), "csrf_token": csrf})
+    assert r.status_code == 302, text(r)[:500]
+    assert hub.mfa.passkeys.count(uid) == 0 and not hub.mfa.enrolled(uid).any
+    assert events(hub, "mfa.disabled")

@@ -184,3 +184,14 @@ def test_removing_the_last_passkey_or_factor_is_refused_where_required():
     assert removal_refused(_pr(enrolled=("webauthn",))) is None  # another passkey is left
     assert removal_refused(_pr(policies={"require_mfa": True}, enrolled=("backup_codes",))).rule == "second_factor"
     assert removal_refused(_pr(policies={}, enrolled=())) is None
+
+
+def test_phishing_resistant_a_code_does_not_stand_in_for_an_enrolled_passkey():
+    from policies.engine import MFA, PolicyEngine
+
+    engine = PolicyEngine()
+    d = engine.evaluate(_pr(methods=("pwd", "totp"), enrolled=("webauthn", "totp", "backup_codes")))
+    assert d.effect == MFA and d.methods == ("webauthn", "backup_codes")
+    # a backup code (the passkey is lost): add a new passkey
+    d = engine.evaluate(_pr(methods=("pwd", "backup_codes"), enrolled=("webauthn", "backup_codes")))
+    assert d.effect == ENROLL and d.methods == ("webauthn",)
