@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 
 from .conftest import Ui, acme_config
 from .test_admin_console import sign_in_enrolling_totp, sp_metadata
@@ -117,7 +117,7 @@ def test_an_admin_day_with_apps_policies_and_groups(hub_factory, new_page):
     saml.get_by_label(re.compile(r"^Metadata \(XML\)")).fill(sp_metadata("https://crm.acme.test/sp",
                                                                           "https://crm.acme.test"))
     saml.get_by_role("button", name="Add app").click()
-    expect(page.get_by_role("heading", name=re.compile("^CRM"))).to_be_visible()
+    expect(page.get_by_role("heading", name="CRM", exact=True)).to_be_visible()
     expect(page.get_by_label("IdP entity ID")).to_have_value(ui.url("/saml"))  # what the metadata says
     page.get_by_role("link", name="All apps").click()
     page.get_by_role("link", name="CRM", exact=True).click()
