@@ -57,6 +57,8 @@ def test_an_admin_day_with_apps_policies_and_groups(hub_factory, new_page):
     for p in PAGES:  # every console page, for the console log
         page.goto(ui.url(f"/admin/{p}"))
         expect(nav).to_be_visible()
+    silent = [m for m in logged if not m.endswith("/w/acme/admin/users)")]
+    assert silent == [], "\n".join(silent)
 
     # 1. an OIDC app. The browser's own check works on the short name (a valid pattern) ...
     nav.get_by_role("link", name="Apps", exact=True).click()
