@@ -90,7 +90,7 @@ def humanise(label: str, message: str, value: str | None) -> str:
     cidr = _cidr(value, m)
     if cidr:
         return cidr
-    if m == "not an absolute URL":
+    if m in ("not an absolute URL", "not a usable URL"):
         example = EXAMPLES.get(label, "https://app.example.com")
         return (f"“{value}” is not a full address such as {example}." if value else
                 f"{label} must be a full address such as {example}.")

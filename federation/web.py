@@ -529,6 +529,11 @@ def _test_ldap(ws, conn: dict, actor_id: str):
                            checks=checks, cert_warnings=[], urls={})
 
 
+# the usual upstream ``amr`` values (RFC 8176), in words
+AMR_WORDS = {"pwd": "password", "mfa": "two-factor authentication", "otp": "one-time code", "sms": "text message",
+             "hwk": "security key", "swk": "software key", "fpt": "fingerprint", "face": "face recognition",
+             "pin": "PIN", "kba": "security questions", "rsa": "RSA token", "sc": "smart card", "user": "user presence",
+             "wia": "Windows sign-in"}
 # what idhub records for a sign-in through a connection (FederationService.amr), in words
 RECORDED = {"fed": "single sign-on through this connection", "pwd": "a password at the identity provider",
             "upstream_mfa": "two-factor authentication at the identity provider (counted as idhub's second factor)"}
@@ -548,7 +553,8 @@ def _mapped_rows(conn: dict, ident) -> list[tuple[str, str]]:
     return [("User ID at the identity provider", text(ident.subject)), ("Email", text(ident.email)),
             ("Name", text(ident.name)), ("First name", text(ident.given_name)), ("Last name", text(ident.family_name)),
             ("Groups", ", ".join(ident.groups) if ident.groups else "None"),
-            ("How the identity provider says the person signed in", ", ".join(ident.amr) if ident.amr
+            ("How the identity provider says the person signed in",
+             ", ".join(f"{AMR_WORDS[m]} ({m})" if m in AMR_WORDS else m for m in ident.amr) if ident.amr
              else "(not sent)"),
             ("Two-factor authentication at the identity provider", mfa),
             ("What idhub records for this sign-in", "; ".join(RECORDED.get(m, m) for m in recorded).capitalize())]

@@ -113,7 +113,7 @@ def test_a_saml_app_is_edited_in_place_validated_and_audited(app, hub):
                                                        "acs_url": "https://crm.test/acs2"})
     assert r.status_code == 302
     page = text(admin.get(f"{APPS}/crm"))
-    assert value_of(page, "setting-acs").strip() == "https://crm.test/acs2" and "<h1>CRM 3" in page
+    assert value_of(page, "setting-acs").strip() == "https://crm.test/acs2" and "<h1>CRM 3</h1>" in page
 
 
 def test_deleting_a_group_asks_first_and_says_who_loses_what(app, hub):

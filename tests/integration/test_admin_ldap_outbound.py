@@ -197,7 +197,7 @@ def test_console_form_refuses_an_internal_ldap_url(app, hub, slapd):
             "bind_password": SERVICE_PW, "user_search_base": f"ou=people,{SUFFIX}", "domains": "acme.test"}
     r = admin.form_post("/w/acme/admin/connections", "/w/acme/admin/connections", form)
     page = r.get_data(as_text=True)
-    assert r.status_code == 422 and "url: points to a loopback address (127.0.0.1)" in page, page[:1500]
+    assert r.status_code == 422 and "Server URL points to a loopback address (127.0.0.1)" in page, page[:1500]
     assert SERVICE_PW not in page and stored(hub) is None
 
 
