@@ -394,7 +394,8 @@ class SamlIdp:
             stmt.set("SessionNotOnOrAfter", _now_str(session.expires_at))
         ctx = etree.SubElement(stmt, SAML + "AuthnContext")
         etree.SubElement(ctx, SAML + "AuthnContextClassRef").text = authn_context(session.amr)
-        values = {"email": [user.email] if user.email else [], "name": [user.name] if user.name else [], "groups": groups,
+        values = {"email": [user.email] if user.email else [], "name": [user.name] if user.name else [],
+                  "groups": groups,
                   "id": [user.id], "given_name": [user.given_name] if user.given_name else [],
                   "family_name": [user.family_name] if user.family_name else [],
                   "display_name": [user.display_name] if user.display_name else []}
