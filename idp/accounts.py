@@ -120,9 +120,12 @@ def parse_username(value: str) -> tuple[str, str]:
     ``userName``: RFC 7643 allows any string). The rules of ``parse_email``'s family: trimmed of ordinary
     whitespace, NFKC, the key case-folded; refused (InvalidEmail, with a specific message) when empty, over
     ``MAX_USERNAME`` characters, or holding invisible, control or bidi characters or spaces — as given or in its
-    NFKC form — so that no two identifiers look alike but differ."""
+    NFKC form — so that no two identifiers look alike but differ. A userName with an @ is held to the rules of an
+    address (``parse_email``: no stray dots either), so that ``alice@acme.test.`` cannot pose as Alice's address."""
     if not isinstance(value, str):
         raise InvalidEmail(INVALID_IDENTIFIER)
+    if "@" in unicodedata.normalize("NFKC", value[:4 * MAX_USERNAME]):  # also a fullwidth or small @
+        return parse_email(value)
     raw = value.strip(_TRIM)
     if not raw or len(raw) > 4 * MAX_USERNAME:
         raise InvalidEmail(INVALID_IDENTIFIER)

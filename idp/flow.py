@@ -157,8 +157,9 @@ def identify(email: str) -> tuple[str | None, str]:
 
     The answer never depends on whether the account exists (no user enumeration); home-realm
     discovery (upstream IdPs, LDAP) hooks in here once connections exist. Something with an @ is read as an
-    address (its error says what is wrong with it); anything else as a username, held to the same rules for
-    invisible and control characters and spaces (``idp.accounts.parse_username``).
+    address (its error says what is wrong with it; a username with an @ is held to the address rules too);
+    anything else as a username, held to the same rules for invisible and control characters and spaces
+    (``idp.accounts.parse_username``).
     """
     try:
         cleaned = clean_email(email)

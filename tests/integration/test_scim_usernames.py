@@ -95,7 +95,7 @@ def test_a_username_is_never_another_users_address_nor_the_other_way_round(pg):
 
 
 @pytest.mark.parametrize("hostile", ["jdoe\u200b", "\u202eeod j", "j doe", "jdoe\x00", "j\u2028doe", "\u2800",
-                                     "jdo\u0065\u200d", "x" * 255, ""])
+                                     "jdo\u0065\u200d", "x" * 255, "", "bob@acme.test.", "bob\uff20acme..test"])
 def test_hostile_user_names_are_refused(pg, hostile):
     app, scim, _api = pg
     r = create(scim, hostile, emails=[{"value": "fine@acme.test", "primary": True}])

@@ -31,7 +31,7 @@ def stored_flows(hub) -> int:
 def test_the_page_asks_for_email_and_password_and_one_post_signs_in(browser_factory, hub):
     b = browser_factory()
     page = b.get("/w/acme/login").get_data(as_text=True)
-    assert '<label for="email">Email</label>' in page and '<label for="password">Password</label>' in page
+    assert '<label for="email">Email or username</label>' in page and '<label for="password">Password</label>' in page
     assert PASSWORD_INPUT.search(page) and ">Sign in</button>" in page and ">Continue</button>" not in page
     r = b.sign_in("acme", ALICE, ALICE_PW)
     assert r.status_code == 302 and r.headers["Location"].endswith("/w/acme/apps")
