@@ -266,6 +266,7 @@ def page(db: Session, ws_id: str, f: Filters, *, limit: int, before: int | None)
 def export_row(row: dict[str, Any]) -> dict[str, Any]:
     out = {name: row.get(name) for name in EXPORT_COLUMNS}
     out["details"] = "; ".join(f"{k}: {v}" for k, v in row["details"])
+    out["subject_id"] = row["target_id"]
     return out
 
 

@@ -350,6 +350,7 @@ EXPORT_SCHEMA: list[tuple[str, str, str]] = [
                                       "`admin_token` or `workspace`."),
     ("target_id", "string or null", "The target's id (a user's or group's id, an app's or connection's slug)."),
     ("target", "string or null", "The target by name: a user's e-mail, an app's name."),
+    ("subject_id", "string or null", "The same as `target_id` (the name earlier exports used)."),
     ("app", "string or null", "The app involved (an OpenID Connect client id or a SAML entity id), if any."),
     ("ip", "string or null", "The client's IP address."),
     ("user_agent", "string or null", "The client's browser or program."),
