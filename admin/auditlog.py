@@ -56,6 +56,7 @@ class Filters:
     ``decisions``: include ``policy.decision`` events (one per policy check, they crowd out everything else)."""
 
     type: str | None = None
+    types: list[str] = field(default_factory=list)  # any of these exact types (the command line's --type)
     actor: str | None = None
     user: str | None = None
     app: str | None = None
@@ -115,6 +116,8 @@ def query(db: Session, ws_id: str, f: Filters):
             stmt = stmt.where(AuditEvent.type.startswith(f.type[:-1], autoescape=True))
         else:
             stmt = stmt.where(AuditEvent.type == f.type)
+    if f.types:
+        stmt = stmt.where(AuditEvent.type.in_(list(f.types)))
     if not f.decisions and f.type != DECISION:
         stmt = stmt.where(AuditEvent.type != DECISION)
     if f.actor:
@@ -266,6 +269,7 @@ def page(db: Session, ws_id: str, f: Filters, *, limit: int, before: int | None)
 def export_row(row: dict[str, Any]) -> dict[str, Any]:
     out = {name: row.get(name) for name in EXPORT_COLUMNS}
     out["details"] = "; ".join(f"{k}: {v}" for k, v in row["details"])
+    out["subject_id"] = row["target_id"]
     return out
 
 

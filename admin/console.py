@@ -11,7 +11,7 @@ from flask import Blueprint, Response, flash, g, redirect, render_template, requ
 
 from admin.api import admin_service
 from admin.forms import DURATION_UNITS, FormErrors, form_errors, join_duration, sentence, split_duration
-from admin.service import AdminError
+from admin.service import ID_RE, AdminError
 from admin.tokens import Principal
 from idp.accounts import ADMIN_ROLES, PLANS, workspace_snapshot
 from idp.eventcatalog import KINDS, OUTCOMES
@@ -891,7 +891,13 @@ def _audit_page(ws, p, errors: list[str], page: dict | None = None):
         apps = admin_service().audit_apps(p, ws.slug)
     except AdminError:
         apps = []
-    return _render("audit.html", ws, 400 if errors else 200, page=page, errors=errors, filters=q,
+    user_email = None
+    if q["user"] and ID_RE.match(q["user"].strip()):  # the user page's link: say whose events these are
+        try:
+            user_email = admin_service().get_user(p, ws.slug, q["user"].strip())["email"]
+        except AdminError:
+            user_email = None
+    return _render("audit.html", ws, 400 if errors else 200, page=page, errors=errors, filters=q, user_email=user_email,
                    link_args=_link_args(q), kinds=KINDS, outcomes=OUTCOMES, apps=apps,
                    paged=bool(request.args.get("before")))
 

@@ -178,13 +178,13 @@ def _workspace_of_request():
         return None
 
 
-def _ways_back(ws) -> list[tuple[str, str]]:
+def _ways_back(ws, status: int) -> list[tuple[str, str]]:
     """(label, URL) of the pages to go back to from an error in ``ws``: its console when the error was in it,
     the user's apps, the workspace's sign-in page; the start page when the URL names no workspace."""
     if ws is None:
         return [("Go to the start page", "/")]
     links = []
-    if request.path.startswith(f"/w/{ws.slug}/admin"):
+    if request.path.startswith(f"/w/{ws.slug}/admin") and status != 403:  # not for one refused the console
         links.append(("Admin console", url_for("admin_console.dashboard", ws_slug=ws.slug)))
     links.append(("Your apps", url_for("apps.page", ws_slug=ws.slug)))
     if not request.cookies.get(session_cookie(ws.slug)):  # signed in: the apps page is the way back
@@ -197,5 +197,5 @@ def error_page(status: int, title: str, message: str, error_id: str | None = Non
     to it, and an error id (the request's) to give the IT team."""
     ws = _workspace_of_request() if status != 503 else g.get("workspace")
     return render_template("error.html", status=status, title=title, message=message, ws=ws,
-                           links=_ways_back(ws),
+                           links=_ways_back(ws, status),
                            error_id=error_id or g.get("request_id") or new_error_id()), status

@@ -14,6 +14,7 @@ import lxml.html
 import pytest
 from sqlalchemy import select
 
+from idp.eventcatalog import EXPORT_COLUMNS
 from idp.flow import Client
 from idp.models import User, Workspace
 from tests.conftest import ALICE, BOB, make_app, make_settings
@@ -90,6 +91,8 @@ def test_a_failed_2fa_code_is_found_by_kind_outcome_and_user_and_exported_with_t
         assert "auth.mfa.failure" in types and "auth.signin.success" not in types, (q, types)
     assert "auth.mfa.failure" not in [tr.get("data-type") for tr in
                                       rows(text(admin.get(f"/w/acme/admin/audit?user={alice}")))]
+    whose = lxml.html.fromstring(text(admin.get(f"/w/acme/admin/audit?user={bob}"))).text_content()
+    assert f"Events of {BOB}:" in whose
 
     # the exports: same filters, the page's columns, actor_email filled in
     r = admin.get("/w/acme/admin/audit/export?format=csv&kind=2fa&outcome=failure")
@@ -100,6 +103,7 @@ def test_a_failed_2fa_code_is_found_by_kind_outcome_and_user_and_exported_with_t
     assert x["actor_email"] == BOB and x["actor_id"] == bob and x["outcome"] == "failure" and x["kind"] == "2fa"
     assert x["description"].startswith("Failed second factor") and x["details"] == "method: totp"
     assert x["ip"] == "203.0.113.9" and json.loads(x["data"]) == {"method": "totp"} and x["hash"]
+    assert list(exported[0]) == list(EXPORT_COLUMNS)
     j = admin.get(f"/w/acme/admin/audit/export?format=json&user={bob}").get_json()
     assert "auth.mfa.failure" in [e["type"] for e in j] and all(e["actor_email"] == BOB or e["target_id"] == bob
                                                                  for e in j)

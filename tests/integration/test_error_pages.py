@@ -106,3 +106,12 @@ def test_protocol_urls_keep_their_error_formats(app):
     assert r.status_code == 404 and r.get_json()["error"] == "invalid_request"
     r = c.get("/api/v1/nothing-here")
     assert r.status_code == 404 and r.is_json
+
+
+def test_a_member_refused_the_console_is_offered_their_apps_not_the_console(app):
+    from tests.conftest import BOB
+
+    member = signed_in(app, BOB)
+    r = member.get("/w/acme/admin/users")
+    assert r.status_code == 403 and "admin console is for this workspace's admins" in text(r)
+    assert links(r) == {"Your apps": "/w/acme/apps"}
