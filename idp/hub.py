@@ -440,6 +440,13 @@ class Hub:
         (``auth.passkey.failure`` with its reason); a counter that went backwards alerts the user and the
         workspace's admins (``auth.passkey.clone``)."""
         purpose = SECOND_FACTOR if user_id else PASSWORDLESS
+        addr_key = f"pkip:{client.ip}"  # passwordless: refused answers slow down their client address
+        if user_id is None:
+            now = self.clock()
+            wait = self.stores.throttle.state(addr_key, now).retry_after(now)
+            if wait:
+                self._event("auth.passkey.throttled", ws.id, client, data={"retry_after": wait})
+                return f"Too many attempts. Try again in {wait} seconds.", None
         if user_id is not None:
             wait = self.mfa.mfa_retry_after(user_id)
             if wait:
@@ -460,6 +467,8 @@ class Hub:
                         data={"reason": exc.reason, "passwordless": user_id is None})
             if user_id is not None:
                 self.mfa.record_failure(user_id)
+            else:
+                self.stores.throttle.record_failure(addr_key, self.clock(), ADDRESS_BACKOFF)
             return exc.message, None
         if user_id is not None:
             self.mfa.record_success(user_id)

@@ -215,7 +215,7 @@ class SigninCore:
             return Denied(early.reason, early.rule)
         error, verified = self.hub.verify_passkey(ws, response, client, binding=binding)
         if error is not None:
-            return Failed(error)
+            return Failed(error, 1 if "Too many" in error else 0)
         from idp.models import User
 
         with self.hub.db() as db:

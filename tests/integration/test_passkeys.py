@@ -405,3 +405,16 @@ def test_disable_2fa_with_the_passkey_and_the_pages_without_javascript(app, hub,
     assert r.status_code == 302, text(r)[:500]
     assert hub.mfa.passkeys.count(uid) == 0 and not hub.mfa.enrolled(uid).any
     assert events(hub, "mfa.disabled")
+
+
+def test_refused_passwordless_answers_slow_down_their_address(app, hub):
+    c = Browser(app, ip="198.51.100.7")
+    csrf = c.csrf(text(c.get("/w/acme/login")))
+    for _ in range(31):
+        refused(c.post("/w/acme/login/passkey", {"credential": "{broken", "csrf_token": csrf}), pk.MSG_MALFORMED)
+    r = c.post("/w/acme/login/passkey", {"credential": "{broken", "csrf_token": csrf})
+    assert r.status_code == 429 and "Too many attempts" in text(r)
+    assert events(hub, "auth.passkey.throttled")
+    # another address is not held up
+    other = Browser(app, ip="203.0.113.9")
+    refused(other.form_post("/w/acme/login", "/w/acme/login/passkey", {"credential": "{broken"}), pk.MSG_MALFORMED)
