@@ -176,7 +176,7 @@ def workspaces(ws, p):
     """Every workspace of the hub, and a new one (the hub operator only: 403 for a workspace admin)."""
     svc = admin_service()
     errors: list[str] = []
-    status = 200
+    fe, status = FormErrors(), 200
     if request.method == "POST":
         check_csrf()
         body = {"slug": _form("slug").strip().lower(), "name": _form("name").strip(), "plan": _form("plan", "free"),
@@ -186,14 +186,14 @@ def workspaces(ws, p):
         except AdminError as exc:
             if exc.status == 403:
                 raise
-            errors, status = [_error_text(exc)], exc.status
+            fe, status = _errors(exc, WORKSPACE_LABELS), exc.status
         else:
             flash(f"Created the workspace {created['name']} ({created['slug']}). Invite its first admin from its "
                   "Users page.", "status")
             return redirect(url_for("admin_console.users", ws_slug=created["slug"]))
     page = _listing(errors, svc.list_workspaces, p)
-    return _render("workspaces.html", ws, status, page=page, errors=errors, plans=PLANS,
-                   form=request.form if errors else {})
+    return _render("workspaces.html", ws, status, page=page, errors=errors, fe=fe, plans=PLANS,
+                   form=request.form if fe else {})
 
 
 # ---- users -------------------------------------------------------------------------------------------------
@@ -286,6 +286,7 @@ def user_action(ws, p, user_id, action):
 # A form with errors is shown again with everything that was typed except secrets (a client secret, a bind
 # password): those are never sent back to the browser; the field says so and asks for them again.
 GROUP_LABELS = {"name": "Name"}
+WORKSPACE_LABELS = {"name": "Name", "slug": "Address", "plan": "Plan", "domains": "Email domain"}
 APP_LABELS = {
     "oidc": {"name": "Name", "slug": "Short name", "redirect_uris": "Redirect URIs"},
     "saml": {"name": "Name", "slug": "Short name", "metadata_xml": "Metadata", "metadata_url": "Metadata URL",
