@@ -473,8 +473,7 @@ def app_access(ws, p, app_slug):
     except AdminError as exc:
         if exc.status == 404:
             raise
-        return _app_page(ws, p, app_slug, exc.status, access_errors=[_errors(exc, {}).general[0]
-                                                                     if _errors(exc, {}).general else exc.message])
+        return _app_page(ws, p, app_slug, exc.status, access_errors=_errors(exc, {}).general)
     flash("Saved who may use this app.", "status")
     return redirect(url_for("admin_console.app_detail", ws_slug=ws.slug, app_slug=app_slug))
 
