@@ -178,7 +178,7 @@ def workspaces(ws, p):
     """Every workspace of the hub, and a new one (the hub operator only: 403 for a workspace admin)."""
     svc = admin_service()
     errors: list[str] = []
-    status = 200
+    fe, status = FormErrors(), 200
     if request.method == "POST":
         check_csrf()
         body = {"slug": _form("slug").strip().lower(), "name": _form("name").strip(), "plan": _form("plan", "free"),
@@ -188,14 +188,14 @@ def workspaces(ws, p):
         except AdminError as exc:
             if exc.status == 403:
                 raise
-            errors, status = [_error_text(exc)], exc.status
+            fe, status = _errors(exc, WORKSPACE_LABELS), exc.status
         else:
             flash(f"Created the workspace {created['name']} ({created['slug']}). Invite its first admin from its "
                   "Users page.", "status")
             return redirect(url_for("admin_console.users", ws_slug=created["slug"]))
     page = _listing(errors, svc.list_workspaces, p)
-    return _render("workspaces.html", ws, status, page=page, errors=errors, plans=PLANS,
-                   form=request.form if errors else {})
+    return _render("workspaces.html", ws, status, page=page, errors=errors, fe=fe, plans=PLANS,
+                   form=request.form if fe else {})
 
 
 # ---- users -------------------------------------------------------------------------------------------------
@@ -302,6 +302,7 @@ def user_action(ws, p, user_id, action):
 # A form with errors is shown again with everything that was typed except secrets (a client secret, a bind
 # password): those are never sent back to the browser; the field says so and asks for them again.
 GROUP_LABELS = {"name": "Name"}
+WORKSPACE_LABELS = {"name": "Name", "slug": "Address", "plan": "Plan", "domains": "Email domain"}
 APP_LABELS = {
     "oidc": {"name": "Name", "slug": "Short name", "redirect_uris": "Redirect URIs"},
     "saml": {"name": "Name", "slug": "Short name", "metadata_xml": "Metadata", "metadata_url": "Metadata URL",
@@ -488,8 +489,7 @@ def app_access(ws, p, app_slug):
     except AdminError as exc:
         if exc.status == 404:
             raise
-        return _app_page(ws, p, app_slug, exc.status, access_errors=[_errors(exc, {}).general[0]
-                                                                     if _errors(exc, {}).general else exc.message])
+        return _app_page(ws, p, app_slug, exc.status, access_errors=_errors(exc, {}).general)
     flash("Saved who may use this app.", "status")
     return redirect(url_for("admin_console.app_detail", ws_slug=ws.slug, app_slug=app_slug))
 

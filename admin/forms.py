@@ -108,6 +108,9 @@ def humanise(label: str, message: str, value: str | None) -> str:
         return f"{label} is too long: at most {long.group(1)} characters."
     if m == "contains control characters":
         return f"{label} contains characters that are not allowed (such as line breaks)."
+    if m.lower().startswith("malformed xml"):
+        return (f"{label} is not complete XML: paste the whole metadata document, from <EntityDescriptor … to "
+                "</EntityDescriptor>.")
     if m.startswith("give exactly one of metadata_xml or metadata_url"):
         return "Paste the metadata or give its URL, not both" + (
             " (or the entity ID and ACS URL)." if "entity_id" in m else ".")

@@ -985,6 +985,9 @@ class AdminService:
                 if set(body) & SAML_CHANGES:
                     return self._update_saml(p, ws, row, body, known, db)
                 return self._assign_saml(p, ws, kind, row, body, known, db)
+            saml_only = sorted(set(body) & (SAML_CHANGES - {"name", "require_mfa"}))
+            if saml_only:
+                raise AdminError(422, "invalid", "a setting of SAML apps, not of an OpenID Connect app", saml_only[0])
             current = {"slug": row.slug, "name": row.name, "protocol": "oidc", "client_id": row.client_id,
                        "token_endpoint_auth_method": "none", "redirect_uris": list(row.redirect_uris or []),
                        "post_logout_redirect_uris": list(row.post_logout_redirect_uris or []),

@@ -227,3 +227,31 @@ def test_a_member_cannot_reach_the_confirmation_pages(app, hub):
         gid = db.scalar(select(Group.id).where(Group.name == "engineering"))
     r = member.post(f"/w/acme/admin/groups/{gid}/delete", {"csrf_token": member.csrf(text(member.security()))})
     assert r.status_code == 403 and "engineering" not in text(r)
+
+
+def test_the_api_changes_a_saml_app_and_refuses_saml_keys_on_an_oidc_app(app, hub):
+    from admin.api import admin_service
+
+    with app.app_context():
+        with hub.db() as db:
+            ws_id = db.scalar(select(Workspace.id).where(Workspace.slug == "acme"))
+        token, _ = admin_service().tokens.create("acme-ci", workspace_id=ws_id)
+    client, h = app.test_client(), {"Authorization": f"Bearer {token}"}
+    base = "/api/v1/workspaces/acme/apps"
+    assert client.post(base, headers=h, json={"protocol": "saml", "name": "CRM", "slug": "crm",
+                                              "entity_id": "https://crm.test/sp",
+                                              "acs_url": "https://crm.test/acs"}).status_code == 201
+    r = client.patch(f"{base}/crm", headers=h, json={"entity_id": "https://crm.test/sp2",
+                                                     "acs_url": ["https://crm.test/a", "https://crm.test/b"]})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["settings"]["sp_entity_id"] == "https://crm.test/sp2"
+    assert r.get_json()["settings"]["acs_urls"] == ["https://crm.test/a", "https://crm.test/b"]
+    r = client.patch(f"{base}/crm", headers=h, json={"acs_url": "ftp://crm.test/a", "entity_id": "https://x.test"})
+    assert r.status_code == 422 and r.get_json()["error"]["field"] == "acs_url"
+    assert client.get(f"{base}/crm", headers=h).get_json()["settings"]["sp_entity_id"] == "https://crm.test/sp2"
+    assert client.post(base, headers=h, json={"protocol": "oidc", "name": "Wiki", "slug": "wiki",
+                                              "redirect_uris": ["https://wiki.test/cb"]}).status_code == 201
+    r = client.patch(f"{base}/wiki", headers=h, json={"metadata_xml": "<x/>"})
+    assert r.status_code == 422 and r.get_json()["error"]["field"] == "metadata_xml"
+    updated = [e for e in events(hub, "admin.app.updated") if e.subject_id == "crm"]
+    assert len(updated) == 1 and updated[0].data["changed"] == ["acs_urls", "sp_entity_id"]
