@@ -42,6 +42,8 @@ def export_workspace(db: Session, ws: Workspace) -> tuple[dict, list[str]]:
         members.setdefault(uid, []).append(names[gid])
     users = []
     for u in db.scalars(select(User).where(User.workspace_id == ws.id).order_by(User.email_normalized)):
+        if not u.email:  # a SCIM user with no address: its HR system declares it, a config file cannot
+            continue
         entry: dict = {"email": u.email}
         if u.name:
             entry["name"] = u.name

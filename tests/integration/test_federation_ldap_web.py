@@ -175,7 +175,7 @@ def test_a_connection_claiming_domains_makes_the_sign_in_page_identifier_first(a
     hub = app.extensions["idhub"]
     b = Browser(app)
     page = b.get("/w/acme/login").get_data(as_text=True)
-    assert '<label for="email">Email</label>' in page and 'name="password"' not in page
+    assert '<label for="email">Email or username</label>' in page and 'name="password"' not in page
     assert ">Continue</button>" in page
     r = b.post("/w/acme/login", {"email": "ada@acme.test", "password": PASSWORDS["ada"], "csrf_token": b.csrf(page)})
     assert r.status_code == 302 and "/login/password?flow=" in r.headers["Location"]

@@ -116,7 +116,7 @@ def test_fail_on_errors_stops_at_the_first_error(scim):
     assert out[1]["response"]["scimType"] == "uniqueness" and out[1]["response"]["status"] == "409"
     assert ids(scim, "/Users", 'userName eq "three@acme.test"') == []
     # without failOnErrors every operation runs; one that refers to a failed POST fails too
-    r = bulk(scim, [user_op("v1", "bad-name"), user_op("v2", "four@acme.test"),
+    r = bulk(scim, [user_op("v1", "bad name"), user_op("v2", "four@acme.test"),
                     {"method": "PATCH", "path": "/Users/bulkId:v1",
                      "data": {"schemas": [PATCH_OP], "Operations": [{"op": "replace", "path": "active",
                                                                     "value": False}]}},

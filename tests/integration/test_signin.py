@@ -250,7 +250,7 @@ def test_pages_label_every_input(browser_factory):
         assert ids
         for i in ids:
             assert f'<label for="{i}">' in html, i
-    assert ">Email</label>" in pages[0].get_data(as_text=True)
+    assert ">Email or username</label>" in pages[0].get_data(as_text=True)
     assert ">Password</label>" in pages[1].get_data(as_text=True)
 
 
@@ -267,7 +267,7 @@ def test_a_signed_in_browser_can_sign_in_again_with_prompt_login(browser_factory
     b.login("acme", ALICE, ALICE_PW)
     first = b.client.get_cookie("idhub_session_acme").value
     r = b.get("/w/acme/login?prompt=login")
-    assert r.status_code == 200 and ">Email</label>" in r.get_data(as_text=True)
+    assert r.status_code == 200 and ">Email or username</label>" in r.get_data(as_text=True)
     r = b.post("/w/acme/login", {"email": ALICE, "csrf_token": b.csrf()})
     assert r.status_code == 302 and "/login/password" in r.headers["Location"]
     page = b.get(r.headers["Location"])

@@ -120,3 +120,21 @@ def test_identifier_problem_is_reusable_for_other_identifiers():
     assert identifier_problem("user\uffa0") is not None  # NFKC makes U+1160 (a Hangul filler)
     assert not invisible_characters("plain text with spaces")
     assert invisible_characters("text\u2066")
+
+
+# ---- usernames (SCIM userNames that are not addresses) ------------------------------------------------------------
+def test_usernames_follow_the_address_rules_for_what_cannot_be_seen():
+    from idp.accounts import identifier_key, parse_username
+    from idp.flow import identify
+
+    assert parse_username("  E-10442\t") == ("E-10442", "e-10442")
+    assert parse_username("\uff2a\uff24\uff2f\uff25") == ("JDOE", "jdoe")  # fullwidth: NFKC, one account
+    for hostile in ("j doe", "jdoe\u200b", "\u202ejdoe", "jdoe\x00", "\u2800", "", "x" * 255):
+        with pytest.raises(InvalidEmail):
+            parse_username(hostile)
+    with pytest.raises(InvalidEmail, match="cannot end with a dot"):
+        parse_username("alice@acme.test.")  # with an @: an address's rules
+    assert identifier_key("Alice@Acme.test") == "alice@acme.test" and identifier_key("JDoe") == "jdoe"
+    assert identifier_key("j doe") is None
+    assert identify("jdoe") == (None, "jdoe")
+    assert identify("alice@acme..test")[0] == "Email addresses cannot contain two dots in a row."
