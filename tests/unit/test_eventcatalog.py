@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("idp", "saml", "oidc", "scim", "policies", "federation", "admin")
 TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 # the functions that record an event, given its type: AuditLog.record, Hub._event, the services' audit helpers,
-# Hub.mfa_changed (the type is its 4th argument), and (type, data) pairs collected for a later record
-RECORDERS = {"record", "audit", "_event", "mfa_changed"}
+# Hub.mfa_changed (the type is its 4th argument), AuditLog._append_sealed (the chain's own records: prune, keying),
+# and (type, data) pairs collected for a later record
+RECORDERS = {"record", "audit", "_event", "mfa_changed", "_append_sealed"}
 
 
 def _strings(node, assigned: dict[str, set[str]]) -> set[str]:
