@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -159,12 +160,23 @@ class AuditKey:
     named by one key id (the first 16 hex digits of SHA-256 of the Ed25519 public key)."""
 
     def __init__(self, secret: str):
+        master = secret.encode()
+        self._set(hmac.new(master, b"idhub|audit-chain", hashlib.sha256).digest(),
+                  hmac.new(master, b"idhub|audit-checkpoint-ed25519", hashlib.sha256).digest())
+
+    @classmethod
+    def from_derived(cls, mac_key: bytes, seed: bytes) -> AuditKey:
+        """The keys of an earlier master that ``idhub secrets rotate`` retained (``idp.crypto``: the purposes
+        ``audit-chain`` and ``audit-checkpoint-ed25519``), once the master itself is gone."""
+        key = cls.__new__(cls)
+        key._set(mac_key, seed)
+        return key
+
+    def _set(self, mac_key: bytes, seed: bytes) -> None:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
         from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-        master = secret.encode()
-        self.mac_key = hmac.new(master, b"idhub|audit-chain", hashlib.sha256).digest()
-        seed = hmac.new(master, b"idhub|audit-checkpoint-ed25519", hashlib.sha256).digest()
+        self.mac_key = mac_key
         self.signer = Ed25519PrivateKey.from_private_bytes(seed)
         self.public_key = self.signer.public_key()
         self.public_raw = self.public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -172,16 +184,33 @@ class AuditKey:
 
 
 class AuditKeys:
-    """The current key (new events, checkpoints) and every key verification accepts, by key id."""
+    """The current key (new events, checkpoints) and every key verification accepts, by key id: the listed master
+    secrets', then the keys retained from earlier masters (``retained``: loaded when an unknown key id is met)."""
 
-    def __init__(self, secrets: Iterable[str]):
+    RELOAD_AFTER = 60.0  # seconds before an unknown key id makes the retained keys be read again
+
+    def __init__(self, secrets: Iterable[str], retained: Callable[[], Iterable[tuple[bytes, bytes]]] | None = None):
         keys = [AuditKey(s) for s in secrets if s]
         if not keys:
             raise ValueError("the audit log needs a master secret (IDHUB_SECRET_KEY)")
         self.current = keys[0]
-        self.by_id = {}
+        self.by_id: dict[str, AuditKey] = {}
         for k in keys:
             self.by_id.setdefault(k.key_id, k)
+        self._retained = retained
+        self._loaded_at: float | None = None
+
+    def get(self, key_id: str | None) -> AuditKey | None:
+        key = self.by_id.get(key_id or "")
+        if key is None and key_id and self._retained is not None:
+            now = time.monotonic()
+            if self._loaded_at is None or now - self._loaded_at > self.RELOAD_AFTER:
+                self._loaded_at = now
+                for mac_key, seed in self._retained():
+                    k = AuditKey.from_derived(mac_key, seed)
+                    self.by_id.setdefault(k.key_id, k)
+                key = self.by_id.get(key_id)
+        return key
 
 
 # ---- results ------------------------------------------------------------------------------------------------
@@ -354,7 +383,7 @@ def verify_checkpoint(keys: AuditKeys, cp: Any) -> dict:
                        ("pruned_through_seq", int)):
         if not isinstance(cp.get(name), kind) or isinstance(cp.get(name), bool):
             raise CheckpointError(f"checkpoint field {name!r} is missing or malformed")
-    key = keys.by_id.get(cp["key_id"])
+    key = keys.get(cp["key_id"])
     if key is None:
         raise CheckpointError(f"checkpoint signed with an unknown key {cp['key_id']!r}")
     try:
@@ -374,13 +403,13 @@ class AuditLog:
     PostgreSQL's default)."""
 
     def __init__(self, sessionmaker: sessionmaker, clock: Callable[[], datetime] = lambda: datetime.now(UTC), *,
-                 secrets: Iterable[str], seal: str | None = None, seal_interval: float = 1.0,
-                 seal_delay: float = 0.05):
+                 secrets: Iterable[str], retained: Callable[[], Iterable[tuple[bytes, bytes]]] | None = None,
+                 seal: str | None = None, seal_interval: float = 1.0, seal_delay: float = 0.05):
         self._sm = sessionmaker
         self._engine = sessionmaker.kw["bind"]
         self._clock = clock
         self._local = threading.local()
-        self.keys = AuditKeys(secrets)
+        self.keys = AuditKeys(secrets, retained)
         if seal is None:
             seal = "inline" if self._engine.dialect.name == "sqlite" else "background"
         if seal not in ("inline", "background"):
@@ -566,7 +595,7 @@ class AuditLog:
         for ev in mine or ():
             by_mac.setdefault(ev.mac, []).append(ev)
         for r in rows:
-            key = self.keys.by_id.get(r.key_id)
+            key = self.keys.get(r.key_id)
             if key is None or r.mac is None or not hmac.compare_digest(content_mac(key, r), r.mac):
                 log.error("audit.unsealable_event", extra={"chain": chain, "event_id": r.id})
                 continue
@@ -680,7 +709,7 @@ class AuditLog:
             if ev.key_id is None:
                 return VerifyResult(False, checked, ev.seq,
                                     "event is not keyed yet (written before keyed chains): run `idhub audit seal`")
-            key = self.keys.by_id.get(ev.key_id)
+            key = self.keys.get(ev.key_id)
             if key is None:
                 return VerifyResult(False, checked, ev.seq, f"event is keyed with an unknown key {ev.key_id!r}")
             if ev.prev_hash != expected_prev:
@@ -725,7 +754,7 @@ class AuditLog:
         rows = db.scalars(select(AuditEvent).where(AuditEvent.chain == chain, AuditEvent.seq.is_(None))
                           .order_by(AuditEvent.id).execution_options(yield_per=_BATCH))
         for ev in rows:
-            key = self.keys.by_id.get(ev.key_id or "")
+            key = self.keys.get(ev.key_id)
             if key is None or ev.mac is None or not hmac.compare_digest(content_mac(key, ev), ev.mac):
                 return VerifyResult(False, checked, None, f"unsealed event (id {ev.id}) does not match its MAC",
                                     unsealed=n)

@@ -25,7 +25,8 @@ import time
 from collections.abc import Sequence
 
 # Purposes whose keyed hashes are stored and looked up later: kept across a rotation (sealed), see above.
-RETAINED_PURPOSES = ("admin-api-tokens", "mfa-backup-codes", "oidc-sid")
+# The audit chain's keys are retained too, so that events keyed before a rotation still verify without the old master.
+RETAINED_PURPOSES = ("admin-api-tokens", "mfa-backup-codes", "oidc-sid", "audit-chain", "audit-checkpoint-ed25519")
 RETAINED_BOX = "retained-keys"  # the SecretBox purpose that seals them
 
 
@@ -120,6 +121,30 @@ def load_retained(sm, settings) -> dict[str, list[str]]:
         except ValueError:  # sealed under a master no longer listed: that key is gone for good
             continue
     return out
+
+
+def retained_pairs(sm, settings, first: str, second: str) -> list[tuple[bytes, bytes]]:
+    """The retained keys of two purposes that belong together (one earlier master's ``first`` and ``second``
+    keys), as raw bytes: the audit chain's HMAC key and its checkpoint seed."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from idp.models import RetainedKey
+
+    box = secret_box(settings, RETAINED_BOX)
+    try:
+        with sm() as db:
+            rows = db.execute(select(RetainedKey.key_id, RetainedKey.purpose, RetainedKey.sealed)
+                              .where(RetainedKey.purpose.in_((first, second)))).all()
+    except SQLAlchemyError:  # an older schema (before `idhub db upgrade`): nothing retained yet
+        return []
+    by_master: dict[str, dict[str, bytes]] = {}
+    for kid, purpose, sealed in rows:
+        try:
+            by_master.setdefault(kid, {})[purpose] = bytes.fromhex(box.decrypt(sealed))
+        except ValueError:  # sealed under a master no longer listed: that key is gone for good
+            continue
+    return [(keys[first], keys[second]) for keys in by_master.values() if first in keys and second in keys]
 
 
 def hmac_hex(key: str | bytes, msg: str | bytes) -> str:

@@ -4,7 +4,7 @@ factory (``idp.app``), the command line and tests without a web app all start he
 from __future__ import annotations
 
 from config.settings import Settings
-from idp.crypto import derive_key, secret_keys
+from idp.crypto import derive_key, retained_pairs, secret_keys
 from idp.db import make_engine, make_sessionmaker
 from idp.hub import Hub
 from idp.passwords import Hasher
@@ -30,7 +30,8 @@ def build_hub(settings: Settings, *, hasher: Hasher | None = None) -> Hub:
         sm,
         stores,
         hasher or Hasher(),
-        AuditLog(sm, secrets=secret_keys(settings)),
+        AuditLog(sm, secrets=secret_keys(settings),
+                 retained=lambda: retained_pairs(sm, settings, "audit-chain", "audit-checkpoint-ed25519")),
         make_mailer(settings),
         GeoLocator(settings.geoip_db),
         describe_user_agent,
