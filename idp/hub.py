@@ -125,6 +125,7 @@ class Hub:
         self.app_policy_lookups: list = []
         self.app_access = AppAccess(self)  # who lost access to which app, for every channel (idp.assignments)
         self.launcher = Launcher(self)  # which apps a user sees on the launcher (idp.launcher)
+        self.invitations = Invitations(self)  # invited people's set-password links (idp.invitations)
         # itsdangerous signs with the last key of the list, verifies with any (IDHUB_SECRET_KEY_PREVIOUS)
         self._signer = URLSafeTimedSerializer(signer_keys(settings), salt="idhub.not-me")
         self._devices = URLSafeTimedSerializer(signer_keys(settings), salt="idhub.device-cookie")
@@ -148,7 +149,6 @@ class Hub:
         """Call after committing a change that per-process caches hold (``idp.invalidation.KINDS``): every
         process of every node forgets them within a second."""
         self.invalidation.publish(kind, key)
-        self.invitations = Invitations(self)  # invited people's set-password links (idp.invitations)
 
     # ---- helpers -------------------------------------------------------------------------
     def connect(self):
