@@ -26,6 +26,7 @@ from idp.web.common import (
     load_workspace,
     session_cookie,
 )
+from policies.engine import ALL_METHODS
 
 bp = Blueprint("admin_console", __name__)
 FIELD_MAX = 4096
@@ -733,12 +734,20 @@ def connection_delete(ws, p, conn_slug):
 
 
 # ---- policies ----------------------------------------------------------------------------------------------
+# The policy form's checkboxes. The form PUTs the whole policy, so every key it can hold is here: a key left out
+# would be dropped at every save.
+POLICY_FLAGS = ("require_mfa", "require_mfa_for_admins", "require_phishing_resistant_mfa",
+                "require_phishing_resistant_mfa_for_admins")
+
+
 def _policy_form(pol: dict) -> dict:
     """The policy form's values: stored policies, durations as a number and a unit."""
     idle, max_ = split_duration(pol.get("session_idle_timeout")), split_duration(pol.get("session_max_lifetime"))
     return {"require_mfa": bool(pol.get("require_mfa")), "require_mfa_for_admins": pol.get("require_mfa_for_admins",
                                                                                               True),
-            "mfa_methods": pol.get("mfa_methods", ["totp", "sms", "backup_codes"]),
+            "require_phishing_resistant_mfa": bool(pol.get("require_phishing_resistant_mfa")),
+            "require_phishing_resistant_mfa_for_admins": bool(pol.get("require_phishing_resistant_mfa_for_admins")),
+            "mfa_methods": pol.get("mfa_methods", list(ALL_METHODS)),
             "ip_allowlist": "\n".join(pol.get("ip_allowlist", [])),
             "session_idle_timeout": idle[0], "session_idle_timeout_unit": idle[1],
             "session_max_lifetime": max_[0], "session_max_lifetime_unit": max_[1]}
@@ -751,9 +760,8 @@ def policies(ws, p):
     fe, status = FormErrors(), 200
     if request.method == "POST":
         check_csrf()
-        body: dict = {"require_mfa": bool(request.form.get("require_mfa")),
-                      "require_mfa_for_admins": bool(request.form.get("require_mfa_for_admins")),
-                      "ip_allowlist": _lines("ip_allowlist")}
+        body: dict = {key: bool(request.form.get(key)) for key in POLICY_FLAGS}
+        body["ip_allowlist"] = _lines("ip_allowlist")
         methods = [m for m in request.form.getlist("mfa_methods") if isinstance(m, str)][:10]
         if methods:
             body["mfa_methods"] = methods
@@ -772,8 +780,7 @@ def policies(ws, p):
     if fe:
         form = {k: _form(k) for k in ("ip_allowlist", "session_idle_timeout", "session_idle_timeout_unit",
                                       "session_max_lifetime", "session_max_lifetime_unit")}
-        form.update(require_mfa=bool(request.form.get("require_mfa")),
-                    require_mfa_for_admins=bool(request.form.get("require_mfa_for_admins")),
+        form.update({key: bool(request.form.get(key)) for key in POLICY_FLAGS},
                     mfa_methods=request.form.getlist("mfa_methods")[:10])
     else:
         form = _policy_form(view["policies"])

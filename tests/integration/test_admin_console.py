@@ -645,3 +645,28 @@ def test_members_cannot_edit_connections(app, hub):
     r = b.post("/w/acme/admin/connections/okta", {"name": "Mine", "csrf_token": b.csrf(text(b.security()))})
     assert r.status_code == 403
     assert stored(hub, "okta")["name"] == "Okta" and not events(hub, "admin.connection.updated")
+
+
+def test_the_policy_form_keeps_every_policy_it_saves(app, hub, admin):
+    """The form PUTs the whole policy: passkeys stay an allowed method and the phishing-resistant requirements can
+    be set, shown and kept by a save that does not touch them."""
+    page = text(admin.get("/w/acme/admin/policies"))
+    assert 'name="mfa_methods" value="webauthn" checked' in page  # the default allows every method
+    r = admin.form_post("/w/acme/admin/policies", "/w/acme/admin/policies",
+                        {"require_mfa_for_admins": "1", "require_phishing_resistant_mfa_for_admins": "1",
+                         "mfa_methods": ["webauthn", "totp", "backup_codes"]})
+    assert r.status_code == 302, text(r)[:500]
+    page = text(admin.get("/w/acme/admin/policies"))
+    assert "Admins sign in with a passkey or security key (phishing-resistant)." in page
+    assert 'id="require_phishing_resistant_mfa_for_admins" type="checkbox" name="require_phishing_resistant_mfa_for_admins" value="1" checked' in page
+    with hub.db() as db:
+        from idp.accounts import workspace_by_slug
+
+        pol = workspace_by_slug(db, "acme").policies
+    assert pol["require_phishing_resistant_mfa_for_admins"] is True
+    assert pol["mfa_methods"] == ["webauthn", "totp", "backup_codes"]
+    # passkeys required for everyone without passkeys allowed: refused under the field, nothing saved
+    r = admin.form_post("/w/acme/admin/policies", "/w/acme/admin/policies",
+                        {"require_phishing_resistant_mfa": "1", "mfa_methods": ["totp"]})
+    assert r.status_code == 422
+    assert "webauthn" in text(r).lower() or "passkey" in text(r).lower()
