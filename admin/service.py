@@ -1070,9 +1070,7 @@ class AdminService:
             for key in SAML_IN_PLACE & set(body):
                 setattr(row, key, entry.get(key))
         db.commit()
-        from saml.config import GENERATION
-
-        GENERATION[0] += 1  # this process's SP cache; other processes' within SP_CACHE_TTL
+        self.hub.changed(SAML_APPS, row.slug)  # every node's SP cache (idp.invalidation)
         out = self.render_app(ws, "saml", row)
         changed = sorted({k for k in ("name", "require_mfa", "assigned_groups", "show_in_launcher", "description")
                           if before[k] != out[k]} | {k for k in ("sp_entity_id", "acs_urls", "nameid_format",
