@@ -548,24 +548,12 @@ class AdminService:
         return out
 
     def user_events(self, p: Principal, slug: str, user_id: str, limit: int = 20) -> list[dict]:
-        """The latest audit events where the user acted or was acted on (newest first)."""
+        """The latest audit events where the user acted or was acted on (newest first), as the audit log shows
+        them (``admin.auditlog``: the same filter as ``/admin/audit?user=<id>``, policy decisions left out)."""
         ws = self.workspace(p, slug)
         with self.hub.db() as db:
-            user = self._user(db, ws, user_id)
-            rows = list(db.scalars(select(AuditEvent).where(
-                AuditEvent.chain == chain_for(ws.id),
-                or_(AuditEvent.actor_id == user.id, AuditEvent.subject_id == user.id))
-                .order_by(AuditEvent.seq.desc()).limit(limit)))
-            ids = {i for e in rows for i in (e.actor_id, e.subject_id) if i and ID_RE.match(i)}
-            emails = {uid: email for uid, email in db.execute(
-                select(User.id, User.email).where(User.workspace_id == ws.id, User.id.in_(ids)))} if ids else {}
-        items = []
-        for e in rows:
-            item = self.render_event(e)
-            item["actor_label"] = e.actor_email or emails.get(e.actor_id or "") or e.actor_id
-            item["subject_label"] = emails.get(e.subject_id or "") or e.subject_id
-            items.append(item)
-        return items
+            self._user(db, ws, user_id)
+        return self.search_events(p, slug, limit=limit, user=user_id, decisions=False)["items"]
 
     def send_password_reset(self, p: Principal, slug: str, user_id: str) -> dict:
         """Mail the user the normal password-reset link (24 hours, single use). Audited; limited like every reset
