@@ -8,9 +8,6 @@ a filter means the same everywhere and an export carries what the page shows."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +17,7 @@ from typing import Any
 from sqlalchemy import and_, false, func, or_, select
 from sqlalchemy.orm import Session
 
-from idp.audit import AuditEvent, chain_for, csv_safe, iso_utc
+from idp.audit import AuditEvent, chain_for, csv_chunks, iso_utc, json_chunks
 from idp.eventcatalog import (
     APP,
     EXPORT_COLUMNS,
@@ -285,30 +282,5 @@ def export(sessionmaker, ws_id: str, f: Filters, fmt: str) -> Iterator[str]:
             for part in db.scalars(stmt).partitions(BATCH):
                 yield [export_row(r) for r in presenter.rows(list(part))]
 
-    return _json(batches()) if fmt == "json" else _csv(batches())
+    return json_chunks(batches(), sort_keys=False) if fmt == "json" else csv_chunks(batches(), EXPORT_COLUMNS)
 
-
-def _json(batches) -> Iterator[str]:
-    yield "["
-    first = True
-    for batch in batches:
-        parts = []
-        for row in batch:
-            parts.append(("\n" if first else ",\n") + json.dumps(row, ensure_ascii=False))
-            first = False
-        yield "".join(parts)
-    yield "\n]\n"
-
-
-def _csv(batches) -> Iterator[str]:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(EXPORT_COLUMNS)
-    yield buf.getvalue()
-    for batch in batches:
-        buf.seek(0)
-        buf.truncate()
-        for row in batch:
-            cells = dict(row, data=json.dumps(row["data"], ensure_ascii=False, sort_keys=True))
-            writer.writerow([csv_safe("" if cells[c] is None else cells[c]) for c in EXPORT_COLUMNS])
-        yield buf.getvalue()

@@ -808,7 +808,7 @@ class AuditLog:
         stmt = (stmt.order_by(AuditEvent.seq.is_(None), AuditEvent.seq, AuditEvent.id)
                 .execution_options(yield_per=_BATCH))
         rows = self._stream(stmt)
-        return _json_chunks(rows) if fmt == "json" else _csv_chunks(rows)
+        return json_chunks(rows) if fmt == "json" else csv_chunks(rows, EXPORT_FIELDS)
 
     def _stream(self, stmt) -> Iterator[list[dict[str, Any]]]:
         with self._sm() as db:
@@ -871,13 +871,14 @@ def _export_row(ev: AuditEvent) -> dict[str, Any]:
     return row
 
 
-def _json_chunks(batches: Iterator[list[dict[str, Any]]]) -> Iterator[str]:
+def json_chunks(batches: Iterator[list[dict[str, Any]]], sort_keys: bool = True) -> Iterator[str]:
+    """A JSON array of the rows, streamed batch by batch (one row a line)."""
     yield "["
     first = True
     for batch in batches:
         parts = []
         for row in batch:
-            parts.append(("\n" if first else ",\n") + json.dumps(row, ensure_ascii=False, sort_keys=True))
+            parts.append(("\n" if first else ",\n") + json.dumps(row, ensure_ascii=False, sort_keys=sort_keys))
             first = False
         yield "".join(parts)
     yield "\n]\n"
@@ -890,15 +891,16 @@ def csv_safe(value: Any) -> Any:
     return value
 
 
-def _csv_chunks(batches: Iterator[list[dict[str, Any]]]) -> Iterator[str]:
+def csv_chunks(batches: Iterator[list[dict[str, Any]]], columns: tuple[str, ...]) -> Iterator[str]:
+    """CSV of the rows' ``columns`` (``data`` as JSON, formula-safe cells), streamed batch by batch."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(EXPORT_FIELDS)
+    writer.writerow(columns)
     yield buf.getvalue()
     for batch in batches:
         buf.seek(0)
         buf.truncate()
         for row in batch:
             cells = dict(row, data=json.dumps(row["data"], ensure_ascii=False, sort_keys=True))
-            writer.writerow([csv_safe("" if cells[name] is None else cells[name]) for name in EXPORT_FIELDS])
+            writer.writerow([csv_safe("" if cells[name] is None else cells[name]) for name in columns])
         yield buf.getvalue()
