@@ -52,7 +52,7 @@ def start(hub, client, relay: str) -> tuple[str, str]:
 def sign_in(page):
     page.get_by_label("Email").fill(ALICE)
     page.get_by_label("Password").fill(ALICE_PW)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
 
 
 def wait_for(page, hits: list):

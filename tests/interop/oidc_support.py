@@ -47,7 +47,7 @@ def sign_in_page(page, email: str = ALICE, password: str = ALICE_PW) -> None:
     """Fill idhub's sign-in page (one page: email and password) in a Playwright ``page`` that is on it."""
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
 
 
 def oidc_config(extra_policies: dict | None = None) -> dict:

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.browser
 def sign_in_page(page, email=ALICE, password=ALICE_PW):
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
 
 
 @pytest.mark.parametrize("how", ["End", "End all sessions"])
