@@ -156,7 +156,7 @@ def resume_target(page: str) -> str:
 
 
 @contextmanager
-def live_oidc_hub(config: dict | None = None):
+def live_oidc_hub(config: dict | None = None, extra_env: dict[str, str] | None = None):
     """A real ``idhub serve`` with the OIDC tables and apps (the set-up the lead's migration and
     ``idhub apply`` will do by themselves)."""
     from sqlalchemy.orm import sessionmaker
@@ -164,7 +164,7 @@ def live_oidc_hub(config: dict | None = None):
     from idp.db import make_engine
     from tests.helpers.live import LiveHub
 
-    hub = LiveHub(config or oidc_config())
+    hub = LiveHub(config or oidc_config(), extra_env=extra_env)
     try:
         hub.run("db", "upgrade")
         engine = make_engine(hub.database_url)
