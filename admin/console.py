@@ -760,7 +760,9 @@ def policies(ws, p):
     fe, status = FormErrors(), 200
     if request.method == "POST":
         check_csrf()
-        body: dict = {key: bool(request.form.get(key)) for key in POLICY_FLAGS}
+        # every flag the form holds (one left out would be dropped); those off by default only when on
+        body: dict = {key: bool(request.form.get(key)) for key in POLICY_FLAGS
+                      if request.form.get(key) or key in ("require_mfa", "require_mfa_for_admins")}
         body["ip_allowlist"] = _lines("ip_allowlist")
         methods = [m for m in request.form.getlist("mfa_methods") if isinstance(m, str)][:10]
         if methods:
