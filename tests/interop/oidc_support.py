@@ -156,15 +156,18 @@ def resume_target(page: str) -> str:
 
 
 @contextmanager
-def live_oidc_hub(config: dict | None = None, extra_env: dict[str, str] | None = None):
+def live_oidc_hub(config: dict | None = None, extra_env: dict[str, str] | None = None, host: str | None = None):
     """A real ``idhub serve`` with the OIDC tables and apps (the set-up the lead's migration and
-    ``idhub apply`` will do by themselves)."""
+    ``idhub apply`` will do by themselves). ``host``: the name in its public URL (``localhost`` for WebAuthn,
+    whose relying party ID cannot be an IP address)."""
     from sqlalchemy.orm import sessionmaker
 
     from idp.db import make_engine
     from tests.helpers.live import LiveHub
 
     hub = LiveHub(config or oidc_config(), extra_env=extra_env)
+    if host:
+        hub.base_url = f"http://{host}:{hub.port}"
     try:
         hub.run("db", "upgrade")
         engine = make_engine(hub.database_url)

@@ -15,7 +15,6 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 import requests
-from sqlalchemy.orm import sessionmaker
 
 from tests.conftest import ALICE, ALICE_PW
 from tests.helpers.webauthn_soft import SoftAuthenticator
@@ -23,9 +22,8 @@ from tests.interop.oidc_support import (
     WIKI_CB,
     WIKI_HOME,
     WIKI_SECRET,
-    apply_apps,
-    ensure_oidc_tables,
     hidden_fields,
+    live_oidc_hub,
     oidc_config,
     resume_target,
 )
@@ -38,32 +36,13 @@ CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 @pytest.fixture
 def live():
-    from idp.db import make_engine
-    from tests.helpers.live import LiveHub
-
     config = oidc_config()
     config["workspaces"][0]["apps"].append(
         {"slug": "vault", "name": "Vault", "protocol": "oidc", "client_id": "vault", "client_secret": VAULT_SECRET,
          "redirect_uris": [WIKI_CB], "post_logout_redirect_uris": [WIKI_HOME],
          "grant_types": ["authorization_code", "refresh_token"], "require_phishing_resistant_mfa": True})
-    hub = LiveHub(config)
-    hub.base_url = f"http://localhost:{hub.port}"
-    try:
-        hub.run("db", "upgrade")
-        engine = make_engine(hub.database_url)
-        ensure_oidc_tables(engine)
-        hub.apply(hub.config)
-        with sessionmaker(bind=engine)() as db:
-            apply_apps(db, hub.config)
-        engine.dispose()
-        hub._serve()
+    with live_oidc_hub(config, host="localhost") as hub:
         yield hub
-    except BaseException:
-        print(hub.log_tail())
-        raise
-    finally:
-        hub.cleanup()
-
 
 def csrf(page: str) -> str:
     return CSRF_RE.search(page).group(1)
