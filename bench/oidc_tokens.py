@@ -147,7 +147,7 @@ class NodePeer:
 
 # ---- the load ------------------------------------------------------------------------------------------------
 def drive(base: str, path: str, grant: str, concurrency: int, seconds: float, warmup: float,
-          tokens: list[str], cpu_of) -> dict:
+          tokens: list[str], cpu_of, db_cpu_of=None) -> dict:
     """``concurrency`` threads on keep-alive connections; latencies of the timed window only."""
     host = urlsplit(base)
     lat: list[float] = []
@@ -194,11 +194,11 @@ def drive(base: str, path: str, grant: str, concurrency: int, seconds: float, wa
         t.start()
     start_barrier.wait()
     time.sleep(warmup)
-    cpu0 = cpu_of()
+    cpu0, db0 = cpu_of(), (db_cpu_of() if db_cpu_of else 0.0)
     t_start.append(time.perf_counter())
     time.sleep(seconds)
     t_stop.append(time.perf_counter())
-    cpu1 = cpu_of()
+    cpu1, db1 = cpu_of(), (db_cpu_of() if db_cpu_of else 0.0)
     for t in threads:
         t.join()
     if errors:
@@ -206,7 +206,7 @@ def drive(base: str, path: str, grant: str, concurrency: int, seconds: float, wa
     elapsed = t_stop[0] - t_start[0]
     n = len(lat)
     return {"rate": n / elapsed, "p50": pct(lat, 50) * 1000, "p99": pct(lat, 99) * 1000, "count": n,
-            "cpu": (cpu1 - cpu0) / max(n, 1) * 1000}
+            "cpu": (cpu1 - cpu0) / max(n, 1) * 1000, "db_cpu": (db1 - db0) / max(n, 1) * 1000}
 
 
 def main() -> None:
@@ -218,6 +218,9 @@ def main() -> None:
     ap.add_argument("--redis", action="store_true", help="IDHUB_REDIS_URL on the test Redis (db 13)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="idhub's gunicorn workers")
     ap.add_argument("--grants", default="client_credentials,refresh_token")
+    ap.add_argument("--py-spy", metavar="DIR", help="profile idhub's workers with py-spy during each idhub cell "
+                    "(collapsed stacks in DIR/<grant>-<conc>.txt; the sampling slows idhub: figures are then not "
+                    "comparable)")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     grants = args.grants.split(",")
@@ -248,25 +251,35 @@ def main() -> None:
         hub_tokens = idhub_refresh_tokens(hub.base_url, n_tokens)
         master = hub.proc.pid
 
+        def db_cpu() -> float:
+            return sum(proc_cpu(p) for p in pg_backends(db_url)) if db_url else 0.0
+
         def hub_cpu() -> float:
-            snap = tree_cpu(master)
-            if db_url:
-                snap.update({p: proc_cpu(p) for p in pg_backends(db_url)})
-            return cpu_delta({}, snap)
+            return cpu_delta({}, tree_cpu(master)) + db_cpu()
 
         def peer_cpu() -> float:
             return proc_cpu(peer.proc.pid) + sum(proc_cpu(p) for p in children(peer.proc.pid))
 
-        print(f"\n  {'grant':<19}{'conc':>5}  {'idhub req/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms':>7}   "
+        print(f"\n  {'grant':<19}{'conc':>5}  {'idhub req/s':>11} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms':>7} {'(DB)':>6}   "
               f"{'peer req/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms':>7}   {'ratio':>6}")
         for grant in grants:
             for c in levels:
+                spy = None
+                if args.py_spy:
+                    Path(args.py_spy).mkdir(parents=True, exist_ok=True)
+                    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--gil", "--pid",
+                                            str(master), "--subprocesses", "--nonblocking", "--format", "raw",
+                                            "--rate", "250", "--duration", str(int(args.seconds + args.warmup)),
+                                            "-o", str(Path(args.py_spy) / f"{grant}-{c}.txt")],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 a = drive(hub.base_url, "/w/bench/oauth2/token", grant, c, args.seconds, args.warmup, hub_tokens,
-                          hub_cpu)
+                          hub_cpu, db_cpu)
+                if spy is not None:
+                    spy.wait()
                 b = drive(peer.base, "/token", grant, c, args.seconds, args.warmup, peer.refresh_tokens, peer_cpu)
                 ratio = a["rate"] / b["rate"]
                 rows.append((grant, c, a, b, ratio))
-                print(f"  {grant:<19}{c:>5}  {a['rate']:>11.1f} {a['p50']:>7.2f} {a['p99']:>7.2f} {a['cpu']:>7.2f}   "
+                print(f"  {grant:<19}{c:>5}  {a['rate']:>11.1f} {a['p50']:>7.2f} {a['p99']:>7.2f} {a['cpu']:>7.2f} {a['db_cpu']:>6.2f}   "
                       f"{b['rate']:>10.1f} {b['p50']:>7.2f} {b['p99']:>7.2f} {b['cpu']:>7.2f}   {ratio:>6.2f}",
                       flush=True)
     except BaseException:
@@ -283,7 +296,7 @@ def main() -> None:
     worst = min(r[4] for r in rows)
     print(f"\n  ratio = idhub req/s / peer req/s (same client, same machine, same run); lowest {worst:.2f}  "
           f"goal >= 1.00  {'OK' if worst >= 1.0 else 'MISSED'}")
-    print(f"  CPU ms = server CPU per request (idhub incl. its PostgreSQL backends)   load at end {loadavg()}")
+    print(f"  CPU ms = server CPU per request (idhub incl. its PostgreSQL backends; (DB): theirs alone)   load at end {loadavg()}")
 
 
 if __name__ == "__main__":
