@@ -28,6 +28,7 @@ from idp.accounts import (
 )
 from idp.assignments import AppAccess
 from idp.crypto import KeyRing, signer_keys
+from idp.db import read_engine
 from idp.flow import AuthnResult, Client
 from idp.invalidation import Invalidation
 from idp.invitations import Invitations
@@ -108,6 +109,8 @@ class Hub:
     ):
         self.settings = settings
         self.db = db
+        self._reads = read_engine(db.kw["bind"])
+        self._read_sessions = sessionmaker(**{**db.kw, "bind": self._reads})
         self.stores = stores
         self.hasher = hasher
         self.audit = audit
@@ -140,7 +143,7 @@ class Hub:
                                    ws.policies)
 
     def _lifetimes_of(self, workspace_id: str) -> Lifetimes:
-        with self.connect() as conn:
+        with self.read() as conn:
             policies = conn.execute(_WORKSPACE_POLICIES, {"w": workspace_id}).scalar()
         return effective_lifetimes(self.settings.session_idle_timeout, self.settings.session_max_lifetime,
                                    policies)
@@ -155,6 +158,15 @@ class Hub:
         """A bare Core connection from the pool, for the hot paths that only run prebuilt statements (an ORM
         session's set-up and tear-down costs as much as the statement itself); commit explicitly to write."""
         return self.db.kw["bind"].connect()
+
+    def read(self):
+        """Like ``connect``, for reads only: no transaction around them (``idp.db.read_engine``)."""
+        return self._reads.connect()
+
+    def read_db(self):
+        """An ORM session for reads only (``idp.db.read_engine``): what ``db()`` gives, without the BEGIN and
+        ROLLBACK round trips of a transaction on PostgreSQL. Never write through it."""
+        return self._read_sessions()
 
     def url(self, path: str) -> str:
         return self.settings.base_url + path
@@ -223,7 +235,7 @@ class Hub:
 
     def group_names(self, ws_id: str, user_id: str) -> frozenset[str]:
         """The names of the user's groups in the workspace (one query)."""
-        with self.connect() as conn:
+        with self.read() as conn:
             return frozenset(conn.execute(_USER_GROUP_NAMES, {"u": user_id, "w": ws_id}).scalars())
 
     def decide(self, ws: Workspace, client: Client, *, user_id: str | None = None, methods=(),
@@ -238,7 +250,7 @@ class Hub:
         if user_id is not None:
             row = account
             if row is _UNREAD:
-                with self.connect() as conn:  # the account, its role and its 2FA enrolment in one round trip
+                with self.read() as conn:  # the account, its role and its 2FA enrolment in one round trip
                     row = conn.execute(_USER_AND_ENROLMENT, {"u": user_id}).first()
             if row is not None and self.mfa is not None and stage == "signin":
                 enrolled = tuple(enrolled_from(row).methods())
@@ -302,7 +314,7 @@ class Hub:
         (``idp.accounts.identifier_matches``: one rule for every way in)."""
         now = self.clock()
         key_email = identifier_key(email) or ""
-        with self.connect() as conn:  # released before the hash: no connection or transaction held across it
+        with self.read() as conn:  # released before the hash: no connection or transaction held across it
             rows = conn.execute(_USER_FOR_PASSWORD, {"w": ws.id, "e": key_email}).all()
         user = rows[0] if rows else None
         # one throttle per account, whichever identifier was typed (its address, else its username)
@@ -523,7 +535,7 @@ class Hub:
 
         enrolled = self.mfa.enrolled(user_id)
         left = replace(enrolled, passkeys=max(enrolled.passkeys - 1, 0))
-        with self.connect() as conn:
+        with self.read() as conn:
             row = conn.execute(_USER_AND_ENROLMENT, {"u": user_id}).first()
         ctx = self.policy_context(ws, client.ip, user_id=user_id, account=row, methods=("pwd",),
                                   enrolled=tuple(left.methods()))

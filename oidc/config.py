@@ -7,7 +7,7 @@ import hmac
 import ipaddress
 from urllib.parse import urlsplit
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 
 from oidc.keys import ALGORITHMS, DEFAULT_ALG
 from oidc.models import OidcClient, OidcClientJwks
@@ -137,16 +137,20 @@ def find_client(db, workspace_id: str, client_id: str | None) -> OidcClient | No
                                               OidcClient.client_id == client_id))
 
 
+_APP_POLICIES = select(OidcClient.client_id, OidcClient.require_mfa, OidcClient.require_phishing_resistant_mfa,
+                       OidcClient.assigned_groups).where(
+    OidcClient.workspace_id == bindparam("w"), or_(OidcClient.client_id == bindparam("a"),
+                                                   OidcClient.slug == bindparam("a")))
+
+
 def app_policy_lookup(hub):
     """For ``hub.app_policy_lookups``: the per-app policy overrides of an OIDC client (by client_id or slug)."""
 
     def lookup(ws, app: str):
         if not app or not isinstance(app, str) or len(app) > 128:
             return None
-        with hub.db() as db:  # by client_id or by slug, in one query; a client_id match wins
-            rows = db.execute(select(OidcClient.client_id, OidcClient.require_mfa,
-                                     OidcClient.require_phishing_resistant_mfa, OidcClient.assigned_groups).where(
-                OidcClient.workspace_id == ws.id, or_(OidcClient.client_id == app, OidcClient.slug == app))).all()
+        with hub.read() as conn:  # by client_id or by slug, in one prebuilt query; a client_id match wins
+            rows = conn.execute(_APP_POLICIES, {"w": ws.id, "a": app}).all()
         if not rows:
             return None
         row = next((r for r in rows if r.client_id == app), rows[0])

@@ -53,11 +53,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc import jwk, jwt
 from joserfc.errors import JoseError
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from idp import emailverify
 from idp.crypto import derive_key
 from idp.invalidation import OIDC_KEYS, WORKSPACES, generation
+from idp.mfa.service import enrolled_columns, enrolled_from
 from idp.models import Group, GroupMember, User
 from oidc.auditbatch import AuditBatcher
 from oidc.config import SCOPES, check_secret, client_jwks, find_client, guarded, jwks_uri_problem
@@ -66,6 +67,21 @@ from oidc.models import OidcAccessToken, OidcClient, OidcCode, OidcRefreshToken,
 from policies.engine import ALLOW, NOT_ASSIGNED, AccountActive, AppAssignment, PolicyEngine, SecondFactor
 
 log = logging.getLogger("idhub.oidc")
+
+# The token endpoint's statements, built once (a statement built per request costs more Python than its round
+# trip: SQLAlchemy generates its cache key and coerces every clause again).
+_OC = OidcClient.__table__
+_CLIENT_BY_ID = select(_OC).where(_OC.c.workspace_id == bindparam("w"), _OC.c.client_id == bindparam("c"))
+_REFRESH_WITH_USER = (select(OidcRefreshToken, User, *enrolled_columns(User.id))
+                      .outerjoin(User, User.id == OidcRefreshToken.user_id)
+                      .where(OidcRefreshToken.token_hash == bindparam("h")))
+_RT = OidcRefreshToken.__table__
+_ROTATE = (update(_RT).where(_RT.c.token_hash == bindparam("h"), _RT.c.used_at.is_(None), _RT.c.revoked_at.is_(None),
+                             _RT.c.expires_at > bindparam("now_"))
+           .values(used_at=bindparam("now"), retry_answer=bindparam("retry")))
+_INSERT_ACCESS = insert(OidcAccessToken.__table__)
+_INSERT_REFRESH = insert(_RT)
+_INSERT_SESSION_CLIENT: dict = {}  # dialect name -> INSERT … ON CONFLICT DO NOTHING
 
 CODE_TTL = 60
 ACCESS_TTL = 300
@@ -467,11 +483,12 @@ class RefreshTokenGrant(oauth_grants.RefreshTokenGrant):
             raise InvalidRequestError("Missing 'refresh_token' in request.")
         svc: OidcService = self.server.svc
         try:
-            row, user = svc.find_refresh(self.server.ws.id, client.client_id, presented)
+            row, user, enrolled = svc.find_refresh(self.server.ws.id, client.client_id, presented)
         except RefreshRetry as retry:  # the same request again, within the grace window: the same answer
             self.request.idhub["retry_answer"] = retry.answer
             return
         self.request.refresh_token, self.request.idhub["user"] = row, user
+        self.request.idhub["enrolled"] = enrolled
         scope = self.request.payload.scope
         if scope and not set(scope_to_list(scope)).issubset(scope_to_list(row.scope)):
             raise InvalidScopeError()
@@ -488,7 +505,8 @@ class RefreshTokenGrant(oauth_grants.RefreshTokenGrant):
         if user is None:
             svc.revoke_family(ws.id, row.family_id, reason="session_ended")
             raise InvalidGrantError("The sign-in behind this token has ended.")
-        decision = svc.refresh_decision(ws, self.server.http_client, user, row.amr, client.client_id)
+        decision = svc.refresh_decision(ws, self.server.http_client, user, row.amr, client.client_id,
+                                        enrolled=self.request.idhub["enrolled"])
         if decision.effect != "allow":
             svc.audit("oidc.refresh.denied", ws.id, actor_id=user.id, client_id=client.client_id,
                       rule=decision.rule)
@@ -723,11 +741,13 @@ class OidcService:
 
     # -- look-ups of the token endpoint --
     # Not cached: a client's secret rotated through the admin API must stop working at once, in every worker.
-    def client_row(self, ws_id: str, client_id) -> OidcClient | None:
+    def client_row(self, ws_id: str, client_id):
+        """The client's row (a Core row with ``OidcClient``'s columns), read at every token request: one prebuilt
+        statement, no transaction around it."""
         if not isinstance(client_id, str) or not client_id or len(client_id) > 128:
             return None
-        with self.hub.db() as db:
-            return find_client(db, ws_id, client_id)
+        with self.hub.read() as conn:
+            return conn.execute(_CLIENT_BY_ID, {"w": ws_id, "c": client_id}).first()
 
     def workspace(self, slug: str):
         """The workspace of a JSON endpoint by its slug, remembered ``WORKSPACE_CACHE_TTL`` seconds per process.
@@ -950,7 +970,7 @@ class OidcService:
         return fresh
 
     # -- policies at refresh time --
-    def refresh_decision(self, ws, http_client, user: User, methods, client_id: str):
+    def refresh_decision(self, ws, http_client, user: User, methods, client_id: str, *, enrolled=None):
         """The policy decision for a refresh grant.
 
         A refresh is made by the app's *server*, so its address says nothing about where the user is: the IP
@@ -962,11 +982,17 @@ class OidcService:
         the log: the issued token is audited)."""
         from idp.models import Workspace
 
-        with self.hub.db() as db:  # the policies as they are now (``ws`` may be the endpoint's cached copy)
-            ws = db.get(Workspace, ws.id) or ws
+        if user.workspace_id == ws.id and "workspace" in user.__dict__:
+            ws = user.workspace  # the policies as they are now: read with the user, for this request
+        else:
+            with self.hub.read_db() as db:  # (``ws`` may be the endpoint's cached copy)
+                ws = db.get(Workspace, ws.id) or ws
         app_policies = {k: v for k, v in self.hub.app_policies(ws, client_id).items() if k != "ip_allowlist"}
         policies = {k: v for k, v in (ws.policies or {}).items() if k != "ip_allowlist"}
-        enrolled = tuple(self.hub.mfa.enrolled(user.id).methods()) if self.hub.mfa is not None else ()
+        if self.hub.mfa is None:
+            enrolled = ()
+        else:
+            enrolled = tuple((enrolled if enrolled is not None else self.hub.mfa.enrolled(user.id)).methods())
         ctx = self.hub.policy_context(ws, http_client.ip, user_id=user.id, account=user, methods=methods or (),
                                       app=client_id, app_policies=app_policies, enrolled=enrolled,
                                       policies=policies)
@@ -979,16 +1005,16 @@ class OidcService:
                     ) -> User | None:
         """The user, if active, in this workspace, and (for user tokens) the idhub session still active.
         ``user``: the row when the caller has just read it (in the same transaction as the token)."""
+        if user is None or user.id != user_id:
+            with self.hub.read_db() as db:
+                user = db.get(User, user_id) if user_id else None  # with its workspace (a joined load)
+        if user is None or not user.active or user.workspace_id != ws_id:
+            return None
         if session_id is not None:
             sess = self.hub.stores.sessions.get(session_id)
             if sess is None or sess.workspace_id != ws_id or sess.user_id != user_id \
-                    or not self.hub.sessions.is_active(sess):  # the workspace's session lifetimes as they are now
-                return None
-        if user is None or user.id != user_id:
-            with self.hub.db() as db:
-                user = db.get(User, user_id) if user_id else None
-        if user is None or not user.active or user.workspace_id != ws_id:
-            return None
+                    or not self.hub.sessions.is_active(sess, self.hub.lifetimes(user.workspace)):
+                return None  # the workspace's session lifetimes as they are now (read with the user)
         return user
 
     def token_user_active(self, token: TokenRef, ws_id: str) -> bool:
@@ -1047,14 +1073,12 @@ class OidcService:
             id_claims.update(self.user_claims(user, scopes))
             token["id_token"] = self.sign(ws, id_claims, alg=client.row.id_token_signed_response_alg or "RS256")
         # A client credentials token is not recorded (see find_token); a user's token is, with its session.
-        with self.hub.db() if user is not None else nullcontext() as db:  # Core INSERTs, one transaction
-            if rotate_from is not None:
+        with self.hub.connect() if user is not None else nullcontext() as db:  # prebuilt Core statements, one
+            if rotate_from is not None:                                          # transaction
                 # the answer is kept (encrypted under the presented token) for a retry within the grace window
                 retry = self._seal_retry(presented, rotate_from.token_hash, token) if presented else None
-                if db.execute(update(OidcRefreshToken).where(
-                        OidcRefreshToken.token_hash == rotate_from.token_hash, OidcRefreshToken.used_at.is_(None),
-                        OidcRefreshToken.revoked_at.is_(None), OidcRefreshToken.expires_at > now,
-                ).values(used_at=now, retry_answer=retry).execution_options(synchronize_session=False)).rowcount != 1:
+                if db.execute(_ROTATE, {"h": rotate_from.token_hash, "now_": now, "now": now,
+                                        "retry": retry}).rowcount != 1:
                     db.rollback()
                     # used meanwhile: by the same request sent twice at once (the same answer), or by a replay
                     with self.hub.db() as again:
@@ -1066,37 +1090,41 @@ class OidcService:
                         raise RefreshRetry(answer)
                     self._refresh_reused(ws.id, rotate_from.family_id, rotate_from.user_id, client.client_id)
             if user is not None:
-                db.execute(insert(OidcAccessToken).values(
-                    jti=jti, family_id=family_id, workspace_id=ws.id, client_id=client.client_id, user_id=user.id,
-                    session_id=session_id, scope=" ".join(scopes), created_at=now,
-                    expires_at=now + timedelta(seconds=ACCESS_TTL)))
-            if user is not None and session_id is not None:
-                # the app now holds this session's sid: it gets a logout token when the session ends
-                db.execute(_insert_ignore(db, OidcSessionClient, ("session_id", "client_id")).values(
-                    id=str(uuid.uuid4()), workspace_id=ws.id, session_id=session_id, client_id=client.client_id,
-                    user_id=user.id, created_at=now))
+                db.execute(_INSERT_ACCESS, {
+                    "jti": jti, "family_id": family_id, "workspace_id": ws.id, "client_id": client.client_id,
+                    "user_id": user.id, "session_id": session_id, "scope": " ".join(scopes), "created_at": now,
+                    "expires_at": now + timedelta(seconds=ACCESS_TTL)})
+            if user is not None and session_id is not None and rotate_from is None:
+                # the app now holds this session's sid: it gets a logout token when the session ends (a refresh
+                # needs no row: its grant made one, and its refresh token names the session as well)
+                db.execute(_session_client_insert(db), {
+                    "id": str(uuid.uuid4()), "workspace_id": ws.id, "session_id": session_id,
+                    "client_id": client.client_id, "user_id": user.id, "created_at": now})
             if rt is not None:
-                db.execute(insert(OidcRefreshToken).values(
-                    token_hash=sha256_hex(rt), family_id=family_id, workspace_id=ws.id, client_id=client.client_id,
-                    user_id=user.id, session_id=session_id, scope=" ".join(scopes), auth_time=auth_time,
-                    amr=list(amr), created_at=now, expires_at=now + timedelta(seconds=REFRESH_TTL)))
+                db.execute(_INSERT_REFRESH, {
+                    "token_hash": sha256_hex(rt), "family_id": family_id, "workspace_id": ws.id,
+                    "client_id": client.client_id, "user_id": user.id, "session_id": session_id,
+                    "scope": " ".join(scopes), "auth_time": auth_time, "amr": list(amr), "created_at": now,
+                    "expires_at": now + timedelta(seconds=REFRESH_TTL)})
             if db is not None:  # the grant's event commits with its tokens (an append: no lock, no extra commit)
                 self.hub.audit.record("oidc.token.issued", workspace_id=ws.id, actor_id=user.id,
                                       data={"client": client.client_id, "refresh": bool(token.get("refresh_token")),
-                                            "scope": " ".join(scopes)}, connection=db.connection())
+                                            "scope": " ".join(scopes)}, connection=db)
                 db.commit()
         if user is None:  # nothing else to commit: through the group commit
             self.audit("oidc.token.issued", ws.id, client_id=client.client_id, refresh=False, scope=" ".join(scopes))
         return token
 
-    def find_refresh(self, ws_id: str, client_id: str, presented: str) -> tuple[OidcRefreshToken, User | None]:
-        """The presented refresh token's row (and its user, read in the same transaction) when it is valid for
-        this client; a token already used means a replay — its whole family is revoked. It is marked used only
-        when the new tokens are recorded (``issue(rotate_from=…)``), in the same transaction."""
+    def find_refresh(self, ws_id: str, client_id: str, presented: str):
+        """(the presented refresh token's row, its user with the user's workspace, the user's 2FA enrolment), read
+        in one statement, when the token is valid for this client; a token already used means a replay — its
+        whole family is revoked. It is marked used only when the new tokens are recorded
+        (``issue(rotate_from=…)``), in the same transaction."""
         h = sha256_hex(presented)
         now = self.hub.clock()
-        with self.hub.db() as db:
-            row = db.get(OidcRefreshToken, h)
+        with self.hub.read_db() as db:  # the token, its user, their workspace and 2FA enrolment: one statement
+            found = db.execute(_REFRESH_WITH_USER, {"h": h}).first()
+            row = found[0] if found is not None else None
             if row is None or row.workspace_id != ws_id or row.client_id != client_id \
                     or row.revoked_at is not None or row.expires_at <= now:
                 raise InvalidGrantError("Invalid refresh token.")
@@ -1105,12 +1133,12 @@ class OidcService:
                 user = None
                 answer = self._retry_answer(db, row, presented, now)
             else:
-                return row, db.get(User, row.user_id)
+                return row, found[1], (enrolled_from(found) if found[1] is not None else None)
         if answer is not None:
             self.audit("oidc.refresh.retried", ws_id, actor_id=user_id, client_id=client_id)
             raise RefreshRetry(answer)
         self._refresh_reused(ws_id, family_id, user_id, client_id)
-        return row, user  # not reached
+        return row, user, None  # not reached
 
     # -- refresh retries --
     def _retry_box(self, presented: str) -> AESGCM:
@@ -1579,9 +1607,19 @@ def _pick_key(jwks: dict, header: dict):
         return None
 
 
+def _session_client_insert(conn):
+    """The prebuilt ``INSERT … ON CONFLICT (session_id, client_id) DO NOTHING`` of ``conn``'s dialect."""
+    name = conn.dialect.name
+    stmt = _INSERT_SESSION_CLIENT.get(name)
+    if stmt is None:
+        stmt = _INSERT_SESSION_CLIENT[name] = _insert_ignore(conn, OidcSessionClient.__table__,
+                                                             ("session_id", "client_id"))
+    return stmt
+
+
 def _insert_ignore(db, model, keys: tuple[str, ...]):
     """An INSERT that does nothing when a row with the same ``keys`` (a unique constraint) exists."""
-    name = db.get_bind().dialect.name
+    name = db.dialect.name if hasattr(db, "dialect") else db.get_bind().dialect.name
     if name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     elif name == "sqlite":

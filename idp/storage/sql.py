@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from idp.db import Base
+from idp.db import Base, read_engine
 from idp.models import SessionRow, UTCDateTime
 from idp.storage.base import Backoff, SessionData, StoreUnavailable, ThrottleState
 from idp.storage.memory import TOUCH_WRITE_INTERVAL, as_utc, check_ttl, window_start
@@ -98,6 +98,7 @@ class _SqlStore:
     def __init__(self, sessionmaker: sessionmaker) -> None:
         self._sm = sessionmaker
         self._engine = sessionmaker.kw["bind"]
+        self._reader = read_engine(self._engine)
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -117,6 +118,19 @@ class _SqlStore:
         session's bookkeeping (a measurable share of a sign-in, which makes ~10 of these calls)."""
         try:
             with self._engine.begin() as conn:
+                yield conn
+        except (OperationalError, InterfaceError) as exc:
+            raise _unavailable(exc) from None
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise _unavailable(exc) from None
+            raise
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """Like ``_core`` for one read (``idp.db.read_engine``: no BEGIN/ROLLBACK round trips on PostgreSQL)."""
+        try:
+            with self._reader.connect() as conn:
                 yield conn
         except (OperationalError, InterfaceError) as exc:
             raise _unavailable(exc) from None
@@ -192,7 +206,7 @@ class SqlSessionStore(_SqlStore):
 
     def get(self, session_id: str) -> SessionData | None:
         """One prebuilt Core statement: this runs at every request that carries a session cookie."""
-        with self._core() as c:
+        with self._read() as c:
             row = c.execute(_SESSION_BY_ID, {"id": session_id}).first()
         return _to_data(row) if row is not None else None
 
@@ -261,7 +275,7 @@ class SqlSessionStore(_SqlStore):
             return _to_data(row) if row is not None else None
 
     def get_by_token(self, token_hash: str) -> SessionData | None:
-        with self._core() as c:
+        with self._read() as c:
             row = c.execute(_SESSION_BY_TOKEN, {"t": token_hash}).first()
         return _to_data(row) if row is not None else None
 
@@ -283,7 +297,7 @@ class SqlSessionStore(_SqlStore):
 
     def changes_since(self, since: datetime) -> list[str]:
         """Ids of the sessions ended or renewed at or after ``since`` (one indexed range query)."""
-        with self._core() as c:
+        with self._read() as c:
             return list(c.execute(_CHANGES_SINCE, {"since": as_utc(since)}).scalars())
 
     def purge_expired(self, now: datetime | None = None) -> int:
@@ -326,7 +340,7 @@ class SqlOneTimeStore(_SqlStore):
         return row is not None
 
     def get(self, key: str) -> str | None:
-        with self._core() as s:
+        with self._read() as s:
             return s.scalar(
                 select(OneTimeValue.value).where(OneTimeValue.key == _key(key), OneTimeValue.expires_at > _now())
             )
@@ -388,13 +402,13 @@ class SqlThrottleStore(_SqlStore):
     """Prebuilt Core statements: two to four of these run at every password sign-in."""
 
     def state(self, key: str, now: datetime) -> ThrottleState:
-        with self._core() as s:
+        with self._read() as s:
             row = s.execute(_THROTTLE_STATE, {"k": _key(key), "now": as_utc(now)}).first()
         return ThrottleState(row[0], row[1]) if row is not None else ThrottleState(0, None)
 
     def states(self, keys: list[str], now: datetime) -> list[ThrottleState]:
         wanted = [_key(k) for k in keys]
-        with self._core() as s:
+        with self._read() as s:
             found = {row[0]: ThrottleState(row[1], row[2])
                      for row in s.execute(_THROTTLE_STATES, {"ks": wanted, "now": as_utc(now)})}
         return [found.get(k, ThrottleState(0, None)) for k in wanted]
