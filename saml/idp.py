@@ -364,6 +364,10 @@ class SamlIdp:
             return self.error_response(ws, sp, pending, (STATUS_RESPONDER, STATUS_REQUEST_DENIED),
                                        "The account no longer exists.")
         user = rows[0]
+        fmt = pending.nameid_format or sp.nameid_format
+        if fmt == NAMEID_EMAIL and not user.email:  # a username-only account: no NameID to give, not an empty one
+            return self.error_response(ws, sp, pending, (STATUS_RESPONDER, STATUS_INVALID_NAMEID_POLICY),
+                                       "The account has no email address, which this app identifies people by.")
         groups = sorted({r.group_name for r in rows if r.group_name is not None})
         resp, resp_issuer = self._response_root(ws, sp, pending, (STATUS_SUCCESS,))
         acs_url = sp.acs[pending.acs_index]["url"]
@@ -374,7 +378,6 @@ class SamlIdp:
         a_issuer = etree.SubElement(a, SAML + "Issuer")
         a_issuer.text = self.entity_id(ws)
         subject = etree.SubElement(a, SAML + "Subject")
-        fmt = pending.nameid_format or sp.nameid_format
         name_id = etree.SubElement(subject, SAML + "NameID", Format=fmt)
         if fmt in (NAMEID_PERSISTENT, NAMEID_TRANSIENT):
             name_id.set("NameQualifier", self.entity_id(ws))

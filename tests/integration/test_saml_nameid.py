@@ -184,3 +184,26 @@ def test_workspaces_get_unrelated_salts(env):
     with hub.db() as db:
         acme, other = workspace_by_slug(db, "acme"), workspace_by_slug(db, "other")
     assert hub.saml.keys.nameid_salt(acme) != hub.saml.keys.nameid_salt(other)
+
+
+def test_an_account_without_an_email_address_gets_invalid_nameid_policy_not_an_empty_nameid(env):
+    """A username-only account (SCIM or the console may create one) signing in to an app that identifies people
+    by their email address: the app gets a signed InvalidNameIDPolicy status, never an assertion whose NameID is
+    empty (which some SPs would map to one shared, empty identity)."""
+    from saml2.response import StatusInvalidNameidPolicy
+    from sqlalchemy import update
+
+    app, tmp, _settings = env
+    client = make_sp(app, tmp, nameid=NAMEID_FORMAT_EMAILADDRESS)
+    b = Browser(app)
+    assert sso(app, b, client, first=True).name_id.text == ALICE
+    hub = app.extensions["idhub"]
+    with hub.db() as db:
+        db.execute(update(User).where(User.id == alice_id(app)).values(email="", email_normalized=None,
+                                                                         username="alice", username_normalized="alice"))
+        db.commit()
+    with pytest.raises(StatusInvalidNameidPolicy):
+        sso(app, b, client, first=False)
+    with hub.db() as db:
+        errors = [e.data for e in db.scalars(select(AuditEvent).where(AuditEvent.type == "saml.sso.error"))]
+    assert errors and errors[-1]["status"][-1].endswith(":InvalidNameIDPolicy")
