@@ -30,6 +30,9 @@ log = logging.getLogger("idhub")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 # the URLs apps and provisioning clients call: their errors keep the protocol's format, never an HTML page
 PROTOCOL_PATH = re.compile(r"^/w/[^/]+/(?:scim(?:/|$)|oauth2/|\.well-known/)")
+# the endpoints only programs call (no browser): an outage is answered in their protocol's error format
+MACHINE_PATH = re.compile(r"^/w/[^/]+/(?:scim(?:/|$)|oauth2/(?:token|revoke|introspect|userinfo|jwks)$|"
+                          r"\.well-known/)")
 
 
 class FlashCookieSession(SecureCookieSessionInterface):
@@ -183,6 +186,23 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
         resp.status_code = status
         return resp
 
+    def _machine_unavailable(error_id: str, why: str):
+        """503 for a program, in its protocol's error format: SCIM's error schema, else OAuth's JSON error
+        (``temporarily_unavailable``, RFC 6749 §4.1.2.1), each with the error id to quote."""
+        if "/scim" in request.path:
+            from scim.errors import ScimError
+            from scim.web import _error as scim_error
+
+            err = ScimError(f"{why} (error id {error_id})")
+            err.status = 503
+            resp = scim_error(err)
+        else:
+            resp = jsonify({"error": "temporarily_unavailable", "error_description": why, "error_id": error_id})
+            resp.status_code = 503
+            resp.headers["Cache-Control"] = "no-store"
+        resp.headers["Retry-After"] = "30"
+        return resp
+
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         error_id = new_error_id()
@@ -191,6 +211,9 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
                                                   "detail": _first_line(exc)})
             if admin_api.is_api_path(request.path):
                 return admin_api.unexpected_error(error_id, True)
+            if MACHINE_PATH.match(request.path):
+                return _machine_unavailable(error_id, "idhub cannot reach its database or cache right now. "
+                                                      "Nothing was changed. Try again in a minute.")
             resp = error_page(503, "Temporarily unavailable",
                               "idhub cannot reach its database or cache right now. Nothing was changed. "
                               "Please try again in a minute.", error_id)
@@ -200,6 +223,9 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
                       extra={"error_id": error_id})
             if admin_api.is_api_path(request.path):
                 return admin_api.unexpected_error(error_id, True)
+            if MACHINE_PATH.match(request.path):
+                return _machine_unavailable(error_id, "idhub cannot open one of its keys right now. Nothing was "
+                                                      "changed. Give this error id to the IT team.")
             return error_page(503, "Temporarily unavailable", "idhub cannot open one of its keys right now. Nothing "
                               "was changed. Give this error id to your IT team.", error_id)
         log.exception("unhandled error", extra={"error_id": error_id})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 
 import pytest
@@ -136,6 +137,17 @@ def test_database_down_answers_503_with_an_error_id(tmp_path, settings):
     assert ready.status_code == 503 and ready.headers["Retry-After"]
     assert ready.json["status"] == "unavailable" and ready.json["database"] == "unavailable"
     assert b.get("/healthz").status_code == 200
+    # the programs' endpoints answer in their protocols' error formats, still with the error id
+    token = b.post("/w/acme/oauth2/token", data={"grant_type": "client_credentials"},
+                   headers={"Authorization": "Basic " + base64.b64encode(b"wiki:secret").decode()})
+    assert token.status_code == 503 and token.headers["Retry-After"] and token.headers["Cache-Control"] == "no-store"
+    assert token.json["error"] == "temporarily_unavailable" and re.fullmatch(r"[0-9a-f]{8,}", token.json["error_id"])
+    scim = b.get("/w/acme/scim/v2/Users", headers={"Authorization": "Bearer idhub_scim_" + "A" * 43})
+    assert scim.status_code == 503 and scim.headers["Retry-After"]
+    assert scim.json["schemas"] == ["urn:ietf:params:scim:api:messages:2.0:Error"] and scim.json["status"] == "503"
+    assert "temporarily unavailable" in scim.json["detail"]
+    jwks = b.get("/w/acme/oauth2/jwks")
+    assert jwks.status_code == 503 and jwks.json["error"] == "temporarily_unavailable"
     assert hub  # the healthy app is unaffected
 
 
