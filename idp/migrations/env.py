@@ -1,6 +1,7 @@
 """Alembic environment: the URL comes from the caller (``idhub db upgrade``) or IDHUB_DATABASE_URL."""
 
 from alembic import context
+from sqlalchemy import text
 
 from idp.db import Base, make_engine
 from idp.schema import import_all_models
@@ -30,10 +31,17 @@ def run_migrations_online() -> None:
         engine.dispose()
 
 
+# Held for the migration's transaction on PostgreSQL: nodes that all run `idhub db upgrade` as they start (an
+# init container per pod, say) migrate one after the other; the ones that wait then find the schema at head.
+MIGRATION_LOCK = 0x1D4B0001
+
+
 def _run(connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
                       compare_type=True)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
         context.run_migrations()
 
 

@@ -137,3 +137,27 @@ def test_license_file_is_the_apache_license():
     assert "Apache License" in (root / "LICENSE").read_text()[:200]
     assert "Version 2.0" in (root / "LICENSE").read_text()[:300]
     assert 'license = "Apache-2.0"' in (root / "pyproject.toml").read_text()
+
+
+def test_nodes_that_all_migrate_as_they_start_do_it_one_after_the_other(tmp_path):
+    """Four `idhub db upgrade` at once on one fresh PostgreSQL database (an init container per pod): the first
+    migrates, the others wait for its advisory lock and find the schema at head. Without the lock they race on
+    the same CREATE TABLEs and some fail."""
+    from sqlalchemy import create_engine, text
+
+    from tests.services import drop_postgres, postgres_url
+
+    url = postgres_url()
+    try:
+        env = {**os.environ, "IDHUB_DATABASE_URL": url, "IDHUB_SECRET_KEY": "k" * 48, "IDHUB_LOG_LEVEL": "WARNING"}
+        procs = [subprocess.Popen([IDHUB, "db", "upgrade"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0], [err[-2000:] for _, err in outs]
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+        engine.dispose()
+        assert len(versions) == 1
+    finally:
+        drop_postgres(url)
