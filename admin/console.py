@@ -495,6 +495,43 @@ def app_access(ws, p, app_slug):
     return redirect(url_for("admin_console.app_detail", ws_slug=ws.slug, app_slug=app_slug))
 
 
+@bp.route("/w/<ws_slug>/admin/apps/<app_slug>/client-type", methods=["POST"])
+@admin_required
+def app_client_type(ws, p, app_slug):
+    """Public to confidential (a new secret, shown once) or back (the secret dropped, the app's tokens revoked),
+    confirmed first; through ``AdminService.update_app`` as over the API."""
+    check_csrf()
+    svc = admin_service()
+    app = svc.get_app(p, ws.slug, app_slug)
+    public = app["protocol"] == "oidc" and app["settings"]["token_endpoint_auth_method"] == "none"
+    back = url_for("admin_console.app_detail", ws_slug=ws.slug, app_slug=app_slug)
+    if not _confirmed():
+        if public:
+            return _confirm_page(ws, f"Make {app['name']} a confidential client",
+                                 f"Make {app['name']} a confidential client?",
+                                 ["It gets a client secret, shown once on the next page: put it in the app's "
+                                  "configuration (the app then authenticates to the token endpoint with it).",
+                                  "Its client ID, who may use it and its tile stay as they are."],
+                                 "Make it confidential", back)
+        return _confirm_page(ws, f"Make {app['name']} a public client", f"Make {app['name']} a public client?",
+                             ["Its client secret stops working at once, and it can no longer use the client "
+                              "credentials grant.", "Every token issued to it is revoked: people sign in to it again."],
+                             "Make it public", back)
+    target = "client_secret_basic,client_secret_post" if public else "none"
+    try:
+        out = svc.update_app(p, ws.slug, app_slug, {"token_endpoint_auth_method": target})
+    except AdminError as exc:
+        if exc.status == 404:
+            raise
+        flash(sentence(exc.message), "error")
+        return redirect(back)
+    if out.get("client_secret"):
+        return _render("app.html", ws, 201, app=out, secret=out["client_secret"], errors=[], fe=FormErrors(),
+                       form=None, access_errors=[], groups=svc.list_groups(p, ws.slug, limit=200)["items"])
+    flash(f"{out['name']} is now a public client.", "status")
+    return redirect(back)
+
+
 @bp.route("/w/<ws_slug>/admin/apps/<app_slug>/secret", methods=["POST"])
 @admin_required
 def app_secret(ws, p, app_slug):

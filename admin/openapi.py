@@ -223,7 +223,14 @@ SCHEMAS: dict = {
                     "description": "SAML apps: with entity_id, the ACS URL(s)"},
         "backchannel_logout_uri": {**NULLABLE_STR, "description": "a new one gets the outbound checks (registered_via: "
                                    "api); null removes it"},
-        **LAUNCHER, "initiate_login_uri": {**INITIATE_LOGIN, "type": ["string", "null"]}}},
+        **LAUNCHER, "initiate_login_uri": {**INITIATE_LOGIN, "type": ["string", "null"]},
+        "token_endpoint_auth_method": {
+            "type": "string", "enum": ["none", "client_secret_basic", "client_secret_post",
+                                       "client_secret_basic,client_secret_post"],
+            "description": "OIDC apps: switch between public (none) and confidential in place. Becoming "
+                           "confidential issues a client secret, in this answer only (client_secret); becoming public "
+                           "drops the secret and the client_credentials grant and revokes every token issued to the "
+                           "client. private_key_jwt is set when the app is added, with its keys."}}},
     "Policies": {"type": "object", "additionalProperties": False, "properties": {
         "require_mfa": {"type": "boolean"}, "require_mfa_for_admins": {"type": "boolean"},
         "require_phishing_resistant_mfa": {"type": "boolean"},
@@ -351,8 +358,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("post", W + "/apps", "createApp", "Register an app (an OIDC client's secret is shown once)", (WS,),
        body="NewApp", ok="201", result="App"),
     Op("get", W + "/apps/{app}", "getApp", "Get an app and its copy-ready settings", (WS, APP_SLUG), result="App"),
-    Op("patch", W + "/apps/{app}", "updateApp", "Change an app (OIDC: name, redirect URIs, scopes, 2FA; SAML: "
-       "name, 2FA, metadata)",
+    Op("patch", W + "/apps/{app}", "updateApp", "Change an app (OIDC: name, redirect URIs, scopes, 2FA, public or "
+       "confidential; SAML: name, 2FA, metadata)",
        (WS, APP_SLUG), body="AppChange", result="App"),
     Op("post", W + "/apps/{app}/secret", "rotateAppSecret", "A new client secret (shown once; the old one stops "
        "working)", (WS, APP_SLUG), ok="201", result="App"),

@@ -14,7 +14,7 @@ import secrets
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from admin import auditlog
@@ -961,7 +961,7 @@ class AdminService:
         ws = self.workspace(p, slug)
         body = _body(body, {"name", "redirect_uris", "post_logout_redirect_uris", "scopes", "require_mfa",
                             "backchannel_logout_uri", "assigned_groups", "show_in_launcher", "description",
-                            "initiate_login_uri"} | SAML_CHANGES)
+                            "initiate_login_uri", "token_endpoint_auth_method"} | SAML_CHANGES)
         watch = self._access(ws, p, "app_assignment") if "assigned_groups" in body else nullcontext()
         with watch, self.hub.db() as db:
             kind, row = self._app(db, ws, app_slug)
@@ -976,6 +976,8 @@ class AdminService:
             saml_only = sorted(set(body) & (SAML_CHANGES - {"name", "require_mfa"}))
             if saml_only:
                 raise AdminError(422, "invalid", "a setting of SAML apps, not of an OpenID Connect app", saml_only[0])
+            method = body.pop("token_endpoint_auth_method", row.token_endpoint_auth_method)
+            switch = self._client_type_switch(row, method)
             current = {"slug": row.slug, "name": row.name, "protocol": "oidc", "client_id": row.client_id,
                        "token_endpoint_auth_method": "none", "redirect_uris": list(row.redirect_uris or []),
                        "post_logout_redirect_uris": list(row.post_logout_redirect_uris or []),
@@ -993,10 +995,60 @@ class AdminService:
                 setattr(row, k, list(body[k]) if isinstance(body[k], list) else body[k])
             if "backchannel_logout_uri" in changed and body["backchannel_logout_uri"]:
                 setattr(row, REGISTERED_VIA, "api")  # an admin chose the URL idhub POSTs to: the checks apply
+            secret, revoked = self._apply_client_type(db, ws, row, method, switch)
+            if method != switch[0]:
+                changed = sorted([*changed, "token_endpoint_auth_method"])
             db.commit()
             out = self.render_app(ws, kind, row)
-        self.audit(p, ws.id, "admin.app.updated", subject_id=app_slug, changed=changed)
+        extra = {"new_credential": "client secret"} if secret else {}
+        if revoked is not None:
+            extra["revoked"] = revoked  # issued tokens (a key naming "token" would be redacted)
+        self.audit(p, ws.id, "admin.app.updated", subject_id=app_slug, changed=changed, **extra)
+        if secret:
+            out["client_secret"] = secret
         return out
+
+    # a client secret sent either way (the default of a confidential client), one way only, or none (public)
+    CLIENT_AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post",
+                           "client_secret_basic,client_secret_post")
+
+    @staticmethod
+    def _client_type_switch(row, method) -> tuple[str, bool, bool]:
+        """(the current method, becomes confidential, becomes public) for a change of an OIDC client's
+        ``token_endpoint_auth_method``; AdminError 422 for one idhub does not make in place."""
+        current = row.token_endpoint_auth_method
+        if method == current:
+            return current, False, False
+        if method not in AdminService.CLIENT_AUTH_METHODS or current not in AdminService.CLIENT_AUTH_METHODS:
+            raise AdminError(422, "invalid", "a client can be switched between none (public), client_secret_basic, "
+                             "client_secret_post and both; for private_key_jwt add the app again with its keys",
+                             "token_endpoint_auth_method")
+        return current, current == "none", method == "none"
+
+    def _apply_client_type(self, db, ws, row, method: str, switch) -> tuple[str | None, int | None]:
+        """Make the switch: a client that becomes confidential gets a new secret (returned, shown once); one that
+        becomes public loses its secret and the client credentials grant, and every token issued to it is revoked
+        (they were issued to a client that proved a secret; from now on nobody has to). (secret, tokens revoked)"""
+        from oidc.config import secret_hash
+        from oidc.models import OidcAccessToken, OidcRefreshToken
+
+        _current, to_confidential, to_public = switch
+        row.token_endpoint_auth_method = method
+        if to_confidential:
+            secret = secrets.token_urlsafe(32)
+            row.secret_hash = secret_hash(secret)
+            return secret, None
+        if to_public:
+            row.secret_hash = None
+            row.grant_types = [g for g in (row.grant_types or []) if g != "client_credentials"]
+            now = self.hub.clock()
+            revoked = 0
+            for model in (OidcRefreshToken, OidcAccessToken):
+                revoked += db.execute(update(model).where(
+                    model.workspace_id == ws.id, model.client_id == row.client_id, model.revoked_at.is_(None))
+                    .values(revoked_at=now).execution_options(synchronize_session=False)).rowcount
+            return None, revoked
+        return None, None
 
     def _update_saml(self, p: Principal, ws: Workspace, row, body: dict, known: set, db) -> dict:
         """A SAML app's name, per-app 2FA and the service provider itself (new metadata pasted or by URL, or a new

@@ -350,6 +350,64 @@ def test_groups_crud_and_members(app, hub, api):
 
 
 # ---- apps -----------------------------------------------------------------------------------------------------
+def test_an_oidc_client_switches_between_public_and_confidential_in_place(app, hub, api):
+    """An admin who registered a server-side app as public (or the other way round) changes its client
+    authentication without deleting it (its client id, assignments and tile stay). Becoming confidential issues
+    a secret, shown once; becoming public drops the secret and the client credentials grant and revokes every
+    token issued to the client (they were issued to a client that had to prove a secret)."""
+    import base64
+    from datetime import UTC, datetime
+
+    from oidc.config import check_secret
+    from oidc.models import OidcRefreshToken
+
+    body = {"slug": "jobs", "name": "Jobs", "protocol": "oidc", "redirect_uris": ["https://jobs.acme.test/cb"],
+            "scopes": ["openid"], "grant_types": ["authorization_code", "refresh_token", "client_credentials"]}
+    created = api.post("/workspaces/acme/apps", body).get_json()
+    client_id, secret = created["settings"]["client_id"], created["client_secret"]
+
+    def cc(client_secret):
+        auth = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
+        return app.test_client().post("/w/acme/oauth2/token", data={"grant_type": "client_credentials"},
+                                      headers={"Authorization": "Basic " + auth})
+
+    assert cc(secret).status_code == 200
+    now = datetime.now(UTC)
+    with hub.db() as db:
+        ws_id = db.scalar(select(Workspace.id).where(Workspace.slug == "acme"))
+        alice = db.scalar(select(User.id).where(User.email == ALICE, User.workspace_id == ws_id))
+        db.add(OidcRefreshToken(token_hash="h" * 64, family_id="f", workspace_id=ws_id, client_id=client_id,
+                                user_id=alice, session_id="s" * 36, scope="openid", auth_time=now, amr=["pwd"],
+                                created_at=now, expires_at=now + timedelta(days=1)))
+        db.commit()
+    r = api.call("PATCH", "/workspaces/acme/apps/jobs", {"token_endpoint_auth_method": "none"})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    out = r.get_json()
+    assert out["settings"]["token_endpoint_auth_method"] == "none" and "client_secret" not in out
+    assert out["settings"]["client_id"] == client_id
+    with hub.db() as db:
+        row = db.scalar(select(OidcClient).where(OidcClient.client_id == client_id))
+        assert row.secret_hash is None and "client_credentials" not in row.grant_types
+        assert db.get(OidcRefreshToken, "h" * 64).revoked_at is not None
+    assert cc(secret).status_code in (400, 401)  # the old secret is worth nothing
+    [ev] = events(hub, "admin.app.updated")
+    assert ev.data["changed"] == ["token_endpoint_auth_method"] and ev.data["revoked"] == 1
+    # and back: a new secret, shown once, never in the audit log
+    r = api.call("PATCH", "/workspaces/acme/apps/jobs", {"token_endpoint_auth_method": "client_secret_post"})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    new_secret = r.get_json()["client_secret"]
+    assert "client_secret" not in api.get("/workspaces/acme/apps/jobs").get_json()
+    with hub.db() as db:
+        row = db.scalar(select(OidcClient).where(OidcClient.client_id == client_id))
+    assert row.token_endpoint_auth_method == "client_secret_post" and check_secret(row.secret_hash, new_secret)
+    assert not check_secret(row.secret_hash, secret)
+    last = events(hub, "admin.app.updated")[-1]
+    assert last.data["new_credential"] == "client secret" and new_secret not in json.dumps(last.data)
+    # private_key_jwt needs keys: not a switch made in place
+    assert_error(api.call("PATCH", "/workspaces/acme/apps/jobs", {"token_endpoint_auth_method": "private_key_jwt"}),
+                 422, field="token_endpoint_auth_method")
+
+
 def test_oidc_app_secret_is_shown_once_and_matches_the_config_file_state(app, hub, api, tmp_path):
     body = {"slug": "wiki", "name": "Wiki", "protocol": "oidc", "redirect_uris": ["https://wiki.acme.test/cb"],
             "scopes": ["openid", "email"]}

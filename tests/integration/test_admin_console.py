@@ -288,6 +288,20 @@ def test_oidc_app_secret_is_shown_once_with_copy_ready_settings(app, admin):
     assert r.status_code == 201
     rotated = re.search(r'id="client-secret" type="text" readonly value="([^"]+)"', text(r))[1]
     assert rotated != secret
+    # public and back, confirmed first; the way back shows a new secret once
+    r = admin.form_post("/w/acme/admin/apps/wiki", "/w/acme/admin/apps/wiki/client-type", {})
+    assert r.status_code == 200 and "Make Wiki a public client?" in text(r)
+    r = admin.form_post("/w/acme/admin/apps/wiki", "/w/acme/admin/apps/wiki/client-type", {"confirm": "1"})
+    assert r.status_code == 302
+    page = text(admin.get("/w/acme/admin/apps/wiki"))
+    assert "is now a public client" in page and "Public client (no secret, PKCE only)" in page
+    assert "New client secret" not in page and "Make it a confidential client" in page
+    assert_labelled(page)
+    r = admin.form_post("/w/acme/admin/apps/wiki", "/w/acme/admin/apps/wiki/client-type", {"confirm": "1"})
+    assert r.status_code == 201 and "shown only this once" in text(r)
+    third = re.search(r'id="client-secret" type="text" readonly value="([^"]+)"', text(r))[1]
+    assert third not in (secret, rotated)
+    assert "Confidential client (with a client secret)" in text(admin.get("/w/acme/admin/apps/wiki"))
     r = admin.form_post("/w/acme/admin/apps", "/w/acme/admin/apps",
                         {"protocol": "saml", "name": "CRM", "slug": "crm", "entity_id": "https://crm.test/sp",
                          "acs_url": "https://crm.test/acs"})
