@@ -28,10 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 
 from idp import passwords
-from idp.accounts import ADMIN_ROLES, ROLES, InvalidEmail, clean_email, normalise_email, parse_username
+from idp.accounts import ADMIN_ROLES, ROLES, InvalidEmail, parse_email, parse_username
 from idp.models import PasswordResetToken, User
 
 log = logging.getLogger("idhub.lifecycle")
@@ -158,7 +158,7 @@ def identifier(value) -> tuple[str, str]:
     if not isinstance(value, str) or not value.strip():
         raise AccountError("invalid", "email", "an e-mail address is required")
     try:
-        return clean_email(value), normalise_email(value)
+        return parse_email(value)  # both from one parse (clean_email and normalise_email would parse twice)
     except InvalidEmail as exc:
         raise AccountError("invalid", "email", str(exc) or "not a valid e-mail address") from None
 
@@ -172,8 +172,16 @@ def username_of(value) -> tuple[str, str]:
         raise AccountError("invalid", "userName", str(exc)) from None
 
 
+_U = User.__table__.c
+# prebuilt (no statement building per write): is this key another user's address, or another user's username?
+_TAKEN = {col.key: select(_U.id).where(_U.workspace_id == bindparam("w"), col == bindparam("k")).limit(1)
+          for col in (_U.email_normalized, _U.username_normalized)}
+
+
 def _taken(db, user: User, column, key: str) -> bool:
-    found = db.scalar(select(User.id).where(User.workspace_id == user.workspace_id, column == key).limit(1))
+    if db.autoflush:  # what an ORM query would do first: the session's pending users are seen (``idhub apply``)
+        db.flush()
+    found = db.connection().execute(_TAKEN[column.key], {"w": user.workspace_id, "k": key}).scalar()
     return found is not None and found != user.id
 
 
