@@ -32,6 +32,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     true,
     union_all,
 )
@@ -265,6 +266,13 @@ def project(body: dict, rt: ResourceType, attributes: list[str], excluded: list[
 
 
 _INSERT_VALUES = ScimValue.__table__.insert()
+# PostgreSQL: the rows as six arrays, one prebuilt statement (psycopg's executemany would pipeline one INSERT per
+# row, a Python-side cost per value; a multi-row VALUES would be a new statement for each number of rows)
+_INSERT_VALUES_PG = text(
+    "INSERT INTO scim_values (owner_id, attr, idx, sub, value, folded) "
+    "SELECT * FROM unnest(CAST(:owner_id AS varchar[]), CAST(:attr AS varchar[]), CAST(:idx AS integer[]), "
+    "CAST(:sub AS varchar[]), CAST(:value AS varchar[]), CAST(:folded AS varchar[]))")
+_VALUE_COLUMNS = ("owner_id", "attr", "idx", "sub", "value", "folded")
 _DELETE_VALUES = ScimValue.__table__.delete().where(ScimValue.__table__.c.owner_id == bindparam("owner"))
 
 # ---- the service ----------------------------------------------------------------------------------------------
@@ -1133,9 +1141,9 @@ class ScimService:
                          "family_name": family, "scim": rest or None})
 
     def _index_user(self, db, user: User, new: bool = False) -> None:
-        """Rewrite the user's ``scim_values`` rows (after the user's row is flushed): a Core DELETE and one
-        multi-row Core INSERT on the table, in the session's transaction (no ORM objects, no RETURNING of ids
-        nothing reads)."""
+        """Rewrite the user's ``scim_values`` rows (after the user's row is written): a Core DELETE and one Core
+        INSERT of all the rows, in the session's transaction (no ORM objects, no RETURNING of ids nothing
+        reads)."""
         conn = db.connection()
         if not new:
             conn.execute(_DELETE_VALUES, {"owner": user.id})
@@ -1172,7 +1180,11 @@ class ScimService:
         walk(USER.attrs, scim, "")
         for uri, attrs in USER.extensions.items():
             walk(attrs, scim.get(uri) or {}, f"{uri}:")
-        if rows:
+        if not rows:
+            return
+        if conn.dialect.name == "postgresql":
+            conn.execute(_INSERT_VALUES_PG, {c: [r[c] for r in rows] for c in _VALUE_COLUMNS})
+        else:
             conn.execute(_INSERT_VALUES, rows)
 
     # -- groups
