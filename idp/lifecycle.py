@@ -317,6 +317,33 @@ def write(db, actor: Actor, user: User, *, hasher, clock: Callable, new: bool = 
     return change
 
 
+_INSERT_USER = User.__table__.insert()
+
+
+def insert_new(db, user: User) -> None:
+    """Store a new account that ``write(..., new=True)`` set: one prebuilt Core INSERT of every column on the
+    session's connection, in its transaction, instead of a unit-of-work flush for one row. The column defaults
+    the object lacks are set on it first, as a flush would set them; the object is not added to the session
+    (nothing else writes it). An ``IntegrityError`` (a unique key taken) propagates: the caller rolls back."""
+    state = user.__dict__
+    values = {}
+    for col in User.__table__.columns:
+        if col.key in state:
+            values[col.key] = state[col.key]
+            continue
+        value = None
+        if col.default is not None:
+            if col.default.is_callable:
+                value = col.default.arg(None)
+            elif col.default.is_scalar:
+                value = col.default.arg
+            else:  # a SQL expression or a sequence: not a default this model has
+                raise ValueError(f"unsupported default of users.{col.key}")
+            setattr(user, col.key, value)
+        values[col.key] = value
+    db.connection().execute(_INSERT_USER, values)
+
+
 @dataclass
 class Deprovisioned:
     sessions_ended: int
@@ -336,6 +363,10 @@ class AccountService:
 
     def write(self, db, actor: Actor, user: User, **changes) -> Change:
         return write(db, actor, user, hasher=self.hub.hasher, clock=self.hub.clock, **changes)
+
+    def insert(self, db, user: User) -> None:
+        """Store a new account set by ``write(..., new=True)`` (``insert_new``), in the caller's transaction."""
+        insert_new(db, user)
 
     def create(self, db, actor: Actor, workspace_id: str, *, email, role: str = "member", **changes) -> User:
         """A new account in ``db`` (flushed, so it has its id; the unique address is checked by the flush)."""

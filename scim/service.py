@@ -1102,8 +1102,11 @@ class ScimService:
             user = User(workspace_id=caller.workspace_id, email="", email_normalized="", role="member", active=True,
                         created_at=utcnow())
             done = self._apply_user(db, actor, user, data, new=True)
-            db.add(user)
-            self._flush_unique(db, "userName")  # the unique constraint decides (no SELECT first)
+            try:  # the unique constraint decides (no SELECT first)
+                self.hub.accounts.insert(db, user)  # one Core INSERT, not a flush
+            except IntegrityError:
+                db.rollback()
+                raise E.Uniqueness("userName is already in use in this workspace") from None
             self._index_user(db, user, new=True)
             body = render_user(user, [], self.base(caller.workspace_slug))  # a new user is in no group
             changed = sorted(k for k in body if k not in ("schemas", "id", "meta", "groups"))
