@@ -1,7 +1,8 @@
 """SCIM at 100,000 users: idhub (PostgreSQL and SQLite) against the scim2-server reference server (issue 7).
 
     .venv/bin/python bench/scim.py [--users 100000] [--lookups 500] [--pages 200] [--creates 300]
-                                   [--workers 2] [--threads 4] [--concurrency 4] [--no-sqlite] [--no-peer] [--profile]
+                                   [--workers 2] [--threads 4] [--concurrency 4] [--no-sqlite] [--no-peer] [--no-floor]
+                                   [--profile]
 
 Everything runs on this machine in one run, one server after the other, both under gunicorn with the same
 settings (gthread, ``--workers`` × ``--threads``), driven by the same client: ``--concurrency`` threads, each with
@@ -12,6 +13,10 @@ one persistent keep-alive ``http.client`` connection, after a warm-up.
 - scim2-server (PyPI): its WSGI application as its ``scim2-server`` command builds it (in-memory storage, a static
   bearer token), under gunicorn with ``preload_app``: the master loads the users through the application's own
   creation path before forking (``--serve-peer``, a subprocess of this script).
+- the floor of a durable create (``--no-floor`` skips it): a bare Flask application under the same gunicorn
+  settings whose POST inserts the JSON body as one row into PostgreSQL with SQLAlchemy Core and commits
+  (``serve_floor``), driven by the same client at the same concurrency as the creates; printed against
+  scim2-server's create rate of the same run: the ratio no idhub create can reach on this stack.
 Measured: ``filter=userName eq "…"`` latency (random existing users, p50/p99), list pages per second
 (``startIndex`` random in the whole set, ``count=100``), creates per second (POST /Users), and the server's CPU
 per request (gunicorn processes, plus PostgreSQL's backends for idhub/PostgreSQL). Prints the ratios (idhub ÷ peer
@@ -312,14 +317,16 @@ _PROFILERS: list[subprocess.Popen] = []
 
 
 def _profile(pid: int, label: str) -> None:
-    """py-spy on every gunicorn worker of ``pid`` while the measurements run (collapsed stacks under /tmp)."""
+    """py-spy on every gunicorn worker of ``pid`` while the measurements run (collapsed stacks under /tmp). GIL
+    samples only (``--gil``): the Python CPU, not the threads waiting on PostgreSQL or the network."""
     from bench._common import children
 
     time.sleep(1)
     for w in children(pid):
         out = f"/tmp/idhub-scim-{label}-{w}.txt"  # collapsed stacks (flamegraph.pl / speedscope input)
         _PROFILERS.append(subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(w),
-                                            "-o", out, "-f", "raw", "-r", "200", "--nonblocking"],
+                                            "-o", out, "-f", "raw", "-r", "200", "--nonblocking",
+                                            "--gil"],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         print(f"  profiling worker {w} → {out}", flush=True)
 
@@ -425,6 +432,111 @@ def run_peer(n: int, args) -> dict:
         log.close()
 
 
+# ---- the floor of a durable create ------------------------------------------------------------------------------
+def serve_floor(port: int, url: str, workers: int, threads: int) -> None:
+    """The least a durable create can cost on this stack: a bare Flask application under gunicorn with ``idhub
+    serve``'s settings (``idp.cli.gunicorn_options``: gthread, ``workers`` × ``threads``) whose POST parses the
+    JSON body, inserts it as one row (a uuid, a timestamp and the JSON document) into PostgreSQL with a prebuilt
+    SQLAlchemy Core statement, commits, and answers 201 with the stored document: no authentication, no rules,
+    no index rows, no audit event."""
+    from flask import Flask, jsonify, request
+    from gunicorn.app.base import BaseApplication
+    from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table
+
+    from idp.cli import gunicorn_options
+
+    meta = MetaData()
+    table = Table("floor_creates", meta, Column("id", String(36), primary_key=True),
+                  Column("created_at", DateTime(timezone=True)), Column("body", JSON))
+    boot = create_engine(url)
+    meta.create_all(boot)
+    boot.dispose()
+    ins = insert(table)
+    engines: dict[int, object] = {}
+
+    def engine():
+        pid = os.getpid()  # one pool per worker (after the fork)
+        if pid not in engines:
+            engines[pid] = create_engine(url, pool_size=threads, max_overflow=threads)
+        return engines[pid]
+
+    app = Flask("floor")
+
+    @app.post("/Users")
+    def create():
+        doc = request.get_json(force=True)
+        row = {"id": str(uuid.uuid4()), "created_at": datetime.now(UTC), "body": doc}
+        with engine().begin() as conn:
+            conn.execute(ins, row)
+        return jsonify({**doc, "id": row["id"]}), 201
+
+    class Server(BaseApplication):
+        def load_config(self):
+            for key, value in gunicorn_options("127.0.0.1", port, workers, threads).items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return app
+
+    Server().run()
+
+
+def run_floor(n: int, args) -> dict:
+    """``serve_floor`` on a fresh PostgreSQL database, driven like the creates of ``measure`` (same client, same
+    concurrency, same documents, after a warm-up)."""
+    from tests.helpers.smtp import free_port
+    from tests.services import drop_postgres, postgres_url
+
+    url = postgres_url()
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-floor", str(port),
+                             "--floor-url", url, "--workers", str(args.workers), "--threads", str(args.threads)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                http.client.HTTPConnection("127.0.0.1", port, timeout=2).connect()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError("the floor app did not start:\n" + log.read().decode(errors="replace")) \
+                        from None
+                time.sleep(0.2)
+
+        def docs(tag: str, count: int) -> list:
+            out = []
+            for k in range(count):
+                d = user_doc(n + k)
+                d["userName"] = d["emails"][0]["value"] = f"new{k:05d}-{tag}@bench.test"
+                out.append(("POST", "/Users", json.dumps(d).encode()))
+            return out
+
+        def created(status, raw):
+            return None if status == 201 else f"floor: create {status} {raw[:300]!r}"
+
+        _parallel(base, docs("floor-warm", 20 * args.concurrency), args.concurrency, created)
+        meter = CpuMeter(proc.pid, urlsplit(url).path.lstrip("/"))
+        before = meter.snapshot()
+        _, wall = _parallel(base, docs("floor", args.creates), args.concurrency, created)
+        cpu = cpu_delta(before, meter.snapshot()) / args.creates * 1000
+        print(f"  floor (bare Flask + one Core INSERT of the JSON body + COMMIT, PostgreSQL): "
+              f"{args.creates / wall:.1f} creates/s, server CPU {cpu:.2f} ms/create", flush=True)
+        return {"creates": args.creates / wall, "cpu": {"create": cpu}, "load": loadavg()}
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(10)
+        log.close()
+        drop_postgres(url)
+
+
 def _cpu(r: dict) -> str:
     return "  ".join(f"{k} {v:.2f}" for k, v in r.get("cpu", {}).items())
 
@@ -443,10 +555,17 @@ def main() -> None:
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--no-postgres", action="store_true")
     ap.add_argument("--profile", action="store_true", help="py-spy flame graphs of the server workers under /tmp")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="skip the floor row (a bare Flask app's durable one-row create on PostgreSQL)")
     ap.add_argument("--serve-peer", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--floor-url", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_peer:
         serve_peer(args.serve_peer, args.users, args.workers, args.threads)
+        return
+    if args.serve_floor:
+        serve_floor(args.serve_floor, args.floor_url, args.workers, args.threads)
         return
     os.chdir(REPO)
     from tests.services import drop_postgres, postgres_url
@@ -496,6 +615,15 @@ def main() -> None:
     print("\nserver CPU per request (gunicorn arbiter + workers, + PostgreSQL backends for idhub/PostgreSQL), ms:")
     for name, r in results.items():
         print(f"{name:18} {_cpu(r)}")
+    if not args.no_floor:
+        floor = run_floor(n, args)
+        print(f"\nfloor of a durable create (bare Flask + Core INSERT + COMMIT on PostgreSQL, same gunicorn settings, "
+              f"client and concurrency): {floor['creates']:.1f} creates/s = {floor['creates'] / peer['creates']:.2f}x "
+              f"scim2-server's {peer['creates']:.1f}/s; server CPU {floor['cpu']['create']:.2f} ms/create")
+        for name, r in results.items():
+            if name.startswith("idhub"):
+                print(f"{name:18} creates at {r['creates'] / floor['creates']:.2f}x the floor "
+                      f"({r['creates'] / peer['creates']:.2f}x scim2-server)")
     print(f"load average at the end: {loadavg()}")
     print("all goals met" if ok else "some goals not met (see above)")
 

@@ -51,6 +51,8 @@ def is_invisible(ch: str) -> bool:
 
 def invisible_characters(value: str) -> bool:
     """True when ``value``, or its NFKC form, holds an invisible or control character (see ``is_invisible``)."""
+    if value.isascii() and value.isprintable():  # U+0020–U+007E: none is invisible, and NFKC leaves them as they are
+        return False
     return any(map(is_invisible, value)) or any(map(is_invisible, unicodedata.normalize("NFKC", value)))
 
 
@@ -59,7 +61,10 @@ def identifier_problem(value: str, what: str = "Identifiers") -> str | None:
     characters, or spaces, in the text as given or in its NFKC form. None when it has none."""
     if invisible_characters(value):
         return f"{what} cannot contain invisible or control characters."
-    if any(unicodedata.category(c).startswith("Z") for c in value + unicodedata.normalize("NFKC", value)):
+    if value.isascii():  # NFKC leaves ASCII as it is; its only separator (Z*) is the space
+        if " " in value:
+            return f"{what} cannot contain spaces."
+    elif any(unicodedata.category(c).startswith("Z") for c in value + unicodedata.normalize("NFKC", value)):
         return f"{what} cannot contain spaces."
     return None
 

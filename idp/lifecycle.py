@@ -28,10 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 
 from idp import passwords
-from idp.accounts import ADMIN_ROLES, ROLES, InvalidEmail, clean_email, normalise_email, parse_username
+from idp.accounts import ADMIN_ROLES, ROLES, InvalidEmail, parse_email, parse_username
 from idp.models import PasswordResetToken, User
 
 log = logging.getLogger("idhub.lifecycle")
@@ -158,7 +158,7 @@ def identifier(value) -> tuple[str, str]:
     if not isinstance(value, str) or not value.strip():
         raise AccountError("invalid", "email", "an e-mail address is required")
     try:
-        return clean_email(value), normalise_email(value)
+        return parse_email(value)  # both from one parse (clean_email and normalise_email would parse twice)
     except InvalidEmail as exc:
         raise AccountError("invalid", "email", str(exc) or "not a valid e-mail address") from None
 
@@ -172,8 +172,16 @@ def username_of(value) -> tuple[str, str]:
         raise AccountError("invalid", "userName", str(exc)) from None
 
 
+_U = User.__table__.c
+# prebuilt (no statement building per write): is this key another user's address, or another user's username?
+_TAKEN = {col.key: select(_U.id).where(_U.workspace_id == bindparam("w"), col == bindparam("k")).limit(1)
+          for col in (_U.email_normalized, _U.username_normalized)}
+
+
 def _taken(db, user: User, column, key: str) -> bool:
-    found = db.scalar(select(User.id).where(User.workspace_id == user.workspace_id, column == key).limit(1))
+    if db.autoflush:  # what an ORM query would do first: the session's pending users are seen (``idhub apply``)
+        db.flush()
+    found = db.connection().execute(_TAKEN[column.key], {"w": user.workspace_id, "k": key}).scalar()
     return found is not None and found != user.id
 
 
@@ -309,6 +317,33 @@ def write(db, actor: Actor, user: User, *, hasher, clock: Callable, new: bool = 
     return change
 
 
+_INSERT_USER = User.__table__.insert()
+
+
+def insert_new(db, user: User) -> None:
+    """Store a new account that ``write(..., new=True)`` set: one prebuilt Core INSERT of every column on the
+    session's connection, in its transaction, instead of a unit-of-work flush for one row. The column defaults
+    the object lacks are set on it first, as a flush would set them; the object is not added to the session
+    (nothing else writes it). An ``IntegrityError`` (a unique key taken) propagates: the caller rolls back."""
+    state = user.__dict__
+    values = {}
+    for col in User.__table__.columns:
+        if col.key in state:
+            values[col.key] = state[col.key]
+            continue
+        value = None
+        if col.default is not None:
+            if col.default.is_callable:
+                value = col.default.arg(None)
+            elif col.default.is_scalar:
+                value = col.default.arg
+            else:  # a SQL expression or a sequence: not a default this model has
+                raise ValueError(f"unsupported default of users.{col.key}")
+            setattr(user, col.key, value)
+        values[col.key] = value
+    db.connection().execute(_INSERT_USER, values)
+
+
 @dataclass
 class Deprovisioned:
     sessions_ended: int
@@ -328,6 +363,10 @@ class AccountService:
 
     def write(self, db, actor: Actor, user: User, **changes) -> Change:
         return write(db, actor, user, hasher=self.hub.hasher, clock=self.hub.clock, **changes)
+
+    def insert(self, db, user: User) -> None:
+        """Store a new account set by ``write(..., new=True)`` (``insert_new``), in the caller's transaction."""
+        insert_new(db, user)
 
     def create(self, db, actor: Actor, workspace_id: str, *, email, role: str = "member", **changes) -> User:
         """A new account in ``db`` (flushed, so it has its id; the unique address is checked by the flush)."""

@@ -32,6 +32,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     true,
     union_all,
 )
@@ -264,10 +265,32 @@ def project(body: dict, rt: ResourceType, attributes: list[str], excluded: list[
     return body
 
 
+_INSERT_VALUES = ScimValue.__table__.insert()
+# PostgreSQL: the rows as six arrays, one prebuilt statement (psycopg's executemany would pipeline one INSERT per
+# row, a Python-side cost per value; a multi-row VALUES would be a new statement for each number of rows)
+_INSERT_VALUES_PG = text(
+    "INSERT INTO scim_values (owner_id, attr, idx, sub, value, folded) "
+    "SELECT * FROM unnest(CAST(:owner_id AS varchar[]), CAST(:attr AS varchar[]), CAST(:idx AS integer[]), "
+    "CAST(:sub AS varchar[]), CAST(:value AS varchar[]), CAST(:folded AS varchar[]))")
+_VALUE_COLUMNS = ("owner_id", "attr", "idx", "sub", "value", "folded")
+_DELETE_VALUES = ScimValue.__table__.delete().where(ScimValue.__table__.c.owner_id == bindparam("owner"))
+
 # ---- the service ----------------------------------------------------------------------------------------------
 CALLER_TTL = 30.0  # seconds a validated token is remembered at most (reads re-check it in their own query anyway;
 # a token revoked on any node drops the entries at once: idp.invalidation)
 CALLER_CACHE_MAX = 1024
+
+
+# The token check of every request that is not served from the token cache: one prebuilt Core statement (no ORM
+# entity loading, no statement building per request), the workspace and, outer-joined, the token with this hash.
+_W, _T = Workspace.__table__.c, ScimToken.__table__.c
+_AUTHENTICATE = (
+    select(_W.id.label("ws_id"), _W.slug.label("ws_slug"), _W.plan, _T.id.label("token_id"),
+           _T.workspace_id.label("token_workspace_id"), _T.name.label("token_name"), _T.read_only, _T.token_hash,
+           _T.revoked_at)
+    .select_from(Workspace.__table__.outerjoin(ScimToken.__table__, _T.token_hash == bindparam("h")))
+    .where(_W.slug == bindparam("slug"))
+)
 
 
 class ScimService:
@@ -402,20 +425,16 @@ class ScimService:
 
     def _authenticate_db(self, ws_slug: str, hashed: str) -> Caller:
         with self._db(end=False) as db:  # one round trip: the workspace and (outer-joined) the token
-            found = db.execute(
-                select(Workspace, ScimToken).outerjoin(ScimToken, ScimToken.token_hash == hashed)
-                .where(Workspace.slug == ws_slug)
-            ).first()
-            if found is None:
-                raise E.NotFound("There is no workspace at this address.")
-            ws, row = found
-        if row is None or row.revoked_at is not None or not same_hash(row.token_hash, hashed):
-            raise E.Unauthorized("The bearer token is not valid.")
-        if row.workspace_id != ws.id:
+            found = db.connection().execute(_AUTHENTICATE, {"slug": ws_slug, "h": hashed}).first()
+        if found is None:
             raise E.NotFound("There is no workspace at this address.")
-        if ws.plan != "enterprise":
+        if found.token_id is None or found.revoked_at is not None or not same_hash(found.token_hash, hashed):
+            raise E.Unauthorized("The bearer token is not valid.")
+        if found.token_workspace_id != found.ws_id:
+            raise E.NotFound("There is no workspace at this address.")
+        if found.plan != "enterprise":
             raise E.Forbidden("SCIM provisioning needs the enterprise plan.")
-        return Caller(ws.id, ws.slug, row.name, row.read_only, row.id)
+        return Caller(found.ws_id, found.ws_slug, found.token_name, found.read_only, found.token_id)
 
     def dispatch(self, caller: Caller, req: ScimRequest) -> ScimResponse:
         parts = [p for p in req.path.split("/") if p]
@@ -1083,8 +1102,11 @@ class ScimService:
             user = User(workspace_id=caller.workspace_id, email="", email_normalized="", role="member", active=True,
                         created_at=utcnow())
             done = self._apply_user(db, actor, user, data, new=True)
-            db.add(user)
-            self._flush_unique(db, "userName")  # the unique constraint decides (no SELECT first)
+            try:  # the unique constraint decides (no SELECT first)
+                self.hub.accounts.insert(db, user)  # one Core INSERT, not a flush
+            except IntegrityError:
+                db.rollback()
+                raise E.Uniqueness("userName is already in use in this workspace") from None
             self._index_user(db, user, new=True)
             body = render_user(user, [], self.base(caller.workspace_slug))  # a new user is in no group
             changed = sorted(k for k in body if k not in ("schemas", "id", "meta", "groups"))
@@ -1122,16 +1144,22 @@ class ScimService:
                          "family_name": family, "scim": rest or None})
 
     def _index_user(self, db, user: User, new: bool = False) -> None:
+        """Rewrite the user's ``scim_values`` rows (after the user's row is written): a Core DELETE and one Core
+        INSERT of all the rows, in the session's transaction (no ORM objects, no RETURNING of ids nothing
+        reads)."""
+        conn = db.connection()
         if not new:
-            db.execute(delete(ScimValue).where(ScimValue.owner_id == user.id))
-        rows = []
+            conn.execute(_DELETE_VALUES, {"owner": user.id})
+        rows: list[dict] = []
         scim = user.scim or {}
+        owner = user.id
 
         def add(attr: str, idx: int, sub: str, value) -> None:
             if value is None or isinstance(value, dict | list):
                 return
             s = ("true" if value else "false") if isinstance(value, bool) else str(value)[:MAX_STRING]
-            rows.append(ScimValue(owner_id=user.id, attr=attr, idx=idx, sub=sub, value=s, folded=fold(s)[:MAX_STRING]))
+            rows.append({"owner_id": owner, "attr": attr, "idx": idx, "sub": sub, "value": s,
+                         "folded": fold(s)[:MAX_STRING]})
 
         def walk(attrs: tuple[Attr, ...], container: dict, prefix: str) -> None:
             for a in attrs:
@@ -1155,7 +1183,12 @@ class ScimService:
         walk(USER.attrs, scim, "")
         for uri, attrs in USER.extensions.items():
             walk(attrs, scim.get(uri) or {}, f"{uri}:")
-        db.add_all(rows)
+        if not rows:
+            return
+        if conn.dialect.name == "postgresql":
+            conn.execute(_INSERT_VALUES_PG, {c: [r[c] for r in rows] for c in _VALUE_COLUMNS})
+        else:
+            conn.execute(_INSERT_VALUES, rows)
 
     # -- groups
     def _create_group(self, caller: Caller, data: dict, query: dict) -> ScimResponse:

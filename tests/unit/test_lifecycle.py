@@ -195,3 +195,32 @@ def test_deprovisioning_ends_sessions_only_through_the_account_service():
                     if "end_all(" in line and reason in line:
                         found.append(f"{path.relative_to(REPO)}:{line_no}")
     assert found == []
+
+
+def test_insert_new_stores_what_write_set_and_the_column_defaults(db):
+    """``insert_new`` (SCIM's create: one Core INSERT instead of a flush) stores the row a flush would have: what
+    ``write`` set, the column defaults for the rest (also set on the object); a taken address is refused by the
+    unique constraint."""
+    from sqlalchemy.exc import IntegrityError
+
+    from idp.lifecycle import insert_new
+
+    ws_id = db.scalar(select(Workspace.id))
+    user = User(workspace_id=ws_id, email="", email_normalized="")
+    _write(db, SCIM, user, new=True, email="Erin@acme.test", username="erin", name="Erin",
+           profile={"external_id": "x-1", "display_name": "Erin", "given_name": None, "family_name": None,
+                    "scim": {"title": "CTO"}})
+    insert_new(db, user)
+    assert user.id and user.role == "member" and user.password_reset_required is False
+    assert user not in db  # not added to the session: nothing flushes it again
+    db.commit()
+    stored = db.get(User, user.id)
+    assert (stored.email, stored.email_normalized, stored.username, stored.username_normalized, stored.name,
+            stored.role, stored.active, stored.password_reset_required, stored.external_id, stored.scim) == (
+        "Erin@acme.test", "erin@acme.test", "erin", "erin", "Erin", "member", True, False, "x-1", {"title": "CTO"})
+    assert stored.created_at is not None and stored.updated_at == NOW
+    again = User(workspace_id=ws_id, email="", email_normalized="")
+    _write(db, SCIM, again, new=True, email="erin@ACME.test")
+    with pytest.raises(IntegrityError):
+        insert_new(db, again)
+    db.rollback()
