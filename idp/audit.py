@@ -63,7 +63,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from idp.db import Base
+from idp.db import Base, read_engine
 from idp.models import UTCDateTime
 
 log = logging.getLogger("idhub.audit")
@@ -407,6 +407,7 @@ class AuditLog:
                  seal: str | None = None, seal_interval: float = 1.0, seal_delay: float = 0.05):
         self._sm = sessionmaker
         self._engine = sessionmaker.kw["bind"]
+        self._reader = read_engine(self._engine)
         self._clock = clock
         self._local = threading.local()
         self.keys = AuditKeys(secrets, retained)
@@ -547,7 +548,7 @@ class AuditLog:
         self._wake.set()
 
     def unsealed_chains(self) -> list[str]:
-        with self._engine.connect() as conn:
+        with self._reader.connect() as conn:  # no transaction around one read
             return list(conn.scalars(select(_E.chain).where(_E.seq.is_(None)).distinct()))
 
     def seal(self, workspace_id: str | None = None, *, chain: str | None = None) -> int:
@@ -560,7 +561,7 @@ class AuditLog:
                 with self._engine.begin() as conn:
                     n = self._seal_chain_in(conn, c)
                 total += n
-                if n == 0:
+                if n < _SEAL_BATCH:  # the batch read every row committed before it: no empty round to confirm
                     break
         return total
 
