@@ -8,14 +8,16 @@ limit) that loops over one audited "request": a transaction that appends the req
 ``--work-ms`` more of the request's work before committing (``record(connection=...)`` as SCIM and account
 changes do; 0 = the event is the transaction's last statement, as in ``record()``). Counted: events durable
 (committed) in the timed window. *Before* is the previous release's ``idp/audit.py`` (read from git,
-``--before-rev``, default ``main``) on a table of its own; *after* is this tree's. For *after* the sealer's
-drain (time from the writers' stop until every event is sealed) is printed too, and both chains are verified.
+``--before-rev``, default ``e1df45e^``: the last commit before the sealed chain) on a database of its own;
+*after* is this tree's. For *after* the sealer's drain (time from the writers' stop until every event is sealed)
+is printed too, and both chains are verified.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import re
 import subprocess
 import sys
 import time
@@ -33,8 +35,10 @@ def load_before(rev: str):
     """The previous release's audit module, on a declarative base of its own (same table names)."""
     src = subprocess.run(["git", "show", f"{rev}:idp/audit.py"], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout
-    src = src.replace("from idp.db import Base\n", "from sqlalchemy.orm import DeclarativeBase\n\n\n"
-                      "class Base(DeclarativeBase):\n    pass\n")
+    src, n = re.subn(r"^from idp\.db import Base(, )?", lambda m: "from sqlalchemy.orm import DeclarativeBase\n\n\n"
+                     "class Base(DeclarativeBase):\n    pass\n\n\n" + ("from idp.db import " if m.group(1) else ""),
+                     src, count=1, flags=re.M)
+    assert n == 1, f"{rev}:idp/audit.py does not import Base from idp.db"
     mod = types.ModuleType("audit_before")
     sys.modules["audit_before"] = mod
     exec(compile(src, f"{rev}:idp/audit.py", "exec"), mod.__dict__)
@@ -125,7 +129,7 @@ def run(which: str, url: str, args) -> dict:
     return res
 
 
-def fresh_db(which: str) -> str:
+def fresh_db(which: str, rev: str) -> str:
     from idp import schema
     from tests.services import postgres_url
 
@@ -135,7 +139,7 @@ def fresh_db(which: str) -> str:
     else:
         from idp.db import make_engine
 
-        mod = load_before("main")
+        mod = load_before(rev)
         engine = make_engine(url)
         mod.Base.metadata.create_all(engine)
         engine.dispose()
@@ -149,7 +153,7 @@ def main() -> None:
     ap.add_argument("--writers", type=int, default=32)
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--work-ms", default="0,1", help="comma-separated; the request's work after its event")
-    ap.add_argument("--before-rev", default="main")
+    ap.add_argument("--before-rev", default="e1df45e^")
     args = ap.parse_args()
     from tests.services import drop_postgres
 
@@ -159,7 +163,7 @@ def main() -> None:
         args.work_ms = work
         results = {}
         for which in ("before", "after"):
-            url = fresh_db(which)
+            url = fresh_db(which, args.before_rev)
             try:
                 results[which] = run(which, url, args)
             finally:
