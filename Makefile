@@ -60,7 +60,7 @@ bench: install-test
 	$(BIN)/python bench/policy_totp.py
 	$(BIN)/python bench/scim.py $(SCIM_BENCH_ARGS)
 	$(BIN)/python bench/saml_sso.py $(SAML_BENCH_ARGS)
-	$(BIN)/python bench/oidc_tokens.py $(OIDC_BENCH_ARGS)
+	$(BIN)/python bench/oidc_tokens.py --floor $(OIDC_BENCH_ARGS)
 	$(BIN)/python bench/fleet.py $(FLEET_BENCH_ARGS)
 	$(BIN)/python bench/audit.py $(AUDIT_BENCH_ARGS)
 	$(BIN)/python bench/federation.py
