@@ -92,6 +92,20 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """The database cannot be reached (or its connection died) → StoreUnavailable; any other error is a defect
+    and passes through as it is."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        raise _unavailable(exc) from None
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise _unavailable(exc) from None
+        raise
+
+
 class _SqlStore:
     """Shared plumbing: a session per call, one transaction, connection errors → StoreUnavailable."""
 
@@ -102,42 +116,21 @@ class _SqlStore:
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
-        try:
-            with self._sm() as s, s.begin():
-                yield s
-        except (OperationalError, InterfaceError) as exc:
-            raise _unavailable(exc) from None
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise _unavailable(exc) from None
-            raise
+        with _store_errors(), self._sm() as s, s.begin():
+            yield s
 
     @contextmanager
     def _core(self) -> Iterator[Connection]:
         """Like ``_tx`` on a bare Core connection: the stores that only run SQL statements skip the ORM
         session's bookkeeping (a measurable share of a sign-in, which makes ~10 of these calls)."""
-        try:
-            with self._engine.begin() as conn:
-                yield conn
-        except (OperationalError, InterfaceError) as exc:
-            raise _unavailable(exc) from None
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise _unavailable(exc) from None
-            raise
+        with _store_errors(), self._engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         """Like ``_core`` for one read (``idp.db.read_engine``: no BEGIN/ROLLBACK round trips on PostgreSQL)."""
-        try:
-            with self._reader.connect() as conn:
-                yield conn
-        except (OperationalError, InterfaceError) as exc:
-            raise _unavailable(exc) from None
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise _unavailable(exc) from None
-            raise
+        with _store_errors(), self._reader.connect() as conn:
+            yield conn
 
     def _insert(self, s: Session | Connection, table):
         name = s.dialect.name if isinstance(s, Connection) else s.get_bind().dialect.name
