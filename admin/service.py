@@ -14,7 +14,7 @@ import secrets
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from admin import auditlog
@@ -1030,7 +1030,7 @@ class AdminService:
         becomes public loses its secret and the client credentials grant, and every token issued to it is revoked
         (they were issued to a client that proved a secret; from now on nobody has to). (secret, tokens revoked)"""
         from oidc.config import secret_hash
-        from oidc.models import OidcAccessToken, OidcRefreshToken
+        from oidc.provider import revoke_client_tokens
 
         _current, to_confidential, to_public = switch
         row.token_endpoint_auth_method = method
@@ -1041,13 +1041,7 @@ class AdminService:
         if to_public:
             row.secret_hash = None
             row.grant_types = [g for g in (row.grant_types or []) if g != "client_credentials"]
-            now = self.hub.clock()
-            revoked = 0
-            for model in (OidcRefreshToken, OidcAccessToken):
-                revoked += db.execute(update(model).where(
-                    model.workspace_id == ws.id, model.client_id == row.client_id, model.revoked_at.is_(None))
-                    .values(revoked_at=now).execution_options(synchronize_session=False)).rowcount
-            return None, revoked
+            return None, revoke_client_tokens(db, ws.id, row.client_id, self.hub.clock())
         return None, None
 
     def _update_saml(self, p: Principal, ws: Workspace, row, body: dict, known: set, db) -> dict:

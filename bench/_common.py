@@ -1,6 +1,6 @@
 """Shared helpers for the benchmarks: percentiles, CPU accounting from /proc, the argon2id peer, machine load.
 
-Nothing here imports Flask or starts a server; ``bench/signin.py`` and ``bench/policy_totp.py`` use it.
+Nothing here imports Flask or starts a server (``wait_listening`` waits for one another script started).
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import resource
+import socket
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,24 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 
 # ---- statistics ----------------------------------------------------------------------------------
+def wait_listening(proc, port: int, what: str, timeout: float = 60.0, log=None) -> None:
+    """Until ``proc`` accepts connections on 127.0.0.1:``port``; RuntimeError naming ``what`` (with the end of its
+    ``log``, a file it writes to, if given) when it exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                detail = ""
+                if log is not None:
+                    log.seek(0)
+                    detail = ":\n" + log.read()[-4000:].decode(errors="replace")
+                raise RuntimeError(f"{what} did not start{detail}") from None
+            time.sleep(0.1)
+
+
 def pct(values: list[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100) of a non-empty list."""
     s = sorted(values)

@@ -48,7 +48,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 from sqlalchemy import create_engine, insert, select, text  # noqa: E402
 
-from bench._common import REPO, cpu_delta, loadavg, pct, proc_cpu, tree_cpu  # noqa: E402
+from bench._common import REPO, cpu_delta, loadavg, pct, proc_cpu, tree_cpu, wait_listening  # noqa: E402
 
 TOKEN = "bench-scim-token-0123456789abcdefghijklmnopqrstuv"
 WS = "bench"
@@ -495,17 +495,7 @@ def run_floor(n: int, args) -> dict:
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                http.client.HTTPConnection("127.0.0.1", port, timeout=2).connect()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    log.seek(0)
-                    raise RuntimeError("the floor app did not start:\n" + log.read().decode(errors="replace")) \
-                        from None
-                time.sleep(0.2)
+        wait_listening(proc, port, "the floor app", log=log)
 
         def docs(tag: str, count: int) -> list:
             out = []

@@ -21,10 +21,11 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, children
+from _common import REPO, children, wait_listening
 
 from tests.helpers.smtp import free_port
 
@@ -173,24 +174,16 @@ class FloorServer:
         port = free_port()
         env = {**os.environ, "FLOOR_REPO": str(REPO), "FLOOR_DB": db_url, "FLOOR_KEY": str(pem)}
         gunicorn = str(Path(sys.executable).parent / "gunicorn")
+        self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([gunicorn, "-k", "gthread", "-w", str(workers), "--threads", "4",
                                       "-b", f"127.0.0.1:{port}", "--worker-tmp-dir", "/dev/shm", "floor:app"],
-                                     cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.base = f"http://127.0.0.1:{port}"
-        import socket
-
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise SystemExit("the floor server did not start") from None
-                time.sleep(0.1)
+        wait_listening(self.proc, port, "the token floor server", log=self.log)
         while len(children(self.proc.pid)) < workers:
             time.sleep(0.1)
 
     def stop(self):
         self.proc.terminate()
         self.proc.wait(10)
+        self.log.close()

@@ -174,33 +174,31 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
 
     def _protocol_error(exc: HTTPException):
         """A 404/405/… under a protocol URL no view matched: SCIM's error, or OAuth's JSON error."""
-        status = exc.code or 400
-        if "/scim" in request.path:
-            from scim.errors import ScimError
-            from scim.web import _error as scim_error
-
-            err = ScimError(exc.name)
-            err.status = status
-            return scim_error(err)
-        resp = jsonify({"error": "invalid_request", "error_description": exc.name})
-        resp.status_code = status
-        return resp
+        return _protocol_answer(exc.code or 400, "invalid_request", exc.name)
 
     def _machine_unavailable(error_id: str, why: str):
-        """503 for a program, in its protocol's error format: SCIM's error schema, else OAuth's JSON error
-        (``temporarily_unavailable``, RFC 6749 §4.1.2.1), each with the error id to quote."""
+        """503 for a program, in its protocol's error format (OAuth's ``temporarily_unavailable``, RFC 6749
+        §4.1.2.1), with the error id to quote."""
+        resp = _protocol_answer(503, "temporarily_unavailable", why, error_id=error_id)
+        resp.headers["Retry-After"] = "30"
+        return resp
+
+    def _protocol_answer(status: int, oauth_error: str, description: str, error_id: str | None = None):
+        """An error in the format of the protocol of the request's URL: SCIM's error schema, else OAuth's JSON."""
         if "/scim" in request.path:
             from scim.errors import ScimError
             from scim.web import _error as scim_error
 
-            err = ScimError(f"{why} (error id {error_id})")
-            err.status = 503
-            resp = scim_error(err)
-        else:
-            resp = jsonify({"error": "temporarily_unavailable", "error_description": why, "error_id": error_id})
-            resp.status_code = 503
+            err = ScimError(f"{description} (error id {error_id})" if error_id else description)
+            err.status = status
+            return scim_error(err)
+        body = {"error": oauth_error, "error_description": description}
+        if error_id:
+            body["error_id"] = error_id
+        resp = jsonify(body)
+        resp.status_code = status
+        if status >= 500:
             resp.headers["Cache-Control"] = "no-store"
-        resp.headers["Retry-After"] = "30"
         return resp
 
     @app.errorhandler(Exception)

@@ -331,6 +331,8 @@ def insert_new(db, user: User) -> None:
         if col.key in state:
             values[col.key] = state[col.key]
             continue
+        if col.default is None and col.server_default is not None:
+            continue  # left out: the database's default applies (an explicit NULL would override it)
         value = None
         if col.default is not None:
             if col.default.is_callable:

@@ -1211,12 +1211,8 @@ class OidcService:
 
     def revoke_user_client(self, ws_id: str, user_id: str, client_id: str) -> None:
         """Revoke every refresh and access token of one user at one client (the app was taken from them)."""
-        now = self.hub.clock()
         with self.hub.db() as db:
-            for model in (OidcRefreshToken, OidcAccessToken):
-                db.execute(update(model).where(model.workspace_id == ws_id, model.user_id == user_id,
-                                               model.client_id == client_id, model.revoked_at.is_(None))
-                           .values(revoked_at=now))
+            revoke_client_tokens(db, ws_id, client_id, self.hub.clock(), user_id=user_id)
             db.commit()
 
     def find_token(self, ws_id: str, value, hint) -> TokenRef | None:
@@ -1605,6 +1601,19 @@ def _pick_key(jwks: dict, header: dict):
         return jwk.import_key(found[0])
     except (JoseError, ValueError, TypeError, KeyError):
         return None
+
+
+def revoke_client_tokens(db, ws_id: str, client_id: str, now: datetime, user_id: str | None = None) -> int:
+    """In ``db``'s transaction: revoke every refresh and access token issued to one client (of one user, or of
+    everyone); how many were revoked."""
+    n = 0
+    for model in (OidcRefreshToken, OidcAccessToken):
+        where = [model.workspace_id == ws_id, model.client_id == client_id, model.revoked_at.is_(None)]
+        if user_id is not None:
+            where.append(model.user_id == user_id)
+        n += db.execute(update(model).where(*where).values(revoked_at=now)
+                        .execution_options(synchronize_session=False)).rowcount
+    return n
 
 
 def _session_client_insert(conn):

@@ -406,6 +406,9 @@ def test_an_oidc_client_switches_between_public_and_confidential_in_place(app, h
     # private_key_jwt needs keys: not a switch made in place
     assert_error(api.call("PATCH", "/workspaces/acme/apps/jobs", {"token_endpoint_auth_method": "private_key_jwt"}),
                  422, field="token_endpoint_auth_method")
+    for bad in (123, ["none"], "NONE", ""):
+        assert_error(api.call("PATCH", "/workspaces/acme/apps/jobs", {"token_endpoint_auth_method": bad}), 422,
+                     field="token_endpoint_auth_method")
 
 
 def test_oidc_app_secret_is_shown_once_and_matches_the_config_file_state(app, hub, api, tmp_path):
