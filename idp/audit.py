@@ -87,6 +87,7 @@ _LIMITS = {
 }  # fmt: skip
 _BATCH = 500
 _SEAL_BATCH = 5000
+FULL_SCAN_INTERVAL = 5.0  # seconds: a busy sealer still looks for every chain's unsealed events this often
 
 
 class AuditEvent(Base):
@@ -152,6 +153,12 @@ _SEAL_ROWS_PG = text(
     "CAST(:hashes AS varchar[])) AS v(id, seq, prev, hash) WHERE e.id = v.id AND e.seq IS NULL")
 _SET_HEAD = update(AuditChainHead.__table__).where(_H.chain == bindparam("c")).values(
     seq=bindparam("s"), hash=bindparam("h"))
+# One unsealed event appended on PostgreSQL outside a caller's transaction (the token endpoint's group commit mostly
+# forms batches of one): the statement runs in autocommit, its own transaction, atomic and durable when it returns;
+# one round trip where BEGIN + INSERT + COMMIT take three, and no transaction to set up in Python. A batch of several
+# goes through executemany in one transaction (psycopg's pipeline: cheaper per row than any one-statement form).
+_INSERT_ONE_UNSEALED = text(f"INSERT INTO audit_events ({', '.join(_CONTENT)}, mac) "  # noqa: S608 (our column
+                            f"VALUES ({', '.join(':' + c for c in _CONTENT)}, :mac)")       # names, bound values)
 
 
 # ---- keys ---------------------------------------------------------------------------------------------------
@@ -419,6 +426,8 @@ class AuditLog:
         self.seal_interval = seal_interval
         self.seal_delay = seal_delay  # after a wake, before sealing (batches appends; not on any request's path)
         self._wake = threading.Event()
+        self._woken: set[str] = set()  # chains appended to since the sealer last looked
+        self._woken_lock = threading.Lock()
         self._sealer_pid: int | None = None
         self._sealer_lock = threading.Lock()
         self._stop = threading.Event()
@@ -459,7 +468,7 @@ class AuditLog:
             if self.inline:
                 self._seal_chain_in(connection, ev.chain, [ev])
             else:
-                self.wake()
+                self.wake((ev.chain,))
             return ev
         pending = getattr(self._local, "pending", None)
         if pending is not None:
@@ -493,22 +502,32 @@ class AuditLog:
 
     def _append(self, events: list[RecordedEvent]) -> None:
         """Insert ``events`` in one transaction (durable when this returns); sealed in it when inline."""
+        if len(events) == 1 and not self.inline and self._engine.dialect.name == "postgresql":
+            ev = events[0]
+            with self._reader.connect() as conn:  # autocommit: the one statement commits
+                conn.execute(_INSERT_ONE_UNSEALED, {**{c: getattr(ev, c) for c in _CONTENT},
+                                                    "data": json.dumps(ev.data), "mac": ev.mac})
+            self.wake((ev.chain,))
+            return
         with self._engine.begin() as conn:
             self._insert(conn, events)
             if self.inline:
                 for chain in dict.fromkeys(ev.chain for ev in events):
                     self._seal_chain_in(conn, chain, [ev for ev in events if ev.chain == chain])
         if not self.inline:
-            self.wake()
+            self.wake({ev.chain for ev in events})
 
     @staticmethod
     def _insert(conn, events: list[RecordedEvent]) -> None:
         conn.execute(_INSERT_EVENTS, [{c: getattr(ev, c) for c in _COLUMNS} for ev in events])
 
     # ---- sealing ----------------------------------------------------------------------------------------
-    def wake(self) -> None:
-        """Have this process's sealer thread seal soon (started on demand, and again after a fork; it ends
-        after a minute without appends)."""
+    def wake(self, chains: Iterable[str] = ()) -> None:
+        """Have this process's sealer thread seal ``chains`` (those this process appended to) soon (started on
+        demand, and again after a fork; it ends after a minute without appends)."""
+        if chains:
+            with self._woken_lock:
+                self._woken.update(chains)
         self._wake.set()
         if self._sealer_pid != os.getpid():
             with self._sealer_lock:
@@ -517,7 +536,7 @@ class AuditLog:
                     threading.Thread(target=self._sealer_loop, name="idhub-audit-sealer", daemon=True).start()
 
     def _sealer_loop(self) -> None:
-        idle, failing = 0, False
+        idle, failing, next_scan = 0, False, 0.0
         while not self._stop.is_set():
             woke = self._wake.wait(self.seal_interval)
             if woke and self.seal_delay:  # let a batch gather: one seal transaction for many appends
@@ -525,10 +544,18 @@ class AuditLog:
             if self._stop.is_set():
                 break
             self._wake.clear()
+            with self._woken_lock:
+                chains, self._woken = self._woken, set()
+            # The chains this process appended to, when woken; every chain (a scan of the unsealed rows: appends
+            # of a process that died before sealing them) when idle, and at least every FULL_SCAN_INTERVAL.
+            scan = not chains or time.monotonic() >= next_scan
+            if scan:
+                next_scan = time.monotonic() + FULL_SCAN_INTERVAL
             try:
-                n = self.seal()
+                n = self.seal() if scan else sum(self.seal(chain=c) for c in sorted(chains))
                 failing = False
             except Exception as exc:  # the next round retries; nothing is lost (the rows are durable, unsealed)
+                next_scan = 0.0  # the chains of this round included
                 if not failing:
                     log.warning("audit.seal_failed", extra={"error": type(exc).__name__})
                 failing, n = True, 1
