@@ -8,8 +8,9 @@ RSA-2048 key (what idhub signs with) — and nothing else: no workspace, no poli
 authlib, no security headers, no logging, no metrics.
 
 - client_credentials: HTTP Basic, one read of the client row by id, a constant-time comparison of the secret's
-  SHA-256, one signed access token (RFC 9068 claims). No write: idhub's event for this grant goes through a group
-  commit shared by concurrent grants, so the floor leaves it out (a true lower bound).
+  SHA-256, one signed access token (RFC 9068 claims). No write (a true lower bound). At ``/token?event=1`` the
+  same plus the least an audited grant must do: one durable INSERT of an event row (autocommit: one round trip,
+  committed when it returns), before the answer — no chain, no MAC, no sealing.
 - refresh_token: the client as above; one read of the refresh token row with its user (a join); one transaction:
   the rotation (a conditional UPDATE, as idhub's replay-proof one), an access token row, the new refresh token
   row, an event row, commit; two signatures (access token and ID token).
@@ -101,6 +102,10 @@ def token():
         out = {"access_token": sign({"iss": ISS, "sub": client_id, "aud": client_id, "client_id": client_id,
                                      "iat": ts, "exp": ts + 300, "jti": jti, "scope": ""}, "at+jwt"),
                "token_type": "Bearer", "expires_in": 300}
+        if request.args.get("event"):  # the grant's event, durable before the answer
+            with reads.connect() as c:
+                c.execute(ADD_EVENT, {"id": str(uuid.uuid4()), "type": "oidc.token.issued", "actor": client_id,
+                                      "data": json.dumps({"client": client_id, "refresh": False}), "at": now})
         return app.response_class(json.dumps(out), 200, mimetype="application/json")
     if grant != "refresh_token":
         return error("unsupported_grant_type")
