@@ -60,7 +60,8 @@ def parse(data: bytes, limit: int = MAX_MESSAGE) -> etree._Element:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise XmlError("not UTF-8") from None
-    if "<!DOCTYPE" in text.upper() or "<!ENTITY" in text.upper():
+    upper = text.upper()
+    if "<!DOCTYPE" in upper or "<!ENTITY" in upper:
         raise XmlError("DTDs are not allowed")
     try:
         root = etree.fromstring(data, _parser())
