@@ -118,6 +118,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
     app.jinja_env.globals.update(csrf_token=csrf_token, get_flashed_messages=get_flashed_messages,
                                  PASSWORD_RULES=RULES, static_url=static_url)
 
+    metric_children: dict[tuple, tuple] = {}  # (method, route, status) -> the request counter's and histogram's
+
     @app.before_request
     def _start():
         rid = request.headers.get("X-Request-Id", "")
@@ -146,10 +148,17 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Flas
             h["Cache-Control"] = "no-store"
         h["X-Request-Id"] = g.get("request_id", "")
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        REQUESTS.labels(request.method, endpoint, str(resp.status_code)).inc()
+        key = (request.method, endpoint, resp.status_code)
+        children = metric_children.get(key)
+        if children is None:  # prometheus_client's labels() takes a lock and builds the key at every call
+            if len(metric_children) > 4096:
+                metric_children.clear()
+            children = metric_children[key] = (REQUESTS.labels(request.method, endpoint, str(resp.status_code)),
+                                               LATENCY.labels(endpoint))
+        children[0].inc()
         if "t0" in g:
             dt = time.perf_counter() - g.t0
-            LATENCY.labels(endpoint).observe(dt)
+            children[1].observe(dt)
             log.info("request", extra={"method": request.method, "route": endpoint, "status": resp.status_code,
                                        "ms": round(dt * 1000, 1), "ip": request.remote_addr})
         return resp

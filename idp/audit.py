@@ -151,6 +151,13 @@ _SEAL_ROWS_PG = text(
     "UPDATE audit_events AS e SET seq = v.seq, prev_hash = v.prev, hash = v.hash "
     "FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS bigint[]), CAST(:prevs AS varchar[]), "
     "CAST(:hashes AS varchar[])) AS v(id, seq, prev, hash) WHERE e.id = v.id AND e.seq IS NULL")
+# the head locked (a no-op write: SQLite takes its writer lock, PostgreSQL the row lock) and read, with whether the
+# chain has unsealed rows: the inline append's first statement (AuditLog._insert_sealed)
+_LOCK_HEAD_UNSEALED = (
+    update(AuditChainHead.__table__).where(_H.chain == bindparam("c")).values(seq=_H.seq)
+    .returning(_H.seq, _H.hash, _H.keyed,
+               select(_E.id).where(_E.chain == bindparam("c"), _E.seq.is_(None)).exists().label("unsealed"))
+)
 _SET_HEAD = update(AuditChainHead.__table__).where(_H.chain == bindparam("c")).values(
     seq=bindparam("s"), hash=bindparam("h"))
 # One unsealed event appended on PostgreSQL outside a caller's transaction (the token endpoint's group commit mostly
@@ -510,12 +517,39 @@ class AuditLog:
             self.wake((ev.chain,))
             return
         with self._engine.begin() as conn:
-            self._insert(conn, events)
-            if self.inline:
+            if not self.inline:
+                self._insert(conn, events)
+            else:
                 for chain in dict.fromkeys(ev.chain for ev in events):
-                    self._seal_chain_in(conn, chain, [ev for ev in events if ev.chain == chain])
+                    mine = [ev for ev in events if ev.chain == chain]
+                    if not self._insert_sealed(conn, chain, mine):
+                        self._insert(conn, mine)
+                        self._seal_chain_in(conn, chain, mine)
         if not self.inline:
             self.wake({ev.chain for ev in events})
+
+    def _insert_sealed(self, conn, chain: str, events: list[RecordedEvent]) -> bool:
+        """Inline sealing's common case in two statements after the lock: the chain's head locked and read
+        (a write, so SQLite's writer lock is taken by it) together with whether the chain has unsealed rows;
+        if it has none, ``events`` are chained onto the head and INSERTed already sealed, and the head moves.
+        The MAC of each row is the one ``record`` computed over exactly these values (JSON round trip
+        included), so the sealer's re-check of it would compare a value with itself. False (nothing
+        written): no head yet, an unkeyed chain, or rows left unsealed — the general path seals those first,
+        in id order, re-checking their MACs."""
+        head = conn.execute(_LOCK_HEAD_UNSEALED, {"c": chain}).first()
+        if head is None or not head.keyed or head.unsealed:
+            return False
+        key, seq, prev = self.keys.current, head.seq, head.hash
+        for ev in events:
+            if ev.key_id != key.key_id:  # made under another key (a rotation in between): the general path
+                return False
+        for ev in events:
+            seq += 1
+            ev.seq, ev.prev_hash, ev.hash = seq, prev, chain_hash(key, chain, seq, prev, ev.mac)
+            prev = ev.hash
+        self._insert(conn, events)
+        conn.execute(_SET_HEAD, {"c": chain, "s": seq, "h": prev})
+        return True
 
     @staticmethod
     def _insert(conn, events: list[RecordedEvent]) -> None:

@@ -60,7 +60,8 @@ def parse(data: bytes, limit: int = MAX_MESSAGE) -> etree._Element:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise XmlError("not UTF-8") from None
-    if "<!DOCTYPE" in text.upper() or "<!ENTITY" in text.upper():
+    upper = text.upper()
+    if "<!DOCTYPE" in upper or "<!ENTITY" in upper:
         raise XmlError("DTDs are not allowed")
     try:
         root = etree.fromstring(data, _parser())
@@ -146,10 +147,21 @@ _BY_ID_XPATH = etree.XPath("//*[@ID=$i]")
 
 
 @functools.lru_cache(maxsize=64)
-def _signing_key(key_pem: bytes, cert: str) -> xmlsec.Key:
-    key = xmlsec.Key.from_memory(key_pem, xmlsec.KeyFormat.PEM)
-    key.load_cert_from_memory(cert.encode(), xmlsec.KeyFormat.CERT_PEM)
-    return key
+def _signing_key(key_pem: bytes) -> xmlsec.Key:
+    return xmlsec.Key.from_memory(key_pem, xmlsec.KeyFormat.PEM)
+
+
+@functools.lru_cache(maxsize=64)
+def _certificate_text(cert: str) -> str:
+    """The ``ds:X509Certificate`` content as xmlsec writes it (base64 of the DER, 64 columns, a newline on each
+    side), made once per certificate: the key carries no certificate, so xmlsec does not encode it again at
+    every signature (~0.2 ms of an RSA-3072 signature's 1.5 ms)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = x509.load_pem_x509_certificate(cert.encode()).public_bytes(Encoding.DER)
+    body = base64.b64encode(der).decode()
+    return "\n" + "\n".join(body[i:i + 64] for i in range(0, len(body), 64)) + "\n"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -170,9 +182,9 @@ def sign(el: etree._Element, key_pem: bytes, cert: str, after=None, ds_prefix: s
     xmlsec.template.add_transform(ref, xmlsec.Transform.EXCL_C14N)
     ki = xmlsec.template.ensure_key_info(sig)
     x509 = xmlsec.template.add_x509_data(ki)
-    xmlsec.template.x509_data_add_certificate(x509)
+    xmlsec.template.x509_data_add_certificate(x509).text = _certificate_text(cert)  # filled: xmlsec leaves it
     ctx = xmlsec.SignatureContext()
-    ctx.key = _signing_key(key_pem, cert)
+    ctx.key = _signing_key(key_pem)
     ctx.register_id(el, "ID")
     ctx.sign(sig)
 

@@ -103,7 +103,7 @@ def rotate_csrf() -> None:
 
 # ---- workspace and session -------------------------------------------------------------------------
 def load_workspace(slug: str):
-    with hub().connect() as conn:
+    with hub().read() as conn:  # no transaction around one read (PostgreSQL: one round trip, not three)
         ws = workspace_snapshot(conn, slug)
     if ws is None:
         shown = slug if len(slug) <= 63 and slug.isprintable() else slug[:63] + "…"
