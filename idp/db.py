@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import MetaData, create_engine, event, exc
+from sqlalchemy import MetaData, bindparam, create_engine, event, exc, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
+from sqlalchemy.sql.elements import TextClause
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -86,3 +89,53 @@ def read_engine(engine: Engine) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@dataclass(frozen=True)
+class InsertPart:
+    """One INSERT for ``insert_together``: its SQL with named parameters (names unique across the parts of one
+    statement) and the types of those parameters (their bind processors apply: JSON, ``UTCDateTime`` …)."""
+
+    sql: str
+    types: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def values(cls, table, keys, prefix: str) -> InsertPart:
+        """``INSERT INTO table (keys) VALUES (:<prefix><key> …)``, typed by the table's columns."""
+        keys = list(keys)
+        return cls(f"INSERT INTO {table.name} ({', '.join(keys)}) VALUES "  # noqa: S608 - column names only
+                   f"({', '.join(':' + prefix + k for k in keys)})",
+                   tuple((prefix + k, table.c[k].type) for k in keys))
+
+
+_TOGETHER: dict[tuple[InsertPart, ...], TextClause] = {}
+
+
+def insert_together(conn, parts: list[tuple[InsertPart, dict]]) -> None:
+    """Run several INSERTs on ``conn``. On PostgreSQL as one statement — all but the last as data-modifying CTEs
+    (``WITH i0 AS (INSERT …), i1 AS (INSERT …) INSERT …``), which PostgreSQL runs exactly once each, to completion:
+    one round trip instead of one per INSERT, and atomic on its own, so that on a connection in autocommit the
+    rows commit together without the ``BEGIN`` and ``COMMIT`` round trips of a transaction. Elsewhere one after the
+    other, in ``conn``'s transaction. The statement is built once per combination of parts (they are constants
+    of their modules)."""
+    key = tuple(p for p, _ in parts)
+    if conn.dialect.name != "postgresql":
+        for part, params in parts:
+            conn.execute(_statement((part,)), params)
+        return
+    merged: dict = {}
+    for _part, params in parts:
+        merged.update(params)
+    conn.execute(_statement(key), merged)
+
+
+def _statement(key: tuple[InsertPart, ...]) -> TextClause:
+    stmt = _TOGETHER.get(key)
+    if stmt is None:
+        *ctes, last = key
+        sql = last.sql
+        if ctes:
+            sql = "WITH " + ", ".join(f"i{n} AS ({p.sql})" for n, p in enumerate(ctes)) + " " + sql
+        stmt = text(sql).bindparams(*[bindparam(name, type_=t) for p in key for name, t in p.types])
+        _TOGETHER[key] = stmt
+    return stmt

@@ -32,6 +32,7 @@ from sqlalchemy import bindparam, delete, select
 
 from idp import passwords
 from idp.accounts import ADMIN_ROLES, ROLES, InvalidEmail, parse_email, parse_username
+from idp.db import InsertPart, insert_together
 from idp.models import PasswordResetToken, User
 
 log = logging.getLogger("idhub.lifecycle")
@@ -320,11 +321,30 @@ def write(db, actor: Actor, user: User, *, hasher, clock: Callable, new: bool = 
 _INSERT_USER = User.__table__.insert()
 
 
-def insert_new(db, user: User) -> None:
+def insert_new(db, user: User, along: list[tuple[InsertPart, dict]] | None = None) -> None:
     """Store a new account that ``write(..., new=True)`` set: one prebuilt Core INSERT of every column on the
     session's connection, in its transaction, instead of a unit-of-work flush for one row. The column defaults
     the object lacks are set on it first, as a flush would set them; the object is not added to the session
-    (nothing else writes it). An ``IntegrityError`` (a unique key taken) propagates: the caller rolls back."""
+    (nothing else writes it). An ``IntegrityError`` (a unique key taken) propagates: the caller rolls back.
+
+    ``along``: INSERTs of rows that belong with the account (its index rows, its audit event), written after it
+    in the same statement on PostgreSQL (``idp.db.insert_together``: one round trip, atomic by itself)."""
+    values = new_user_row(user)
+    if along is None:
+        db.connection().execute(_INSERT_USER, values)
+        return
+    keys = tuple(values)
+    part = _USER_PARTS.get(keys)
+    if part is None:
+        part = _USER_PARTS[keys] = InsertPart.values(User.__table__, keys, "u_")
+    insert_together(db.connection(), [(part, {"u_" + k: v for k, v in values.items()}), *along])
+
+
+_USER_PARTS: dict[tuple[str, ...], InsertPart] = {}
+
+
+def new_user_row(user: User) -> dict:
+    """The column values of a new account (``insert_new``), the missing defaults set on ``user`` too."""
     state = user.__dict__
     values = {}
     for col in User.__table__.columns:
@@ -343,7 +363,7 @@ def insert_new(db, user: User) -> None:
                 raise ValueError(f"unsupported default of users.{col.key}")
             setattr(user, col.key, value)
         values[col.key] = value
-    db.connection().execute(_INSERT_USER, values)
+    return values
 
 
 @dataclass
@@ -366,9 +386,28 @@ class AccountService:
     def write(self, db, actor: Actor, user: User, **changes) -> Change:
         return write(db, actor, user, hasher=self.hub.hasher, clock=self.hub.clock, **changes)
 
-    def insert(self, db, user: User) -> None:
-        """Store a new account set by ``write(..., new=True)`` (``insert_new``), in the caller's transaction."""
-        insert_new(db, user)
+    def insert(self, db, user: User, *, along: list[tuple[InsertPart, dict]] | None = None,
+               record: tuple | None = None) -> None:
+        """Store a new account set by ``write(..., new=True)`` (``insert_new``), in the caller's transaction, with
+        the ``along`` rows after it. ``record``: ``(actor, verb, kwargs of record)``, its audit event, appended last
+        — on PostgreSQL with the account and ``along`` as one statement (one round trip, atomic by itself: the
+        caller may hold an autocommit connection), else by ``record(..., connection=)`` in the transaction."""
+        conn = db.connection()
+        audit = self.hub.audit
+        if record is None or audit.inline or conn.dialect.name != "postgresql":
+            if along:
+                insert_new(db, user)
+                insert_together(conn, along)
+            else:
+                insert_new(db, user)
+            if record is not None:
+                actor, verb, kw = record
+                self.record(actor, user.workspace_id, verb, user.id, connection=conn, **kw)
+            return
+        actor, verb, kw = record
+        ev = audit.prepare(**self._event_args(actor, user.workspace_id, verb, user.id, **kw))
+        insert_new(db, user, [*(along or ()), (audit.insert_part, audit.insert_params(ev))])
+        audit.appended(ev)
 
     def create(self, db, actor: Actor, workspace_id: str, *, email, role: str = "member", **changes) -> User:
         """A new account in ``db`` (flushed, so it has its id; the unique address is checked by the flush)."""
@@ -382,12 +421,17 @@ class AccountService:
     def record(self, actor: Actor, workspace_id: str, verb: str, user_id: str | None, *, connection=None,
                event: str | None = None, **data) -> None:
         """One audit event per change, naming the channel (``data.channel``); ``event`` overrides the type."""
-        extra = {"via": actor.via} if actor.via else {}
-        self.hub.audit.record(event or f"{EVENT_PREFIX[actor.channel]}.{verb}", workspace_id=workspace_id,
-                              actor_id=actor.actor_id, actor_email=actor.audit_name, subject_id=user_id,
-                              ip=actor.ip, user_agent=(actor.user_agent or "")[:512] or None,
-                              request_id=actor.request_id, data={"channel": actor.label, **extra, **data},
+        self.hub.audit.record(**self._event_args(actor, workspace_id, verb, user_id, event=event, **data),
                               **({"connection": connection} if connection is not None else {}))
+
+    @staticmethod
+    def _event_args(actor: Actor, workspace_id: str, verb: str, user_id: str | None, *, event: str | None = None,
+                    **data) -> dict:
+        extra = {"via": actor.via} if actor.via else {}
+        return dict(type=event or f"{EVENT_PREFIX[actor.channel]}.{verb}", workspace_id=workspace_id,
+                    actor_id=actor.actor_id, actor_email=actor.audit_name, subject_id=user_id, ip=actor.ip,
+                    user_agent=(actor.user_agent or "")[:512] or None, request_id=actor.request_id,
+                    data={"channel": actor.label, **extra, **data})
 
     # ---- deprovisioning --------------------------------------------------------------------------------------
     def end_sessions(self, workspace_id: str, user_id: str, reason: str) -> int:

@@ -40,9 +40,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
 from idp.accounts import SLUG_RE, InvalidEmail, clean_email
+from idp.db import InsertPart
 from idp.invalidation import SCIM_TOKENS, generation
 from idp.lifecycle import KEEP, PROTECTED, AccountError, Actor, check_allowed, is_privileged
-from idp.models import Group, GroupMember, User, Workspace, utcnow
+from idp.models import Group, GroupMember, User, Workspace, new_id, utcnow
 from scim import errors as E
 from scim.config import hash_token, same_hash
 from scim.filters import (
@@ -273,6 +274,13 @@ _INSERT_VALUES_PG = text(
     "SELECT * FROM unnest(CAST(:owner_id AS varchar[]), CAST(:attr AS varchar[]), CAST(:idx AS integer[]), "
     "CAST(:sub AS varchar[]), CAST(:value AS varchar[]), CAST(:folded AS varchar[]))")
 _VALUE_COLUMNS = ("owner_id", "attr", "idx", "sub", "value", "folded")
+# The same rows as a part of a new user's one statement (idp.db.insert_together): the arrays as ``v_<column>``.
+_VALUES_PART = InsertPart(
+    "INSERT INTO scim_values (owner_id, attr, idx, sub, value, folded) "
+    "SELECT * FROM unnest(CAST(:v_owner_id AS varchar[]), CAST(:v_attr AS varchar[]), CAST(:v_idx AS integer[]), "
+    "CAST(:v_sub AS varchar[]), CAST(:v_value AS varchar[]), CAST(:v_folded AS varchar[]))")
+# elsewhere: the INSERT of one row, executed for each (its parameters are the list of rows)
+_VALUES_ROW_PART = InsertPart.values(ScimValue.__table__, _VALUE_COLUMNS, "")
 _DELETE_VALUES = ScimValue.__table__.delete().where(ScimValue.__table__.c.owner_id == bindparam("owner"))
 
 # ---- the service ----------------------------------------------------------------------------------------------
@@ -317,8 +325,11 @@ class ScimService:
             token = _REQUEST_DB.set(db)
             try:
                 fast = _is_listing(req)
-                if fast:
-                    # A listing is a single read: autocommit spares the BEGIN and ROLLBACK round trips.
+                if fast or (req.method == "POST" and req.path.strip("/") == "Users"
+                            and db.get_bind().dialect.name == "postgresql" and not self.hub.audit.inline):
+                    # A listing is a single read: autocommit spares the BEGIN and ROLLBACK round trips. A user's
+                    # create reads (the token, the rules' checks) and then writes in one statement, atomic by
+                    # itself (``_create_user``): no BEGIN and COMMIT round trips either.
                     db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
                 caller = self.authenticate(ws_slug, req, cached=fast)
                 return self.dispatch(caller, req)
@@ -1099,22 +1110,25 @@ class ScimService:
     def _create_user(self, caller: Caller, data: dict, query: dict) -> ScimResponse:
         actor = caller.as_actor()
         with self._db() as db:
-            user = User(workspace_id=caller.workspace_id, email="", email_normalized="", role="member", active=True,
-                        created_at=utcnow())
+            user = User(id=new_id(), workspace_id=caller.workspace_id, email="", email_normalized="", role="member",
+                        active=True, created_at=utcnow())
             done = self._apply_user(db, actor, user, data, new=True)
+            body = render_user(user, [], self.base(caller.workspace_slug))  # a new user is in no group
+            changed = sorted(k for k in body if k not in ("schemas", "id", "meta", "groups"))
+            rows = self._value_rows(user)
+            along = []
+            if rows:
+                along.append((_VALUES_PART, {"v_" + c: [r[c] for r in rows] for c in _VALUE_COLUMNS})
+                             if db.connection().dialect.name == "postgresql" else (_VALUES_ROW_PART, rows))
+            # The user, its scim_values rows and its audit event together: on PostgreSQL one statement (the
+            # request's connection is in autocommit: no BEGIN and COMMIT round trips), else in the create's own
+            # transaction, the event last (with inline sealing it locks the chain's head until the commit).
+            record = (actor, "created", {"changed": changed + (["password"] if done.password_set else [])})
             try:  # the unique constraint decides (no SELECT first)
-                self.hub.accounts.insert(db, user)  # one Core INSERT, not a flush
+                self.hub.accounts.insert(db, user, along=along, record=record)  # Core INSERTs, not a flush
             except IntegrityError:
                 db.rollback()
                 raise E.Uniqueness("userName is already in use in this workspace") from None
-            self._index_user(db, user, new=True)
-            body = render_user(user, [], self.base(caller.workspace_slug))  # a new user is in no group
-            changed = sorted(k for k in body if k not in ("schemas", "id", "meta", "groups"))
-            # In the create's own transaction, last (it locks the chain's head until the commit): the user and
-            # its audit event are committed together, with one commit instead of two.
-            self.hub.accounts.record(actor, caller.workspace_id, "created", user.id,
-                                     changed=changed + (["password"] if done.password_set else []),
-                                     connection=db.connection())
             self._commit(db, "userName")
         return self._respond(201, USER, body, query, {"Location": body["meta"]["location"]})
 
@@ -1150,6 +1164,17 @@ class ScimService:
         conn = db.connection()
         if not new:
             conn.execute(_DELETE_VALUES, {"owner": user.id})
+        rows = self._value_rows(user)
+        if not rows:
+            return
+        if conn.dialect.name == "postgresql":
+            conn.execute(_INSERT_VALUES_PG, {c: [r[c] for r in rows] for c in _VALUE_COLUMNS})
+        else:
+            conn.execute(_INSERT_VALUES, rows)
+
+    @staticmethod
+    def _value_rows(user: User) -> list[dict]:
+        """The user's ``scim_values`` rows (what filters on multi-valued and extension attributes search)."""
         rows: list[dict] = []
         scim = user.scim or {}
         owner = user.id
@@ -1183,12 +1208,7 @@ class ScimService:
         walk(USER.attrs, scim, "")
         for uri, attrs in USER.extensions.items():
             walk(attrs, scim.get(uri) or {}, f"{uri}:")
-        if not rows:
-            return
-        if conn.dialect.name == "postgresql":
-            conn.execute(_INSERT_VALUES_PG, {c: [r[c] for r in rows] for c in _VALUE_COLUMNS})
-        else:
-            conn.execute(_INSERT_VALUES, rows)
+        return rows
 
     # -- groups
     def _create_group(self, caller: Caller, data: dict, query: dict) -> ScimResponse:
