@@ -147,10 +147,13 @@ _UNSEALED = (select(_E.id, *[_E[c] for c in _CONTENT], _E.mac)
              .where(_E.chain == bindparam("c"), _E.seq.is_(None)).order_by(_E.id).limit(bindparam("n")))
 _SEAL_ROW = (update(AuditEvent.__table__).where(_E.id == bindparam("_id"), _E.seq.is_(None))
              .values(seq=bindparam("_seq"), prev_hash=bindparam("_prev"), hash=bindparam("_hash")))
+# PostgreSQL: the batch's rows and the head in one statement (one round trip; the rows' UPDATE as a CTE, which
+# PostgreSQL runs exactly once, to completion, whether or not the head's UPDATE reads it)
 _SEAL_ROWS_PG = text(
-    "UPDATE audit_events AS e SET seq = v.seq, prev_hash = v.prev, hash = v.hash "
+    "WITH sealed AS (UPDATE audit_events AS e SET seq = v.seq, prev_hash = v.prev, hash = v.hash "
     "FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS bigint[]), CAST(:prevs AS varchar[]), "
-    "CAST(:hashes AS varchar[])) AS v(id, seq, prev, hash) WHERE e.id = v.id AND e.seq IS NULL")
+    "CAST(:hashes AS varchar[])) AS v(id, seq, prev, hash) WHERE e.id = v.id AND e.seq IS NULL) "
+    "UPDATE audit_chain_heads SET seq = :s, hash = :h WHERE chain = :c")
 _SET_HEAD = update(AuditChainHead.__table__).where(_H.chain == bindparam("c")).values(
     seq=bindparam("s"), hash=bindparam("h"))
 # One unsealed event appended on PostgreSQL outside a caller's transaction (the token endpoint's group commit mostly
@@ -499,7 +502,7 @@ class AuditLog:
         sealer chains it, as after ``record``."""
         if self.inline:
             raise RuntimeError("inline sealing appends through record(..., connection=)")
-        self.wake()
+        self.wake((ev.chain,))
 
     def _event(self, type: str, workspace_id: str | None, data: dict, **kw) -> RecordedEvent:
         key = self.keys.current
@@ -659,13 +662,13 @@ class AuditLog:
                 ev.seq, ev.prev_hash, ev.hash = seq, prev, h
             prev = h
         if params:
-            if conn.dialect.name == "postgresql":  # one statement for the batch
+            if conn.dialect.name == "postgresql":  # one statement for the batch and the head
                 conn.execute(_SEAL_ROWS_PG, {"ids": [p["_id"] for p in params], "seqs": [p["_seq"] for p in params],
                                              "prevs": [p["_prev"] for p in params],
-                                             "hashes": [p["_hash"] for p in params]})
+                                             "hashes": [p["_hash"] for p in params], "c": chain, "s": seq, "h": prev})
             else:
                 conn.execute(_SEAL_ROW, params)
-            conn.execute(_SET_HEAD, {"c": chain, "s": seq, "h": prev})
+                conn.execute(_SET_HEAD, {"c": chain, "s": seq, "h": prev})
         return len(params)
 
     def _append_sealed(self, conn, chain: str, type: str, workspace_id: str | None, data: dict) -> RecordedEvent:
