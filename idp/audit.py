@@ -63,7 +63,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from idp.db import Base, read_engine
+from idp.db import Base, InsertPart, read_engine
 from idp.models import UTCDateTime
 
 log = logging.getLogger("idhub.audit")
@@ -147,10 +147,13 @@ _UNSEALED = (select(_E.id, *[_E[c] for c in _CONTENT], _E.mac)
              .where(_E.chain == bindparam("c"), _E.seq.is_(None)).order_by(_E.id).limit(bindparam("n")))
 _SEAL_ROW = (update(AuditEvent.__table__).where(_E.id == bindparam("_id"), _E.seq.is_(None))
              .values(seq=bindparam("_seq"), prev_hash=bindparam("_prev"), hash=bindparam("_hash")))
+# PostgreSQL: the batch's rows and the head in one statement (one round trip; the rows' UPDATE as a CTE, which
+# PostgreSQL runs exactly once, to completion, whether or not the head's UPDATE reads it)
 _SEAL_ROWS_PG = text(
-    "UPDATE audit_events AS e SET seq = v.seq, prev_hash = v.prev, hash = v.hash "
+    "WITH sealed AS (UPDATE audit_events AS e SET seq = v.seq, prev_hash = v.prev, hash = v.hash "
     "FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS bigint[]), CAST(:prevs AS varchar[]), "
-    "CAST(:hashes AS varchar[])) AS v(id, seq, prev, hash) WHERE e.id = v.id AND e.seq IS NULL")
+    "CAST(:hashes AS varchar[])) AS v(id, seq, prev, hash) WHERE e.id = v.id AND e.seq IS NULL) "
+    "UPDATE audit_chain_heads SET seq = :s, hash = :h WHERE chain = :c")
 # the head locked (a no-op write: SQLite takes its writer lock, PostgreSQL the row lock) and read, with whether the
 # chain has unsealed rows: the inline append's first statement (AuditLog._insert_sealed)
 _LOCK_HEAD_UNSEALED = (
@@ -462,14 +465,8 @@ class AuditLog:
         ``Connection``, e.g. a session's ``db.connection()``), so that the change and its event commit together.
         No lock is taken (with ``seal="inline"``, the chain's head stays locked to that commit: call it last).
         """
-        if not isinstance(type, str) or len(type) > 64 or not TYPE_RE.match(type):
-            raise ValueError(f"invalid audit event type {type!r}")
-        # Round-trip through JSON so that what is MACed is exactly what the database gives back.
-        clean = json.loads(json.dumps(redact(data or {}), default=str))
-        ev = self._event(type, workspace_id, clean, actor_id=_clip("actor_id", actor_id),
-                         actor_email=_clip("actor_email", actor_email), subject_id=_clip("subject_id", subject_id),
-                         ip=_clip("ip", ip), user_agent=_clip("user_agent", user_agent),
-                         request_id=_clip("request_id", request_id))
+        ev = self.prepare(type, workspace_id=workspace_id, actor_id=actor_id, actor_email=actor_email,
+                          subject_id=subject_id, ip=ip, user_agent=user_agent, request_id=request_id, data=data)
         if connection is not None:
             self._insert(connection, [ev])
             if self.inline:
@@ -483,6 +480,36 @@ class AuditLog:
             return ev
         self._append([ev])
         return ev
+
+    def prepare(self, type: str, *, workspace_id: str | None = None, actor_id: str | None = None,
+                actor_email: str | None = None, subject_id: str | None = None, ip: str | None = None,
+                user_agent: str | None = None, request_id: str | None = None, data: dict | None = None
+                ) -> RecordedEvent:
+        """The event ``record`` appends (checked, secrets redacted, MACed), not written yet: for a caller that
+        writes it in a statement of its own (``insert_part``/``insert_params``, then ``appended``)."""
+        if not isinstance(type, str) or len(type) > 64 or not TYPE_RE.match(type):
+            raise ValueError(f"invalid audit event type {type!r}")
+        # Round-trip through JSON so that what is MACed is exactly what the database gives back.
+        clean = json.loads(json.dumps(redact(data or {}), default=str))
+        return self._event(type, workspace_id, clean, actor_id=_clip("actor_id", actor_id),
+                           actor_email=_clip("actor_email", actor_email), subject_id=_clip("subject_id", subject_id),
+                           ip=_clip("ip", ip), user_agent=_clip("user_agent", user_agent),
+                           request_id=_clip("request_id", request_id))
+
+    # The INSERT of one prepared event, as a part of a caller's statement (``idp.db.insert_together``); only for
+    # ``seal="background"`` (inline sealing appends through ``record(..., connection=)``).
+    insert_part = InsertPart.values(AuditEvent.__table__, _COLUMNS, "a_")
+
+    @staticmethod
+    def insert_params(ev: RecordedEvent) -> dict:
+        return {"a_" + c: getattr(ev, c) for c in _COLUMNS}
+
+    def appended(self, ev: RecordedEvent) -> None:
+        """A prepared event was written by its caller's statement (durable at that statement's commit): the
+        sealer chains it, as after ``record``."""
+        if self.inline:
+            raise RuntimeError("inline sealing appends through record(..., connection=)")
+        self.wake((ev.chain,))
 
     def _event(self, type: str, workspace_id: str | None, data: dict, **kw) -> RecordedEvent:
         key = self.keys.current
@@ -669,13 +696,13 @@ class AuditLog:
                 ev.seq, ev.prev_hash, ev.hash = seq, prev, h
             prev = h
         if params:
-            if conn.dialect.name == "postgresql":  # one statement for the batch
+            if conn.dialect.name == "postgresql":  # one statement for the batch and the head
                 conn.execute(_SEAL_ROWS_PG, {"ids": [p["_id"] for p in params], "seqs": [p["_seq"] for p in params],
                                              "prevs": [p["_prev"] for p in params],
-                                             "hashes": [p["_hash"] for p in params]})
+                                             "hashes": [p["_hash"] for p in params], "c": chain, "s": seq, "h": prev})
             else:
                 conn.execute(_SEAL_ROW, params)
-            conn.execute(_SET_HEAD, {"c": chain, "s": seq, "h": prev})
+                conn.execute(_SET_HEAD, {"c": chain, "s": seq, "h": prev})
         return len(params)
 
     def _append_sealed(self, conn, chain: str, type: str, workspace_id: str | None, data: dict) -> RecordedEvent:

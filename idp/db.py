@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import MetaData, create_engine, event, exc
+from sqlalchemy import MetaData, bindparam, create_engine, event, exc, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
+from sqlalchemy.sql.elements import TextClause
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -86,3 +89,93 @@ def read_engine(engine: Engine) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@dataclass(frozen=True)
+class InsertPart:
+    """One INSERT for ``insert_together``: ``INSERT INTO t (columns)`` and the SELECT of its rows (no WHERE, so
+    that a guarded statement can add one), with named parameters (names unique across the parts of one statement)
+    and the types of those parameters (their bind processors apply: JSON, ``UTCDateTime`` …)."""
+
+    into: str
+    rows: str
+    types: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def sql(self) -> str:
+        return f"{self.into} {self.rows}"
+
+    @classmethod
+    def values(cls, table, keys, prefix: str) -> InsertPart:
+        """One row: ``INSERT INTO table (keys) SELECT :<prefix><key> …``, typed by the table's columns (PostgreSQL
+        gives the parameters of an INSERT … SELECT the target columns' types, as with VALUES)."""
+        keys = list(keys)
+        return cls(f"INSERT INTO {table.name} ({', '.join(keys)})",
+                   f"SELECT {', '.join(':' + prefix + k for k in keys)}",  # noqa: S608 - column names only
+                   tuple((prefix + k, table.c[k].type) for k in keys))
+
+
+_TOGETHER: dict[tuple, TextClause] = {}
+
+
+def insert_together(conn, parts: list[tuple[InsertPart, dict]],
+                    guards: list[tuple[str, dict]] | None = None) -> list[bool] | None:
+    """Run several INSERTs on ``conn``. On PostgreSQL as one statement — all but the last as data-modifying CTEs
+    (``WITH i0 AS (INSERT …), i1 AS (INSERT …) INSERT …``), which PostgreSQL runs exactly once each, to completion:
+    one round trip instead of one per INSERT, and atomic on its own, so that on a connection in autocommit the
+    rows commit together without the ``BEGIN`` and ``COMMIT`` round trips of a transaction. Elsewhere one after the
+    other, in ``conn``'s transaction. The statement is built once per combination of parts (they are constants
+    of their modules).
+
+    ``guards``: conditions (SQL that is true or false, and its parameters) evaluated in the same statement, on its
+    snapshot, before anything is written: the first part is inserted only if all of them hold, the others only
+    with it (``WHERE EXISTS`` on its ``RETURNING``). Returns each guard's value (nothing was written unless all are
+    true); None without guards. Elsewhere than PostgreSQL the guards are read first, in ``conn``'s transaction."""
+    if conn.dialect.name != "postgresql":
+        if guards:
+            held = [bool(conn.execute(text("SELECT " + sql), params).scalar()) for sql, params in guards]
+            if not all(held):
+                return held
+        for part, params in parts:
+            conn.execute(_statement((part,)), params)
+        return [True] * len(guards) if guards else None
+    merged: dict = {}
+    for _part, params in parts:
+        merged.update(params)
+    if not guards:
+        conn.execute(_statement(tuple(p for p, _ in parts)), merged)
+        return None
+    for _sql, params in guards:
+        merged.update(params)
+    row = conn.execute(_guarded(tuple(p for p, _ in parts), tuple(sql for sql, _ in guards)), merged).one()
+    return [bool(v) for v in row]
+
+
+def _statement(key: tuple[InsertPart, ...]) -> TextClause:
+    stmt = _TOGETHER.get(key)
+    if stmt is None:
+        *ctes, last = key
+        sql = last.sql
+        if ctes:
+            sql = "WITH " + ", ".join(f"i{n} AS ({p.sql})" for n, p in enumerate(ctes)) + " " + sql
+        stmt = text(sql).bindparams(*[bindparam(name, type_=t) for p in key for name, t in p.types])
+        _TOGETHER[key] = stmt
+    return stmt
+
+
+def _guarded(parts: tuple[InsertPart, ...], guards: tuple[str, ...]) -> TextClause:
+    """``WITH g AS (SELECT <guard> AS g0, …), i0 AS (INSERT … SELECT … WHERE <all of g> RETURNING 1),
+    i1 AS (INSERT … SELECT … WHERE EXISTS (SELECT FROM i0)), … SELECT g0, … FROM g``."""
+    key = (parts, guards)
+    stmt = _TOGETHER.get(key)
+    if stmt is None:
+        names = [f"g{n}" for n in range(len(guards))]
+        ctes = ["g AS (SELECT " + ", ".join(f"{sql} AS {name}" for sql, name in zip(guards, names, strict=True)) + ")"]
+        for n, p in enumerate(parts):
+            # (the SQL here is the callers' constants and generated names, never input)
+            cond = f"(SELECT {' AND '.join(names)} FROM g)" if n == 0 else "EXISTS (SELECT FROM i0)"  # noqa: S608
+            ctes.append(f"i{n} AS ({p.sql} WHERE {cond}{' RETURNING 1' if n == 0 else ''})")
+        sql = "WITH " + ", ".join(ctes) + f" SELECT {', '.join(names)} FROM g"  # noqa: S608
+        stmt = text(sql).bindparams(*[bindparam(name, type_=t) for p in parts for name, t in p.types])
+        _TOGETHER[key] = stmt
+    return stmt

@@ -32,6 +32,7 @@ from sqlalchemy import bindparam, delete, select
 
 from idp import passwords
 from idp.accounts import ADMIN_ROLES, ROLES, InvalidEmail, parse_email, parse_username
+from idp.db import InsertPart, insert_together
 from idp.models import PasswordResetToken, User
 
 log = logging.getLogger("idhub.lifecycle")
@@ -178,6 +179,32 @@ _TAKEN = {col.key: select(_U.id).where(_U.workspace_id == bindparam("w"), col ==
           for col in (_U.email_normalized, _U.username_normalized)}
 
 
+# the same checks as conditions of a new account's INSERT (``write(..., guards=)``, ``insert_new``): true when free
+_FREE = {(col.key, what): f"NOT EXISTS (SELECT 1 FROM users WHERE workspace_id = :{what}_w AND {col.name} = "  # noqa: S608
+                          f":{what}_k)"
+         for col, what in ((_U.username_normalized, "email_as_username"), (_U.email_normalized, "username_as_email"),
+                           (_U.username_normalized, "username"))}
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A rule's check that the new account's INSERT runs in its own statement (``insert_new``): SQL that is true
+    when the account may be written, its parameters, and the refusal when it is false."""
+
+    sql: str
+    params: dict
+    error: Exception
+
+
+def _check_taken(db, user: User, column, key: str, what: str, error: AccountError, guards: list | None) -> None:
+    """Raise ``error`` if ``key`` is another user's (``column``); with ``guards`` (a new account written by
+    ``insert_new``), append the check to them instead: the INSERT's statement makes it, no round trip of its own."""
+    if guards is not None:
+        guards.append(Guard(_FREE[(column.key, what)], {f"{what}_w": user.workspace_id, f"{what}_k": key}, error))
+    elif _taken(db, user, column, key):
+        raise error
+
+
 def _taken(db, user: User, column, key: str) -> bool:
     if db.autoflush:  # what an ORM query would do first: the session's pending users are seen (``idhub apply``)
         db.flush()
@@ -194,14 +221,18 @@ def password_errors(password, email: str | None) -> str | None:
 
 def write(db, actor: Actor, user: User, *, hasher, clock: Callable, new: bool = False, email=KEEP, name=KEEP,
           role=KEEP, active=KEEP, password=KEEP, password_hash=KEEP, reset_required=KEEP, verified_via=KEEP,
-          profile: dict | None = None, username=KEEP) -> Change:
+          profile: dict | None = None, username=KEEP, guards: list | None = None) -> Change:
     """Set attributes of ``user`` (a ``User`` in ``db``; ``new``: not stored yet) in the caller's transaction,
     after every rule passed; nothing is set when one fails. The caller commits; ``Change`` says what changed.
 
     ``email=None`` removes the address (a SCIM user whose client sent none: they sign in with their username and
     get no mail); ``username``: a userName that is not the address (None: the userName is the address). A
     username that is the user's own address is stored as None. Sign-in finds a user by either
-    (``idp.accounts.identifier_matches``), so neither may be another user's address or username."""
+    (``idp.accounts.identifier_matches``), so neither may be another user's address or username.
+
+    ``guards`` (a list; new accounts only): the checks that read other users ("taken") are appended to it as
+    ``Guard``s instead of being made here; the caller passes them to ``AccountService.insert``, whose statement
+    makes them before it writes, in the order they were met here."""
     change = Change()
     key = clean = None
     if email is None:
@@ -244,15 +275,16 @@ def write(db, actor: Actor, user: User, *, hasher, clock: Callable, new: bool = 
         why = password_errors(password, clean or user.email)
         if why:
             raise AccountError("invalid", "password", f"does not meet the password rules: {why}")
-    if "email" in wanted and key is not None and key != user.email_normalized \
-            and _taken(db, user, User.username_normalized, key):
-        raise AccountError("uniqueness", "email", "this e-mail address is another user's username in this workspace")
+    if guards is not None and not new:
+        raise ValueError("guards are for a new account's INSERT")
+    if "email" in wanted and key is not None and key != user.email_normalized:
+        _check_taken(db, user, User.username_normalized, key, "email_as_username", AccountError(
+            "uniqueness", "email", "this e-mail address is another user's username in this workspace"), guards)
     if "username" in wanted and ukey is not None:
-        if _taken(db, user, User.email_normalized, ukey):
-            raise AccountError("uniqueness", "userName", "this userName is another user's e-mail address in this "
-                               "workspace")
-        if _taken(db, user, User.username_normalized, ukey):
-            raise AccountError("uniqueness", "userName", "this userName is already in use in this workspace")
+        _check_taken(db, user, User.email_normalized, ukey, "username_as_email", AccountError(
+            "uniqueness", "userName", "this userName is another user's e-mail address in this workspace"), guards)
+        _check_taken(db, user, User.username_normalized, ukey, "username", AccountError(
+            "uniqueness", "userName", "this userName is already in use in this workspace"), guards)
     if "email" in wanted and key != user.email_normalized:
         if not new and key is not None:
             taken = db.scalar(select(User.id).where(User.workspace_id == user.workspace_id,
@@ -320,11 +352,37 @@ def write(db, actor: Actor, user: User, *, hasher, clock: Callable, new: bool = 
 _INSERT_USER = User.__table__.insert()
 
 
-def insert_new(db, user: User) -> None:
+def insert_new(db, user: User, along: list[tuple[InsertPart, dict]] | None = None,
+               guards: list[Guard] | None = None) -> None:
     """Store a new account that ``write(..., new=True)`` set: one prebuilt Core INSERT of every column on the
     session's connection, in its transaction, instead of a unit-of-work flush for one row. The column defaults
     the object lacks are set on it first, as a flush would set them; the object is not added to the session
-    (nothing else writes it). An ``IntegrityError`` (a unique key taken) propagates: the caller rolls back."""
+    (nothing else writes it). An ``IntegrityError`` (a unique key taken) propagates: the caller rolls back.
+
+    ``along``: INSERTs of rows that belong with the account (its index rows, its audit event), written after it
+    in the same statement on PostgreSQL (``idp.db.insert_together``: one round trip, atomic by itself).
+    ``guards`` (from ``write``): checked by that statement before it writes; the first that fails is raised, and
+    nothing was written."""
+    values = new_user_row(user)
+    if along is None and not guards:
+        db.connection().execute(_INSERT_USER, values)
+        return
+    keys = tuple(values)
+    part = _USER_PARTS.get(keys)
+    if part is None:
+        part = _USER_PARTS[keys] = InsertPart.values(User.__table__, keys, "u_")
+    held = insert_together(db.connection(), [(part, {"u_" + k: v for k, v in values.items()}), *(along or ())],
+                           [(g.sql, g.params) for g in guards] if guards else None)
+    for g, ok in zip(guards or (), held or (), strict=True):
+        if not ok:
+            raise g.error
+
+
+_USER_PARTS: dict[tuple[str, ...], InsertPart] = {}
+
+
+def new_user_row(user: User) -> dict:
+    """The column values of a new account (``insert_new``), the missing defaults set on ``user`` too."""
     state = user.__dict__
     values = {}
     for col in User.__table__.columns:
@@ -343,7 +401,7 @@ def insert_new(db, user: User) -> None:
                 raise ValueError(f"unsupported default of users.{col.key}")
             setattr(user, col.key, value)
         values[col.key] = value
-    db.connection().execute(_INSERT_USER, values)
+    return values
 
 
 @dataclass
@@ -366,9 +424,28 @@ class AccountService:
     def write(self, db, actor: Actor, user: User, **changes) -> Change:
         return write(db, actor, user, hasher=self.hub.hasher, clock=self.hub.clock, **changes)
 
-    def insert(self, db, user: User) -> None:
-        """Store a new account set by ``write(..., new=True)`` (``insert_new``), in the caller's transaction."""
-        insert_new(db, user)
+    def insert(self, db, user: User, *, along: list[tuple[InsertPart, dict]] | None = None,
+               record: tuple | None = None, guards: list[Guard] | None = None) -> None:
+        """Store a new account set by ``write(..., new=True)`` (``insert_new``), in the caller's transaction, with
+        the ``along`` rows after it. ``record``: ``(actor, verb, kwargs of record)``, its audit event, appended last
+        — on PostgreSQL with the account and ``along`` as one statement (one round trip, atomic by itself: the
+        caller may hold an autocommit connection), else by ``record(..., connection=)`` in the transaction.
+        ``guards``: ``write``'s deferred checks, made first (``insert_new``); a failed one is raised, nothing
+        written."""
+        conn = db.connection()
+        audit = self.hub.audit
+        if record is None or audit.inline or conn.dialect.name != "postgresql":
+            insert_new(db, user, guards=guards)
+            if along:
+                insert_together(conn, along)
+            if record is not None:
+                actor, verb, kw = record
+                self.record(actor, user.workspace_id, verb, user.id, connection=conn, **kw)
+            return
+        actor, verb, kw = record
+        ev = audit.prepare(**self._event_args(actor, user.workspace_id, verb, user.id, **kw))
+        insert_new(db, user, [*(along or ()), (audit.insert_part, audit.insert_params(ev))], guards)
+        audit.appended(ev)
 
     def create(self, db, actor: Actor, workspace_id: str, *, email, role: str = "member", **changes) -> User:
         """A new account in ``db`` (flushed, so it has its id; the unique address is checked by the flush)."""
@@ -382,12 +459,17 @@ class AccountService:
     def record(self, actor: Actor, workspace_id: str, verb: str, user_id: str | None, *, connection=None,
                event: str | None = None, **data) -> None:
         """One audit event per change, naming the channel (``data.channel``); ``event`` overrides the type."""
-        extra = {"via": actor.via} if actor.via else {}
-        self.hub.audit.record(event or f"{EVENT_PREFIX[actor.channel]}.{verb}", workspace_id=workspace_id,
-                              actor_id=actor.actor_id, actor_email=actor.audit_name, subject_id=user_id,
-                              ip=actor.ip, user_agent=(actor.user_agent or "")[:512] or None,
-                              request_id=actor.request_id, data={"channel": actor.label, **extra, **data},
+        self.hub.audit.record(**self._event_args(actor, workspace_id, verb, user_id, event=event, **data),
                               **({"connection": connection} if connection is not None else {}))
+
+    @staticmethod
+    def _event_args(actor: Actor, workspace_id: str, verb: str, user_id: str | None, *, event: str | None = None,
+                    **data) -> dict:
+        extra = {"via": actor.via} if actor.via else {}
+        return dict(type=event or f"{EVENT_PREFIX[actor.channel]}.{verb}", workspace_id=workspace_id,
+                    actor_id=actor.actor_id, actor_email=actor.audit_name, subject_id=user_id, ip=actor.ip,
+                    user_agent=(actor.user_agent or "")[:512] or None, request_id=actor.request_id,
+                    data={"channel": actor.label, **extra, **data})
 
     # ---- deprovisioning --------------------------------------------------------------------------------------
     def end_sessions(self, workspace_id: str, user_id: str, reason: str) -> int:

@@ -40,9 +40,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
 from idp.accounts import SLUG_RE, InvalidEmail, clean_email
+from idp.db import InsertPart
 from idp.invalidation import SCIM_TOKENS, generation
-from idp.lifecycle import KEEP, PROTECTED, AccountError, Actor, check_allowed, is_privileged
-from idp.models import Group, GroupMember, User, Workspace, utcnow
+from idp.lifecycle import KEEP, PROTECTED, AccountError, Actor, Guard, check_allowed, is_privileged
+from idp.models import Group, GroupMember, User, Workspace, new_id, utcnow
 from scim import errors as E
 from scim.config import hash_token, same_hash
 from scim.filters import (
@@ -273,7 +274,29 @@ _INSERT_VALUES_PG = text(
     "SELECT * FROM unnest(CAST(:owner_id AS varchar[]), CAST(:attr AS varchar[]), CAST(:idx AS integer[]), "
     "CAST(:sub AS varchar[]), CAST(:value AS varchar[]), CAST(:folded AS varchar[]))")
 _VALUE_COLUMNS = ("owner_id", "attr", "idx", "sub", "value", "folded")
+# The same rows as a part of a new user's one statement (idp.db.insert_together): the arrays as ``v_<column>``.
+_VALUES_PART = InsertPart(
+    "INSERT INTO scim_values (owner_id, attr, idx, sub, value, folded)",
+    "SELECT * FROM unnest(CAST(:v_owner_id AS varchar[]), CAST(:v_attr AS varchar[]), CAST(:v_idx AS integer[]), "
+    "CAST(:v_sub AS varchar[]), CAST(:v_value AS varchar[]), CAST(:v_folded AS varchar[]))")
+# elsewhere: the INSERT of one row, executed for each (its parameters are the list of rows)
+_VALUES_ROW_PART = InsertPart.values(ScimValue.__table__, _VALUE_COLUMNS, "")
 _DELETE_VALUES = ScimValue.__table__.delete().where(ScimValue.__table__.c.owner_id == bindparam("owner"))
+
+# A cached caller's token, checked again by a user's create in its own statement (``_create_user``): what
+# ``ScimService._still_valid`` checks, and still writable under the name the audit event gives.
+_TOKEN_STILL_VALID = (
+    "EXISTS (SELECT 1 FROM scim_tokens AS t JOIN workspaces AS w ON w.id = t.workspace_id WHERE t.id = :tok_id "
+    "AND t.revoked_at IS NULL AND t.workspace_id = :tok_ws AND w.slug = :tok_slug AND w.plan = 'enterprise' "
+    "AND t.name = :tok_name AND t.read_only IS NOT TRUE)")
+
+
+_CREATE_WROTE: ContextVar = ContextVar("scim_create_wrote", default=False)  # the request's create has written
+
+
+class _StaleCaller(Exception):
+    """A cached caller's token no longer passes ``_TOKEN_STILL_VALID``: authenticate again and retry."""
+
 
 # ---- the service ----------------------------------------------------------------------------------------------
 CALLER_TTL = 30.0  # seconds a validated token is remembered at most (reads re-check it in their own query anyway;
@@ -317,11 +340,31 @@ class ScimService:
             token = _REQUEST_DB.set(db)
             try:
                 fast = _is_listing(req)
-                if fast:
-                    # A listing is a single read: autocommit spares the BEGIN and ROLLBACK round trips.
+                create = (req.method == "POST" and req.path.strip("/") == "Users"
+                          and db.get_bind().dialect.name == "postgresql" and not self.hub.audit.inline)
+                if fast or create:
+                    # A listing is a single read: autocommit spares the BEGIN and ROLLBACK round trips. A user's
+                    # create writes in one statement, atomic by itself (``_create_user``): no BEGIN and COMMIT
+                    # round trips either.
                     db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-                caller = self.authenticate(ws_slug, req, cached=fast)
-                return self.dispatch(caller, req)
+                # A user's create may start from a cached caller: its statement checks the token again before
+                # it writes (``_TOKEN_STILL_VALID``). Whatever stops it before it wrote (that check, or any error
+                # answer) has it redone from a caller the database authenticates, as every create did before: the
+                # database's verdict on the token (and its read-only flag) comes first, as it did.
+                caller = self.authenticate(ws_slug, req, cached=fast or create)
+                if not (create and caller.cached):
+                    return self.dispatch(caller, req)
+                wrote = _CREATE_WROTE.set(False)
+                try:
+                    return self.dispatch(caller, req)
+                except (_StaleCaller, E.ScimError) as exc:
+                    if _CREATE_WROTE.get():
+                        raise
+                    if isinstance(exc, _StaleCaller):
+                        self._forget(caller)
+                    return self.dispatch(self.authenticate(ws_slug, req), req)
+                finally:
+                    _CREATE_WROTE.reset(wrote)
             except E.ScimError as exc:
                 return ScimResponse(exc.status, exc.to_error(), dict(exc.headers))
             finally:
@@ -397,11 +440,15 @@ class ScimService:
         with self._db(end=False) as db:
             ok = db.scalar(select(self._still_valid(caller)))
         if not ok:
-            with self._callers_lock:
-                for k in [k for k, (c, _e) in self._callers.items() if c.token_id == caller.token_id]:
-                    self._callers.pop(k, None)
+            self._forget(caller)
             # the full check names the reason (401 revoked or unknown, 404 elsewhere, 403 plan)
             raise self._auth_error(caller)
+
+    def _forget(self, caller: Caller) -> None:
+        """Drop the cached entries of the caller's token."""
+        with self._callers_lock:
+            for k in [k for k, (c, _e) in self._callers.items() if c.token_id == caller.token_id]:
+                self._callers.pop(k, None)
 
     def _auth_error(self, caller: Caller) -> E.ScimError:
         with self._db(end=False) as db:
@@ -1099,26 +1146,42 @@ class ScimService:
     def _create_user(self, caller: Caller, data: dict, query: dict) -> ScimResponse:
         actor = caller.as_actor()
         with self._db() as db:
-            user = User(workspace_id=caller.workspace_id, email="", email_normalized="", role="member", active=True,
-                        created_at=utcnow())
-            done = self._apply_user(db, actor, user, data, new=True)
+            user = User(id=new_id(), workspace_id=caller.workspace_id, email="", email_normalized="", role="member",
+                        active=True, created_at=utcnow())
+            guards = None
+            if db.connection().dialect.name == "postgresql" and not self.hub.audit.inline:
+                # The checks that read the database are made by the create's one statement, before it writes:
+                # a cached caller's token first (as ``_still_valid``, and still writable under the same name),
+                # then the account service's "taken" checks (``write(..., guards=)``).
+                guards = []
+                if caller.cached:
+                    guards.append(Guard(_TOKEN_STILL_VALID, {"tok_id": caller.token_id, "tok_ws": caller.workspace_id,
+                                                             "tok_slug": caller.workspace_slug,
+                                                             "tok_name": caller.token_name}, _StaleCaller()))
+            done = self._apply_user(db, actor, user, data, new=True, guards=guards)
+            body = render_user(user, [], self.base(caller.workspace_slug))  # a new user is in no group
+            changed = sorted(k for k in body if k not in ("schemas", "id", "meta", "groups"))
+            rows = self._value_rows(user)
+            along = []
+            if rows:
+                along.append((_VALUES_PART, {"v_" + c: [r[c] for r in rows] for c in _VALUE_COLUMNS})
+                             if db.connection().dialect.name == "postgresql" else (_VALUES_ROW_PART, rows))
+            # The user, its scim_values rows and its audit event together: on PostgreSQL one statement (the
+            # request's connection is in autocommit: no BEGIN and COMMIT round trips), else in the create's own
+            # transaction, the event last (with inline sealing it locks the chain's head until the commit).
+            record = (actor, "created", {"changed": changed + (["password"] if done.password_set else [])})
             try:  # the unique constraint decides (no SELECT first)
-                self.hub.accounts.insert(db, user)  # one Core INSERT, not a flush
+                with scim_account_errors():
+                    self.hub.accounts.insert(db, user, along=along, record=record, guards=guards)  # not a flush
             except IntegrityError:
                 db.rollback()
                 raise E.Uniqueness("userName is already in use in this workspace") from None
-            self._index_user(db, user, new=True)
-            body = render_user(user, [], self.base(caller.workspace_slug))  # a new user is in no group
-            changed = sorted(k for k in body if k not in ("schemas", "id", "meta", "groups"))
-            # In the create's own transaction, last (it locks the chain's head until the commit): the user and
-            # its audit event are committed together, with one commit instead of two.
-            self.hub.accounts.record(actor, caller.workspace_id, "created", user.id,
-                                     changed=changed + (["password"] if done.password_set else []),
-                                     connection=db.connection())
+            _CREATE_WROTE.set(True)
             self._commit(db, "userName")
         return self._respond(201, USER, body, query, {"Location": body["meta"]["location"]})
 
-    def _apply_user(self, db, actor: Actor, user: User, data: dict, *, new: bool = False):
+    def _apply_user(self, db, actor: Actor, user: User, data: dict, *, new: bool = False,
+                    guards: list | None = None):
         """Set a user from cleaned SCIM data (a full replacement) through the account service, which holds the
         rules: ``role`` is never SCIM's, and an administrator's userName and password are not either."""
         username = data.get("userName")
@@ -1141,7 +1204,7 @@ class ScimService:
                            or user.name or "", 200),
                 active=bool(data["active"]) if "active" in data else KEEP, password=password,
                 profile={"external_id": data.get("externalId"), "display_name": display, "given_name": given,
-                         "family_name": family, "scim": rest or None})
+                         "family_name": family, "scim": rest or None}, **({"guards": guards} if new else {}))
 
     def _index_user(self, db, user: User, new: bool = False) -> None:
         """Rewrite the user's ``scim_values`` rows (after the user's row is written): a Core DELETE and one Core
@@ -1150,6 +1213,17 @@ class ScimService:
         conn = db.connection()
         if not new:
             conn.execute(_DELETE_VALUES, {"owner": user.id})
+        rows = self._value_rows(user)
+        if not rows:
+            return
+        if conn.dialect.name == "postgresql":
+            conn.execute(_INSERT_VALUES_PG, {c: [r[c] for r in rows] for c in _VALUE_COLUMNS})
+        else:
+            conn.execute(_INSERT_VALUES, rows)
+
+    @staticmethod
+    def _value_rows(user: User) -> list[dict]:
+        """The user's ``scim_values`` rows (what filters on multi-valued and extension attributes search)."""
         rows: list[dict] = []
         scim = user.scim or {}
         owner = user.id
@@ -1183,12 +1257,7 @@ class ScimService:
         walk(USER.attrs, scim, "")
         for uri, attrs in USER.extensions.items():
             walk(attrs, scim.get(uri) or {}, f"{uri}:")
-        if not rows:
-            return
-        if conn.dialect.name == "postgresql":
-            conn.execute(_INSERT_VALUES_PG, {c: [r[c] for r in rows] for c in _VALUE_COLUMNS})
-        else:
-            conn.execute(_INSERT_VALUES, rows)
+        return rows
 
     # -- groups
     def _create_group(self, caller: Caller, data: dict, query: dict) -> ScimResponse:

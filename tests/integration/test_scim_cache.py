@@ -1,6 +1,7 @@
 """The SCIM token cache (``ScimService._callers``): listings may authenticate from memory, but every one of them
 re-checks the token in its own query, so revocation, a plan change or another workspace's URL is refused at once;
-writes and single-resource reads always authenticate against the database."""
+writes and single-resource reads always authenticate against the database (a user's create on PostgreSQL in the
+statement that writes it)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from sqlalchemy import select
 
 from idp.models import Workspace
 from scim.config import apply_scim_tokens
+from scim.models import ScimToken
 from tests.conftest import ALICE, BASE_CONFIG, make_app, make_settings
 from tests.integration.scim_helpers import (
     OTHER_TOKEN,
@@ -155,3 +157,67 @@ def test_only_valid_tokens_enter_the_cache_and_it_expires(app):
     clock[0] += 31  # expired: authenticated against the database again, and remembered anew
     assert scim.get("/Users").status_code == 200
     assert next(iter(svc._callers.values()))[1] == 1031.0 + 30
+
+
+def test_a_users_create_on_postgres_checks_a_cached_token_in_its_own_statement(tmp_path):
+    """On PostgreSQL a user's create may start from a cached caller: its one statement checks the token again
+    before it writes, and every error answer checks it first — so what the database says about the token wins,
+    at once, and nothing is written for a token that no longer may."""
+    url = postgres_url()
+    app = make_app(make_settings(tmp_path, database_url=url), scim_config(BASE_CONFIG))
+    try:
+        hub = app.extensions["idhub"]
+        install_tokens(hub)
+        scim = Scim(app)
+
+        def new(name: str, **extra):
+            return scim.post("/Users", {"schemas": [USER_SCHEMA], "userName": name, **extra})
+
+        def created(name: str) -> bool:
+            return scim.get("/Users", query={"filter": f'userName eq "{name}"'}).get_json()["totalResults"] == 1
+
+        assert new("first@acme.test").status_code == 201  # the token is cached from here on
+        assert new("second@acme.test").status_code == 201
+        assert service(app)._callers
+        # the account service's "taken" check, made by the same statement: refused, nothing written
+        assert new("zed", emails=[{"value": "zed@acme.test", "primary": True}]).status_code == 201
+        assert_error(new("zed@acme.test"), 409, "uniqueness")  # the address (the unique constraint)
+        body = assert_error(new("zed", emails=[{"value": "zed2@acme.test"}]), 409, "uniqueness")
+        assert "already in use" in body["detail"]  # the username
+        body = assert_error(new("zed@acme.test", emails=[{"value": "zed3@acme.test"}]), 409, "uniqueness")
+        assert "another user's e-mail address" in body["detail"]  # a username that is another user's address
+        body = assert_error(new("zed4@acme.test", emails=[{"value": "Zed@acme.test"}]), 409, "uniqueness")
+        # read-only in the database (no invalidation): refused by the statement, then by the full check
+        def read_only(value: bool) -> None:
+            with hub.db() as db:
+                db.scalar(select(ScimToken).where(ScimToken.name == "okta")).read_only = value
+                db.commit()
+
+        read_only(True)
+        assert_error(new("third@acme.test"), 403)
+        read_only(False)
+        assert new("fourth@acme.test").status_code == 201
+        # a plan change: 403, also for a body that is invalid (the token's error comes first, as before)
+        with hub.db() as db:
+            db.scalar(select(Workspace).where(Workspace.slug == "acme")).plan = "pro"
+            db.commit()
+        assert_error(new("fifth@acme.test"), 403)
+        assert_error(scim.post("/Users", {"schemas": [USER_SCHEMA]}), 403)
+        with hub.db() as db:
+            db.scalar(select(Workspace).where(Workspace.slug == "acme")).plan = "enterprise"
+            db.commit()
+        assert new("sixth@acme.test").status_code == 201
+        set_tokens(hub, "acme", [{"name": "auditor", "token": RO_TOKEN, "read_only": True}])  # revoked
+        assert_error(new("seventh@acme.test"), 401)
+        assert_error(scim.post("/Users", {"schemas": [USER_SCHEMA]}), 401)  # no userName: still the token first
+        set_tokens(hub, "acme", [{"name": "okta", "token": TOKEN}, {"name": "auditor", "token": RO_TOKEN,
+                                                                     "read_only": True}])
+        for name in ("third@acme.test", "fifth@acme.test", "seventh@acme.test"):
+            assert not created(name), name
+        for name in ("first@acme.test", "second@acme.test", "fourth@acme.test", "sixth@acme.test"):
+            assert created(name), name
+        hub.audit.seal()
+        assert hub.audit.verify().ok
+    finally:
+        app.extensions["idhub"].engine.dispose()
+        drop_postgres(url)
