@@ -253,9 +253,14 @@ def test_a_sealer_busy_with_its_own_chain_still_seals_what_a_dead_process_left(p
 
     log, engine, _ = pg
     monkeypatch.setattr(idp.audit, "FULL_SCAN_INTERVAL", 0.5)
+    log.seal_interval = 30.0  # never idle: the sealer is always woken by appends
+    log.record("auth.signout", workspace_id="ws-busy", data={"i": -1})  # its first round (a full scan) is past
+    deadline = time.monotonic() + 10
+    while count(engine, "chain = 'ws-busy' AND seq IS NULL") and time.monotonic() < deadline:
+        time.sleep(0.01)
     with engine.begin() as conn:  # what a process killed after its append left: durable, MACed, unsealed
         idp.audit.AuditLog._insert(conn, [log._event("auth.signout", "ws-orphan", {"n": i}) for i in range(3)])
-    log.seal_interval = 30.0  # never idle: the sealer is always woken by appends
+    assert count(engine, "chain = 'ws-orphan' AND seq IS NULL") == 3
     deadline = time.monotonic() + 10
     i = 0
     while count(engine, "chain = 'ws-orphan' AND seq IS NULL") and time.monotonic() < deadline:
