@@ -63,7 +63,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from idp.db import Base, InsertPart, read_engine
+from idp.db import Base, InsertPart, insert_together, read_engine
 from idp.models import UTCDateTime
 
 log = logging.getLogger("idhub.audit")
@@ -163,12 +163,6 @@ _LOCK_HEAD_UNSEALED = (
 )
 _SET_HEAD = update(AuditChainHead.__table__).where(_H.chain == bindparam("c")).values(
     seq=bindparam("s"), hash=bindparam("h"))
-# One unsealed event appended on PostgreSQL outside a caller's transaction (the token endpoint's group commit mostly
-# forms batches of one): the statement runs in autocommit, its own transaction, atomic and durable when it returns;
-# one round trip where BEGIN + INSERT + COMMIT take three, and no transaction to set up in Python. A batch of several
-# goes through executemany in one transaction (psycopg's pipeline: cheaper per row than any one-statement form).
-_INSERT_ONE_UNSEALED = text(f"INSERT INTO audit_events ({', '.join(_CONTENT)}, mac) "  # noqa: S608 (our column
-                            f"VALUES ({', '.join(':' + c for c in _CONTENT)}, :mac)")       # names, bound values)
 
 
 # ---- keys ---------------------------------------------------------------------------------------------------
@@ -537,10 +531,12 @@ class AuditLog:
     def _append(self, events: list[RecordedEvent]) -> None:
         """Insert ``events`` in one transaction (durable when this returns); sealed in it when inline."""
         if len(events) == 1 and not self.inline and self._engine.dialect.name == "postgresql":
+            # One event alone (the token endpoint's group commit mostly forms batches of one): one statement on an
+            # autocommit connection, atomic and durable when it returns, without BEGIN and COMMIT round trips. A
+            # batch of several stays one executemany transaction (cheaper per row than any one-statement form).
             ev = events[0]
-            with self._reader.connect() as conn:  # autocommit: the one statement commits
-                conn.execute(_INSERT_ONE_UNSEALED, {**{c: getattr(ev, c) for c in _CONTENT},
-                                                    "data": json.dumps(ev.data), "mac": ev.mac})
+            with self._reader.connect() as conn:
+                insert_together(conn, [(self.insert_part, self.insert_params(ev))])
             self.wake((ev.chain,))
             return
         with self._engine.begin() as conn:
