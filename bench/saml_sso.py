@@ -27,6 +27,8 @@ import re
 import resource
 import secrets
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -35,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from _common import PASSWORD, cpu_delta, loadavg, pct, tree_cpu
+from _common import PASSWORD, children, cpu_delta, loadavg, pct, tree_cpu
 from signin import CSRF, FLOW, LeanBrowser
 
 from tests.helpers.live import LiveHub
@@ -69,34 +71,66 @@ def authn_request(destination: str) -> str:
 
 
 # ---- idhub over HTTP ------------------------------------------------------------------------------
-def drive_hub(hub: LiveHub, cookies: dict, seconds: float, concurrency: int) -> tuple[list[float], float]:
+def _one(b: LeanBrowser, dest: str) -> float:
+    query = urlencode({"SAMLRequest": authn_request(dest), "RelayState": "bench"})
+    t = time.perf_counter()
+    status, _loc, page = b.get("/w/bench/saml/sso?" + query)
+    dt = time.perf_counter() - t
+    m = RESPONSE_RE.search(page) if status == 200 else None
+    if m is None or b"SignatureValue" not in base64.b64decode(m.group(1)):
+        raise AssertionError(f"no signed SAMLResponse: {status} {page[:300]}")
+    return dt
+
+
+def spread_clients(hub: LiveHub, cookies: dict, concurrency: int, tries: int = 30) -> list[LeanBrowser]:
+    """``concurrency`` keep-alive connections spread over the gunicorn workers as many clients would spread
+    (a worker takes whichever connection it accepts first, so two connections often land on one worker, which
+    then serves both while the other idles: the figures of such a run differ by 20 %). Each connection is tried
+    with a few requests and reopened while its worker already has its share (the worker is the one whose CPU
+    moved)."""
+    dest, root = hub.url("/w/bench/saml/sso"), hub.proc.pid
+    workers = len(children(root))
+    share = -(-concurrency // max(workers, 1))
+    taken: dict[int, int] = {}
+    browsers = []
+    for _ in range(concurrency):
+        for _attempt in range(tries):
+            b = LeanBrowser(hub.base_url)
+            b.cookies.update(cookies)
+            before = tree_cpu(root)
+            for _ in range(10):
+                _one(b, dest)
+            after = tree_cpu(root)
+            pid = max((p for p in after if p != root), key=lambda p: after[p] - before.get(p, 0.0))
+            if taken.get(pid, 0) < share:
+                taken[pid] = taken.get(pid, 0) + 1
+                browsers.append(b)
+                break
+            b.close()
+        else:
+            browsers.append(b := LeanBrowser(hub.base_url))
+            b.cookies.update(cookies)
+    return browsers
+
+
+def drive_hub(hub: LiveHub, browsers: list[LeanBrowser], seconds: float) -> tuple[list[float], float]:
     lat: list[float] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
     dest = hub.url("/w/bench/saml/sso")
 
-    def worker():
-        b = LeanBrowser(hub.base_url)
-        b.cookies.update(cookies)
+    def worker(b: LeanBrowser):
         try:
             while time.perf_counter() < stop:
-                query = urlencode({"SAMLRequest": authn_request(dest), "RelayState": "bench"})
-                t = time.perf_counter()
-                status, _loc, page = b.get("/w/bench/saml/sso?" + query)
-                dt = time.perf_counter() - t
-                m = RESPONSE_RE.search(page) if status == 200 else None
-                if m is None or b"SignatureValue" not in base64.b64decode(m.group(1)):
-                    raise AssertionError(f"no signed SAMLResponse: {status} {page[:300]}")
+                dt = _one(b, dest)
                 with lock:
                     lat.append(dt)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
-        finally:
-            b.close()
 
     t0 = time.perf_counter()
     stop = t0 + seconds
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    threads = [threading.Thread(target=worker, args=(b,)) for b in browsers]
     for t in threads:
         t.start()
     for t in threads:
@@ -227,6 +261,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     ap.add_argument("--redis", action="store_true", help="IDHUB_REDIS_URL on the test Redis (db 13)")
+    ap.add_argument("--py-spy", metavar="FILE", help="profile idhub's workers with py-spy during the measured "
+                    "run (collapsed stacks in FILE; the sampling slows idhub: figures are then not comparable)")
     args = ap.parse_args()
 
     db_url = redis_url = None
@@ -244,16 +280,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="saml-bench-") as tmp:
         setup = peer_setup(Path(tmp))
         hub = LiveHub(config(), workers=args.concurrency, database_url=db_url, redis_url=redis_url)
+        browsers: list[LeanBrowser] = []
         try:
             hub.start()
             cookies = _sign_in(hub)
-            drive_hub(hub, cookies, 1.5, args.concurrency)  # warm-up: key cache, connections, templates
+            browsers = spread_clients(hub, cookies, args.concurrency)
+            drive_hub(hub, browsers, 1.5)  # warm-up: key cache, connections, templates
+            spy = None
+            if args.py_spy:
+                spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--gil", "--pid",
+                                        str(hub.proc.pid), "--subprocesses", "--nonblocking", "--format", "raw",
+                                        "--rate", "250", "--duration", str(int(args.seconds)), "-o", args.py_spy],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             before = tree_cpu(hub.proc.pid)
-            hub_lat, hub_wall = drive_hub(hub, cookies, args.seconds, args.concurrency)
+            hub_lat, hub_wall = drive_hub(hub, browsers, args.seconds)
             after = tree_cpu(hub.proc.pid)
             hub_cpu = cpu_delta(before, after)
             split = sorted((after[p] - before.get(p, 0.0) for p in after if p != hub.proc.pid), reverse=True)
+            if spy is not None:
+                spy.wait()
         finally:
+            for b in browsers:
+                b.close()
             hub.cleanup()
             if db_url:
                 from tests.services import drop_postgres
