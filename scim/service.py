@@ -283,19 +283,29 @@ _VALUES_PART = InsertPart(
 _VALUES_ROW_PART = InsertPart.values(ScimValue.__table__, _VALUE_COLUMNS, "")
 _DELETE_VALUES = ScimValue.__table__.delete().where(ScimValue.__table__.c.owner_id == bindparam("owner"))
 
-# A cached caller's token, checked again by a user's create in its own statement (``_create_user``): what
-# ``ScimService._still_valid`` checks, and still writable under the name the audit event gives.
-_TOKEN_STILL_VALID = (
-    "EXISTS (SELECT 1 FROM scim_tokens AS t JOIN workspaces AS w ON w.id = t.workspace_id WHERE t.id = :tok_id "
-    "AND t.revoked_at IS NULL AND t.workspace_id = :tok_ws AND w.slug = :tok_slug AND w.plan = 'enterprise' "
-    "AND t.name = :tok_name AND t.read_only IS NOT TRUE)")
+# The one rule of a cached caller's token, checked again by every statement that serves it (listings, the
+# re-check after an empty answer) and by a user's create in the statement that writes it: unrevoked, of this
+# workspace (id and address), on the enterprise plan. A create also needs it still writable, under the name the
+# audit event gives. An uncorrelated EXISTS: evaluated once per statement.
+_TOKEN_RULE = ("EXISTS (SELECT 1 FROM scim_tokens AS t JOIN workspaces AS w ON w.id = t.workspace_id "
+               "WHERE t.id = :tok_id AND t.revoked_at IS NULL AND t.workspace_id = :tok_ws AND w.slug = :tok_slug "
+               "AND w.plan = 'enterprise'{})")
+_TOKEN_STILL_VALID = _TOKEN_RULE.format("")
+_TOKEN_STILL_WRITABLE = _TOKEN_RULE.format(" AND t.name = :tok_name AND t.read_only IS NOT TRUE")
+
+
+def _token_params(caller: Caller, *, name: bool = False) -> dict:
+    params = {"tok_id": caller.token_id, "tok_ws": caller.workspace_id, "tok_slug": caller.workspace_slug}
+    if name:
+        params["tok_name"] = caller.token_name
+    return params
 
 
 _CREATE_WROTE: ContextVar = ContextVar("scim_create_wrote", default=False)  # the request's create has written
 
 
 class _StaleCaller(Exception):
-    """A cached caller's token no longer passes ``_TOKEN_STILL_VALID``: authenticate again and retry."""
+    """A cached caller's token no longer passes ``_TOKEN_STILL_WRITABLE``: authenticate again and retry."""
 
 
 # ---- the service ----------------------------------------------------------------------------------------------
@@ -348,7 +358,7 @@ class ScimService:
                     # round trips either.
                     db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
                 # A user's create may start from a cached caller: its statement checks the token again before
-                # it writes (``_TOKEN_STILL_VALID``). Whatever stops it before it wrote (that check, or any error
+                # it writes (``_TOKEN_STILL_WRITABLE``). Whatever stops it before it wrote (that check, or any error
                 # answer) has it redone from a caller the database authenticates, as every create did before: the
                 # database's verdict on the token (and its read-only flag) comes first, as it did.
                 caller = self.authenticate(ws_slug, req, cached=fast or create)
@@ -463,12 +473,8 @@ class ScimService:
 
     @staticmethod
     def _still_valid(caller: Caller):
-        """A condition that is true while the caller's token is unrevoked, of its workspace, on the enterprise
-        plan (an uncorrelated EXISTS: evaluated once per statement)."""
-        return exists(select(ScimToken.id).join(Workspace, Workspace.id == ScimToken.workspace_id).where(
-            ScimToken.id == caller.token_id, ScimToken.revoked_at.is_(None),
-            ScimToken.workspace_id == caller.workspace_id, Workspace.slug == caller.workspace_slug,
-            Workspace.plan == "enterprise"))
+        """A condition that is true while the caller's token passes ``_TOKEN_STILL_VALID``."""
+        return text(_TOKEN_STILL_VALID).bindparams(**_token_params(caller))
 
     def _authenticate_db(self, ws_slug: str, hashed: str) -> Caller:
         with self._db(end=False) as db:  # one round trip: the workspace and (outer-joined) the token
@@ -1151,13 +1157,11 @@ class ScimService:
             guards = None
             if db.connection().dialect.name == "postgresql" and not self.hub.audit.inline:
                 # The checks that read the database are made by the create's one statement, before it writes:
-                # a cached caller's token first (as ``_still_valid``, and still writable under the same name),
-                # then the account service's "taken" checks (``write(..., guards=)``).
+                # a cached caller's token first (``_TOKEN_STILL_WRITABLE``), then the account service's "taken"
+                # checks (``write(..., guards=)``).
                 guards = []
                 if caller.cached:
-                    guards.append(Guard(_TOKEN_STILL_VALID, {"tok_id": caller.token_id, "tok_ws": caller.workspace_id,
-                                                             "tok_slug": caller.workspace_slug,
-                                                             "tok_name": caller.token_name}, _StaleCaller()))
+                    guards.append(Guard(_TOKEN_STILL_WRITABLE, _token_params(caller, name=True), _StaleCaller()))
             done = self._apply_user(db, actor, user, data, new=True, guards=guards)
             body = render_user(user, [], self.base(caller.workspace_slug))  # a new user is in no group
             changed = sorted(k for k in body if k not in ("schemas", "id", "meta", "groups"))
