@@ -1,6 +1,6 @@
 """SCIM at 100,000 users: idhub (PostgreSQL and SQLite) against the scim2-server reference server (issue 7).
 
-    .venv/bin/python bench/scim.py [--users 100000] [--lookups 500] [--pages 200] [--creates 300]
+    .venv/bin/python bench/scim.py [--users 100000] [--lookups 500] [--pages 200] [--creates 2000]
                                    [--workers 2] [--threads 4] [--concurrency 4] [--no-sqlite] [--no-peer] [--no-floor]
                                    [--profile]
 
@@ -536,7 +536,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--lookups", type=int, default=500)
     ap.add_argument("--pages", type=int, default=200)
-    ap.add_argument("--creates", type=int, default=300)
+    ap.add_argument("--creates", type=int, default=2000,
+                    help="POST /Users per server and for the floor (a few seconds of each; 300 was half a second)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-sqlite", action="store_true")
     ap.add_argument("--threads", type=int, default=4, help="per worker (idhub serve's default is 4)")
