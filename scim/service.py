@@ -358,9 +358,11 @@ class ScimService:
                     # round trips either.
                     db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
                 # A user's create may start from a cached caller: its statement checks the token again before
-                # it writes (``_TOKEN_STILL_WRITABLE``). Whatever stops it before it wrote (that check, or any error
-                # answer) has it redone from a caller the database authenticates, as every create did before: the
-                # database's verdict on the token (and its read-only flag) comes first, as it did.
+                # it writes (``_TOKEN_STILL_WRITABLE``). When that check fails, the create is redone from a caller
+                # the database authenticates, whose verdict (401, 403 read-only or plan, 404) is the answer. An
+                # error answer given before the statement ran (an invalid body, a taken userName) stands only if
+                # the token still passes that check (one query): the token's verdict comes first, as it does for
+                # a caller the database authenticated.
                 caller = self.authenticate(ws_slug, req, cached=fast or create)
                 if not (create and caller.cached):
                     return self.dispatch(caller, req)
@@ -370,8 +372,9 @@ class ScimService:
                 except (_StaleCaller, E.ScimError) as exc:
                     if _CREATE_WROTE.get():
                         raise
-                    if isinstance(exc, _StaleCaller):
-                        self._forget(caller)
+                    if not isinstance(exc, _StaleCaller) and self._still_writable(caller):
+                        raise
+                    self._forget(caller)
                     return self.dispatch(self.authenticate(ws_slug, req), req)
                 finally:
                     _CREATE_WROTE.reset(wrote)
@@ -453,6 +456,11 @@ class ScimService:
             self._forget(caller)
             # the full check names the reason (401 revoked or unknown, 404 elsewhere, 403 plan)
             raise self._auth_error(caller)
+
+    def _still_writable(self, caller: Caller) -> bool:
+        """Whether the caller's token still passes ``_TOKEN_STILL_WRITABLE`` (one query)."""
+        with self._db(end=False) as db:
+            return bool(db.scalar(text("SELECT " + _TOKEN_STILL_WRITABLE), _token_params(caller, name=True)))
 
     def _forget(self, caller: Caller) -> None:
         """Drop the cached entries of the caller's token."""

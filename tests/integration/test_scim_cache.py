@@ -181,7 +181,13 @@ def test_a_users_create_on_postgres_checks_a_cached_token_in_its_own_statement(t
         assert service(app)._callers
         # the account service's "taken" check, made by the same statement: refused, nothing written
         assert new("zed", emails=[{"value": "zed@acme.test", "primary": True}]).status_code == 201
+        svc, full = service(app), []
+        authenticate_db = svc._authenticate_db
+        svc._authenticate_db = lambda *a: full.append(a) or authenticate_db(*a)
         assert_error(new("zed@acme.test"), 409, "uniqueness")  # the address (the unique constraint)
+        assert_error(scim.post("/Users", {"schemas": [USER_SCHEMA]}), 400)  # no userName
+        assert full == []  # the token still may: these answers stand, the create is not redone
+        del svc._authenticate_db
         body = assert_error(new("zed", emails=[{"value": "zed2@acme.test"}]), 409, "uniqueness")
         assert "already in use" in body["detail"]  # the username
         body = assert_error(new("zed@acme.test", emails=[{"value": "zed3@acme.test"}]), 409, "uniqueness")
@@ -194,8 +200,10 @@ def test_a_users_create_on_postgres_checks_a_cached_token_in_its_own_statement(t
                 db.commit()
 
         read_only(True)
+        assert_error(scim.post("/Users", {"schemas": [USER_SCHEMA]}), 403)  # the token's verdict before the body's
         assert_error(new("third@acme.test"), 403)
         read_only(False)
+        hub.changed("scim_tokens")  # as the console does: the refusal above cached the token as read-only
         assert new("fourth@acme.test").status_code == 201
         # a plan change: 403, also for a body that is invalid (the token's error comes first, as before)
         with hub.db() as db:
