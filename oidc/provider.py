@@ -61,7 +61,7 @@ from idp.invalidation import OIDC_KEYS, WORKSPACES, generation
 from idp.mfa.service import enrolled_columns, enrolled_from
 from idp.models import Group, GroupMember, User
 from oidc.auditbatch import AuditBatcher
-from oidc.config import SCOPES, check_secret, client_jwks, find_client, guarded, jwks_uri_problem
+from oidc.config import SCOPES, check_secret, client_jwks, client_policies, find_client, guarded, jwks_uri_problem
 from oidc.keys import ALGORITHMS, KeyStore
 from oidc.models import OidcAccessToken, OidcClient, OidcCode, OidcRefreshToken, OidcSessionClient
 from policies.engine import ALLOW, NOT_ASSIGNED, AccountActive, AppAssignment, PolicyEngine, SecondFactor
@@ -505,7 +505,7 @@ class RefreshTokenGrant(oauth_grants.RefreshTokenGrant):
         if user is None:
             svc.revoke_family(ws.id, row.family_id, reason="session_ended")
             raise InvalidGrantError("The sign-in behind this token has ended.")
-        decision = svc.refresh_decision(ws, self.server.http_client, user, row.amr, client.client_id,
+        decision = svc.refresh_decision(ws, self.server.http_client, user, row.amr, client.row,
                                         enrolled=self.request.idhub["enrolled"])
         if decision.effect != "allow":
             svc.audit("oidc.refresh.denied", ws.id, actor_id=user.id, client_id=client.client_id,
@@ -970,7 +970,7 @@ class OidcService:
         return fresh
 
     # -- policies at refresh time --
-    def refresh_decision(self, ws, http_client, user: User, methods, client_id: str, *, enrolled=None):
+    def refresh_decision(self, ws, http_client, user: User, methods, client_row, *, enrolled=None):
         """The policy decision for a refresh grant.
 
         A refresh is made by the app's *server*, so its address says nothing about where the user is: the IP
@@ -979,7 +979,8 @@ class OidcService:
         the account is active, MFA required for this app (the grant's methods must include a second factor,
         the user cannot be prompted here, so anything but "allow" is a refusal). The session is checked by
         ``active_user``. Denials are audited by the engine; allows are not (one event per refresh would flood
-        the log: the issued token is audited)."""
+        the log: the issued token is audited). ``client_row``: the client's row, read by this request's client
+        authentication (its ``require_mfa`` and assignment are the app's policies: not read a second time)."""
         from idp.models import Workspace
 
         if user.workspace_id == ws.id and "workspace" in user.__dict__:
@@ -987,7 +988,8 @@ class OidcService:
         else:
             with self.hub.read_db() as db:  # (``ws`` may be the endpoint's cached copy)
                 ws = db.get(Workspace, ws.id) or ws
-        app_policies = {k: v for k, v in self.hub.app_policies(ws, client_id).items() if k != "ip_allowlist"}
+        client_id = client_row.client_id  # the app's own policies, from the client's row read for this request
+        app_policies = {k: v for k, v in client_policies(client_row).items() if k != "ip_allowlist"}
         policies = {k: v for k, v in (ws.policies or {}).items() if k != "ip_allowlist"}
         if self.hub.mfa is None:
             enrolled = ()

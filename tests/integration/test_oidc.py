@@ -825,15 +825,22 @@ def test_refresh_still_checks_session_account_and_app_mfa(settings):
         toks.append(app.test_client().post("/w/acme/oauth2/token", data={
             "grant_type": "authorization_code", "code": code, "redirect_uri": WIKI_CB, "code_verifier": verifier},
             headers=WIKI_AUTH, environ_base={"REMOTE_ADDR": "10.1.2.3"}).get_json())
-    # the app now requires MFA: a password-only grant cannot be refreshed (nobody to prompt), and it is audited
-    hub.app_policy_lookups.insert(0, lambda ws, a: {"require_mfa": True} if a == "wiki" else None)
-    r = _refresh(app, toks[0]["refresh_token"], ip="198.51.100.20")
-    assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
-    hub.app_policy_lookups.pop(0)
     from sqlalchemy import select, update
 
     from idp.audit import AuditEvent
     from idp.models import User
+    from oidc.models import OidcClient
+
+    def app_mfa(required: bool) -> None:  # the client's row, read at every token request (never cached)
+        with hub.db() as db:
+            db.execute(update(OidcClient).where(OidcClient.client_id == "wiki").values(require_mfa=required))
+            db.commit()
+
+    # the app now requires MFA: a password-only grant cannot be refreshed (nobody to prompt), and it is audited
+    app_mfa(True)
+    r = _refresh(app, toks[0]["refresh_token"], ip="198.51.100.20")
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_grant"
+    app_mfa(False)
 
     with hub.db() as db:
         types = list(db.scalars(select(AuditEvent.type)))
