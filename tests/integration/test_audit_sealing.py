@@ -219,9 +219,11 @@ def test_a_chain_written_before_keyed_chains_is_adopted_by_the_first_seal(pg):
 
 
 def test_appends_alone_and_in_batches_keep_their_order_and_all_their_fields(pg):
-    """On PostgreSQL one event appended alone is one autocommitted statement, a batch (``deferred()``) one
-    transaction: the rows come back in the order they were recorded, with every field as given (the MACs verify),
-    and one failing row of a batch writes none."""
+    """On PostgreSQL one event appended alone, and a batch (``deferred()``) of up to ``ONE_STATEMENT_MAX``, is one
+    autocommitted statement, a larger batch one transaction: the rows come back in the order they were recorded,
+    with every field as given (the MACs verify), and one failing row of a batch writes none."""
+    from idp.audit import ONE_STATEMENT_MAX
+
     log, engine, _ = pg
     log.record("auth.signout", workspace_id="ws-order", actor_id="alone", ip="2001:db8::1", user_agent="UA ✓",
                data={"nested": {"k": ["v", 1.5, True]}})
@@ -229,21 +231,27 @@ def test_appends_alone_and_in_batches_keep_their_order_and_all_their_fields(pg):
         for i in range(12):
             log.record("auth.signin.succeeded", workspace_id="ws-order", actor_id=f"u{i}", actor_email=f"u{i}@x.test",
                        ip="203.0.113.7", user_agent="UA é ✓", request_id=f"r{i}", data={"i": i, "ü": [1, None]})
+    assert ONE_STATEMENT_MAX == 3
+    with log.deferred():  # a few events: one multi-row statement
+        for i in range(3):
+            log.record("saml.sso", workspace_id="ws-order", actor_id=f"s{i}", subject_id=f"sub{i}",
+                       data={"s": i, "sp": "https://sp.example/ ✓"})
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT actor_id, data, occurred_at FROM audit_events WHERE chain = 'ws-order' "
-                                 "ORDER BY id")).all()
-    assert [r.actor_id for r in rows] == ["alone"] + [f"u{i}" for i in range(12)]
+        rows = conn.execute(text("SELECT actor_id, subject_id, data, occurred_at FROM audit_events "
+                                 "WHERE chain = 'ws-order' ORDER BY id")).all()
+    assert [r.actor_id for r in rows] == ["alone"] + [f"u{i}" for i in range(12)] + ["s0", "s1", "s2"]
     assert rows[0].data == {"nested": {"k": ["v", 1.5, True]}} and rows[0].occurred_at.tzinfo is not None
     assert rows[4].data == {"i": 3, "ü": [1, None]}
+    assert rows[15].subject_id == "sub2" and rows[15].data == {"s": 2, "sp": "https://sp.example/ ✓"}
     log.seal("ws-order")
     result = log.verify("ws-order")
-    assert result.ok and result.checked == 13
+    assert result.ok and result.checked == 16
     with pytest.raises(Exception):  # noqa: B017 - the driver's own error: a value too long for its column
         with log.deferred():
             log.record("auth.signout", workspace_id="ws-order", data={"i": 12})
             log.record("auth.signout", workspace_id="ws-order", data={"i": 13})
             log._local.pending[-1].chain = "c" * 65  # a row PostgreSQL refuses (varchar(64))
-    assert count(engine, "chain = 'ws-order'") == 13  # all or nothing
+    assert count(engine, "chain = 'ws-order'") == 16  # all or nothing (one statement of two rows)
 
 
 def test_a_sealer_busy_with_its_own_chain_still_seals_what_a_dead_process_left(pg, monkeypatch):
