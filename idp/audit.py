@@ -159,6 +159,8 @@ def _insert_rows(n: int):
             *[bindparam(f"r{i}_{c}", type_=table.c[c].type) for i in range(n) for c in _COLUMNS])
         _INSERT_ROWS[n] = stmt
     return stmt
+
+
 _LOCK_HEAD = select(_H.seq, _H.hash, _H.keyed, _H.pruned_through_seq, _H.anchor_hash).where(
     _H.chain == bindparam("c")).with_for_update()
 _UNSEALED = (select(_E.id, *[_E[c] for c in _CONTENT], _E.mac)

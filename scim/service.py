@@ -292,6 +292,9 @@ _TOKEN_RULE = ("EXISTS (SELECT 1 FROM scim_tokens AS t JOIN workspaces AS w ON w
                "AND w.plan = 'enterprise'{})")
 _TOKEN_STILL_VALID = _TOKEN_RULE.format("")
 _TOKEN_STILL_WRITABLE = _TOKEN_RULE.format(" AND t.name = :tok_name AND t.read_only IS NOT TRUE")
+# parsed once (a listing from a cached token binds its values to a copy; the re-check selects the writable rule)
+_STILL_VALID_CLAUSE = text(_TOKEN_STILL_VALID)
+_STILL_WRITABLE_SELECT = text("SELECT " + _TOKEN_STILL_WRITABLE)
 
 
 def _token_params(caller: Caller, *, name: bool = False) -> dict:
@@ -460,7 +463,7 @@ class ScimService:
     def _still_writable(self, caller: Caller) -> bool:
         """Whether the caller's token still passes ``_TOKEN_STILL_WRITABLE`` (one query)."""
         with self._db(end=False) as db:
-            return bool(db.scalar(text("SELECT " + _TOKEN_STILL_WRITABLE), _token_params(caller, name=True)))
+            return bool(db.scalar(_STILL_WRITABLE_SELECT, _token_params(caller, name=True)))
 
     def _forget(self, caller: Caller) -> None:
         """Drop the cached entries of the caller's token."""
@@ -482,7 +485,7 @@ class ScimService:
     @staticmethod
     def _still_valid(caller: Caller):
         """A condition that is true while the caller's token passes ``_TOKEN_STILL_VALID``."""
-        return text(_TOKEN_STILL_VALID).bindparams(**_token_params(caller))
+        return _STILL_VALID_CLAUSE.bindparams(**_token_params(caller))
 
     def _authenticate_db(self, ws_slug: str, hashed: str) -> Caller:
         with self._db(end=False) as db:  # one round trip: the workspace and (outer-joined) the token
